@@ -1,0 +1,167 @@
+//! `orch dags list | validate | show | pause | unpause`.
+
+use std::process::ExitCode;
+
+use chrono::Utc;
+
+use super::{DagsCommand, find_dag};
+use crate::config::Config;
+use crate::dag::{Dag, DagBag, load_file};
+use crate::scheduler::wake;
+use crate::store::{Store, timestamp};
+use crate::tasks::Registry;
+
+pub async fn dags(config: &Config, command: DagsCommand) -> anyhow::Result<ExitCode> {
+    let registry = Registry::builtin();
+    match command {
+        DagsCommand::Validate { files } => Ok(validate(config, &registry, &files)),
+        DagsCommand::List => {
+            let bag = DagBag::load(&config.dags_dir, &registry);
+            let store = Store::open(&config.database_url).await?;
+            let overrides = store.pause_overrides().await?;
+            println!(
+                "{:<32} {:<16} {:<8} {:>5}  FILE",
+                "DAG", "SCHEDULE", "PAUSED", "TASKS"
+            );
+            for dag in bag.dags() {
+                let paused = overrides.get(&dag.id).copied().unwrap_or(dag.paused);
+                println!(
+                    "{:<32} {:<16} {:<8} {:>5}  {}",
+                    dag.id,
+                    dag.schedule
+                        .as_ref()
+                        .map_or("-".to_string(), |s| s.to_string()),
+                    if paused { "yes" } else { "no" },
+                    dag.tasks.len(),
+                    dag.path.display()
+                );
+            }
+            for error in bag.errors() {
+                println!("\nbroken: {error}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DagsCommand::Show { dag_id } => {
+            let bag = DagBag::load(&config.dags_dir, &registry);
+            let dag = find_dag(&bag, &dag_id)?;
+            let store = Store::open(&config.database_url).await?;
+            let paused = store
+                .pause_overrides()
+                .await?
+                .get(&dag.id)
+                .copied()
+                .unwrap_or(dag.paused);
+            let last_end = store.last_scheduled_end(&dag.id).await?;
+            show(&dag, paused, last_end);
+            Ok(ExitCode::SUCCESS)
+        }
+        DagsCommand::Pause { dag_id } => set_paused(config, &registry, &dag_id, true).await,
+        DagsCommand::Unpause { dag_id } => set_paused(config, &registry, &dag_id, false).await,
+    }
+}
+
+async fn set_paused(
+    config: &Config,
+    registry: &Registry,
+    dag_id: &str,
+    paused: bool,
+) -> anyhow::Result<ExitCode> {
+    let bag = DagBag::load(&config.dags_dir, registry);
+    let dag = find_dag(&bag, dag_id)?;
+    let store = Store::open(&config.database_url).await?;
+    store.set_paused(&dag.id, paused).await?;
+    wake(&config.state_dir());
+    println!("{} {}", dag.id, if paused { "paused" } else { "unpaused" });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the named files, or every file of the DAGs folder (including duplicate ids).
+fn validate(config: &Config, registry: &Registry, files: &[std::path::PathBuf]) -> ExitCode {
+    let mut failed = false;
+    let mut report = |result: Result<(&Dag, &std::path::Path), String>| match result {
+        Ok((dag, path)) => println!(
+            "ok {} ({}, {} tasks)",
+            path.display(),
+            dag.id,
+            dag.tasks.len()
+        ),
+        Err(error) => {
+            eprintln!("{error}");
+            failed = true;
+        }
+    };
+    if files.is_empty() {
+        let bag = DagBag::load(&config.dags_dir, registry);
+        for dag in bag.dags() {
+            report(Ok((dag, &dag.path)));
+        }
+        for error in bag.errors() {
+            report(Err(error.to_string()));
+        }
+        if bag.dags().next().is_none() && bag.errors().next().is_none() {
+            eprintln!(
+                "no DAG files (*.yaml, *.yml) in {}",
+                config.dags_dir.display()
+            );
+        }
+    } else {
+        for file in files {
+            match load_file(file, registry) {
+                Ok(dag) => report(Ok((&dag, file))),
+                Err(error) => report(Err(error.to_string())),
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn show(dag: &Dag, paused: bool, last_end: Option<chrono::DateTime<Utc>>) {
+    println!("dag:              {}", dag.id);
+    if let Some(description) = &dag.description {
+        println!("description:      {description}");
+    }
+    println!("file:             {}", dag.path.display());
+    println!(
+        "schedule:         {} ({})",
+        dag.schedule
+            .as_ref()
+            .map_or("manual only".to_string(), |s| s.to_string()),
+        dag.timezone
+    );
+    if let Some(start) = dag.start_date {
+        println!("start_date:       {start}");
+    }
+    println!("catchup:          {}", dag.catchup);
+    println!("paused:           {paused}");
+    println!("max_active_runs:  {}", dag.max_active_runs);
+    println!("max_active_tasks: {}", dag.max_active_tasks);
+    if let Some(due) = dag.next_due(last_end, Utc::now()).filter(|_| !paused) {
+        println!("next run due:     {}", timestamp::format(due));
+    }
+    if !dag.params.is_empty() {
+        println!(
+            "params:           {}",
+            serde_json::Value::Object(dag.params.clone())
+        );
+    }
+    println!("tasks:");
+    for task in &dag.tasks {
+        let deps = if task.depends_on.is_empty() {
+            String::new()
+        } else {
+            format!(" <- {}", task.depends_on.join(", "))
+        };
+        let timeout = task
+            .timeout
+            .map(|t| format!(", timeout {}", humantime::format_duration(t)))
+            .unwrap_or_default();
+        println!(
+            "  {} [{}]{deps} (trigger_rule {:?}, retries {}{timeout})",
+            task.id, task.kind, task.trigger_rule, task.retry.retries
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! The `orch` command line: argument parsing and one thin module per command.
+
+mod dags;
+mod logs;
+mod run;
+mod runs;
+mod serve;
+mod trigger;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "orch",
+    version,
+    about = "Run YAML-defined data pipelines on a schedule, with their history in SQLite."
+)]
+pub struct Cli {
+    /// The folder holding dags/, logs/, data/ and orch.db.
+    #[arg(long, global = true, env = "ORCH_HOME", default_value = ".")]
+    home: PathBuf,
+
+    /// Format of orch's own log on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the scheduler: cron ticks, queued runs, hot reload of DAG files.
+    Serve {
+        /// How long running tasks may finish after SIGTERM/Ctrl-C before they are stopped.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+    },
+    /// Queue a run for the running `orch serve`; prints the run id.
+    Trigger(RunArgs),
+    /// Execute one run of a DAG in this process, now.
+    Run(RunArgs),
+    /// List, check and inspect DAGs.
+    #[command(subcommand)]
+    Dags(DagsCommand),
+    /// Inspect the run history.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Print the logs of a run's task attempts.
+    Logs {
+        run_id: String,
+        /// Only this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only this attempt (1-based).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Keep printing new output until the run ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    dag_id: String,
+    /// Override a param: key=value (the value is read as JSON when it parses, else as text).
+    #[arg(long = "conf", value_name = "KEY=VALUE")]
+    conf: Vec<String>,
+    /// The run's logical date: a date (midnight in the DAG's timezone) or an RFC 3339 time.
+    #[arg(long)]
+    logical_date: Option<String>,
+    /// `trigger` only: wait for the run to end; exit non-zero if it failed.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Subcommand)]
+enum DagsCommand {
+    /// Every DAG with its schedule and state, and every file that fails to load.
+    List,
+    /// Check DAG files (all of dags/ by default); exits non-zero on any error.
+    Validate { files: Vec<PathBuf> },
+    /// One DAG's definition and next run.
+    Show { dag_id: String },
+    /// Stop scheduling a DAG (persisted).
+    Pause { dag_id: String },
+    /// Resume scheduling a DAG.
+    Unpause { dag_id: String },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// The latest runs, newest first.
+    List {
+        #[arg(long)]
+        dag: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON (a stable contract; see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run with its tasks and attempts.
+    Show {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses arguments, runs the command and turns its outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_tracing(cli.log_format, default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&cli.home)?;
+    match cli.command {
+        Command::Serve { grace } => serve::serve(config, grace).await,
+        Command::Trigger(args) => trigger::trigger(&config, args).await,
+        Command::Run(args) => run::run(&config, args).await,
+        Command::Dags(cmd) => dags::dags(&config, cmd).await,
+        Command::Runs(cmd) => runs::runs(&config, cmd).await,
+        Command::Logs {
+            run_id,
+            task,
+            attempt,
+            follow,
+        } => logs::logs(&config, &run_id, task.as_deref(), attempt, follow).await,
+    }
+}
+
+fn init_tracing(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ORCH_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},sqlx=warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The DAG named on the command line, or an error that says why it is not there.
+fn find_dag(
+    bag: &crate::dag::DagBag,
+    dag_id: &str,
+) -> anyhow::Result<std::sync::Arc<crate::dag::Dag>> {
+    if let Some(dag) = bag.get(dag_id) {
+        return Ok(dag.clone());
+    }
+    if let Some(error) = bag.error_for(dag_id) {
+        anyhow::bail!("DAG `{dag_id}` does not load:\n{error}");
+    }
+    let known: Vec<&str> = bag.dags().map(|d| d.id.as_str()).collect();
+    anyhow::bail!(
+        "no DAG `{dag_id}`; known DAGs: {}",
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )
+}

@@ -1,0 +1,87 @@
+//! `orch run`: execute one run in this process, printing task states as they change.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::RunArgs;
+use super::trigger::create_manual_run;
+use crate::config::Config;
+use crate::executor::{Executor, Phase, ShutdownHandle, TaskEvent};
+use crate::lease::Lease;
+use crate::store::RunState;
+use crate::tasks::Registry;
+
+pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (store, dag, new_run) = create_manual_run(config, &args).await?;
+    let lease = Lease::acquire(&config.state_dir()).context("cannot create the process lease")?;
+    let path = dag.path.to_string_lossy();
+    if !store
+        .claim_run(&new_run.run_id, lease.id(), &dag.source, &path)
+        .await?
+    {
+        anyhow::bail!(
+            "run `{}` was taken by a running `orch serve`",
+            new_run.run_id
+        );
+    }
+    let run = store
+        .run(&new_run.run_id)
+        .await?
+        .context("the run vanished right after it was created")?;
+    println!("{}", run.run_id);
+
+    let executor = Executor {
+        store: store.clone(),
+        registry: Arc::new(Registry::builtin()),
+        home: config.home.clone(),
+        logs_dir: config.logs_dir.clone(),
+        slots: Arc::new(Semaphore::new(config.parallelism)),
+    };
+    let (events_tx, mut events) = mpsc::unbounded_channel::<TaskEvent>();
+    let printer = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            print_event(&event);
+        }
+    });
+    let (shutdown, watch) = ShutdownHandle::new();
+    let execution = executor.execute(dag, &run, watch, Some(events_tx));
+    tokio::pin!(execution);
+    let outcome = tokio::select! {
+        outcome = &mut execution => outcome?,
+        _ = tokio::signal::ctrl_c() => {
+            // Interactive: Ctrl-C stops the run now, as a failure.
+            shutdown.set(Phase::Abort);
+            execution.await?;
+            None
+        }
+    };
+    let _ = printer.await;
+    let state = match outcome {
+        Some(state) => state,
+        None => {
+            store.finish_run(&run.run_id, RunState::Failed).await?;
+            RunState::Failed
+        }
+    };
+    println!("run {} {state}", run.run_id);
+    Ok(if state == RunState::Success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_event(event: &TaskEvent) {
+    let attempt = if event.attempt > 0 {
+        format!(" (attempt {})", event.attempt)
+    } else {
+        String::new()
+    };
+    match &event.error {
+        Some(error) => println!("{} {}{attempt}: {error}", event.task_id, event.state),
+        None => println!("{} {}{attempt}", event.task_id, event.state),
+    }
+}

@@ -1,0 +1,149 @@
+//! `orch runs list | show`, for people (tables) and scripts (`--json`, a stable contract).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::RunsCommand;
+use crate::config::Config;
+use crate::store::{AttemptRecord, RunRecord, Store, TaskState, timestamp};
+
+/// `orch runs show --json`: the run, then its tasks with every attempt.
+#[derive(Serialize)]
+struct RunView<'a> {
+    #[serde(flatten)]
+    run: &'a RunRecord,
+    tasks: Vec<TaskView>,
+}
+
+#[derive(Serialize)]
+struct TaskView {
+    task_id: String,
+    state: TaskState,
+    attempts: Vec<AttemptRecord>,
+}
+
+pub async fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&config.database_url).await?;
+    match command {
+        RunsCommand::List { dag, limit, json } => {
+            let runs = store.runs(dag.as_deref(), limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                print_table(&runs);
+            }
+        }
+        RunsCommand::Show { run_id, json } => {
+            let run = store
+                .run(&run_id)
+                .await?
+                .with_context(|| format!("no run `{run_id}` in the run history"))?;
+            let mut attempts = store.attempts(&run_id).await?;
+            let tasks: Vec<TaskView> = store
+                .task_instances(&run_id)
+                .await?
+                .into_iter()
+                .map(|ti| {
+                    let mut mine: Vec<AttemptRecord> = Vec::new();
+                    attempts.retain(|a| {
+                        let is_mine = a.task_id == ti.task_id;
+                        if is_mine {
+                            mine.push(a.clone());
+                        }
+                        !is_mine
+                    });
+                    mine.sort_by_key(|a| a.attempt);
+                    TaskView {
+                        task_id: ti.task_id,
+                        state: ti.state,
+                        attempts: mine,
+                    }
+                })
+                .collect();
+            let view = RunView { run: &run, tasks };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print_run(&view);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn duration(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> String {
+    match (start, end) {
+        (Some(s), Some(e)) => format!("{:.3}s", (e - s).num_milliseconds() as f64 / 1000.0),
+        (Some(s), None) => format!("{:.0}s…", (Utc::now() - s).num_seconds()),
+        _ => "-".to_string(),
+    }
+}
+
+fn print_table(runs: &[RunRecord]) {
+    println!(
+        "{:<60} {:<8} {:<9} {:<27} DURATION",
+        "RUN_ID", "STATE", "TYPE", "LOGICAL_DATE"
+    );
+    for run in runs {
+        println!(
+            "{:<60} {:<8} {:<9} {:<27} {}",
+            run.run_id,
+            run.state,
+            run.run_type,
+            timestamp::format(run.logical_date),
+            duration(run.started_at, run.ended_at)
+        );
+    }
+}
+
+fn print_run(view: &RunView<'_>) {
+    let run = view.run;
+    println!("run:           {}", run.run_id);
+    println!("dag:           {}", run.dag_id);
+    println!("state:         {}", run.state);
+    println!("type:          {}", run.run_type);
+    println!("logical date:  {}", timestamp::format(run.logical_date));
+    println!(
+        "data interval: {} .. {}",
+        timestamp::format(run.data_interval_start),
+        timestamp::format(run.data_interval_end)
+    );
+    if !run.conf.is_empty() {
+        println!(
+            "conf:          {}",
+            serde_json::Value::Object(run.conf.clone())
+        );
+    }
+    println!("duration:      {}", duration(run.started_at, run.ended_at));
+    println!();
+    println!(
+        "{:<32} {:<16} {:>7} {:>10} {:>8}  ERROR",
+        "TASK", "STATE", "ATTEMPT", "DURATION", "ROWS"
+    );
+    for task in &view.tasks {
+        if task.attempts.is_empty() {
+            println!(
+                "{:<32} {:<16} {:>7} {:>10} {:>8}",
+                task.task_id, task.state, "-", "-", "-"
+            );
+        }
+        for a in &task.attempts {
+            println!(
+                "{:<32} {:<16} {:>7} {:>10} {:>8}  {}",
+                task.task_id,
+                if a.attempt as usize == task.attempts.len() {
+                    task.state.to_string()
+                } else {
+                    a.state.to_string()
+                },
+                a.attempt,
+                a.duration_ms.map_or("-".to_string(), |d| format!("{d}ms")),
+                a.rows.map_or("-".to_string(), |r| r.to_string()),
+                a.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Where things live: the home folder, the metadata database, the DAG and log folders.
+//!
+//! Settings come from, in order of precedence: the environment (`ORCH_DATABASE_URL`,
+//! `ORCH_DAGS_DIR`, `ORCH_LOGS_DIR`, `ORCH_PARALLELISM`), then `orch.yaml` in the home, then
+//! defaults under the home. Relative paths are relative to the home.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub home: PathBuf,
+    pub database_url: String,
+    pub dags_dir: PathBuf,
+    pub logs_dir: PathBuf,
+    /// How many task attempts may run at once in one process, across all runs.
+    pub parallelism: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot use home {path}: {source}")]
+    Home {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("environment variable {name}=`{value}`: {message}")]
+    Env {
+        name: &'static str,
+        value: String,
+        message: String,
+    },
+}
+
+/// The keys `orch.yaml` may set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    database_url: Option<String>,
+    dags_dir: Option<PathBuf>,
+    logs_dir: Option<PathBuf>,
+    parallelism: Option<usize>,
+}
+
+impl Config {
+    /// Resolves the configuration for `home`, reading `orch.yaml` there if present.
+    pub fn load(home: &Path) -> Result<Config, ConfigError> {
+        let home = std::path::absolute(home).map_err(|source| ConfigError::Home {
+            path: home.to_path_buf(),
+            source,
+        })?;
+        let file = read_settings(&home.join("orch.yaml"))?;
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { home.join(p) };
+
+        let database_url = env("ORCH_DATABASE_URL")
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", home.join("orch.db").display()));
+        let dags_dir = resolve(
+            env("ORCH_DAGS_DIR")
+                .map(PathBuf::from)
+                .or(file.dags_dir)
+                .unwrap_or("dags".into()),
+        );
+        let logs_dir = resolve(
+            env("ORCH_LOGS_DIR")
+                .map(PathBuf::from)
+                .or(file.logs_dir)
+                .unwrap_or("logs".into()),
+        );
+        let parallelism = match env("ORCH_PARALLELISM") {
+            Some(value) => match value.parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "ORCH_PARALLELISM",
+                        value,
+                        message: "must be a whole number of at least 1".to_string(),
+                    });
+                }
+            },
+            None => file
+                .parallelism
+                .filter(|n| *n > 0)
+                .unwrap_or_else(default_parallelism),
+        };
+        Ok(Config {
+            home,
+            database_url,
+            dags_dir,
+            logs_dir,
+            parallelism,
+        })
+    }
+
+    /// orch's own files: locks, leases and the scheduler's wake-up socket.
+    pub fn state_dir(&self) -> PathBuf {
+        self.home.join(".orch")
+    }
+}
+
+fn default_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn read_settings(path: &Path) -> Result<FileSettings, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileSettings::default()),
+        Err(e) => {
+            return Err(ConfigError::File {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            });
+        }
+    };
+    if text.trim().is_empty() {
+        return Ok(FileSettings::default());
+    }
+    serde_saphyr::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        message: e.without_snippet().to_string(),
+    })
+}

@@ -1,0 +1,206 @@
+//! DAGs: the model, YAML loading and validation, schedules, and the directory of DAG files.
+//!
+//! A DAG file is parsed into [`spec`] types that mirror the YAML, then checked and turned into a
+//! [`Dag`], the immutable definition the scheduler and executor work from. A run keeps the `Dag`
+//! it started with, so editing a file never changes a run that is already going.
+
+mod bag;
+mod error;
+mod graph;
+mod load;
+mod schedule;
+mod spec;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+pub use bag::DagBag;
+pub use error::{LoadError, Problem};
+pub use load::{load_file, load_str};
+pub use schedule::{DataInterval, Schedule};
+
+/// A validated DAG definition.
+#[derive(Debug, Clone)]
+pub struct Dag {
+    pub id: String,
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// The YAML text, kept with each run so the run can be resumed with the same definition.
+    pub source: String,
+    pub description: Option<String>,
+    pub schedule: Option<Schedule>,
+    pub timezone: Tz,
+    pub start_date: Option<NaiveDate>,
+    pub catchup: bool,
+    pub max_active_runs: u32,
+    pub max_active_tasks: u32,
+    /// The default from the file; `orch dags pause` overrides it in the metadata database.
+    pub paused: bool,
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Tasks in a topological order: every task comes after all of its upstreams.
+    pub tasks: Vec<Task>,
+}
+
+/// One node of a DAG.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub id: String,
+    /// The built-in task kind, a key of the task registry.
+    pub kind: String,
+    pub depends_on: Vec<String>,
+    pub trigger_rule: TriggerRule,
+    pub retry: RetryPolicy,
+    /// Per-attempt time limit; an attempt that exceeds it fails.
+    pub timeout: Option<Duration>,
+    /// The kind's configuration. Every string in it is a template rendered at run time.
+    pub with: serde_json::Value,
+}
+
+/// When a task may run, given the final states of its upstream tasks (Airflow's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerRule {
+    /// Every upstream succeeded.
+    #[default]
+    AllSuccess,
+    /// Every upstream finished, whatever its state.
+    AllDone,
+    /// At least one upstream failed.
+    OneFailed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backoff {
+    /// Every retry waits `retry_delay`.
+    #[default]
+    Fixed,
+    /// Retry n waits `retry_delay * 2^(n-1)`, capped at `max_retry_delay`.
+    Exponential,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt; a task makes at most `retries + 1` attempts.
+    pub retries: u32,
+    pub delay: Duration,
+    pub backoff: Backoff,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    pub const DEFAULT_DELAY: Duration = Duration::from_secs(300);
+    pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(3600);
+
+    /// How long to wait before the attempt after `failed_attempt` (1-based).
+    pub fn delay_after(&self, failed_attempt: u32) -> Duration {
+        match self.backoff {
+            Backoff::Fixed => self.delay,
+            Backoff::Exponential => {
+                let factor = 2u32.saturating_pow(failed_attempt.saturating_sub(1));
+                self.delay.saturating_mul(factor).min(self.max_delay)
+            }
+        }
+    }
+
+    /// Whether another attempt follows a failure of attempt `attempt` (1-based).
+    pub fn allows_retry_after(&self, attempt: u32) -> bool {
+        attempt <= self.retries
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            retries: 0,
+            delay: Self::DEFAULT_DELAY,
+            backoff: Backoff::Fixed,
+            max_delay: Self::DEFAULT_MAX_DELAY,
+        }
+    }
+}
+
+impl Dag {
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.id == id)
+    }
+
+    /// The data interval of a manual run without an explicit logical date: the latest complete
+    /// schedule interval before `now` (Airflow's rule), or `[now, now]` for an unscheduled DAG.
+    pub fn manual_interval(&self, now: DateTime<Utc>) -> DataInterval {
+        match &self.schedule {
+            Some(schedule) => schedule.latest_complete_interval(now, self.timezone),
+            None => DataInterval {
+                start: now,
+                end: now,
+            },
+        }
+    }
+
+    /// The data interval of a run whose logical date is given: from it to the next schedule
+    /// tick after it, or one day for an unscheduled DAG.
+    pub fn interval_from(&self, logical_date: DateTime<Utc>) -> DataInterval {
+        let end = match &self.schedule {
+            Some(schedule) => schedule.next_after(logical_date, self.timezone),
+            None => None,
+        };
+        DataInterval {
+            start: logical_date,
+            end: end.unwrap_or(logical_date + chrono::Duration::days(1)),
+        }
+    }
+
+    /// The next interval the scheduler should create a run for, if it is complete at `now`.
+    ///
+    /// `last_end` is the end of the latest scheduled run's interval. Without catchup only the
+    /// latest complete interval is run; with catchup every interval since `start_date` (or since
+    /// the last run) is, one after the other.
+    pub fn next_scheduled_interval(
+        &self,
+        last_end: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Option<DataInterval> {
+        let interval = self.next_interval_candidate(last_end, now)?;
+        (interval.end <= now).then_some(interval)
+    }
+
+    /// When the scheduler has to look again: the end of the next interval to be run.
+    pub fn next_due(
+        &self,
+        last_end: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        self.next_interval_candidate(last_end, now).map(|i| i.end)
+    }
+
+    fn next_interval_candidate(
+        &self,
+        last_end: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Option<DataInterval> {
+        let schedule = self.schedule.as_ref()?;
+        let tz = self.timezone;
+        let earliest = last_end.or_else(|| self.start_instant());
+        let mut start = earliest.and_then(|e| schedule.at_or_after(e, tz));
+        if !self.catchup || start.is_none() {
+            let latest = schedule.latest_complete_interval(now, tz).start;
+            start = Some(start.map_or(latest, |s| s.max(latest)));
+        }
+        let start = start?;
+        let end = schedule.next_after(start, tz)?;
+        Some(DataInterval { start, end })
+    }
+
+    /// `start_date` as an instant: midnight of that day in the DAG's timezone.
+    fn start_instant(&self) -> Option<DateTime<Utc>> {
+        let midnight = self.start_date?.and_hms_opt(0, 0, 0)?;
+        midnight
+            .and_local_timezone(self.timezone)
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+    }
+}

@@ -1,0 +1,56 @@
+//! The YAML shape of a DAG file, as written by users. Unknown keys are errors, and values that
+//! later checks may reject carry their source location.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::{Backoff, TriggerRule};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DagSpec {
+    pub id: Option<Spanned<String>>,
+    pub description: Option<String>,
+    pub schedule: Option<Spanned<String>>,
+    pub timezone: Option<Spanned<String>>,
+    pub start_date: Option<Spanned<String>>,
+    #[serde(default)]
+    pub catchup: bool,
+    pub max_active_runs: Option<Spanned<u32>>,
+    pub max_active_tasks: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub defaults: TaskPolicySpec,
+    pub tasks: Spanned<Vec<TaskSpec>>,
+}
+
+/// Settings a task inherits from the DAG's `defaults` and may override.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskPolicySpec {
+    pub retries: Option<u32>,
+    pub retry_delay: Option<Spanned<String>>,
+    pub retry_backoff: Option<Backoff>,
+    pub max_retry_delay: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub trigger_rule: Option<TriggerRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub id: Spanned<String>,
+    pub kind: Spanned<String>,
+    #[serde(default)]
+    pub depends_on: Vec<Spanned<String>>,
+    pub retries: Option<u32>,
+    pub retry_delay: Option<Spanned<String>>,
+    pub retry_backoff: Option<Backoff>,
+    pub max_retry_delay: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub trigger_rule: Option<TriggerRule>,
+    pub with: Option<Spanned<serde_json::Value>>,
+}

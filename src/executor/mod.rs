@@ -1,0 +1,481 @@
+//! Executing one DAG run: starting tasks as their upstreams allow, retrying, timing out, and
+//! recording every transition in the run history.
+//!
+//! One loop owns a run's state and is the only writer of it, so transitions never race. Task
+//! attempts run as tokio tasks; a global semaphore bounds how many run at once across all runs
+//! (`ORCH_PARALLELISM`), `max_active_tasks` bounds one run.
+
+mod shutdown;
+mod trigger_rules;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::dag::Dag;
+use crate::logs::{AttemptLog, attempt_log_path};
+use crate::store::{AttemptEnd, AttemptState, RunRecord, RunState, Store, StoreError, TaskState};
+use crate::tasks::{Registry, TaskContext, TaskKind, TaskOutput};
+use crate::template::{self, RunVariables};
+
+pub use shutdown::{Phase, Shutdown, ShutdownHandle};
+pub use trigger_rules::{Readiness, evaluate};
+
+/// The error recorded for an attempt whose process disappeared without an outcome.
+pub const ORPHANED: &str = "orphaned: the orch process running this attempt stopped before it finished (killed or crashed)";
+/// The error recorded for an attempt cut off by a shutdown's grace period.
+pub const INTERRUPTED: &str = "interrupted: orch shut down before the attempt finished";
+
+/// Everything runs share: where to record, which kinds exist, how many tasks may run at once.
+#[derive(Clone)]
+pub struct Executor {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub home: PathBuf,
+    pub logs_dir: PathBuf,
+    pub slots: Arc<Semaphore>,
+}
+
+/// A task's state change, for a caller that shows progress (`orch run`).
+#[derive(Debug, Clone)]
+pub struct TaskEvent {
+    pub task_id: String,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub error: Option<String>,
+}
+
+impl Executor {
+    /// Drives `run` to its end with the definition `dag`, and returns its final state, or `None`
+    /// when a shutdown stopped it first (it stays `running` and the next scheduler resumes it).
+    ///
+    /// Attempts left `running` by a dead process are failed as orphaned and retried per policy.
+    pub async fn execute(
+        &self,
+        dag: Arc<Dag>,
+        run: &RunRecord,
+        shutdown: Shutdown,
+        events: Option<mpsc::UnboundedSender<TaskEvent>>,
+    ) -> Result<Option<RunState>, StoreError> {
+        let mut params = dag.params.clone();
+        params.extend(run.conf.clone());
+        let mut run_loop = RunLoop::new(self, dag, run, params, events);
+        run_loop.load().await?;
+        run_loop.drive(shutdown).await
+    }
+}
+
+/// What one attempt came back with.
+struct AttemptDone {
+    task: usize,
+    attempt: u32,
+    started_at: DateTime<Utc>,
+    ended_at: DateTime<Utc>,
+    result: Result<TaskOutput, String>,
+}
+
+struct RunLoop<'a> {
+    exec: &'a Executor,
+    dag: Arc<Dag>,
+    run: &'a RunRecord,
+    params: Map<String, Value>,
+    events: Option<mpsc::UnboundedSender<TaskEvent>>,
+    upstream: Vec<Vec<usize>>,
+    states: Vec<TaskState>,
+    tries: Vec<u32>,
+    next_retry: Vec<Option<DateTime<Utc>>>,
+    in_flight: JoinSet<AttemptDone>,
+    /// What is running, by tokio task id, to account for an attempt that was aborted.
+    running: HashMap<tokio::task::Id, (usize, u32, DateTime<Utc>)>,
+}
+
+impl<'a> RunLoop<'a> {
+    fn new(
+        exec: &'a Executor,
+        dag: Arc<Dag>,
+        run: &'a RunRecord,
+        params: Map<String, Value>,
+        events: Option<mpsc::UnboundedSender<TaskEvent>>,
+    ) -> Self {
+        let index: HashMap<&str, usize> = dag
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id.as_str(), i))
+            .collect();
+        let upstream = dag
+            .tasks
+            .iter()
+            .map(|t| {
+                t.depends_on
+                    .iter()
+                    .filter_map(|d| index.get(d.as_str()).copied())
+                    .collect()
+            })
+            .collect();
+        let n = dag.tasks.len();
+        RunLoop {
+            exec,
+            dag,
+            run,
+            params,
+            events,
+            upstream,
+            states: vec![TaskState::Scheduled; n],
+            tries: vec![0; n],
+            next_retry: vec![None; n],
+            in_flight: JoinSet::new(),
+            running: HashMap::new(),
+        }
+    }
+
+    /// Reads the task instances, and fails the attempts a dead process left running.
+    async fn load(&mut self) -> Result<(), StoreError> {
+        let index: HashMap<String, usize> = self
+            .dag
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id.clone(), i))
+            .collect();
+        for ti in self.exec.store.task_instances(&self.run.run_id).await? {
+            let Some(&i) = index.get(&ti.task_id) else {
+                continue;
+            };
+            self.states[i] = ti.state;
+            self.tries[i] = ti.try_number;
+            self.next_retry[i] = ti.next_retry_at;
+        }
+        if !self.states.contains(&TaskState::Running) {
+            return Ok(());
+        }
+        let attempts = self.exec.store.attempts(&self.run.run_id).await?;
+        let now = Utc::now();
+        for i in 0..self.states.len() {
+            if self.states[i] == TaskState::Running {
+                let task_id = &self.dag.tasks[i].id;
+                let started = attempts
+                    .iter()
+                    .find(|a| &a.task_id == task_id && a.attempt == self.tries[i])
+                    .map_or(now, |a| a.started_at);
+                tracing::warn!(run_id = %self.run.run_id, task_id = %self.dag.tasks[i].id, attempt = self.tries[i], "recovering an orphaned attempt");
+                self.record_end(i, self.tries[i], started, Err(ORPHANED.to_string()), now)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn drive(&mut self, mut shutdown: Shutdown) -> Result<Option<RunState>, StoreError> {
+        loop {
+            self.advance().await?;
+            if self.in_flight.is_empty() {
+                if self.states.iter().all(|s| s.is_finished()) {
+                    return self.finish().await.map(Some);
+                }
+                if shutdown.phase() != Phase::Running {
+                    return Ok(None);
+                }
+            }
+            let startable = if shutdown.phase() == Phase::Running
+                && self.running.len() < self.dag.max_active_tasks as usize
+            {
+                self.states.iter().position(|s| *s == TaskState::Queued)
+            } else {
+                None
+            };
+            let next_retry = self.next_retry.iter().flatten().min().copied();
+            let retry_sleep =
+                next_retry.map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+            tokio::select! {
+                biased;
+                phase = shutdown.changed() => {
+                    if phase == Phase::Abort {
+                        self.abort().await?;
+                        return Ok(None);
+                    }
+                }
+                Some(joined) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => {
+                    self.on_joined(joined).await?;
+                }
+                permit = Arc::clone(&self.exec.slots).acquire_owned(), if startable.is_some() => {
+                    if let (Ok(permit), Some(task)) = (permit, startable) {
+                        self.start(task, permit).await?;
+                    }
+                }
+                _ = tokio::time::sleep(retry_sleep.unwrap_or(Duration::ZERO)), if retry_sleep.is_some() => {}
+            }
+        }
+    }
+
+    /// Moves waiting tasks on: to `queued` when their trigger rule is met, to `upstream_failed`
+    /// or `skipped` when it never will be, and from `up_for_retry` to `queued` when due.
+    async fn advance(&mut self) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let mut changes = Vec::new();
+        // Tasks are in topological order, so one pass carries a failure all the way down.
+        for i in 0..self.states.len() {
+            let next = match self.states[i] {
+                TaskState::Scheduled => {
+                    let upstream: Vec<TaskState> =
+                        self.upstream[i].iter().map(|&u| self.states[u]).collect();
+                    match evaluate(self.dag.tasks[i].trigger_rule, &upstream) {
+                        Readiness::Wait => continue,
+                        Readiness::Ready => TaskState::Queued,
+                        Readiness::Never(state) => state,
+                    }
+                }
+                TaskState::UpForRetry if self.next_retry[i].is_none_or(|t| t <= now) => {
+                    self.next_retry[i] = None;
+                    TaskState::Queued
+                }
+                _ => continue,
+            };
+            self.states[i] = next;
+            changes.push((i, next));
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(String, TaskState)> = changes
+            .iter()
+            .map(|&(i, state)| (self.dag.tasks[i].id.clone(), state))
+            .collect();
+        self.exec
+            .store
+            .set_task_states(&self.run.run_id, &rows)
+            .await?;
+        for (i, state) in changes {
+            self.emit(i, state, None);
+        }
+        Ok(())
+    }
+
+    async fn start(&mut self, i: usize, permit: OwnedSemaphorePermit) -> Result<(), StoreError> {
+        let task = &self.dag.tasks[i];
+        let attempt = self.tries[i] + 1;
+        let started_at = Utc::now();
+        let path = attempt_log_path(
+            &self.exec.logs_dir,
+            &self.dag.id,
+            &self.run.run_id,
+            &task.id,
+            attempt,
+        );
+        self.exec
+            .store
+            .start_attempt(
+                &self.run.run_id,
+                &task.id,
+                attempt,
+                started_at,
+                &path.to_string_lossy(),
+            )
+            .await?;
+        self.tries[i] = attempt;
+        self.states[i] = TaskState::Running;
+        self.emit(i, TaskState::Running, None);
+
+        let vars = RunVariables::new(
+            &self.dag.id,
+            &self.run.run_id,
+            &task.id,
+            self.run.logical_date,
+            (self.run.data_interval_start, self.run.data_interval_end),
+            self.dag.timezone,
+            self.params.clone(),
+        );
+        let rendered = template::render_value(&task.with, &vars);
+        let kind = self.exec.registry.get(&task.kind).cloned();
+        let ctx = (
+            self.dag.id.clone(),
+            self.run.run_id.clone(),
+            task.id.clone(),
+            vars.ds,
+        );
+        let (timeout, max_attempts, kind_name) =
+            (task.timeout, task.retry.retries + 1, task.kind.clone());
+        let home = self.exec.home.clone();
+        let handle = self.in_flight.spawn(async move {
+            let _permit = permit;
+            let (dag_id, run_id, task_id, ds) = ctx;
+            let result = match AttemptLog::create(path) {
+                Err(e) => Err(format!("cannot create the attempt log: {e}")),
+                Ok(log) => {
+                    log.note(&format!(
+                        "attempt {attempt} of {max_attempts} of task `{task_id}` ({kind_name})"
+                    ));
+                    let ctx = TaskContext {
+                        dag_id,
+                        run_id,
+                        task_id,
+                        attempt,
+                        home,
+                        ds,
+                        log,
+                    };
+                    let result = run_attempt(kind, rendered, &ctx, timeout).await;
+                    match &result {
+                        Ok(out) => ctx.log.note(&format!(
+                            "succeeded{}",
+                            out.rows.map(|r| format!(", rows={r}")).unwrap_or_default()
+                        )),
+                        Err(e) => ctx.log.note(&format!("failed: {e}")),
+                    }
+                    result
+                }
+            };
+            AttemptDone {
+                task: i,
+                attempt,
+                started_at,
+                ended_at: Utc::now(),
+                result,
+            }
+        });
+        self.running.insert(handle.id(), (i, attempt, started_at));
+        Ok(())
+    }
+
+    async fn on_joined(
+        &mut self,
+        joined: Result<(tokio::task::Id, AttemptDone), tokio::task::JoinError>,
+    ) -> Result<(), StoreError> {
+        match joined {
+            Ok((id, done)) => {
+                self.running.remove(&id);
+                self.record_end(
+                    done.task,
+                    done.attempt,
+                    done.started_at,
+                    done.result,
+                    done.ended_at,
+                )
+                .await
+            }
+            Err(e) => {
+                let Some((i, attempt, started)) = self.running.remove(&e.id()) else {
+                    return Ok(());
+                };
+                let error = if e.is_cancelled() {
+                    INTERRUPTED.to_string()
+                } else {
+                    format!("the task panicked: {e}")
+                };
+                self.record_end(i, attempt, started, Err(error), Utc::now())
+                    .await
+            }
+        }
+    }
+
+    /// Records an attempt's end and decides the task's next state under its retry policy.
+    async fn record_end(
+        &mut self,
+        i: usize,
+        attempt: u32,
+        started_at: DateTime<Utc>,
+        result: Result<TaskOutput, String>,
+        ended_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let task = &self.dag.tasks[i];
+        let duration_ms = (ended_at - started_at).num_milliseconds().max(0);
+        let (end, state, next_retry) = match result {
+            Ok(out) => (
+                AttemptEnd {
+                    state: AttemptState::Success,
+                    ended_at,
+                    duration_ms,
+                    rows: out.rows.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
+                    error: None,
+                },
+                TaskState::Success,
+                None,
+            ),
+            Err(error) => {
+                let retry = task.retry.allows_retry_after(attempt);
+                let next = retry.then(|| ended_at + task.retry.delay_after(attempt));
+                let end = AttemptEnd {
+                    state: AttemptState::Failed,
+                    ended_at,
+                    duration_ms,
+                    rows: None,
+                    error: Some(error),
+                };
+                let state = if retry {
+                    TaskState::UpForRetry
+                } else {
+                    TaskState::Failed
+                };
+                (end, state, next)
+            }
+        };
+        self.exec
+            .store
+            .finish_attempt(&self.run.run_id, &task.id, attempt, &end, state, next_retry)
+            .await?;
+        self.states[i] = state;
+        self.next_retry[i] = next_retry;
+        self.emit(i, state, end.error);
+        Ok(())
+    }
+
+    /// The grace period is over: stop every running attempt and record it as interrupted.
+    async fn abort(&mut self) -> Result<(), StoreError> {
+        self.in_flight.abort_all();
+        while let Some(joined) = self.in_flight.join_next_with_id().await {
+            self.on_joined(joined).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<RunState, StoreError> {
+        let failed = self
+            .states
+            .iter()
+            .any(|s| matches!(s, TaskState::Failed | TaskState::UpstreamFailed));
+        let state = if failed {
+            RunState::Failed
+        } else {
+            RunState::Success
+        };
+        self.exec.store.finish_run(&self.run.run_id, state).await?;
+        Ok(state)
+    }
+
+    fn emit(&self, i: usize, state: TaskState, error: Option<String>) {
+        if let Some(events) = &self.events {
+            let _ = events.send(TaskEvent {
+                task_id: self.dag.tasks[i].id.clone(),
+                state,
+                attempt: self.tries[i],
+                error,
+            });
+        }
+    }
+}
+
+async fn run_attempt(
+    kind: Option<Arc<dyn TaskKind>>,
+    rendered: Result<Value, String>,
+    ctx: &TaskContext,
+    timeout: Option<Duration>,
+) -> Result<TaskOutput, String> {
+    let kind = kind.ok_or("the task kind is no longer registered")?;
+    let with = rendered?;
+    match timeout {
+        None => kind.run(with, ctx).await,
+        Some(limit) => match tokio::time::timeout(limit, kind.run(with, ctx)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "timed out after {}",
+                humantime::format_duration(limit)
+            )),
+        },
+    }
+}

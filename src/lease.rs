@@ -1,0 +1,144 @@
+//! Which process owns what, through advisory file locks the kernel drops when a process dies.
+//!
+//! A [`Lease`] marks a live executing process; runs record the lease id of their owner, so a
+//! scheduler can tell a run whose process was `kill -9`ed (lock free) from one that is still
+//! going (lock held), with no heartbeat and no PID-reuse guesswork. The [`ServeLock`] keeps a
+//! second `orch serve` off a home that already has one.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+/// Held for the life of a process that executes runs.
+#[derive(Debug)]
+pub struct Lease {
+    id: String,
+    path: PathBuf,
+    _file: File,
+}
+
+impl Lease {
+    pub fn acquire(state_dir: &Path) -> io::Result<Lease> {
+        let dir = state_dir.join("leases");
+        fs::create_dir_all(&dir)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let id = format!("{}-{nanos}", std::process::id());
+        let path = dir.join(format!("{id}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok(Lease {
+            id,
+            path,
+            _file: file,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Whether the process that took lease `id` is still alive.
+pub fn is_alive(state_dir: &Path, id: &str) -> bool {
+    let path = state_dir.join("leases").join(format!("{id}.lock"));
+    let Ok(file) = File::open(&path) else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            // Nobody holds it: the owner is gone; tidy up its file.
+            let _ = fs::remove_file(&path);
+            false
+        }
+        Err(TryLockError::WouldBlock) => true,
+        Err(TryLockError::Error(_)) => false,
+    }
+}
+
+/// The one `orch serve` of a home.
+#[derive(Debug)]
+pub struct ServeLock {
+    _file: File,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeLockError {
+    #[error(
+        "another `orch serve` (pid {pid}) is already running on this home ({path}); \
+         stop it first, or use another --home"
+    )]
+    Held { pid: String, path: PathBuf },
+    #[error("cannot take the scheduler lock {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl ServeLock {
+    pub fn acquire(state_dir: &Path) -> Result<ServeLock, ServeLockError> {
+        let path = state_dir.join("serve.lock");
+        let io_err = |source| ServeLockError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(state_dir).map_err(io_err)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Err(ServeLockError::Held {
+                    pid: pid.trim().to_string(),
+                    path: path.clone(),
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        file.set_len(0).map_err(io_err)?;
+        file.rewind().map_err(io_err)?;
+        write!(file, "{}", std::process::id()).map_err(io_err)?;
+        Ok(ServeLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lease_is_alive_and_a_dropped_one_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lease = Lease::acquire(dir.path()).expect("lease");
+        let id = lease.id().to_string();
+        assert!(is_alive(dir.path(), &id));
+        drop(lease);
+        assert!(!is_alive(dir.path(), &id));
+        assert!(!is_alive(dir.path(), "never-existed"));
+    }
+
+    #[test]
+    fn a_second_serve_lock_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = ServeLock::acquire(dir.path()).expect("first lock");
+        let err = ServeLock::acquire(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("already running"), "{err}");
+    }
+}

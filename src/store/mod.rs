@@ -1,0 +1,443 @@
+//! The metadata database: run history, task attempts and pause flags, through sqlx.
+//!
+//! SQLite runs in WAL mode with a busy timeout, so the CLI reads while the server writes, and
+//! every multi-statement write opens with `BEGIN IMMEDIATE`: a plain `BEGIN` takes the write
+//! lock late and fails with "database is locked" when two writers meet.
+
+mod model;
+pub mod timestamp;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+pub use model::{
+    AttemptEnd, AttemptRecord, AttemptState, NewRun, RunRecord, RunState, RunType,
+    TaskInstanceRecord, TaskState,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the metadata database `{url}`: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("cannot migrate the metadata database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("metadata database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("metadata database holds an unreadable value in {what}: `{value}`")]
+    Corrupt { what: &'static str, value: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A handle to the metadata database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `url` (`sqlite://PATH`).
+    pub async fn open(url: &str) -> Result<Store> {
+        let open_err = |source| StoreError::Open {
+            url: url.to_string(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(open_err)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Creates a run and its task instances. Returns `false`, creating nothing, when a
+    /// scheduled or backfill run for the same DAG and logical date already exists.
+    pub async fn insert_run(&self, run: &NewRun, task_ids: &[String]) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let inserted = sqlx::query(
+            "INSERT INTO dag_runs (run_id, dag_id, run_type, logical_date, data_interval_start,
+                 data_interval_end, conf, state, queued_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&run.run_id)
+        .bind(&run.dag_id)
+        .bind(run.run_type.as_str())
+        .bind(timestamp::format(run.logical_date))
+        .bind(timestamp::format(run.data_interval_start))
+        .bind(timestamp::format(run.data_interval_end))
+        .bind(Value::Object(run.conf.clone()).to_string())
+        .bind(timestamp::format(run.queued_at))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            return Ok(false);
+        }
+        for task_id in task_ids {
+            sqlx::query(
+                "INSERT INTO task_instances (run_id, task_id, state) VALUES (?, ?, 'scheduled')",
+            )
+            .bind(&run.run_id)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Takes a queued run for execution by `owner`, recording the DAG definition it runs with.
+    /// Returns `false` when another process took it first.
+    pub async fn claim_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        dag_source: &str,
+        dag_path: &str,
+    ) -> Result<bool> {
+        let claimed = sqlx::query(
+            "UPDATE dag_runs SET state = 'running', owner = ?, started_at = ?, dag_source = ?, dag_path = ?
+             WHERE run_id = ? AND state = 'queued'",
+        )
+        .bind(owner)
+        .bind(timestamp::format(Utc::now()))
+        .bind(dag_source)
+        .bind(dag_path)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(claimed == 1)
+    }
+
+    /// Moves a running run whose owner died to `new_owner`. Returns `false` if someone else
+    /// adopted it first.
+    pub async fn adopt_run(
+        &self,
+        run_id: &str,
+        dead_owner: Option<&str>,
+        new_owner: &str,
+    ) -> Result<bool> {
+        let adopted = sqlx::query(
+            "UPDATE dag_runs SET owner = ? WHERE run_id = ? AND state = 'running' AND owner IS ?",
+        )
+        .bind(new_owner)
+        .bind(run_id)
+        .bind(dead_owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(adopted == 1)
+    }
+
+    pub async fn finish_run(&self, run_id: &str, state: RunState) -> Result<()> {
+        sqlx::query("UPDATE dag_runs SET state = ?, ended_at = ? WHERE run_id = ?")
+            .bind(state.as_str())
+            .bind(timestamp::format(Utc::now()))
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        let row = sqlx::query("SELECT * FROM dag_runs WHERE run_id = ?")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    /// The newest runs first, optionally of one DAG.
+    pub async fn runs(&self, dag_id: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM dag_runs WHERE (?1 IS NULL OR dag_id = ?1)
+             ORDER BY queued_at DESC, run_id DESC LIMIT ?2",
+        )
+        .bind(dag_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// Runs in `state`, oldest first.
+    pub async fn runs_in_state(&self, state: RunState) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query("SELECT * FROM dag_runs WHERE state = ? ORDER BY queued_at, run_id")
+            .bind(state.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// The end of the latest scheduled run's data interval, where the next one starts.
+    pub async fn last_scheduled_end(&self, dag_id: &str) -> Result<Option<DateTime<Utc>>> {
+        let end: Option<String> = sqlx::query_scalar(
+            "SELECT MAX(data_interval_end) FROM dag_runs WHERE dag_id = ? AND run_type = 'scheduled'",
+        )
+        .bind(dag_id)
+        .fetch_one(&self.pool)
+        .await?;
+        end.map(|s| parse_time("dag_runs.data_interval_end", &s))
+            .transpose()
+    }
+
+    /// Whether a backfill or scheduled run of this date already exists, and its state.
+    pub async fn run_for_date(
+        &self,
+        dag_id: &str,
+        logical_date: DateTime<Utc>,
+    ) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(
+            "SELECT * FROM dag_runs WHERE dag_id = ? AND logical_date = ? AND run_type <> 'manual'",
+        )
+        .bind(dag_id)
+        .bind(timestamp::format(logical_date))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    pub async fn task_instances(&self, run_id: &str) -> Result<Vec<TaskInstanceRecord>> {
+        let rows = sqlx::query(
+            "SELECT task_id, state, try_number, next_retry_at FROM task_instances WHERE run_id = ? ORDER BY rowid",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                let next: Option<String> = row.try_get("next_retry_at")?;
+                Ok(TaskInstanceRecord {
+                    task_id: row.try_get("task_id")?,
+                    state: TaskState::parse(&state).ok_or(StoreError::Corrupt {
+                        what: "task_instances.state",
+                        value: state,
+                    })?,
+                    try_number: row.try_get("try_number")?,
+                    next_retry_at: next
+                        .map(|s| parse_time("task_instances.next_retry_at", &s))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every attempt of a run, by task and attempt number.
+    pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM task_attempts WHERE run_id = ? ORDER BY started_at, task_id, attempt",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    /// Sets the state of several task instances in one transaction.
+    pub async fn set_task_states(
+        &self,
+        run_id: &str,
+        changes: &[(String, TaskState)],
+    ) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (task_id, state) in changes {
+            sqlx::query("UPDATE task_instances SET state = ? WHERE run_id = ? AND task_id = ?")
+                .bind(state.as_str())
+                .bind(run_id)
+                .bind(task_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the start of an attempt: its row, and the task instance as running.
+    pub async fn start_attempt(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        attempt: u32,
+        started_at: DateTime<Utc>,
+        log_path: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO task_attempts (run_id, task_id, attempt, state, started_at, log_path)
+             VALUES (?, ?, ?, 'running', ?, ?)",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(attempt)
+        .bind(timestamp::format(started_at))
+        .bind(log_path)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE task_instances SET state = 'running', try_number = ?, next_retry_at = NULL
+             WHERE run_id = ? AND task_id = ?",
+        )
+        .bind(attempt)
+        .bind(run_id)
+        .bind(task_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records how an attempt ended and the task instance's resulting state.
+    pub async fn finish_attempt(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        attempt: u32,
+        end: &AttemptEnd,
+        task_state: TaskState,
+        next_retry_at: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "UPDATE task_attempts SET state = ?, ended_at = ?, duration_ms = ?, rows = ?, error = ?
+             WHERE run_id = ? AND task_id = ? AND attempt = ?",
+        )
+        .bind(end.state.as_str())
+        .bind(timestamp::format(end.ended_at))
+        .bind(end.duration_ms)
+        .bind(end.rows)
+        .bind(&end.error)
+        .bind(run_id)
+        .bind(task_id)
+        .bind(attempt)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE task_instances SET state = ?, next_retry_at = ? WHERE run_id = ? AND task_id = ?")
+            .bind(task_state.as_str())
+            .bind(next_retry_at.map(timestamp::format))
+            .bind(run_id)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// `orch dags pause/unpause`: overrides the `paused:` of the DAG file.
+    pub async fn set_paused(&self, dag_id: &str, paused: bool) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO dag_pause (dag_id, paused, updated_at) VALUES (?, ?, ?)
+             ON CONFLICT (dag_id) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+        )
+        .bind(dag_id)
+        .bind(paused)
+        .bind(timestamp::format(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The pause flags set from the command line, by DAG id.
+    pub async fn pause_overrides(&self) -> Result<HashMap<String, bool>> {
+        let rows = sqlx::query("SELECT dag_id, paused FROM dag_pause")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("dag_id")?, r.try_get("paused")?)))
+            .collect()
+    }
+}
+
+fn parse_time(what: &'static str, s: &str) -> Result<DateTime<Utc>> {
+    timestamp::parse(s).map_err(|_| StoreError::Corrupt {
+        what,
+        value: s.to_string(),
+    })
+}
+
+fn run_from_row(row: &SqliteRow) -> Result<RunRecord> {
+    let time = |col: &'static str| -> Result<DateTime<Utc>> {
+        parse_time(col, &row.try_get::<String, _>(col)?)
+    };
+    let optional_time = |col: &'static str| -> Result<Option<DateTime<Utc>>> {
+        row.try_get::<Option<String>, _>(col)?
+            .map(|s| parse_time(col, &s))
+            .transpose()
+    };
+    let state: String = row.try_get("state")?;
+    let run_type: String = row.try_get("run_type")?;
+    let conf: String = row.try_get("conf")?;
+    let conf: Map<String, Value> =
+        serde_json::from_str(&conf).map_err(|_| StoreError::Corrupt {
+            what: "dag_runs.conf",
+            value: conf.clone(),
+        })?;
+    Ok(RunRecord {
+        run_id: row.try_get("run_id")?,
+        dag_id: row.try_get("dag_id")?,
+        state: RunState::parse(&state).ok_or(StoreError::Corrupt {
+            what: "dag_runs.state",
+            value: state.clone(),
+        })?,
+        run_type: RunType::parse(&run_type).ok_or(StoreError::Corrupt {
+            what: "dag_runs.run_type",
+            value: run_type.clone(),
+        })?,
+        logical_date: time("logical_date")?,
+        data_interval_start: time("data_interval_start")?,
+        data_interval_end: time("data_interval_end")?,
+        conf,
+        queued_at: time("queued_at")?,
+        started_at: optional_time("started_at")?,
+        ended_at: optional_time("ended_at")?,
+        owner: row.try_get("owner")?,
+        dag_source: row.try_get("dag_source")?,
+        dag_path: row.try_get("dag_path")?,
+    })
+}
+
+fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
+    let state: String = row.try_get("state")?;
+    let started: String = row.try_get("started_at")?;
+    let ended: Option<String> = row.try_get("ended_at")?;
+    Ok(AttemptRecord {
+        task_id: row.try_get("task_id")?,
+        attempt: row.try_get("attempt")?,
+        state: AttemptState::parse(&state).ok_or(StoreError::Corrupt {
+            what: "task_attempts.state",
+            value: state.clone(),
+        })?,
+        started_at: parse_time("task_attempts.started_at", &started)?,
+        ended_at: ended
+            .map(|s| parse_time("task_attempts.ended_at", &s))
+            .transpose()?,
+        duration_ms: row.try_get("duration_ms")?,
+        rows: row.try_get("rows")?,
+        error: row.try_get("error")?,
+        log_path: row.try_get("log_path")?,
+    })
+}

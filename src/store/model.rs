@@ -1,0 +1,157 @@
+//! Records of the run history and the states they move through.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::timestamp::serde_format;
+
+/// Declares a state enum stored as snake_case text.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<$name> {
+                match s { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// How a run came to be.
+    RunType { Scheduled => "scheduled", Manual => "manual", Backfill => "backfill" }
+);
+
+text_enum!(
+    RunState { Queued => "queued", Running => "running", Success => "success", Failed => "failed" }
+);
+
+text_enum!(
+    /// The state of one task in one run.
+    TaskState {
+        /// Waiting for its upstream tasks.
+        Scheduled => "scheduled",
+        /// Ready, waiting for a free worker slot.
+        Queued => "queued",
+        Running => "running",
+        Success => "success",
+        Failed => "failed",
+        /// Failed, with another attempt due at `next_retry_at`.
+        UpForRetry => "up_for_retry",
+        /// Will not run because an upstream failed.
+        UpstreamFailed => "upstream_failed",
+        /// Will not run because its trigger rule cannot be met (e.g. `one_failed` and none did).
+        Skipped => "skipped",
+    }
+);
+
+text_enum!(
+    AttemptState { Running => "running", Success => "success", Failed => "failed" }
+);
+
+impl RunState {
+    pub fn is_finished(self) -> bool {
+        matches!(self, RunState::Success | RunState::Failed)
+    }
+}
+
+impl TaskState {
+    /// A state the task will not leave in this run.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            TaskState::Success | TaskState::Failed | TaskState::UpstreamFailed | TaskState::Skipped
+        )
+    }
+}
+
+/// A DAG run as `orch runs show --json` prints it (without its tasks).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub dag_id: String,
+    pub state: RunState,
+    pub run_type: RunType,
+    #[serde(serialize_with = "serde_format::required")]
+    pub logical_date: DateTime<Utc>,
+    #[serde(serialize_with = "serde_format::required")]
+    pub data_interval_start: DateTime<Utc>,
+    #[serde(serialize_with = "serde_format::required")]
+    pub data_interval_end: DateTime<Utc>,
+    pub conf: Map<String, Value>,
+    #[serde(serialize_with = "serde_format::required")]
+    pub queued_at: DateTime<Utc>,
+    #[serde(serialize_with = "serde_format::optional")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "serde_format::optional")]
+    pub ended_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub owner: Option<String>,
+    #[serde(skip)]
+    pub dag_source: Option<String>,
+    #[serde(skip)]
+    pub dag_path: Option<String>,
+}
+
+/// A run about to be created.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub run_id: String,
+    pub dag_id: String,
+    pub run_type: RunType,
+    pub logical_date: DateTime<Utc>,
+    pub data_interval_start: DateTime<Utc>,
+    pub data_interval_end: DateTime<Utc>,
+    pub conf: Map<String, Value>,
+    pub queued_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskInstanceRecord {
+    pub task_id: String,
+    pub state: TaskState,
+    /// Attempts started so far.
+    pub try_number: u32,
+    pub next_retry_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    #[serde(skip)]
+    pub task_id: String,
+    pub attempt: u32,
+    pub state: AttemptState,
+    #[serde(serialize_with = "serde_format::required")]
+    pub started_at: DateTime<Utc>,
+    #[serde(serialize_with = "serde_format::optional")]
+    pub ended_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub rows: Option<i64>,
+    pub error: Option<String>,
+    pub log_path: String,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub struct AttemptEnd {
+    pub state: AttemptState,
+    pub ended_at: DateTime<Utc>,
+    pub duration_ms: i64,
+    pub rows: Option<i64>,
+    pub error: Option<String>,
+}

@@ -1,0 +1,167 @@
+//! `kind: shell`: runs a command with `sh -c`.
+//!
+//! The command runs in its own process group, so a timeout or a shutdown kills everything it
+//! started, not just the shell. Its stdout and stderr go line by line into the attempt's log; a
+//! line `orch:rows=N` reports the task's row count, as built-in kinds do.
+
+use std::collections::BTreeMap;
+use std::process::{ExitStatus, Stdio};
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_with};
+
+pub struct Shell;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShellConfig {
+    command: String,
+    /// Extra environment variables for the command.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Working directory, relative to the orch home; the home itself by default.
+    cwd: Option<String>,
+}
+
+impl TaskKind for Shell {
+    fn name(&self) -> &'static str {
+        "shell"
+    }
+
+    fn check(&self, with: &Value) -> Result<(), String> {
+        let config: ShellConfig = parse_with(with)?;
+        if config.command.trim().is_empty() {
+            return Err("`with.command` is empty".to_string());
+        }
+        Ok(())
+    }
+
+    fn run<'a>(
+        &'a self,
+        with: Value,
+        ctx: &'a TaskContext,
+    ) -> BoxFuture<'a, Result<TaskOutput, String>> {
+        Box::pin(async move {
+            let config: ShellConfig = parse_with(&with)?;
+            run_command(&config, ctx).await
+        })
+    }
+}
+
+async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutput, String> {
+    let cwd = match &config.cwd {
+        Some(dir) => ctx.home.join(dir),
+        None => ctx.home.clone(),
+    };
+    ctx.log.note(&format!("$ {}", config.command));
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(&config.command)
+        .current_dir(&cwd)
+        .envs(&config.env)
+        .env("ORCH_DAG_ID", &ctx.dag_id)
+        .env("ORCH_RUN_ID", &ctx.run_id)
+        .env("ORCH_TASK_ID", &ctx.task_id)
+        .env("ORCH_ATTEMPT", ctx.attempt.to_string())
+        .env("ORCH_DS", &ctx.ds)
+        .env("ORCH_HOME", &ctx.home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start `sh -c` in {}: {e}", cwd.display()))?;
+    let group = ProcessGroup(child.id());
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+
+    let wait = async {
+        let status = child.wait().await;
+        // Whatever the command left running would hold the pipes open and outlive the task.
+        group.kill();
+        status
+    };
+    let (status, out, err) = tokio::join!(wait, read_lines(stdout, ctx), read_lines(stderr, ctx));
+    let status = status.map_err(|e| format!("cannot wait for the command: {e}"))?;
+    let rows = err.rows.or(out.rows);
+    if status.success() {
+        return Ok(TaskOutput { rows });
+    }
+    let last = err.last_line.or(out.last_line);
+    Err(describe_failure(status, last.as_deref()))
+}
+
+fn describe_failure(status: ExitStatus, last_line: Option<&str>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let what = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("command exited with status {code}"),
+        (None, Some(signal)) => format!("command was killed by signal {signal}"),
+        (None, None) => "command failed".to_string(),
+    };
+    match last_line {
+        Some(line) if !line.trim().is_empty() => format!("{what}: {}", line.trim()),
+        _ => what,
+    }
+}
+
+#[derive(Default)]
+struct StreamSummary {
+    rows: Option<u64>,
+    last_line: Option<String>,
+}
+
+async fn read_lines(stream: Option<impl AsyncRead + Unpin>, ctx: &TaskContext) -> StreamSummary {
+    let mut summary = StreamSummary::default();
+    let Some(stream) = stream else {
+        return summary;
+    };
+    let mut lines = BufReader::new(stream).split(b'\n');
+    loop {
+        match lines.next_segment().await {
+            Ok(Some(bytes)) => {
+                // Output that is not UTF-8 is kept, lossily, rather than failing the task.
+                let text = String::from_utf8_lossy(&bytes);
+                let line = text.strip_suffix('\r').unwrap_or(&text);
+                if let Some(n) = line.trim().strip_prefix("orch:rows=") {
+                    match n.trim().parse::<u64>() {
+                        Ok(rows) => summary.rows = Some(rows),
+                        Err(_) => ctx.log.note(&format!("ignored `{line}`: not a row count")),
+                    }
+                }
+                ctx.log.line(line);
+                summary.last_line = Some(line.to_string());
+            }
+            Ok(None) => break,
+            Err(e) => {
+                ctx.log.note(&format!("cannot read command output: {e}"));
+                break;
+            }
+        }
+    }
+    summary
+}
+
+/// The command's process group; dropping it (timeout, shutdown) kills every process in it.
+struct ProcessGroup(Option<u32>);
+
+impl ProcessGroup {
+    fn kill(&self) {
+        if let Some(pgid) = self.0.and_then(|id| i32::try_from(id).ok()) {
+            // SAFETY: kill(2) with a negative pid signals a process group; no memory is shared.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
