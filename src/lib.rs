@@ -10,6 +10,7 @@ pub mod dag;
 pub mod executor;
 pub mod lease;
 pub mod logs;
+pub mod process;
 pub mod scheduler;
 pub mod store;
 pub mod tasks;

@@ -49,6 +49,10 @@ CREATE TABLE task_attempts (
     rows        INTEGER,
     error       TEXT,
     log_path    TEXT NOT NULL,
+    -- The process group a command runs in, and its leader's start time, so a scheduler that
+    -- recovers the attempt after a crash can kill what is left of it before retrying.
+    pgid             INTEGER,
+    pgid_start_ticks INTEGER,
     PRIMARY KEY (run_id, task_id, attempt),
     FOREIGN KEY (run_id, task_id) REFERENCES task_instances (run_id, task_id) ON DELETE CASCADE
 );

@@ -20,8 +20,9 @@ use tokio::task::JoinSet;
 
 use crate::dag::Dag;
 use crate::logs::{AttemptLog, attempt_log_path};
+use crate::process;
 use crate::store::{AttemptEnd, AttemptState, RunRecord, RunState, Store, StoreError, TaskState};
-use crate::tasks::{Registry, TaskContext, TaskKind, TaskOutput};
+use crate::tasks::{ProcessSink, Registry, TaskContext, TaskKind, TaskOutput};
 use crate::template::{self, RunVariables};
 
 pub use shutdown::{Phase, Shutdown, ShutdownHandle};
@@ -164,7 +165,15 @@ impl<'a> RunLoop<'a> {
                     .iter()
                     .find(|a| &a.task_id == task_id && a.attempt == self.tries[i])
                     .map_or(now, |a| a.started_at);
-                tracing::warn!(run_id = %self.run.run_id, task_id = %self.dag.tasks[i].id, attempt = self.tries[i], "recovering an orphaned attempt");
+                tracing::warn!(run_id = %self.run.run_id, task_id = %task_id, attempt = self.tries[i], "recovering an orphaned attempt");
+                if let Some((pgid, ticks)) = self
+                    .exec
+                    .store
+                    .attempt_process(&self.run.run_id, task_id, self.tries[i])
+                    .await?
+                {
+                    process::kill_orphaned_group(pgid, ticks);
+                }
                 self.record_end(i, self.tries[i], started, Err(ORPHANED.to_string()), now)
                     .await?;
             }
@@ -302,6 +311,25 @@ impl<'a> RunLoop<'a> {
         let (timeout, max_attempts, kind_name) =
             (task.timeout, task.retry.retries + 1, task.kind.clone());
         let home = self.exec.home.clone();
+        let processes = {
+            let (store, run_id, task_id) = (
+                self.exec.store.clone(),
+                self.run.run_id.clone(),
+                task.id.clone(),
+            );
+            ProcessSink::new(move |pgid| {
+                let ticks = process::start_ticks(pgid);
+                let (store, run_id, task_id) = (store.clone(), run_id.clone(), task_id.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = store
+                        .record_attempt_process(&run_id, &task_id, attempt, pgid, ticks)
+                        .await
+                    {
+                        tracing::warn!(run_id, task_id, error = %e, "cannot record the task's process group");
+                    }
+                });
+            })
+        };
         let handle = self.in_flight.spawn(async move {
             let _permit = permit;
             let (dag_id, run_id, task_id, ds) = ctx;
@@ -319,6 +347,7 @@ impl<'a> RunLoop<'a> {
                         home,
                         ds,
                         log,
+                        processes,
                     };
                     let result = run_attempt(kind, rendered, &ctx, timeout).await;
                     match &result {

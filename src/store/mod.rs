@@ -311,6 +311,48 @@ impl Store {
         Ok(())
     }
 
+    /// Records the process group an attempt's command runs in.
+    pub async fn record_attempt_process(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        attempt: u32,
+        pgid: u32,
+        start_ticks: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE task_attempts SET pgid = ?, pgid_start_ticks = ? WHERE run_id = ? AND task_id = ? AND attempt = ?",
+        )
+        .bind(pgid)
+        .bind(start_ticks)
+        .bind(run_id)
+        .bind(task_id)
+        .bind(attempt)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The process group an attempt recorded, with its leader's start time.
+    pub async fn attempt_process(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        attempt: u32,
+    ) -> Result<Option<(u32, Option<i64>)>> {
+        let row = sqlx::query(
+            "SELECT pgid, pgid_start_ticks FROM task_attempts
+             WHERE run_id = ? AND task_id = ? AND attempt = ? AND pgid IS NOT NULL",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(attempt)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get("pgid")?, r.try_get("pgid_start_ticks")?)))
+            .transpose()
+    }
+
     /// Records how an attempt ended and the task instance's resulting state.
     pub async fn finish_attempt(
         &self,

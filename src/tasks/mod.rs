@@ -35,6 +35,28 @@ pub struct TaskContext {
     /// The logical date as `YYYY-MM-DD`, for kinds that work on one day.
     pub ds: String,
     pub log: AttemptLog,
+    pub processes: ProcessSink,
+}
+
+/// Where a task reports the process groups it starts, so that orch, recovering from its own
+/// crash, can kill what is left of them before retrying the task.
+pub struct ProcessSink(Box<dyn Fn(u32) + Send + Sync>);
+
+impl ProcessSink {
+    pub fn new(record: impl Fn(u32) + Send + Sync + 'static) -> ProcessSink {
+        ProcessSink(Box::new(record))
+    }
+
+    /// Reports a started process group by its leader's pid.
+    pub fn started(&self, pgid: u32) {
+        (self.0)(pgid)
+    }
+}
+
+impl std::fmt::Debug for ProcessSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProcessSink")
+    }
 }
 
 /// What a successful attempt reports.

@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_with};
+use crate::process::ProcessGroup;
 
 pub struct Shell;
 
@@ -58,7 +59,8 @@ async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutp
         None => ctx.home.clone(),
     };
     ctx.log.note(&format!("$ {}", config.command));
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg(&config.command)
         .current_dir(&cwd)
@@ -73,10 +75,23 @@ async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutp
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    // If orch dies, even by SIGKILL, the shell dies with it instead of running on. The signal
+    // follows the thread that spawned the child: a tokio worker, alive as long as the runtime.
+    // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start `sh -c` in {}: {e}", cwd.display()))?;
-    let group = ProcessGroup(child.id());
+    let group = ProcessGroup::new(child.id());
+    if let Some(pid) = child.id() {
+        ctx.processes.started(pid);
+    }
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
 
@@ -144,24 +159,4 @@ async fn read_lines(stream: Option<impl AsyncRead + Unpin>, ctx: &TaskContext) -
         }
     }
     summary
-}
-
-/// The command's process group; dropping it (timeout, shutdown) kills every process in it.
-struct ProcessGroup(Option<u32>);
-
-impl ProcessGroup {
-    fn kill(&self) {
-        if let Some(pgid) = self.0.and_then(|id| i32::try_from(id).ok()) {
-            // SAFETY: kill(2) with a negative pid signals a process group; no memory is shared.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }

@@ -1,0 +1,153 @@
+//! `orch dags`, `orch runs` and `orch logs`.
+
+use std::time::Duration;
+
+use crate::support::{Home, last_line, text};
+
+#[test]
+fn dags_validate_reports_every_error_with_file_line_and_column() {
+    let home = Home::new();
+    home.write_dag("good", "tasks: [{id: a, kind: noop}]\n");
+    home.write_dag(
+        "bad",
+        "schedule: '61 * * * *'\ntimezone: Mars/Base\ntasks:\n  - {id: a, kind: noop, depends_on: [zz]}\n",
+    );
+    let out = home.orch(&["dags", "validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("good.yaml (good, 1 tasks)"), "{stdout}");
+    assert!(
+        stderr.contains("bad.yaml:1:11: schedule: invalid cron expression `61 * * * *`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bad.yaml:2:11: unknown timezone `Mars/Base`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bad.yaml:4:38: task `a` depends on unknown task `zz`"),
+        "{stderr}"
+    );
+
+    let good = home.file("dags/good.yaml");
+    let out = home.orch(&["dags", "validate", good.to_str().expect("utf-8 path")]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn dags_list_show_and_pause() {
+    let home = Home::new();
+    home.write_dag(
+        "hourly",
+        "schedule: '@hourly'\ntasks: [{id: a, kind: noop}]\n",
+    );
+    home.write_dag("broken", "tasks: 3\n");
+    let out = home.orch(&["dags", "list"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("hourly") && stdout.contains("@hourly"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("broken: ") && stdout.contains("broken.yaml:1:8"),
+        "{stdout}"
+    );
+
+    let out = home.orch(&["dags", "show", "hourly"]);
+    assert!(
+        text(&out.stdout).contains("next run due:"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    assert!(home.orch(&["dags", "pause", "hourly"]).status.success());
+    let stdout = text(&home.orch(&["dags", "list"]).stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("hourly"))
+        .expect("hourly listed");
+    assert!(line.contains(" yes "), "{line}");
+    assert!(home.orch(&["dags", "unpause", "hourly"]).status.success());
+    let stdout = text(&home.orch(&["dags", "list"]).stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("hourly"))
+        .expect("hourly listed");
+    assert!(line.contains(" no "), "{line}");
+
+    let out = home.orch(&["dags", "pause", "nosuch"]);
+    assert!(
+        text(&out.stderr).contains("no DAG `nosuch`; known DAGs: hourly"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_paused_dag_holds_triggered_runs_until_unpaused() {
+    let home = Home::new();
+    home.write_dag("held", "paused: true\ntasks: [{id: a, kind: noop}]\n");
+    let mut server = home.serve();
+    let out = home.orch(&["trigger", "held"]);
+    assert!(text(&out.stderr).contains("is paused"));
+    let run_id = last_line(&out);
+    assert_eq!(home.run_json(&run_id)["state"], "queued");
+    assert!(home.orch(&["dags", "unpause", "held"]).status.success());
+    server.wait_for_log_all(&["run finished", &run_id], Duration::from_secs(10));
+    assert_eq!(home.run_json(&run_id)["state"], "success");
+}
+
+#[test]
+fn runs_list_json_and_logs() {
+    let home = Home::new();
+    home.write_dag(
+        "talk",
+        "tasks:\n  - {id: a, kind: shell, with: {command: 'echo from-a'}}\n  - {id: b, kind: shell, depends_on: [a], with: {command: 'echo from-b >&2'}}\n",
+    );
+    let run_id = text(&home.orch(&["run", "talk"]).stdout)
+        .lines()
+        .next()
+        .expect("id")
+        .to_string();
+    let out = home.orch(&["runs", "list", "--json"]);
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json list");
+    assert_eq!(runs.len(), 1);
+    for key in [
+        "run_id",
+        "dag_id",
+        "state",
+        "run_type",
+        "logical_date",
+        "data_interval_start",
+        "data_interval_end",
+        "conf",
+        "queued_at",
+        "started_at",
+        "ended_at",
+    ] {
+        assert!(runs[0].get(key).is_some(), "missing {key} in {:#}", runs[0]);
+    }
+    assert_eq!(runs[0]["run_id"], run_id);
+
+    let all = text(&home.orch(&["logs", &run_id]).stdout);
+    assert!(
+        all.contains("==> a attempt 1 (success) <==") && all.contains("from-a"),
+        "{all}"
+    );
+    assert!(all.contains("from-b"), "{all}");
+    let only_b = text(
+        &home
+            .orch(&["logs", &run_id, "--task", "b", "--attempt", "1"])
+            .stdout,
+    );
+    assert!(
+        only_b.contains("from-b") && !only_b.contains("from-a"),
+        "{only_b}"
+    );
+    let follow = home.orch(&["logs", &run_id, "--follow"]);
+    assert!(follow.status.success() && text(&follow.stdout).contains("from-b"));
+
+    let out = home.orch(&["runs", "show", "nope"]);
+    assert!(text(&out.stderr).contains("no run `nope`"));
+}

@@ -1,0 +1,202 @@
+//! `orch run`: one run in the foreground.
+
+use crate::support::{Home, attempts, is_running, task_state, text};
+
+const CHAIN: &str = r#"
+params: { greeting: hello, fail_until: 2 }
+defaults: { retries: 2, retry_delay: 0s }
+tasks:
+  - id: first
+    kind: shell
+    with: { command: "echo {{ params.greeting }} {{ ds }}; echo 'orch:rows=42'" }
+  - id: flaky
+    kind: shell
+    depends_on: [first]
+    with:
+      command: |
+        n=$(cat tries 2>/dev/null || echo 0); n=$((n+1)); echo $n > tries
+        echo "try $n"
+        test $n -ge {{ params.fail_until }}
+  - id: last
+    kind: noop
+    depends_on: [flaky]
+"#;
+
+#[test]
+fn a_failing_then_succeeding_task_is_retried_and_the_run_succeeds() {
+    let home = Home::new();
+    home.write_dag("chain", CHAIN);
+    let out = home.orch(&["run", "chain", "--logical-date", "2026-11-20"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+
+    let run_id = stdout.lines().next().expect("run id first").to_string();
+    assert!(run_id.starts_with("chain__manual__"), "{run_id}");
+    assert!(
+        stdout.contains("flaky up_for_retry (attempt 1)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("flaky success (attempt 2)"), "{stdout}");
+
+    let run = home.run_json(&run_id);
+    assert_eq!(run["state"], "success");
+    assert_eq!(run["run_type"], "manual");
+    assert_eq!(run["logical_date"], "2026-11-20T00:00:00.000000Z");
+    assert_eq!(run["data_interval_end"], "2026-11-21T00:00:00.000000Z");
+
+    let first = attempts(&run, "first");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["rows"], 42);
+    let log =
+        std::fs::read_to_string(first[0]["log_path"].as_str().expect("log path")).expect("log");
+    assert!(log.contains("hello 2026-11-20"), "{log}");
+
+    let flaky = attempts(&run, "flaky");
+    assert_eq!(flaky.len(), 2, "{run:#}");
+    assert_eq!(flaky[0]["state"], "failed");
+    assert_eq!(flaky[0]["error"], "command exited with status 1: try 1");
+    assert_eq!(flaky[1]["state"], "success");
+    for a in flaky {
+        assert!(a["duration_ms"].as_i64().is_some_and(|d| d >= 0));
+        assert!(
+            a["started_at"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z') && t.len() == 27)
+        );
+    }
+    assert!(
+        flaky[0]["log_path"]
+            .as_str()
+            .expect("log path")
+            .ends_with(&format!("logs/chain/{run_id}/flaky/1.log"))
+    );
+    assert_eq!(task_state(&run, "last"), "success");
+}
+
+#[test]
+fn a_failure_fails_the_run_marks_downstream_and_runs_cleanup() {
+    let home = Home::new();
+    home.write_dag(
+        "broken",
+        r#"
+tasks:
+  - { id: boom, kind: shell, with: { command: "echo about to fail >&2; exit 3" } }
+  - { id: after, kind: noop, depends_on: [boom] }
+  - { id: after_after, kind: noop, depends_on: [after] }
+  - { id: cleanup, kind: shell, depends_on: [after], trigger_rule: all_done, with: { command: "echo cleaning" } }
+  - { id: alert, kind: noop, depends_on: [boom], trigger_rule: one_failed }
+  - { id: on_success, kind: noop, depends_on: [cleanup], trigger_rule: one_failed }
+"#,
+    );
+    let out = home.orch(&["run", "broken"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let run_id = text(&out.stdout)
+        .lines()
+        .next()
+        .expect("run id")
+        .to_string();
+    let run = home.run_json(&run_id);
+    assert_eq!(run["state"], "failed");
+    assert_eq!(task_state(&run, "boom"), "failed");
+    assert_eq!(
+        attempts(&run, "boom")[0]["error"],
+        "command exited with status 3: about to fail"
+    );
+    assert_eq!(task_state(&run, "after"), "upstream_failed");
+    assert_eq!(task_state(&run, "after_after"), "upstream_failed");
+    assert_eq!(task_state(&run, "cleanup"), "success");
+    assert_eq!(task_state(&run, "alert"), "success");
+    assert_eq!(task_state(&run, "on_success"), "skipped");
+}
+
+#[test]
+fn a_timeout_fails_the_attempt_and_kills_the_whole_process_group() {
+    let home = Home::new();
+    home.write_dag(
+        "slow",
+        r#"
+tasks:
+  - id: hang
+    kind: shell
+    timeout: 300ms
+    with: { command: "sleep 37.25 & echo $! > child.pid; wait" }
+"#,
+    );
+    let out = home.orch(&["run", "slow"]);
+    assert_eq!(out.status.code(), Some(1));
+    let run_id = text(&out.stdout)
+        .lines()
+        .next()
+        .expect("run id")
+        .to_string();
+    let run = home.run_json(&run_id);
+    assert_eq!(attempts(&run, "hang")[0]["error"], "timed out after 300ms");
+    let pid = std::fs::read_to_string(home.file("child.pid")).expect("child pid");
+    // The background sleep was in the task's process group, so it is gone too.
+    assert!(
+        !is_running(pid.trim()),
+        "the timed-out task's child {pid} is still running"
+    );
+}
+
+#[test]
+fn conf_overrides_params_and_templates_see_the_run() {
+    let home = Home::new();
+    home.write_dag(
+        "templated",
+        r#"
+schedule: "0 4 * * *"
+params: { symbol: BTCUSDT }
+tasks:
+  - id: show
+    kind: shell
+    with:
+      command: "echo {{ params.symbol | lower }} {{ ds }} {{ data_interval_start }} {{ dag_id }} {{ task_id }} $GREETING"
+      env: { GREETING: "{{ params.symbol }}!" }
+"#,
+    );
+    let out = home.orch(&[
+        "run",
+        "templated",
+        "--conf",
+        "symbol=ETHUSDT",
+        "--logical-date",
+        "2026-11-21T04:00:00Z",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run_id = text(&out.stdout)
+        .lines()
+        .next()
+        .expect("run id")
+        .to_string();
+    let run = home.run_json(&run_id);
+    assert_eq!(run["conf"]["symbol"], "ETHUSDT");
+    assert_eq!(run["data_interval_end"], "2026-11-22T04:00:00.000000Z");
+    let log = std::fs::read_to_string(
+        attempts(&run, "show")[0]["log_path"]
+            .as_str()
+            .expect("path"),
+    )
+    .expect("log");
+    assert!(
+        log.contains("ethusdt 2026-11-21 2026-11-21T04:00:00+00:00 templated show ETHUSDT!"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_invalid_dag_is_refused_with_its_file_and_line() {
+    let home = Home::new();
+    home.write_dag("bad", "tasks:\n  - id: a\n    kind: nope\n");
+    let out = home.orch(&["run", "bad"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:3:11: task `a` has unknown kind `nope`; known kinds: noop, shell"),
+        "{err}"
+    );
+}

@@ -1,0 +1,245 @@
+//! Running the built `orch` binary against a temporary home.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_orch");
+
+/// A temporary orch home with a `dags/` folder.
+pub struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        let dir = tempfile::Builder::new()
+            .prefix("orch")
+            .tempdir()
+            .expect("temp home");
+        std::fs::create_dir_all(dir.path().join("dags")).expect("dags dir");
+        Home { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path().join(name)
+    }
+
+    pub fn write_dag(&self, name: &str, yaml: &str) {
+        // Write then rename, as an editor does, so a reload never sees half a file.
+        let tmp = self.file(&format!("dags/.{name}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write dag");
+        std::fs::rename(&tmp, self.file(&format!("dags/{name}.yaml"))).expect("rename dag");
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--home").arg(self.path()).args(args);
+        cmd.env_remove("ORCH_DATABASE_URL")
+            .env_remove("ORCH_DAGS_DIR")
+            .env_remove("ORCH_LOGS_DIR")
+            .env("ORCH_PARALLELISM", "4");
+        cmd
+    }
+
+    pub fn orch(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run orch")
+    }
+
+    /// `orch runs show RUN_ID --json`.
+    pub fn run_json(&self, run_id: &str) -> Value {
+        let out = self.orch(&["runs", "show", run_id, "--json"]);
+        assert!(
+            out.status.success(),
+            "runs show failed: {}",
+            text(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("runs show --json is JSON")
+    }
+
+    /// Waits until the run has ended, polling its state through the CLI.
+    pub fn wait_for_run(&self, run_id: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let run = self.run_json(run_id);
+            if run["state"] == "success" || run["state"] == "failed" {
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {run_id} did not end in {limit:?}: {run:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn serve(&self) -> Server {
+        Server::start(self.command(&["serve", "--grace", "10s"]))
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The last line of stdout: where `orch trigger` prints the run id.
+pub fn last_line(out: &Output) -> String {
+    text(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Waits for a file to appear, as the signal that a task reached a given point.
+pub fn wait_for_file(path: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear in {limit:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `orch serve` whose log lines can be awaited.
+pub struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+impl Server {
+    fn start(mut cmd: Command) -> Server {
+        let mut child = cmd
+            .env("ORCH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start orch serve");
+        let stderr = child.stderr.take().expect("serve stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            lines,
+            log: Vec::new(),
+        };
+        server.wait_for_log("orch serve started", Duration::from_secs(20));
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a log line containing every one of `needles`; returns it.
+    pub fn wait_for_log_all(&mut self, needles: &[&str], limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if needles.iter().all(|n| line.contains(n)) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {needles:?} within {limit:?}; log so far:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    pub fn wait_for_log(&mut self, needle: &str, limit: Duration) -> String {
+        self.wait_for_log_all(&[needle], limit)
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9 serve");
+        self.child.wait().expect("reap serve");
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns whether it exited successfully.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Keep the rest of the log for assertions.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.log.push(line);
+                }
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "serve did not exit in {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The attempts of one task in a `runs show --json` object.
+pub fn attempts<'a>(run: &'a Value, task_id: &str) -> &'a Vec<Value> {
+    let task = run["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|t| t["task_id"] == task_id)
+        .unwrap_or_else(|| panic!("no task {task_id} in {run:#}"));
+    task["attempts"].as_array().expect("attempts")
+}
+
+pub fn task_state(run: &Value, task_id: &str) -> String {
+    run["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|t| t["task_id"] == task_id)
+        .and_then(|t| t["state"].as_str())
+        .unwrap_or_else(|| panic!("no task {task_id} in {run:#}"))
+        .to_string()
+}
+
+/// Whether a process is alive (a zombie waiting to be reaped is not).
+pub fn is_running(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
