@@ -45,12 +45,7 @@ pub async fn dags(config: &Config, command: DagsCommand) -> anyhow::Result<ExitC
             let bag = DagBag::load(&config.dags_dir, &registry);
             let dag = find_dag(&bag, &dag_id)?;
             let store = Store::open(&config.database_url).await?;
-            let paused = store
-                .pause_overrides()
-                .await?
-                .get(&dag.id)
-                .copied()
-                .unwrap_or(dag.paused);
+            let paused = store.is_paused(&dag.id, dag.paused).await?;
             let last_end = store.last_scheduled_end(&dag.id).await?;
             show(&dag, paused, last_end);
             Ok(ExitCode::SUCCESS)

@@ -40,13 +40,7 @@ pub(super) async fn create_manual_run(
 
 pub async fn trigger(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let (store, dag, run) = create_manual_run(config, &args).await?;
-    let paused = store
-        .pause_overrides()
-        .await?
-        .get(&dag.id)
-        .copied()
-        .unwrap_or(dag.paused);
-    if paused {
+    if store.is_paused(&dag.id, dag.paused).await? {
         eprintln!(
             "note: DAG `{}` is paused; the run starts once it is unpaused",
             dag.id

@@ -403,6 +403,16 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a DAG is paused: the command line's flag if one was set, else the file's.
+    pub async fn is_paused(&self, dag_id: &str, file_default: bool) -> Result<bool> {
+        let paused: Option<bool> =
+            sqlx::query_scalar("SELECT paused FROM dag_pause WHERE dag_id = ?")
+                .bind(dag_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(paused.unwrap_or(file_default))
+    }
+
     /// The pause flags set from the command line, by DAG id.
     pub async fn pause_overrides(&self) -> Result<HashMap<String, bool>> {
         let rows = sqlx::query("SELECT dag_id, paused FROM dag_pause")
