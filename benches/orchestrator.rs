@@ -1,0 +1,250 @@
+//! Scheduler overhead benchmark: `cargo bench --bench orchestrator`.
+//!
+//! Measures, with the run history written to SQLite as in production:
+//! - the gap between one task's end and the next task's start in a 100-task chain of `noop`s;
+//! - the wall time of a DAG that fans out to 1,000 `noop` tasks;
+//! - the wall time from `orch trigger --wait` to the run's success for a 3-task chain through a
+//!   running `orch serve`, and the same span as the run history records it;
+//! - the resident memory of an idle `orch serve`.
+//!
+//! Prints a Markdown table for docs/benchmarks.md.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orch::dag::{Dag, load_str};
+use orch::executor::{Executor, ShutdownHandle};
+use orch::scheduler::plan;
+use orch::store::{RunState, Store};
+use orch::tasks::Registry;
+
+const REPEATS: usize = 7;
+const BIN: &str = env!("CARGO_BIN_EXE_orch");
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let chain = runtime.block_on(chain_gaps());
+    let fan_out = runtime.block_on(fan_out_wall_time());
+    let serve = serve_trigger_and_memory();
+
+    println!("| measure | median | runs |");
+    println!("|---|---|---|");
+    println!(
+        "| gap between tasks, 100-task noop chain | {:.3} ms | {} chains, {} gaps |",
+        chain.0, REPEATS, chain.1
+    );
+    println!(
+        "| wall time of one 100-task chain run | {:.1} ms | {REPEATS} |",
+        chain.2
+    );
+    println!(
+        "| wall time, 1,000-task fan-out | {:.1} ms | {REPEATS} |",
+        fan_out
+    );
+    println!(
+        "| `orch trigger --wait` to success, 3-task chain via `orch serve` | {:.1} ms | {} |",
+        serve.trigger_wall_ms, serve.samples
+    );
+    println!(
+        "| queued to success in the run history, same runs | {:.1} ms | {} |",
+        serve.queued_to_end_ms, serve.samples
+    );
+    println!(
+        "| idle `orch serve` resident memory | {:.1} MB | after start-up |",
+        serve.idle_rss_mb
+    );
+    println!(
+        "| `orch serve` resident memory after the trigger runs | {:.1} MB | |",
+        serve.after_rss_mb
+    );
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// A fresh home with its store, and an executor as `orch serve` builds it.
+async fn setup(dir: &Path) -> (Store, Executor) {
+    let url = format!("sqlite://{}", dir.join("orch.db").display());
+    let store = Store::open(&url).await.expect("store");
+    let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let executor = Executor {
+        store: store.clone(),
+        registry: Arc::new(Registry::builtin()),
+        home: dir.to_path_buf(),
+        logs_dir: dir.join("logs"),
+        slots: Arc::new(tokio::sync::Semaphore::new(parallelism)),
+    };
+    (store, executor)
+}
+
+/// Creates, claims and executes one manual run; returns its wall time in ms.
+async fn execute_once(store: &Store, executor: &Executor, dag: &Arc<Dag>) -> (String, f64) {
+    let run = plan::manual_run(dag, None, Default::default(), chrono::Utc::now());
+    let ids: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
+    let started = Instant::now();
+    store.insert_run(&run, &ids).await.expect("insert run");
+    store
+        .claim_run(&run.run_id, "bench", &dag.source, "bench.yaml")
+        .await
+        .expect("claim");
+    let record = store
+        .run(&run.run_id)
+        .await
+        .expect("read run")
+        .expect("run exists");
+    let (_handle, shutdown) = ShutdownHandle::new();
+    let state = executor
+        .execute(Arc::clone(dag), &record, shutdown, None)
+        .await
+        .expect("execute");
+    assert_eq!(state, Some(RunState::Success));
+    (run.run_id, started.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn dag(yaml: &str) -> Arc<Dag> {
+    Arc::new(load_str(Path::new("bench.yaml"), yaml, &Registry::builtin()).expect("bench DAG"))
+}
+
+/// Median gap (ms), number of gaps, median chain wall time (ms).
+async fn chain_gaps() -> (f64, usize, f64) {
+    let mut yaml = String::from("tasks:\n  - {id: t0, kind: noop}\n");
+    for i in 1..100 {
+        yaml.push_str(&format!(
+            "  - {{id: t{i}, kind: noop, depends_on: [t{}]}}\n",
+            i - 1
+        ));
+    }
+    let dag = dag(&yaml);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, executor) = setup(dir.path()).await;
+    let mut gaps = Vec::new();
+    let mut walls = Vec::new();
+    for _ in 0..REPEATS {
+        let (run_id, wall) = execute_once(&store, &executor, &dag).await;
+        walls.push(wall);
+        let attempts = store.attempts(&run_id).await.expect("attempts");
+        for i in 1..100 {
+            let prev = attempts
+                .iter()
+                .find(|a| a.task_id == format!("t{}", i - 1))
+                .expect("prev");
+            let next = attempts
+                .iter()
+                .find(|a| a.task_id == format!("t{i}"))
+                .expect("next");
+            let gap = next.started_at - prev.ended_at.expect("ended");
+            gaps.push(gap.num_microseconds().unwrap_or_default() as f64 / 1000.0);
+        }
+    }
+    let count = gaps.len();
+    (median(gaps), count, median(walls))
+}
+
+async fn fan_out_wall_time() -> f64 {
+    let mut yaml = String::from("max_active_tasks: 1000\ntasks:\n  - {id: root, kind: noop}\n");
+    for i in 0..1000 {
+        yaml.push_str(&format!(
+            "  - {{id: leaf{i}, kind: noop, depends_on: [root]}}\n"
+        ));
+    }
+    let dag = dag(&yaml);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, executor) = setup(dir.path()).await;
+    let mut walls = Vec::new();
+    for _ in 0..REPEATS {
+        walls.push(execute_once(&store, &executor, &dag).await.1);
+    }
+    median(walls)
+}
+
+struct ServeFigures {
+    trigger_wall_ms: f64,
+    queued_to_end_ms: f64,
+    samples: usize,
+    idle_rss_mb: f64,
+    after_rss_mb: f64,
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb / 1024.0
+}
+
+fn serve_trigger_and_memory() -> ServeFigures {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("dags")).expect("dags");
+    std::fs::write(
+        dir.path().join("dags/chain3.yaml"),
+        "tasks:\n  - {id: a, kind: noop}\n  - {id: b, kind: noop, depends_on: [a]}\n  - {id: c, kind: noop, depends_on: [b]}\n",
+    )
+    .expect("dag");
+    let orch = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--home").arg(dir.path()).args(args);
+        cmd
+    };
+    let mut server = orch(&["serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start orch serve");
+    // Let start-up settle (migrations, first pass) before reading an idle figure.
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_rss_mb = rss_mb(server.id());
+
+    let samples = 20;
+    let mut walls = Vec::new();
+    let mut spans = Vec::new();
+    for _ in 0..samples {
+        let started = Instant::now();
+        let out = orch(&["trigger", "chain3", "--wait"])
+            .output()
+            .expect("trigger");
+        walls.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run_id = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .expect("run id")
+            .to_string();
+        let show = orch(&["runs", "show", &run_id, "--json"])
+            .output()
+            .expect("show");
+        let run: serde_json::Value = serde_json::from_slice(&show.stdout).expect("json");
+        let time = |k: &str| {
+            chrono::DateTime::parse_from_rfc3339(run[k].as_str().expect("time")).expect("rfc3339")
+        };
+        spans.push(
+            (time("ended_at") - time("queued_at"))
+                .num_microseconds()
+                .unwrap_or_default() as f64
+                / 1000.0,
+        );
+    }
+    let after_rss_mb = rss_mb(server.id());
+    let _ = server.kill();
+    let _ = server.wait();
+    ServeFigures {
+        trigger_wall_ms: median(walls),
+        queued_to_end_ms: median(spans),
+        samples,
+        idle_rss_mb,
+        after_rss_mb,
+    }
+}
