@@ -330,3 +330,301 @@ impl Checker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dag::{Backoff, TriggerRule};
+
+    fn load(yaml: &str) -> Result<Dag, LoadError> {
+        load_str(Path::new("dags/t.yaml"), yaml, &Registry::builtin())
+    }
+
+    /// The single problem of a file that should have exactly one.
+    fn problem(yaml: &str) -> Problem {
+        let err = load(yaml).expect_err("the DAG should be rejected");
+        assert_eq!(err.problems.len(), 1, "{err}");
+        err.problems[0].clone()
+    }
+
+    fn assert_problem(yaml: &str, line: u64, column: u64, needle: &str) {
+        let p = problem(yaml);
+        assert_eq!((p.line, p.column), (Some(line), Some(column)), "{p:?}");
+        assert!(
+            p.message.contains(needle),
+            "`{}` does not mention `{needle}`",
+            p.message
+        );
+    }
+
+    #[test]
+    fn a_full_dag_loads_with_defaults_and_overrides() {
+        let dag = load(
+            r#"
+id: example_chain
+description: Three shell steps
+schedule: "*/5 * * * *"
+timezone: Europe/Berlin
+start_date: 2026-11-01
+catchup: true
+max_active_runs: 2
+params: { greeting: hello }
+defaults: { retries: 1, retry_delay: 5m, retry_backoff: exponential, timeout: 30m }
+tasks:
+  - id: cleanup
+    kind: shell
+    depends_on: [second]
+    trigger_rule: all_done
+    with: { command: "echo done" }
+  - id: first
+    kind: shell
+    with: { command: "echo {{ params.greeting }} {{ ds }}" }
+  - id: second
+    kind: noop
+    depends_on: [first]
+    retries: 3
+    retry_delay: 10s
+"#,
+        )
+        .expect("valid DAG");
+        assert_eq!(dag.id, "example_chain");
+        assert_eq!(dag.timezone, chrono_tz::Europe::Berlin);
+        assert!(dag.catchup);
+        assert_eq!(
+            (dag.max_active_runs, dag.max_active_tasks),
+            (2, DEFAULT_MAX_ACTIVE_TASKS)
+        );
+        let order: Vec<&str> = dag.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(
+            order,
+            ["first", "second", "cleanup"],
+            "upstreams come first"
+        );
+        let second = dag.task("second").expect("second");
+        assert_eq!(second.retry.retries, 3);
+        assert_eq!(second.retry.delay, Duration::from_secs(10));
+        assert_eq!(second.retry.backoff, Backoff::Exponential);
+        assert_eq!(second.timeout, Some(Duration::from_secs(1800)));
+        assert_eq!(
+            dag.task("cleanup").expect("cleanup").trigger_rule,
+            TriggerRule::AllDone
+        );
+        assert_eq!(
+            dag.task("first").expect("first").trigger_rule,
+            TriggerRule::AllSuccess
+        );
+    }
+
+    #[test]
+    fn the_id_defaults_to_the_file_stem() {
+        assert_eq!(load("tasks: [{id: a, kind: noop}]").expect("valid").id, "t");
+    }
+
+    #[test]
+    fn yaml_syntax_error() {
+        assert_problem(
+            "tasks:\n  - id: a\n    kind: noop\n   x: [\n",
+            4,
+            4,
+            "did not find expected",
+        );
+    }
+
+    #[test]
+    fn unknown_key() {
+        assert_problem(
+            "tasks:\n  - id: a\n    kind: noop\n    retires: 3\n",
+            4,
+            5,
+            "unknown field `retires`",
+        );
+        assert_problem(
+            "shedule: '@daily'\ntasks: [{id: a, kind: noop}]\n",
+            1,
+            1,
+            "unknown field `shedule`",
+        );
+    }
+
+    #[test]
+    fn duplicate_yaml_key() {
+        let p = problem("tasks: [{id: a, kind: noop}]\ntasks: [{id: b, kind: noop}]\n");
+        assert!(p.message.contains("duplicate"), "{p:?}");
+    }
+
+    #[test]
+    fn missing_field() {
+        assert_problem("schedule: '@daily'\n", 1, 1, "missing field `tasks`");
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_rejected() {
+        assert_problem(
+            "catchup: yes\ntasks: [{id: a, kind: noop}]\n",
+            1,
+            10,
+            "boolean",
+        );
+    }
+
+    #[test]
+    fn duplicate_task_id() {
+        assert_problem(
+            "tasks:\n  - {id: a, kind: noop}\n  - {id: a, kind: noop}\n",
+            3,
+            10,
+            "duplicate task id `a`",
+        );
+    }
+
+    #[test]
+    fn unknown_dependency() {
+        assert_problem(
+            "tasks:\n  - {id: a, kind: noop, depends_on: [b]}\n",
+            2,
+            38,
+            "task `a` depends on unknown task `b`",
+        );
+    }
+
+    #[test]
+    fn cycle_is_named() {
+        let p = problem(
+            "tasks:\n  - {id: a, kind: noop, depends_on: [c]}\n  - {id: b, kind: noop, depends_on: [a]}\n  - {id: c, kind: noop, depends_on: [b]}\n",
+        );
+        assert!(p.message.contains("dependency cycle: "), "{p:?}");
+        for id in ["a", "b", "c"] {
+            assert!(p.message.contains(id), "{p:?}");
+        }
+        assert_problem(
+            "tasks:\n  - {id: a, kind: noop, depends_on: [a]}\n",
+            2,
+            38,
+            "depends on itself",
+        );
+    }
+
+    #[test]
+    fn bad_cron() {
+        assert_problem(
+            "schedule: '*/5 * * *'\ntasks: [{id: a, kind: noop}]\n",
+            1,
+            11,
+            "expected 5 fields",
+        );
+        assert_problem(
+            "schedule: '0 25 * * *'\ntasks: [{id: a, kind: noop}]\n",
+            1,
+            11,
+            "invalid cron",
+        );
+    }
+
+    #[test]
+    fn bad_timezone() {
+        assert_problem(
+            "timezone: Mars/Base\ntasks: [{id: a, kind: noop}]\n",
+            1,
+            11,
+            "unknown timezone `Mars/Base`",
+        );
+    }
+
+    #[test]
+    fn bad_duration() {
+        assert_problem(
+            "defaults: {retry_delay: 5 parsecs}\ntasks: [{id: a, kind: noop}]\n",
+            1,
+            25,
+            "bad duration `5 parsecs` for `retry_delay`",
+        );
+        assert_problem(
+            "tasks: [{id: a, kind: noop, timeout: 0s}]\n",
+            1,
+            38,
+            "`timeout` must be longer than 0s",
+        );
+    }
+
+    #[test]
+    fn bad_start_date() {
+        assert_problem(
+            "start_date: 2026-13-01\ntasks: [{id: a, kind: noop}]\n",
+            1,
+            13,
+            "start_date",
+        );
+    }
+
+    #[test]
+    fn bad_template() {
+        assert_problem(
+            "tasks:\n  - id: a\n    kind: shell\n    with: {command: 'echo {{ ds '}\n",
+            4,
+            11,
+            "bad template",
+        );
+        assert_problem(
+            "tasks:\n  - id: a\n    kind: shell\n    with: {command: 'echo {{ params.nope }}'}\n",
+            4,
+            11,
+            "unknown variable params.nope",
+        );
+    }
+
+    #[test]
+    fn unknown_kind_lists_the_known_ones() {
+        assert_problem(
+            "tasks: [{id: a, kind: sh}]\n",
+            1,
+            23,
+            "unknown kind `sh`; known kinds: noop, shell",
+        );
+    }
+
+    #[test]
+    fn bad_kind_configuration() {
+        assert_problem(
+            "tasks: [{id: a, kind: shell}]\n",
+            1,
+            23,
+            "missing field `command`",
+        );
+        assert_problem(
+            "tasks: [{id: a, kind: noop, with: {x: 1}}]\n",
+            1,
+            35,
+            "unknown field `x`",
+        );
+    }
+
+    #[test]
+    fn bad_ids_and_limits() {
+        assert_problem(
+            "id: Bad-Id\ntasks: [{id: a, kind: noop}]\n",
+            1,
+            5,
+            "must match [a-z0-9_]+",
+        );
+        assert_problem("tasks: [{id: A, kind: noop}]\n", 1, 14, "task id `A`");
+        assert_problem(
+            "max_active_runs: 0\ntasks: [{id: a, kind: noop}]\n",
+            1,
+            18,
+            "at least 1",
+        );
+        assert_problem("tasks: []\n", 1, 8, "at least one task");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err =
+            load("schedule: nope\ntimezone: Nowhere\ntasks: [{id: a, kind: x, depends_on: [b]}]\n")
+                .expect_err("invalid");
+        assert_eq!(err.problems.len(), 4, "{err}");
+        assert!(
+            err.to_string().starts_with("dags/t.yaml:1:11: schedule:"),
+            "{err}"
+        );
+    }
+}

@@ -204,3 +204,44 @@ impl Dag {
             .map(|t| t.with_timezone(&Utc))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_backoff_waits_the_same_every_time() {
+        let policy = RetryPolicy {
+            retries: 3,
+            delay: Duration::from_secs(30),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(policy.delay_after(1), Duration::from_secs(30));
+        assert_eq!(policy.delay_after(3), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn exponential_backoff_doubles_and_is_capped() {
+        let policy = RetryPolicy {
+            retries: 20,
+            delay: Duration::from_secs(10),
+            backoff: Backoff::Exponential,
+            max_delay: Duration::from_secs(60),
+        };
+        let delays: Vec<u64> = (1..=5).map(|n| policy.delay_after(n).as_secs()).collect();
+        assert_eq!(delays, [10, 20, 40, 60, 60]);
+        // Far past any sane count, still the cap and no overflow.
+        assert_eq!(policy.delay_after(500), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn retries_count_after_the_first_attempt() {
+        let policy = RetryPolicy {
+            retries: 2,
+            ..RetryPolicy::default()
+        };
+        assert!(policy.allows_retry_after(1));
+        assert!(policy.allows_retry_after(2));
+        assert!(!policy.allows_retry_after(3));
+    }
+}
