@@ -155,8 +155,11 @@ fn show(dag: &Dag, paused: bool, last_end: Option<chrono::DateTime<Utc>>) {
             .map(|t| format!(", timeout {}", humantime::format_duration(t)))
             .unwrap_or_default();
         println!(
-            "  {} [{}]{deps} (trigger_rule {:?}, retries {}{timeout})",
-            task.id, task.kind, task.trigger_rule, task.retry.retries
+            "  {} [{}]{deps} (trigger_rule {}, retries {}{timeout})",
+            task.id,
+            task.kind,
+            task.trigger_rule.as_str(),
+            task.retry.retries
         );
     }
 }

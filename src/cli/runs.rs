@@ -41,26 +41,19 @@ pub async fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitC
                 .run(&run_id)
                 .await?
                 .with_context(|| format!("no run `{run_id}` in the run history"))?;
-            let mut attempts = store.attempts(&run_id).await?;
+            let attempts = store.attempts(&run_id).await?;
             let tasks: Vec<TaskView> = store
                 .task_instances(&run_id)
                 .await?
                 .into_iter()
-                .map(|ti| {
-                    let mut mine: Vec<AttemptRecord> = Vec::new();
-                    attempts.retain(|a| {
-                        let is_mine = a.task_id == ti.task_id;
-                        if is_mine {
-                            mine.push(a.clone());
-                        }
-                        !is_mine
-                    });
-                    mine.sort_by_key(|a| a.attempt);
-                    TaskView {
-                        task_id: ti.task_id,
-                        state: ti.state,
-                        attempts: mine,
-                    }
+                .map(|ti| TaskView {
+                    attempts: attempts
+                        .iter()
+                        .filter(|a| a.task_id == ti.task_id)
+                        .cloned()
+                        .collect(),
+                    task_id: ti.task_id,
+                    state: ti.state,
                 })
                 .collect();
             let view = RunView { run: &run, tasks };

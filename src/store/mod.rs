@@ -247,7 +247,7 @@ impl Store {
     /// Every attempt of a run, by task and attempt number.
     pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>> {
         let rows = sqlx::query(
-            "SELECT * FROM task_attempts WHERE run_id = ? ORDER BY started_at, task_id, attempt",
+            "SELECT * FROM task_attempts WHERE run_id = ? ORDER BY started_at, attempt",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
