@@ -10,6 +10,10 @@ use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// Held for the life of a process that executes runs.
+///
+/// Its id, `PID-NANOS@HOST:LEASE_DIR`, says where the lock file lives, so any process that
+/// shares the metadata database (another home on this host, or a PostgreSQL database shared
+/// across hosts) can check the owner of a run without confusing it with its own leases.
 #[derive(Debug)]
 pub struct Lease {
     id: String,
@@ -19,14 +23,14 @@ pub struct Lease {
 
 impl Lease {
     pub fn acquire(state_dir: &Path) -> io::Result<Lease> {
-        let dir = state_dir.join("leases");
+        let dir = std::path::absolute(state_dir.join("leases"))?;
         fs::create_dir_all(&dir)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        let id = format!("{}-{nanos}", std::process::id());
-        let path = dir.join(format!("{id}.lock"));
+        let name = format!("{}-{nanos}", std::process::id());
+        let path = dir.join(format!("{name}.lock"));
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -34,7 +38,7 @@ impl Lease {
             .open(&path)?;
         file.lock()?;
         Ok(Lease {
-            id,
+            id: format!("{name}@{}:{}", host_name(), dir.display()),
             path,
             _file: file,
         })
@@ -52,8 +56,21 @@ impl Drop for Lease {
 }
 
 /// Whether the process that took lease `id` is still alive.
-pub fn is_alive(state_dir: &Path, id: &str) -> bool {
-    let path = state_dir.join("leases").join(format!("{id}.lock"));
+///
+/// A lease of another host cannot be checked from here and counts as alive: taking over a
+/// live process's run would execute its tasks twice, while leaving a dead host's run alone
+/// only delays it until that host's scheduler restarts.
+pub fn is_alive(id: &str) -> bool {
+    let Some((name, place)) = id.split_once('@') else {
+        return false;
+    };
+    let Some((host, dir)) = place.split_once(':') else {
+        return false;
+    };
+    if host != host_name() {
+        return true;
+    }
+    let path = Path::new(dir).join(format!("{name}.lock"));
     let Ok(file) = File::open(&path) else {
         return false;
     };
@@ -66,6 +83,18 @@ pub fn is_alive(state_dir: &Path, id: &str) -> bool {
         Err(TryLockError::WouldBlock) => true,
         Err(TryLockError::Error(_)) => false,
     }
+}
+
+/// This machine's name, as leases record it.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length; gethostname writes at most that much.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".to_string();
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..len]).replace(['@', ':'], "_")
 }
 
 /// The one `orch serve` of a home.
@@ -128,10 +157,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let lease = Lease::acquire(dir.path()).expect("lease");
         let id = lease.id().to_string();
-        assert!(is_alive(dir.path(), &id));
+        assert!(is_alive(&id));
         drop(lease);
-        assert!(!is_alive(dir.path(), &id));
-        assert!(!is_alive(dir.path(), "never-existed"));
+        assert!(!is_alive(&id));
+        assert!(!is_alive("never-existed"));
+    }
+
+    #[test]
+    fn a_lease_of_another_host_counts_as_alive() {
+        assert!(is_alive("1-2@some-other-host:/tmp/leases"));
     }
 
     #[test]

@@ -31,6 +31,8 @@ CREATE INDEX dag_runs_by_state ON dag_runs (state);
 CREATE TABLE task_instances (
     run_id        TEXT NOT NULL REFERENCES dag_runs (run_id) ON DELETE CASCADE,
     task_id       TEXT NOT NULL,
+    -- The task's place in its DAG file, so listings follow the order the author wrote.
+    position      INTEGER NOT NULL,
     state         TEXT NOT NULL CHECK (state IN ('scheduled', 'queued', 'running', 'success', 'failed',
                                                  'up_for_retry', 'upstream_failed', 'skipped')),
     try_number    INTEGER NOT NULL DEFAULT 0,
@@ -60,6 +62,6 @@ CREATE TABLE task_attempts (
 -- `orch dags pause/unpause` overrides the `paused:` default of the DAG file.
 CREATE TABLE dag_pause (
     dag_id     TEXT PRIMARY KEY,
-    paused     INTEGER NOT NULL,
+    paused     INTEGER NOT NULL CHECK (paused IN (0, 1)),
     updated_at TEXT NOT NULL
 );

@@ -40,7 +40,6 @@ pub struct ServeOptions {
 type RunOutcome = (String, Result<Option<RunState>, StoreError>);
 
 struct Scheduler {
-    config: Config,
     store: Store,
     registry: Arc<Registry>,
     executor: Executor,
@@ -88,7 +87,6 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         "orch serve started"
     );
     let mut scheduler = Scheduler {
-        config,
         store,
         registry,
         executor,
@@ -234,13 +232,12 @@ impl Scheduler {
 
     /// Resumes runs whose executing process died (`kill -9`, crash, power loss).
     async fn adopt_orphans(&mut self, running: &[RunRecord]) -> Result<(), StoreError> {
-        let state_dir = self.config.state_dir();
         for run in running {
             if self.active.contains(&run.run_id) {
                 continue;
             }
             if let Some(owner) = &run.owner
-                && (owner == self.lease.id() || lease::is_alive(&state_dir, owner))
+                && (owner == self.lease.id() || lease::is_alive(owner))
             {
                 continue;
             }

@@ -1,5 +1,10 @@
 //! The metadata database: run history, task attempts and pause flags, through sqlx.
 //!
+//! One [`Store`] speaks SQLite (the embedded default) and PostgreSQL, chosen by the URL's
+//! scheme, through sqlx's `Any` driver: the SQL is written once in the dialect both share
+//! (`$N` parameters in order of first use, text timestamps, integer flags), and each backend
+//! has its own migrations under `migrations/`.
+//!
 //! SQLite runs in WAL mode with a busy timeout, so the CLI reads while the server writes, and
 //! every multi-statement write opens with `BEGIN IMMEDIATE`: a plain `BEGIN` takes the write
 //! lock late and fails with "database is locked" when two writers meet.
@@ -8,15 +13,11 @@ mod model;
 pub mod timestamp;
 
 use std::collections::HashMap;
-use std::str::FromStr;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
 
 pub use model::{
     AttemptEnd, AttemptRecord, AttemptState, NewRun, RunRecord, RunState, RunType,
@@ -33,49 +34,108 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("metadata database holds an unreadable value in {what}: `{value}`")]
     Corrupt { what: &'static str, value: String },
+    #[error(
+        "metadata database URL `{0}` is not supported: use sqlite://PATH or postgres://USER@HOST/DB"
+    )]
+    UnsupportedUrl(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Which database a [`Store`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn of_url(url: &str) -> Result<Backend> {
+        let scheme = url.split_once(':').map(|(scheme, _)| scheme);
+        match scheme {
+            Some("sqlite") => Ok(Backend::Sqlite),
+            Some("postgres" | "postgresql") => Ok(Backend::Postgres),
+            _ => Err(StoreError::UnsupportedUrl(redact(url))),
+        }
+    }
+
+    /// How a write transaction opens: SQLite must take its write lock up front.
+    fn begin_statement(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        }
+    }
+}
+
 /// A handle to the metadata database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl Store {
-    /// Opens (creating if needed) and migrates the database at `url` (`sqlite://PATH`).
+    /// Opens and migrates the database at `url`: `sqlite://PATH` (created if missing) or
+    /// `postgres://...` (the database must exist).
     pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url)?;
         let open_err = |source| StoreError::Open {
-            url: url.to_string(),
+            url: redact(url),
             source,
         };
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(open_err)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(open_err)?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Store { pool })
+        let pool = match backend {
+            Backend::Sqlite => {
+                let url = with_create_mode(url);
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+                                 PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await
+                    .map_err(open_err)?
+            }
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(8)
+                .connect(url)
+                .await
+                .map_err(open_err)?,
+        };
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATOR.run(&pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
+        }
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(self.pool.begin_with(self.backend.begin_statement()).await?)
     }
 
     /// Creates a run and its task instances. Returns `false`, creating nothing, when a
     /// scheduled or backfill run for the same DAG and logical date already exists.
     pub async fn insert_run(&self, run: &NewRun, task_ids: &[String]) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO dag_runs (run_id, dag_id, run_type, logical_date, data_interval_start,
                  data_interval_end, conf, state, queued_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8)
              ON CONFLICT DO NOTHING",
         )
         .bind(&run.run_id)
@@ -93,12 +153,14 @@ impl Store {
         if !inserted {
             return Ok(false);
         }
-        for task_id in task_ids {
+        for (position, task_id) in (0_i64..).zip(task_ids) {
             sqlx::query(
-                "INSERT INTO task_instances (run_id, task_id, state) VALUES (?, ?, 'scheduled')",
+                "INSERT INTO task_instances (run_id, task_id, position, state)
+                 VALUES ($1, $2, $3, 'scheduled')",
             )
             .bind(&run.run_id)
             .bind(task_id)
+            .bind(position)
             .execute(&mut *tx)
             .await?;
         }
@@ -116,8 +178,8 @@ impl Store {
         dag_path: &str,
     ) -> Result<bool> {
         let claimed = sqlx::query(
-            "UPDATE dag_runs SET state = 'running', owner = ?, started_at = ?, dag_source = ?, dag_path = ?
-             WHERE run_id = ? AND state = 'queued'",
+            "UPDATE dag_runs SET state = 'running', owner = $1, started_at = $2, dag_source = $3, dag_path = $4
+             WHERE run_id = $5 AND state = 'queued'",
         )
         .bind(owner)
         .bind(timestamp::format(Utc::now()))
@@ -139,7 +201,7 @@ impl Store {
         new_owner: &str,
     ) -> Result<bool> {
         let adopted = sqlx::query(
-            "UPDATE dag_runs SET owner = ? WHERE run_id = ? AND state = 'running' AND owner IS ?",
+            "UPDATE dag_runs SET owner = $1 WHERE run_id = $2 AND state = 'running' AND owner IS NOT DISTINCT FROM $3",
         )
         .bind(new_owner)
         .bind(run_id)
@@ -151,7 +213,7 @@ impl Store {
     }
 
     pub async fn finish_run(&self, run_id: &str, state: RunState) -> Result<()> {
-        sqlx::query("UPDATE dag_runs SET state = ?, ended_at = ? WHERE run_id = ?")
+        sqlx::query("UPDATE dag_runs SET state = $1, ended_at = $2 WHERE run_id = $3")
             .bind(state.as_str())
             .bind(timestamp::format(Utc::now()))
             .bind(run_id)
@@ -161,7 +223,7 @@ impl Store {
     }
 
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
-        let row = sqlx::query("SELECT * FROM dag_runs WHERE run_id = ?")
+        let row = sqlx::query("SELECT * FROM dag_runs WHERE run_id = $1")
             .bind(run_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -171,11 +233,11 @@ impl Store {
     /// The newest runs first, optionally of one DAG.
     pub async fn runs(&self, dag_id: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(
-            "SELECT * FROM dag_runs WHERE (?1 IS NULL OR dag_id = ?1)
-             ORDER BY queued_at DESC, run_id DESC LIMIT ?2",
+            "SELECT * FROM dag_runs WHERE (CAST($1 AS TEXT) IS NULL OR dag_id = $1)
+             ORDER BY queued_at DESC, run_id DESC LIMIT $2",
         )
         .bind(dag_id)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(run_from_row).collect()
@@ -183,17 +245,18 @@ impl Store {
 
     /// Runs in `state`, oldest first.
     pub async fn runs_in_state(&self, state: RunState) -> Result<Vec<RunRecord>> {
-        let rows = sqlx::query("SELECT * FROM dag_runs WHERE state = ? ORDER BY queued_at, run_id")
-            .bind(state.as_str())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM dag_runs WHERE state = $1 ORDER BY queued_at, run_id")
+                .bind(state.as_str())
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(run_from_row).collect()
     }
 
     /// The end of the latest scheduled run's data interval, where the next one starts.
     pub async fn last_scheduled_end(&self, dag_id: &str) -> Result<Option<DateTime<Utc>>> {
         let end: Option<String> = sqlx::query_scalar(
-            "SELECT MAX(data_interval_end) FROM dag_runs WHERE dag_id = ? AND run_type = 'scheduled'",
+            "SELECT MAX(data_interval_end) FROM dag_runs WHERE dag_id = $1 AND run_type = 'scheduled'",
         )
         .bind(dag_id)
         .fetch_one(&self.pool)
@@ -209,7 +272,7 @@ impl Store {
         logical_date: DateTime<Utc>,
     ) -> Result<Option<RunRecord>> {
         let row = sqlx::query(
-            "SELECT * FROM dag_runs WHERE dag_id = ? AND logical_date = ? AND run_type <> 'manual'",
+            "SELECT * FROM dag_runs WHERE dag_id = $1 AND logical_date = $2 AND run_type <> 'manual'",
         )
         .bind(dag_id)
         .bind(timestamp::format(logical_date))
@@ -220,7 +283,7 @@ impl Store {
 
     pub async fn task_instances(&self, run_id: &str) -> Result<Vec<TaskInstanceRecord>> {
         let rows = sqlx::query(
-            "SELECT task_id, state, try_number, next_retry_at FROM task_instances WHERE run_id = ? ORDER BY rowid",
+            "SELECT task_id, state, try_number, next_retry_at FROM task_instances WHERE run_id = $1 ORDER BY position",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -235,7 +298,7 @@ impl Store {
                         what: "task_instances.state",
                         value: state,
                     })?,
-                    try_number: row.try_get("try_number")?,
+                    try_number: count(row, "task_instances.try_number", "try_number")?,
                     next_retry_at: next
                         .map(|s| parse_time("task_instances.next_retry_at", &s))
                         .transpose()?,
@@ -247,7 +310,7 @@ impl Store {
     /// Every attempt of a run, by task and attempt number.
     pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>> {
         let rows = sqlx::query(
-            "SELECT * FROM task_attempts WHERE run_id = ? ORDER BY started_at, attempt",
+            "SELECT * FROM task_attempts WHERE run_id = $1 ORDER BY started_at, attempt",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -264,9 +327,9 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         for (task_id, state) in changes {
-            sqlx::query("UPDATE task_instances SET state = ? WHERE run_id = ? AND task_id = ?")
+            sqlx::query("UPDATE task_instances SET state = $1 WHERE run_id = $2 AND task_id = $3")
                 .bind(state.as_str())
                 .bind(run_id)
                 .bind(task_id)
@@ -286,23 +349,23 @@ impl Store {
         started_at: DateTime<Utc>,
         log_path: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO task_attempts (run_id, task_id, attempt, state, started_at, log_path)
-             VALUES (?, ?, ?, 'running', ?, ?)",
+             VALUES ($1, $2, $3, 'running', $4, $5)",
         )
         .bind(run_id)
         .bind(task_id)
-        .bind(attempt)
+        .bind(i64::from(attempt))
         .bind(timestamp::format(started_at))
         .bind(log_path)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE task_instances SET state = 'running', try_number = ?, next_retry_at = NULL
-             WHERE run_id = ? AND task_id = ?",
+            "UPDATE task_instances SET state = 'running', try_number = $1, next_retry_at = NULL
+             WHERE run_id = $2 AND task_id = $3",
         )
-        .bind(attempt)
+        .bind(i64::from(attempt))
         .bind(run_id)
         .bind(task_id)
         .execute(&mut *tx)
@@ -321,13 +384,13 @@ impl Store {
         start_ticks: Option<i64>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE task_attempts SET pgid = ?, pgid_start_ticks = ? WHERE run_id = ? AND task_id = ? AND attempt = ?",
+            "UPDATE task_attempts SET pgid = $1, pgid_start_ticks = $2 WHERE run_id = $3 AND task_id = $4 AND attempt = $5",
         )
-        .bind(pgid)
+        .bind(i64::from(pgid))
         .bind(start_ticks)
         .bind(run_id)
         .bind(task_id)
-        .bind(attempt)
+        .bind(i64::from(attempt))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -342,15 +405,22 @@ impl Store {
     ) -> Result<Option<(u32, Option<i64>)>> {
         let row = sqlx::query(
             "SELECT pgid, pgid_start_ticks FROM task_attempts
-             WHERE run_id = ? AND task_id = ? AND attempt = ? AND pgid IS NOT NULL",
+             WHERE run_id = $1 AND task_id = $2 AND attempt = $3 AND pgid IS NOT NULL",
         )
         .bind(run_id)
         .bind(task_id)
-        .bind(attempt)
+        .bind(i64::from(attempt))
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| Ok((r.try_get("pgid")?, r.try_get("pgid_start_ticks")?)))
-            .transpose()
+        row.map(|r| {
+            let pgid: i64 = r.try_get("pgid")?;
+            let pgid = u32::try_from(pgid).map_err(|_| StoreError::Corrupt {
+                what: "task_attempts.pgid",
+                value: pgid.to_string(),
+            })?;
+            Ok((pgid, r.try_get("pgid_start_ticks")?))
+        })
+        .transpose()
     }
 
     /// Records how an attempt ended and the task instance's resulting state.
@@ -363,10 +433,10 @@ impl Store {
         task_state: TaskState,
         next_retry_at: Option<DateTime<Utc>>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
-            "UPDATE task_attempts SET state = ?, ended_at = ?, duration_ms = ?, rows = ?, error = ?
-             WHERE run_id = ? AND task_id = ? AND attempt = ?",
+            "UPDATE task_attempts SET state = $1, ended_at = $2, duration_ms = $3, rows = $4, error = $5
+             WHERE run_id = $6 AND task_id = $7 AND attempt = $8",
         )
         .bind(end.state.as_str())
         .bind(timestamp::format(end.ended_at))
@@ -375,10 +445,10 @@ impl Store {
         .bind(&end.error)
         .bind(run_id)
         .bind(task_id)
-        .bind(attempt)
+        .bind(i64::from(attempt))
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE task_instances SET state = ?, next_retry_at = ? WHERE run_id = ? AND task_id = ?")
+        sqlx::query("UPDATE task_instances SET state = $1, next_retry_at = $2 WHERE run_id = $3 AND task_id = $4")
             .bind(task_state.as_str())
             .bind(next_retry_at.map(timestamp::format))
             .bind(run_id)
@@ -392,11 +462,11 @@ impl Store {
     /// `orch dags pause/unpause`: overrides the `paused:` of the DAG file.
     pub async fn set_paused(&self, dag_id: &str, paused: bool) -> Result<()> {
         sqlx::query(
-            "INSERT INTO dag_pause (dag_id, paused, updated_at) VALUES (?, ?, ?)
+            "INSERT INTO dag_pause (dag_id, paused, updated_at) VALUES ($1, $2, $3)
              ON CONFLICT (dag_id) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
         )
         .bind(dag_id)
-        .bind(paused)
+        .bind(i64::from(paused))
         .bind(timestamp::format(Utc::now()))
         .execute(&self.pool)
         .await?;
@@ -405,12 +475,12 @@ impl Store {
 
     /// Whether a DAG is paused: the command line's flag if one was set, else the file's.
     pub async fn is_paused(&self, dag_id: &str, file_default: bool) -> Result<bool> {
-        let paused: Option<bool> =
-            sqlx::query_scalar("SELECT paused FROM dag_pause WHERE dag_id = ?")
+        let paused: Option<i64> =
+            sqlx::query_scalar("SELECT paused FROM dag_pause WHERE dag_id = $1")
                 .bind(dag_id)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(paused.unwrap_or(file_default))
+        Ok(paused.map_or(file_default, |p| p != 0))
     }
 
     /// The pause flags set from the command line, by DAG id.
@@ -419,7 +489,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("dag_id")?, r.try_get("paused")?)))
+            .map(|r| Ok((r.try_get("dag_id")?, r.try_get::<i64, _>("paused")? != 0)))
             .collect()
     }
 }
@@ -431,7 +501,41 @@ fn parse_time(what: &'static str, s: &str) -> Result<DateTime<Utc>> {
     })
 }
 
-fn run_from_row(row: &SqliteRow) -> Result<RunRecord> {
+/// A small non-negative integer column (attempt numbers).
+fn count(row: &AnyRow, what: &'static str, column: &str) -> Result<u32> {
+    let value: i64 = row.try_get(column)?;
+    u32::try_from(value).map_err(|_| StoreError::Corrupt {
+        what,
+        value: value.to_string(),
+    })
+}
+
+/// The URL with any password replaced, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// SQLite opens read-write and creates the file unless the URL already chose a mode.
+fn with_create_mode(url: &str) -> String {
+    if url.contains("mode=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
     let time = |col: &'static str| -> Result<DateTime<Utc>> {
         parse_time(col, &row.try_get::<String, _>(col)?)
     };
@@ -472,13 +576,13 @@ fn run_from_row(row: &SqliteRow) -> Result<RunRecord> {
     })
 }
 
-fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
+fn attempt_from_row(row: &AnyRow) -> Result<AttemptRecord> {
     let state: String = row.try_get("state")?;
     let started: String = row.try_get("started_at")?;
     let ended: Option<String> = row.try_get("ended_at")?;
     Ok(AttemptRecord {
         task_id: row.try_get("task_id")?,
-        attempt: row.try_get("attempt")?,
+        attempt: count(row, "task_attempts.attempt", "attempt")?,
         state: AttemptState::parse(&state).ok_or(StoreError::Corrupt {
             what: "task_attempts.state",
             value: state.clone(),

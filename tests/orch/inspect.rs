@@ -36,7 +36,11 @@ fn dags_validate_reports_every_error_with_file_line_and_column() {
 
 #[test]
 fn dags_list_show_and_pause() {
-    let home = Home::new();
+    dags_list_show_and_pause_with(&Home::new());
+}
+
+/// The scenario, on any metadata backend.
+pub fn dags_list_show_and_pause_with(home: &Home) {
     home.write_dag(
         "hourly",
         "schedule: '@hourly'\ntasks: [{id: a, kind: noop}]\n",

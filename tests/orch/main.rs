@@ -1,6 +1,7 @@
 //! End-to-end tests of the `orch` binary against temporary homes.
 
 mod inspect;
+mod postgres;
 mod recovery;
 mod run;
 mod serve;

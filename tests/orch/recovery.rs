@@ -6,7 +6,11 @@ use crate::support::{Home, attempts, is_running, last_line, task_state, wait_for
 
 #[test]
 fn after_kill_9_the_next_server_fails_the_orphaned_attempt_and_retries_it() {
-    let home = Home::new();
+    after_kill_9_the_next_server_fails_the_orphaned_attempt_and_retries_it_with(&Home::new());
+}
+
+/// The scenario, on any metadata backend.
+pub fn after_kill_9_the_next_server_fails_the_orphaned_attempt_and_retries_it_with(home: &Home) {
     home.write_dag(
         "crashy",
         r#"

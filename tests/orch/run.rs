@@ -24,7 +24,11 @@ tasks:
 
 #[test]
 fn a_failing_then_succeeding_task_is_retried_and_the_run_succeeds() {
-    let home = Home::new();
+    a_failing_then_succeeding_task_is_retried_and_the_run_succeeds_with(&Home::new());
+}
+
+/// The scenario, on any metadata backend.
+pub fn a_failing_then_succeeding_task_is_retried_and_the_run_succeeds_with(home: &Home) {
     home.write_dag("chain", CHAIN);
     let out = home.orch(&["run", "chain", "--logical-date", "2026-11-20"]);
     let stdout = text(&out.stdout);

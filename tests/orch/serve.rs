@@ -13,7 +13,11 @@ tasks:
 
 #[test]
 fn trigger_wait_runs_through_the_server() {
-    let home = Home::new();
+    trigger_wait_runs_through_the_server_with(&Home::new());
+}
+
+/// The scenario, on any metadata backend.
+pub fn trigger_wait_runs_through_the_server_with(home: &Home) {
     home.write_dag("chain3", CHAIN3);
     home.write_dag(
         "fails",
@@ -199,7 +203,11 @@ tasks:
 
 #[test]
 fn scheduled_runs_catch_up_from_start_date() {
-    let home = Home::new();
+    scheduled_runs_catch_up_from_start_date_with(&Home::new());
+}
+
+/// The scenario, on any metadata backend.
+pub fn scheduled_runs_catch_up_from_start_date_with(home: &Home) {
     let start = (chrono::Utc::now() - chrono::Duration::days(3)).format("%Y-%m-%d");
     home.write_dag(
         "daily",

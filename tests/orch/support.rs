@@ -10,9 +10,11 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_orch");
 
-/// A temporary orch home with a `dags/` folder.
+/// A temporary orch home with a `dags/` folder, and its metadata database: SQLite in the
+/// home by default, or a fresh PostgreSQL database.
 pub struct Home {
     dir: tempfile::TempDir,
+    database_url: Option<String>,
 }
 
 impl Home {
@@ -22,7 +24,33 @@ impl Home {
             .tempdir()
             .expect("temp home");
         std::fs::create_dir_all(dir.path().join("dags")).expect("dags dir");
-        Home { dir }
+        Home {
+            dir,
+            database_url: None,
+        }
+    }
+
+    /// A home whose metadata lives in a new, empty database on the PostgreSQL server named by
+    /// `ORCH_TEST_POSTGRES_URL` (`.ci/postgres` starts one). Without that variable the test is
+    /// skipped with a printed reason, except under CI (`CI` set), where it fails.
+    pub fn postgres(test: &str) -> Option<Home> {
+        let Some(admin_url) = std::env::var("ORCH_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must provide ORCH_TEST_POSTGRES_URL (see .ci/postgres)"
+            );
+            eprintln!(
+                "skipping {test}: ORCH_TEST_POSTGRES_URL is not set; start a server with \
+                 `export ORCH_TEST_POSTGRES_URL=$(bash .ci/postgres)`"
+            );
+            return None;
+        };
+        let mut home = Home::new();
+        home.database_url = Some(fresh_postgres_database(&admin_url, test));
+        Some(home)
     }
 
     pub fn path(&self) -> &Path {
@@ -43,8 +71,11 @@ impl Home {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("--home").arg(self.path()).args(args);
-        cmd.env_remove("ORCH_DATABASE_URL")
-            .env_remove("ORCH_DAGS_DIR")
+        match &self.database_url {
+            Some(url) => cmd.env("ORCH_DATABASE_URL", url),
+            None => cmd.env_remove("ORCH_DATABASE_URL"),
+        };
+        cmd.env_remove("ORCH_DAGS_DIR")
             .env_remove("ORCH_LOGS_DIR")
             .env("ORCH_PARALLELISM", "4");
         cmd
@@ -84,6 +115,36 @@ impl Home {
     pub fn serve(&self) -> Server {
         Server::start(self.command(&["serve", "--grace", "10s"]))
     }
+}
+
+/// Creates a database named after the test on the server at `admin_url`, dropping any
+/// left by an earlier run of the same test; returns its URL.
+fn fresh_postgres_database(admin_url: &str, test: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("orch_test_{test}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {admin_url}: {e}"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("drop test database");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+    });
+    let (server, _) = admin_url
+        .rsplit_once('/')
+        .expect("ORCH_TEST_POSTGRES_URL ends in /DATABASE");
+    format!("{server}/{name}")
 }
 
 pub fn text(bytes: &[u8]) -> String {
