@@ -80,6 +80,10 @@ async fn setup(dir: &Path) -> (Store, Executor) {
         home: dir.to_path_buf(),
         logs_dir: dir.join("logs"),
         slots: Arc::new(tokio::sync::Semaphore::new(parallelism)),
+        data: orch::config::DataPlaces {
+            lake_url: orch::lake::Lake::default_url(dir),
+            warehouse_url: format!("sqlite://{}", dir.join("data/warehouse.db").display()),
+        },
     };
     (store, executor)
 }

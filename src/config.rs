@@ -1,8 +1,9 @@
 //! Where things live: the home folder, the metadata database, the DAG and log folders.
 //!
 //! Settings come from, in order of precedence: the environment (`ORCH_DATABASE_URL`,
-//! `ORCH_DAGS_DIR`, `ORCH_LOGS_DIR`, `ORCH_PARALLELISM`), then `orch.yaml` in the home, then
-//! defaults under the home. Relative paths are relative to the home.
+//! `ORCH_DAGS_DIR`, `ORCH_LOGS_DIR`, `ORCH_PARALLELISM`, `ORCH_LAKE_URL`,
+//! `ORCH_WAREHOUSE_URL`), then `orch.yaml` in the home, then defaults under the home.
+//! Relative paths are relative to the home.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,17 @@ pub struct Config {
     pub logs_dir: PathBuf,
     /// How many task attempts may run at once in one process, across all runs.
     pub parallelism: usize,
+    /// Where data tasks read and write.
+    pub data: DataPlaces,
+}
+
+/// Where data tasks keep their data, each a URL an `ORCH_*_URL` variable may override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataPlaces {
+    /// The Parquet lake (`ORCH_LAKE_URL`): `file://<home>/data/lake` by default.
+    pub lake_url: String,
+    /// The warehouse (`ORCH_WAREHOUSE_URL`): `sqlite://<home>/data/warehouse.db` by default.
+    pub warehouse_url: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +55,8 @@ struct FileSettings {
     dags_dir: Option<PathBuf>,
     logs_dir: Option<PathBuf>,
     parallelism: Option<usize>,
+    lake_url: Option<String>,
+    warehouse_url: Option<String>,
 }
 
 impl Config {
@@ -87,12 +101,26 @@ impl Config {
                 .filter(|n| *n > 0)
                 .unwrap_or_else(default_parallelism),
         };
+        let data = DataPlaces {
+            lake_url: env("ORCH_LAKE_URL")
+                .or(file.lake_url)
+                .unwrap_or_else(|| crate::lake::Lake::default_url(&home)),
+            warehouse_url: env("ORCH_WAREHOUSE_URL")
+                .or(file.warehouse_url)
+                .unwrap_or_else(|| {
+                    format!(
+                        "sqlite://{}",
+                        home.join("data").join("warehouse.db").display()
+                    )
+                }),
+        };
         Ok(Config {
             home,
             database_url,
             dags_dir,
             logs_dir,
             parallelism,
+            data,
         })
     }
 
@@ -124,4 +152,17 @@ fn read_settings(path: &Path) -> Result<FileSettings, ConfigError> {
         path: path.to_path_buf(),
         message: e.without_snippet().to_string(),
     })
+}
+
+/// A database URL with its password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            match url[scheme_end + 3..at].split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }

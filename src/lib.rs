@@ -3,15 +3,23 @@
 //! DAGs are YAML files ([`dag`]); `orch serve` ([`scheduler`]) creates runs on their schedules
 //! and the [`executor`] runs their tasks ([`tasks`]), recording every run and attempt in the
 //! metadata database ([`store`]) and every attempt's output in [`logs`].
+//!
+//! Data pipelines read from [`exchange`]s (tested against the [`simulator`]), keep prices
+//! exact ([`decimal`]) and write Parquet to the [`lake`].
 
 pub mod cli;
 pub mod config;
 pub mod dag;
+pub mod decimal;
+pub mod exchange;
 pub mod executor;
+pub mod lake;
 pub mod lease;
 pub mod logs;
 pub mod process;
 pub mod scheduler;
+pub mod simulator;
 pub mod store;
 pub mod tasks;
 pub mod template;
+pub mod warehouse;

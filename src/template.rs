@@ -150,6 +150,23 @@ fn render_with(value: &Value, ctx: &minijinja::Value) -> Result<Value, String> {
     })
 }
 
+/// Renders a template a task kind owns (see `TaskKind::own_templates`) with its own variables,
+/// e.g. a table name per Hive partition `{symbol: BTCUSDT}`.
+pub fn render_with_values<V: serde::Serialize>(source: &str, vars: &V) -> Result<String, String> {
+    render_str(
+        source,
+        &minijinja::Value::from(minijinja::value::Serde(vars)),
+    )
+}
+
+/// Checks the syntax of a template a task kind owns.
+pub fn check_syntax(source: &str) -> Result<(), String> {
+    environment()
+        .template_from_str(source)
+        .map(|_| ())
+        .map_err(|e| format!("bad template `{source}`: {}", describe(&e)))
+}
+
 fn render_str(source: &str, ctx: &minijinja::Value) -> Result<String, String> {
     if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
         return Ok(source.to_string());

@@ -5,6 +5,7 @@ mod logs;
 mod run;
 mod runs;
 mod serve;
+mod simulate;
 mod trigger;
 
 use std::path::PathBuf;
@@ -71,6 +72,32 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Run a local exchange simulator (no network needed); prints its URL first.
+    #[command(subcommand)]
+    Simulate(SimulateCommand),
+}
+
+#[derive(Subcommand)]
+enum SimulateCommand {
+    /// A Binance-compatible REST server on 127.0.0.1 with a simulated market.
+    Binance {
+        /// Port to listen on; 0 picks a free one.
+        #[arg(long, default_value_t = 8765)]
+        port: u16,
+        /// Symbols to trade.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "BTCUSDT,AAVEUSDT,STXUSDT,ARBUSDT"
+        )]
+        symbols: Vec<String>,
+        /// Average trades per second per symbol; 0 adds trades only through `POST /_sim/trades`.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Seed of the random market, for repeatable runs.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[derive(Args)]
@@ -124,7 +151,7 @@ enum RunsCommand {
 /// Parses arguments, runs the command and turns its outcome into an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+    let default_level = if matches!(cli.command, Command::Serve { .. } | Command::Simulate(_)) {
         "info"
     } else {
         "warn"
@@ -163,6 +190,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             attempt,
             follow,
         } => logs::logs(&config, &run_id, task.as_deref(), attempt, follow).await,
+        Command::Simulate(SimulateCommand::Binance {
+            port,
+            symbols,
+            rate,
+            seed,
+        }) => simulate::binance(port, symbols, rate, seed).await,
     }
 }
 

@@ -39,6 +39,7 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         home: config.home.clone(),
         logs_dir: config.logs_dir.clone(),
         slots: Arc::new(Semaphore::new(config.parallelism)),
+        data: config.data.clone(),
     };
     let (events_tx, mut events) = mpsc::unbounded_channel::<TaskEvent>();
     let printer = tokio::spawn(async move {

@@ -13,7 +13,7 @@ use super::graph::topological_order;
 use super::schedule::Schedule;
 use super::spec::{DagSpec, TaskPolicySpec, TaskSpec};
 use super::{Dag, RetryPolicy, Task};
-use crate::tasks::Registry;
+use crate::tasks::{self, Registry};
 use crate::template;
 
 /// Default concurrency limits, as in Airflow except `max_active_runs`: a data pipeline that
@@ -261,7 +261,9 @@ impl Checker {
                 }
             }
         }
-        if let Err(e) = template::check_value(&with, params) {
+        let (orch_rendered, _) =
+            tasks::split_own_templates(registry.get(&spec.kind.value).map(|k| k.as_ref()), &with);
+        if let Err(e) = template::check_value(&orch_rendered, params) {
             match &spec.with {
                 Some(w) => self.problem(w, format!("task `{id}`: {e}")),
                 None => self
@@ -578,7 +580,7 @@ tasks:
             "tasks: [{id: a, kind: sh}]\n",
             1,
             23,
-            "unknown kind `sh`; known kinds: noop, shell",
+            "unknown kind `sh`; known kinds: binance.historical_trades, noop, shell, warehouse.load_parquet",
         );
     }
 

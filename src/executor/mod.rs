@@ -18,11 +18,12 @@ use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::config::DataPlaces;
 use crate::dag::Dag;
 use crate::logs::{AttemptLog, attempt_log_path};
 use crate::process;
 use crate::store::{AttemptEnd, AttemptState, RunRecord, RunState, Store, StoreError, TaskState};
-use crate::tasks::{ProcessSink, Registry, TaskContext, TaskKind, TaskOutput};
+use crate::tasks::{self, ProcessSink, Registry, TaskContext, TaskKind, TaskOutput};
 use crate::template::{self, RunVariables};
 
 pub use shutdown::{Phase, Shutdown, ShutdownHandle};
@@ -41,6 +42,7 @@ pub struct Executor {
     pub home: PathBuf,
     pub logs_dir: PathBuf,
     pub slots: Arc<Semaphore>,
+    pub data: DataPlaces,
 }
 
 /// A task's state change, for a caller that shows progress (`orch run`).
@@ -300,8 +302,14 @@ impl<'a> RunLoop<'a> {
             self.dag.timezone,
             self.params.clone(),
         );
-        let rendered = template::render_value(&task.with, &vars);
         let kind = self.exec.registry.get(&task.kind).cloned();
+        let (with, own_templates) = tasks::split_own_templates(kind.as_deref(), &task.with);
+        let rendered = template::render_value(&with, &vars).map(|mut value| {
+            if let Value::Object(map) = &mut value {
+                map.extend(own_templates);
+            }
+            value
+        });
         let ctx = (
             self.dag.id.clone(),
             self.run.run_id.clone(),
@@ -311,6 +319,7 @@ impl<'a> RunLoop<'a> {
         let (timeout, max_attempts, kind_name) =
             (task.timeout, task.retry.retries + 1, task.kind.clone());
         let home = self.exec.home.clone();
+        let (store, data) = (self.exec.store.clone(), self.exec.data.clone());
         let processes = {
             let (store, run_id, task_id) = (
                 self.exec.store.clone(),
@@ -333,7 +342,7 @@ impl<'a> RunLoop<'a> {
         let handle = self.in_flight.spawn(async move {
             let _permit = permit;
             let (dag_id, run_id, task_id, ds) = ctx;
-            let result = match AttemptLog::create(path) {
+            let result = match AttemptLog::create(path).map(Arc::new) {
                 Err(e) => Err(format!("cannot create the attempt log: {e}")),
                 Ok(log) => {
                     log.note(&format!(
@@ -348,6 +357,8 @@ impl<'a> RunLoop<'a> {
                         ds,
                         log,
                         processes,
+                        store,
+                        data,
                     };
                     let result = run_attempt(kind, rendered, &ctx, timeout).await;
                     match &result {

@@ -78,6 +78,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         home: config.home.clone(),
         logs_dir: config.logs_dir.clone(),
         slots: Arc::new(Semaphore::new(config.parallelism)),
+        data: config.data.clone(),
     };
     tracing::info!(
         home = %config.home.display(),

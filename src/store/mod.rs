@@ -19,6 +19,8 @@ use serde_json::{Map, Value};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
+use crate::config::redact_url;
+
 pub use model::{
     AttemptEnd, AttemptRecord, AttemptState, NewRun, RunRecord, RunState, RunType,
     TaskInstanceRecord, TaskState,
@@ -55,7 +57,7 @@ impl Backend {
         match scheme {
             Some("sqlite") => Ok(Backend::Sqlite),
             Some("postgres" | "postgresql") => Ok(Backend::Postgres),
-            _ => Err(StoreError::UnsupportedUrl(redact(url))),
+            _ => Err(StoreError::UnsupportedUrl(redact_url(url))),
         }
     }
 
@@ -85,7 +87,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url)?;
         let open_err = |source| StoreError::Open {
-            url: redact(url),
+            url: redact_url(url),
             source,
         };
         let pool = match backend {
@@ -483,6 +485,31 @@ impl Store {
         Ok(paused.map_or(file_default, |p| p != 0))
     }
 
+    /// A task kind's saved state, e.g. a watermark.
+    pub async fn task_state(&self, namespace: &str, key: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM task_state WHERE namespace = $1 AND key = $2")
+                .bind(namespace)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn set_task_state(&self, namespace: &str, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO task_state (namespace, key, value, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(namespace)
+        .bind(key)
+        .bind(value)
+        .bind(timestamp::format(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The pause flags set from the command line, by DAG id.
     pub async fn pause_overrides(&self) -> Result<HashMap<String, bool>> {
         let rows = sqlx::query("SELECT dag_id, paused FROM dag_pause")
@@ -508,20 +535,6 @@ fn count(row: &AnyRow, what: &'static str, column: &str) -> Result<u32> {
         what,
         value: value.to_string(),
     })
-}
-
-/// The URL with any password replaced, for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// SQLite opens read-write and creates the file unless the URL already chose a mode.

@@ -4,8 +4,10 @@
 //! `orch dags validate` rather than a run, and runs with the rendered configuration.
 //! New kinds (exchange, warehouse, ETL) register in [`Registry::builtin`].
 
+mod binance_historical_trades;
 mod noop;
 mod shell;
+mod warehouse_load_parquet;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,10 +18,14 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::config::DataPlaces;
 use crate::logs::AttemptLog;
+use crate::store::Store;
 
+pub use binance_historical_trades::BinanceHistoricalTrades;
 pub use noop::Noop;
 pub use shell::Shell;
+pub use warehouse_load_parquet::WarehouseLoadParquet;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -34,8 +40,11 @@ pub struct TaskContext {
     pub home: PathBuf,
     /// The logical date as `YYYY-MM-DD`, for kinds that work on one day.
     pub ds: String,
-    pub log: AttemptLog,
+    pub log: Arc<AttemptLog>,
     pub processes: ProcessSink,
+    /// The metadata database, for kinds that keep state across runs (watermarks).
+    pub store: Store,
+    pub data: DataPlaces,
 }
 
 /// Where a task reports the process groups it starts, so that orch, recovering from its own
@@ -74,6 +83,12 @@ pub trait TaskKind: Send + Sync {
     /// Checks the (unrendered) `with:` configuration at load time.
     fn check(&self, with: &Value) -> Result<(), String>;
 
+    /// Top-level `with:` keys holding templates the kind renders itself, per item, with
+    /// its own variables (e.g. a table name per `symbol`); orch leaves them as written.
+    fn own_templates(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Runs one attempt with the rendered configuration. The future may be dropped at any
     /// await point (timeout, shutdown); a kind that starts processes must stop them on drop.
     fn run<'a>(
@@ -96,6 +111,8 @@ impl Registry {
         };
         registry.register(Arc::new(Noop));
         registry.register(Arc::new(Shell));
+        registry.register(Arc::new(BinanceHistoricalTrades));
+        registry.register(Arc::new(WarehouseLoadParquet));
         registry
     }
 
@@ -110,6 +127,23 @@ impl Registry {
     pub fn names(&self) -> Vec<&'static str> {
         self.kinds.keys().copied().collect()
     }
+}
+
+/// Splits off the `with:` keys a kind renders itself, so orch renders and checks the rest.
+pub fn split_own_templates(
+    kind: Option<&dyn TaskKind>,
+    with: &Value,
+) -> (Value, Vec<(String, Value)>) {
+    let (Some(kind), Value::Object(map)) = (kind, with) else {
+        return (with.clone(), Vec::new());
+    };
+    let mut rest = map.clone();
+    let own = kind
+        .own_templates()
+        .iter()
+        .filter_map(|key| rest.remove(*key).map(|v| (key.to_string(), v)))
+        .collect();
+    (Value::Object(rest), own)
 }
 
 /// Reads a kind's typed configuration from `with:`; an absent `with:` reads as `{}`.

@@ -11,7 +11,7 @@ use serde_json::Value;
 pub const BIN: &str = env!("CARGO_BIN_EXE_orch");
 
 /// A temporary orch home with a `dags/` folder, and its metadata database: SQLite in the
-/// home by default, or a fresh PostgreSQL database.
+/// home by default, or a fresh PostgreSQL database ([`Home::postgres`]).
 pub struct Home {
     dir: tempfile::TempDir,
     database_url: Option<String>,
@@ -34,22 +34,8 @@ impl Home {
     /// `ORCH_TEST_POSTGRES_URL` (`.ci/postgres` starts one). Without that variable the test is
     /// skipped with a printed reason, except under CI (`CI` set), where it fails.
     pub fn postgres(test: &str) -> Option<Home> {
-        let Some(admin_url) = std::env::var("ORCH_TEST_POSTGRES_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must provide ORCH_TEST_POSTGRES_URL (see .ci/postgres)"
-            );
-            eprintln!(
-                "skipping {test}: ORCH_TEST_POSTGRES_URL is not set; start a server with \
-                 `export ORCH_TEST_POSTGRES_URL=$(bash .ci/postgres)`"
-            );
-            return None;
-        };
         let mut home = Home::new();
-        home.database_url = Some(fresh_postgres_database(&admin_url, test));
+        home.database_url = Some(postgres_database(test)?);
         Some(home)
     }
 
@@ -76,6 +62,9 @@ impl Home {
             None => cmd.env_remove("ORCH_DATABASE_URL"),
         };
         cmd.env_remove("ORCH_DAGS_DIR")
+            .env_remove("ORCH_LAKE_URL")
+            .env_remove("ORCH_WAREHOUSE_URL")
+            .env_remove("BINANCE_API_URL")
             .env_remove("ORCH_LOGS_DIR")
             .env("ORCH_PARALLELISM", "4");
         cmd
@@ -115,6 +104,27 @@ impl Home {
     pub fn serve(&self) -> Server {
         Server::start(self.command(&["serve", "--grace", "10s"]))
     }
+}
+
+/// A new, empty database on the PostgreSQL server named by `ORCH_TEST_POSTGRES_URL`
+/// (`.ci/postgres` starts one). Without that variable the test is skipped with a printed
+/// reason, except under CI (`CI` set), where it fails.
+pub fn postgres_database(test: &str) -> Option<String> {
+    let Some(admin_url) = std::env::var("ORCH_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide ORCH_TEST_POSTGRES_URL (see .ci/postgres)"
+        );
+        eprintln!(
+            "skipping {test}: ORCH_TEST_POSTGRES_URL is not set; start a server with \
+             `export ORCH_TEST_POSTGRES_URL=$(bash .ci/postgres)`"
+        );
+        return None;
+    };
+    Some(fresh_postgres_database(&admin_url, test))
 }
 
 /// Creates a database named after the test on the server at `admin_url`, dropping any
@@ -302,5 +312,97 @@ pub fn is_running(pid: &str) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z"),
         Err(_) => false,
+    }
+}
+
+/// A running `orch simulate binance` on a free loopback port, with no background trades.
+pub struct Simulator {
+    child: Child,
+    pub url: String,
+}
+
+impl Simulator {
+    pub fn start(symbols: &str) -> Simulator {
+        let mut child = Command::new(BIN)
+            .args([
+                "simulate",
+                "binance",
+                "--port",
+                "0",
+                "--rate",
+                "0",
+                "--symbols",
+                symbols,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start simulator");
+        let stdout = child.stdout.take().expect("simulator stdout");
+        let mut url = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut url)
+            .expect("simulator URL");
+        Simulator {
+            child,
+            url: url.trim().to_string(),
+        }
+    }
+
+    /// POSTs JSON to the simulator's control API; returns the JSON answer.
+    pub fn post(&self, path: &str, body: &Value) -> Value {
+        self.request("POST", path, Some(body))
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        self.request("GET", path, None)
+    }
+
+    /// Adds `count` trades of `symbol`; returns their (first, last) ids.
+    pub fn add_trades(&self, symbol: &str, count: u64) -> (i64, i64) {
+        let answer = self.post(
+            "/_sim/trades",
+            &serde_json::json!({"symbol": symbol, "count": count}),
+        );
+        (
+            answer["first_id"].as_i64().expect("first_id"),
+            answer["last_id"].as_i64().expect("last_id"),
+        )
+    }
+
+    /// The last trade id the simulator holds for `symbol`.
+    pub fn last_id(&self, symbol: &str) -> i64 {
+        self.get("/_sim/stats")["symbols"][symbol]["last_id"]
+            .as_i64()
+            .expect("last id")
+    }
+
+    /// A minimal HTTP/1.1 client, enough for the control API.
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to simulator");
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send request");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read answer");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("HTTP answer");
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "{method} {path}: {head}\n{body}"
+        );
+        serde_json::from_str(body).expect("JSON answer")
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,385 @@
+//! A Binance spot REST client that stays inside the request-weight budget and rides out rate
+//! limits, bans and server errors instead of failing a run.
+//!
+//! - Before each request it checks the weight used this minute (from the last
+//!   `X-MBX-USED-WEIGHT-1M` header) and waits for the next minute rather than cross the limit.
+//! - HTTP 429 and 418 wait for `Retry-After`, then retry; a ban longer than
+//!   [`RetryPolicy::max_retry_after`] fails with a clear error rather than hang a task.
+//! - Timeouts, connection errors and 5XX retry with exponential backoff.
+//! - Any other error answer becomes [`BinanceError::Api`] naming the request, the code and the
+//!   message, e.g. `historicalTrades NOSUCH: code -1121: Invalid symbol.`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+
+use super::wire::{ErrorBody, ExchangeInfo, WireTrade};
+use crate::exchange::{SymbolInfo, Trade};
+
+/// Binance's request-weight limit per minute and IP.
+pub const WEIGHT_LIMIT_PER_MINUTE: u32 = 6000;
+/// Weight of `historicalTrades` and `trades`.
+const TRADES_WEIGHT: u32 = 25;
+const EXCHANGE_INFO_WEIGHT: u32 = 20;
+/// The most trades one `historicalTrades` page returns.
+pub const MAX_PAGE: u32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BinanceError {
+    #[error("Binance refused {request}: HTTP {status}, code {code}: {msg}")]
+    Api {
+        request: String,
+        status: u16,
+        code: i64,
+        msg: String,
+    },
+    #[error("Binance answered {request} with HTTP {status}: {body}")]
+    Http {
+        request: String,
+        status: u16,
+        body: String,
+    },
+    #[error("cannot reach Binance for {request} after {attempts} attempts: {source}")]
+    Transport {
+        request: String,
+        attempts: u32,
+        source: reqwest::Error,
+    },
+    #[error(
+        "Binance asks to wait {retry_after:?} before {request} (HTTP {status}), longer than \
+         orch waits ({max:?}); the IP may be banned"
+    )]
+    WaitTooLong {
+        request: String,
+        status: u16,
+        retry_after: Duration,
+        max: Duration,
+    },
+    #[error("Binance kept failing {request} after {attempts} attempts: last HTTP {status}")]
+    GaveUp {
+        request: String,
+        attempts: u32,
+        status: u16,
+    },
+    #[error("unreadable answer from Binance for {request}: {reason}")]
+    Decode { request: String, reason: String },
+}
+
+/// How hard the client tries before it gives up.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts per request for timeouts, connection errors and 5XX.
+    pub max_attempts: u32,
+    /// Attempts per request that end in 429/418, each waiting its `Retry-After`.
+    pub max_rate_limited: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    /// The longest `Retry-After` the client sleeps through.
+    pub max_retry_after: Duration,
+    pub request_timeout: Duration,
+    /// The weight the client lets itself use per minute, below Binance's limit so other
+    /// processes on the same IP keep some room.
+    pub weight_budget: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 6,
+            max_rate_limited: 30,
+            first_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+            weight_budget: WEIGHT_LIMIT_PER_MINUTE * 9 / 10,
+        }
+    }
+}
+
+/// Receives the client's notable events (waits, retries) for the task's log.
+pub type Observer = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// A client for one Binance REST base URL; cheap to clone, clones share the weight budget.
+#[derive(Clone)]
+pub struct BinanceClient {
+    http: reqwest::Client,
+    base_url: String,
+    policy: RetryPolicy,
+    used: Arc<Mutex<UsedWeight>>,
+    observer: Observer,
+}
+
+/// The weight Binance last reported as used, and the minute it applies to.
+#[derive(Debug, Default)]
+struct UsedWeight {
+    minute: i64,
+    weight: u32,
+}
+
+impl BinanceClient {
+    /// The default base URL, overridden by `BINANCE_API_URL`.
+    pub const DEFAULT_BASE_URL: &'static str = "https://api.binance.com";
+
+    pub fn new(base_url: &str, policy: RetryPolicy) -> Result<BinanceClient, BinanceError> {
+        let http = reqwest::Client::builder()
+            .timeout(policy.request_timeout)
+            .user_agent(concat!("orch/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| BinanceError::Transport {
+                request: "client setup".to_string(),
+                attempts: 0,
+                source,
+            })?;
+        Ok(BinanceClient {
+            http,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            policy,
+            used: Arc::default(),
+            observer: Arc::new(|event| tracing::warn!("binance: {event}")),
+        })
+    }
+
+    /// A client for `BINANCE_API_URL`, or Binance itself.
+    pub fn from_env() -> Result<BinanceClient, BinanceError> {
+        let base = std::env::var("BINANCE_API_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| Self::DEFAULT_BASE_URL.to_string());
+        BinanceClient::new(&base, RetryPolicy::default())
+    }
+
+    pub fn with_observer(mut self, observer: Observer) -> BinanceClient {
+        self.observer = observer;
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Up to `limit` trades of `symbol` with ids from `from_id` on, ascending.
+    pub async fn historical_trades(
+        &self,
+        symbol: &str,
+        from_id: i64,
+        limit: u32,
+    ) -> Result<Vec<Trade>, BinanceError> {
+        let request = format!("historicalTrades {symbol} fromId={from_id}");
+        let query = [
+            ("symbol", symbol.to_string()),
+            ("fromId", from_id.to_string()),
+            ("limit", limit.min(MAX_PAGE).to_string()),
+        ];
+        let trades: Vec<WireTrade> = self
+            .get("/api/v3/historicalTrades", &query, TRADES_WEIGHT, &request)
+            .await?;
+        Ok(trades.into_iter().map(Trade::from).collect())
+    }
+
+    /// The most recent `limit` trades of `symbol`, ascending.
+    pub async fn recent_trades(
+        &self,
+        symbol: &str,
+        limit: u32,
+    ) -> Result<Vec<Trade>, BinanceError> {
+        let request = format!("trades {symbol}");
+        let query = [
+            ("symbol", symbol.to_string()),
+            ("limit", limit.min(MAX_PAGE).to_string()),
+        ];
+        let trades: Vec<WireTrade> = self
+            .get("/api/v3/trades", &query, TRADES_WEIGHT, &request)
+            .await?;
+        Ok(trades.into_iter().map(Trade::from).collect())
+    }
+
+    /// Base and quote assets of `symbols`; an unknown symbol fails with Binance's message.
+    pub async fn exchange_info(&self, symbols: &[String]) -> Result<Vec<SymbolInfo>, BinanceError> {
+        let list = serde_json::to_string(symbols).map_err(|e| BinanceError::Decode {
+            request: "exchangeInfo".to_string(),
+            reason: e.to_string(),
+        })?;
+        let request = format!("exchangeInfo {}", symbols.join(","));
+        let info: ExchangeInfo = self
+            .get(
+                "/api/v3/exchangeInfo",
+                &[("symbols", list)],
+                EXCHANGE_INFO_WEIGHT,
+                &request,
+            )
+            .await?;
+        Ok(info.symbols.into_iter().map(SymbolInfo::from).collect())
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        weight: u32,
+        request: &str,
+    ) -> Result<T, BinanceError> {
+        let url = format!("{}{path}", self.base_url);
+        let mut failures = 0;
+        let mut rate_limited = 0;
+        loop {
+            self.wait_for_weight(weight).await;
+            let response = match self.http.get(&url).query(query).send().await {
+                Ok(response) => response,
+                Err(source) => {
+                    failures += 1;
+                    if failures >= self.policy.max_attempts {
+                        return Err(BinanceError::Transport {
+                            request: request.to_string(),
+                            attempts: failures,
+                            source,
+                        });
+                    }
+                    let wait = self.backoff(failures);
+                    (self.observer)(&format!(
+                        "{request}: {source}; retrying in {wait:?} (attempt {failures})"
+                    ));
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            };
+            self.note_used_weight(response.headers());
+            let status = response.status();
+            if status.is_success() {
+                let body = response.bytes().await.map_err(|e| BinanceError::Decode {
+                    request: request.to_string(),
+                    reason: e.to_string(),
+                })?;
+                return serde_json::from_slice(&body).map_err(|e| BinanceError::Decode {
+                    request: request.to_string(),
+                    reason: format!("{e}; body starts {:?}", preview(&body)),
+                });
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS || status.as_u16() == 418 {
+                rate_limited += 1;
+                let retry_after =
+                    retry_after(response.headers()).unwrap_or(Duration::from_secs(60));
+                if retry_after > self.policy.max_retry_after {
+                    return Err(BinanceError::WaitTooLong {
+                        request: request.to_string(),
+                        status: status.as_u16(),
+                        retry_after,
+                        max: self.policy.max_retry_after,
+                    });
+                }
+                if rate_limited > self.policy.max_rate_limited {
+                    return Err(BinanceError::GaveUp {
+                        request: request.to_string(),
+                        attempts: rate_limited,
+                        status: status.as_u16(),
+                    });
+                }
+                (self.observer)(&format!(
+                    "{request}: HTTP {} (rate limited); waiting {retry_after:?} as Retry-After asks",
+                    status.as_u16()
+                ));
+                tokio::time::sleep(retry_after).await;
+                continue;
+            }
+            if status.is_server_error() {
+                failures += 1;
+                if failures >= self.policy.max_attempts {
+                    return Err(BinanceError::GaveUp {
+                        request: request.to_string(),
+                        attempts: failures,
+                        status: status.as_u16(),
+                    });
+                }
+                let wait = self.backoff(failures);
+                (self.observer)(&format!(
+                    "{request}: HTTP {}; retrying in {wait:?} (attempt {failures})",
+                    status.as_u16()
+                ));
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(error) => BinanceError::Api {
+                    request: request.to_string(),
+                    status: status.as_u16(),
+                    code: error.code,
+                    msg: error.msg,
+                },
+                Err(_) => BinanceError::Http {
+                    request: request.to_string(),
+                    status: status.as_u16(),
+                    body: preview(&body),
+                },
+            });
+        }
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let factor = 2_u32.saturating_pow(failures.saturating_sub(1));
+        self.policy
+            .first_backoff
+            .saturating_mul(factor)
+            .min(self.policy.max_backoff)
+    }
+
+    /// Sleeps into the next minute when this request would cross the weight budget.
+    async fn wait_for_weight(&self, weight: u32) {
+        let (now, wait) = {
+            let used = match self.used.lock() {
+                Ok(used) => used,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let now = chrono::Utc::now();
+            let minute = now.timestamp().div_euclid(60);
+            let used_now = if used.minute == minute {
+                used.weight
+            } else {
+                0
+            };
+            if used_now + weight <= self.policy.weight_budget {
+                return;
+            }
+            let into_minute = now.timestamp_millis().rem_euclid(60_000) as u64;
+            (now, Duration::from_millis(60_000 - into_minute + 250))
+        };
+        (self.observer)(&format!(
+            "request weight budget of {} for this minute used up; waiting {wait:?} (at {now})",
+            self.policy.weight_budget
+        ));
+        tokio::time::sleep(wait).await;
+    }
+
+    fn note_used_weight(&self, headers: &reqwest::header::HeaderMap) {
+        let Some(weight) = headers
+            .get("x-mbx-used-weight-1m")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        else {
+            return;
+        };
+        let minute = chrono::Utc::now().timestamp().div_euclid(60);
+        let mut used = match self.used.lock() {
+            Ok(used) => used,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *used = UsedWeight { minute, weight };
+    }
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+fn preview(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    text.chars().take(200).collect()
+}

@@ -1,0 +1,11 @@
+//! Binance spot: the REST client and the API's JSON shapes.
+//!
+//! Facts the code relies on (Binance's spot API docs): `historicalTrades` with `fromId` returns
+//! up to 1000 trades with ids `>= fromId`, ascending; trade ids are per symbol and strictly
+//! increasing; prices and quantities are decimal strings; each request costs weight against
+//! 6000 per minute and IP.
+
+mod client;
+pub mod wire;
+
+pub use client::{BinanceClient, BinanceError, MAX_PAGE, Observer, RetryPolicy};

@@ -1,0 +1,178 @@
+//! The data lake: Parquet files under one URL, on local disk or in object storage.
+//!
+//! `ORCH_LAKE_URL` picks the place: `file://<home>/data/lake` by default, or `s3://BUCKET/PREFIX`,
+//! `gs://BUCKET/PREFIX`, `az://CONTAINER/PREFIX` with credentials from the usual environment
+//! variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`). Every write is a whole-object put: object stores
+//! publish an object only once it is complete, and the local store writes a hidden temporary
+//! file and renames it, so a reader never sees half a file.
+
+pub mod raw_trades;
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("lake URL `{url}`: {message}")]
+    Url { url: String, message: String },
+    #[error("lake {url}: cannot {action} `{key}`: {source}")]
+    Store {
+        url: String,
+        action: &'static str,
+        key: String,
+        source: Box<object_store::Error>,
+    },
+}
+
+/// One object in the lake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeObject {
+    /// The path below the lake's root, e.g. `raw/binance_trades/symbol=BTCUSDT/...`.
+    pub key: String,
+    pub size: u64,
+}
+
+/// A handle to the lake; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Lake {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    url: String,
+}
+
+impl Lake {
+    /// The default lake of a home.
+    pub fn default_url(home: &FsPath) -> String {
+        format!("file://{}", home.join("data").join("lake").display())
+    }
+
+    pub fn open(url: &str) -> Result<Lake, LakeError> {
+        let fail = |message: String| LakeError::Url {
+            url: url.to_string(),
+            message,
+        };
+        let parsed = url::Url::parse(url).map_err(|e| fail(e.to_string()))?;
+        let (store, root): (Arc<dyn ObjectStore>, Path) = match parsed.scheme() {
+            "file" => {
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|()| fail("not an absolute file path".to_string()))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+                let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| fail(e.to_string()))?;
+                (Arc::new(local), Path::default())
+            }
+            "s3" | "s3a" => {
+                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .build()
+                    .map_err(|e| fail(e.to_string()))?;
+                (Arc::new(s3), prefix_of(&parsed))
+            }
+            "gs" => {
+                let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .build()
+                    .map_err(|e| fail(e.to_string()))?;
+                (Arc::new(gcs), prefix_of(&parsed))
+            }
+            "az" | "azure" | "abfs" | "abfss" => {
+                let azure = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .build()
+                    .map_err(|e| fail(e.to_string()))?;
+                (Arc::new(azure), prefix_of(&parsed))
+            }
+            other => {
+                return Err(fail(format!(
+                    "unsupported scheme `{other}`; use file://, s3://, gs:// or az://"
+                )));
+            }
+        };
+        Ok(Lake {
+            store,
+            root,
+            url: url.to_string(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn path(&self, key: &str) -> Path {
+        key.split('/')
+            .filter(|part| !part.is_empty())
+            .fold(self.root.clone(), |path, part| path.join(part))
+    }
+
+    fn error(
+        &self,
+        action: &'static str,
+        key: &str,
+    ) -> impl FnOnce(object_store::Error) -> LakeError {
+        let url = self.url.clone();
+        let key = key.to_string();
+        move |source| LakeError::Store {
+            url,
+            action,
+            key,
+            source: Box::new(source),
+        }
+    }
+
+    /// Writes a whole object, replacing any object of the same key.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), LakeError> {
+        self.store
+            .put(&self.path(key), PutPayload::from_bytes(bytes))
+            .await
+            .map_err(self.error("write", key))?;
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, LakeError> {
+        let result = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(self.error("read", key))?;
+        result.bytes().await.map_err(self.error("read", key))
+    }
+
+    /// Every object below `prefix`, sorted by key.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<LakeObject>, LakeError> {
+        let base = self.path(prefix);
+        let root_parts = self.root.parts().count();
+        let mut objects: Vec<LakeObject> = self
+            .store
+            .list(Some(&base))
+            .map_ok(|meta| LakeObject {
+                key: meta
+                    .location
+                    .parts()
+                    .skip(root_parts)
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                size: meta.size,
+            })
+            .try_collect()
+            .await
+            .map_err(self.error("list", prefix))?;
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
+    }
+}
+
+fn prefix_of(url: &url::Url) -> Path {
+    url.path()
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .fold(Path::default(), |path, part| path.join(part))
+}

@@ -1,0 +1,211 @@
+//! The simulated market: per symbol, a price random walk at a realistic level, trade sizes on
+//! the symbol's lot grid, and consecutive trade ids, kept in memory for the REST endpoints.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::decimal::Decimal;
+use crate::exchange::{SymbolInfo, Trade};
+
+/// How many trades per symbol the simulator keeps for `historicalTrades`.
+const RETAINED: usize = 2_000_000;
+
+/// A symbol's starting price, price step and size step, in units of 10⁻⁸.
+struct Profile {
+    base: String,
+    quote: String,
+    price: i128,
+    tick: i128,
+    lot: i128,
+}
+
+/// Levels of late 2026 for the pipelines' symbols; others start at 1.00.
+fn profile(symbol: &str) -> Profile {
+    let p = |base: &str, quote: &str, price: f64, tick: i128, lot: i128| Profile {
+        base: base.to_string(),
+        quote: quote.to_string(),
+        price: (price * 1e8) as i128,
+        tick,
+        lot,
+    };
+    match symbol {
+        "BTCUSDT" => p("BTC", "USDT", 97_250.0, 1_000_000, 1_000),
+        "BTCFDUSD" => p("BTC", "FDUSD", 97_240.0, 1_000_000, 1_000),
+        "ETHUSDT" => p("ETH", "USDT", 3_410.0, 1_000_000, 10_000),
+        "AAVEUSDT" => p("AAVE", "USDT", 182.0, 1_000_000, 100_000),
+        "STXUSDT" => p("STX", "USDT", 0.61, 10_000, 10_000_000),
+        "ARBUSDT" => p("ARB", "USDT", 0.34, 10_000, 10_000_000),
+        _ => {
+            let (base, quote) = split_symbol(symbol);
+            Profile {
+                base,
+                quote,
+                price: 100_000_000,
+                tick: 10_000,
+                lot: 1_000_000,
+            }
+        }
+    }
+}
+
+/// The simulator's own listing of assets for symbols outside its table.
+fn split_symbol(symbol: &str) -> (String, String) {
+    for quote in ["USDT", "FDUSD", "USDC", "BTC", "ETH"] {
+        if let Some(base) = symbol.strip_suffix(quote).filter(|b| !b.is_empty()) {
+            return (base.to_string(), quote.to_string());
+        }
+    }
+    (symbol.to_string(), "USDT".to_string())
+}
+
+struct Book {
+    info: SymbolInfo,
+    tick: i128,
+    lot: i128,
+    price: i128,
+    next_id: i64,
+    trades: VecDeque<Trade>,
+}
+
+/// Every simulated symbol.
+pub struct Market {
+    books: BTreeMap<String, Book>,
+    rng: StdRng,
+}
+
+impl Market {
+    pub fn new(symbols: &[String], seed: u64) -> Market {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let books = symbols
+            .iter()
+            .map(|symbol| {
+                let profile = profile(symbol);
+                let book = Book {
+                    info: SymbolInfo {
+                        symbol: symbol.clone(),
+                        status: "TRADING".to_string(),
+                        base_asset: profile.base,
+                        quote_asset: profile.quote,
+                    },
+                    tick: profile.tick,
+                    lot: profile.lot,
+                    price: profile.price,
+                    // Real ids are large; start each symbol somewhere different.
+                    next_id: rng.random_range(100_000_000..900_000_000),
+                    trades: VecDeque::new(),
+                };
+                (symbol.clone(), book)
+            })
+            .collect();
+        Market { books, rng }
+    }
+
+    pub fn symbols(&self) -> impl Iterator<Item = &SymbolInfo> {
+        self.books.values().map(|b| &b.info)
+    }
+
+    pub fn info(&self, symbol: &str) -> Option<&SymbolInfo> {
+        self.books.get(symbol).map(|b| &b.info)
+    }
+
+    /// Appends `count` trades to `symbol`, timed up to `now_ms`; returns their id range.
+    pub fn generate(&mut self, symbol: &str, count: usize, now_ms: i64) -> Option<(i64, i64)> {
+        let book = self.books.get_mut(symbol)?;
+        let first = book.next_id;
+        for i in 0..count {
+            // A walk of a few ticks per trade, kept above ten ticks.
+            let step = self.rng.random_range(-3..=3_i128) * book.tick;
+            book.price = (book.price + step).max(book.tick * 10);
+            let lots = self.rng.random_range(1..=200_i128) * self.rng.random_range(1..=50_i128);
+            let qty = lots * book.lot;
+            let quote = book.price * qty / 100_000_000;
+            let trade = Trade {
+                id: book.next_id,
+                price: Decimal::from_units(book.price)?,
+                qty: Decimal::from_units(qty)?,
+                quote_qty: Decimal::from_units(quote)?,
+                time_ms: now_ms - (count - 1 - i) as i64 / 50,
+                is_buyer_maker: self.rng.random_bool(0.5),
+                is_best_match: true,
+            };
+            book.next_id += 1;
+            book.trades.push_back(trade);
+        }
+        while book.trades.len() > RETAINED {
+            book.trades.pop_front();
+        }
+        Some((first, book.next_id - 1))
+    }
+
+    /// Up to `limit` trades with ids from `from_id` on, ascending.
+    pub fn from_id(&self, symbol: &str, from_id: i64, limit: usize) -> Option<Vec<Trade>> {
+        let book = self.books.get(symbol)?;
+        let oldest = book.trades.front().map_or(book.next_id, |t| t.id);
+        let start = usize::try_from(from_id.saturating_sub(oldest)).unwrap_or(0);
+        Some(
+            book.trades
+                .iter()
+                .skip(start)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// The latest `limit` trades, ascending.
+    pub fn recent(&self, symbol: &str, limit: usize) -> Option<Vec<Trade>> {
+        let book = self.books.get(symbol)?;
+        let skip = book.trades.len().saturating_sub(limit);
+        Some(book.trades.iter().skip(skip).cloned().collect())
+    }
+
+    /// The first and last id held for `symbol`, if any trades.
+    pub fn id_range(&self, symbol: &str) -> Option<(i64, i64)> {
+        let book = self.books.get(symbol)?;
+        Some((book.trades.front()?.id, book.trades.back()?.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_consecutive_and_pages_follow_from_id() {
+        let mut market = Market::new(&["BTCUSDT".to_string()], 7);
+        let (first, last) = market.generate("BTCUSDT", 2500, 1_000_000).expect("known");
+        assert_eq!(last - first, 2499);
+        let page = market
+            .from_id("BTCUSDT", first + 1000, 1000)
+            .expect("known");
+        assert_eq!(page.len(), 1000);
+        assert_eq!(page[0].id, first + 1000);
+        assert!(page.windows(2).all(|w| w[1].id == w[0].id + 1));
+        let tail = market
+            .from_id("BTCUSDT", first + 2000, 1000)
+            .expect("known");
+        assert_eq!(tail.len(), 500);
+        assert!(
+            market
+                .from_id("BTCUSDT", last + 1, 1000)
+                .expect("known")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn prices_sit_on_the_tick_grid_and_quote_is_price_times_qty() {
+        let mut market = Market::new(&["STXUSDT".to_string()], 1);
+        market.generate("STXUSDT", 1000, 0);
+        for t in market.recent("STXUSDT", 1000).expect("known") {
+            assert!(t.price.is_positive() && t.qty.is_positive());
+            assert_eq!(t.price.units() % 10_000, 0);
+            assert_eq!(
+                t.quote_qty.units(),
+                t.price.units() * t.qty.units() / 100_000_000
+            );
+        }
+    }
+}

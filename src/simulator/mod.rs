@@ -1,0 +1,197 @@
+//! `orch simulate binance`: a local Binance-compatible server for tests, demos and benchmarks.
+//!
+//! It serves the REST endpoints orch uses (`historicalTrades`, `trades`, `exchangeInfo`) with
+//! Binance's shapes, weights, headers and error bodies, over a simulated market
+//! ([`market`]). Tests drive it through a small control API under `/_sim/`:
+//!
+//! - `POST /_sim/trades {"symbol": "BTCUSDT", "count": 5000}` adds trades now and returns
+//!   their id range, so a test knows exactly which ids must land;
+//! - `POST /_sim/faults {"rest": [{"status": 429, "retry_after": 1}, {"status": 503}]}` makes
+//!   the next REST requests fail in that order (also `418`, any status with an error body
+//!   `{"status": 400, "code": -1121, "msg": "..."}`, and `"delay_ms"` for a slow answer);
+//! - `GET /_sim/stats` returns the requests served and each symbol's id range.
+
+mod market;
+mod rest;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+pub use market::Market;
+
+/// How the simulator runs.
+#[derive(Debug, Clone)]
+pub struct SimulatorOptions {
+    /// 0 picks a free port.
+    pub port: u16,
+    pub symbols: Vec<String>,
+    /// Average trades per second per symbol generated in the background; 0 for none (tests
+    /// add trades through the control API).
+    pub rate: f64,
+    pub seed: u64,
+}
+
+/// A scripted failure of the next REST request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestFault {
+    /// The HTTP status to answer with; 200 with `delay_ms` only slows the answer down.
+    #[serde(default = "ok_status")]
+    pub status: u16,
+    /// Seconds for the `Retry-After` header (429 and 418).
+    pub retry_after: Option<u64>,
+    /// Error body `{"code", "msg"}` to send.
+    pub code: Option<i64>,
+    pub msg: Option<String>,
+    /// Wait this long before answering.
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+fn ok_status() -> u16 {
+    200
+}
+
+/// Faults queued through `POST /_sim/faults`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultScript {
+    #[serde(default)]
+    pub rest: Vec<RestFault>,
+}
+
+/// Counters reported by `GET /_sim/stats`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Stats {
+    pub requests: u64,
+    pub historical_trades_requests: u64,
+    pub faults_served: u64,
+}
+
+pub(crate) struct SimState {
+    pub market: Market,
+    pub faults: VecDeque<RestFault>,
+    pub stats: Stats,
+    /// Request weight used in the current minute: (minute, weight).
+    pub weight: (i64, u32),
+}
+
+/// The shared state behind every handler.
+#[derive(Clone)]
+pub(crate) struct Shared(Arc<Mutex<SimState>>);
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, SimState> {
+        match self.0.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// A running simulator.
+pub struct Simulator {
+    pub addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+    generator: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Simulator {
+    /// Binds to 127.0.0.1 and starts serving in the background.
+    pub async fn start(options: &SimulatorOptions) -> anyhow::Result<Simulator> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
+            .await
+            .with_context(|| format!("cannot listen on 127.0.0.1:{}", options.port))?;
+        let addr = listener.local_addr()?;
+        let shared = Shared(Arc::new(Mutex::new(SimState {
+            market: Market::new(&options.symbols, options.seed),
+            faults: VecDeque::new(),
+            stats: Stats::default(),
+            weight: (0, 0),
+        })));
+        // Some history, so the first fetch of a symbol has trades to start from.
+        {
+            let mut state = shared.lock();
+            let now = chrono::Utc::now().timestamp_millis();
+            for symbol in &options.symbols {
+                state.market.generate(symbol, 1000, now);
+            }
+        }
+        let generator = (options.rate > 0.0).then(|| {
+            let shared = shared.clone();
+            let rate = options.rate;
+            tokio::spawn(generate_forever(shared, rate))
+        });
+        let app = rest::router(shared);
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "simulator stopped");
+            }
+        });
+        Ok(Simulator {
+            addr,
+            server,
+            generator,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.server.abort();
+        if let Some(generator) = &self.generator {
+            generator.abort();
+        }
+    }
+}
+
+/// Adds trades ten times a second at `rate` per symbol on average, in bursts as real markets
+/// trade: most ticks are quiet, some carry several times the average.
+async fn generate_forever(shared: Shared, rate: f64) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut carry = 0.0_f64;
+    loop {
+        ticker.tick().await;
+        let mut state = shared.lock();
+        let now = chrono::Utc::now().timestamp_millis();
+        let symbols: Vec<String> = state.market.symbols().map(|s| s.symbol.clone()).collect();
+        let burst = {
+            let mut rng = rand::rng();
+            if rng.random_bool(0.1) {
+                rng.random_range(2.0..6.0)
+            } else {
+                rng.random_range(0.3..1.0)
+            }
+        };
+        carry += rate / 10.0 * burst;
+        let count = carry as usize;
+        carry -= count as f64;
+        for symbol in &symbols {
+            state.market.generate(symbol, count, now);
+        }
+    }
+}
+
+/// `orch simulate binance`: serves until Ctrl-C or SIGTERM.
+pub async fn run(options: SimulatorOptions) -> anyhow::Result<()> {
+    let simulator = Simulator::start(&options).await?;
+    // The first line of stdout is the URL, for scripts and tests that asked for port 0.
+    println!("{}", simulator.url());
+    tracing::info!(url = %simulator.url(), symbols = ?options.symbols, rate = options.rate, "Binance simulator listening");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! The simulator's HTTP endpoints: Binance's REST API and the `/_sim/` control API.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{FaultScript, Shared};
+use crate::exchange::binance::wire::{ErrorBody, ExchangeInfo, WireSymbol, WireTrade};
+
+const WEIGHT_LIMIT: u32 = 6000;
+
+pub(crate) fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/api/v3/historicalTrades", get(historical_trades))
+        .route("/api/v3/trades", get(recent_trades))
+        .route("/api/v3/exchangeInfo", get(exchange_info))
+        .route("/_sim/trades", post(add_trades))
+        .route("/_sim/faults", post(add_faults))
+        .route("/_sim/stats", get(stats))
+        .with_state(shared)
+}
+
+type Params = Query<HashMap<String, String>>;
+
+/// A Binance error answer.
+fn error(status: StatusCode, code: i64, msg: &str) -> Response {
+    ApiError::new(status, code, msg).into_response()
+}
+
+/// An error answer in Binance's shape, before it becomes a response.
+struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: i64, msg: &str) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody {
+                code,
+                msg: msg.to_string(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// Applies the next scripted fault and the weight accounting; returns the answer to send
+/// instead of the real one, if any, and the weight used this minute.
+async fn admit(shared: &Shared, weight: u32) -> Result<u32, Response> {
+    let (fault, used) = {
+        let mut state = shared.lock();
+        state.stats.requests += 1;
+        let fault = state.faults.pop_front();
+        if fault.is_some() {
+            state.stats.faults_served += 1;
+        }
+        let minute = chrono::Utc::now().timestamp().div_euclid(60);
+        if state.weight.0 != minute {
+            state.weight = (minute, 0);
+        }
+        state.weight.1 += weight;
+        (fault, state.weight.1)
+    };
+    if let Some(fault) = fault {
+        if fault.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+        }
+        if fault.status != 200 {
+            let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut response = match (fault.code, &fault.msg) {
+                (Some(code), msg) => {
+                    error(status, code, msg.as_deref().unwrap_or("Simulated error."))
+                }
+                (None, Some(msg)) => (status, msg.clone()).into_response(),
+                (None, None) if status.as_u16() == 429 => error(
+                    status,
+                    -1003,
+                    "Too much request weight used; current limit is 6000 request weight per 1 MINUTE.",
+                ),
+                (None, None) if status.as_u16() == 418 => error(
+                    status,
+                    -1003,
+                    "Way too much request weight used; IP banned until later.",
+                ),
+                (None, None) => (status, "simulated server error").into_response(),
+            };
+            if let Some(seconds) = fault.retry_after
+                && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+            {
+                response.headers_mut().insert("retry-after", value);
+            }
+            return Err(with_weight(response, used));
+        }
+    }
+    if used > WEIGHT_LIMIT {
+        let into_minute = chrono::Utc::now().timestamp().rem_euclid(60);
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            -1003,
+            "Too much request weight used; current limit is 6000 request weight per 1 MINUTE.",
+        );
+        response.headers_mut().insert(
+            "retry-after",
+            HeaderValue::from(u64::try_from(60 - into_minute).unwrap_or(60)),
+        );
+        return Err(with_weight(response, used));
+    }
+    Ok(used)
+}
+
+fn with_weight(mut response: Response, used: u32) -> Response {
+    response
+        .headers_mut()
+        .insert("x-mbx-used-weight-1m", HeaderValue::from(used));
+    response
+}
+
+fn invalid_symbol() -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, -1121, "Invalid symbol.")
+}
+
+fn invalid_parameter(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        -1130,
+        &format!("Data sent for parameter '{name}' is not valid."),
+    )
+}
+
+/// `limit`: default 500, at most 1000, as Binance.
+fn limit(params: &HashMap<String, String>) -> Result<usize, ApiError> {
+    match params.get("limit") {
+        None => Ok(500),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            _ => Err(invalid_parameter("limit")),
+        },
+    }
+}
+
+fn symbol(params: &HashMap<String, String>) -> Result<String, ApiError> {
+    params.get("symbol").cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            -1102,
+            "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+        )
+    })
+}
+
+async fn historical_trades(State(shared): State<Shared>, Query(params): Params) -> Response {
+    let used = match admit(&shared, 25).await {
+        Ok(used) => used,
+        Err(response) => return response,
+    };
+    let answer = || -> Result<Vec<WireTrade>, ApiError> {
+        let symbol = symbol(&params)?;
+        let limit = limit(&params)?;
+        let mut state = shared.lock();
+        state.stats.historical_trades_requests += 1;
+        let trades = match params.get("fromId") {
+            Some(text) => {
+                let from_id = text
+                    .parse::<i64>()
+                    .map_err(|_| invalid_parameter("fromId"))?;
+                state.market.from_id(&symbol, from_id, limit)
+            }
+            None => state.market.recent(&symbol, limit),
+        };
+        let trades = trades.ok_or_else(invalid_symbol)?;
+        Ok(trades.iter().map(WireTrade::from).collect())
+    };
+    match answer() {
+        Ok(trades) => with_weight(Json(trades).into_response(), used),
+        Err(e) => with_weight(e.into_response(), used),
+    }
+}
+
+async fn recent_trades(State(shared): State<Shared>, Query(params): Params) -> Response {
+    let used = match admit(&shared, 25).await {
+        Ok(used) => used,
+        Err(response) => return response,
+    };
+    let answer = || -> Result<Vec<WireTrade>, ApiError> {
+        let symbol = symbol(&params)?;
+        let limit = limit(&params)?;
+        let state = shared.lock();
+        let trades = state
+            .market
+            .recent(&symbol, limit)
+            .ok_or_else(invalid_symbol)?;
+        Ok(trades.iter().map(WireTrade::from).collect())
+    };
+    match answer() {
+        Ok(trades) => with_weight(Json(trades).into_response(), used),
+        Err(e) => with_weight(e.into_response(), used),
+    }
+}
+
+async fn exchange_info(State(shared): State<Shared>, Query(params): Params) -> Response {
+    let used = match admit(&shared, 20).await {
+        Ok(used) => used,
+        Err(response) => return response,
+    };
+    let answer = || -> Result<ExchangeInfo, ApiError> {
+        let state = shared.lock();
+        let wanted: Option<Vec<String>> = match (params.get("symbols"), params.get("symbol")) {
+            (Some(list), _) => {
+                Some(serde_json::from_str(list).map_err(|_| invalid_parameter("symbols"))?)
+            }
+            (None, Some(one)) => Some(vec![one.clone()]),
+            (None, None) => None,
+        };
+        let infos = match wanted {
+            Some(symbols) => symbols
+                .iter()
+                .map(|s| state.market.info(s).cloned().ok_or_else(invalid_symbol))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => state.market.symbols().cloned().collect(),
+        };
+        Ok(ExchangeInfo {
+            symbols: infos
+                .into_iter()
+                .map(|i| WireSymbol {
+                    symbol: i.symbol,
+                    status: i.status,
+                    base_asset: i.base_asset,
+                    quote_asset: i.quote_asset,
+                    base_asset_precision: 8,
+                    quote_asset_precision: 8,
+                })
+                .collect(),
+        })
+    };
+    match answer() {
+        Ok(info) => with_weight(Json(info).into_response(), used),
+        Err(e) => with_weight(e.into_response(), used),
+    }
+}
+
+#[derive(Deserialize)]
+struct AddTrades {
+    symbol: String,
+    count: usize,
+}
+
+async fn add_trades(State(shared): State<Shared>, Json(body): Json<AddTrades>) -> Response {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut state = shared.lock();
+    match state.market.generate(&body.symbol, body.count, now) {
+        Some((first_id, last_id)) => {
+            Json(json!({"first_id": first_id, "last_id": last_id})).into_response()
+        }
+        None => invalid_symbol().into_response(),
+    }
+}
+
+async fn add_faults(State(shared): State<Shared>, Json(script): Json<FaultScript>) -> Response {
+    let mut state = shared.lock();
+    state.faults.extend(script.rest);
+    Json(json!({"queued": state.faults.len()})).into_response()
+}
+
+async fn stats(State(shared): State<Shared>) -> Response {
+    let state = shared.lock();
+    let symbols: serde_json::Map<String, serde_json::Value> = state
+        .market
+        .symbols()
+        .map(|s| {
+            let range = state.market.id_range(&s.symbol);
+            (
+                s.symbol.clone(),
+                json!({"first_id": range.map(|r| r.0), "last_id": range.map(|r| r.1)}),
+            )
+        })
+        .collect();
+    let mut headers = HeaderMap::new();
+    headers.insert("cache-control", HeaderValue::from_static("no-store"));
+    (
+        headers,
+        Json(json!({"stats": state.stats, "symbols": symbols})),
+    )
+        .into_response()
+}

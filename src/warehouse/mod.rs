@@ -1,0 +1,119 @@
+//! The warehouse: tables loaded from lake files, exactly once per file.
+//!
+//! `ORCH_WAREHOUSE_URL` picks the backend: `sqlite://<home>/data/warehouse.db` (the embedded
+//! default) or `postgres://...`. Each load runs in one transaction that first records the file
+//! in the ledger table `_orch_loaded_files` and then inserts its rows, so a retried or killed
+//! load either committed both or neither: a file is never loaded twice, nor half.
+//!
+//! Tables are created from the Parquet schema when missing. Decimals stay exact: `NUMERIC(p,
+//! s)` in PostgreSQL, decimal text in SQLite (which has no exact decimal type).
+
+mod columns;
+mod postgres;
+mod sqlite;
+
+use polars::prelude::DataFrame;
+
+pub use columns::{Column, ColumnData};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    #[error("warehouse URL `{0}` is not supported: use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    #[error("cannot open the warehouse `{url}`: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("warehouse table `{table}`, loading {file}: {source}")]
+    Load {
+        table: String,
+        file: String,
+        source: sqlx::Error,
+    },
+    #[error(
+        "{file}: column `{column}` has type {dtype}, which the warehouse loader does not handle"
+    )]
+    UnsupportedColumn {
+        file: String,
+        column: String,
+        dtype: String,
+    },
+    #[error("table name `{0}` must be lower-case letters, digits and `_`, starting with a letter")]
+    BadTableName(String),
+    #[error("warehouse: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+/// What loading one file did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadOutcome {
+    Loaded {
+        rows: u64,
+    },
+    /// The ledger already lists the file: nothing was written.
+    AlreadyLoaded,
+}
+
+/// An open warehouse.
+pub enum Warehouse {
+    Sqlite(sqlite::SqliteWarehouse),
+    Postgres(postgres::PostgresWarehouse),
+}
+
+impl Warehouse {
+    pub async fn open(url: &str) -> Result<Warehouse, WarehouseError> {
+        let scheme = url.split_once(':').map(|(s, _)| s);
+        match scheme {
+            Some("sqlite") => Ok(Warehouse::Sqlite(sqlite::SqliteWarehouse::open(url).await?)),
+            Some("postgres" | "postgresql") => Ok(Warehouse::Postgres(
+                postgres::PostgresWarehouse::open(url).await?,
+            )),
+            _ => Err(WarehouseError::UnsupportedUrl(crate::config::redact_url(
+                url,
+            ))),
+        }
+    }
+
+    /// Files of the ledger whose key starts with `prefix`.
+    pub async fn loaded_files(&self, prefix: &str) -> Result<Vec<String>, WarehouseError> {
+        match self {
+            Warehouse::Sqlite(w) => w.loaded_files(prefix).await,
+            Warehouse::Postgres(w) => w.loaded_files(prefix).await,
+        }
+    }
+
+    /// Appends the rows of `frame`, read from lake file `file`, to `table` unless the ledger
+    /// already lists the file; creates the table when missing.
+    pub async fn load_file(
+        &self,
+        table: &str,
+        file: &str,
+        frame: &DataFrame,
+    ) -> Result<LoadOutcome, WarehouseError> {
+        check_table_name(table)?;
+        let columns = columns::from_frame(frame, file)?;
+        match self {
+            Warehouse::Sqlite(w) => w.load(table, file, &columns, frame.height()).await,
+            Warehouse::Postgres(w) => w.load(table, file, &columns, frame.height()).await,
+        }
+    }
+}
+
+fn check_table_name(table: &str) -> Result<(), WarehouseError> {
+    let ok = table.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && table
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && table.len() <= 63;
+    if ok {
+        Ok(())
+    } else {
+        Err(WarehouseError::BadTableName(table.to_string()))
+    }
+}
+
+/// The ledger's DDL, the same in both backends.
+const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS _orch_loaded_files (
+    file       TEXT PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    rows       BIGINT NOT NULL,
+    loaded_at  TEXT NOT NULL
+)";

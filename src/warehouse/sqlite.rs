@@ -1,0 +1,129 @@
+//! The embedded warehouse: a SQLite file.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
+
+use super::{Column, ColumnData, LEDGER_DDL, LoadOutcome, WarehouseError};
+
+/// Rows per INSERT statement: SQLite allows 32766 bound values per statement.
+const ROWS_PER_STATEMENT: usize = 2000;
+
+pub struct SqliteWarehouse {
+    pool: SqlitePool,
+}
+
+fn sql_type(data: &ColumnData) -> &'static str {
+    match data {
+        ColumnData::Int(_) | ColumnData::Bool(_) => "INTEGER",
+        // Exact decimal text and RFC 3339 times: SQLite has neither type natively.
+        ColumnData::Decimal { .. } | ColumnData::TimestampMs(_) | ColumnData::Text(_) => "TEXT",
+    }
+}
+
+impl SqliteWarehouse {
+    pub async fn open(url: &str) -> Result<SqliteWarehouse, WarehouseError> {
+        let open_err = |source| WarehouseError::Open {
+            url: crate::config::redact_url(url),
+            source,
+        };
+        if let Some(path) = url.strip_prefix("sqlite://")
+            && let Some(dir) = std::path::Path::new(path).parent()
+        {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(open_err)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        sqlx::query(LEDGER_DDL).execute(&pool).await?;
+        Ok(SqliteWarehouse { pool })
+    }
+
+    pub async fn loaded_files(&self, prefix: &str) -> Result<Vec<String>, WarehouseError> {
+        Ok(sqlx::query_scalar(
+            "SELECT file FROM _orch_loaded_files WHERE substr(file, 1, length(?1)) = ?1",
+        )
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn load(
+        &self,
+        table: &str,
+        file: &str,
+        columns: &[Column],
+        rows: usize,
+    ) -> Result<LoadOutcome, WarehouseError> {
+        let fail = |source| WarehouseError::Load {
+            table: table.to_string(),
+            file: file.to_string(),
+            source,
+        };
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(fail)?;
+        let recorded = sqlx::query(
+            "INSERT INTO _orch_loaded_files (file, table_name, rows, loaded_at)
+             VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(file)
+        .bind(table)
+        .bind(rows as i64)
+        .bind(crate::store::timestamp::format(chrono::Utc::now()))
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?
+        .rows_affected();
+        if recorded == 0 {
+            return Ok(LoadOutcome::AlreadyLoaded);
+        }
+        let ddl = format!(
+            "CREATE TABLE IF NOT EXISTS \"{table}\" ({})",
+            columns
+                .iter()
+                .map(|c| format!("\"{}\" {}", c.name, sql_type(&c.data)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        sqlx::query(AssertSqlSafe(ddl))
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        let names = columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut start = 0;
+        while start < rows {
+            let end = (start + ROWS_PER_STATEMENT).min(rows);
+            let mut insert: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("INSERT INTO \"{table}\" ({names}) "));
+            insert.push_values(start..end, |mut row, i| {
+                for column in columns {
+                    match &column.data {
+                        ColumnData::Int(v) => row.push_bind(v[i]),
+                        ColumnData::Bool(v) => row.push_bind(v[i]),
+                        other => row.push_bind(other.text(i)),
+                    };
+                }
+            });
+            insert.build().execute(&mut *tx).await.map_err(fail)?;
+            start = end;
+        }
+        tx.commit().await.map_err(fail)?;
+        Ok(LoadOutcome::Loaded { rows: rows as u64 })
+    }
+}

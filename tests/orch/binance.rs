@@ -1,0 +1,351 @@
+//! The Binance batch pipeline against the simulator: every trade id exactly once in the lake
+//! and the warehouse, across pages, rate limits, errors and `kill -9`.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use orch::lake::raw_trades;
+
+use crate::support::{Home, Simulator, attempts, postgres_database, text};
+
+const SYMBOLS: &str = "BTCUSDT,AAVEUSDT,STXUSDT,ARBUSDT";
+
+/// The pipeline as shipped, pointed at the simulator; `extra` goes into the fetch's `with`.
+fn pipeline(sim: &Simulator, symbols: &str, extra: &str) -> String {
+    format!(
+        r#"
+defaults: {{ retries: 0 }}
+tasks:
+  - id: get_data_binance
+    kind: binance.historical_trades
+    with: {{ symbols: [{symbols}], base_url: "{}" {extra} }}
+  - id: load_parquet_to_bigquery
+    kind: warehouse.load_parquet
+    depends_on: [get_data_binance]
+"#,
+        sim.url
+    )
+}
+
+/// Every trade id in the lake per symbol, in file order.
+fn lake_ids(home: &Home) -> BTreeMap<String, Vec<i64>> {
+    let root = home.file("data/lake/raw/binance_trades");
+    let mut ids: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    for path in files {
+        let symbol = path
+            .to_string_lossy()
+            .split("symbol=")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .expect("symbol partition")
+            .to_string();
+        let bytes = std::fs::read(&path).expect("read lake file");
+        let trades = raw_trades::decode(bytes.into()).expect("decode lake file");
+        ids.entry(symbol)
+            .or_default()
+            .extend(trades.iter().map(|t| t.id));
+    }
+    for list in ids.values_mut() {
+        list.sort_unstable();
+    }
+    ids
+}
+
+/// Asserts `ids` is exactly `first..=last`, each once.
+fn assert_exactly_once(what: &str, ids: &[i64], first: i64, last: i64) {
+    let expected: Vec<i64> = (first..=last).collect();
+    if ids != expected.as_slice() {
+        let dupes = ids.windows(2).filter(|w| w[0] == w[1]).count();
+        panic!(
+            "{what}: {} ids, expected {} ({first}..={last}); duplicates: {dupes}; first {:?}, last {:?}",
+            ids.len(),
+            expected.len(),
+            ids.first(),
+            ids.last()
+        );
+    }
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// Trade ids per warehouse table, sorted.
+fn warehouse_ids(url: &str, tables: &[&str]) -> BTreeMap<String, Vec<i64>> {
+    use sqlx::Connection;
+    block_on(async {
+        let mut out = BTreeMap::new();
+        if url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(url)
+                .await
+                .expect("open warehouse");
+            for table in tables {
+                let sql = format!("SELECT trade_id FROM {table} ORDER BY trade_id");
+                let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("query warehouse");
+                out.insert(table.to_string(), ids);
+            }
+        } else {
+            let mut conn = sqlx::PgConnection::connect(url)
+                .await
+                .expect("open warehouse");
+            for table in tables {
+                let sql = format!("SELECT trade_id FROM {table} ORDER BY trade_id");
+                let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("query warehouse");
+                out.insert(table.to_string(), ids);
+            }
+        }
+        out
+    })
+}
+
+fn run_ok(home: &Home, env: &[(&str, &str)]) -> serde_json::Value {
+    let out = home
+        .command(&["run", "trades"])
+        .envs(env.iter().copied())
+        .output()
+        .expect("orch run");
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let run_id = text(&out.stdout)
+        .lines()
+        .next()
+        .expect("run id")
+        .to_string();
+    home.run_json(&run_id)
+}
+
+/// 5,000 trades per symbol between two runs (five pages each) all land, once, in the lake
+/// and in the warehouse at `warehouse_url`.
+fn two_runs_fetch_every_trade(home: &Home, warehouse_url: &str) {
+    let sim = Simulator::start(SYMBOLS);
+    home.write_dag("trades", &pipeline(&sim, SYMBOLS, ""));
+    let env = [("ORCH_WAREHOUSE_URL", warehouse_url)];
+    let first = run_ok(home, &env);
+    let starts: BTreeMap<String, i64> = lake_ids(home)
+        .into_iter()
+        .map(|(symbol, ids)| (symbol, ids[0]))
+        .collect();
+    assert_eq!(starts.len(), 4, "every symbol fetched: {first:#}");
+
+    for symbol in SYMBOLS.split(',') {
+        sim.add_trades(symbol, 5000);
+    }
+    let second = run_ok(home, &env);
+    let fetched = attempts(&second, "get_data_binance")[0]["rows"].as_i64();
+    assert_eq!(fetched, Some(4 * 5000), "{second:#}");
+    let loaded = attempts(&second, "load_parquet_to_bigquery")[0]["rows"].as_i64();
+    assert_eq!(loaded, Some(4 * 5000), "{second:#}");
+
+    let lake = lake_ids(home);
+    let tables: Vec<String> = SYMBOLS
+        .split(',')
+        .map(|s| format!("trades_{}", s.to_lowercase()))
+        .collect();
+    let table_refs: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let warehouse = warehouse_ids(warehouse_url, &table_refs);
+    for symbol in SYMBOLS.split(',') {
+        let last = sim.last_id(symbol);
+        assert_exactly_once(
+            &format!("lake {symbol}"),
+            &lake[symbol],
+            starts[symbol],
+            last,
+        );
+        let table = format!("trades_{}", symbol.to_lowercase());
+        assert_exactly_once(
+            &format!("warehouse {table}"),
+            &warehouse[&table],
+            starts[symbol],
+            last,
+        );
+    }
+}
+
+#[test]
+fn every_trade_across_pages_lands_once_in_the_lake_and_the_sqlite_warehouse() {
+    let home = Home::new();
+    let url = format!("sqlite://{}", home.file("data/warehouse.db").display());
+    two_runs_fetch_every_trade(&home, &url);
+}
+
+#[test]
+fn every_trade_lands_once_in_a_postgres_warehouse() {
+    if let Some(url) = postgres_database("binance_warehouse") {
+        two_runs_fetch_every_trade(&Home::new(), &url);
+    }
+}
+
+#[test]
+fn a_storm_of_429_and_418_is_ridden_out_without_a_failed_run() {
+    let home = Home::new();
+    let sim = Simulator::start("BTCUSDT");
+    home.write_dag("trades", &pipeline(&sim, "BTCUSDT", ""));
+    sim.add_trades("BTCUSDT", 2500);
+    sim.post(
+        "/_sim/faults",
+        &serde_json::json!({"rest": [
+            {"status": 429, "retry_after": 1},
+            {"status": 429, "retry_after": 1},
+            {"status": 418, "retry_after": 1},
+            {"status": 503},
+            {"status": 502}
+        ]}),
+    );
+    let run = run_ok(&home, &[]);
+    let fetch = &attempts(&run, "get_data_binance")[0];
+    assert_eq!(
+        attempts(&run, "get_data_binance").len(),
+        1,
+        "no task retry needed"
+    );
+    let log = std::fs::read_to_string(fetch["log_path"].as_str().expect("log")).expect("log");
+    assert!(log.contains("HTTP 418"), "{log}");
+    assert!(log.contains("HTTP 429"), "{log}");
+    assert!(log.contains("HTTP 503"), "{log}");
+    let ids = &lake_ids(&home)["BTCUSDT"];
+    assert_exactly_once("lake", ids, ids[0], sim.last_id("BTCUSDT"));
+}
+
+#[test]
+fn an_unknown_symbol_fails_with_the_exchange_message() {
+    let home = Home::new();
+    let sim = Simulator::start("BTCUSDT");
+    home.write_dag("trades", &pipeline(&sim, "NOSUCHUSDT", ""));
+    let out = home.orch(&["run", "trades"]);
+    assert!(!out.status.success());
+    let run_id = text(&out.stdout)
+        .lines()
+        .next()
+        .expect("run id")
+        .to_string();
+    let run = home.run_json(&run_id);
+    let error = attempts(&run, "get_data_binance")[0]["error"]
+        .as_str()
+        .expect("error")
+        .to_string();
+    assert!(
+        error.contains("NOSUCHUSDT")
+            && error.contains("-1121")
+            && error.contains("Invalid symbol."),
+        "{error}"
+    );
+}
+
+/// Starts `orch run trades`, waits until its log of `task` shows `needle`, then `kill -9`s it.
+fn kill_run_when_logged(home: &Home, task: &str, needle: &str) {
+    let mut child = home
+        .command(&["run", "trades"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("orch run");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = home.file("logs/trades");
+        let seen = walk_logs(&logs, task)
+            .iter()
+            .any(|log| log.contains(needle));
+        if seen {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the run ended before its log showed `{needle}`"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{needle}` in the {task} log"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+}
+
+fn walk_logs(dir: &std::path::Path, task: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for run in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for attempt in std::fs::read_dir(run.path().join(task))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            out.push(std::fs::read_to_string(attempt.path()).unwrap_or_default());
+        }
+    }
+    out
+}
+
+#[test]
+fn kill_9_during_the_fetch_and_during_the_load_then_rerun_leaves_every_id_once() {
+    let home = Home::new();
+    let sim = Simulator::start("BTCUSDT");
+    // Small files, so the fetch commits in steps and the load has many files to go through;
+    // slow answers, so the kill lands mid-fetch.
+    home.write_dag("trades", &pipeline(&sim, "BTCUSDT", ", file_rows: 2000"));
+    let start = sim.add_trades("BTCUSDT", 1).0;
+    home.write_dag(
+        "trades",
+        &pipeline(
+            &sim,
+            "BTCUSDT",
+            &format!(", file_rows: 2000, start_from_id: {start}"),
+        ),
+    );
+    sim.add_trades("BTCUSDT", 30_000);
+    let slow: Vec<serde_json::Value> = (0..40)
+        .map(|_| serde_json::json!({"status": 200, "delay_ms": 40}))
+        .collect();
+    sim.post("/_sim/faults", &serde_json::json!({"rest": slow}));
+
+    kill_run_when_logged(&home, "get_data_binance", "committed ids");
+    let partial = lake_ids(&home);
+    let held = partial.get("BTCUSDT").map_or(0, Vec::len);
+    assert!(
+        held > 0 && held < 30_001,
+        "the kill landed mid-fetch ({held} trades held)"
+    );
+
+    // The rerun finishes the fetch; kill it again once the load has loaded a file.
+    kill_run_when_logged(
+        &home,
+        "load_parquet_to_bigquery",
+        "rows into trades_btcusdt",
+    );
+
+    let run = run_ok(&home, &[]);
+    assert_eq!(run["state"], "success");
+    let last = sim.last_id("BTCUSDT");
+    assert_exactly_once("lake", &lake_ids(&home)["BTCUSDT"], start, last);
+    let url = format!("sqlite://{}", home.file("data/warehouse.db").display());
+    let warehouse = warehouse_ids(&url, &["trades_btcusdt"]);
+    assert_exactly_once("warehouse", &warehouse["trades_btcusdt"], start, last);
+}
