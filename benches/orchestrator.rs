@@ -83,6 +83,7 @@ async fn setup(dir: &Path) -> (Store, Executor) {
         data: orch::config::DataPlaces {
             lake_url: orch::lake::Lake::default_url(dir),
             warehouse_url: format!("sqlite://{}", dir.join("data/warehouse.db").display()),
+            binance_api_url: "http://127.0.0.1:9".to_string(),
         },
     };
     (store, executor)

@@ -2,7 +2,7 @@
 //!
 //! Settings come from, in order of precedence: the environment (`ORCH_DATABASE_URL`,
 //! `ORCH_DAGS_DIR`, `ORCH_LOGS_DIR`, `ORCH_PARALLELISM`, `ORCH_LAKE_URL`,
-//! `ORCH_WAREHOUSE_URL`), then `orch.yaml` in the home, then defaults under the home.
+//! `ORCH_WAREHOUSE_URL`, `BINANCE_API_URL`), then `orch.yaml` in the home, then defaults under the home.
 //! Relative paths are relative to the home.
 
 use std::path::{Path, PathBuf};
@@ -28,6 +28,9 @@ pub struct DataPlaces {
     pub lake_url: String,
     /// The warehouse (`ORCH_WAREHOUSE_URL`): `sqlite://<home>/data/warehouse.db` by default.
     pub warehouse_url: String,
+    /// Binance's REST API (`BINANCE_API_URL`): Binance itself by default; `orch demo` points
+    /// it at its simulator.
+    pub binance_api_url: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +116,9 @@ impl Config {
                         home.join("data").join("warehouse.db").display()
                     )
                 }),
+            binance_api_url: env("BINANCE_API_URL").unwrap_or_else(|| {
+                crate::exchange::binance::BinanceClient::DEFAULT_BASE_URL.to_string()
+            }),
         };
         Ok(Config {
             home,

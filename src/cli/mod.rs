@@ -1,6 +1,7 @@
 //! The `orch` command line: argument parsing and one thin module per command.
 
 mod dags;
+mod demo;
 mod logs;
 mod run;
 mod runs;
@@ -71,6 +72,12 @@ enum Command {
         /// Keep printing new output until the run ends.
         #[arg(long, short)]
         follow: bool,
+    },
+    /// Try the pipelines offline: the Binance simulator plus `orch serve` pointed at it.
+    Demo {
+        /// How long running tasks may finish after Ctrl-C before they are stopped.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        grace: Duration,
     },
     /// Run a local exchange simulator (no network needed); prints its URL first.
     #[command(subcommand)]
@@ -151,7 +158,10 @@ enum RunsCommand {
 /// Parses arguments, runs the command and turns its outcome into an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Serve { .. } | Command::Simulate(_)) {
+    let default_level = if matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Demo { .. } | Command::Simulate(_)
+    ) {
         "info"
     } else {
         "warn"
@@ -190,6 +200,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             attempt,
             follow,
         } => logs::logs(&config, &run_id, task.as_deref(), attempt, follow).await,
+        Command::Demo { grace } => demo::demo(config, grace).await,
         Command::Simulate(SimulateCommand::Binance {
             port,
             symbols,

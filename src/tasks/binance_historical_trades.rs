@@ -89,11 +89,12 @@ impl TaskKind for BinanceHistoricalTrades {
         Box::pin(async move {
             let config: Config = parse_with(&with)?;
             let lake = Lake::open(&ctx.data.lake_url).map_err(|e| e.to_string())?;
-            let client = match &config.base_url {
-                Some(url) => BinanceClient::new(url, RetryPolicy::default()),
-                None => BinanceClient::from_env(),
-            }
-            .map_err(|e| e.to_string())?;
+            let base_url = config
+                .base_url
+                .as_deref()
+                .unwrap_or(&ctx.data.binance_api_url);
+            let client =
+                BinanceClient::new(base_url, RetryPolicy::default()).map_err(|e| e.to_string())?;
             let log = ctx.log.clone();
             let client = client.with_observer(Arc::new(move |event| log.note(event)));
             ctx.log.note(&format!(

@@ -119,7 +119,7 @@ struct UsedWeight {
 }
 
 impl BinanceClient {
-    /// The default base URL, overridden by `BINANCE_API_URL`.
+    /// Binance itself; `BINANCE_API_URL` overrides it (see `config::DataPlaces`).
     pub const DEFAULT_BASE_URL: &'static str = "https://api.binance.com";
 
     pub fn new(base_url: &str, policy: RetryPolicy) -> Result<BinanceClient, BinanceError> {
@@ -139,15 +139,6 @@ impl BinanceClient {
             used: Arc::default(),
             observer: Arc::new(|event| tracing::warn!("binance: {event}")),
         })
-    }
-
-    /// A client for `BINANCE_API_URL`, or Binance itself.
-    pub fn from_env() -> Result<BinanceClient, BinanceError> {
-        let base = std::env::var("BINANCE_API_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| Self::DEFAULT_BASE_URL.to_string());
-        BinanceClient::new(&base, RetryPolicy::default())
     }
 
     pub fn with_observer(mut self, observer: Observer) -> BinanceClient {

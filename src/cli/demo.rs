@@ -1,0 +1,32 @@
+//! `orch demo`: the shipped pipelines against the built-in Binance simulator, so a first run
+//! needs no network and no credentials.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::scheduler::{self, ServeOptions};
+use crate::simulator::{Simulator, SimulatorOptions};
+
+pub async fn demo(mut config: Config, grace: Duration) -> anyhow::Result<ExitCode> {
+    let simulator = Simulator::start(&SimulatorOptions {
+        port: 0,
+        symbols: ["BTCUSDT", "AAVEUSDT", "STXUSDT", "ARBUSDT"]
+            .map(String::from)
+            .to_vec(),
+        rate: 20.0,
+        seed: 1,
+    })
+    .await?;
+    config.data.binance_api_url = simulator.url();
+    tracing::info!(
+        binance = %simulator.url(),
+        lake = %config.data.lake_url,
+        warehouse = %config.data.warehouse_url,
+        "demo: Binance simulator started; trades land in the lake and the warehouse every 5 minutes \
+         (try `orch trigger binance_trades_5m --wait` from another terminal for a run now)"
+    );
+    scheduler::serve(config, ServeOptions { grace }).await?;
+    drop(simulator);
+    Ok(ExitCode::SUCCESS)
+}
