@@ -30,8 +30,6 @@ pub struct DecimalError {
 }
 
 impl Decimal {
-    pub const ZERO: Decimal = Decimal { units: 0 };
-
     /// The value in units of 10⁻⁸, as stored in a `decimal(38, 8)` column.
     pub fn units(self) -> i128 {
         self.units

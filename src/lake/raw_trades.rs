@@ -38,6 +38,11 @@ pub fn symbol_prefix(prefix: &str, symbol: &str) -> String {
     format!("{}/symbol={symbol}/", prefix.trim_end_matches('/'))
 }
 
+/// Days since the Unix epoch of a trade time in milliseconds: which date partition it is in.
+pub fn utc_day(time_ms: i64) -> i64 {
+    time_ms.div_euclid(86_400_000)
+}
+
 /// The UTC date (`YYYY-MM-DD`) of a trade time in milliseconds.
 pub fn utc_date(time_ms: i64) -> String {
     DateTime::from_timestamp_millis(time_ms)

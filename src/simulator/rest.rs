@@ -9,10 +9,10 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{FaultScript, Shared};
+use super::{FaultScript, Shared, SimState};
 use crate::exchange::binance::wire::{ErrorBody, ExchangeInfo, WireSymbol, WireTrade};
 
 const WEIGHT_LIMIT: u32 = 6000;
@@ -163,62 +163,60 @@ fn symbol(params: &HashMap<String, String>) -> Result<String, ApiError> {
     })
 }
 
-async fn historical_trades(State(shared): State<Shared>, Query(params): Params) -> Response {
-    let used = match admit(&shared, 25).await {
+/// Answers a Binance endpoint costing `weight`: scripted faults and the weight limit first,
+/// then `answer`, with the weight used this minute in the header either way.
+async fn weighted<T: Serialize>(
+    shared: &Shared,
+    weight: u32,
+    answer: impl FnOnce(&mut SimState) -> Result<T, ApiError>,
+) -> Response {
+    let used = match admit(shared, weight).await {
         Ok(used) => used,
         Err(response) => return response,
     };
-    let answer = || -> Result<Vec<WireTrade>, ApiError> {
-        let symbol = symbol(&params)?;
-        let limit = limit(&params)?;
-        let mut state = shared.lock();
-        state.stats.historical_trades_requests += 1;
-        let trades = match params.get("fromId") {
-            Some(text) => {
-                let from_id = text
-                    .parse::<i64>()
-                    .map_err(|_| invalid_parameter("fromId"))?;
-                state.market.from_id(&symbol, from_id, limit)
-            }
-            None => state.market.recent(&symbol, limit),
-        };
-        let trades = trades.ok_or_else(invalid_symbol)?;
-        Ok(trades.iter().map(WireTrade::from).collect())
+    let response = match answer(&mut shared.lock()) {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
     };
-    match answer() {
-        Ok(trades) => with_weight(Json(trades).into_response(), used),
-        Err(e) => with_weight(e.into_response(), used),
-    }
+    with_weight(response, used)
+}
+
+/// `trades`, and `historicalTrades` when `from_id` is allowed: with `fromId`, trades from that
+/// id on; without, the most recent ones.
+fn trades_page(
+    state: &SimState,
+    params: &HashMap<String, String>,
+    from_id_allowed: bool,
+) -> Result<Vec<WireTrade>, ApiError> {
+    let symbol = symbol(params)?;
+    let limit = limit(params)?;
+    let trades = match params.get("fromId").filter(|_| from_id_allowed) {
+        Some(text) => {
+            let from_id = text
+                .parse::<i64>()
+                .map_err(|_| invalid_parameter("fromId"))?;
+            state.market.from_id(&symbol, from_id, limit)
+        }
+        None => state.market.recent(&symbol, limit),
+    };
+    let trades = trades.ok_or_else(invalid_symbol)?;
+    Ok(trades.iter().map(WireTrade::from).collect())
+}
+
+async fn historical_trades(State(shared): State<Shared>, Query(params): Params) -> Response {
+    weighted(&shared, 25, |state| {
+        state.stats.historical_trades_requests += 1;
+        trades_page(state, &params, true)
+    })
+    .await
 }
 
 async fn recent_trades(State(shared): State<Shared>, Query(params): Params) -> Response {
-    let used = match admit(&shared, 25).await {
-        Ok(used) => used,
-        Err(response) => return response,
-    };
-    let answer = || -> Result<Vec<WireTrade>, ApiError> {
-        let symbol = symbol(&params)?;
-        let limit = limit(&params)?;
-        let state = shared.lock();
-        let trades = state
-            .market
-            .recent(&symbol, limit)
-            .ok_or_else(invalid_symbol)?;
-        Ok(trades.iter().map(WireTrade::from).collect())
-    };
-    match answer() {
-        Ok(trades) => with_weight(Json(trades).into_response(), used),
-        Err(e) => with_weight(e.into_response(), used),
-    }
+    weighted(&shared, 25, |state| trades_page(state, &params, false)).await
 }
 
 async fn exchange_info(State(shared): State<Shared>, Query(params): Params) -> Response {
-    let used = match admit(&shared, 20).await {
-        Ok(used) => used,
-        Err(response) => return response,
-    };
-    let answer = || -> Result<ExchangeInfo, ApiError> {
-        let state = shared.lock();
+    weighted(&shared, 20, |state| {
         let wanted: Option<Vec<String>> = match (params.get("symbols"), params.get("symbol")) {
             (Some(list), _) => {
                 Some(serde_json::from_str(list).map_err(|_| invalid_parameter("symbols"))?)
@@ -246,11 +244,8 @@ async fn exchange_info(State(shared): State<Shared>, Query(params): Params) -> R
                 })
                 .collect(),
         })
-    };
-    match answer() {
-        Ok(info) => with_weight(Json(info).into_response(), used),
-        Err(e) => with_weight(e.into_response(), used),
-    }
+    })
+    .await
 }
 
 #[derive(Deserialize)]

@@ -46,7 +46,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Which database a [`Store`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
+enum Backend {
     Sqlite,
     Postgres,
 }
@@ -120,10 +120,6 @@ impl Store {
             Backend::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
         }
         Ok(Store { pool, backend })
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {

@@ -130,7 +130,7 @@ async fn fetch_symbol(
         .store
         .task_state(STATE_NAMESPACE, &state_key)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{symbol}: cannot read the watermark: {e}"))?
         .map(|v| {
             v.parse::<i64>()
                 .map_err(|_| format!("{symbol}: unreadable saved watermark `{v}`"))
@@ -186,14 +186,14 @@ async fn fetch_symbol(
         }
         buffer.extend(page);
         if buffer.len() >= config.file_rows || (caught_up && !buffer.is_empty()) {
-            let (count, new_files) = write_files(&buffer, symbol, &config.output, lake).await?;
-            written += count;
-            files += new_files;
-            let last = buffer.last().map(|t| t.id).unwrap_or(next_id - 1);
+            files += write_files(&buffer, symbol, &config.output, lake).await?;
+            let count = buffer.len();
+            written += count as u64;
+            let last = next_id - 1;
             ctx.store
                 .set_task_state(STATE_NAMESPACE, &state_key, &last.to_string())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("{symbol}: cannot save the watermark after id {last}: {e}"))?;
             ctx.log.note(&format!(
                 "{symbol}: committed ids {}..={last} ({count} trades)",
                 buffer.first().map_or(last, |t| t.id)
@@ -224,17 +224,17 @@ async fn last_id_in_lake(lake: &Lake, output: &str, symbol: &str) -> Result<Opti
         .max())
 }
 
-/// Writes `trades` (ascending ids) as one file per UTC date, in id order; returns the trades
-/// and files written.
+/// Writes `trades` (ascending ids) as one file per UTC date, in id order; returns the number
+/// of files.
 async fn write_files(
     trades: &[Trade],
     symbol: &str,
     output: &str,
     lake: &Lake,
-) -> Result<(u64, usize), String> {
+) -> Result<usize, String> {
     let mut files = 0;
     for chunk in
-        trades.chunk_by(|a, b| raw_trades::utc_date(a.time_ms) == raw_trades::utc_date(b.time_ms))
+        trades.chunk_by(|a, b| raw_trades::utc_day(a.time_ms) == raw_trades::utc_day(b.time_ms))
     {
         let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
             continue;
@@ -251,5 +251,5 @@ async fn write_files(
         lake.put(&key, bytes).await.map_err(|e| e.to_string())?;
         files += 1;
     }
-    Ok((trades.len() as u64, files))
+    Ok(files)
 }

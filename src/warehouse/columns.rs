@@ -3,7 +3,6 @@
 use polars::prelude::*;
 
 use super::WarehouseError;
-use crate::decimal::Decimal;
 
 /// One column's values, by warehouse type.
 pub enum ColumnData {
@@ -40,18 +39,13 @@ impl ColumnData {
 }
 
 fn decimal_text(units: i128, scale: usize) -> String {
-    if scale == crate::decimal::SCALE as usize
-        && let Some(d) = Decimal::from_units(units)
-    {
-        return d.to_string();
-    }
     let sign = if units < 0 { "-" } else { "" };
     let abs = units.unsigned_abs();
-    let one = 10_u128.pow(scale as u32);
     if scale == 0 {
         return format!("{sign}{abs}");
     }
-    format!("{sign}{}.{:0width$}", abs / one, abs % one, width = scale)
+    let one = 10_u128.pow(scale as u32);
+    format!("{sign}{}.{:0scale$}", abs / one, abs % one)
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T04:00:00.123Z`.

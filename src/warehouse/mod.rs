@@ -110,6 +110,11 @@ fn check_table_name(table: &str) -> Result<(), WarehouseError> {
     }
 }
 
+/// Records a file in the ledger unless it is there; zero rows affected means already loaded.
+/// `$N` parameters, which SQLite accepts too.
+const LEDGER_INSERT: &str = "INSERT INTO _orch_loaded_files (file, table_name, rows, loaded_at)
+    VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+
 /// The ledger's DDL, the same in both backends.
 const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS _orch_loaded_files (
     file       TEXT PRIMARY KEY,
@@ -117,3 +122,25 @@ const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS _orch_loaded_files (
     rows       BIGINT NOT NULL,
     loaded_at  TEXT NOT NULL
 )";
+
+/// `CREATE TABLE IF NOT EXISTS` for the frame's columns, typed by the backend's `sql_type`.
+fn create_table_sql(
+    table: &str,
+    columns: &[Column],
+    sql_type: impl Fn(&ColumnData) -> String,
+) -> String {
+    let definitions: Vec<String> = columns
+        .iter()
+        .map(|c| format!("\"{}\" {}", c.name, sql_type(&c.data)))
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS \"{table}\" ({})",
+        definitions.join(", ")
+    )
+}
+
+/// The quoted column names, for `INSERT` and `COPY`.
+fn column_list(columns: &[Column]) -> String {
+    let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+    names.join(", ")
+}

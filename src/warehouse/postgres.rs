@@ -3,7 +3,10 @@
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::{Column, ColumnData, LEDGER_DDL, LoadOutcome, WarehouseError};
+use super::{
+    Column, ColumnData, LEDGER_DDL, LEDGER_INSERT, LoadOutcome, WarehouseError, column_list,
+    create_table_sql,
+};
 
 /// Bytes of `COPY` data sent per message.
 const COPY_CHUNK: usize = 1 << 20;
@@ -80,38 +83,24 @@ impl PostgresWarehouse {
         let mut tx = self.pool.begin().await.map_err(fail)?;
         // A concurrent load of the same file waits here for the first to commit, then finds
         // the file recorded.
-        let recorded = sqlx::query(
-            "INSERT INTO _orch_loaded_files (file, table_name, rows, loaded_at)
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(file)
-        .bind(table)
-        .bind(rows as i64)
-        .bind(crate::store::timestamp::format(chrono::Utc::now()))
-        .execute(&mut *tx)
-        .await
-        .map_err(fail)?
-        .rows_affected();
+        let recorded = sqlx::query(LEDGER_INSERT)
+            .bind(file)
+            .bind(table)
+            .bind(rows as i64)
+            .bind(crate::store::timestamp::format(chrono::Utc::now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?
+            .rows_affected();
         if recorded == 0 {
             return Ok(LoadOutcome::AlreadyLoaded);
         }
-        let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS \"{table}\" ({})",
-            columns
-                .iter()
-                .map(|c| format!("\"{}\" {}", c.name, sql_type(&c.data)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let ddl = create_table_sql(table, columns, sql_type);
         sqlx::query(AssertSqlSafe(ddl))
             .execute(&mut *tx)
             .await
             .map_err(fail)?;
-        let names = columns
-            .iter()
-            .map(|c| format!("\"{}\"", c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let names = column_list(columns);
         let mut copy = tx
             .copy_in_raw(&format!(
                 "COPY \"{table}\" ({names}) FROM STDIN (FORMAT text)"

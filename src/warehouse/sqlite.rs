@@ -6,7 +6,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
 
-use super::{Column, ColumnData, LEDGER_DDL, LoadOutcome, WarehouseError};
+use super::{
+    Column, ColumnData, LEDGER_DDL, LEDGER_INSERT, LoadOutcome, WarehouseError, column_list,
+    create_table_sql,
+};
 
 /// Rows per INSERT statement: SQLite allows 32766 bound values per statement.
 const ROWS_PER_STATEMENT: usize = 2000;
@@ -74,38 +77,24 @@ impl SqliteWarehouse {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(fail)?;
-        let recorded = sqlx::query(
-            "INSERT INTO _orch_loaded_files (file, table_name, rows, loaded_at)
-             VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(file)
-        .bind(table)
-        .bind(rows as i64)
-        .bind(crate::store::timestamp::format(chrono::Utc::now()))
-        .execute(&mut *tx)
-        .await
-        .map_err(fail)?
-        .rows_affected();
+        let recorded = sqlx::query(LEDGER_INSERT)
+            .bind(file)
+            .bind(table)
+            .bind(rows as i64)
+            .bind(crate::store::timestamp::format(chrono::Utc::now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?
+            .rows_affected();
         if recorded == 0 {
             return Ok(LoadOutcome::AlreadyLoaded);
         }
-        let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS \"{table}\" ({})",
-            columns
-                .iter()
-                .map(|c| format!("\"{}\" {}", c.name, sql_type(&c.data)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let ddl = create_table_sql(table, columns, |data| sql_type(data).to_string());
         sqlx::query(AssertSqlSafe(ddl))
             .execute(&mut *tx)
             .await
             .map_err(fail)?;
-        let names = columns
-            .iter()
-            .map(|c| format!("\"{}\"", c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let names = column_list(columns);
         let mut start = 0;
         while start < rows {
             let end = (start + ROWS_PER_STATEMENT).min(rows);

@@ -92,31 +92,18 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 fn warehouse_ids(url: &str, tables: &[&str]) -> BTreeMap<String, Vec<i64>> {
     use sqlx::Connection;
     block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(url)
+            .await
+            .expect("open warehouse");
         let mut out = BTreeMap::new();
-        if url.starts_with("sqlite:") {
-            let mut conn = sqlx::SqliteConnection::connect(url)
+        for table in tables {
+            let sql = format!("SELECT trade_id FROM {table} ORDER BY trade_id");
+            let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&mut conn)
                 .await
-                .expect("open warehouse");
-            for table in tables {
-                let sql = format!("SELECT trade_id FROM {table} ORDER BY trade_id");
-                let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .fetch_all(&mut conn)
-                    .await
-                    .expect("query warehouse");
-                out.insert(table.to_string(), ids);
-            }
-        } else {
-            let mut conn = sqlx::PgConnection::connect(url)
-                .await
-                .expect("open warehouse");
-            for table in tables {
-                let sql = format!("SELECT trade_id FROM {table} ORDER BY trade_id");
-                let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .fetch_all(&mut conn)
-                    .await
-                    .expect("query warehouse");
-                out.insert(table.to_string(), ids);
-            }
+                .expect("query warehouse");
+            out.insert(table.to_string(), ids);
         }
         out
     })
@@ -310,7 +297,6 @@ fn kill_9_during_the_fetch_and_during_the_load_then_rerun_leaves_every_id_once()
     let sim = Simulator::start("BTCUSDT");
     // Small files, so the fetch commits in steps and the load has many files to go through;
     // slow answers, so the kill lands mid-fetch.
-    home.write_dag("trades", &pipeline(&sim, "BTCUSDT", ", file_rows: 2000"));
     let start = sim.add_trades("BTCUSDT", 1).0;
     home.write_dag(
         "trades",

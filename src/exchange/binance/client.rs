@@ -374,3 +374,41 @@ fn preview(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     text.chars().take(200).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulator::{Simulator, SimulatorOptions};
+
+    #[tokio::test]
+    async fn exchange_info_reads_assets_and_names_an_unknown_symbol() {
+        let simulator = Simulator::start(&SimulatorOptions {
+            port: 0,
+            symbols: vec!["AAVEUSDT".to_string(), "BTCFDUSD".to_string()],
+            rate: 0.0,
+            seed: 1,
+        })
+        .await
+        .expect("simulator");
+        let client = BinanceClient::new(&simulator.url(), RetryPolicy::default()).expect("client");
+        let infos = client
+            .exchange_info(&["AAVEUSDT".to_string(), "BTCFDUSD".to_string()])
+            .await
+            .expect("exchangeInfo");
+        let assets: Vec<(&str, &str)> = infos
+            .iter()
+            .map(|i| (i.base_asset.as_str(), i.quote_asset.as_str()))
+            .collect();
+        assert_eq!(assets, [("AAVE", "USDT"), ("BTC", "FDUSD")]);
+
+        let err = client
+            .exchange_info(&["NOSUCHUSDT".to_string()])
+            .await
+            .expect_err("unknown symbol");
+        let message = err.to_string();
+        assert!(
+            message.contains("NOSUCHUSDT") && message.contains("-1121"),
+            "{message}"
+        );
+    }
+}
