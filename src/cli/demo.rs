@@ -16,6 +16,8 @@ pub async fn demo(mut config: Config, grace: Duration) -> anyhow::Result<ExitCod
             .to_vec(),
         rate: 20.0,
         seed: 1,
+        replay: Vec::new(),
+        weight_limit: Some(crate::simulator::BINANCE_WEIGHT_LIMIT),
     })
     .await?;
     config.data.binance_api_url = simulator.url();

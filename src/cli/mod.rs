@@ -86,7 +86,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SimulateCommand {
-    /// A Binance-compatible REST server on 127.0.0.1 with a simulated market.
+    /// A Binance-compatible REST and websocket server on 127.0.0.1 with a simulated market.
     Binance {
         /// Port to listen on; 0 picks a free one.
         #[arg(long, default_value_t = 8765)]
@@ -104,6 +104,13 @@ enum SimulateCommand {
         /// Seed of the random market, for repeatable runs.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Replay recorded trades (a Parquet file of timestamp, trade_id, price, quantity,
+        /// buyer_maker) for a symbol in their recorded spacing, then trade on from there.
+        #[arg(long, value_name = "SYMBOL=FILE")]
+        replay: Vec<String>,
+        /// Request weight allowed per minute, as Binance; 0 for no limit (benchmarks).
+        #[arg(long, default_value_t = crate::simulator::BINANCE_WEIGHT_LIMIT)]
+        weight_limit: u32,
     },
 }
 
@@ -206,7 +213,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             symbols,
             rate,
             seed,
-        }) => simulate::binance(port, symbols, rate, seed).await,
+            replay,
+            weight_limit,
+        }) => {
+            let weight_limit = (weight_limit > 0).then_some(weight_limit);
+            simulate::binance(port, symbols, rate, seed, replay, weight_limit).await
+        }
     }
 }
 

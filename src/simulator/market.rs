@@ -1,5 +1,7 @@
 //! The simulated market: per symbol, a price random walk at a realistic level, trade sizes on
 //! the symbol's lot grid, and consecutive trade ids, kept in memory for the REST endpoints.
+//! A symbol can instead replay recorded trades (real ids, prices, sizes and spacing), then
+//! walk on from the last recorded price.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -67,6 +69,22 @@ struct Book {
     price: i128,
     next_id: i64,
     trades: VecDeque<Trade>,
+    /// Recorded trades not released yet, with their recorded times.
+    replay: VecDeque<Trade>,
+    /// (recorded time of the first replayed trade, wall time it was released at), in ms.
+    replay_clock: Option<(i64, i64)>,
+}
+
+impl Book {
+    /// Keeps a released trade for the REST endpoints; the walk continues from its price.
+    fn push(&mut self, trade: Trade) {
+        self.next_id = trade.id + 1;
+        self.price = trade.price.units();
+        self.trades.push_back(trade);
+        while self.trades.len() > RETAINED {
+            self.trades.pop_front();
+        }
+    }
 }
 
 /// Every simulated symbol.
@@ -95,6 +113,8 @@ impl Market {
                     // Real ids are large; start each symbol somewhere different.
                     next_id: rng.random_range(100_000_000..900_000_000),
                     trades: VecDeque::new(),
+                    replay: VecDeque::new(),
+                    replay_clock: None,
                 };
                 (symbol.clone(), book)
             })
@@ -110,11 +130,55 @@ impl Market {
         self.books.get(symbol).map(|b| &b.info)
     }
 
+    /// Queues recorded trades (ascending, consecutive ids) for `symbol`: they are released in
+    /// their recorded spacing by [`Market::release_due`], or at once by [`Market::generate`].
+    pub fn replay(&mut self, symbol: &str, trades: Vec<Trade>) -> Option<()> {
+        let book = self.books.get_mut(symbol)?;
+        let first = trades.first()?;
+        book.next_id = first.id;
+        book.price = first.price.units();
+        book.trades.clear();
+        book.replay = trades.into();
+        book.replay_clock = None;
+        Some(())
+    }
+
+    /// Whether `symbol` still has recorded trades to release.
+    pub fn is_replaying(&self, symbol: &str) -> bool {
+        self.books.get(symbol).is_some_and(|b| !b.replay.is_empty())
+    }
+
+    /// Releases the recorded trades of `symbol` whose recorded offset from the first one has
+    /// elapsed since the replay started, re-timed to now; returns their id range, if any.
+    pub fn release_due(&mut self, symbol: &str, now_ms: i64) -> Option<(i64, i64)> {
+        let book = self.books.get_mut(symbol)?;
+        let first_recorded = book.replay.front()?.time_ms;
+        let (origin, started) = *book.replay_clock.get_or_insert((first_recorded, now_ms));
+        let first = book.next_id;
+        while let Some(next) = book.replay.front() {
+            let offset = next.time_ms - origin;
+            if offset > now_ms - started {
+                break;
+            }
+            if let Some(mut trade) = book.replay.pop_front() {
+                trade.time_ms = started + offset;
+                book.push(trade);
+            }
+        }
+        (book.next_id > first).then(|| (first, book.next_id - 1))
+    }
+
     /// Appends `count` trades to `symbol`, timed up to `now_ms`; returns their id range.
+    /// Recorded trades still queued for replay come first.
     pub fn generate(&mut self, symbol: &str, count: usize, now_ms: i64) -> Option<(i64, i64)> {
         let book = self.books.get_mut(symbol)?;
         let first = book.next_id;
-        for i in 0..count {
+        let replayed = count.min(book.replay.len());
+        for mut trade in book.replay.drain(..replayed).collect::<Vec<_>>() {
+            trade.time_ms = now_ms;
+            book.push(trade);
+        }
+        for i in replayed..count {
             // A walk of a few ticks per trade, kept above ten ticks.
             let step = self.rng.random_range(-3..=3_i128) * book.tick;
             book.price = (book.price + step).max(book.tick * 10);
@@ -130,11 +194,7 @@ impl Market {
                 is_buyer_maker: self.rng.random_bool(0.5),
                 is_best_match: true,
             };
-            book.next_id += 1;
-            book.trades.push_back(trade);
-        }
-        while book.trades.len() > RETAINED {
-            book.trades.pop_front();
+            book.push(trade);
         }
         Some((first, book.next_id - 1))
     }
@@ -207,5 +267,47 @@ mod tests {
                 t.price.units() * t.qty.units() / 100_000_000
             );
         }
+    }
+
+    #[test]
+    fn a_replay_keeps_recorded_ids_and_spacing_then_walks_on() {
+        let mut market = Market::new(&["BTCUSDT".to_string()], 2);
+        market.generate("BTCUSDT", 10, 0);
+        let recorded: Vec<Trade> = (0..4_i64)
+            .map(|i| Trade {
+                id: 500 + i,
+                price: Decimal::from_units(4_000_000_000_000 + i as i128).expect("price"),
+                qty: Decimal::from_units(1_000).expect("qty"),
+                quote_qty: Decimal::from_units(40_000).expect("quote"),
+                time_ms: 1_600_000_000_000 + i * 1000,
+                is_buyer_maker: i % 2 == 0,
+                is_best_match: true,
+            })
+            .collect();
+        market.replay("BTCUSDT", recorded).expect("known");
+        assert_eq!(
+            market.id_range("BTCUSDT"),
+            None,
+            "generated history is replaced"
+        );
+        assert_eq!(market.release_due("BTCUSDT", 50_000), Some((500, 500)));
+        assert_eq!(market.release_due("BTCUSDT", 50_999), None);
+        assert_eq!(market.release_due("BTCUSDT", 52_000), Some((501, 502)));
+        let released = market.from_id("BTCUSDT", 500, 10).expect("known");
+        let times: Vec<i64> = released.iter().map(|t| t.time_ms).collect();
+        assert_eq!(
+            times,
+            [50_000, 51_000, 52_000],
+            "recorded spacing, re-timed"
+        );
+        // The rest comes first when trades are asked for; then the walk goes on.
+        assert_eq!(market.generate("BTCUSDT", 3, 60_000), Some((503, 505)));
+        assert!(!market.is_replaying("BTCUSDT"));
+        let walked = market.from_id("BTCUSDT", 504, 10).expect("known");
+        let step = (walked[0].price.units() - 4_000_000_000_003).abs();
+        assert!(
+            step <= 3 * 1_000_000,
+            "the walk starts at the last recorded price"
+        );
     }
 }

@@ -1,21 +1,28 @@
 //! `orch simulate binance`: a local Binance-compatible server for tests, demos and benchmarks.
 //!
 //! It serves the REST endpoints orch uses (`historicalTrades`, `trades`, `exchangeInfo`) with
-//! Binance's shapes, weights, headers and error bodies, over a simulated market
-//! ([`market`]). Tests drive it through a small control API under `/_sim/`:
+//! Binance's shapes, weights, headers and error bodies, and the websocket trade streams
+//! ([`stream`]), over a simulated market ([`market`]) or a replay of recorded trades
+//! ([`replay`]). Tests drive it through a small control API under `/_sim/`:
 //!
 //! - `POST /_sim/trades {"symbol": "BTCUSDT", "count": 5000}` adds trades now and returns
 //!   their id range, so a test knows exactly which ids must land;
 //! - `POST /_sim/faults {"rest": [{"status": 429, "retry_after": 1}, {"status": 503}]}` makes
 //!   the next REST requests fail in that order (also `418`, any status with an error body
 //!   `{"status": 400, "code": -1121, "msg": "..."}`, and `"delay_ms"` for a slow answer);
+//!   `{"stream": [{"kind": "drop"}, {"kind": "server_shutdown"}, {"kind": "ping"},
+//!   {"kind": "raw", "text": "..."}, {"kind": "skip_ids", "symbol": "BTCUSDT", "count": 5}]}`
+//!   acts on the open stream connections at once;
 //! - `GET /_sim/stats` returns the requests served and each symbol's id range.
 
 mod market;
+mod replay;
 mod rest;
+mod stream;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -24,6 +31,13 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 pub use market::Market;
+pub use stream::{StreamFault, StreamStats};
+
+use crate::exchange::Trade;
+use stream::StreamEvent;
+
+/// Binance's request weight limit per minute per IP.
+pub const BINANCE_WEIGHT_LIMIT: u32 = 6000;
 
 /// How the simulator runs.
 #[derive(Debug, Clone)]
@@ -35,6 +49,11 @@ pub struct SimulatorOptions {
     /// add trades through the control API).
     pub rate: f64,
     pub seed: u64,
+    /// Recorded trades to replay, per symbol (see [`replay`]).
+    pub replay: Vec<(String, PathBuf)>,
+    /// Request weight allowed per minute, as Binance's 6000; `None` for no limit (and no
+    /// `X-MBX-USED-WEIGHT-1M` header), so benchmarks measure orch rather than the budget.
+    pub weight_limit: Option<u32>,
 }
 
 /// A scripted failure of the next REST request.
@@ -64,6 +83,8 @@ fn ok_status() -> u16 {
 pub struct FaultScript {
     #[serde(default)]
     pub rest: Vec<RestFault>,
+    #[serde(default)]
+    pub stream: Vec<StreamFault>,
 }
 
 /// Counters reported by `GET /_sim/stats`.
@@ -80,6 +101,81 @@ pub(crate) struct SimState {
     pub stats: Stats,
     /// Request weight used in the current minute: (minute, weight).
     pub weight: (i64, u32),
+    pub weight_limit: Option<u32>,
+    pub streams: tokio::sync::broadcast::Sender<StreamEvent>,
+    pub stream_stats: StreamStats,
+    /// Trades still to keep off the streams, per symbol; `None` for every symbol.
+    pub skip: HashMap<Option<String>, u64>,
+}
+
+impl SimState {
+    /// Adds `count` trades to `symbol` now and sends them on the streams.
+    pub fn add_trades(&mut self, symbol: &str, count: usize, now_ms: i64) -> Option<(i64, i64)> {
+        let range = self.market.generate(symbol, count, now_ms)?;
+        self.publish(symbol, range);
+        Some(range)
+    }
+
+    /// One tick of the background market: recorded trades that are due, else `count` new ones.
+    fn tick(&mut self, count: usize, now_ms: i64) {
+        let symbols: Vec<String> = self.market.symbols().map(|s| s.symbol.clone()).collect();
+        for symbol in &symbols {
+            let range = if self.market.is_replaying(symbol) {
+                self.market.release_due(symbol, now_ms)
+            } else if count > 0 {
+                self.market.generate(symbol, count, now_ms)
+            } else {
+                None
+            };
+            if let Some(range) = range {
+                self.publish(symbol, range);
+            }
+        }
+    }
+
+    /// Sends the trades of `symbol` with ids in `first..=last` to the open streams, less those
+    /// a `skip_ids` fault holds back.
+    fn publish(&mut self, symbol: &str, (first, last): (i64, i64)) {
+        let count = usize::try_from(last - first + 1).unwrap_or(0);
+        let mut trades = self
+            .market
+            .from_id(symbol, first, count)
+            .unwrap_or_default();
+        for key in [Some(symbol.to_string()), None] {
+            if let Some(left) = self.skip.get_mut(&key) {
+                let skipped = trades
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                trades.drain(..skipped);
+                *left -= skipped as u64;
+                self.stream_stats.trades_skipped += skipped as u64;
+                if *left == 0 {
+                    self.skip.remove(&key);
+                }
+            }
+        }
+        if !trades.is_empty() {
+            // No receiver is no error: nobody is listening yet.
+            let _ = self.streams.send(StreamEvent::Trades {
+                symbol: symbol.to_string(),
+                trades: trades.into(),
+            });
+        }
+    }
+
+    fn apply(&mut self, fault: StreamFault) {
+        let event = match fault {
+            StreamFault::Drop => StreamEvent::Drop,
+            StreamFault::ServerShutdown => StreamEvent::ServerShutdown,
+            StreamFault::Ping => StreamEvent::Ping,
+            StreamFault::Raw { text } => StreamEvent::Raw(text),
+            StreamFault::SkipIds { symbol, count } => {
+                *self.skip.entry(symbol).or_default() += count;
+                return;
+            }
+        };
+        let _ = self.streams.send(event);
+    }
 }
 
 /// The shared state behind every handler.
@@ -109,21 +205,36 @@ impl Simulator {
             .await
             .with_context(|| format!("cannot listen on 127.0.0.1:{}", options.port))?;
         let addr = listener.local_addr()?;
+        let mut symbols = options.symbols.clone();
+        let mut recorded: Vec<(String, Vec<Trade>)> = Vec::new();
+        for (symbol, path) in &options.replay {
+            recorded.push((symbol.clone(), replay::load(path)?));
+            if !symbols.contains(symbol) {
+                symbols.push(symbol.clone());
+            }
+        }
+        let mut market = Market::new(&symbols, options.seed);
+        // Some history, so the first fetch of a symbol has trades to start from.
+        let now = chrono::Utc::now().timestamp_millis();
+        for symbol in &symbols {
+            market.generate(symbol, 1000, now);
+        }
+        for (symbol, trades) in recorded {
+            market.replay(&symbol, trades);
+        }
+        let replaying = !options.replay.is_empty();
         let shared = Shared(Arc::new(Mutex::new(SimState {
-            market: Market::new(&options.symbols, options.seed),
+            market,
             faults: VecDeque::new(),
             stats: Stats::default(),
             weight: (0, 0),
+            weight_limit: options.weight_limit,
+            // Room for a few seconds of a busy market per lagging connection.
+            streams: tokio::sync::broadcast::channel(4096).0,
+            stream_stats: StreamStats::default(),
+            skip: HashMap::new(),
         })));
-        // Some history, so the first fetch of a symbol has trades to start from.
-        {
-            let mut state = shared.lock();
-            let now = chrono::Utc::now().timestamp_millis();
-            for symbol in &options.symbols {
-                state.market.generate(symbol, 1000, now);
-            }
-        }
-        let generator = (options.rate > 0.0).then(|| {
+        let generator = (options.rate > 0.0 || replaying).then(|| {
             let shared = shared.clone();
             let rate = options.rate;
             tokio::spawn(generate_forever(shared, rate))
@@ -156,7 +267,8 @@ impl Drop for Simulator {
 }
 
 /// Adds trades ten times a second at `rate` per symbol on average, in bursts as real markets
-/// trade: most ticks are quiet, some carry several times the average.
+/// trade: most ticks are quiet, some carry several times the average. Replayed symbols release
+/// their recorded trades on the same ticks instead.
 async fn generate_forever(shared: Shared, rate: f64) {
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
     let mut carry = 0.0_f64;
@@ -164,7 +276,6 @@ async fn generate_forever(shared: Shared, rate: f64) {
         ticker.tick().await;
         let mut state = shared.lock();
         let now = chrono::Utc::now().timestamp_millis();
-        let symbols: Vec<String> = state.market.symbols().map(|s| s.symbol.clone()).collect();
         let burst = {
             let mut rng = rand::rng();
             if rng.random_bool(0.1) {
@@ -176,9 +287,7 @@ async fn generate_forever(shared: Shared, rate: f64) {
         carry += rate / 10.0 * burst;
         let count = carry as usize;
         carry -= count as f64;
-        for symbol in &symbols {
-            state.market.generate(symbol, count, now);
-        }
+        state.tick(count, now);
     }
 }
 

@@ -1,4 +1,5 @@
-//! The simulator's HTTP endpoints: Binance's REST API and the `/_sim/` control API.
+//! The simulator's HTTP endpoints: Binance's REST API, its websocket streams and the `/_sim/`
+//! control API.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,16 +13,17 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{FaultScript, Shared, SimState};
+use super::{FaultScript, Shared, SimState, stream};
 use crate::exchange::binance::wire::{ErrorBody, ExchangeInfo, WireSymbol, WireTrade};
-
-const WEIGHT_LIMIT: u32 = 6000;
 
 pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
         .route("/api/v3/historicalTrades", get(historical_trades))
         .route("/api/v3/trades", get(recent_trades))
         .route("/api/v3/exchangeInfo", get(exchange_info))
+        .route("/ws", get(stream::raw_none))
+        .route("/ws/{stream}", get(stream::raw_one))
+        .route("/stream", get(stream::combined))
         .route("/_sim/trades", post(add_trades))
         .route("/_sim/faults", post(add_faults))
         .route("/_sim/stats", get(stats))
@@ -60,9 +62,10 @@ impl IntoResponse for ApiError {
 }
 
 /// Applies the next scripted fault and the weight accounting; returns the answer to send
-/// instead of the real one, if any, and the weight used this minute.
-async fn admit(shared: &Shared, weight: u32) -> Result<u32, Response> {
-    let (fault, used) = {
+/// instead of the real one, if any, and the weight used this minute (none when the
+/// simulator runs without a weight limit).
+async fn admit(shared: &Shared, weight: u32) -> Result<Option<u32>, Response> {
+    let (fault, used, limit) = {
         let mut state = shared.lock();
         state.stats.requests += 1;
         let fault = state.faults.pop_front();
@@ -74,7 +77,8 @@ async fn admit(shared: &Shared, weight: u32) -> Result<u32, Response> {
             state.weight = (minute, 0);
         }
         state.weight.1 += weight;
-        (fault, state.weight.1)
+        let limit = state.weight_limit;
+        (fault, limit.map(|_| state.weight.1), limit)
     };
     if let Some(fault) = fault {
         if fault.delay_ms > 0 {
@@ -107,26 +111,32 @@ async fn admit(shared: &Shared, weight: u32) -> Result<u32, Response> {
             return Err(with_weight(response, used));
         }
     }
-    if used > WEIGHT_LIMIT {
+    if let (Some(used), Some(limit)) = (used, limit)
+        && used > limit
+    {
         let into_minute = chrono::Utc::now().timestamp().rem_euclid(60);
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,
             -1003,
-            "Too much request weight used; current limit is 6000 request weight per 1 MINUTE.",
+            &format!(
+                "Too much request weight used; current limit is {limit} request weight per 1 MINUTE."
+            ),
         );
         response.headers_mut().insert(
             "retry-after",
             HeaderValue::from(u64::try_from(60 - into_minute).unwrap_or(60)),
         );
-        return Err(with_weight(response, used));
+        return Err(with_weight(response, Some(used)));
     }
     Ok(used)
 }
 
-fn with_weight(mut response: Response, used: u32) -> Response {
-    response
-        .headers_mut()
-        .insert("x-mbx-used-weight-1m", HeaderValue::from(used));
+fn with_weight(mut response: Response, used: Option<u32>) -> Response {
+    if let Some(used) = used {
+        response
+            .headers_mut()
+            .insert("x-mbx-used-weight-1m", HeaderValue::from(used));
+    }
     response
 }
 
@@ -257,7 +267,7 @@ struct AddTrades {
 async fn add_trades(State(shared): State<Shared>, Json(body): Json<AddTrades>) -> Response {
     let now = chrono::Utc::now().timestamp_millis();
     let mut state = shared.lock();
-    match state.market.generate(&body.symbol, body.count, now) {
+    match state.add_trades(&body.symbol, body.count, now) {
         Some((first_id, last_id)) => {
             Json(json!({"first_id": first_id, "last_id": last_id})).into_response()
         }
@@ -268,6 +278,9 @@ async fn add_trades(State(shared): State<Shared>, Json(body): Json<AddTrades>) -
 async fn add_faults(State(shared): State<Shared>, Json(script): Json<FaultScript>) -> Response {
     let mut state = shared.lock();
     state.faults.extend(script.rest);
+    for fault in script.stream {
+        state.apply(fault);
+    }
     Json(json!({"queued": state.faults.len()})).into_response()
 }
 
@@ -288,7 +301,7 @@ async fn stats(State(shared): State<Shared>) -> Response {
     headers.insert("cache-control", HeaderValue::from_static("no-store"));
     (
         headers,
-        Json(json!({"stats": state.stats, "symbols": symbols})),
+        Json(json!({"stats": state.stats, "streams": state.stream_stats, "symbols": symbols})),
     )
         .into_response()
 }

@@ -387,6 +387,8 @@ mod tests {
             symbols: vec!["AAVEUSDT".to_string(), "BTCFDUSD".to_string()],
             rate: 0.0,
             seed: 1,
+            replay: Vec::new(),
+            weight_limit: Some(crate::simulator::BINANCE_WEIGHT_LIMIT),
         })
         .await
         .expect("simulator");

@@ -79,3 +79,56 @@ impl From<WireSymbol> for SymbolInfo {
         }
     }
 }
+
+/// A trade event of the `<symbol>@trade` websocket stream:
+/// `{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}`.
+///
+/// `b` and `a` (order ids) are gone since 2024-06-18 and `M` is to be ignored, so neither is
+/// required.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamTrade {
+    #[serde(rename = "e")]
+    pub event: String,
+    /// When the event was sent, ms.
+    #[serde(rename = "E")]
+    pub event_time: i64,
+    #[serde(rename = "s")]
+    pub symbol: String,
+    #[serde(rename = "t")]
+    pub id: i64,
+    #[serde(rename = "p")]
+    pub price: Decimal,
+    #[serde(rename = "q")]
+    pub qty: Decimal,
+    /// When the trade happened, ms.
+    #[serde(rename = "T")]
+    pub trade_time: i64,
+    #[serde(rename = "m")]
+    pub is_buyer_maker: bool,
+    /// Sent, meaningless: read only so it is not required.
+    #[serde(rename = "M", default)]
+    pub ignore: bool,
+}
+
+impl StreamTrade {
+    pub fn new(symbol: &str, trade: &Trade, event_time: i64) -> StreamTrade {
+        StreamTrade {
+            event: "trade".to_string(),
+            event_time,
+            symbol: symbol.to_string(),
+            id: trade.id,
+            price: trade.price,
+            qty: trade.qty,
+            trade_time: trade.time_ms,
+            is_buyer_maker: trade.is_buyer_maker,
+            ignore: true,
+        }
+    }
+}
+
+/// A message of a combined stream: `{"stream":"btcusdt@trade","data":{...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Combined<T> {
+    pub stream: String,
+    pub data: T,
+}
