@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use orch::lake::raw_trades;
 
-use crate::support::{Home, Simulator, attempts, postgres_database, text};
+use crate::support::{Home, Simulator, attempts, postgres_database, s3_bucket, text};
 
 const SYMBOLS: &str = "BTCUSDT,AAVEUSDT,STXUSDT,ARBUSDT";
 
@@ -28,11 +28,10 @@ tasks:
     )
 }
 
-/// Every trade id in the lake per symbol, in file order.
+/// Every trade id in the local lake per symbol, sorted.
 fn lake_ids(home: &Home) -> BTreeMap<String, Vec<i64>> {
     let root = home.file("data/lake/raw/binance_trades");
-    let mut ids: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    let mut files: Vec<(String, bytes::Bytes)> = Vec::new();
     let mut stack = vec![root];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -40,21 +39,25 @@ fn lake_ids(home: &Home) -> BTreeMap<String, Vec<i64>> {
             if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "parquet") {
-                files.push(path);
+                let bytes = std::fs::read(&path).expect("read lake file");
+                files.push((path.to_string_lossy().into_owned(), bytes.into()));
             }
         }
     }
-    files.sort();
-    for path in files {
-        let symbol = path
-            .to_string_lossy()
+    ids_by_symbol(files)
+}
+
+/// Trade ids per `symbol=` partition of lake files given as (key, content), sorted.
+fn ids_by_symbol(files: Vec<(String, bytes::Bytes)>) -> BTreeMap<String, Vec<i64>> {
+    let mut ids: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (key, bytes) in files {
+        let symbol = key
             .split("symbol=")
             .nth(1)
             .and_then(|rest| rest.split('/').next())
-            .expect("symbol partition")
+            .unwrap_or_else(|| panic!("no symbol partition in {key}"))
             .to_string();
-        let bytes = std::fs::read(&path).expect("read lake file");
-        let trades = raw_trades::decode(bytes.into()).expect("decode lake file");
+        let trades = raw_trades::decode(bytes).expect("decode lake file");
         ids.entry(symbol)
             .or_default()
             .extend(trades.iter().map(|t| t.id));
@@ -187,6 +190,101 @@ fn every_trade_across_pages_lands_once_in_the_lake_and_the_sqlite_warehouse() {
 fn every_trade_lands_once_in_a_postgres_warehouse() {
     if let Some(url) = postgres_database("binance_warehouse") {
         two_runs_fetch_every_trade(&Home::new(), &url);
+    }
+}
+
+/// Every object under `lake/raw/binance_trades` in an S3 bucket, read back with object_store.
+fn s3_lake_files(endpoint: &str, bucket: &str) -> Vec<(String, bytes::Bytes)> {
+    use futures_util::TryStreamExt;
+    use object_store::{ObjectStore, ObjectStoreExt};
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .with_access_key_id("orch-test")
+        .with_secret_access_key("orch-test")
+        .build()
+        .expect("S3 client");
+    block_on(async {
+        let prefix = object_store::path::Path::from("lake/raw/binance_trades");
+        let objects: Vec<_> = store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .expect("list the bucket");
+        let mut files = Vec::new();
+        for object in objects {
+            let key = object.location.to_string();
+            assert!(key.ends_with(".parquet"), "only whole Parquet files: {key}");
+            let bytes = store
+                .get(&object.location)
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("read");
+            files.push((key, bytes));
+        }
+        files
+    })
+}
+
+#[test]
+fn every_trade_lands_once_in_an_s3_lake() {
+    let Some((endpoint, bucket)) = s3_bucket("s3_lake") else {
+        return;
+    };
+    let home = Home::new();
+    let sim = Simulator::start(SYMBOLS);
+    home.write_dag("trades", &pipeline(&sim, SYMBOLS, ""));
+    let lake_url = format!("s3://{bucket}/lake");
+    let env = [
+        ("ORCH_LAKE_URL", lake_url.as_str()),
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "orch-test"),
+        ("AWS_SECRET_ACCESS_KEY", "orch-test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    run_ok(&home, &env);
+    let starts: BTreeMap<String, i64> = ids_by_symbol(s3_lake_files(&endpoint, &bucket))
+        .into_iter()
+        .map(|(symbol, ids)| (symbol, ids[0]))
+        .collect();
+    assert_eq!(starts.len(), 4, "every symbol fetched into the bucket");
+    for symbol in SYMBOLS.split(',') {
+        sim.add_trades(symbol, 1500);
+    }
+    let second = run_ok(&home, &env);
+    assert_eq!(
+        attempts(&second, "load_parquet_to_bigquery")[0]["rows"].as_i64(),
+        Some(4 * 1500),
+        "the loader read the new files from S3: {second:#}"
+    );
+    let lake = ids_by_symbol(s3_lake_files(&endpoint, &bucket));
+    let warehouse_url = format!("sqlite://{}", home.file("data/warehouse.db").display());
+    let tables: Vec<String> = SYMBOLS
+        .split(',')
+        .map(|s| format!("trades_{}", s.to_lowercase()))
+        .collect();
+    let table_refs: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let warehouse = warehouse_ids(&warehouse_url, &table_refs);
+    for symbol in SYMBOLS.split(',') {
+        let last = sim.last_id(symbol);
+        assert_exactly_once(
+            &format!("S3 lake {symbol}"),
+            &lake[symbol],
+            starts[symbol],
+            last,
+        );
+        let table = format!("trades_{}", symbol.to_lowercase());
+        assert_exactly_once(
+            &format!("warehouse {table}"),
+            &warehouse[&table],
+            starts[symbol],
+            last,
+        );
     }
 }
 

@@ -127,6 +127,56 @@ pub fn postgres_database(test: &str) -> Option<String> {
     Some(fresh_postgres_database(&admin_url, test))
 }
 
+/// The endpoint of the S3-compatible server named by `ORCH_TEST_S3_ENDPOINT` (`.ci/s3` starts
+/// one), with a new empty bucket named after the test; `None` (the test skipped with a printed
+/// reason) without that variable, except under CI, where it fails.
+pub fn s3_bucket(test: &str) -> Option<(String, String)> {
+    let Some(endpoint) = std::env::var("ORCH_TEST_S3_ENDPOINT")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide ORCH_TEST_S3_ENDPOINT (see .ci/s3)"
+        );
+        eprintln!(
+            "skipping {test}: ORCH_TEST_S3_ENDPOINT is not set; start a server with \
+             `export ORCH_TEST_S3_ENDPOINT=$(bash .ci/s3)`"
+        );
+        return None;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let bucket = format!("orch-{}-{nanos}", test.replace('_', "-"));
+    let status = http(&endpoint, "PUT", &format!("/{bucket}"), "").0;
+    assert_eq!(status, 200, "create bucket {bucket} on {endpoint}");
+    Some((endpoint, bucket))
+}
+
+/// A minimal HTTP/1.1 exchange for control APIs and test servers: (status, body).
+pub fn http(base: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: no status in {head}"));
+    (status, body.to_string())
+}
+
 /// Creates a database named after the test on the server at `admin_url`, dropping any
 /// left by an earlier run of the same test; returns its URL.
 fn fresh_postgres_database(admin_url: &str, test: &str) -> String {
@@ -377,26 +427,11 @@ impl Simulator {
             .expect("last id")
     }
 
-    /// A minimal HTTP/1.1 client, enough for the control API.
     fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
-        use std::io::{Read, Write};
-        let addr = self.url.trim_start_matches("http://");
-        let mut stream = std::net::TcpStream::connect(addr).expect("connect to simulator");
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("send request");
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("read answer");
-        let (head, body) = answer.split_once("\r\n\r\n").expect("HTTP answer");
-        assert!(
-            head.starts_with("HTTP/1.1 200"),
-            "{method} {path}: {head}\n{body}"
-        );
-        serde_json::from_str(body).expect("JSON answer")
+        let (status, answer) = http(&self.url, method, path, &body);
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+        serde_json::from_str(&answer).expect("JSON answer")
     }
 }
 
