@@ -5,8 +5,9 @@
 //! ```
 //!
 //! `table` is a template over the file's Hive partitions (`symbol=BTCUSDT/date=...` gives
-//! `symbol` and `date`). Each file loads in one transaction with its ledger entry (see
-//! [`crate::warehouse`]), so a retried or killed task loads every file exactly once.
+//! `symbol` and `date`). Each file loads together with its ledger entry (one transaction in
+//! SQLite and PostgreSQL, a deterministic load job id in BigQuery; see [`crate::warehouse`]),
+//! so a retried or killed task loads every file exactly once.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -15,7 +16,7 @@ use serde_json::Value;
 
 use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_with};
 use crate::config::redact_url;
-use crate::lake::{Lake, raw_trades};
+use crate::lake::Lake;
 use crate::template;
 use crate::warehouse::{LoadOutcome, Warehouse};
 
@@ -103,10 +104,8 @@ impl TaskKind for WarehouseLoadParquet {
                 let table = template::render_with_values(&config.table, &partitions(key))
                     .map_err(|e| format!("{key}: table name: {e}"))?;
                 let bytes = lake.get(key).await.map_err(|e| e.to_string())?;
-                let frame = raw_trades::read_frame(bytes)
-                    .map_err(|e| format!("{key}: not a readable Parquet file: {e}"))?;
                 match warehouse
-                    .load_file(&table, key, &frame)
+                    .load_file(&table, key, bytes)
                     .await
                     .map_err(|e| e.to_string())?
                 {

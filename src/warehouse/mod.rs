@@ -1,24 +1,33 @@
 //! The warehouse: tables loaded from lake files, exactly once per file.
 //!
 //! `ORCH_WAREHOUSE_URL` picks the backend: `sqlite://<home>/data/warehouse.db` (the embedded
-//! default) or `postgres://...`. Each load runs in one transaction that first records the file
-//! in the ledger table `_orch_loaded_files` and then inserts its rows, so a retried or killed
-//! load either committed both or neither: a file is never loaded twice, nor half.
+//! default), `postgres://...` or `bigquery://PROJECT/DATASET[?location=EU]`. Every backend
+//! keeps a ledger table `_orch_loaded_files` of the files it loaded. In SQLite and PostgreSQL
+//! each load runs in one transaction that first records the file in the ledger and then
+//! inserts its rows, so a retried or killed load either committed both or neither: a file is
+//! never loaded twice, nor half. BigQuery has no such transaction; deterministic load job ids
+//! give the same guarantee there (see [`bigquery`]).
 //!
 //! Tables are created from the Parquet schema when missing. Decimals stay exact: `NUMERIC(p,
-//! s)` in PostgreSQL, decimal text in SQLite (which has no exact decimal type).
+//! s)` in PostgreSQL, `NUMERIC` in BigQuery, decimal text in SQLite (which has no exact
+//! decimal type).
 
+pub mod bigquery;
 mod columns;
 mod postgres;
 mod sqlite;
 
-use polars::prelude::DataFrame;
+use bytes::Bytes;
+use polars::prelude::PolarsError;
 
+pub use bigquery::BigQueryError;
 pub use columns::{Column, ColumnData};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
-    #[error("warehouse URL `{0}` is not supported: use sqlite://PATH or postgres://USER@HOST/DB")]
+    #[error(
+        "warehouse URL `{0}` is not supported: use sqlite://PATH, postgres://USER@HOST/DB or bigquery://PROJECT/DATASET"
+    )]
     UnsupportedUrl(String),
     #[error("cannot open the warehouse `{url}`: {source}")]
     Open { url: String, source: sqlx::Error },
@@ -28,6 +37,8 @@ pub enum WarehouseError {
         file: String,
         source: sqlx::Error,
     },
+    #[error("{file}: not a readable Parquet file: {source}")]
+    UnreadableParquet { file: String, source: PolarsError },
     #[error(
         "{file}: column `{column}` has type {dtype}, which the warehouse loader does not handle"
     )]
@@ -40,6 +51,14 @@ pub enum WarehouseError {
     BadTableName(String),
     #[error("warehouse: {0}")]
     Sql(#[from] sqlx::Error),
+    #[error("warehouse table `{table}`, loading {file}: {source}")]
+    BigQueryLoad {
+        table: String,
+        file: String,
+        source: Box<BigQueryError>,
+    },
+    #[error("warehouse: {0}")]
+    BigQuery(#[from] BigQueryError),
 }
 
 /// What loading one file did.
@@ -56,6 +75,7 @@ pub enum LoadOutcome {
 pub enum Warehouse {
     Sqlite(sqlite::SqliteWarehouse),
     Postgres(postgres::PostgresWarehouse),
+    BigQuery(Box<bigquery::BigQueryWarehouse>),
 }
 
 impl Warehouse {
@@ -66,6 +86,9 @@ impl Warehouse {
             Some("postgres" | "postgresql") => Ok(Warehouse::Postgres(
                 postgres::PostgresWarehouse::open(url).await?,
             )),
+            Some("bigquery") => Ok(Warehouse::BigQuery(Box::new(
+                bigquery::BigQueryWarehouse::open(url).await?,
+            ))),
             _ => Err(WarehouseError::UnsupportedUrl(crate::config::redact_url(
                 url,
             ))),
@@ -77,24 +100,44 @@ impl Warehouse {
         match self {
             Warehouse::Sqlite(w) => w.loaded_files(prefix).await,
             Warehouse::Postgres(w) => w.loaded_files(prefix).await,
+            Warehouse::BigQuery(w) => Ok(w.loaded_files(prefix).await?),
         }
     }
 
-    /// Appends the rows of `frame`, read from lake file `file`, to `table` unless the ledger
-    /// already lists the file; creates the table when missing.
+    /// Appends the rows of the Parquet file `parquet`, lake file `file`, to `table` unless the
+    /// file is loaded already (by the ledger, or in BigQuery by its load job); creates the
+    /// table when missing. The bytes, not a decoded frame, because BigQuery loads the file as
+    /// it is.
     pub async fn load_file(
         &self,
         table: &str,
         file: &str,
-        frame: &DataFrame,
+        parquet: Bytes,
     ) -> Result<LoadOutcome, WarehouseError> {
         check_table_name(table)?;
-        let columns = columns::from_frame(frame, file)?;
         match self {
-            Warehouse::Sqlite(w) => w.load(table, file, &columns, frame.height()).await,
-            Warehouse::Postgres(w) => w.load(table, file, &columns, frame.height()).await,
+            Warehouse::Sqlite(w) => {
+                let (columns, rows) = decode(file, parquet)?;
+                w.load(table, file, &columns, rows).await
+            }
+            Warehouse::Postgres(w) => {
+                let (columns, rows) = decode(file, parquet)?;
+                w.load(table, file, &columns, rows).await
+            }
+            Warehouse::BigQuery(w) => w.load(table, file, parquet).await,
         }
     }
+}
+
+/// The columns and row count of a Parquet file, for the backends that insert rows themselves.
+fn decode(file: &str, parquet: Bytes) -> Result<(Vec<Column>, usize), WarehouseError> {
+    let frame = crate::lake::raw_trades::read_frame(parquet).map_err(|source| {
+        WarehouseError::UnreadableParquet {
+            file: file.to_string(),
+            source,
+        }
+    })?;
+    Ok((columns::from_frame(&frame, file)?, frame.height()))
 }
 
 fn check_table_name(table: &str) -> Result<(), WarehouseError> {

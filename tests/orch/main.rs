@@ -1,5 +1,6 @@
 //! End-to-end tests of the `orch` binary against temporary homes.
 
+mod bigquery;
 mod binance;
 mod inspect;
 mod postgres;
