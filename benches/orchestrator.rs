@@ -84,6 +84,8 @@ async fn setup(dir: &Path) -> (Store, Executor) {
             lake_url: orch::lake::Lake::default_url(dir),
             warehouse_url: format!("sqlite://{}", dir.join("data/warehouse.db").display()),
             binance_api_url: "http://127.0.0.1:9".to_string(),
+            staging_url: orch::staging::Staging::default_url(dir),
+            binance_ws_url: "ws://127.0.0.1:9".to_string(),
         },
     };
     (store, executor)

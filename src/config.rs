@@ -31,6 +31,12 @@ pub struct DataPlaces {
     /// Binance's REST API (`BINANCE_API_URL`): Binance itself by default; `orch demo` points
     /// it at its simulator.
     pub binance_api_url: String,
+    /// The staging store of the live streams (`ORCH_STAGING_URL`):
+    /// `sqlite://<home>/data/staging.db` by default.
+    pub staging_url: String,
+    /// Binance's websocket market streams (`BINANCE_WS_URL`):
+    /// `wss://stream.binance.com:9443` by default.
+    pub binance_ws_url: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +66,7 @@ struct FileSettings {
     parallelism: Option<usize>,
     lake_url: Option<String>,
     warehouse_url: Option<String>,
+    staging_url: Option<String>,
 }
 
 impl Config {
@@ -119,6 +126,11 @@ impl Config {
             binance_api_url: env("BINANCE_API_URL").unwrap_or_else(|| {
                 crate::exchange::binance::BinanceClient::DEFAULT_BASE_URL.to_string()
             }),
+            staging_url: env("ORCH_STAGING_URL")
+                .or(file.staging_url)
+                .unwrap_or_else(|| crate::staging::Staging::default_url(&home)),
+            binance_ws_url: env("BINANCE_WS_URL")
+                .unwrap_or_else(|| crate::exchange::binance::stream::DEFAULT_BASE_URL.to_string()),
         };
         Ok(Config {
             home,

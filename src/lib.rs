@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod config;
 pub mod dag;
+pub mod database;
 pub mod decimal;
 pub mod exchange;
 pub mod executor;
@@ -19,7 +20,9 @@ pub mod logs;
 pub mod process;
 pub mod scheduler;
 pub mod simulator;
+pub mod staging;
 pub mod store;
+pub mod stream;
 pub mod tasks;
 pub mod template;
 pub mod warehouse;

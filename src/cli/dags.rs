@@ -93,7 +93,17 @@ fn validate(config: &Config, registry: &Registry, files: &[std::path::PathBuf]) 
         for error in bag.errors() {
             report(Err(error.to_string()));
         }
-        if bag.dags().next().is_none() && bag.errors().next().is_none() {
+        let (streams, errors) = crate::stream::load_dir(&config.dags_dir);
+        for stream in streams {
+            println!("ok {} ({}, stream)", stream.path.display(), stream.id);
+        }
+        for error in errors {
+            report(Err(error.to_string()));
+        }
+        if bag.dags().next().is_none()
+            && bag.errors().next().is_none()
+            && crate::stream::load_dir(&config.dags_dir).0.is_empty()
+        {
             eprintln!(
                 "no DAG files (*.yaml, *.yml) in {}",
                 config.dags_dir.display()
@@ -101,6 +111,14 @@ fn validate(config: &Config, registry: &Registry, files: &[std::path::PathBuf]) 
         }
     } else {
         for file in files {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            if crate::stream::is_stream_file(&text) {
+                match crate::stream::load_str(file, &text) {
+                    Ok(stream) => println!("ok {} ({}, stream)", file.display(), stream.id),
+                    Err(error) => report(Err(error.to_string())),
+                }
+                continue;
+            }
             match load_file(file, registry) {
                 Ok(dag) => report(Ok((&dag, file))),
                 Err(error) => report(Err(error.to_string())),

@@ -21,6 +21,7 @@ pub async fn demo(mut config: Config, grace: Duration) -> anyhow::Result<ExitCod
     })
     .await?;
     config.data.binance_api_url = simulator.url();
+    config.data.binance_ws_url = simulator.ws_url();
     tracing::info!(
         binance = %simulator.url(),
         lake = %config.data.lake_url,

@@ -7,6 +7,7 @@ mod run;
 mod runs;
 mod serve;
 mod simulate;
+mod stream;
 mod trigger;
 
 use std::path::PathBuf;
@@ -79,9 +80,25 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         grace: Duration,
     },
+    /// Run live streams.
+    #[command(subcommand)]
+    Stream(StreamCommand),
+    /// Every live stream with its state, throughput, freshness, latency and gaps.
+    Streams {
+        /// Print JSON (a stable contract; see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a local exchange simulator (no network needed); prints its URL first.
     #[command(subcommand)]
     Simulate(SimulateCommand),
+}
+
+#[derive(Subcommand)]
+enum StreamCommand {
+    /// Run one stream of the DAGs folder in the foreground until Ctrl-C or SIGTERM, which
+    /// commit the pending batch before exiting.
+    Run { stream_id: String },
 }
 
 #[derive(Subcommand)]
@@ -167,7 +184,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = if matches!(
         cli.command,
-        Command::Serve { .. } | Command::Demo { .. } | Command::Simulate(_)
+        Command::Serve { .. } | Command::Demo { .. } | Command::Simulate(_) | Command::Stream(_)
     ) {
         "info"
     } else {
@@ -208,6 +225,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             follow,
         } => logs::logs(&config, &run_id, task.as_deref(), attempt, follow).await,
         Command::Demo { grace } => demo::demo(config, grace).await,
+        Command::Stream(StreamCommand::Run { stream_id }) => stream::run(&config, &stream_id).await,
+        Command::Streams { json } => stream::list(&config, json).await,
         Command::Simulate(SimulateCommand::Binance {
             port,
             symbols,

@@ -111,6 +111,10 @@ impl DagBag {
         let mut dags: BTreeMap<String, Arc<Dag>> = BTreeMap::new();
         let mut errors = BTreeMap::new();
         for (path, text) in &sources {
+            // Stream definitions live in the same folder; `crate::stream` loads them.
+            if crate::stream::is_stream_file(text) {
+                continue;
+            }
             let loaded = match previous.get(path.as_path()) {
                 Some(dag) if self.sources.get(path) == Some(text) => Ok(Arc::clone(dag)),
                 _ => load_str(path, text, registry).map(Arc::new),

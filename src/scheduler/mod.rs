@@ -25,6 +25,8 @@ use crate::dag::{Dag, DagBag, load_str};
 use crate::executor::{Executor, Phase, ShutdownHandle};
 use crate::lease::{self, Lease, ServeLock};
 use crate::store::{RunRecord, RunState, RunType, Store, StoreError};
+use crate::stream::ingest::IngestPlaces;
+use crate::stream::supervisor::Supervisor;
 use crate::tasks::Registry;
 
 pub use wake::wake;
@@ -51,6 +53,8 @@ struct Scheduler {
     active: HashSet<String>,
     /// Queued runs already reported as waiting for a missing DAG, to warn once.
     reported_missing: HashSet<String>,
+    streams: Supervisor,
+    dags_dir: std::path::PathBuf,
 }
 
 /// Runs the scheduler until SIGTERM or Ctrl-C.
@@ -87,6 +91,15 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         parallelism = config.parallelism,
         "orch serve started"
     );
+    let streams = Supervisor::new(
+        IngestPlaces {
+            ws_url: config.data.binance_ws_url.clone(),
+            api_url: config.data.binance_api_url.clone(),
+            staging_url: config.data.staging_url.clone(),
+        },
+        store.clone(),
+        lease.id(),
+    );
     let mut scheduler = Scheduler {
         store,
         registry,
@@ -97,8 +110,12 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         runs: JoinSet::new(),
         active: HashSet::new(),
         reported_missing: HashSet::new(),
+        streams,
+        dags_dir: config.dags_dir.clone(),
     };
+    scheduler.sync_streams().await;
     scheduler.run(wake.as_ref()).await?;
+    scheduler.streams.stop_all().await;
     scheduler.stop(options.grace).await;
     tracing::info!("orch serve stopped");
     Ok(())
@@ -131,13 +148,25 @@ impl Scheduler {
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
             if tokio::time::Instant::now() >= next_reload {
-                self.reload();
+                if self.reload() {
+                    self.sync_streams().await;
+                }
                 next_reload = tokio::time::Instant::now() + RELOAD_INTERVAL;
             }
         }
     }
 
-    fn reload(&mut self) {
+    /// Starts, restarts and stops streams to match the stream files of the DAGs folder.
+    async fn sync_streams(&mut self) {
+        let (defs, errors) = crate::stream::load_dir(&self.dags_dir);
+        for error in errors {
+            tracing::error!("stream file not loaded: {error}");
+        }
+        self.streams.sync(defs).await;
+    }
+
+    /// Re-reads changed DAG files; returns whether any YAML file of the folder changed.
+    fn reload(&mut self) -> bool {
         let before: HashMap<_, _> = self
             .bag
             .errors()
@@ -145,7 +174,7 @@ impl Scheduler {
             .collect();
         let changes = self.bag.refresh(&self.registry);
         if changes.is_empty() {
-            return;
+            return false;
         }
         for path in &changes.changed_files {
             match self.bag.errors().find(|e| &e.path == path) {
@@ -153,12 +182,17 @@ impl Scheduler {
                 None if before.contains_key(path) => {
                     tracing::info!(path = %path.display(), "DAG file fixed and reloaded")
                 }
-                None => tracing::info!(path = %path.display(), "DAG file loaded"),
+                None if self.bag.dags().any(|d| &d.path == path) => {
+                    tracing::info!(path = %path.display(), "DAG file loaded")
+                }
+                // A stream file: `sync_streams` reports it.
+                None => {}
             }
         }
         for path in &changes.removed_files {
             tracing::info!(path = %path.display(), "DAG file removed");
         }
+        true
     }
 
     /// One scheduling pass. Returns when the next cron tick is due.

@@ -255,6 +255,11 @@ impl Simulator {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// The base of its websocket streams, as `BINANCE_WS_URL` takes it.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
 }
 
 impl Drop for Simulator {

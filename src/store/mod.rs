@@ -1,13 +1,15 @@
-//! The metadata database: run history, task attempts and pause flags, through sqlx.
+//! The metadata database: run history, task attempts, pause flags, task state and the
+//! reports of live streams, through sqlx.
 //!
 //! One [`Store`] speaks SQLite (the embedded default) and PostgreSQL, chosen by the URL's
 //! scheme, through sqlx's `Any` driver: the SQL is written once in the dialect both share
 //! (`$N` parameters in order of first use, text timestamps, integer flags), and each backend
 //! has its own migrations under `migrations/`.
 //!
-//! SQLite runs in WAL mode with a busy timeout, so the CLI reads while the server writes, and
-//! every multi-statement write opens with `BEGIN IMMEDIATE`: a plain `BEGIN` takes the write
-//! lock late and fails with "database is locked" when two writers meet.
+//! Connections are opened by [`crate::database`] (SQLite in WAL mode, so the CLI reads while the
+//! server writes), and every multi-statement write opens with `BEGIN IMMEDIATE` on SQLite: a
+//! plain `BEGIN` takes the write lock late and fails with "database is locked" when two
+//! writers meet.
 
 mod model;
 pub mod timestamp;
@@ -16,14 +18,15 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
 
 use crate::config::redact_url;
+use crate::database::{self, Backend};
 
 pub use model::{
     AttemptEnd, AttemptRecord, AttemptState, NewRun, RunRecord, RunState, RunType,
-    TaskInstanceRecord, TaskState,
+    StreamStateRecord, TaskInstanceRecord, TaskState,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -44,32 +47,6 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Which database a [`Store`] talks to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    fn of_url(url: &str) -> Result<Backend> {
-        let scheme = url.split_once(':').map(|(scheme, _)| scheme);
-        match scheme {
-            Some("sqlite") => Ok(Backend::Sqlite),
-            Some("postgres" | "postgresql") => Ok(Backend::Postgres),
-            _ => Err(StoreError::UnsupportedUrl(redact_url(url))),
-        }
-    }
-
-    /// How a write transaction opens: SQLite must take its write lock up front.
-    fn begin_statement(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "BEGIN IMMEDIATE",
-            Backend::Postgres => "BEGIN",
-        }
-    }
-}
-
 /// A handle to the metadata database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -84,37 +61,18 @@ impl Store {
     /// Opens and migrates the database at `url`: `sqlite://PATH` (created if missing) or
     /// `postgres://...` (the database must exist).
     pub async fn open(url: &str) -> Result<Store> {
-        sqlx::any::install_default_drivers();
-        let backend = Backend::of_url(url)?;
-        let open_err = |source| StoreError::Open {
-            url: redact_url(url),
-            source,
+        let backend =
+            Backend::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl(redact_url(url)))?;
+        let max_connections = match backend {
+            Backend::Sqlite => 4,
+            Backend::Postgres => 8,
         };
-        let pool = match backend {
-            Backend::Sqlite => {
-                let url = with_create_mode(url);
-                AnyPoolOptions::new()
-                    .max_connections(4)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-                                 PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
-                            )
-                            .await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(&url)
-                    .await
-                    .map_err(open_err)?
-            }
-            Backend::Postgres => AnyPoolOptions::new()
-                .max_connections(8)
-                .connect(url)
-                .await
-                .map_err(open_err)?,
-        };
+        let pool = database::connect(url, backend, max_connections)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: redact_url(url),
+                source,
+            })?;
         match backend {
             Backend::Sqlite => SQLITE_MIGRATOR.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
@@ -506,6 +464,51 @@ impl Store {
         Ok(())
     }
 
+    /// Saves a live stream's latest report (JSON) and state, as `owner` runs it.
+    pub async fn save_stream_report(
+        &self,
+        stream_id: &str,
+        owner: &str,
+        state: &str,
+        report: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO stream_state (stream_id, owner, state, report, updated_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (stream_id) DO UPDATE SET owner = excluded.owner, state = excluded.state,
+                 report = excluded.report, updated_at = excluded.updated_at",
+        )
+        .bind(stream_id)
+        .bind(owner)
+        .bind(state)
+        .bind(report)
+        .bind(timestamp::format(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every stream's latest saved report.
+    pub async fn stream_reports(&self) -> Result<Vec<StreamStateRecord>> {
+        let rows = sqlx::query(
+            "SELECT stream_id, owner, state, report, updated_at FROM stream_state ORDER BY stream_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let updated_at: String = r.try_get("updated_at")?;
+                Ok(StreamStateRecord {
+                    stream_id: r.try_get("stream_id")?,
+                    owner: r.try_get("owner")?,
+                    state: r.try_get("state")?,
+                    report: r.try_get("report")?,
+                    updated_at: parse_time("stream_state.updated_at", &updated_at)?,
+                })
+            })
+            .collect()
+    }
+
     /// The pause flags set from the command line, by DAG id.
     pub async fn pause_overrides(&self) -> Result<HashMap<String, bool>> {
         let rows = sqlx::query("SELECT dag_id, paused FROM dag_pause")
@@ -534,16 +537,6 @@ fn count(row: &AnyRow, what: &'static str, column: &str) -> Result<u32> {
 }
 
 /// SQLite opens read-write and creates the file unless the URL already chose a mode.
-fn with_create_mode(url: &str) -> String {
-    if url.contains("mode=") {
-        url.to_string()
-    } else if url.contains('?') {
-        format!("{url}&mode=rwc")
-    } else {
-        format!("{url}?mode=rwc")
-    }
-}
-
 fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
     let time = |col: &'static str| -> Result<DateTime<Utc>> {
         parse_time(col, &row.try_get::<String, _>(col)?)

@@ -155,3 +155,15 @@ pub struct AttemptEnd {
     pub rows: Option<i64>,
     pub error: Option<String>,
 }
+
+/// A live stream's latest report, as saved by the process running it.
+#[derive(Debug, Clone)]
+pub struct StreamStateRecord {
+    pub stream_id: String,
+    /// The lease id of the process running it.
+    pub owner: String,
+    pub state: String,
+    /// The report as JSON (`stream::stats::StreamReport`).
+    pub report: String,
+    pub updated_at: DateTime<Utc>,
+}

@@ -141,12 +141,7 @@ fn decode(file: &str, parquet: Bytes) -> Result<(Vec<Column>, usize), WarehouseE
 }
 
 fn check_table_name(table: &str) -> Result<(), WarehouseError> {
-    let ok = table.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-        && table
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && table.len() <= 63;
-    if ok {
+    if crate::database::is_table_name(table) {
         Ok(())
     } else {
         Err(WarehouseError::BadTableName(table.to_string()))

@@ -7,4 +7,5 @@ mod postgres;
 mod recovery;
 mod run;
 mod serve;
+mod stream;
 mod support;

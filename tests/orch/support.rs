@@ -242,14 +242,19 @@ pub struct Server {
 }
 
 impl Server {
-    fn start(mut cmd: Command) -> Server {
+    fn start(cmd: Command) -> Server {
+        Server::spawn(cmd, "orch serve started")
+    }
+
+    /// Starts a long-running `orch` command and waits until its log says `ready`.
+    pub fn spawn(mut cmd: Command, ready: &str) -> Server {
         let mut child = cmd
             .env("ORCH_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start orch serve");
-        let stderr = child.stderr.take().expect("serve stderr");
+            .expect("start orch");
+        let stderr = child.stderr.take().expect("orch stderr");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -263,7 +268,7 @@ impl Server {
             lines,
             log: Vec::new(),
         };
-        server.wait_for_log("orch serve started", Duration::from_secs(20));
+        server.wait_for_log(ready, Duration::from_secs(20));
         server
     }
 
@@ -373,6 +378,12 @@ pub struct Simulator {
 
 impl Simulator {
     pub fn start(symbols: &str) -> Simulator {
+        Simulator::with_rate(symbols, 0)
+    }
+
+    /// A simulator whose market trades `rate` times a second per symbol on its own.
+    pub fn with_rate(symbols: &str, rate: u32) -> Simulator {
+        let rate = rate.to_string();
         let mut child = Command::new(BIN)
             .args([
                 "simulate",
@@ -380,7 +391,7 @@ impl Simulator {
                 "--port",
                 "0",
                 "--rate",
-                "0",
+                &rate,
                 "--symbols",
                 symbols,
             ])
@@ -418,6 +429,27 @@ impl Simulator {
             answer["first_id"].as_i64().expect("first_id"),
             answer["last_id"].as_i64().expect("last_id"),
         )
+    }
+
+    /// The base URL of its websocket streams.
+    pub fn ws_url(&self) -> String {
+        self.url.replacen("http://", "ws://", 1)
+    }
+
+    /// Polls the simulator's stream counters until `done` holds for them.
+    pub fn wait_for_streams(&self, what: &str, limit: Duration, done: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let stats = self.get("/_sim/stats");
+            if done(&stats["streams"]) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "simulator: no {what} within {limit:?}: {stats}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The last trade id the simulator holds for `symbol`.

@@ -1,0 +1,365 @@
+//! The staging store: raw trades as the live streams receive them, before any transform.
+//!
+//! `ORCH_STAGING_URL` picks the database: `sqlite://<home>/data/staging.db` (the embedded
+//! default) or `postgres://...`. A table such as `raw_trades` holds one row per
+//! `(exchange, symbol, trade_id)`, its primary key: ids are per symbol, so keying on the id
+//! alone would merge symbols. Inserts are batched and `ON CONFLICT DO NOTHING`, so a replayed
+//! batch or a backfill overlapping the stream writes nothing twice. Prices and quantities stay
+//! exact: `NUMERIC(38, 8)` in PostgreSQL, decimal text in SQLite; times are milliseconds since
+//! the epoch, UTC.
+
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+use crate::config::redact_url;
+use crate::database::{self, Backend};
+use crate::decimal::Decimal;
+use crate::exchange::Trade;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    #[error("staging URL `{0}` is not supported: use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    #[error("cannot open the staging store `{url}`: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error(
+        "staging table name `{0}` must be lower-case letters, digits and `_`, starting with a letter"
+    )]
+    BadTableName(String),
+    #[error("staging table `{table}`: {source}")]
+    Sql { table: String, source: sqlx::Error },
+    #[error("staging table `{table}` holds an unreadable {column} `{value}`")]
+    Corrupt {
+        table: String,
+        column: &'static str,
+        value: String,
+    },
+}
+
+/// Rows per INSERT: 9 values each stays under SQLite's 32,766 bound parameters.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// One trade of one symbol, ready to stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedTrade {
+    pub symbol: String,
+    pub trade: Trade,
+}
+
+/// A staging table; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Staging {
+    pool: AnyPool,
+    backend: Backend,
+    table: String,
+}
+
+impl Staging {
+    /// The default staging database of a home.
+    pub fn default_url(home: &std::path::Path) -> String {
+        format!(
+            "sqlite://{}",
+            home.join("data").join("staging.db").display()
+        )
+    }
+
+    /// Opens the database at `url` and creates `table` (and its time index) when missing.
+    pub async fn open(url: &str, table: &str) -> Result<Staging, StagingError> {
+        if !database::is_table_name(table) {
+            return Err(StagingError::BadTableName(table.to_string()));
+        }
+        let backend =
+            Backend::of_url(url).ok_or_else(|| StagingError::UnsupportedUrl(redact_url(url)))?;
+        let pool =
+            database::connect(url, backend, 2)
+                .await
+                .map_err(|source| StagingError::Open {
+                    url: redact_url(url),
+                    source,
+                })?;
+        let staging = Staging {
+            pool,
+            backend,
+            table: table.to_string(),
+        };
+        staging.create_table().await?;
+        Ok(staging)
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn sql_error(&self) -> impl FnOnce(sqlx::Error) -> StagingError + '_ {
+        move |source| StagingError::Sql {
+            table: self.table.clone(),
+            source,
+        }
+    }
+
+    async fn create_table(&self) -> Result<(), StagingError> {
+        let (decimal, boolean) = match self.backend {
+            Backend::Sqlite => ("TEXT", "INTEGER"),
+            Backend::Postgres => ("NUMERIC(38, 8)", "BOOLEAN"),
+        };
+        let table = &self.table;
+        let ddl = format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
+                exchange       TEXT NOT NULL,
+                symbol         TEXT NOT NULL,
+                trade_id       BIGINT NOT NULL,
+                price          {decimal} NOT NULL,
+                qty            {decimal} NOT NULL,
+                quote_qty      {decimal} NOT NULL,
+                trade_time     BIGINT NOT NULL,
+                is_buyer_maker {boolean} NOT NULL,
+                ingested_at    BIGINT NOT NULL,
+                PRIMARY KEY (exchange, symbol, trade_id)
+            );
+            CREATE INDEX IF NOT EXISTS {table}_by_time ON {table} (trade_time)"
+        );
+        sqlx::raw_sql(AssertSqlSafe(ddl))
+            .execute(&self.pool)
+            .await
+            .map_err(self.sql_error())?;
+        Ok(())
+    }
+
+    /// Stages `trades` of `exchange` in one transaction; returns how many were new (the
+    /// others were staged before and are left as they are).
+    pub async fn insert(
+        &self,
+        exchange: &str,
+        trades: &[StagedTrade],
+        ingested_at_ms: i64,
+    ) -> Result<u64, StagingError> {
+        let mut tx = self.pool.begin().await.map_err(self.sql_error())?;
+        let mut inserted = 0;
+        for chunk in trades.chunks(ROWS_PER_STATEMENT) {
+            let sql = self.insert_sql(chunk.len());
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for row in chunk {
+                let t = &row.trade;
+                query = query
+                    .bind(exchange)
+                    .bind(row.symbol.as_str())
+                    .bind(t.id)
+                    .bind(t.price.to_string())
+                    .bind(t.qty.to_string())
+                    .bind(t.quote_qty.to_string())
+                    .bind(t.time_ms)
+                    .bind(t.is_buyer_maker)
+                    .bind(ingested_at_ms);
+            }
+            inserted += query
+                .execute(&mut *tx)
+                .await
+                .map_err(self.sql_error())?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(self.sql_error())?;
+        Ok(inserted)
+    }
+
+    /// `INSERT ... VALUES (...), (...) ON CONFLICT DO NOTHING` for `rows` rows. SQLite gets
+    /// anonymous `?` parameters: sqlx resolves each numbered one by a search through the
+    /// statement's parameter names, which made a 1,000-row statement cost 14 times ten
+    /// 100-row ones. PostgreSQL reads the decimal texts as `NUMERIC`.
+    fn insert_sql(&self, rows: usize) -> String {
+        let mut sql = format!(
+            "INSERT INTO {} (exchange, symbol, trade_id, price, qty, quote_qty, trade_time, \
+             is_buyer_maker, ingested_at) VALUES ",
+            self.table
+        );
+        for row in 0..rows {
+            if row > 0 {
+                sql.push_str(", ");
+            }
+            match self.backend {
+                Backend::Sqlite => sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                Backend::Postgres => {
+                    let n = row * 9;
+                    sql.push_str(&format!(
+                        "(${}, ${}, ${}, ${}::numeric, ${}::numeric, ${}::numeric, ${}, ${}, ${})",
+                        n + 1,
+                        n + 2,
+                        n + 3,
+                        n + 4,
+                        n + 5,
+                        n + 6,
+                        n + 7,
+                        n + 8,
+                        n + 9
+                    ));
+                }
+            }
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING");
+        sql
+    }
+
+    /// The highest staged trade id of `symbol`, if any: one probe of the primary key.
+    pub async fn last_id(&self, exchange: &str, symbol: &str) -> Result<Option<i64>, StagingError> {
+        let sql = format!(
+            "SELECT MAX(trade_id) FROM {} WHERE exchange = $1 AND symbol = $2",
+            self.table
+        );
+        sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(exchange)
+            .bind(symbol)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.sql_error())
+    }
+
+    /// The staged trades of `symbol` with `trade_time` in `[from_ms, to_ms)`, by id.
+    pub async fn trades_between(
+        &self,
+        exchange: &str,
+        symbol: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<Trade>, StagingError> {
+        let text = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "::text",
+        };
+        let sql = format!(
+            "SELECT trade_id, price{text}, qty{text}, quote_qty{text}, trade_time,
+                    CASE WHEN is_buyer_maker THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END
+             FROM {} WHERE exchange = $1 AND symbol = $2 AND trade_time >= $3 AND trade_time < $4
+             ORDER BY trade_id",
+            self.table
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(exchange)
+            .bind(symbol)
+            .bind(from_ms)
+            .bind(to_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.sql_error())?;
+        rows.iter()
+            .map(|row| {
+                let decimal = |i: usize, column: &'static str| -> Result<Decimal, StagingError> {
+                    let text: String = row.try_get(i).map_err(self.sql_error())?;
+                    text.parse().map_err(|_| StagingError::Corrupt {
+                        table: self.table.clone(),
+                        column,
+                        value: text,
+                    })
+                };
+                Ok(Trade {
+                    id: row.try_get(0).map_err(self.sql_error())?,
+                    price: decimal(1, "price")?,
+                    qty: decimal(2, "qty")?,
+                    quote_qty: decimal(3, "quote_qty")?,
+                    time_ms: row.try_get(4).map_err(self.sql_error())?,
+                    // An integer in both backends: SQLite has no boolean type to decode.
+                    is_buyer_maker: row.try_get::<i64, _>(5).map_err(self.sql_error())? != 0,
+                    is_best_match: true,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trade(id: i64, price: &str, time_ms: i64) -> StagedTrade {
+        let price: Decimal = price.parse().expect("price");
+        let qty: Decimal = "0.00123000".parse().expect("qty");
+        StagedTrade {
+            symbol: "BTCUSDT".to_string(),
+            trade: Trade {
+                id,
+                price,
+                qty,
+                quote_qty: Decimal::from_units(price.units() * qty.units() / 100_000_000)
+                    .expect("quote"),
+                time_ms,
+                is_buyer_maker: id % 2 == 0,
+                is_best_match: true,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_batches_are_idempotent_and_read_back_exactly() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("data/staging.db").display());
+        batches_are_idempotent_and_read_back_exactly(&url, "raw_trades").await;
+    }
+
+    /// On the server `.ci/postgres` starts, in a table of its own; skipped without one.
+    #[tokio::test]
+    async fn postgres_batches_are_idempotent_and_read_back_exactly() {
+        let Some(url) = std::env::var("ORCH_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("skipped: ORCH_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let table = format!("staging_test_{}", std::process::id());
+        batches_are_idempotent_and_read_back_exactly(&url, &table).await;
+        let staging = Staging::open(&url, &table).await.expect("open");
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE {table}")))
+            .execute(&staging.pool)
+            .await
+            .expect("drop the test table");
+    }
+
+    async fn batches_are_idempotent_and_read_back_exactly(url: &str, table: &str) {
+        let staging = Staging::open(url, table).await.expect("open");
+        let batch = vec![
+            trade(10, "97250.01", 1_000),
+            trade(11, "97250.02", 2_000),
+            trade(12, "0.00000001", 86_400_000),
+        ];
+        assert_eq!(
+            staging.insert("binance", &batch, 5).await.expect("insert"),
+            3
+        );
+        // A replayed batch overlapping the first writes only what is new.
+        let overlap = vec![
+            trade(12, "0.00000001", 86_400_000),
+            trade(13, "1", 86_400_001),
+        ];
+        assert_eq!(
+            staging
+                .insert("binance", &overlap, 6)
+                .await
+                .expect("insert"),
+            1
+        );
+        assert_eq!(
+            staging
+                .last_id("binance", "BTCUSDT")
+                .await
+                .expect("last id"),
+            Some(13)
+        );
+        assert_eq!(
+            staging
+                .last_id("binance", "ETHUSDT")
+                .await
+                .expect("last id"),
+            None
+        );
+        let day = staging
+            .trades_between("binance", "BTCUSDT", 0, 86_400_000)
+            .await
+            .expect("read");
+        let expected: Vec<Trade> = batch[..2].iter().map(|t| t.trade.clone()).collect();
+        assert_eq!(
+            day, expected,
+            "the first day, exact, without the next day's trades"
+        );
+        assert!(matches!(
+            Staging::open(url, "Raw-Trades").await,
+            Err(StagingError::BadTableName(_))
+        ));
+    }
+}

@@ -1,0 +1,364 @@
+//! The ingest loop of a Binance trade stream: connect, read, batch, commit, fill gaps, and
+//! reconnect, until asked to stop.
+//!
+//! Trade ids are consecutive per symbol, so the loop knows the next id it should see. A
+//! trade past it means the stream skipped ids (a reconnect, a slow consumer, a server hiccup):
+//! the missing ids are fetched with `historicalTrades?fromId=` before the trade is taken. On
+//! every (re)connection each symbol first catches up from its last staged id the same way, so
+//! neither an outage nor a `kill -9` (which loses at most the uncommitted batch) leaves a hole.
+//! Staging inserts ignore ids already there, so overlaps write nothing twice.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::stats::{StreamState, StreamStats};
+use super::{Source, StreamDef};
+use crate::exchange::Trade;
+use crate::exchange::binance::stream::{MAX_STREAMS_PER_CONNECTION, StreamMessage, TradeStream};
+use crate::exchange::binance::{BinanceClient, MAX_PAGE, RetryPolicy};
+use crate::staging::{StagedTrade, Staging};
+
+/// The exchange name staged with Binance's trades.
+pub const EXCHANGE: &str = "binance";
+/// A connection that says nothing (not even a ping) this long is presumed dead.
+const SILENCE: Duration = Duration::from_secs(60);
+/// Binance cuts connections after 24 hours; renew a little before.
+const RENEW_AFTER: Duration = Duration::from_secs(23 * 3600 + 50 * 60);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("stream `{stream}`: {message}")]
+    Setup { stream: String, message: String },
+    #[error("stream `{stream}`: cannot commit to the staging store: {source}")]
+    Staging {
+        stream: String,
+        source: crate::staging::StagingError,
+    },
+}
+
+/// Where a stream's trades come from and go to, resolved from the configuration.
+pub struct IngestPlaces {
+    pub ws_url: String,
+    pub api_url: String,
+    pub staging_url: String,
+}
+
+/// Shared with whoever reports on the stream (`orch streams`, the log).
+pub type SharedStats = Arc<Mutex<StreamStats>>;
+
+pub fn lock(stats: &SharedStats) -> std::sync::MutexGuard<'_, StreamStats> {
+    match stats.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Runs `def` until `stop` turns true; flushes the pending batch before returning.
+pub async fn run(
+    def: &StreamDef,
+    places: &IngestPlaces,
+    stats: SharedStats,
+    stop: watch::Receiver<bool>,
+) -> Result<(), IngestError> {
+    let setup = |message: String| IngestError::Setup {
+        stream: def.id.clone(),
+        message,
+    };
+    let Source::BinanceTrades {
+        symbols,
+        ws_url,
+        base_url,
+    } = &def.source;
+    let ws_url = ws_url.clone().unwrap_or_else(|| places.ws_url.clone());
+    let api_url = base_url.clone().unwrap_or_else(|| places.api_url.clone());
+    let staging_url = def
+        .sink
+        .url
+        .clone()
+        .unwrap_or_else(|| places.staging_url.clone());
+    let client =
+        BinanceClient::new(&api_url, RetryPolicy::default()).map_err(|e| setup(e.to_string()))?;
+    // A stream name for an unknown symbol is accepted and silent: ask the exchange first.
+    client
+        .exchange_info(symbols)
+        .await
+        .map_err(|e| setup(format!("checking the symbols against exchangeInfo: {e}")))?;
+    let staging = Staging::open(&staging_url, &def.sink.table)
+        .await
+        .map_err(|e| setup(e.to_string()))?;
+    let mut last = BTreeMap::new();
+    for symbol in symbols {
+        if let Some(id) = staging
+            .last_id(EXCHANGE, symbol)
+            .await
+            .map_err(|e| setup(e.to_string()))?
+        {
+            last.insert(symbol.clone(), id);
+        }
+    }
+    let mut connections = Vec::new();
+    for chunk in symbols.chunks(MAX_STREAMS_PER_CONNECTION) {
+        let mut ingest = Ingest {
+            stream: def.id.clone(),
+            ws_url: ws_url.clone(),
+            symbols: chunk.to_vec(),
+            client: client.clone(),
+            staging: staging.clone(),
+            max_rows: def.batch.max_rows,
+            max_latency: def.batch.max_latency,
+            next_id: chunk
+                .iter()
+                .filter_map(|s| last.get(s).map(|id| (s.clone(), id + 1)))
+                .collect(),
+            pending: Vec::new(),
+            streamed_times: Vec::new(),
+            pending_since: None,
+            stats: Arc::clone(&stats),
+        };
+        let stop = stop.clone();
+        connections.push(async move { ingest.run(stop).await });
+    }
+    let results = futures_util::future::join_all(connections).await;
+    lock(&stats).state = StreamState::Stopped;
+    results.into_iter().collect()
+}
+
+/// One connection's worth of symbols.
+struct Ingest {
+    stream: String,
+    ws_url: String,
+    symbols: Vec<String>,
+    client: BinanceClient,
+    staging: Staging,
+    max_rows: usize,
+    max_latency: Duration,
+    /// The next id expected per symbol; absent until the symbol's first trade or staged id.
+    next_id: BTreeMap<String, i64>,
+    pending: Vec<StagedTrade>,
+    /// Trade times of the pending trades that came over the stream, for the latency figures.
+    streamed_times: Vec<i64>,
+    pending_since: Option<Instant>,
+    stats: SharedStats,
+}
+
+/// Why a connection ended.
+enum Ended {
+    Stop,
+    Reconnect(String),
+}
+
+impl Ingest {
+    async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), IngestError> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if *stop.borrow() {
+                return self.flush().await;
+            }
+            let connection = tokio::select! {
+                connection = TradeStream::connect(&self.ws_url, &self.symbols) => connection,
+                _ = stop.changed() => return self.flush().await,
+            };
+            let ended = match connection {
+                Ok(connection) => {
+                    backoff = BACKOFF_MIN;
+                    lock(&self.stats).state = StreamState::Connected;
+                    tracing::info!(stream = %self.stream, symbols = ?self.symbols, "stream connected");
+                    self.read(connection, &mut stop).await?
+                }
+                Err(e) => Ended::Reconnect(e.to_string()),
+            };
+            match ended {
+                Ended::Stop => return self.flush().await,
+                Ended::Reconnect(reason) => {
+                    self.flush().await?;
+                    {
+                        let mut stats = lock(&self.stats);
+                        stats.state = StreamState::Reconnecting;
+                        stats.reconnects += 1;
+                    }
+                    let wait = jitter(backoff);
+                    tracing::warn!(stream = %self.stream, %reason, ?wait, "stream reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => return self.flush().await,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Reads one connection until it ends; catches every symbol up from the REST API first.
+    async fn read(
+        &mut self,
+        mut connection: TradeStream,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Ended, IngestError> {
+        let opened = Instant::now();
+        for symbol in self.symbols.clone() {
+            if let Some(&from) = self.next_id.get(&symbol)
+                && let Err(e) = self.backfill(&symbol, from, None).await
+            {
+                return Ok(Ended::Reconnect(e));
+            }
+        }
+        loop {
+            let flush_at = self
+                .pending_since
+                .map(|since| since + self.max_latency)
+                .unwrap_or_else(|| Instant::now() + SILENCE);
+            let message = tokio::select! {
+                _ = stop.changed() => {
+                    connection.close().await;
+                    return Ok(Ended::Stop);
+                }
+                _ = tokio::time::sleep_until(flush_at), if self.pending_since.is_some() => {
+                    self.flush().await?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(opened + RENEW_AFTER) => {
+                    connection.close().await;
+                    return Ok(Ended::Reconnect("renewing before Binance's 24-hour cut".to_string()));
+                }
+                message = tokio::time::timeout(SILENCE, connection.next()) => message,
+            };
+            let message = match message {
+                Err(_) => return Ok(Ended::Reconnect(format!("silent for {SILENCE:?}"))),
+                Ok(None) => return Ok(Ended::Reconnect("closed by the server".to_string())),
+                Ok(Some(Err(e))) => return Ok(Ended::Reconnect(e.to_string())),
+                Ok(Some(Ok(message))) => message,
+            };
+            match message {
+                StreamMessage::Trade { symbol, trade, .. } => {
+                    if let Err(e) = self.take(symbol, trade).await {
+                        return Ok(Ended::Reconnect(e));
+                    }
+                    if self.pending.len() >= self.max_rows {
+                        self.flush().await?;
+                    }
+                }
+                StreamMessage::ServerShutdown => {
+                    return Ok(Ended::Reconnect(
+                        "the server announced a shutdown".to_string(),
+                    ));
+                }
+                StreamMessage::ControlAnswer => {}
+                StreamMessage::Malformed { text, reason } => {
+                    lock(&self.stats).malformed_frames += 1;
+                    tracing::warn!(stream = %self.stream, %reason, frame = %text, "malformed frame skipped");
+                }
+            }
+        }
+    }
+
+    /// Takes a streamed trade, first fetching any ids the stream skipped before it.
+    async fn take(&mut self, symbol: String, trade: Trade) -> Result<(), String> {
+        if !self.symbols.contains(&symbol) {
+            lock(&self.stats).malformed_frames += 1;
+            tracing::warn!(stream = %self.stream, %symbol, "a trade of a symbol not subscribed, skipped");
+            return Ok(());
+        }
+        match self.next_id.get(&symbol).copied() {
+            Some(next) if trade.id < next => return Ok(()),
+            Some(next) if trade.id > next => {
+                let missing = trade.id - next;
+                tracing::info!(stream = %self.stream, %symbol, from = next, to = trade.id - 1, missing, "gap in the stream; fetching the missing trades");
+                lock(&self.stats).gaps_detected += 1;
+                self.backfill(&symbol, next, Some(trade.id - 1)).await?;
+            }
+            _ => {}
+        }
+        if self.pending.is_empty() {
+            self.pending_since = Some(Instant::now());
+        }
+        self.next_id.insert(symbol.clone(), trade.id + 1);
+        self.streamed_times.push(trade.time_ms);
+        self.pending.push(StagedTrade { symbol, trade });
+        Ok(())
+    }
+
+    /// Fetches `symbol`'s trades from `from` through `until` (or until caught up) into the
+    /// pending batch, committing full batches on the way.
+    async fn backfill(
+        &mut self,
+        symbol: &str,
+        from: i64,
+        until: Option<i64>,
+    ) -> Result<(), String> {
+        let mut next = from;
+        let mut filled = 0_u64;
+        loop {
+            let page = self
+                .client
+                .historical_trades(symbol, next, MAX_PAGE)
+                .await
+                .map_err(|e| format!("backfilling {symbol} from id {next}: {e}"))?;
+            let short = page.len() < MAX_PAGE as usize;
+            for trade in page {
+                if until.is_some_and(|until| trade.id > until) {
+                    break;
+                }
+                next = trade.id + 1;
+                filled += 1;
+                if self.pending.is_empty() {
+                    self.pending_since = Some(Instant::now());
+                }
+                self.pending.push(StagedTrade {
+                    symbol: symbol.to_string(),
+                    trade,
+                });
+            }
+            self.next_id.insert(symbol.to_string(), next);
+            if self.pending.len() >= self.max_rows {
+                self.flush().await.map_err(|e| e.to_string())?;
+            }
+            if short || until.is_some_and(|until| next > until) {
+                break;
+            }
+        }
+        if filled > 0 {
+            lock(&self.stats).gap_trades_filled += filled;
+            tracing::info!(stream = %self.stream, %symbol, from, filled, "backfilled from the REST API");
+        }
+        Ok(())
+    }
+
+    /// Commits the pending batch.
+    async fn flush(&mut self) -> Result<(), IngestError> {
+        self.pending_since = None;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        self.staging
+            .insert(EXCHANGE, &self.pending, now)
+            .await
+            .map_err(|source| IngestError::Staging {
+                stream: self.stream.clone(),
+                source,
+            })?;
+        let committed_at = chrono::Utc::now().timestamp_millis();
+        let newest = self.pending.iter().map(|t| t.trade.time_ms).max();
+        lock(&self.stats).committed(
+            committed_at,
+            self.pending.len() as u64,
+            newest,
+            &self.streamed_times,
+        );
+        self.pending.clear();
+        self.streamed_times.clear();
+        Ok(())
+    }
+}
+
+/// `base` ± 25%, so many clients cut at once do not come back at once.
+fn jitter(base: Duration) -> Duration {
+    base.mul_f64(rand::rng().random_range(0.75..1.25))
+}

@@ -1,0 +1,291 @@
+//! Live streams: long-running ingestion declared in YAML next to the DAGs.
+//!
+//! ```yaml
+//! id: binance_trade_stream
+//! stream:
+//!   source: { kind: binance.trades, symbols: [BTCUSDT, AAVEUSDT, STXUSDT, ARBUSDT] }
+//!   sink: { table: raw_trades }          # in the staging store
+//!   batch: { max_rows: 1000, max_latency: 500ms }
+//! ```
+//!
+//! A file is a stream, not a DAG, when its top level has `stream:`. [`ingest`] keeps the
+//! source's connection open and commits its trades to the staging store in batches, filling
+//! every gap in the trade ids from the exchange's REST API; [`stats`] measures it;
+//! [`supervisor`] keeps the folder's streams running inside `orch serve`.
+
+pub mod ingest;
+pub mod stats;
+pub mod supervisor;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::dag::{LoadError, Problem};
+
+/// A validated stream definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamDef {
+    pub id: String,
+    pub path: PathBuf,
+    pub description: Option<String>,
+    pub source: Source,
+    pub sink: Sink,
+    pub batch: Batch,
+}
+
+/// Where trades come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Binance's `<symbol>@trade` streams.
+    BinanceTrades {
+        symbols: Vec<String>,
+        /// Overrides `BINANCE_WS_URL`.
+        ws_url: Option<String>,
+        /// Overrides `BINANCE_API_URL` (validation and gap backfill).
+        base_url: Option<String>,
+    },
+}
+
+/// The staging table trades go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sink {
+    pub table: String,
+    /// Overrides `ORCH_STAGING_URL`.
+    pub url: Option<String>,
+}
+
+/// When a batch is committed: at `max_rows`, or once its oldest trade waited `max_latency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    pub max_rows: usize,
+    pub max_latency: Duration,
+}
+
+impl Default for Batch {
+    fn default() -> Batch {
+        Batch {
+            max_rows: 1000,
+            max_latency: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    id: Option<String>,
+    description: Option<String>,
+    stream: StreamSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamSpec {
+    source: SourceSpec,
+    #[serde(default)]
+    sink: SinkSpec,
+    #[serde(default)]
+    batch: BatchSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+enum SourceSpec {
+    #[serde(rename = "binance.trades")]
+    BinanceTrades {
+        symbols: Vec<String>,
+        ws_url: Option<String>,
+        base_url: Option<String>,
+    },
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SinkSpec {
+    table: Option<String>,
+    url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BatchSpec {
+    max_rows: Option<usize>,
+    max_latency: Option<String>,
+}
+
+/// Whether a YAML file defines a stream rather than a DAG: a top-level `stream:` key.
+pub fn is_stream_file(source: &str) -> bool {
+    source
+        .lines()
+        .any(|line| line.starts_with("stream:") || line.starts_with("stream :"))
+}
+
+/// Reads and validates a stream file.
+pub fn load_str(path: &Path, source: &str) -> Result<StreamDef, LoadError> {
+    let fail = |message: String| LoadError::single(path, Problem::nowhere(message));
+    let spec: FileSpec = serde_saphyr::from_str(source).map_err(|e| {
+        let message = e.without_snippet().to_string();
+        match e.location() {
+            Some(location) => LoadError::single(path, Problem::at(location, message)),
+            None => fail(message),
+        }
+    })?;
+    let id = match spec.id {
+        Some(id) => id,
+        None => path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(fail(format!(
+            "stream id `{id}` must be lower-case letters, digits and `_`"
+        )));
+    }
+    let source = match spec.stream.source {
+        SourceSpec::BinanceTrades {
+            symbols,
+            ws_url,
+            base_url,
+        } => {
+            if symbols.is_empty() {
+                return Err(fail("source: `symbols` lists no symbol".to_string()));
+            }
+            let mut upper: Vec<String> = Vec::new();
+            for symbol in symbols {
+                if symbol.is_empty() || !symbol.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(fail(format!(
+                        "source: symbol `{symbol}` must be letters and digits, as BTCUSDT"
+                    )));
+                }
+                let symbol = symbol.to_uppercase();
+                if !upper.contains(&symbol) {
+                    upper.push(symbol);
+                }
+            }
+            Source::BinanceTrades {
+                symbols: upper,
+                ws_url,
+                base_url,
+            }
+        }
+    };
+    let defaults = Batch::default();
+    let max_rows = spec.stream.batch.max_rows.unwrap_or(defaults.max_rows);
+    if max_rows == 0 {
+        return Err(fail("batch: `max_rows` must be at least 1".to_string()));
+    }
+    let max_latency = match spec.stream.batch.max_latency {
+        Some(text) => humantime::parse_duration(&text)
+            .map_err(|e| fail(format!("batch: `max_latency` `{text}`: {e}")))?,
+        None => defaults.max_latency,
+    };
+    Ok(StreamDef {
+        id,
+        path: path.to_path_buf(),
+        description: spec.description,
+        source,
+        sink: Sink {
+            table: spec
+                .stream
+                .sink
+                .table
+                .unwrap_or_else(|| "raw_trades".to_string()),
+            url: spec.stream.sink.url,
+        },
+        batch: Batch {
+            max_rows,
+            max_latency,
+        },
+    })
+}
+
+/// Every stream file in `dir`, loaded; files that fail come back as errors.
+pub fn load_dir(dir: &Path) -> (Vec<StreamDef>, Vec<LoadError>) {
+    let mut streams = Vec::new();
+    let mut errors = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (streams, errors);
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        if is_stream_file(&text) {
+            match load_str(&path, &text) {
+                Ok(stream) => streams.push(stream),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    (streams, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_shape_loads_with_defaults() {
+        let yaml = "id: trades\nstream:\n  source: { kind: binance.trades, symbols: [btcusdt, AAVEUSDT] }\n";
+        let stream = load_str(Path::new("dags/trades.yaml"), yaml).expect("loads");
+        assert_eq!(stream.id, "trades");
+        assert_eq!(
+            stream.source,
+            Source::BinanceTrades {
+                symbols: vec!["BTCUSDT".to_string(), "AAVEUSDT".to_string()],
+                ws_url: None,
+                base_url: None
+            }
+        );
+        assert_eq!(stream.sink.table, "raw_trades");
+        assert_eq!(stream.batch, Batch::default());
+        assert!(is_stream_file(yaml));
+        assert!(!is_stream_file("tasks:\n  - id: a\n    kind: noop\n"));
+    }
+
+    #[test]
+    fn mistakes_are_named_with_their_place() {
+        let cases = [
+            (
+                "stream:\n  source: { kind: binance.trades, symbols: [] }\n",
+                "lists no symbol",
+            ),
+            (
+                "stream:\n  source: { kind: binance.trades, symbols: [BTC-USDT] }\n",
+                "`BTC-USDT`",
+            ),
+            (
+                "stream:\n  source: { kind: kraken.trades, symbols: [X] }\n",
+                "kraken.trades",
+            ),
+            (
+                "stream:\n  source: { kind: binance.trades, symbols: [X] }\n  batch: { max_latency: soon }\n",
+                "max_latency",
+            ),
+            (
+                "stream:\n  source: { kind: binance.trades, symbols: [X] }\n  batch: { max_rows: 0 }\n",
+                "max_rows",
+            ),
+        ];
+        for (yaml, needle) in cases {
+            let error = load_str(Path::new("dags/s.yaml"), yaml).expect_err(yaml);
+            let text = error.to_string();
+            assert!(text.starts_with("dags/s.yaml"), "{text}");
+            assert!(text.contains(needle), "{needle} in {text}");
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Live trade streams against the simulator: every id exactly once in the staging table
+//! across disconnects, `serverShutdown`, skipped ids, garbage frames and `kill -9`.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{Home, Server, Simulator, postgres_database};
+
+const SYMBOLS: &str = "BTCUSDT,AAVEUSDT,STXUSDT,ARBUSDT";
+/// Trades per second per symbol the simulated market makes on its own.
+const RATE: u32 = 40;
+
+fn stream_yaml() -> String {
+    format!(
+        "id: trades\nstream:\n  source: {{ kind: binance.trades, symbols: [{SYMBOLS}] }}\n  sink: {{ table: raw_trades }}\n  batch: {{ max_rows: 1000, max_latency: 200ms }}\n"
+    )
+}
+
+fn stream_command(home: &Home, sim: &Simulator, staging_url: &str) -> Command {
+    let mut cmd = home.command(&["stream", "run", "trades"]);
+    cmd.env("BINANCE_API_URL", &sim.url)
+        .env("BINANCE_WS_URL", sim.ws_url())
+        .env("ORCH_STAGING_URL", staging_url);
+    cmd
+}
+
+/// Staged trade ids per symbol, ascending.
+fn staged_ids(url: &str) -> BTreeMap<String, Vec<i64>> {
+    use sqlx::{Connection, Row};
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(url)
+                .await
+                .expect("open the staging store");
+            let rows = sqlx::query(
+                "SELECT symbol, trade_id FROM raw_trades WHERE exchange = 'binance' ORDER BY symbol, trade_id",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+            let mut ids: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+            for row in rows {
+                let symbol: String = row.get(0);
+                ids.entry(symbol).or_default().push(row.get(1));
+            }
+            ids
+        })
+}
+
+/// Waits until the staging store holds every symbol's trades up to at least `targets`.
+fn wait_until_staged(url: &str, targets: &BTreeMap<String, i64>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let staged = staged_ids(url);
+        let done = targets.iter().all(|(symbol, target)| {
+            staged
+                .get(symbol)
+                .and_then(|ids| ids.last())
+                .is_some_and(|last| last >= target)
+        });
+        if done {
+            return;
+        }
+        let lasts: BTreeMap<&String, Option<&i64>> =
+            staged.iter().map(|(s, ids)| (s, ids.last())).collect();
+        assert!(
+            Instant::now() < deadline,
+            "staging never reached {targets:?}; it holds up to {lasts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn last_ids(sim: &Simulator) -> BTreeMap<String, i64> {
+    SYMBOLS
+        .split(',')
+        .map(|s| (s.to_string(), sim.last_id(s)))
+        .collect()
+}
+
+/// Every symbol's staged ids are one unbroken run that reaches `targets`.
+fn assert_every_id_once(url: &str, targets: &BTreeMap<String, i64>) {
+    let staged = staged_ids(url);
+    for (symbol, target) in targets {
+        let ids = &staged[symbol];
+        let (first, last) = (ids[0], ids[ids.len() - 1]);
+        let missing: Vec<i64> = (first..=last)
+            .filter(|id| ids.binary_search(id).is_err())
+            .take(10)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{symbol}: ids missing from staging: {missing:?}"
+        );
+        assert_eq!(ids.len() as i64, last - first + 1, "{symbol}: duplicates");
+        assert!(
+            last >= *target,
+            "{symbol}: staged up to {last}, expected {target}"
+        );
+    }
+}
+
+fn faults_then_every_id_once(staging_url: &str) {
+    let home = Home::new();
+    home.write_dag("trades", &stream_yaml());
+    let sim = Simulator::with_rate(SYMBOLS, RATE);
+    let mut stream = Server::spawn(stream_command(&home, &sim, staging_url), "stream connected");
+    wait_until_staged(staging_url, &last_ids(&sim), Duration::from_secs(20));
+
+    sim.post(
+        "/_sim/faults",
+        &serde_json::json!({"stream": [
+            {"kind": "skip_ids", "symbol": "BTCUSDT", "count": 25},
+            {"kind": "raw", "text": "{not json"},
+            {"kind": "raw", "text": "{\"e\":\"aggTrade\",\"s\":\"BTCUSDT\"}"},
+        ]}),
+    );
+    sim.wait_for_streams("25 skipped trades", Duration::from_secs(20), |s| {
+        s["trades_skipped"] == 25
+    });
+    // The trades after the skipped ones reveal the gap mid-stream.
+    wait_until_staged(staging_url, &last_ids(&sim), Duration::from_secs(20));
+    sim.post(
+        "/_sim/faults",
+        &serde_json::json!({"stream": [{"kind": "drop"}]}),
+    );
+    sim.wait_for_streams("reconnect after the drop", Duration::from_secs(20), |s| {
+        s["connections_opened"] == 2 && s["connections_open"] == 1
+    });
+    sim.post(
+        "/_sim/faults",
+        &serde_json::json!({"stream": [{"kind": "server_shutdown"}]}),
+    );
+    sim.wait_for_streams(
+        "reconnect after serverShutdown",
+        Duration::from_secs(20),
+        |s| s["connections_opened"] == 3,
+    );
+    let targets = last_ids(&sim);
+    wait_until_staged(staging_url, &targets, Duration::from_secs(20));
+    stream.signal("TERM");
+    assert!(
+        stream.wait_exit(Duration::from_secs(20)),
+        "stream stops on SIGTERM"
+    );
+
+    assert_every_id_once(staging_url, &targets);
+    let log = stream.log.join("\n");
+    assert!(
+        log.contains("gap in the stream"),
+        "the skipped ids were noticed:\n{log}"
+    );
+    assert!(
+        log.contains("malformed frame skipped"),
+        "garbage was logged:\n{log}"
+    );
+    assert!(log.contains("{not json"), "with its raw text:\n{log}");
+    assert!(log.contains("the server announced a shutdown"), "{log}");
+}
+
+#[test]
+fn disconnects_shutdowns_skipped_ids_and_garbage_leave_every_id_once_in_sqlite() {
+    let home = Home::new();
+    let url = format!("sqlite://{}", home.file("staging.db").display());
+    faults_then_every_id_once(&url);
+}
+
+#[test]
+fn disconnects_shutdowns_skipped_ids_and_garbage_leave_every_id_once_in_postgres() {
+    if let Some(url) = postgres_database("stream_staging") {
+        faults_then_every_id_once(&url);
+    }
+}
+
+fn serve_command(home: &Home, sim: &Simulator, staging_url: &str) -> Command {
+    let mut cmd = home.command(&["serve", "--grace", "10s"]);
+    cmd.env("BINANCE_API_URL", &sim.url)
+        .env("BINANCE_WS_URL", sim.ws_url())
+        .env("ORCH_STAGING_URL", staging_url);
+    cmd
+}
+
+fn streams_json(home: &Home) -> serde_json::Value {
+    let out = home.orch(&["streams", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("orch streams --json")
+}
+
+#[test]
+fn serve_runs_streams_and_a_kill_9_then_restart_leaves_every_id_once() {
+    let home = Home::new();
+    home.write_dag("trades", &stream_yaml());
+    let url = format!("sqlite://{}", home.file("data/staging.db").display());
+    let sim = Simulator::with_rate(SYMBOLS, RATE);
+    let mut serve = Server::spawn(serve_command(&home, &sim, &url), "stream connected");
+    wait_until_staged(&url, &last_ids(&sim), Duration::from_secs(20));
+
+    // `orch streams` reads the report the server saves every second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let streams = streams_json(&home);
+        let report = streams[0].clone();
+        if report["trades_committed"].as_u64().unwrap_or(0) > 0 && !report["lag_p99_ms"].is_null() {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report with trades: {streams:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(report["stream_id"], "trades");
+    assert_eq!(report["state"], "connected", "{report:#}");
+    assert!(report["last_trade_time"].as_i64().is_some(), "{report:#}");
+
+    serve.kill9();
+    let dead = streams_json(&home);
+    assert_eq!(dead[0]["state"], "stale", "its process is gone: {dead:#}");
+    // Trades the dead server never saw.
+    for symbol in SYMBOLS.split(',') {
+        sim.add_trades(symbol, 2500);
+    }
+    let mut serve = Server::spawn(serve_command(&home, &sim, &url), "stream connected");
+    let targets = last_ids(&sim);
+    wait_until_staged(&url, &targets, Duration::from_secs(30));
+    serve.signal("TERM");
+    assert!(serve.wait_exit(Duration::from_secs(20)));
+    assert_every_id_once(&url, &targets);
+    assert_eq!(streams_json(&home)[0]["state"], "stopped");
+}
+
+#[test]
+fn serve_restarts_a_stream_whose_file_changed() {
+    let home = Home::new();
+    home.write_dag("trades", &stream_yaml().replace(SYMBOLS, "BTCUSDT"));
+    let url = format!("sqlite://{}", home.file("data/staging.db").display());
+    let sim = Simulator::with_rate(SYMBOLS, RATE);
+    let mut serve = Server::spawn(serve_command(&home, &sim, &url), "stream connected");
+    home.write_dag("trades", &stream_yaml());
+    serve.wait_for_log(
+        "stopping stream: its definition changed",
+        Duration::from_secs(10),
+    );
+    serve.wait_for_log("starting stream", Duration::from_secs(10));
+    let targets = last_ids(&sim);
+    wait_until_staged(&url, &targets, Duration::from_secs(20));
+    std::fs::remove_file(home.file("dags/trades.yaml")).expect("remove the stream file");
+    serve.wait_for_log("stopping stream: its file is gone", Duration::from_secs(10));
+    serve.signal("TERM");
+    assert!(serve.wait_exit(Duration::from_secs(20)));
+}
+
+#[test]
+fn an_unknown_symbol_is_refused_before_streaming() {
+    let home = Home::new();
+    home.write_dag(
+        "trades",
+        "id: trades\nstream:\n  source: { kind: binance.trades, symbols: [BTCUSDT, NOPEUSDT] }\n",
+    );
+    let sim = Simulator::start("BTCUSDT");
+    let url = format!("sqlite://{}", home.file("data/staging.db").display());
+    let out = stream_command(&home, &sim, &url)
+        .output()
+        .expect("orch stream run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("exchangeInfo") && stderr.contains("Invalid symbol"),
+        "{stderr}"
+    );
+}
