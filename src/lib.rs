@@ -25,4 +25,5 @@ pub mod store;
 pub mod stream;
 pub mod tasks;
 pub mod template;
+pub mod transform;
 pub mod warehouse;

@@ -329,14 +329,14 @@ impl<'a> RunLoop<'a> {
             ProcessSink::new(move |pgid| {
                 let ticks = process::start_ticks(pgid);
                 let (store, run_id, task_id) = (store.clone(), run_id.clone(), task_id.clone());
-                tokio::spawn(async move {
+                Box::pin(async move {
                     if let Err(e) = store
                         .record_attempt_process(&run_id, &task_id, attempt, pgid, ticks)
                         .await
                     {
                         tracing::warn!(run_id, task_id, error = %e, "cannot record the task's process group");
                     }
-                });
+                })
             })
         };
         let handle = self.in_flight.spawn(async move {
@@ -432,6 +432,9 @@ impl<'a> RunLoop<'a> {
                     ended_at,
                     duration_ms,
                     rows: out.rows.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
+                    metrics: out
+                        .metrics
+                        .map(|m| serde_json::Value::Object(m).to_string()),
                     error: None,
                 },
                 TaskState::Success,
@@ -445,6 +448,7 @@ impl<'a> RunLoop<'a> {
                     ended_at,
                     duration_ms,
                     rows: None,
+                    metrics: None,
                     error: Some(error),
                 };
                 let state = if retry {

@@ -6,6 +6,7 @@
 //! publish an object only once it is complete, and the local store writes a hidden temporary
 //! file and renames it, so a reader never sees half a file.
 
+pub mod daily_trades;
 pub mod raw_trades;
 
 use std::path::Path as FsPath;
@@ -143,6 +144,14 @@ impl Lake {
             .await
             .map_err(self.error("read", key))?;
         result.bytes().await.map_err(self.error("read", key))
+    }
+
+    /// Removes an object; one already gone is no error.
+    pub async fn delete(&self, key: &str) -> Result<(), LakeError> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error("delete", key)(e)),
+        }
     }
 
     /// Every object below `prefix`, sorted by key.

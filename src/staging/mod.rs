@@ -211,54 +211,111 @@ impl Staging {
             .map_err(self.sql_error())
     }
 
-    /// The staged trades of `symbol` with `trade_time` in `[from_ms, to_ms)`, by id.
+    /// The staged trades of `exchange` with `trade_time` in `[from_ms, to_ms)`, in time
+    /// order, read as a stream into columns (a day of a busy exchange is millions of rows).
     pub async fn trades_between(
         &self,
         exchange: &str,
-        symbol: &str,
         from_ms: i64,
         to_ms: i64,
-    ) -> Result<Vec<Trade>, StagingError> {
+    ) -> Result<TradeColumns, StagingError> {
+        use futures_util::TryStreamExt;
         let text = match self.backend {
             Backend::Sqlite => "",
             Backend::Postgres => "::text",
         };
         let sql = format!(
-            "SELECT trade_id, price{text}, qty{text}, quote_qty{text}, trade_time,
+            "SELECT symbol, trade_id, price{text}, qty{text}, quote_qty{text}, trade_time,
                     CASE WHEN is_buyer_maker THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END
-             FROM {} WHERE exchange = $1 AND symbol = $2 AND trade_time >= $3 AND trade_time < $4
-             ORDER BY trade_id",
+             FROM {} WHERE exchange = $1 AND trade_time >= $2 AND trade_time < $3
+             ORDER BY trade_time",
             self.table
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let query = sqlx::query(AssertSqlSafe(sql))
             .bind(exchange)
-            .bind(symbol)
             .bind(from_ms)
-            .bind(to_ms)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.sql_error())?;
-        rows.iter()
-            .map(|row| {
-                let decimal = |i: usize, column: &'static str| -> Result<Decimal, StagingError> {
-                    let text: String = row.try_get(i).map_err(self.sql_error())?;
-                    text.parse().map_err(|_| StagingError::Corrupt {
+            .bind(to_ms);
+        let mut rows = query.fetch(&self.pool);
+        let mut columns = TradeColumns::default();
+        while let Some(row) = rows.try_next().await.map_err(self.sql_error())? {
+            let decimal = |i: usize, column: &'static str| -> Result<i128, StagingError> {
+                let text: &str = row.try_get(i).map_err(self.sql_error())?;
+                text.parse::<Decimal>()
+                    .map(Decimal::units)
+                    .map_err(|_| StagingError::Corrupt {
                         table: self.table.clone(),
                         column,
-                        value: text,
+                        value: text.to_string(),
                     })
-                };
-                Ok(Trade {
-                    id: row.try_get(0).map_err(self.sql_error())?,
-                    price: decimal(1, "price")?,
-                    qty: decimal(2, "qty")?,
-                    quote_qty: decimal(3, "quote_qty")?,
-                    time_ms: row.try_get(4).map_err(self.sql_error())?,
-                    // An integer in both backends: SQLite has no boolean type to decode.
-                    is_buyer_maker: row.try_get::<i64, _>(5).map_err(self.sql_error())? != 0,
-                    is_best_match: true,
-                })
-            })
+            };
+            let symbol: &str = row.try_get(0).map_err(self.sql_error())?;
+            columns.push_symbol(symbol);
+            columns
+                .trade_id
+                .push(row.try_get(1).map_err(self.sql_error())?);
+            columns.price.push(decimal(2, "price")?);
+            columns.qty.push(decimal(3, "qty")?);
+            columns.quote_qty.push(decimal(4, "quote_qty")?);
+            columns
+                .trade_time
+                .push(row.try_get(5).map_err(self.sql_error())?);
+            // An integer in both backends: SQLite has no boolean type to decode.
+            columns
+                .is_buyer_maker
+                .push(row.try_get::<i64, _>(6).map_err(self.sql_error())? != 0);
+        }
+        Ok(columns)
+    }
+}
+
+/// Staged trades column by column; decimals in units of 10⁻⁸.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TradeColumns {
+    /// The distinct symbols, in order of first appearance; `symbol` indexes into it.
+    pub symbols: Vec<String>,
+    pub symbol: Vec<u32>,
+    pub trade_id: Vec<i64>,
+    pub price: Vec<i128>,
+    pub qty: Vec<i128>,
+    pub quote_qty: Vec<i128>,
+    /// Milliseconds since the epoch, UTC.
+    pub trade_time: Vec<i64>,
+    pub is_buyer_maker: Vec<bool>,
+}
+
+impl TradeColumns {
+    pub fn len(&self) -> usize {
+        self.trade_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.trade_id.is_empty()
+    }
+
+    fn push_symbol(&mut self, symbol: &str) {
+        // A day holds a handful of symbols; the last one seen is nearly always the next.
+        let code = match self.symbols.iter().rposition(|s| s == symbol) {
+            Some(code) => code,
+            None => {
+                self.symbols.push(symbol.to_string());
+                self.symbols.len() - 1
+            }
+        };
+        self.symbol.push(u32::try_from(code).unwrap_or(u32::MAX));
+    }
+
+    /// Rows per symbol, for the log.
+    pub fn counts(&self) -> Vec<(&str, u64)> {
+        let mut counts = vec![0_u64; self.symbols.len()];
+        for &code in &self.symbol {
+            if let Some(count) = counts.get_mut(code as usize) {
+                *count += 1;
+            }
+        }
+        self.symbols
+            .iter()
+            .map(String::as_str)
+            .zip(counts)
             .collect()
     }
 }
@@ -349,14 +406,29 @@ mod tests {
             None
         );
         let day = staging
-            .trades_between("binance", "BTCUSDT", 0, 86_400_000)
+            .trades_between("binance", 0, 86_400_000)
             .await
             .expect("read");
-        let expected: Vec<Trade> = batch[..2].iter().map(|t| t.trade.clone()).collect();
+        let units = |t: &StagedTrade| {
+            (
+                t.trade.price.units(),
+                t.trade.qty.units(),
+                t.trade.quote_qty.units(),
+            )
+        };
+        assert_eq!(day.symbols, ["BTCUSDT"]);
+        assert_eq!(day.symbol, [0, 0]);
+        assert_eq!(day.trade_id, [10, 11], "the first day only, in time order");
         assert_eq!(
-            day, expected,
-            "the first day, exact, without the next day's trades"
+            (0..2)
+                .map(|i| (day.price[i], day.qty[i], day.quote_qty[i]))
+                .collect::<Vec<_>>(),
+            batch[..2].iter().map(units).collect::<Vec<_>>(),
+            "exact"
         );
+        assert_eq!(day.trade_time, [1_000, 2_000]);
+        assert_eq!(day.is_buyer_maker, [true, false]);
+        assert_eq!(day.counts(), [("BTCUSDT", 2)]);
         assert!(matches!(
             Staging::open(url, "Raw-Trades").await,
             Err(StagingError::BadTableName(_))

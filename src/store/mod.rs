@@ -391,7 +391,8 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "UPDATE task_attempts SET state = $1, ended_at = $2, duration_ms = $3, rows = $4, error = $5
+            "UPDATE task_attempts SET state = $1, ended_at = $2, duration_ms = $3, rows = $4, error = $5,
+                 metrics = $9
              WHERE run_id = $6 AND task_id = $7 AND attempt = $8",
         )
         .bind(end.state.as_str())
@@ -402,6 +403,7 @@ impl Store {
         .bind(run_id)
         .bind(task_id)
         .bind(i64::from(attempt))
+        .bind(&end.metrics)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE task_instances SET state = $1, next_retry_at = $2 WHERE run_id = $3 AND task_id = $4")
@@ -462,6 +464,26 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The stable id of `symbol` on `exchange`, assigned on first use; concurrent callers
+    /// agree through the table's unique key.
+    pub async fn symbol_id(&self, exchange: &str, symbol: &str) -> Result<i64> {
+        sqlx::query(
+            "INSERT INTO symbol_ids (exchange, symbol) VALUES ($1, $2)
+             ON CONFLICT (exchange, symbol) DO NOTHING",
+        )
+        .bind(exchange)
+        .bind(symbol)
+        .execute(&self.pool)
+        .await?;
+        Ok(sqlx::query_scalar(
+            "SELECT symbol_id FROM symbol_ids WHERE exchange = $1 AND symbol = $2",
+        )
+        .bind(exchange)
+        .bind(symbol)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Saves a live stream's latest report (JSON) and state, as `owner` runs it.
@@ -595,6 +617,9 @@ fn attempt_from_row(row: &AnyRow) -> Result<AttemptRecord> {
             .transpose()?,
         duration_ms: row.try_get("duration_ms")?,
         rows: row.try_get("rows")?,
+        metrics: row
+            .try_get::<Option<String>, _>("metrics")?
+            .and_then(|text| serde_json::from_str(&text).ok()),
         error: row.try_get("error")?,
         log_path: row.try_get("log_path")?,
     })

@@ -142,6 +142,8 @@ pub struct AttemptRecord {
     pub ended_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
     pub rows: Option<i64>,
+    /// The task's further figures, such as rows written per table.
+    pub metrics: Option<Value>,
     pub error: Option<String>,
     pub log_path: String,
 }
@@ -153,6 +155,8 @@ pub struct AttemptEnd {
     pub ended_at: DateTime<Utc>,
     pub duration_ms: i64,
     pub rows: Option<i64>,
+    /// A JSON object.
+    pub metrics: Option<String>,
     pub error: Option<String>,
 }
 

@@ -111,6 +111,7 @@ impl TaskKind for BinanceHistoricalTrades {
             let counts = try_join_all(fetches).await?;
             Ok(TaskOutput {
                 rows: Some(counts.iter().sum()),
+                metrics: None,
             })
         })
     }

@@ -7,7 +7,10 @@
 mod binance_historical_trades;
 mod noop;
 mod shell;
+mod trades_extract;
+mod trades_star_schema;
 mod warehouse_load_parquet;
+mod warehouse_load_star_schema;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,9 +28,27 @@ use crate::store::Store;
 pub use binance_historical_trades::BinanceHistoricalTrades;
 pub use noop::Noop;
 pub use shell::Shell;
+pub use trades_extract::TradesExtract;
+pub use trades_star_schema::TradesStarSchema;
 pub use warehouse_load_parquet::WarehouseLoadParquet;
+pub use warehouse_load_star_schema::WarehouseLoadStarSchema;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A `date:` of a day-based kind: `YYYY-MM-DD`.
+pub(crate) fn parse_day(text: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| format!("date `{text}` is not a day as YYYY-MM-DD"))
+}
+
+/// The UTC day `date` as `[from, to)` milliseconds since the epoch.
+pub(crate) fn day_bounds_ms(date: chrono::NaiveDate) -> (i64, i64) {
+    let from = date
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc()
+        .timestamp_millis();
+    (from, from + 86_400_000)
+}
 
 /// What one attempt of a task is given.
 #[derive(Debug)]
@@ -49,16 +70,18 @@ pub struct TaskContext {
 
 /// Where a task reports the process groups it starts, so that orch, recovering from its own
 /// crash, can kill what is left of them before retrying the task.
-pub struct ProcessSink(Box<dyn Fn(u32) + Send + Sync>);
+pub struct ProcessSink(Box<dyn Fn(u32) -> BoxFuture<'static, ()> + Send + Sync>);
 
 impl ProcessSink {
-    pub fn new(record: impl Fn(u32) + Send + Sync + 'static) -> ProcessSink {
+    pub fn new(
+        record: impl Fn(u32) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) -> ProcessSink {
         ProcessSink(Box::new(record))
     }
 
-    /// Reports a started process group by its leader's pid.
-    pub fn started(&self, pgid: u32) {
-        (self.0)(pgid)
+    /// Reports a started process group by its leader's pid; returns once it is recorded.
+    pub async fn started(&self, pgid: u32) {
+        (self.0)(pgid).await
     }
 }
 
@@ -69,10 +92,12 @@ impl std::fmt::Debug for ProcessSink {
 }
 
 /// What a successful attempt reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskOutput {
     /// Rows the task produced, recorded in the run history.
     pub rows: Option<u64>,
+    /// Further figures for the run history, such as rows written per table.
+    pub metrics: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A built-in kind of task.
@@ -113,6 +138,9 @@ impl Registry {
         registry.register(Arc::new(Shell));
         registry.register(Arc::new(BinanceHistoricalTrades));
         registry.register(Arc::new(WarehouseLoadParquet));
+        registry.register(Arc::new(TradesExtract));
+        registry.register(Arc::new(TradesStarSchema));
+        registry.register(Arc::new(WarehouseLoadStarSchema));
         registry
     }
 

@@ -59,9 +59,13 @@ async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutp
         None => ctx.home.clone(),
     };
     ctx.log.note(&format!("$ {}", config.command));
+    // The shell waits for a line on stdin before it runs the command (then with stdin from
+    // /dev/null), so the process group is in the metadata database before anything of the
+    // task runs: a crash of orch at any instant leaves no process it cannot find and kill.
     let mut command = Command::new("sh");
     command
         .arg("-c")
+        .arg(r#"IFS= read -r _ || exit 125; exec sh -c "$0" </dev/null"#)
         .arg(&config.command)
         .current_dir(&cwd)
         .envs(&config.env)
@@ -71,7 +75,7 @@ async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutp
         .env("ORCH_ATTEMPT", ctx.attempt.to_string())
         .env("ORCH_DS", &ctx.ds)
         .env("ORCH_HOME", &ctx.home)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -90,7 +94,12 @@ async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutp
         .map_err(|e| format!("cannot start `sh -c` in {}: {e}", cwd.display()))?;
     let group = ProcessGroup::new(child.id());
     if let Some(pid) = child.id() {
-        ctx.processes.started(pid);
+        ctx.processes.started(pid).await;
+    }
+    if let Some(mut gate) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        // A shell that already exited cannot read it; its status tells what happened.
+        let _ = gate.write_all(b"go\n").await;
     }
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -105,7 +114,10 @@ async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutp
     let status = status.map_err(|e| format!("cannot wait for the command: {e}"))?;
     let rows = err.rows.or(out.rows);
     if status.success() {
-        return Ok(TaskOutput { rows });
+        return Ok(TaskOutput {
+            rows,
+            metrics: None,
+        });
     }
     let last = err.last_line.or(out.last_line);
     Err(describe_failure(status, last.as_deref()))

@@ -126,6 +126,7 @@ impl TaskKind for WarehouseLoadParquet {
             }
             Ok(TaskOutput {
                 rows: Some(per_table.values().map(|(rows, _)| rows).sum()),
+                metrics: None,
             })
         })
     }

@@ -16,6 +16,8 @@ pub enum ColumnData {
     /// Milliseconds since the epoch, UTC.
     TimestampMs(Vec<Option<i64>>),
     Bool(Vec<Option<bool>>),
+    /// Means and ratios: aggregates, never prices or quantities.
+    Float(Vec<Option<f64>>),
     Text(Vec<Option<String>>),
 }
 
@@ -33,6 +35,8 @@ impl ColumnData {
             ColumnData::Decimal { scale, units, .. } => units[row].map(|u| decimal_text(u, *scale)),
             ColumnData::TimestampMs(v) => v[row].map(timestamp_text),
             ColumnData::Bool(v) => v[row].map(|b| if b { "true" } else { "false" }.to_string()),
+            // Rust prints the shortest text that reads back to the same double.
+            ColumnData::Float(v) => v[row].map(|x| x.to_string()),
             ColumnData::Text(v) => v[row].clone(),
         }
     }
@@ -91,6 +95,10 @@ pub fn from_frame(frame: &DataFrame, file: &str) -> Result<Vec<Column>, Warehous
                         .map_err(|_| unsupported())?;
                     let physical = ms.datetime().map_err(|_| unsupported())?.physical().clone();
                     ColumnData::TimestampMs(physical.iter().collect())
+                }
+                DataType::Float64 | DataType::Float32 => {
+                    let cast = column.cast(&DataType::Float64).map_err(|_| unsupported())?;
+                    ColumnData::Float(cast.f64().map_err(|_| unsupported())?.iter().collect())
                 }
                 DataType::Boolean => {
                     ColumnData::Bool(column.bool().map_err(|_| unsupported())?.iter().collect())

@@ -18,10 +18,11 @@ mod postgres;
 mod sqlite;
 
 use bytes::Bytes;
+use polars::prelude::DataFrame;
 use polars::prelude::PolarsError;
 
 pub use bigquery::BigQueryError;
-pub use columns::{Column, ColumnData};
+pub use columns::{Column, ColumnData, timestamp_text};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
@@ -49,6 +50,10 @@ pub enum WarehouseError {
     },
     #[error("table name `{0}` must be lower-case letters, digits and `_`, starting with a letter")]
     BadTableName(String),
+    #[error("warehouse table `{table}`: {source}")]
+    Replace { table: String, source: sqlx::Error },
+    #[error("the {0} warehouse cannot replace part of a table yet; use sqlite:// or postgres://")]
+    ReplaceUnsupported(&'static str),
     #[error("warehouse: {0}")]
     Sql(#[from] sqlx::Error),
     #[error("warehouse table `{table}`, loading {file}: {source}")]
@@ -59,6 +64,105 @@ pub enum WarehouseError {
     },
     #[error("warehouse: {0}")]
     BigQuery(#[from] BigQueryError),
+}
+
+/// Which rows of a table a [`Replacement`] replaces.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// Rows whose timestamp `column` is in `[from_ms, to_ms)`: a day of a fact table.
+    TimeRange {
+        column: String,
+        from_ms: i64,
+        to_ms: i64,
+    },
+    /// Rows whose `column` holds one of the new rows' keys: a dimension's members.
+    Keys { column: String, keys: Keys },
+}
+
+/// The key values of a [`Scope::Keys`].
+#[derive(Debug, Clone)]
+pub enum Keys {
+    Int(Vec<i64>),
+    Text(Vec<String>),
+}
+
+impl Keys {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Keys::Int(v) => v.is_empty(),
+            Keys::Text(v) => v.is_empty(),
+        }
+    }
+}
+
+/// New rows for part of a table.
+pub struct Replacement {
+    pub table: String,
+    pub columns: Vec<Column>,
+    pub rows: usize,
+    pub scope: Scope,
+}
+
+impl Replacement {
+    /// Replaces the rows of `frame`'s day: those with `column` in `[from_ms, to_ms)`.
+    pub fn day(
+        table: &str,
+        frame: &DataFrame,
+        column: &str,
+        (from_ms, to_ms): (i64, i64),
+    ) -> Result<Replacement, WarehouseError> {
+        Replacement::new(
+            table,
+            frame,
+            Scope::TimeRange {
+                column: column.to_string(),
+                from_ms,
+                to_ms,
+            },
+        )
+    }
+
+    /// Replaces the rows with the same `key_column` values as `frame`'s (an upsert).
+    pub fn keys(
+        table: &str,
+        frame: &DataFrame,
+        key_column: &str,
+    ) -> Result<Replacement, WarehouseError> {
+        let columns = columns::from_frame(frame, table)?;
+        let keys = match columns
+            .iter()
+            .find(|c| c.name == key_column)
+            .map(|c| &c.data)
+        {
+            Some(ColumnData::Int(v)) => Keys::Int(v.iter().flatten().copied().collect()),
+            Some(ColumnData::Text(v)) => Keys::Text(v.iter().flatten().cloned().collect()),
+            _ => {
+                return Err(WarehouseError::UnsupportedColumn {
+                    file: table.to_string(),
+                    column: key_column.to_string(),
+                    dtype: "a key that is neither integer nor text".to_string(),
+                });
+            }
+        };
+        Replacement::new(
+            table,
+            frame,
+            Scope::Keys {
+                column: key_column.to_string(),
+                keys,
+            },
+        )
+    }
+
+    fn new(table: &str, frame: &DataFrame, scope: Scope) -> Result<Replacement, WarehouseError> {
+        check_table_name(table)?;
+        Ok(Replacement {
+            table: table.to_string(),
+            columns: columns::from_frame(frame, table)?,
+            rows: frame.height(),
+            scope,
+        })
+    }
 }
 
 /// What loading one file did.
@@ -125,6 +229,16 @@ impl Warehouse {
                 w.load(table, file, &columns, rows).await
             }
             Warehouse::BigQuery(w) => w.load(table, file, parquet).await,
+        }
+    }
+
+    /// Applies every replacement in one transaction, so readers see the old rows or the new,
+    /// never a mix, and a failure leaves the old ones; returns the rows written.
+    pub async fn replace(&self, replacements: &[Replacement]) -> Result<u64, WarehouseError> {
+        match self {
+            Warehouse::Sqlite(w) => w.replace(replacements).await,
+            Warehouse::Postgres(w) => w.replace(replacements).await,
+            Warehouse::BigQuery(_) => Err(WarehouseError::ReplaceUnsupported("BigQuery")),
         }
     }
 }

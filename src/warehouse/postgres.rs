@@ -3,9 +3,10 @@
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use super::columns::timestamp_text;
 use super::{
-    Column, ColumnData, LEDGER_DDL, LEDGER_INSERT, LoadOutcome, WarehouseError, column_list,
-    create_table_sql,
+    Column, ColumnData, Keys, LEDGER_DDL, LEDGER_INSERT, LoadOutcome, Replacement, Scope,
+    WarehouseError, column_list, create_table_sql,
 };
 
 /// Bytes of `COPY` data sent per message.
@@ -23,6 +24,7 @@ fn sql_type(data: &ColumnData) -> String {
         } => format!("NUMERIC({precision}, {scale})"),
         ColumnData::TimestampMs(_) => "TIMESTAMPTZ".to_string(),
         ColumnData::Bool(_) => "BOOLEAN".to_string(),
+        ColumnData::Float(_) => "DOUBLE PRECISION".to_string(),
         ColumnData::Text(_) => "TEXT".to_string(),
     }
 }
@@ -100,32 +102,98 @@ impl PostgresWarehouse {
             .execute(&mut *tx)
             .await
             .map_err(fail)?;
-        let names = column_list(columns);
-        let mut copy = tx
-            .copy_in_raw(&format!(
-                "COPY \"{table}\" ({names}) FROM STDIN (FORMAT text)"
-            ))
+        copy_rows(&mut tx, table, columns, rows)
             .await
             .map_err(fail)?;
-        let mut buffer = String::with_capacity(COPY_CHUNK + 4096);
-        for row in 0..rows {
-            for (i, column) in columns.iter().enumerate() {
-                if i > 0 {
-                    buffer.push('\t');
-                }
-                push_copy_value(&mut buffer, column.data.text(row));
-            }
-            buffer.push('\n');
-            if buffer.len() >= COPY_CHUNK {
-                copy.send(buffer.as_bytes()).await.map_err(fail)?;
-                buffer.clear();
-            }
-        }
-        if !buffer.is_empty() {
-            copy.send(buffer.as_bytes()).await.map_err(fail)?;
-        }
-        copy.finish().await.map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         Ok(LoadOutcome::Loaded { rows: rows as u64 })
     }
+
+    /// Replaces part of each table in one transaction: the rows `scope` selects are deleted,
+    /// then the frame's rows copied in; tables are created when missing.
+    pub async fn replace(&self, replacements: &[Replacement]) -> Result<u64, WarehouseError> {
+        let mut tx = self.pool.begin().await?;
+        let mut written = 0;
+        for r in replacements {
+            let fail = |source| WarehouseError::Replace {
+                table: r.table.clone(),
+                source,
+            };
+            let table = &r.table;
+            let ddl = create_table_sql(table, &r.columns, sql_type);
+            sqlx::query(AssertSqlSafe(ddl))
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
+            let delete = match &r.scope {
+                Scope::TimeRange {
+                    column,
+                    from_ms,
+                    to_ms,
+                } => sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM \"{table}\" WHERE \"{column}\" >= $1::timestamptz AND \"{column}\" < $2::timestamptz"
+                )))
+                .bind(timestamp_text(*from_ms))
+                .bind(timestamp_text(*to_ms)),
+                Scope::Keys {
+                    column,
+                    keys: Keys::Int(values),
+                } => sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM \"{table}\" WHERE \"{column}\" = ANY($1)"
+                )))
+                .bind(values.clone()),
+                Scope::Keys {
+                    column,
+                    keys: Keys::Text(values),
+                } => sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM \"{table}\" WHERE \"{column}\" = ANY($1)"
+                )))
+                .bind(values.clone()),
+            };
+            delete.execute(&mut *tx).await.map_err(fail)?;
+            copy_rows(&mut tx, table, &r.columns, r.rows)
+                .await
+                .map_err(fail)?;
+            written += r.rows as u64;
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+}
+
+/// `COPY ... FROM STDIN` of `rows` rows of `columns` into `table`.
+async fn copy_rows(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    table: &str,
+    columns: &[Column],
+    rows: usize,
+) -> Result<(), sqlx::Error> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let names = column_list(columns);
+    let mut copy = tx
+        .copy_in_raw(&format!(
+            "COPY \"{table}\" ({names}) FROM STDIN (FORMAT text)"
+        ))
+        .await?;
+    let mut buffer = String::with_capacity(COPY_CHUNK + 4096);
+    for row in 0..rows {
+        for (i, column) in columns.iter().enumerate() {
+            if i > 0 {
+                buffer.push('\t');
+            }
+            push_copy_value(&mut buffer, column.data.text(row));
+        }
+        buffer.push('\n');
+        if buffer.len() >= COPY_CHUNK {
+            copy.send(buffer.as_bytes()).await?;
+            buffer.clear();
+        }
+    }
+    if !buffer.is_empty() {
+        copy.send(buffer.as_bytes()).await?;
+    }
+    copy.finish().await?;
+    Ok(())
 }

@@ -6,13 +6,14 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
 
+use super::columns::timestamp_text;
 use super::{
-    Column, ColumnData, LEDGER_DDL, LEDGER_INSERT, LoadOutcome, WarehouseError, column_list,
-    create_table_sql,
+    Column, ColumnData, Keys, LEDGER_DDL, LEDGER_INSERT, LoadOutcome, Replacement, Scope,
+    WarehouseError, column_list, create_table_sql,
 };
 
-/// Rows per INSERT statement: SQLite allows 32766 bound values per statement.
-const ROWS_PER_STATEMENT: usize = 2000;
+/// Bound values per INSERT statement: SQLite allows 32,766.
+const VALUES_PER_STATEMENT: usize = 32_000;
 
 pub struct SqliteWarehouse {
     pool: SqlitePool,
@@ -21,6 +22,7 @@ pub struct SqliteWarehouse {
 fn sql_type(data: &ColumnData) -> &'static str {
     match data {
         ColumnData::Int(_) | ColumnData::Bool(_) => "INTEGER",
+        ColumnData::Float(_) => "REAL",
         // Exact decimal text and RFC 3339 times: SQLite has neither type natively.
         ColumnData::Decimal { .. } | ColumnData::TimestampMs(_) | ColumnData::Text(_) => "TEXT",
     }
@@ -94,25 +96,100 @@ impl SqliteWarehouse {
             .execute(&mut *tx)
             .await
             .map_err(fail)?;
-        let names = column_list(columns);
-        let mut start = 0;
-        while start < rows {
-            let end = (start + ROWS_PER_STATEMENT).min(rows);
-            let mut insert: QueryBuilder<Sqlite> =
-                QueryBuilder::new(format!("INSERT INTO \"{table}\" ({names}) "));
-            insert.push_values(start..end, |mut row, i| {
-                for column in columns {
-                    match &column.data {
-                        ColumnData::Int(v) => row.push_bind(v[i]),
-                        ColumnData::Bool(v) => row.push_bind(v[i]),
-                        other => row.push_bind(other.text(i)),
-                    };
-                }
-            });
-            insert.build().execute(&mut *tx).await.map_err(fail)?;
-            start = end;
-        }
+        insert_rows(&mut tx, table, columns, rows)
+            .await
+            .map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         Ok(LoadOutcome::Loaded { rows: rows as u64 })
     }
+
+    /// Replaces part of each table in one transaction: the rows `scope` selects are deleted,
+    /// then the frame's rows inserted; tables are created when missing.
+    pub async fn replace(&self, replacements: &[Replacement]) -> Result<u64, WarehouseError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut written = 0;
+        for r in replacements {
+            let fail = |source| WarehouseError::Replace {
+                table: r.table.clone(),
+                source,
+            };
+            let ddl = create_table_sql(&r.table, &r.columns, |data| sql_type(data).to_string());
+            sqlx::query(AssertSqlSafe(ddl))
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
+            let table = &r.table;
+            match &r.scope {
+                Scope::TimeRange {
+                    column,
+                    from_ms,
+                    to_ms,
+                } => {
+                    // RFC 3339 texts of one format sort as the times they name.
+                    sqlx::query(AssertSqlSafe(format!(
+                        "DELETE FROM \"{table}\" WHERE \"{column}\" >= ? AND \"{column}\" < ?"
+                    )))
+                    .bind(timestamp_text(*from_ms))
+                    .bind(timestamp_text(*to_ms))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+                }
+                Scope::Keys { column, keys } => {
+                    let mut delete: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                        "DELETE FROM \"{table}\" WHERE \"{column}\" IN ("
+                    ));
+                    let mut list = delete.separated(", ");
+                    match keys {
+                        Keys::Int(values) => values.iter().for_each(|v| {
+                            list.push_bind(*v);
+                        }),
+                        Keys::Text(values) => values.iter().for_each(|v| {
+                            list.push_bind(v.clone());
+                        }),
+                    }
+                    list.push_unseparated(")");
+                    if !keys.is_empty() {
+                        delete.build().execute(&mut *tx).await.map_err(fail)?;
+                    }
+                }
+            }
+            insert_rows(&mut tx, table, &r.columns, r.rows)
+                .await
+                .map_err(fail)?;
+            written += r.rows as u64;
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+}
+
+/// Multi-row `INSERT`s of `rows` rows of `columns` into `table`.
+async fn insert_rows(
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    table: &str,
+    columns: &[Column],
+    rows: usize,
+) -> Result<(), sqlx::Error> {
+    let names = column_list(columns);
+    let rows_per_statement = (VALUES_PER_STATEMENT / columns.len().max(1)).max(1);
+    let mut start = 0;
+    while start < rows {
+        let end = (start + rows_per_statement).min(rows);
+        let mut insert: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("INSERT INTO \"{table}\" ({names}) "));
+        insert.push_values(start..end, |mut row, i| {
+            for column in columns {
+                match &column.data {
+                    ColumnData::Int(v) => row.push_bind(v[i]),
+                    ColumnData::Bool(v) => row.push_bind(v[i]),
+                    ColumnData::Float(v) => row.push_bind(v[i]),
+                    other => row.push_bind(other.text(i)),
+                };
+            }
+        });
+        insert.build().execute(&mut **tx).await?;
+        start = end;
+    }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod bigquery;
 mod binance;
+mod etl;
 mod inspect;
 mod postgres;
 mod recovery;

@@ -105,12 +105,23 @@ fn assert_every_id_once(url: &str, targets: &BTreeMap<String, i64>) {
     }
 }
 
+/// How long the fault test keeps the stream going, faults and all.
+const STREAM_FOR: Duration = Duration::from_secs(30);
+
 fn faults_then_every_id_once(staging_url: &str) {
     let home = Home::new();
     home.write_dag("trades", &stream_yaml());
     let sim = Simulator::with_rate(SYMBOLS, RATE);
+    let started = Instant::now();
     let mut stream = Server::spawn(stream_command(&home, &sim, staging_url), "stream connected");
     wait_until_staged(staging_url, &last_ids(&sim), Duration::from_secs(20));
+
+    // The stream answers the server's pings.
+    sim.post(
+        "/_sim/faults",
+        &serde_json::json!({"stream": [{"kind": "ping"}]}),
+    );
+    sim.wait_for_streams("a pong", Duration::from_secs(20), |s| s["pongs"] == 1);
 
     sim.post(
         "/_sim/faults",
@@ -141,6 +152,8 @@ fn faults_then_every_id_once(staging_url: &str) {
         Duration::from_secs(20),
         |s| s["connections_opened"] == 3,
     );
+    // Trading goes on to the end of the test's span; the stream keeps up with it.
+    std::thread::sleep(STREAM_FOR.saturating_sub(started.elapsed()));
     let targets = last_ids(&sim);
     wait_until_staged(staging_url, &targets, Duration::from_secs(20));
     stream.signal("TERM");
@@ -239,12 +252,26 @@ fn serve_runs_streams_and_a_kill_9_then_restart_leaves_every_id_once() {
 }
 
 #[test]
-fn serve_restarts_a_stream_whose_file_changed() {
+fn serve_restarts_a_failed_stream_and_one_whose_file_changed() {
     let home = Home::new();
     home.write_dag("trades", &stream_yaml().replace(SYMBOLS, "BTCUSDT"));
     let url = format!("sqlite://{}", home.file("data/staging.db").display());
     let sim = Simulator::with_rate(SYMBOLS, RATE);
-    let mut serve = Server::spawn(serve_command(&home, &sim, &url), "stream connected");
+    // The symbol check fails once: the stream's start fails, and serve tries again.
+    sim.post(
+        "/_sim/faults",
+        &serde_json::json!({"rest": [{"status": 400, "code": -1000, "msg": "Simulated outage."}]}),
+    );
+    let mut serve = Server::spawn(
+        serve_command(&home, &sim, &url),
+        "stream failed; restarting",
+    );
+    assert!(
+        serve.log.join("\n").contains("Simulated outage."),
+        "{:?}",
+        serve.log
+    );
+    serve.wait_for_log("stream connected", Duration::from_secs(20));
     home.write_dag("trades", &stream_yaml());
     serve.wait_for_log(
         "stopping stream: its definition changed",

@@ -1,0 +1,169 @@
+//! A day's snapshot of staged trades, and the curated tables built from it.
+//!
+//! - snapshot: `<prefix>/date=YYYY-MM-DD/part-00000.parquet`, ... with columns `exchange`,
+//!   `symbol` (string), `trade_id` (int64), `price`, `qty`, `quote_qty` (decimal(38, 8)),
+//!   `trade_time` (timestamp ms UTC), `is_buyer_maker` (bool); snappy-compressed;
+//! - curated: `<prefix>/<table>/year=YYYY/month=MM/day=DD/part-00000.parquet`.
+//!
+//! Part names are fixed per day, so a rerun overwrites the parts it writes and then deletes
+//! any part past them: the day's folder ends up holding exactly the new snapshot.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use chrono::{Datelike, NaiveDate};
+use polars::prelude::*;
+
+use super::{Lake, LakeError};
+use crate::decimal::{PRECISION, SCALE};
+use crate::staging::TradeColumns;
+
+/// Rows per snapshot part: a few hundred MB of memory to write, tens of MB on disk.
+pub const PART_ROWS: usize = 5_000_000;
+
+/// The folder of a day's snapshot.
+pub fn snapshot_dir(prefix: &str, date: NaiveDate) -> String {
+    format!("{}/date={date}/", prefix.trim_end_matches('/'))
+}
+
+/// The folder of a day's partition of a curated table.
+pub fn curated_dir(prefix: &str, table: &str, date: NaiveDate) -> String {
+    format!(
+        "{}/{table}/year={:04}/month={:02}/day={:02}/",
+        prefix.trim_end_matches('/'),
+        date.year(),
+        date.month(),
+        date.day()
+    )
+}
+
+pub fn part_name(part: usize) -> String {
+    format!("part-{part:05}.parquet")
+}
+
+/// Writes `parts` as the only `part-*.parquet` files of `dir`: each is put whole, then the
+/// parts an earlier, longer write left behind are deleted.
+pub async fn replace_parts(lake: &Lake, dir: &str, parts: Vec<Bytes>) -> Result<(), LakeError> {
+    let count = parts.len();
+    for (i, bytes) in parts.into_iter().enumerate() {
+        lake.put(&format!("{dir}{}", part_name(i)), bytes).await?;
+    }
+    let keep: Vec<String> = (0..count)
+        .map(|i| format!("{dir}{}", part_name(i)))
+        .collect();
+    for object in lake.list(dir).await? {
+        let is_part = object
+            .key
+            .rsplit('/')
+            .next()
+            .is_some_and(|name| name.starts_with("part-") && name.ends_with(".parquet"));
+        if is_part && !keep.contains(&object.key) {
+            lake.delete(&object.key).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The snapshot of `exchange`'s trades as Parquet parts of at most [`PART_ROWS`] rows; one
+/// empty part for a day without trades, so readers still find the columns.
+pub fn encode_snapshot(exchange: &str, trades: &TradeColumns) -> PolarsResult<Vec<Bytes>> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    loop {
+        let end = (start + PART_ROWS).min(trades.len());
+        parts.push(encode_part(exchange, trades, start..end)?);
+        start = end;
+        if start >= trades.len() {
+            return Ok(parts);
+        }
+    }
+}
+
+fn encode_part(
+    exchange: &str,
+    trades: &TradeColumns,
+    rows: std::ops::Range<usize>,
+) -> PolarsResult<Bytes> {
+    let height = rows.len();
+    let decimal = |name: &str, units: &[i128]| -> Column {
+        Int128Chunked::from_vec(name.into(), units[rows.clone()].to_vec())
+            .into_decimal_unchecked(PRECISION, SCALE as usize)
+            .into_series()
+            .into()
+    };
+    let symbols: StringChunked = trades.symbol[rows.clone()]
+        .iter()
+        .map(|&code| trades.symbols.get(code as usize).map(String::as_str))
+        .collect();
+    let columns = vec![
+        Column::new_scalar(
+            "exchange".into(),
+            Scalar::from(PlSmallStr::from(exchange)),
+            height,
+        ),
+        symbols.with_name("symbol".into()).into_series().into(),
+        Int64Chunked::from_vec("trade_id".into(), trades.trade_id[rows.clone()].to_vec())
+            .into_series()
+            .into(),
+        decimal("price", &trades.price),
+        decimal("qty", &trades.qty),
+        decimal("quote_qty", &trades.quote_qty),
+        Int64Chunked::from_vec(
+            "trade_time".into(),
+            trades.trade_time[rows.clone()].to_vec(),
+        )
+        .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
+        .into_series()
+        .into(),
+        BooleanChunked::from_iter_values(
+            "is_buyer_maker".into(),
+            trades.is_buyer_maker[rows.clone()].iter().copied(),
+        )
+        .into_series()
+        .into(),
+    ];
+    let mut frame = DataFrame::new(height, columns)?;
+    write_parquet(&mut frame)
+}
+
+/// A frame as one snappy-compressed Parquet file.
+pub fn write_parquet(frame: &mut DataFrame) -> PolarsResult<Bytes> {
+    let mut buffer = Vec::new();
+    ParquetWriter::new(&mut buffer)
+        .with_compression(ParquetCompression::Snappy)
+        .finish(frame)?;
+    Ok(Bytes::from(buffer))
+}
+
+/// Reads every part of a folder into one frame; a part that does not read names itself.
+pub async fn read_parts(lake: &Lake, dir: &str) -> Result<Option<DataFrame>, String> {
+    let mut keys: Vec<String> = lake
+        .list(dir)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.ends_with(".parquet"))
+        .collect();
+    keys.sort();
+    let mut frame: Option<DataFrame> = None;
+    for key in keys {
+        let bytes = lake.get(&key).await.map_err(|e| e.to_string())?;
+        let part = ParquetReader::new(Cursor::new(bytes))
+            .finish()
+            .map_err(|e| format!("{}/{key}: not a readable Parquet file: {e}", lake.url()))?;
+        frame = Some(match frame {
+            None => part,
+            Some(mut all) => {
+                all.vstack_mut(&part).map_err(|e| {
+                    format!(
+                        "{}/{key}: columns differ from the other parts: {e}",
+                        lake.url()
+                    )
+                })?;
+                all
+            }
+        });
+    }
+    Ok(frame)
+}

@@ -1,0 +1,200 @@
+//! `kind: trades.star_schema`: a day's trade snapshot into `dim_time`, `dim_symbol`,
+//! `dim_exchange`, `dim_currency` and `fact_trades` (see [`crate::transform::star_schema`]).
+//!
+//! ```yaml
+//! with: { date: "{{ ds }}", source: raw/trades_daily, output: curated }
+//! ```
+//!
+//! Writes `<output>/<table>/year=YYYY/month=MM/day=DD/part-00000.parquet` for each table,
+//! replacing an earlier run's. Symbol ids come from the metadata store (assigned once, stable
+//! across runs and days); base and quote assets from Binance's exchangeInfo, cached in the
+//! metadata store, never guessed from the symbol's letters. Rows: the `fact_trades` rows.
+
+use polars::prelude::{DataType, IntoLazy};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_day, parse_with};
+use crate::exchange::binance::{BinanceClient, RetryPolicy};
+use crate::lake::{Lake, daily_trades};
+use crate::transform::star_schema::{self, ExchangeRef, SymbolRef};
+
+pub struct TradesStarSchema;
+
+/// Where base and quote assets are cached: `BASE QUOTE` by symbol.
+const ASSETS_NAMESPACE: &str = "binance.exchange_info.assets";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// `YYYY-MM-DD`; the run's `ds` when absent.
+    date: Option<String>,
+    /// The lake prefix of the daily snapshots.
+    #[serde(default = "super::trades_extract::default_output")]
+    source: String,
+    /// The lake prefix of the curated tables.
+    #[serde(default = "default_output")]
+    output: String,
+    /// Overrides `BINANCE_API_URL` for exchangeInfo.
+    base_url: Option<String>,
+}
+
+pub(super) fn default_output() -> String {
+    "curated".to_string()
+}
+
+impl TaskKind for TradesStarSchema {
+    fn name(&self) -> &'static str {
+        "trades.star_schema"
+    }
+
+    fn check(&self, with: &Value) -> Result<(), String> {
+        parse_with::<Config>(with).map(|_| ())
+    }
+
+    fn run<'a>(
+        &'a self,
+        with: Value,
+        ctx: &'a TaskContext,
+    ) -> BoxFuture<'a, Result<TaskOutput, String>> {
+        Box::pin(async move {
+            let config: Config = parse_with(&with)?;
+            let date = parse_day(config.date.as_deref().unwrap_or(&ctx.ds))?;
+            let lake = Lake::open(&ctx.data.lake_url).map_err(|e| e.to_string())?;
+            let dir = daily_trades::snapshot_dir(&config.source, date);
+            let snapshot = daily_trades::read_parts(&lake, &dir).await?.ok_or_else(|| {
+                format!(
+                    "no snapshot of {date} under {}/{dir}: run trades.extract for that day first",
+                    lake.url()
+                )
+            })?;
+            let rows_read = snapshot.height();
+            let exchanges = distinct(&snapshot, "exchange")?;
+            if exchanges.iter().any(|e| e != "binance") {
+                return Err(format!(
+                    "{}/{dir}: exchanges {exchanges:?}: only binance is supported",
+                    lake.url()
+                ));
+            }
+            let symbols = distinct(&snapshot, "symbol")?;
+            let base_url = config
+                .base_url
+                .as_deref()
+                .unwrap_or(&ctx.data.binance_api_url);
+            let references = symbol_refs(&symbols, base_url, ctx).await?;
+            let exchange = ExchangeRef {
+                exchange_id: "binance".to_string(),
+                exchange_name: "Binance".to_string(),
+                api_endpoint: BinanceClient::DEFAULT_BASE_URL.to_string(),
+            };
+            let star = star_schema::build(snapshot.lazy(), &exchange, &references)
+                .map_err(|e| format!("{}/{dir}: transform failed: {e}", lake.url()))?;
+            let mut metrics = serde_json::Map::new();
+            metrics.insert("rows_read".to_string(), json!(rows_read));
+            for (table, frame) in star.tables() {
+                let mut frame = frame.clone();
+                let bytes = daily_trades::write_parquet(&mut frame)
+                    .map_err(|e| format!("cannot encode {table}: {e}"))?;
+                let out = daily_trades::curated_dir(&config.output, table, date);
+                daily_trades::replace_parts(&lake, &out, vec![bytes])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ctx.log.note(&format!(
+                    "{table}: {} rows into {}/{out}",
+                    frame.height(),
+                    lake.url()
+                ));
+                metrics.insert(format!("rows_{table}"), json!(frame.height()));
+            }
+            Ok(TaskOutput {
+                rows: Some(star.fact_trades.height() as u64),
+                metrics: Some(metrics),
+            })
+        })
+    }
+}
+
+/// The distinct values of a string column, sorted.
+fn distinct(frame: &polars::prelude::DataFrame, name: &str) -> Result<Vec<String>, String> {
+    let column = frame
+        .column(name)
+        .and_then(|c| c.cast(&DataType::String))
+        .map_err(|e| format!("the snapshot has no usable `{name}` column: {e}"))?;
+    let mut values: Vec<String> = column
+        .str()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .flatten()
+        .map(str::to_string)
+        .collect();
+    values.sort_unstable();
+    values.dedup();
+    Ok(values)
+}
+
+/// Each symbol's stable id and assets: ids from the metadata store, assets from its cache,
+/// or from exchangeInfo for symbols not seen before.
+async fn symbol_refs(
+    symbols: &[String],
+    base_url: &str,
+    ctx: &TaskContext,
+) -> Result<Vec<SymbolRef>, String> {
+    let mut cached = Vec::new();
+    let mut unknown = Vec::new();
+    for symbol in symbols {
+        let assets = ctx
+            .store
+            .task_state(ASSETS_NAMESPACE, symbol)
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|v| {
+                v.split_once(' ')
+                    .map(|(b, q)| (b.to_string(), q.to_string()))
+            });
+        match assets {
+            Some(assets) => cached.push((symbol.clone(), assets)),
+            None => unknown.push(symbol.clone()),
+        }
+    }
+    if !unknown.is_empty() {
+        let client =
+            BinanceClient::new(base_url, RetryPolicy::default()).map_err(|e| e.to_string())?;
+        let infos = client
+            .exchange_info(&unknown)
+            .await
+            .map_err(|e| format!("base and quote assets of {unknown:?}: {e}"))?;
+        for info in infos {
+            ctx.store
+                .set_task_state(
+                    ASSETS_NAMESPACE,
+                    &info.symbol,
+                    &format!("{} {}", info.base_asset, info.quote_asset),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            ctx.log.note(&format!(
+                "{}: base {}, quote {} (exchangeInfo)",
+                info.symbol, info.base_asset, info.quote_asset
+            ));
+            cached.push((info.symbol, (info.base_asset, info.quote_asset)));
+        }
+    }
+    let mut references = Vec::new();
+    for symbol in symbols {
+        let Some((_, (base, quote))) = cached.iter().find(|(s, _)| s == symbol) else {
+            return Err(format!("{symbol}: exchangeInfo does not list it"));
+        };
+        let symbol_id = ctx
+            .store
+            .symbol_id("binance", symbol)
+            .await
+            .map_err(|e| e.to_string())?;
+        references.push(SymbolRef {
+            symbol: symbol.clone(),
+            symbol_id,
+            base_asset: base.clone(),
+            quote_asset: quote.clone(),
+        });
+    }
+    Ok(references)
+}

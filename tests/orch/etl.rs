@@ -1,0 +1,307 @@
+//! `daily_binance_etl` as shipped: a UTC day of staged trades into the star schema in the lake
+//! and the warehouse, rerun without duplicates, an empty day, a corrupted snapshot, and a
+//! failed quality check that loads nothing.
+
+use std::collections::BTreeMap;
+
+use orch::decimal::Decimal;
+use orch::exchange::Trade;
+use orch::staging::{StagedTrade, Staging};
+use serde_json::Value;
+
+use crate::support::{Home, Simulator, attempts, postgres_database, text};
+
+const SHIPPED: &str = include_str!("../../dags/daily_binance_etl.yaml");
+
+/// The shipped DAG without its 5-minute retry, so a failure fails the test at once.
+fn shipped() -> String {
+    let no_retry = SHIPPED.replace("retries: 1, retry_delay: 5m", "retries: 0");
+    assert_ne!(
+        no_retry, SHIPPED,
+        "the shipped DAG retries once after 5 minutes"
+    );
+    no_retry
+}
+/// 2026-11-22T00:00:00Z in ms.
+const DAY: i64 = 1_795_305_600_000;
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// Stages `per_symbol` trades a symbol across the day of 2026-11-22, plus one trade just
+/// before and one just after it that the day must not include; returns the day's count.
+fn stage(url: &str, symbols: &[&str], per_symbol: i64) -> u64 {
+    let mut rows = Vec::new();
+    for (s, symbol) in symbols.iter().enumerate() {
+        let base_price = 1_000_000_000_i128 * (s as i128 + 1);
+        let mut push = |id: i64, time_ms: i64| {
+            let price = base_price + i128::from(id % 7) * 1_000_000;
+            let qty = 1_000_000 + i128::from(id % 5) * 100_000;
+            rows.push(StagedTrade {
+                symbol: symbol.to_string(),
+                trade: Trade {
+                    id,
+                    price: Decimal::from_units(price).expect("price"),
+                    qty: Decimal::from_units(qty).expect("qty"),
+                    quote_qty: Decimal::from_units(price * qty / 100_000_000).expect("quote"),
+                    time_ms,
+                    is_buyer_maker: id % 3 == 0,
+                    is_best_match: true,
+                },
+            });
+        };
+        push(1, DAY - 1);
+        for i in 0..per_symbol {
+            push(2 + i, DAY + i * (86_400_000 / per_symbol));
+        }
+        push(2 + per_symbol, DAY + 86_400_000);
+    }
+    block_on(async {
+        let staging = Staging::open(url, "raw_trades").await.expect("staging");
+        staging
+            .insert("binance", &rows, 0)
+            .await
+            .expect("stage trades");
+    });
+    (symbols.len() as i64 * per_symbol) as u64
+}
+
+fn run_day(home: &Home, sim: &Simulator, env: &[(&str, &str)], date: &str) -> Value {
+    let out = home
+        .command(&["run", "daily_binance_etl", "--logical-date", date])
+        .env("BINANCE_API_URL", &sim.url)
+        .envs(env.iter().copied())
+        .output()
+        .expect("orch run");
+    let run_id = text(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let run = home.run_json(&run_id);
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}\n{run:#}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    run
+}
+
+/// `SELECT ...` of one row of integers from the warehouse.
+fn query_ints(url: &str, sql: &str) -> Vec<i64> {
+    use sqlx::{Connection, Row};
+    block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(url)
+            .await
+            .expect("open warehouse");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        (0..row.len())
+            .map(|i| {
+                row.try_get::<i64, _>(i)
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            })
+            .collect()
+    })
+}
+
+fn warehouse_counts(url: &str) -> BTreeMap<&'static str, i64> {
+    [
+        "dim_time",
+        "dim_symbol",
+        "dim_exchange",
+        "dim_currency",
+        "fact_trades",
+    ]
+    .into_iter()
+    .map(|t| (t, query_ints(url, &format!("SELECT COUNT(*) FROM {t}"))[0]))
+    .collect()
+}
+
+fn a_day_end_to_end(warehouse_url: &str) {
+    let home = Home::new();
+    home.write_dag("daily_binance_etl", &shipped());
+    let sim = Simulator::start("BTCUSDT,AAVEUSDT,BTCFDUSD");
+    let staging = format!("sqlite://{}", home.file("data/staging.db").display());
+    let trades = stage(&staging, &["BTCUSDT", "AAVEUSDT", "BTCFDUSD"], 2_000);
+    let env = [
+        ("ORCH_STAGING_URL", staging.as_str()),
+        ("ORCH_WAREHOUSE_URL", warehouse_url),
+    ];
+    let run = run_day(&home, &sim, &env, "2026-11-22");
+
+    let extract = &attempts(&run, "extract")[0];
+    assert_eq!(
+        extract["rows"], trades,
+        "the whole UTC day and nothing else: {run:#}"
+    );
+    assert_eq!(extract["metrics"]["rows_read"], trades);
+    let transform = &attempts(&run, "transform")[0];
+    assert_eq!(transform["metrics"]["rows_read"], trades);
+    let load = &attempts(&run, "load")[0];
+    let facts = transform["metrics"]["rows_fact_trades"]
+        .as_i64()
+        .expect("fact rows");
+    assert_eq!(load["metrics"]["rows_fact_trades"], facts);
+
+    let counts = warehouse_counts(warehouse_url);
+    assert_eq!(counts["fact_trades"], facts);
+    assert_eq!(counts["dim_symbol"], 3);
+    assert_eq!(counts["dim_exchange"], 1);
+    assert_eq!(
+        counts["dim_currency"], 4,
+        "AAVE, BTC, FDUSD, USDT: {counts:?}"
+    );
+    assert_eq!(
+        query_ints(
+            warehouse_url,
+            "SELECT CAST(SUM(trade_count) AS BIGINT) FROM fact_trades"
+        )[0],
+        trades as i64
+    );
+    assert_eq!(
+        query_ints(
+            warehouse_url,
+            "SELECT COUNT(*) FROM dim_currency WHERE currency_id = 'FDUSD' AND is_stablecoin"
+        )[0],
+        1,
+        "FDUSD comes from exchangeInfo, not a suffix guess"
+    );
+    let ids = |url: &str| {
+        query_ints(
+            url,
+            "SELECT MIN(symbol_id), MAX(symbol_id), CAST(SUM(symbol_id) AS BIGINT) FROM dim_symbol",
+        )
+    };
+    let first_ids = ids(warehouse_url);
+
+    // A rerun replaces the day: the same rows, the same symbol ids.
+    run_day(&home, &sim, &env, "2026-11-22");
+    assert_eq!(
+        warehouse_counts(warehouse_url),
+        counts,
+        "rerun changes nothing"
+    );
+    assert_eq!(ids(warehouse_url), first_ids, "symbol ids are stable");
+
+    // A day without trades: empty partitions, the other day untouched.
+    let empty = run_day(&home, &sim, &env, "2026-11-20");
+    assert_eq!(attempts(&empty, "extract")[0]["rows"], 0);
+    assert_eq!(attempts(&empty, "transform")[0]["rows"], 0);
+    assert!(
+        home.file("data/lake/curated/fact_trades/year=2026/month=11/day=20/part-00000.parquet")
+            .exists()
+    );
+    assert_eq!(warehouse_counts(warehouse_url), counts);
+}
+
+#[test]
+fn a_day_lands_once_in_the_lake_and_the_sqlite_warehouse() {
+    let home = Home::new();
+    let url = format!("sqlite://{}", home.file("warehouse.db").display());
+    a_day_end_to_end(&url);
+}
+
+#[test]
+fn a_day_lands_once_in_a_postgres_warehouse() {
+    if let Some(url) = postgres_database("daily_etl") {
+        a_day_end_to_end(&url);
+    }
+}
+
+#[test]
+fn a_corrupted_snapshot_fails_the_transform_naming_the_file() {
+    let home = Home::new();
+    let sim = Simulator::start("BTCUSDT");
+    let part = home.file("data/lake/raw/trades_daily/date=2026-11-22/part-00000.parquet");
+    std::fs::create_dir_all(part.parent().expect("folder")).expect("mkdir");
+    std::fs::write(&part, b"PAR1 this is not parquet").expect("write");
+    home.write_dag(
+        "t",
+        "tasks:\n  - { id: transform, kind: trades.star_schema, with: { date: \"{{ ds }}\" } }\n",
+    );
+    let out = home
+        .command(&["run", "t", "--logical-date", "2026-11-22"])
+        .env("BINANCE_API_URL", &sim.url)
+        .output()
+        .expect("orch run");
+    assert!(!out.status.success());
+    let run_id = text(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let run = home.run_json(&run_id);
+    let error = attempts(&run, "transform")[0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("date=2026-11-22/part-00000.parquet")
+            && error.contains("not a readable Parquet file"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_failed_quality_check_names_the_rows_and_loads_nothing() {
+    let home = Home::new();
+    home.write_dag("daily_binance_etl", &shipped());
+    let sim = Simulator::start("BTCUSDT");
+    let staging = format!("sqlite://{}", home.file("data/staging.db").display());
+    stage(&staging, &["BTCUSDT"], 100);
+    let warehouse = format!("sqlite://{}", home.file("data/warehouse.db").display());
+    let env = [("ORCH_STAGING_URL", staging.as_str())];
+    run_day(&home, &sim, &env, "2026-11-22");
+    let before = warehouse_counts(&warehouse);
+
+    // A trade of quantity zero on the same day.
+    block_on(async {
+        let staging = Staging::open(&staging, "raw_trades")
+            .await
+            .expect("staging");
+        let bad = StagedTrade {
+            symbol: "BTCUSDT".to_string(),
+            trade: Trade {
+                id: 1_000_000,
+                price: Decimal::from_units(1).expect("price"),
+                qty: Decimal::from_units(0).expect("qty"),
+                quote_qty: Decimal::from_units(0).expect("quote"),
+                time_ms: DAY + 3_600_000,
+                is_buyer_maker: false,
+                is_best_match: true,
+            },
+        };
+        staging.insert("binance", &[bad], 0).await.expect("stage");
+    });
+    let out = home
+        .command(&["run", "daily_binance_etl", "--logical-date", "2026-11-22"])
+        .env("BINANCE_API_URL", &sim.url)
+        .envs(env)
+        .output()
+        .expect("orch run");
+    assert!(!out.status.success());
+    let run_id = text(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let run = home.run_json(&run_id);
+    let load = attempts(&run, "load");
+    let error = load[load.len() - 1]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("prices and quantities are positive: 1 rows break it")
+            && error.contains("trade 1000000"),
+        "{error}"
+    );
+    assert_eq!(warehouse_counts(&warehouse), before, "nothing loaded");
+}
