@@ -1,5 +1,6 @@
 //! The `orch` command line: argument parsing and one thin module per command.
 
+mod backfill;
 mod dags;
 mod demo;
 mod logs;
@@ -55,6 +56,22 @@ enum Command {
     Trigger(RunArgs),
     /// Execute one run of a DAG in this process, now.
     Run(RunArgs),
+    /// Run a DAG for every date in a range (run type backfill), here, with progress.
+    Backfill {
+        dag_id: String,
+        /// The first logical date, YYYY-MM-DD.
+        #[arg(long)]
+        start: chrono::NaiveDate,
+        /// The last logical date, included.
+        #[arg(long)]
+        end: chrono::NaiveDate,
+        /// Dates run at once.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        /// Run dates that already succeeded again, too.
+        #[arg(long)]
+        rerun: bool,
+    },
     /// List, check and inspect DAGs.
     #[command(subcommand)]
     Dags(DagsCommand),
@@ -225,6 +242,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             follow,
         } => logs::logs(&config, &run_id, task.as_deref(), attempt, follow).await,
         Command::Demo { grace } => demo::demo(config, grace).await,
+        Command::Backfill {
+            dag_id,
+            start,
+            end,
+            parallel,
+            rerun,
+        } => backfill::backfill(&config, &dag_id, start, end, parallel, rerun).await,
         Command::Stream(StreamCommand::Run { stream_id }) => stream::run(&config, &stream_id).await,
         Command::Streams { json } => stream::list(&config, json).await,
         Command::Simulate(SimulateCommand::Binance {

@@ -148,6 +148,31 @@ impl Store {
         Ok(claimed == 1)
     }
 
+    /// Queues a finished run again, every task to run anew (its attempts stay in the history,
+    /// numbered on). Returns `false` when the run is not finished.
+    pub async fn requeue_run(&self, run_id: &str) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let requeued = sqlx::query(
+            "UPDATE dag_runs SET state = 'queued', owner = NULL, started_at = NULL, ended_at = NULL
+             WHERE run_id = $1 AND state IN ('success', 'failed')",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if requeued {
+            sqlx::query(
+                "UPDATE task_instances SET state = 'scheduled', next_retry_at = NULL WHERE run_id = $1",
+            )
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(requeued)
+    }
+
     /// Moves a running run whose owner died to `new_owner`. Returns `false` if someone else
     /// adopted it first.
     pub async fn adopt_run(

@@ -36,6 +36,11 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// Stages `per_symbol` trades a symbol across the day of 2026-11-22, plus one trade just
 /// before and one just after it that the day must not include; returns the day's count.
 fn stage(url: &str, symbols: &[&str], per_symbol: i64) -> u64 {
+    stage_day(url, symbols, per_symbol, DAY, 0)
+}
+
+/// Stages a day starting at `day` (ms), with ids from `first_id` on.
+fn stage_day(url: &str, symbols: &[&str], per_symbol: i64, day: i64, first_id: i64) -> u64 {
     let mut rows = Vec::new();
     for (s, symbol) in symbols.iter().enumerate() {
         let base_price = 1_000_000_000_i128 * (s as i128 + 1);
@@ -55,11 +60,11 @@ fn stage(url: &str, symbols: &[&str], per_symbol: i64) -> u64 {
                 },
             });
         };
-        push(1, DAY - 1);
+        push(first_id + 1, day - 1);
         for i in 0..per_symbol {
-            push(2 + i, DAY + i * (86_400_000 / per_symbol));
+            push(first_id + 2 + i, day + i * (86_400_000 / per_symbol));
         }
-        push(2 + per_symbol, DAY + 86_400_000);
+        push(first_id + 2 + per_symbol, day + 86_400_000);
     }
     block_on(async {
         let staging = Staging::open(url, "raw_trades").await.expect("staging");
@@ -304,4 +309,99 @@ fn a_failed_quality_check_names_the_rows_and_loads_nothing() {
         "{error}"
     );
     assert_eq!(warehouse_counts(&warehouse), before, "nothing loaded");
+}
+
+#[test]
+fn a_backfill_runs_each_date_once_and_skips_successful_dates_unless_rerun() {
+    let home = Home::new();
+    home.write_dag("daily_binance_etl", &shipped());
+    let sim = Simulator::start("BTCUSDT,AAVEUSDT");
+    let staging = format!("sqlite://{}", home.file("data/staging.db").display());
+    let warehouse = format!("sqlite://{}", home.file("data/warehouse.db").display());
+    let first_day = DAY - 2 * 86_400_000;
+    for (i, day) in [first_day, DAY - 86_400_000, DAY].into_iter().enumerate() {
+        stage_day(
+            &staging,
+            &["BTCUSDT", "AAVEUSDT"],
+            500,
+            day,
+            i as i64 * 1_000,
+        );
+    }
+    // The edge trades of one day fall into the next: count what the three days hold.
+    let total = block_on(async {
+        let staging = Staging::open(&staging, "raw_trades")
+            .await
+            .expect("staging");
+        staging
+            .trades_between("binance", first_day, DAY + 86_400_000)
+            .await
+            .expect("read")
+            .len()
+    });
+    let backfill = |extra: &[&str]| {
+        let mut args = vec![
+            "backfill",
+            "daily_binance_etl",
+            "--start",
+            "2026-11-20",
+            "--end",
+            "2026-11-22",
+            "--parallel",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let out = home
+            .command(&args)
+            .env("BINANCE_API_URL", &sim.url)
+            .env("ORCH_STAGING_URL", &staging)
+            .output()
+            .expect("orch backfill");
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (ok, stdout, stderr) = backfill(&[]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("3 of 3 dates succeeded"), "{stdout}");
+    assert_eq!(
+        stderr.matches("] 2026-11-2").count(),
+        3,
+        "a line per date: {stderr}"
+    );
+    for date in ["2026-11-20", "2026-11-21", "2026-11-22"] {
+        assert!(
+            stdout.contains(&format!("daily_binance_etl__backfill__{date}T00:00:00Z")),
+            "{stdout}"
+        );
+    }
+    let counts = warehouse_counts(&warehouse);
+    assert_eq!(
+        query_ints(
+            &warehouse,
+            "SELECT CAST(SUM(trade_count) AS BIGINT) FROM fact_trades"
+        )[0],
+        total as i64
+    );
+
+    let (ok, again, _) = backfill(&[]);
+    assert!(ok);
+    assert_eq!(
+        again.matches("skipped (already successful)").count(),
+        3,
+        "{again}"
+    );
+    let (ok, rerun, _) = backfill(&["--rerun"]);
+    assert!(ok, "{rerun}");
+    assert!(rerun.contains("3 of 3 dates succeeded"), "{rerun}");
+    assert_eq!(
+        warehouse_counts(&warehouse),
+        counts,
+        "reruns change nothing"
+    );
+    let runs = home.orch(&["runs", "list", "--json"]);
+    let runs: Value = serde_json::from_slice(&runs.stdout).expect("runs json");
+    assert_eq!(
+        runs.as_array().map(Vec::len),
+        Some(3),
+        "one run per date, rerun in place"
+    );
 }

@@ -1,0 +1,269 @@
+//! `orch backfill DAG --start D --end D [--parallel N] [--rerun]`: one run per logical date,
+//! executed here, with progress and a summary.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use chrono::{NaiveDate, Utc};
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+
+use super::find_dag;
+use crate::config::Config;
+use crate::dag::{Dag, DagBag};
+use crate::executor::{Executor, Phase, ShutdownHandle};
+use crate::lease::Lease;
+use crate::scheduler::plan;
+use crate::store::{RunState, RunType, Store};
+use crate::tasks::Registry;
+
+/// How one date of the backfill ended.
+enum Outcome {
+    Done(RunState),
+    /// Already successful and `--rerun` not given.
+    Skipped,
+    /// Another process (an `orch serve`) runs it; this one waited for its end.
+    RanElsewhere(RunState),
+    Error(String),
+}
+
+struct DateResult {
+    date: NaiveDate,
+    run_id: String,
+    outcome: Outcome,
+    seconds: f64,
+}
+
+pub async fn backfill(
+    config: &Config,
+    dag_id: &str,
+    start: NaiveDate,
+    end: NaiveDate,
+    parallel: usize,
+    rerun: bool,
+) -> anyhow::Result<ExitCode> {
+    if start > end {
+        anyhow::bail!("--start {start} is after --end {end}");
+    }
+    let registry = Arc::new(Registry::builtin());
+    let bag = DagBag::load(&config.dags_dir, &registry);
+    let dag = find_dag(&bag, dag_id)?;
+    let store = Store::open(&config.database_url).await?;
+    let lease = Lease::acquire(&config.state_dir()).context("cannot create the process lease")?;
+    let executor = Arc::new(Executor {
+        store: store.clone(),
+        registry,
+        home: config.home.clone(),
+        logs_dir: config.logs_dir.clone(),
+        slots: Arc::new(Semaphore::new(config.parallelism)),
+        data: config.data.clone(),
+    });
+    let dates: Vec<NaiveDate> = start.iter_days().take_while(|d| *d <= end).collect();
+    let (shutdown, watch) = ShutdownHandle::new();
+    let mut progress = Progress::new(dates.len());
+    progress.draw();
+    let runs = futures_util::stream::iter(dates.into_iter().map(|date| {
+        let (dag, store, executor, watch) = (
+            Arc::clone(&dag),
+            store.clone(),
+            Arc::clone(&executor),
+            watch.clone(),
+        );
+        let owner = lease.id().to_string();
+        async move {
+            let started = Instant::now();
+            let (run_id, outcome) =
+                match backfill_date(&dag, date, &store, &executor, &owner, watch, rerun).await {
+                    Ok(done) => done,
+                    Err(e) => (String::new(), Outcome::Error(format!("{e:#}"))),
+                };
+            DateResult {
+                date,
+                run_id,
+                outcome,
+                seconds: started.elapsed().as_secs_f64(),
+            }
+        }
+    }))
+    .buffer_unordered(parallel.max(1));
+    tokio::pin!(runs);
+    let mut results = Vec::new();
+    loop {
+        tokio::select! {
+            next = runs.next() => match next {
+                Some(result) => {
+                    progress.finished(&result);
+                    results.push(result);
+                }
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("\ninterrupted: stopping the running dates");
+                shutdown.set(Phase::Abort);
+            }
+        }
+    }
+    progress.clear();
+    results.sort_by_key(|r| r.date);
+    print_summary(&results);
+    let failed = results.iter().any(|r| {
+        !matches!(
+            r.outcome,
+            Outcome::Done(RunState::Success)
+                | Outcome::Skipped
+                | Outcome::RanElsewhere(RunState::Success)
+        )
+    });
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Creates (or requeues) the backfill run of `date` and executes it.
+async fn backfill_date(
+    dag: &Arc<Dag>,
+    date: NaiveDate,
+    store: &Store,
+    executor: &Executor,
+    owner: &str,
+    watch: crate::executor::Shutdown,
+    rerun: bool,
+) -> anyhow::Result<(String, Outcome)> {
+    let logical_date = plan::parse_logical_date(dag, &date.to_string()).map_err(|e| anyhow!(e))?;
+    let run_id = match store.run_for_date(&dag.id, logical_date).await? {
+        Some(existing) => {
+            let finished = matches!(existing.state, RunState::Success | RunState::Failed);
+            if existing.state == RunState::Success && !rerun {
+                return Ok((existing.run_id, Outcome::Skipped));
+            }
+            if finished && !store.requeue_run(&existing.run_id).await? {
+                anyhow::bail!("run `{}` changed while being requeued", existing.run_id);
+            }
+            existing.run_id
+        }
+        None => {
+            let interval = dag.interval_from(logical_date);
+            let run = plan::new_run(
+                dag,
+                RunType::Backfill,
+                interval,
+                Default::default(),
+                Utc::now(),
+            );
+            let task_ids: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
+            store.insert_run(&run, &task_ids).await?;
+            run.run_id
+        }
+    };
+    let path = dag.path.to_string_lossy();
+    if !store.claim_run(&run_id, owner, &dag.source, &path).await? {
+        // A running `orch serve` took it: wait for its end rather than run it twice.
+        loop {
+            let run = store.run(&run_id).await?.context("the run vanished")?;
+            if matches!(run.state, RunState::Success | RunState::Failed) {
+                return Ok((run_id, Outcome::RanElsewhere(run.state)));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let record = store.run(&run_id).await?.context("the run vanished")?;
+    let state = executor
+        .execute(Arc::clone(dag), &record, watch, None)
+        .await?;
+    let state = match state {
+        Some(state) => state,
+        None => {
+            store.finish_run(&run_id, RunState::Failed).await?;
+            RunState::Failed
+        }
+    };
+    Ok((run_id, Outcome::Done(state)))
+}
+
+/// A bar redrawn in place on a terminal; a plain line per finished date otherwise.
+struct Progress {
+    total: usize,
+    done: usize,
+    failed: usize,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            total,
+            done: 0,
+            failed: 0,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn finished(&mut self, result: &DateResult) {
+        self.done += 1;
+        let (word, ok) = describe(&result.outcome);
+        if !ok {
+            self.failed += 1;
+        }
+        if self.tty {
+            self.draw();
+        } else {
+            eprintln!(
+                "[{}/{}] {} {word} ({:.1} s)",
+                self.done, self.total, result.date, result.seconds
+            );
+        }
+    }
+
+    fn draw(&self) {
+        if !self.tty {
+            return;
+        }
+        const WIDTH: usize = 30;
+        let filled = (self.done * WIDTH).checked_div(self.total).unwrap_or(WIDTH);
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r[{}{}] {}/{} dates, {} failed",
+            "#".repeat(filled),
+            "-".repeat(WIDTH - filled),
+            self.done,
+            self.total,
+            self.failed
+        );
+        let _ = err.flush();
+    }
+
+    fn clear(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+/// A word for the outcome, and whether it counts as a success.
+fn describe(outcome: &Outcome) -> (String, bool) {
+    match outcome {
+        Outcome::Done(state) => (state.to_string(), *state == RunState::Success),
+        Outcome::Skipped => ("skipped (already successful)".to_string(), true),
+        Outcome::RanElsewhere(state) => (
+            format!("{state} (run by another process)"),
+            *state == RunState::Success,
+        ),
+        Outcome::Error(e) => (format!("error: {e}"), false),
+    }
+}
+
+fn print_summary(results: &[DateResult]) {
+    println!("{:<12} {:<40} {:>9}  OUTCOME", "DATE", "RUN", "SECONDS");
+    for r in results {
+        let (word, _) = describe(&r.outcome);
+        println!("{:<12} {:<40} {:>9.1}  {word}", r.date, r.run_id, r.seconds);
+    }
+    let ok = results.iter().filter(|r| describe(&r.outcome).1).count();
+    println!("{ok} of {} dates succeeded", results.len());
+}
