@@ -65,33 +65,45 @@ pub async fn replace_parts(lake: &Lake, dir: &str, parts: Vec<Bytes>) -> Result<
 }
 
 /// The snapshot of `exchange`'s trades as Parquet parts of at most [`PART_ROWS`] rows; one
-/// empty part for a day without trades, so readers still find the columns.
-pub fn encode_snapshot(exchange: &str, trades: &TradeColumns) -> PolarsResult<Vec<Bytes>> {
+/// empty part for a day without trades, so readers still find the columns. The columns move
+/// into the parts rather than being copied: a day is hundreds of MB.
+pub fn encode_snapshot(exchange: &str, mut trades: TradeColumns) -> PolarsResult<Vec<Bytes>> {
     let mut parts = Vec::new();
-    let mut start = 0;
     loop {
-        let end = (start + PART_ROWS).min(trades.len());
-        parts.push(encode_part(exchange, trades, start..end)?);
-        start = end;
-        if start >= trades.len() {
+        let rows = trades.len().min(PART_ROWS);
+        let part = TradeColumns {
+            symbols: trades.symbols.clone(),
+            symbol: take_front(&mut trades.symbol, rows),
+            trade_id: take_front(&mut trades.trade_id, rows),
+            price: take_front(&mut trades.price, rows),
+            qty: take_front(&mut trades.qty, rows),
+            quote_qty: take_front(&mut trades.quote_qty, rows),
+            trade_time: take_front(&mut trades.trade_time, rows),
+            is_buyer_maker: take_front(&mut trades.is_buyer_maker, rows),
+        };
+        parts.push(encode_part(exchange, part)?);
+        if trades.is_empty() {
             return Ok(parts);
         }
     }
 }
 
-fn encode_part(
-    exchange: &str,
-    trades: &TradeColumns,
-    rows: std::ops::Range<usize>,
-) -> PolarsResult<Bytes> {
-    let height = rows.len();
-    let decimal = |name: &str, units: &[i128]| -> Column {
-        Int128Chunked::from_vec(name.into(), units[rows.clone()].to_vec())
+/// The first `n` items of `v`, leaving the rest in `v`; no copy when `n` is all of it.
+fn take_front<T>(v: &mut Vec<T>, n: usize) -> Vec<T> {
+    let rest = v.split_off(n.min(v.len()));
+    std::mem::replace(v, rest)
+}
+
+fn encode_part(exchange: &str, trades: TradeColumns) -> PolarsResult<Bytes> {
+    let height = trades.len();
+    let decimal = |name: &str, units: Vec<i128>| -> Column {
+        Int128Chunked::from_vec(name.into(), units)
             .into_decimal_unchecked(PRECISION, SCALE as usize)
             .into_series()
             .into()
     };
-    let symbols: StringChunked = trades.symbol[rows.clone()]
+    let symbols: StringChunked = trades
+        .symbol
         .iter()
         .map(|&code| trades.symbols.get(code as usize).map(String::as_str))
         .collect();
@@ -102,22 +114,19 @@ fn encode_part(
             height,
         ),
         symbols.with_name("symbol".into()).into_series().into(),
-        Int64Chunked::from_vec("trade_id".into(), trades.trade_id[rows.clone()].to_vec())
+        Int64Chunked::from_vec("trade_id".into(), trades.trade_id)
             .into_series()
             .into(),
-        decimal("price", &trades.price),
-        decimal("qty", &trades.qty),
-        decimal("quote_qty", &trades.quote_qty),
-        Int64Chunked::from_vec(
-            "trade_time".into(),
-            trades.trade_time[rows.clone()].to_vec(),
-        )
-        .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
-        .into_series()
-        .into(),
+        decimal("price", trades.price),
+        decimal("qty", trades.qty),
+        decimal("quote_qty", trades.quote_qty),
+        Int64Chunked::from_vec("trade_time".into(), trades.trade_time)
+            .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
+            .into_series()
+            .into(),
         BooleanChunked::from_iter_values(
             "is_buyer_maker".into(),
-            trades.is_buyer_maker[rows.clone()].iter().copied(),
+            trades.is_buyer_maker.into_iter(),
         )
         .into_series()
         .into(),
@@ -135,8 +144,10 @@ pub fn write_parquet(frame: &mut DataFrame) -> PolarsResult<Bytes> {
     Ok(Bytes::from(buffer))
 }
 
-/// Reads every part of a folder into one frame; a part that does not read names itself.
-pub async fn read_parts(lake: &Lake, dir: &str) -> Result<Option<DataFrame>, String> {
+/// Every part of a folder as one lazy frame, so a query reads only the columns it uses; each
+/// part's footer is checked first, so one that does not read is named. `None` when the folder
+/// holds no part.
+pub async fn scan_parts(lake: &Lake, dir: &str) -> Result<Option<LazyFrame>, String> {
     let mut keys: Vec<String> = lake
         .list(dir)
         .await
@@ -145,25 +156,27 @@ pub async fn read_parts(lake: &Lake, dir: &str) -> Result<Option<DataFrame>, Str
         .map(|o| o.key)
         .filter(|k| k.ends_with(".parquet"))
         .collect();
+    if keys.is_empty() {
+        return Ok(None);
+    }
     keys.sort();
-    let mut frame: Option<DataFrame> = None;
+    let mut buffers = Vec::with_capacity(keys.len());
     for key in keys {
         let bytes = lake.get(&key).await.map_err(|e| e.to_string())?;
-        let part = ParquetReader::new(Cursor::new(bytes))
-            .finish()
+        ParquetReader::new(Cursor::new(bytes.clone()))
+            .num_rows()
             .map_err(|e| format!("{}/{key}: not a readable Parquet file: {e}", lake.url()))?;
-        frame = Some(match frame {
-            None => part,
-            Some(mut all) => {
-                all.vstack_mut(&part).map_err(|e| {
-                    format!(
-                        "{}/{key}: columns differ from the other parts: {e}",
-                        lake.url()
-                    )
-                })?;
-                all
-            }
-        });
+        buffers.push(polars_buffer::Buffer::from_owner(bytes));
     }
-    Ok(frame)
+    let args = ScanArgsParquet {
+        // The partition values are in the folder names orch chose, not needed as columns.
+        hive_options: HiveOptions {
+            enabled: Some(false),
+            ..HiveOptions::default()
+        },
+        ..ScanArgsParquet::default()
+    };
+    LazyFrame::scan_parquet_sources(ScanSources::Buffers(buffers.into()), args)
+        .map(Some)
+        .map_err(|e| format!("{}/{dir}: {e}", lake.url()))
 }

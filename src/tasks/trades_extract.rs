@@ -75,7 +75,8 @@ impl TaskKind for TradesExtract {
             for (symbol, count) in trades.counts() {
                 ctx.log.note(&format!("{date} {symbol}: {count} trades"));
             }
-            let parts = daily_trades::encode_snapshot(&config.exchange, &trades)
+            let rows = trades.len() as u64;
+            let parts = daily_trades::encode_snapshot(&config.exchange, trades)
                 .map_err(|e| format!("cannot encode the snapshot: {e}"))?;
             let lake = Lake::open(&ctx.data.lake_url).map_err(|e| e.to_string())?;
             let dir = daily_trades::snapshot_dir(&config.output, date);
@@ -84,12 +85,10 @@ impl TaskKind for TradesExtract {
                 .await
                 .map_err(|e| e.to_string())?;
             ctx.log.note(&format!(
-                "{} trades of {date} (UTC) from {} into {}/{dir} ({files} files)",
-                trades.len(),
+                "{rows} trades of {date} (UTC) from {} into {}/{dir} ({files} files)",
                 staging.table(),
                 lake.url()
             ));
-            let rows = trades.len() as u64;
             let mut metrics = serde_json::Map::new();
             metrics.insert("rows_read".to_string(), json!(rows));
             metrics.insert("files_written".to_string(), json!(files));

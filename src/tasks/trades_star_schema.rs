@@ -10,7 +10,7 @@
 //! across runs and days); base and quote assets from Binance's exchangeInfo, cached in the
 //! metadata store, never guessed from the symbol's letters. Rows: the `fact_trades` rows.
 
-use polars::prelude::{DataType, IntoLazy};
+use polars::prelude::{DataType, col, len};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -62,21 +62,31 @@ impl TaskKind for TradesStarSchema {
             let date = parse_day(config.date.as_deref().unwrap_or(&ctx.ds))?;
             let lake = Lake::open(&ctx.data.lake_url).map_err(|e| e.to_string())?;
             let dir = daily_trades::snapshot_dir(&config.source, date);
-            let snapshot = daily_trades::read_parts(&lake, &dir).await?.ok_or_else(|| {
+            let snapshot = daily_trades::scan_parts(&lake, &dir).await?.ok_or_else(|| {
                 format!(
                     "no snapshot of {date} under {}/{dir}: run trades.extract for that day first",
                     lake.url()
                 )
             })?;
-            let rows_read = snapshot.height();
-            let exchanges = distinct(&snapshot, "exchange")?;
+            // One pass over two columns: which exchanges and symbols, and how many trades.
+            let contents = snapshot
+                .clone()
+                .group_by([col("exchange"), col("symbol")])
+                .agg([len().cast(DataType::Int64).alias("trades")])
+                .collect()
+                .map_err(|e| format!("{}/{dir}: {e}", lake.url()))?;
+            let rows_read: i64 = contents
+                .column("trades")
+                .and_then(|c| c.as_materialized_series().sum::<i64>())
+                .map_err(|e| e.to_string())?;
+            let exchanges = distinct(&contents, "exchange")?;
             if exchanges.iter().any(|e| e != "binance") {
                 return Err(format!(
                     "{}/{dir}: exchanges {exchanges:?}: only binance is supported",
                     lake.url()
                 ));
             }
-            let symbols = distinct(&snapshot, "symbol")?;
+            let symbols = distinct(&contents, "symbol")?;
             let base_url = config
                 .base_url
                 .as_deref()
@@ -87,7 +97,7 @@ impl TaskKind for TradesStarSchema {
                 exchange_name: "Binance".to_string(),
                 api_endpoint: BinanceClient::DEFAULT_BASE_URL.to_string(),
             };
-            let star = star_schema::build(snapshot.lazy(), &exchange, &references)
+            let star = star_schema::build(snapshot, &exchange, &references)
                 .map_err(|e| format!("{}/{dir}: transform failed: {e}", lake.url()))?;
             let mut metrics = serde_json::Map::new();
             metrics.insert("rows_read".to_string(), json!(rows_read));

@@ -11,7 +11,7 @@
 //! (`dim_symbol`, `dim_exchange`, `dim_currency` by id): rerunning a day never duplicates, and
 //! a failed load leaves the old day intact. Rows: the rows written.
 
-use polars::prelude::{DataFrame, IntoLazy};
+use polars::prelude::{DataType, len};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -60,12 +60,14 @@ impl TaskKind for WarehouseLoadStarSchema {
                 let dir = daily_trades::curated_dir(&config.source, table, date);
                 let lake = lake.clone();
                 async move {
-                    daily_trades::read_parts(&lake, &dir).await?.ok_or_else(|| {
+                    let scan = daily_trades::scan_parts(&lake, &dir).await?.ok_or_else(|| {
                         format!(
                             "no {table} for {date} under {}/{dir}: run trades.star_schema for that day first",
                             lake.url()
                         )
-                    })
+                    })?;
+                    scan.collect()
+                        .map_err(|e| format!("{}/{dir}: {e}", lake.url()))
                 }
             };
             let star = StarSchema {
@@ -76,13 +78,19 @@ impl TaskKind for WarehouseLoadStarSchema {
                 fact_trades: read("fact_trades").await?,
             };
             let snapshot_dir = daily_trades::snapshot_dir(&config.snapshot, date);
-            let snapshot: DataFrame = daily_trades::read_parts(&lake, &snapshot_dir)
+            let snapshot = daily_trades::scan_parts(&lake, &snapshot_dir)
                 .await?
                 .ok_or_else(|| {
                     format!("no snapshot of {date} under {}/{snapshot_dir}", lake.url())
                 })?;
-            let extracted = snapshot.height() as u64;
-            let failures = quality::check(&star, snapshot.lazy(), extracted)
+            let extracted = snapshot
+                .clone()
+                .select([len().cast(DataType::Int64)])
+                .collect()
+                .and_then(|f| f.columns()[0].as_materialized_series().sum::<i64>())
+                .map_err(|e| format!("{}/{snapshot_dir}: {e}", lake.url()))?;
+            let extracted = u64::try_from(extracted).unwrap_or(0);
+            let failures = quality::check(&star, snapshot, extracted)
                 .map_err(|e| format!("the quality checks could not run: {e}"))?;
             if !failures.is_empty() {
                 for failure in &failures {

@@ -79,7 +79,6 @@ pub fn build(
         "base_currency_id" => symbols.iter().map(|s| s.base_asset.as_str()).collect::<Vec<_>>(),
         "quote_currency_id" => symbols.iter().map(|s| s.quote_asset.as_str()).collect::<Vec<_>>(),
     )?;
-    let by_id = || SortMultipleOptions::default();
     let fact_trades = trades
         .group_by([col("symbol"), col("trade_minute")])
         .agg([
@@ -91,13 +90,12 @@ pub fn build(
                 .alias("avg_price"),
             col("qty").sum().alias("total_quantity"),
             (col("price") * col("qty")).sum().alias("total_trade_value"),
+            // The prices at the lowest and highest id: no sort within each minute.
             col("price")
-                .sort_by([col("trade_id")], by_id())
-                .first()
+                .get(col("trade_id").arg_min(), false)
                 .alias("open_price"),
             col("price")
-                .sort_by([col("trade_id")], by_id())
-                .last()
+                .get(col("trade_id").arg_max(), false)
                 .alias("close_price"),
             len().cast(DataType::Int64).alias("trade_count"),
             col("qty")
