@@ -2,6 +2,7 @@
 
 mod bigquery;
 mod binance;
+mod demo;
 mod etl;
 mod inspect;
 mod postgres;
