@@ -580,7 +580,7 @@ tasks:
             "tasks: [{id: a, kind: sh}]\n",
             1,
             23,
-            "unknown kind `sh`; known kinds: binance.historical_trades, noop, shell, warehouse.load_parquet",
+            "unknown kind `sh`; known kinds: binance.historical_trades, noop, shell, trades.extract, trades.star_schema, warehouse.load_parquet, warehouse.load_star_schema",
         );
     }
 

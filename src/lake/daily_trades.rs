@@ -135,11 +135,15 @@ fn encode_part(exchange: &str, trades: TradeColumns) -> PolarsResult<Bytes> {
     write_parquet(&mut frame)
 }
 
+/// Rows per Parquet row group: a reader can stream a file a group at a time.
+const ROW_GROUP_ROWS: usize = 1_000_000;
+
 /// A frame as one snappy-compressed Parquet file.
 pub fn write_parquet(frame: &mut DataFrame) -> PolarsResult<Bytes> {
     let mut buffer = Vec::new();
     ParquetWriter::new(&mut buffer)
         .with_compression(ParquetCompression::Snappy)
+        .with_row_group_size(Some(ROW_GROUP_ROWS))
         .finish(frame)?;
     Ok(Bytes::from(buffer))
 }

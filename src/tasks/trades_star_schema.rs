@@ -10,7 +10,7 @@
 //! across runs and days); base and quote assets from Binance's exchangeInfo, cached in the
 //! metadata store, never guessed from the symbol's letters. Rows: the `fact_trades` rows.
 
-use polars::prelude::{DataType, col, len};
+use polars::prelude::{DataType, Engine, col, len};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -73,7 +73,8 @@ impl TaskKind for TradesStarSchema {
                 .clone()
                 .group_by([col("exchange"), col("symbol")])
                 .agg([len().cast(DataType::Int64).alias("trades")])
-                .collect()
+                .collect_with_engine(Engine::Streaming)
+                .map(|result| result.unwrap_single())
                 .map_err(|e| format!("{}/{dir}: {e}", lake.url()))?;
             let rows_read: i64 = contents
                 .column("trades")
