@@ -28,6 +28,13 @@
 //! to decimal(38, 8)'s 30, so listing BIGNUMERIC would make them BIGNUMERIC. With NUMERIC
 //! alone it stores them as NUMERIC and would reject a value above 10^29, far beyond any price.
 //!
+//! [`BigQueryWarehouse::replace`] (the star schema's daily load) works differently, since a
+//! rerun must write the day again: fresh job ids, and no ledger. A day of a fact table goes
+//! into a table day-partitioned on its time column, by a load job into the partition
+//! decorator `table$YYYYMMDD` with `WRITE_TRUNCATE`, which swaps the partition atomically (a
+//! day without rows is a `DELETE` of the day instead). Dimension members are a `DELETE ...
+//! IN UNNEST(@keys)` and then a `WRITE_APPEND` load job: two jobs, not atomic together.
+//!
 //! `BIGQUERY_API_URL` replaces `https://bigquery.googleapis.com` (the tests' stand-in);
 //! credentials come from `GOOGLE_APPLICATION_CREDENTIALS` ([`auth`]).
 
@@ -40,7 +47,7 @@ use reqwest::{RequestBuilder, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{LoadOutcome, WarehouseError};
+use super::{ColumnData, Keys, LoadOutcome, Replacement, Scope, WarehouseError, timestamp_text};
 
 /// Google's API, unless `BIGQUERY_API_URL` says otherwise.
 const DEFAULT_API_URL: &str = "https://bigquery.googleapis.com";
@@ -63,6 +70,8 @@ const FIRST_POLL_DELAY: Duration = Duration::from_millis(200);
 const MAX_POLL_DELAY: Duration = Duration::from_secs(5);
 /// How long `jobs.query` and `getQueryResults` wait server-side for a query to finish.
 const QUERY_WAIT_MS: u64 = 10_000;
+/// A UTC day, the span of a partition that [`BigQueryWarehouse::replace`] replaces.
+const DAY_MS: i64 = 86_400_000;
 /// Uploads of large files may take a while; no single call should hang a task forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -295,15 +304,11 @@ impl BigQueryWarehouse {
         )
     }
 
-    /// `tables.insert` of the ledger; 409 means it is there already.
+    /// Creates the ledger unless it exists.
     async fn create_ledger(&self) -> Result<(), BigQueryError> {
-        let Destination {
-            project, dataset, ..
-        } = &self.destination;
         let field =
             |name: &str, kind: &str| json!({"name": name, "type": kind, "mode": "REQUIRED"});
         let table = json!({
-            "tableReference": {"projectId": project, "datasetId": dataset, "tableId": LEDGER_TABLE},
             "description": "Lake files loaded by orch's warehouse.load_parquet, one row per file.",
             "schema": {"fields": [
                 field("file", "STRING"),
@@ -312,7 +317,18 @@ impl BigQueryWarehouse {
                 field("loaded_at", "TIMESTAMP"),
             ]},
         });
-        let call = format!("tables.insert of {dataset}.{LEDGER_TABLE}");
+        self.create_table(LEDGER_TABLE, table).await
+    }
+
+    /// `tables.insert` of `table` (a Table resource without its `tableReference`); 409 means
+    /// it is there already.
+    async fn create_table(&self, table_id: &str, mut table: Value) -> Result<(), BigQueryError> {
+        let Destination {
+            project, dataset, ..
+        } = &self.destination;
+        table["tableReference"] =
+            json!({"projectId": project, "datasetId": dataset, "tableId": table_id});
+        let call = format!("tables.insert of {dataset}.{table_id}");
         let request = self
             .http
             .post(format!("{}/datasets/{dataset}/tables", self.project_url()))
@@ -327,7 +343,11 @@ impl BigQueryWarehouse {
     /// Files of the ledger whose key starts with `prefix`.
     pub async fn loaded_files(&self, prefix: &str) -> Result<Vec<String>, BigQueryError> {
         let rows = self
-            .query(LEDGER_SELECT_SQL, &[("prefix", "STRING", prefix.into())])
+            .query(
+                "the ledger",
+                LEDGER_SELECT_SQL,
+                &[scalar("prefix", "STRING", prefix)],
+            )
             .await?;
         rows.into_iter()
             .map(|row| match row.f.into_iter().next().map(|cell| cell.v) {
@@ -356,7 +376,10 @@ impl BigQueryWarehouse {
         let mut generation = 0_u32;
         loop {
             let job_id = format!("{stem}_{generation}");
-            let (rows, outcome) = match self.insert_load_job(&job_id, table, &parquet).await {
+            let (rows, outcome) = match self
+                .insert_load_job(&job_id, table, "WRITE_APPEND", &parquet)
+                .await
+            {
                 Ok(job) => {
                     let job = self.wait_until_done(&job_id, job).await.map_err(fail)?;
                     if let Some(error) = job.status.error_result {
@@ -385,12 +408,128 @@ impl BigQueryWarehouse {
         }
     }
 
+    /// Replaces part of each table, one after the other: a day of a fact table by a load job
+    /// truncating its partition, dimension members by a DELETE and an appending load job.
+    /// BigQuery has no transaction spanning jobs, so unlike SQLite and PostgreSQL this is
+    /// not all or nothing: each day partition is replaced atomically, but a failure between
+    /// a dimension's DELETE and its load leaves those members missing until the rerun (which
+    /// the task's retry does) writes them again. Returns the rows written.
+    pub async fn replace(&self, replacements: &[Replacement]) -> Result<u64, WarehouseError> {
+        let mut written = 0;
+        for replacement in replacements {
+            self.replace_one(replacement).await?;
+            written += replacement.rows as u64;
+        }
+        Ok(written)
+    }
+
+    async fn replace_one(&self, r: &Replacement) -> Result<(), WarehouseError> {
+        let table = r.table.as_str();
+        let refuse = |detail: String| WarehouseError::ReplaceRefused {
+            table: table.to_string(),
+            detail,
+        };
+        let fail = |source| WarehouseError::BigQueryReplace {
+            table: table.to_string(),
+            source: Box::new(source),
+        };
+        let fields = r
+            .columns
+            .iter()
+            .map(|c| Ok(json!({"name": c.name, "type": bigquery_type(&c.data)?})))
+            .collect::<Result<Vec<Value>, String>>()
+            .map_err(refuse)?;
+        let mut resource = json!({"schema": {"fields": fields}});
+        let parquet = if r.rows == 0 {
+            Bytes::new()
+        } else {
+            crate::lake::daily_trades::write_parquet(&mut r.frame.clone())
+                .map_err(|e| refuse(format!("cannot write the new rows as Parquet: {e}")))?
+        };
+        match &r.scope {
+            Scope::TimeRange {
+                column,
+                from_ms,
+                to_ms,
+            } => {
+                let day = chrono::DateTime::from_timestamp_millis(*from_ms)
+                    .filter(|_| from_ms.rem_euclid(DAY_MS) == 0 && to_ms - from_ms == DAY_MS)
+                    .ok_or_else(|| {
+                        refuse(format!(
+                            "BigQuery replaces whole UTC days only, not {} to {}",
+                            timestamp_text(*from_ms),
+                            timestamp_text(*to_ms)
+                        ))
+                    })?;
+                resource["timePartitioning"] = json!({"type": "DAY", "field": column});
+                self.create_table(table, resource).await.map_err(fail)?;
+                if r.rows == 0 {
+                    // No Parquet file to truncate the partition with: delete its rows.
+                    let sql = format!(
+                        "DELETE FROM `{table}` WHERE `{column}` >= @from AND `{column}` < @to"
+                    );
+                    let bound = |name, ms| scalar(name, "TIMESTAMP", &bigquery_timestamp(ms));
+                    self.query(table, &sql, &[bound("from", *from_ms), bound("to", *to_ms)])
+                        .await
+                        .map_err(fail)?;
+                } else {
+                    let partition = format!("{table}${}", day.format("%Y%m%d"));
+                    self.run_load_job(&partition, "WRITE_TRUNCATE", &parquet)
+                        .await
+                        .map_err(fail)?;
+                }
+            }
+            Scope::Keys { column, keys } => {
+                self.create_table(table, resource).await.map_err(fail)?;
+                if !keys.is_empty() {
+                    let sql = format!("DELETE FROM `{table}` WHERE `{column}` IN UNNEST(@keys)");
+                    let keys = match keys {
+                        Keys::Int(v) => array("keys", "INT64", v.iter().map(i64::to_string)),
+                        Keys::Text(v) => array("keys", "STRING", v.iter().cloned()),
+                    };
+                    self.query(table, &sql, &[keys]).await.map_err(fail)?;
+                }
+                if r.rows > 0 {
+                    self.run_load_job(table, "WRITE_APPEND", &parquet)
+                        .await
+                        .map_err(fail)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A load job under a fresh id (a rerun must load again, unlike [`Self::load`]), waited
+    /// for until DONE.
+    async fn run_load_job(
+        &self,
+        destination: &str,
+        write: &str,
+        parquet: &[u8],
+    ) -> Result<(), BigQueryError> {
+        let job_id = format!(
+            "orch_replace_{}_{:016x}",
+            destination.replace('$', "_"),
+            rand::random::<u64>()
+        );
+        let job = self
+            .insert_load_job(&job_id, destination, write, parquet)
+            .await?;
+        let job = self.wait_until_done(&job_id, job).await?;
+        match job.status.error_result {
+            Some(error) => Err(job_failed(&job_id, error)),
+            None => Ok(()),
+        }
+    }
+
     /// `jobs.insert` on the upload URI: the Job resource and the file in one
-    /// `multipart/related` request.
+    /// `multipart/related` request. `table` may carry a partition decorator (`t$YYYYMMDD`);
+    /// `write` is the job's `writeDisposition`.
     async fn insert_load_job(
         &self,
         job_id: &str,
         table: &str,
+        write: &str,
         parquet: &[u8],
     ) -> Result<Job, BigQueryError> {
         let Destination {
@@ -407,7 +546,7 @@ impl BigQueryWarehouse {
             "configuration": {"load": {
                 "destinationTable": {"projectId": project, "datasetId": dataset, "tableId": table},
                 "sourceFormat": "PARQUET",
-                "writeDisposition": "WRITE_APPEND",
+                "writeDisposition": write,
                 "createDisposition": "CREATE_IF_NEEDED",
                 // See the module docs: NUMERIC alone keeps decimal(38, 8) as NUMERIC.
                 "decimalTargetTypes": ["NUMERIC"],
@@ -462,51 +601,44 @@ impl BigQueryWarehouse {
 
     async fn record_loaded(&self, table: &str, file: &str, rows: u64) -> Result<(), BigQueryError> {
         self.query(
+            "the ledger",
             LEDGER_INSERT_SQL,
             &[
-                ("file", "STRING", file.into()),
-                ("table_name", "STRING", table.into()),
-                ("rows", "INT64", rows.to_string().into()),
+                scalar("file", "STRING", file),
+                scalar("table_name", "STRING", table),
+                scalar("rows", "INT64", &rows.to_string()),
             ],
         )
         .await
         .map(drop)
     }
 
-    /// Runs a GoogleSQL statement with named parameters (`name`, type, value) through
-    /// `jobs.query`, following `getQueryResults` until the job is complete and every page read.
+    /// Runs a GoogleSQL statement about `what` with named parameters ([`scalar`], [`array`])
+    /// through `jobs.query`, following `getQueryResults` until the job is complete and every
+    /// page read.
     async fn query(
         &self,
+        what: &str,
         sql: &str,
-        parameters: &[(&str, &str, Value)],
+        parameters: &[Value],
     ) -> Result<Vec<QueryRow>, BigQueryError> {
         let Destination {
             project,
             dataset,
             location,
         } = &self.destination;
-        let query_parameters: Vec<Value> = parameters
-            .iter()
-            .map(|(name, kind, value)| {
-                json!({
-                    "name": name,
-                    "parameterType": {"type": kind},
-                    "parameterValue": {"value": value},
-                })
-            })
-            .collect();
         let mut request = json!({
             "query": sql,
             "useLegacySql": false,
             "parameterMode": "NAMED",
-            "queryParameters": query_parameters,
+            "queryParameters": parameters,
             "defaultDataset": {"projectId": project, "datasetId": dataset},
             "timeoutMs": QUERY_WAIT_MS,
         });
         if let Some(location) = location {
             request["location"] = json!(location);
         }
-        let call = "jobs.query on the ledger".to_string();
+        let call = format!("jobs.query on {what}");
         let answer = self
             .send(
                 &call,
@@ -583,6 +715,55 @@ impl BigQueryWarehouse {
             detail: format!("not JSON: {e}"),
         })
     }
+}
+
+/// A named query parameter of a scalar type.
+fn scalar(name: &str, kind: &str, value: &str) -> Value {
+    json!({
+        "name": name,
+        "parameterType": {"type": kind},
+        "parameterValue": {"value": value},
+    })
+}
+
+/// A named query parameter: an array of `kind`, for `IN UNNEST(@name)`.
+fn array(name: &str, kind: &str, values: impl Iterator<Item = String>) -> Value {
+    let values: Vec<Value> = values.map(|v| json!({"value": v})).collect();
+    json!({
+        "name": name,
+        "parameterType": {"type": "ARRAY", "arrayType": {"type": kind}},
+        "parameterValue": {"arrayValues": values},
+    })
+}
+
+/// A TIMESTAMP parameter's value in a form GoogleSQL reads: `2026-11-22 00:00:00.000+00:00`.
+fn bigquery_timestamp(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f+00:00").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// The column type of a table created for a replacement: the type BigQuery loads the
+/// frame's Parquet column as, so that the load job matches the table.
+fn bigquery_type(data: &ColumnData) -> Result<&'static str, String> {
+    Ok(match data {
+        ColumnData::Int(_) => "INTEGER",
+        // See the module docs: decimalTargetTypes NUMERIC alone keeps decimal(38, 8) NUMERIC.
+        ColumnData::Decimal {
+            precision, scale, ..
+        } if *precision <= 38 && *scale <= 9 => "NUMERIC",
+        ColumnData::Decimal {
+            precision, scale, ..
+        } => {
+            return Err(format!(
+                "decimal({precision}, {scale}) does not fit BigQuery's NUMERIC (scale at most 9)"
+            ));
+        }
+        ColumnData::TimestampMs(_) => "TIMESTAMP",
+        ColumnData::Bool(_) => "BOOL",
+        ColumnData::Float(_) => "FLOAT64",
+        ColumnData::Text(_) => "STRING",
+    })
 }
 
 /// `orch_load_` and the SHA-256 of `dataset/table/file` in hex: the same file into the same

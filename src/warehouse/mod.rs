@@ -52,14 +52,19 @@ pub enum WarehouseError {
     BadTableName(String),
     #[error("warehouse table `{table}`: {source}")]
     Replace { table: String, source: sqlx::Error },
-    #[error("the {0} warehouse cannot replace part of a table yet; use sqlite:// or postgres://")]
-    ReplaceUnsupported(&'static str),
+    #[error("warehouse table `{table}`: {detail}")]
+    ReplaceRefused { table: String, detail: String },
     #[error("warehouse: {0}")]
     Sql(#[from] sqlx::Error),
     #[error("warehouse table `{table}`, loading {file}: {source}")]
     BigQueryLoad {
         table: String,
         file: String,
+        source: Box<BigQueryError>,
+    },
+    #[error("warehouse table `{table}`: {source}")]
+    BigQueryReplace {
+        table: String,
         source: Box<BigQueryError>,
     },
     #[error("warehouse: {0}")]
@@ -101,6 +106,8 @@ pub struct Replacement {
     pub columns: Vec<Column>,
     pub rows: usize,
     pub scope: Scope,
+    /// The rows as a frame too: BigQuery loads them as a Parquet file.
+    pub frame: DataFrame,
 }
 
 impl Replacement {
@@ -161,6 +168,7 @@ impl Replacement {
             columns: columns::from_frame(frame, table)?,
             rows: frame.height(),
             scope,
+            frame: frame.clone(),
         })
     }
 }
@@ -233,12 +241,14 @@ impl Warehouse {
     }
 
     /// Applies every replacement in one transaction, so readers see the old rows or the new,
-    /// never a mix, and a failure leaves the old ones; returns the rows written.
+    /// never a mix, and a failure leaves the old ones; returns the rows written. BigQuery has
+    /// no such transaction: each day partition is replaced atomically, but not all at once
+    /// (see [`bigquery::BigQueryWarehouse::replace`]).
     pub async fn replace(&self, replacements: &[Replacement]) -> Result<u64, WarehouseError> {
         match self {
             Warehouse::Sqlite(w) => w.replace(replacements).await,
             Warehouse::Postgres(w) => w.replace(replacements).await,
-            Warehouse::BigQuery(_) => Err(WarehouseError::ReplaceUnsupported("BigQuery")),
+            Warehouse::BigQuery(w) => w.replace(replacements).await,
         }
     }
 }

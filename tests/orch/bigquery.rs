@@ -1,7 +1,7 @@
 //! The BigQuery warehouse through the real binary: the Binance pipeline with
 //! `ORCH_WAREHOUSE_URL=bigquery://...` against a local stand-in of Google's APIs
 //! ([`stand_in`]), for exactly-once loads, lost ledger rows, RUNNING and failed load jobs, and
-//! missing credentials.
+//! missing credentials; and the shipped `daily_binance_etl` replacing a day there.
 
 mod stand_in;
 
@@ -13,6 +13,7 @@ use orch::exchange::Trade;
 use orch::lake::raw_trades;
 use serde_json::Value;
 
+use crate::etl;
 use crate::support::{Home, Simulator, attempts, text};
 use stand_in::{PAGE_ROWS, StandIn};
 
@@ -360,4 +361,100 @@ fn bigquery_missing_credentials_fail_the_load_with_a_clear_error() {
         "{error}"
     );
     assert!(setup.bigquery.world().issued_tokens.is_empty());
+}
+
+#[test]
+fn bigquery_the_daily_etl_replaces_its_day_partition_and_a_rerun_doubles_nothing() {
+    let home = Home::new();
+    home.write_dag("daily_binance_etl", &etl::shipped());
+    let sim = Simulator::start("BTCUSDT,AAVEUSDT,BTCFDUSD");
+    let bigquery = StandIn::start();
+    let credentials = bigquery.write_credentials(&home);
+    let credentials = credentials.to_string_lossy();
+    let staging = format!("sqlite://{}", home.file("data/staging.db").display());
+    let trades = etl::stage(&staging, &["BTCUSDT", "AAVEUSDT", "BTCFDUSD"], 500);
+    let env = [
+        ("ORCH_STAGING_URL", staging.as_str()),
+        ("ORCH_WAREHOUSE_URL", WAREHOUSE_URL),
+        ("BIGQUERY_API_URL", bigquery.url.as_str()),
+        ("GOOGLE_APPLICATION_CREDENTIALS", &*credentials),
+    ];
+    let run = etl::run_day(&home, &sim, &env, "2026-11-22");
+    let facts = attempts(&run, "transform")[0]["metrics"]["rows_fact_trades"]
+        .as_u64()
+        .expect("fact rows");
+
+    let fact = bigquery.table("fact_trades").expect("fact_trades");
+    assert_eq!(fact.rows.len() as u64, facts);
+    assert_eq!(fact.partition_field.as_deref(), Some("trade_minute"));
+    let kind = |name: &str| {
+        fact.schema
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| k.as_str())
+            .unwrap_or_else(|| panic!("no column {name}"))
+    };
+    for decimal in [
+        "min_price",
+        "max_price",
+        "total_quantity",
+        "total_trade_value",
+        "open_price",
+        "close_price",
+        "taker_buy_quantity",
+    ] {
+        assert_eq!(kind(decimal), "NUMERIC", "{decimal}");
+    }
+    assert_eq!(kind("trade_minute"), "TIMESTAMP");
+    assert_eq!(kind("vwap"), "FLOAT");
+    let column = |name: &str| {
+        fact.schema
+            .iter()
+            .position(|(n, _)| n == name)
+            .expect("column")
+    };
+    let (minute, count) = (column("trade_minute"), column("trade_count"));
+    let cell = |row: &[Option<String>], i: usize| -> i64 {
+        row[i]
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .expect("an integer cell")
+    };
+    // 2026-11-22 in microseconds: every row is of the day.
+    let day = 1_795_305_600_000_000_i64;
+    assert!(
+        fact.rows
+            .iter()
+            .all(|row| (day..day + 86_400_000_000).contains(&cell(row, minute)))
+    );
+    let counted: i64 = fact.rows.iter().map(|row| cell(row, count)).sum();
+    assert_eq!(counted, trades as i64);
+    let dimension_rows = |table: &str| bigquery.table(table).map(|t| t.rows.len());
+    assert_eq!(dimension_rows("dim_symbol"), Some(3));
+    assert_eq!(dimension_rows("dim_exchange"), Some(1));
+    assert_eq!(dimension_rows("dim_currency"), Some(4));
+    let tables = [
+        "dim_time",
+        "dim_symbol",
+        "dim_exchange",
+        "dim_currency",
+        "fact_trades",
+    ];
+    let snapshot = || tables.map(|t| bigquery.table(t));
+
+    // The rerun replaces the partition and the members: nothing doubles.
+    let before = snapshot();
+    etl::run_day(&home, &sim, &env, "2026-11-22");
+    assert!(snapshot() == before, "the rerun changed the warehouse");
+    let jobs = bigquery.world().load_job_ids.clone();
+    let distinct: std::collections::BTreeSet<&String> = jobs.iter().collect();
+    assert_eq!(
+        (jobs.len(), distinct.len()),
+        (10, 10),
+        "a fresh load job per table and run: {jobs:?}"
+    );
+
+    // A day without trades empties its own partition only.
+    etl::run_day(&home, &sim, &env, "2026-11-20");
+    assert!(snapshot() == before, "the empty day touched another day");
 }

@@ -14,7 +14,7 @@ use crate::support::{Home, Simulator, attempts, postgres_database, text};
 const SHIPPED: &str = include_str!("../../dags/daily_binance_etl.yaml");
 
 /// The shipped DAG without its 5-minute retry, so a failure fails the test at once.
-fn shipped() -> String {
+pub(crate) fn shipped() -> String {
     let no_retry = SHIPPED.replace("retries: 1, retry_delay: 5m", "retries: 0");
     assert_ne!(
         no_retry, SHIPPED,
@@ -35,7 +35,7 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// Stages `per_symbol` trades a symbol across the day of 2026-11-22, plus one trade just
 /// before and one just after it that the day must not include; returns the day's count.
-fn stage(url: &str, symbols: &[&str], per_symbol: i64) -> u64 {
+pub(crate) fn stage(url: &str, symbols: &[&str], per_symbol: i64) -> u64 {
     stage_day(url, symbols, per_symbol, DAY, 0)
 }
 
@@ -76,7 +76,7 @@ fn stage_day(url: &str, symbols: &[&str], per_symbol: i64, day: i64, first_id: i
     (symbols.len() as i64 * per_symbol) as u64
 }
 
-fn run_day(home: &Home, sim: &Simulator, env: &[(&str, &str)], date: &str) -> Value {
+pub(crate) fn run_day(home: &Home, sim: &Simulator, env: &[(&str, &str)], date: &str) -> Value {
     let out = home
         .command(&["run", "daily_binance_etl", "--logical-date", date])
         .env("BINANCE_API_URL", &sim.url)

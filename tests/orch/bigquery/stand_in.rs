@@ -5,9 +5,13 @@
 //! else with a Google-shaped error, so the tests pass only if orch speaks the API as
 //! documented: a service-account JWT (RS256, verified with the test key's public half),
 //! bearer tokens, `multipart/related` load job uploads, job ids and their 409s, `jobs.get`,
-//! `tables.insert`, and `jobs.query` / `getQueryResults` for the ledger's two statements.
-//! Uploaded Parquet is decoded into in-memory tables, decimal columns typed by BigQuery's
-//! documented `decimalTargetTypes` rule. Switches in [`World`] script RUNNING jobs, failing
+//! `tables.insert` (with day partitioning), and `jobs.query` / `getQueryResults` for the
+//! ledger's two statements and the `DELETE`s of [`BigQueryWarehouse::replace`]. Uploaded
+//! Parquet is decoded into in-memory tables, decimal columns typed by BigQuery's documented
+//! `decimalTargetTypes` rule; a `WRITE_TRUNCATE` load into a partition decorator `t$YYYYMMDD`
+//! replaces that day's rows.
+//!
+//! [`BigQueryWarehouse::replace`]: orch::warehouse::bigquery::BigQueryWarehouse::replace Switches in [`World`] script RUNNING jobs, failing
 //! jobs and a lost ledger.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -50,18 +54,44 @@ const LEDGER_INSERT: &str = "INSERT INTO _orch_loaded_files (file, table_name, `
 /// Rows per `getQueryResults` page: few, so that reading the ledger takes several pages.
 pub const PAGE_ROWS: usize = 3;
 
-/// A table: column names and BigQuery types, and rows of cells as the REST API renders them.
+/// A table: column names and BigQuery types, and rows of cells as the REST API renders them
+/// (a TIMESTAMP as microseconds since the epoch).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Table {
     pub schema: Vec<(String, String)>,
     pub rows: Vec<Vec<Option<String>>>,
+    /// The TIMESTAMP column of `timePartitioning: {type: DAY}`, if the table is partitioned.
+    pub partition_field: Option<String>,
+}
+
+impl Table {
+    fn column(&self, name: &str) -> Option<usize> {
+        self.schema.iter().position(|(n, _)| n == name)
+    }
+}
+
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// The UTC day (days since the epoch) of a TIMESTAMP cell.
+fn cell_day(cell: &Option<String>) -> Option<i64> {
+    cell.as_deref()
+        .and_then(|micros| micros.parse::<i64>().ok())
+        .map(|micros| micros.div_euclid(DAY_MICROS))
+}
+
+/// What a successful load job does when it is DONE.
+struct Loaded {
+    table_id: String,
+    /// The day of the partition decorator: its rows are replaced (`WRITE_TRUNCATE`).
+    truncated_day: Option<i64>,
+    rows: Table,
 }
 
 struct LoadJob {
     reference: Value,
     configuration: Value,
     /// What the job does when it finishes: append rows to a table, or fail with a message.
-    result: Result<(String, Table), String>,
+    result: Result<Loaded, String>,
     /// Answers that still say RUNNING before the job is DONE.
     running_answers_left: u32,
     done: bool,
@@ -80,11 +110,11 @@ impl LoadJob {
         });
         if self.done {
             match &self.result {
-                Ok((_, loaded)) => {
+                Ok(loaded) => {
                     job["status"] = json!({"state": "DONE"});
                     job["statistics"]["load"] = json!({
                         "inputFiles": "1",
-                        "outputRows": loaded.rows.len().to_string(),
+                        "outputRows": loaded.rows.rows.len().to_string(),
                     });
                 }
                 Err(message) => {
@@ -268,39 +298,75 @@ impl World {
             job.running_answers_left -= 1;
         } else if !job.done {
             job.done = true;
-            if let Ok((table_id, loaded)) = &job.result {
+            if let Ok(loaded) = &job.result {
                 let table = self
                     .tables
-                    .entry(table_id.clone())
+                    .entry(loaded.table_id.clone())
                     .or_insert_with(|| Table {
-                        schema: loaded.schema.clone(),
+                        schema: loaded.rows.schema.clone(),
                         rows: Vec::new(),
+                        partition_field: None,
                     });
-                table.rows.extend(loaded.rows.iter().cloned());
+                let field = table
+                    .partition_field
+                    .as_deref()
+                    .and_then(|f| table.column(f));
+                if let (Some(day), Some(field)) = (loaded.truncated_day, field) {
+                    table.rows.retain(|row| cell_day(&row[field]) != Some(day));
+                }
+                table.rows.extend(loaded.rows.rows.iter().cloned());
             }
         }
         Some(job.resource())
     }
 
-    /// What a load job of `parquet` into `table_id` does: Google's checks, then the rows.
+    /// What a load job of `parquet` into `table_id` (of the partition of `truncated_day`)
+    /// does: Google's checks, then the rows.
     fn load_result(
         &mut self,
         table_id: &str,
+        truncated_day: Option<i64>,
         decimal_targets: &[String],
         parquet: &[u8],
-    ) -> Result<(String, Table), String> {
+    ) -> Result<Loaded, String> {
         if let Some(message) = self.failing_load.take() {
             return Err(message);
         }
         let loaded = parquet_table(parquet, decimal_targets)?;
-        if let Some(table) = self.tables.get(table_id)
+        let table = self.tables.get(table_id);
+        if let Some(table) = table
             && table.schema != loaded.schema
         {
             return Err(format!(
                 "Provided Schema does not match Table {PROJECT}:{DATASET}.{table_id}."
             ));
         }
-        Ok((table_id.to_string(), loaded))
+        if let Some(day) = truncated_day {
+            let field = table
+                .and_then(|t| t.partition_field.as_deref())
+                .and_then(|f| loaded.column(f))
+                .ok_or_else(|| {
+                    format!(
+                        "Cannot load into a partition of {PROJECT}:{DATASET}.{table_id}: \
+                         the table is not partitioned"
+                    )
+                })?;
+            if loaded
+                .rows
+                .iter()
+                .any(|row| cell_day(&row[field]) != Some(day))
+            {
+                return Err(format!(
+                    "Some rows belong to different partitions rather than destination partition \
+                     of day {day} of {table_id}"
+                ));
+            }
+        }
+        Ok(Loaded {
+            table_id: table_id.to_string(),
+            truncated_day,
+            rows: loaded,
+        })
     }
 }
 
@@ -425,7 +491,12 @@ async fn insert_job(
             ),
         ));
     }
-    let result = world.load_result(&request.table_id, &request.decimal_targets, media);
+    let result = world.load_result(
+        &request.table_id,
+        request.truncated_day,
+        &request.decimal_targets,
+        media,
+    );
     let mut reference = job["jobReference"].clone();
     reference["location"] = json!(LOCATION);
     let load_job = LoadJob {
@@ -444,6 +515,8 @@ async fn insert_job(
 struct LoadRequest {
     job_id: String,
     table_id: String,
+    /// The day of a partition decorator `table$YYYYMMDD`, days since the epoch.
+    truncated_day: Option<i64>,
     decimal_targets: Vec<String>,
 }
 
@@ -509,10 +582,23 @@ impl LoadRequest {
                 .unwrap_or_default()
         };
         check_dataset(text("projectId"), text("datasetId"))?;
-        let table_id = text("tableId");
+        let (table_id, decorator) = match text("tableId").split_once('$') {
+            Some((table_id, decorator)) => (table_id, Some(decorator)),
+            None => (text("tableId"), None),
+        };
         if !is_id(table_id, b"") {
             return Err(invalid(format!("Invalid table ID \"{table_id}\"")));
         }
+        let partition_day = decorator
+            .map(|d| {
+                chrono::NaiveDate::parse_from_str(d, "%Y%m%d")
+                    .ok()
+                    .filter(|_| d.len() == 8)
+                    .and_then(|date| date.and_hms_opt(0, 0, 0))
+                    .map(|midnight| midnight.and_utc().timestamp().div_euclid(86_400))
+                    .ok_or_else(|| invalid(format!("Invalid partition decorator \"${d}\"")))
+            })
+            .transpose()?;
         let enumeration =
             |key: &str, default: &str, allowed: &[&str]| -> Result<String, GoogleError> {
                 let value = load
@@ -549,12 +635,21 @@ impl LoadRequest {
             "CREATE_IF_NEEDED",
             &["CREATE_IF_NEEDED", "CREATE_NEVER"],
         )?;
-        if (source_format.as_str(), write.as_str(), create.as_str())
-            != ("PARQUET", "WRITE_APPEND", "CREATE_IF_NEEDED")
-        {
+        let truncated_day = match (write.as_str(), partition_day) {
+            ("WRITE_APPEND", None) => None,
+            ("WRITE_TRUNCATE", Some(day)) => Some(day),
+            _ => {
+                return Err(invalid(format!(
+                    "The stand-in loads WRITE_APPEND into a table or WRITE_TRUNCATE into a \
+                     partition decorator only, not {write} into {}",
+                    text("tableId")
+                )));
+            }
+        };
+        if (source_format.as_str(), create.as_str()) != ("PARQUET", "CREATE_IF_NEEDED") {
             return Err(invalid(format!(
-                "The stand-in loads PARQUET with WRITE_APPEND and CREATE_IF_NEEDED only, \
-                 not {source_format}, {write}, {create}"
+                "The stand-in loads PARQUET with CREATE_IF_NEEDED only, \
+                 not {source_format}, {create}"
             )));
         }
         let decimal_targets: Vec<String> = match load.get("decimalTargetTypes") {
@@ -592,6 +687,7 @@ impl LoadRequest {
         Ok(LoadRequest {
             job_id: job_id.to_string(),
             table_id: table_id.to_string(),
+            truncated_day,
             decimal_targets,
         })
     }
@@ -690,9 +786,11 @@ fn parquet_table(parquet: &[u8], decimal_targets: &[String]) -> Result<Table, St
     let mut columns: Vec<Vec<Option<String>>> = Vec::new();
     for column in frame.columns() {
         let (kind, cells): (&str, Vec<Option<String>>) = match column.dtype() {
-            DataType::Int64 => (
+            DataType::Int64 | DataType::Int32 => (
                 "INTEGER",
                 column
+                    .cast(&DataType::Int64)
+                    .map_err(|e| read_error(&e))?
                     .i64()
                     .map_err(|e| read_error(&e))?
                     .iter()
@@ -729,6 +827,15 @@ fn parquet_table(parquet: &[u8], decimal_targets: &[String]) -> Result<Table, St
                     .collect();
                 ("TIMESTAMP", cells)
             }
+            DataType::Float64 => (
+                "FLOAT",
+                column
+                    .f64()
+                    .map_err(|e| read_error(&e))?
+                    .iter()
+                    .map(|v| v.map(|v| v.to_string()))
+                    .collect(),
+            ),
             DataType::Boolean => (
                 "BOOLEAN",
                 column
@@ -755,7 +862,11 @@ fn parquet_table(parquet: &[u8], decimal_targets: &[String]) -> Result<Table, St
     let rows = (0..frame.height())
         .map(|i| columns.iter().map(|cells| cells[i].clone()).collect())
         .collect();
-    Ok(Table { schema, rows })
+    Ok(Table {
+        schema,
+        rows,
+        partition_field: None,
+    })
 }
 
 /// `GET /bigquery/v2/projects/{project}/jobs/{job_id}`: `jobs.get`.
@@ -801,6 +912,7 @@ async fn insert_table(
             "description",
             "friendlyName",
             "labels",
+            "timePartitioning",
         ],
     )?;
     let reference = fields(
@@ -849,6 +961,26 @@ async fn insert_table(
     if schema.is_empty() {
         return Err(invalid("The table needs a schema"));
     }
+    let partition_field = match table.get("timePartitioning") {
+        None => None,
+        Some(partitioning) => {
+            fields(
+                partitioning,
+                "table.time_partitioning",
+                &["type", "field", "expirationMs"],
+            )?;
+            let field = partitioning["field"].as_str().unwrap_or_default();
+            let is_timestamp = schema
+                .iter()
+                .any(|(name, kind)| name == field && kind == "TIMESTAMP");
+            if partitioning["type"] != "DAY" || !is_timestamp {
+                return Err(invalid(format!(
+                    "The stand-in partitions by DAY on a TIMESTAMP column only, not {partitioning}"
+                )));
+            }
+            Some(field.to_string())
+        }
+    };
     if world.tables.contains_key(&table_id) {
         return Err(google_error(
             StatusCode::CONFLICT,
@@ -861,6 +993,7 @@ async fn insert_table(
         Table {
             schema,
             rows: Vec::new(),
+            partition_field,
         },
     );
     let mut answer = table.clone();
@@ -925,21 +1058,42 @@ async fn query(
             .unwrap_or_default()
     };
     check_dataset(text("projectId"), text("datasetId"))?;
-    let mut parameters: BTreeMap<String, (String, String)> = BTreeMap::new();
+    // By name: the type (`ARRAY<INT64>` for arrays) and the values (one for a scalar).
+    let mut parameters: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     for parameter in request["queryParameters"].as_array().into_iter().flatten() {
         fields(
             parameter,
             "query_request.query_parameters",
             &["name", "parameterType", "parameterValue"],
         )?;
-        let (Some(name), Some(kind), Some(value)) = (
+        let bad = || invalid(format!("Invalid query parameter {parameter}"));
+        let (Some(name), Some(kind)) = (
             parameter["name"].as_str(),
             parameter["parameterType"]["type"].as_str(),
-            parameter["parameterValue"]["value"].as_str(),
         ) else {
-            return Err(invalid(format!("Invalid query parameter {parameter}")));
+            return Err(bad());
         };
-        parameters.insert(name.to_string(), (kind.to_string(), value.to_string()));
+        let value = &parameter["parameterValue"];
+        let typed = match (
+            kind,
+            parameter["parameterType"]["arrayType"]["type"].as_str(),
+        ) {
+            ("ARRAY", Some(element)) => {
+                let values = value["arrayValues"]
+                    .as_array()
+                    .ok_or_else(bad)?
+                    .iter()
+                    .map(|v| v["value"].as_str().map(str::to_string).ok_or_else(bad))
+                    .collect::<Result<_, _>>()?;
+                (format!("ARRAY<{element}>"), values)
+            }
+            ("ARRAY", None) => return Err(bad()),
+            (kind, _) => {
+                let value = value["value"].as_str().ok_or_else(bad)?;
+                (kind.to_string(), vec![value.to_string()])
+            }
+        };
+        parameters.insert(name.to_string(), typed);
     }
     let named = |expected: &[(&str, &str)]| {
         parameters.len() == expected.len()
@@ -950,7 +1104,7 @@ async fn query(
     let value = |name: &str| {
         parameters
             .get(name)
-            .map(|(_, v)| v.clone())
+            .and_then(|(_, v)| v.first().cloned())
             .unwrap_or_default()
     };
     let sql = request["query"]
@@ -960,12 +1114,66 @@ async fn query(
         .collect::<Vec<_>>()
         .join(" ");
     let job_id = format!("job_stand_in_query_{}", world.query_results.len() + 1);
+    let reference = json!({"projectId": PROJECT, "jobId": job_id, "location": LOCATION});
+    if let Some((table_id, column, condition)) = delete_statement(&sql) {
+        let Some(table) = world.tables.get_mut(table_id) else {
+            return Err(not_found(format!(
+                "Not found: Table {PROJECT}:{DATASET}.{table_id} was not found in location {LOCATION}"
+            )));
+        };
+        let Some(index) = table.column(column) else {
+            return Err(invalid(format!("Unrecognized name: {column}")));
+        };
+        let deleted = if condition == " IN UNNEST(@keys)"
+            && (named(&[("keys", "ARRAY<INT64>")]) || named(&[("keys", "ARRAY<STRING>")]))
+        {
+            Deleted::Keys(
+                parameters
+                    .get("keys")
+                    .map(|(_, keys)| keys.clone())
+                    .unwrap_or_default(),
+            )
+        } else if condition == format!(" >= @from AND `{column}` < @to")
+            && named(&[("from", "TIMESTAMP"), ("to", "TIMESTAMP")])
+            && table.schema[index].1 == "TIMESTAMP"
+        {
+            let micros = |name: &str| {
+                chrono::DateTime::parse_from_str(&value(name), "%Y-%m-%d %H:%M:%S%.f%:z")
+                    .map(|t| t.timestamp_micros())
+                    .map_err(|e| invalid(format!("Invalid TIMESTAMP {}: {e}", value(name))))
+            };
+            Deleted::Between(micros("from")?, micros("to")?)
+        } else {
+            return Err(invalid(format!(
+                "The stand-in deletes by `IN UNNEST(@keys)` or a TIMESTAMP range only, not `{sql}` with {parameters:?}"
+            )));
+        };
+        let before = table.rows.len();
+        table.rows.retain(|row| {
+            let cell = &row[index];
+            let gone = match &deleted {
+                Deleted::Keys(keys) => cell.as_ref().is_some_and(|c| keys.contains(c)),
+                Deleted::Between(from, to) => cell
+                    .as_deref()
+                    .and_then(|c| c.parse::<i64>().ok())
+                    .is_some_and(|t| (*from..*to).contains(&t)),
+            };
+            !gone
+        });
+        let affected = before - table.rows.len();
+        world.query_results.insert(job_id, Vec::new());
+        return ok(json!({
+            "kind": "bigquery#queryResponse",
+            "jobReference": reference,
+            "jobComplete": true,
+            "numDmlAffectedRows": affected.to_string(),
+        }));
+    }
     let Some(ledger) = world.tables.get_mut(LEDGER) else {
         return Err(not_found(format!(
             "Not found: Table {PROJECT}:{DATASET}.{LEDGER} was not found in location {LOCATION}"
         )));
     };
-    let reference = json!({"projectId": PROJECT, "jobId": job_id, "location": LOCATION});
     if sql == LEDGER_SELECT && named(&[("prefix", "STRING")]) {
         let prefix = value("prefix");
         let files = ledger
@@ -1011,6 +1219,20 @@ async fn query(
             ),
         ))
     }
+}
+
+/// The rows a recognised `DELETE` removes: those holding one of the keys, or a TIMESTAMP (in
+/// microseconds) in `[from, to)`.
+enum Deleted {
+    Keys(Vec<String>),
+    Between(i64, i64),
+}
+
+/// The table, column and the rest of the condition of ``DELETE FROM `t` WHERE `c`...``.
+fn delete_statement(sql: &str) -> Option<(&str, &str, &str)> {
+    let (table, rest) = sql.strip_prefix("DELETE FROM `")?.split_once("` WHERE `")?;
+    let (column, condition) = rest.split_once('`')?;
+    Some((table, column, condition))
 }
 
 /// `GET /bigquery/v2/projects/{project}/queries/{job_id}`: `jobs.getQueryResults`, paged.
