@@ -149,8 +149,9 @@ pub fn write_parquet(frame: &mut DataFrame) -> PolarsResult<Bytes> {
 }
 
 /// Every part of a folder as one lazy frame, so a query reads only the columns it uses; each
-/// part's footer is checked first, so one that does not read is named. `None` when the folder
-/// holds no part.
+/// part's footer is checked first, so one that does not read is named. Parts of a `file://`
+/// lake are scanned from their files; others are fetched and scanned from memory. `None`
+/// when the folder holds no part.
 pub async fn scan_parts(lake: &Lake, dir: &str) -> Result<Option<LazyFrame>, String> {
     let mut keys: Vec<String> = lake
         .list(dir)
@@ -164,14 +165,31 @@ pub async fn scan_parts(lake: &Lake, dir: &str) -> Result<Option<LazyFrame>, Str
         return Ok(None);
     }
     keys.sort();
-    let mut buffers = Vec::with_capacity(keys.len());
-    for key in keys {
-        let bytes = lake.get(&key).await.map_err(|e| e.to_string())?;
-        ParquetReader::new(Cursor::new(bytes.clone()))
-            .num_rows()
-            .map_err(|e| format!("{}/{key}: not a readable Parquet file: {e}", lake.url()))?;
-        buffers.push(polars_buffer::Buffer::from_owner(bytes));
-    }
+    let unreadable = |key: &str, e: &dyn std::fmt::Display| {
+        format!("{}/{key}: not a readable Parquet file: {e}", lake.url())
+    };
+    let sources = if keys.iter().all(|k| lake.local_path(k).is_some()) {
+        let mut files = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let path = lake.local_path(key).unwrap_or_default();
+            let file = std::fs::File::open(&path).map_err(|e| unreadable(key, &e))?;
+            ParquetReader::new(file.try_clone().map_err(|e| unreadable(key, &e))?)
+                .num_rows()
+                .map_err(|e| unreadable(key, &e))?;
+            files.push(file);
+        }
+        ScanSources::Files(files.into())
+    } else {
+        let mut buffers = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let bytes = lake.get(key).await.map_err(|e| e.to_string())?;
+            ParquetReader::new(Cursor::new(bytes.clone()))
+                .num_rows()
+                .map_err(|e| unreadable(key, &e))?;
+            buffers.push(polars_buffer::Buffer::from_owner(bytes));
+        }
+        ScanSources::Buffers(buffers.into())
+    };
     let args = ScanArgsParquet {
         // The partition values are in the folder names orch chose, not needed as columns.
         hive_options: HiveOptions {
@@ -180,7 +198,7 @@ pub async fn scan_parts(lake: &Lake, dir: &str) -> Result<Option<LazyFrame>, Str
         },
         ..ScanArgsParquet::default()
     };
-    LazyFrame::scan_parquet_sources(ScanSources::Buffers(buffers.into()), args)
+    LazyFrame::scan_parquet_sources(sources, args)
         .map(Some)
         .map_err(|e| format!("{}/{dir}: {e}", lake.url()))
 }

@@ -107,6 +107,18 @@ impl Lake {
         &self.url
     }
 
+    /// Where `key` lies on this machine, for a `file://` lake: readers that can map a file
+    /// need not hold it in memory.
+    pub fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        let parsed = url::Url::parse(&self.url).ok()?;
+        if parsed.scheme() != "file" {
+            return None;
+        }
+        let mut path = parsed.to_file_path().ok()?;
+        path.extend(key.split('/').filter(|part| !part.is_empty()));
+        Some(path)
+    }
+
     fn path(&self, key: &str) -> Path {
         key.split('/')
             .filter(|part| !part.is_empty())

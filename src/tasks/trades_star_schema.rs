@@ -10,7 +10,7 @@
 //! across runs and days); base and quote assets from Binance's exchangeInfo, cached in the
 //! metadata store, never guessed from the symbol's letters. Rows: the `fact_trades` rows.
 
-use polars::prelude::{DataType, Engine, col, len};
+use polars::prelude::DataType;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -68,26 +68,22 @@ impl TaskKind for TradesStarSchema {
                     lake.url()
                 )
             })?;
-            // One pass over two columns: which exchanges and symbols, and how many trades.
-            let contents = snapshot
-                .clone()
-                .group_by([col("exchange"), col("symbol")])
-                .agg([len().cast(DataType::Int64).alias("trades")])
-                .collect_with_engine(Engine::Streaming)
-                .map(|result| result.unwrap_single())
-                .map_err(|e| format!("{}/{dir}: {e}", lake.url()))?;
-            let rows_read: i64 = contents
-                .column("trades")
+            // The one pass over the trades; it also tells which exchanges and symbols the day
+            // holds, and how many trades.
+            let minutes = star_schema::aggregate(snapshot)
+                .map_err(|e| format!("{}/{dir}: transform failed: {e}", lake.url()))?;
+            let rows_read: i64 = minutes
+                .column("trade_count")
                 .and_then(|c| c.as_materialized_series().sum::<i64>())
                 .map_err(|e| e.to_string())?;
-            let exchanges = distinct(&contents, "exchange")?;
+            let exchanges = distinct(&minutes, "exchange")?;
             if exchanges.iter().any(|e| e != "binance") {
                 return Err(format!(
                     "{}/{dir}: exchanges {exchanges:?}: only binance is supported",
                     lake.url()
                 ));
             }
-            let symbols = distinct(&contents, "symbol")?;
+            let symbols = distinct(&minutes, "symbol")?;
             let base_url = config
                 .base_url
                 .as_deref()
@@ -98,7 +94,7 @@ impl TaskKind for TradesStarSchema {
                 exchange_name: "Binance".to_string(),
                 api_endpoint: BinanceClient::DEFAULT_BASE_URL.to_string(),
             };
-            let star = star_schema::build(snapshot, &exchange, &references)
+            let star = star_schema::finish(minutes, &exchange, &references)
                 .map_err(|e| format!("{}/{dir}: transform failed: {e}", lake.url()))?;
             let mut metrics = serde_json::Map::new();
             metrics.insert("rows_read".to_string(), json!(rows_read));

@@ -52,7 +52,8 @@ impl StarSchema {
 }
 
 /// The snapshot's columns the transform reads.
-pub const SNAPSHOT_COLUMNS: [&str; 6] = [
+pub const SNAPSHOT_COLUMNS: [&str; 7] = [
+    "exchange",
     "symbol",
     "trade_id",
     "price",
@@ -67,20 +68,27 @@ pub fn build(
     exchange: &ExchangeRef,
     symbols: &[SymbolRef],
 ) -> PolarsResult<StarSchema> {
+    finish(aggregate(trades)?, exchange, symbols)
+}
+
+/// Per exchange, symbol and minute, the figures of `fact_trades`, on the streaming engine (the
+/// day in morsels, not whole columns). The caller learns from it which exchanges and symbols
+/// the day holds, and how many trades.
+///
+/// Two passes over the trades, both streamable: the aggregates, then the prices of each
+/// minute's first and last trade id joined back. Taking the price at the id's `arg_min`
+/// inside the aggregation is not streamable and made Polars hold the whole day: 1.9 s and
+/// 2 GB against 0.9 s and 0.9 GB for 10 million trades.
+pub fn aggregate(trades: LazyFrame) -> PolarsResult<DataFrame> {
     let trades = trades.select(SNAPSHOT_COLUMNS.map(col)).with_column(
         col("trade_time")
             .dt()
             .truncate(lit("1m"))
             .alias("trade_minute"),
     );
-    let symbol_frame = df!(
-        "symbol" => symbols.iter().map(|s| s.symbol.as_str()).collect::<Vec<_>>(),
-        "symbol_id" => symbols.iter().map(|s| s.symbol_id).collect::<Vec<_>>(),
-        "base_currency_id" => symbols.iter().map(|s| s.base_asset.as_str()).collect::<Vec<_>>(),
-        "quote_currency_id" => symbols.iter().map(|s| s.quote_asset.as_str()).collect::<Vec<_>>(),
-    )?;
-    let fact_trades = trades
-        .group_by([col("symbol"), col("trade_minute")])
+    let minutes = trades
+        .clone()
+        .group_by([col("exchange"), col("symbol"), col("trade_minute")])
         .agg([
             col("price").min().alias("min_price"),
             col("price").max().alias("max_price"),
@@ -90,21 +98,82 @@ pub fn build(
                 .alias("avg_price"),
             col("qty").sum().alias("total_quantity"),
             (col("price") * col("qty")).sum().alias("total_trade_value"),
-            // The prices at the lowest and highest id: no sort within each minute.
-            col("price")
-                .get(col("trade_id").arg_min(), false)
-                .alias("open_price"),
-            col("price")
-                .get(col("trade_id").arg_max(), false)
-                .alias("close_price"),
             len().cast(DataType::Int64).alias("trade_count"),
-            col("qty")
-                .filter(col("is_buyer_maker").not())
+            when(col("is_buyer_maker").not())
+                .then(col("qty"))
+                .otherwise(lit(NULL))
                 .sum()
                 .alias("taker_buy_quantity"),
             col("trade_id").min().alias("first_trade_id"),
             col("trade_id").max().alias("last_trade_id"),
         ])
+        .collect_with_engine(Engine::Streaming)?
+        .unwrap_single();
+    // Ids are per symbol: (symbol, id) names one trade. `is_open` tells first from last.
+    let ends = |id: &str, is_open: bool| {
+        minutes.clone().lazy().select([
+            col("symbol"),
+            col(id).alias("trade_id"),
+            lit(is_open).alias("is_open"),
+        ])
+    };
+    let end_prices = concat(
+        [ends("first_trade_id", true), ends("last_trade_id", false)],
+        UnionArgs::default(),
+    )?;
+    let prices = trades
+        .select([col("symbol"), col("trade_id"), col("price")])
+        .join(
+            end_prices,
+            [col("symbol"), col("trade_id")],
+            [col("symbol"), col("trade_id")],
+            JoinArgs::new(JoinType::Inner),
+        )
+        .collect_with_engine(Engine::Streaming)?
+        .unwrap_single();
+    let price_at = |is_open: bool, id: &str, name: &str| {
+        prices
+            .clone()
+            .lazy()
+            .filter(col("is_open").eq(lit(is_open)))
+            .select([
+                col("symbol"),
+                col("trade_id").alias(id),
+                col("price").alias(name),
+            ])
+    };
+    let by = |id: &str| [col("symbol"), col(id)];
+    minutes
+        .lazy()
+        .join(
+            price_at(true, "first_trade_id", "open_price"),
+            by("first_trade_id"),
+            by("first_trade_id"),
+            JoinArgs::new(JoinType::Left),
+        )
+        .join(
+            price_at(false, "last_trade_id", "close_price"),
+            by("last_trade_id"),
+            by("last_trade_id"),
+            JoinArgs::new(JoinType::Left),
+        )
+        .collect()
+}
+
+/// The five tables from the per-minute figures of [`aggregate`].
+pub fn finish(
+    minutes: DataFrame,
+    exchange: &ExchangeRef,
+    symbols: &[SymbolRef],
+) -> PolarsResult<StarSchema> {
+    let symbol_frame = df!(
+        "symbol" => symbols.iter().map(|s| s.symbol.as_str()).collect::<Vec<_>>(),
+        "symbol_id" => symbols.iter().map(|s| s.symbol_id).collect::<Vec<_>>(),
+        "base_currency_id" => symbols.iter().map(|s| s.base_asset.as_str()).collect::<Vec<_>>(),
+        "quote_currency_id" => symbols.iter().map(|s| s.quote_asset.as_str()).collect::<Vec<_>>(),
+    )?;
+    let fact_trades = minutes
+        .lazy()
         .join(
             symbol_frame.clone().lazy(),
             [col("symbol")],
@@ -139,11 +208,7 @@ pub fn build(
         ])
         .sort(["symbol", "trade_minute"], Default::default());
 
-    // The streaming engine works through the day in morsels instead of materialising every
-    // intermediate column of ten million rows.
-    let fact_trades = fact_trades
-        .collect_with_engine(Engine::Streaming)?
-        .unwrap_single();
+    let fact_trades = fact_trades.collect()?;
     // The day's minutes are the fact's: a small frame, not another pass over the trades.
     let dim_time = fact_trades
         .clone()
@@ -221,7 +286,7 @@ pub fn build(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn decimals(name: &str, values: &[&str]) -> Column {
@@ -276,6 +341,11 @@ mod tests {
             ],
         )
         .expect("frame")
+    }
+
+    /// The trades as the snapshot holds them: with their exchange.
+    pub(crate) fn with_exchange(frame: DataFrame) -> LazyFrame {
+        frame.lazy().with_column(lit("binance").alias("exchange"))
     }
 
     fn reference() -> (ExchangeRef, Vec<SymbolRef>) {
@@ -333,7 +403,7 @@ mod tests {
     #[test]
     fn every_value_of_a_hand_built_day() {
         let (exchange, symbols) = reference();
-        let star = build(hand_built_day().lazy(), &exchange, &symbols).expect("transform");
+        let star = build(with_exchange(hand_built_day()), &exchange, &symbols).expect("transform");
         let fact = &star.fact_trades;
         assert_eq!(fact.height(), 3);
         let col_text = |name| texts(fact, name);
@@ -429,7 +499,7 @@ mod tests {
     fn a_day_without_trades_gives_empty_tables_with_their_columns() {
         let (exchange, symbols) = reference();
         let empty = hand_built_day().head(Some(0));
-        let star = build(empty.lazy(), &exchange, &symbols).expect("transform");
+        let star = build(with_exchange(empty), &exchange, &symbols).expect("transform");
         assert_eq!(star.fact_trades.height(), 0);
         assert_eq!(star.fact_trades.width(), 18);
         assert_eq!(star.dim_time.height(), 0);
@@ -499,7 +569,7 @@ mod tests {
             })
             .collect();
         let (exchange, _) = reference();
-        let star = build(frame.lazy(), &exchange, &references).expect("transform");
+        let star = build(with_exchange(frame), &exchange, &references).expect("transform");
 
         #[derive(Default)]
         struct Minute {
