@@ -208,6 +208,19 @@ pub fn main() -> ExitCode {
         "warn"
     };
     init_tracing(cli.log_format, default_level);
+    if matches!(
+        cli.command,
+        Command::Dags(_) | Command::Runs(_) | Command::Logs { .. } | Command::Streams { .. }
+    ) {
+        // Commands that only print end quietly when their reader does (`orch runs list |
+        // head`), as Unix tools do, instead of panicking on a broken pipe. Long-running
+        // commands keep Rust's default of ignoring SIGPIPE: a peer closing a socket must not
+        // kill a server.
+        // SAFETY: signal(2) with SIG_DFL, before any thread writes to stdout.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

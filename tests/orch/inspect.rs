@@ -155,3 +155,33 @@ fn runs_list_json_and_logs() {
     let out = home.orch(&["runs", "show", "nope"]);
     assert!(text(&out.stderr).contains("no run `nope`"));
 }
+
+#[test]
+fn a_listing_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let home = Home::new();
+    // Enough runs that the table outgrows the pipe's buffer before the reader goes.
+    home.write_dag("quick", "tasks:\n  - { id: a, kind: noop }\n");
+    for _ in 0..3 {
+        assert!(home.orch(&["run", "quick"]).status.success());
+    }
+    let mut child = home
+        .command(&["dags", "list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("orch dags list");
+    // The reader leaves at once, as `| head -0` does.
+    drop(child.stdout.take());
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_string(&mut stderr).expect("stderr");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        status.success() || std::os::unix::process::ExitStatusExt::signal(&status) == Some(13),
+        "ends by SIGPIPE or normally, not by a panic: {status:?}"
+    );
+}
