@@ -13,7 +13,7 @@ use crate::lease::{self, Lease};
 use crate::store::Store;
 use crate::stream::ingest::{self, IngestPlaces};
 use crate::stream::stats::{StreamReport, StreamStats};
-use crate::stream::supervisor::{self, REPORT_EVERY};
+use crate::stream::supervisor;
 
 /// A report older than this no longer describes a live stream.
 const STALE_AFTER_SECONDS: i64 = 10;
@@ -28,34 +28,20 @@ pub async fn run(config: &Config, stream_id: &str) -> anyhow::Result<ExitCode> {
     };
     let store = Store::open(&config.database_url).await?;
     let lease = Lease::acquire(&config.state_dir()).context("cannot create the process lease")?;
-    let places = IngestPlaces {
-        ws_url: config.data.binance_ws_url.clone(),
-        api_url: config.data.binance_api_url.clone(),
-        staging_url: config.data.staging_url.clone(),
-    };
+    let places = IngestPlaces::of(&config.data);
     let stats = Arc::new(Mutex::new(StreamStats::default()));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
-    let ingest = ingest::run(&def, &places, Arc::clone(&stats), stop);
-    tokio::pin!(ingest);
-    let mut report = tokio::time::interval(REPORT_EVERY);
-    let mut stopping = false;
-    let result = loop {
+    // Ctrl-C or SIGTERM stops the stream, which commits its pending batch first.
+    tokio::spawn(async move {
         tokio::select! {
-            result = &mut ingest => break result,
-            _ = tokio::signal::ctrl_c(), if !stopping => {
-                stopping = true;
-                let _ = stop_tx.send(true);
-            }
-            _ = term.recv(), if !stopping => {
-                stopping = true;
-                let _ = stop_tx.send(true);
-            }
-            _ = report.tick() => supervisor::save(&store, &def.id, lease.id(), &stats).await,
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
-    };
-    supervisor::save(&store, &def.id, lease.id(), &stats).await;
+        let _ = stop_tx.send(true);
+    });
+    let result = supervisor::run_reported(&def, &places, &store, lease.id(), &stats, stop).await;
     let last = ingest::lock(&stats).report(Utc::now().timestamp_millis());
     tracing::info!(
         stream = %def.id,

@@ -91,15 +91,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         parallelism = config.parallelism,
         "orch serve started"
     );
-    let streams = Supervisor::new(
-        IngestPlaces {
-            ws_url: config.data.binance_ws_url.clone(),
-            api_url: config.data.binance_api_url.clone(),
-            staging_url: config.data.staging_url.clone(),
-        },
-        store.clone(),
-        lease.id(),
-    );
+    let streams = Supervisor::new(IngestPlaces::of(&config.data), store.clone(), lease.id());
     let mut scheduler = Scheduler {
         store,
         registry,

@@ -272,17 +272,12 @@ impl Staging {
         }
     }
 
-    /// Turns rows of (symbol, trade_id, price, qty, quote_qty, trade_time, is_buyer_maker),
-    /// decimals as text, into columns.
-    async fn collect_columns<R, S>(&self, mut rows: S) -> Result<TradeColumns, StagingError>
-    where
-        R: Row,
-        S: futures_util::Stream<Item = Result<R, sqlx::Error>> + Unpin,
-        for<'r> &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        usize: sqlx::ColumnIndex<R>,
-    {
+    /// Turns PostgreSQL rows of (symbol, trade_id, price, qty, quote_qty, trade_time,
+    /// is_buyer_maker), decimals as text, into columns.
+    async fn collect_columns(
+        &self,
+        mut rows: impl futures_util::Stream<Item = Result<sqlx::postgres::PgRow, sqlx::Error>> + Unpin,
+    ) -> Result<TradeColumns, StagingError> {
         use futures_util::TryStreamExt;
         let mut columns = TradeColumns::default();
         while let Some(row) = rows.try_next().await.map_err(self.sql_error())? {

@@ -50,6 +50,17 @@ pub struct IngestPlaces {
     pub staging_url: String,
 }
 
+impl IngestPlaces {
+    /// The places the configuration names.
+    pub fn of(data: &crate::config::DataPlaces) -> IngestPlaces {
+        IngestPlaces {
+            ws_url: data.binance_ws_url.clone(),
+            api_url: data.binance_api_url.clone(),
+            staging_url: data.staging_url.clone(),
+        }
+    }
+}
+
 /// Shared with whoever reports on the stream (`orch streams`, the log).
 pub type SharedStats = Arc<Mutex<StreamStats>>;
 

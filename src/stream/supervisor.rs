@@ -117,16 +117,8 @@ async fn supervise(
 ) {
     let stats: SharedStats = Arc::new(Mutex::new(StreamStats::default()));
     let mut backoff = RESTART_MIN;
-    let mut report = tokio::time::interval(REPORT_EVERY);
     loop {
-        let run = ingest::run(&def, &places, Arc::clone(&stats), stop.clone());
-        tokio::pin!(run);
-        let result = loop {
-            tokio::select! {
-                result = &mut run => break result,
-                _ = report.tick() => save(&store, &def.id, &owner, &stats).await,
-            }
-        };
+        let result = run_reported(&def, &places, &store, &owner, &stats, stop.clone()).await;
         if *stop.borrow() {
             break;
         }
@@ -148,8 +140,31 @@ async fn supervise(
     save(&store, &def.id, &owner, &stats).await;
 }
 
+/// Runs `def` once, until `stop` or a failure, saving its report every [`REPORT_EVERY`] and
+/// when it ends; `orch serve` and `orch stream run` both run streams this way.
+pub async fn run_reported(
+    def: &StreamDef,
+    places: &IngestPlaces,
+    store: &Store,
+    owner: &str,
+    stats: &SharedStats,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ingest::IngestError> {
+    let run = ingest::run(def, places, Arc::clone(stats), stop);
+    tokio::pin!(run);
+    let mut report = tokio::time::interval(REPORT_EVERY);
+    let result = loop {
+        tokio::select! {
+            result = &mut run => break result,
+            _ = report.tick() => save(store, &def.id, owner, stats).await,
+        }
+    };
+    save(store, &def.id, owner, stats).await;
+    result
+}
+
 /// Saves the stream's current report for `orch streams`.
-pub async fn save(store: &Store, stream_id: &str, owner: &str, stats: &SharedStats) {
+async fn save(store: &Store, stream_id: &str, owner: &str, stats: &SharedStats) {
     let report = ingest::lock(stats).report(chrono::Utc::now().timestamp_millis());
     let json = serde_json::to_string(&report).unwrap_or_default();
     if let Err(e) = store

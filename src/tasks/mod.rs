@@ -35,8 +35,15 @@ pub use warehouse_load_star_schema::WarehouseLoadStarSchema;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+impl TaskContext {
+    /// The day a day-based kind works on: its `date:` (`YYYY-MM-DD`), else the run's `ds`.
+    pub(crate) fn day(&self, date: Option<&str>) -> Result<chrono::NaiveDate, String> {
+        parse_day(date.unwrap_or(&self.ds))
+    }
+}
+
 /// A `date:` of a day-based kind: `YYYY-MM-DD`.
-pub(crate) fn parse_day(text: &str) -> Result<chrono::NaiveDate, String> {
+fn parse_day(text: &str) -> Result<chrono::NaiveDate, String> {
     chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .map_err(|_| format!("date `{text}` is not a day as YYYY-MM-DD"))
 }

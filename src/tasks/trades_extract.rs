@@ -11,7 +11,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_day, parse_with};
+use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_with};
 use crate::lake::{Lake, daily_trades};
 use crate::staging::Staging;
 
@@ -62,7 +62,7 @@ impl TaskKind for TradesExtract {
     ) -> BoxFuture<'a, Result<TaskOutput, String>> {
         Box::pin(async move {
             let config: Config = parse_with(&with)?;
-            let date = parse_day(config.date.as_deref().unwrap_or(&ctx.ds))?;
+            let date = ctx.day(config.date.as_deref())?;
             let (from_ms, to_ms) = super::day_bounds_ms(date);
             let url = config.staging.as_deref().unwrap_or(&ctx.data.staging_url);
             let staging = Staging::open(url, &config.table)

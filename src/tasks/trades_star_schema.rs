@@ -14,7 +14,7 @@ use polars::prelude::DataType;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_day, parse_with};
+use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_with};
 use crate::exchange::binance::{BinanceClient, RetryPolicy};
 use crate::lake::{Lake, daily_trades};
 use crate::transform::star_schema::{self, ExchangeRef, SymbolRef};
@@ -59,7 +59,7 @@ impl TaskKind for TradesStarSchema {
     ) -> BoxFuture<'a, Result<TaskOutput, String>> {
         Box::pin(async move {
             let config: Config = parse_with(&with)?;
-            let date = parse_day(config.date.as_deref().unwrap_or(&ctx.ds))?;
+            let date = ctx.day(config.date.as_deref())?;
             let lake = Lake::open(&ctx.data.lake_url).map_err(|e| e.to_string())?;
             let dir = daily_trades::snapshot_dir(&config.source, date);
             let snapshot = daily_trades::scan_parts(&lake, &dir).await?.ok_or_else(|| {

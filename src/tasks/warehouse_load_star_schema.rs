@@ -15,7 +15,7 @@ use polars::prelude::{DataType, len};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, day_bounds_ms, parse_day, parse_with};
+use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, day_bounds_ms, parse_with};
 use crate::config::redact_url;
 use crate::lake::{Lake, daily_trades};
 use crate::transform::{quality, star_schema::StarSchema};
@@ -54,7 +54,7 @@ impl TaskKind for WarehouseLoadStarSchema {
     ) -> BoxFuture<'a, Result<TaskOutput, String>> {
         Box::pin(async move {
             let config: Config = parse_with(&with)?;
-            let date = parse_day(config.date.as_deref().unwrap_or(&ctx.ds))?;
+            let date = ctx.day(config.date.as_deref())?;
             let lake = Lake::open(&ctx.data.lake_url).map_err(|e| e.to_string())?;
             let read = |table: &'static str| {
                 let dir = daily_trades::curated_dir(&config.source, table, date);
