@@ -1,42 +1,57 @@
-//! Exact decimal numbers for prices and quantities: integers of 10⁻⁸ units.
+//! Exact decimal numbers for prices, quantities and trade values: integers of 10⁻ˢ units.
 //!
 //! Exchanges send prices and quantities as decimal strings with at most 8 fractional digits
-//! (Binance's `"4.00000100"`). Parsing them through `f64` would change their values; this type
-//! keeps them exact from the wire to the lake's `decimal(38, 8)` columns and the warehouse's
-//! `NUMERIC`, and rejects any value it cannot hold exactly instead of rounding it.
+//! (Binance's `"4.00000100"`). Parsing them through `f64` would change their values; a
+//! [`Decimal`] keeps them exact from the wire to the lake's `decimal(38, 8)` columns and the
+//! warehouse's `NUMERIC`, and rejects any value it cannot hold exactly instead of rounding it.
+//!
+//! A trade's value, price × quantity, needs up to twice the fractional digits: on ETHBTC
+//! (tick 0.00001, step 0.0001) it has 9. [`Decimal::exact_mul`] is the one multiply of orch:
+//! every path that brings a trade (REST, websocket, replay) and the daily transform use it, so
+//! a [`Product`] (16 fractional digits, the lake's `decimal(38, 16)`) is exact for any tick and
+//! step, and the same trade always gets the same value.
 
 use std::fmt;
 use std::str::FromStr;
 
-/// Digits after the decimal point.
-pub const SCALE: u32 = 8;
-/// Total digits, as in the lake's `decimal(38, 8)` columns.
+/// Total digits of every fixed-point column orch writes, as in `decimal(38, S)`.
 pub const PRECISION: usize = 38;
 
-const UNITS_PER_ONE: i128 = 10_i128.pow(SCALE);
 const MAX_UNITS: i128 = 10_i128.pow(PRECISION as u32) - 1;
 
-/// A decimal number with exactly [`SCALE`] fractional digits.
+/// A decimal number with exactly `S` fractional digits, at most [`PRECISION`] digits in all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Decimal {
+pub struct Fixed<const S: u32> {
     units: i128,
 }
 
+/// Prices and quantities: 8 fractional digits, as exchanges send them.
+pub type Decimal = Fixed<8>;
+
+/// The exact product of two [`Decimal`]s, such as a trade's quote quantity: 16 fractional
+/// digits.
+pub type Product = Fixed<16>;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{text}` is not a decimal number with at most {SCALE} fractional digits: {reason}")]
+#[error("`{text}` is not a decimal number with at most {scale} fractional digits: {reason}")]
 pub struct DecimalError {
     text: String,
+    scale: u32,
     reason: &'static str,
 }
 
-impl Decimal {
-    /// The value in units of 10⁻⁸, as stored in a `decimal(38, 8)` column.
+impl<const S: u32> Fixed<S> {
+    /// Digits after the decimal point.
+    pub const SCALE: u32 = S;
+    const UNITS_PER_ONE: i128 = 10_i128.pow(S);
+
+    /// The value in units of 10⁻ˢ, as stored in a `decimal(38, S)` column.
     pub fn units(self) -> i128 {
         self.units
     }
 
-    pub fn from_units(units: i128) -> Option<Decimal> {
-        (units.abs() <= MAX_UNITS).then_some(Decimal { units })
+    pub fn from_units(units: i128) -> Option<Self> {
+        (units.abs() <= MAX_UNITS).then_some(Fixed { units })
     }
 
     pub fn is_positive(self) -> bool {
@@ -44,12 +59,23 @@ impl Decimal {
     }
 }
 
-impl FromStr for Decimal {
+impl Decimal {
+    /// `self × other`, exact: the product of two 8-digit fractions has at most 16 fractional
+    /// digits. `None` only past 38 digits, far beyond any price times any quantity.
+    pub fn exact_mul(self, other: Decimal) -> Option<Product> {
+        self.units
+            .checked_mul(other.units)
+            .and_then(Product::from_units)
+    }
+}
+
+impl<const S: u32> FromStr for Fixed<S> {
     type Err = DecimalError;
 
-    fn from_str(text: &str) -> Result<Decimal, DecimalError> {
+    fn from_str(text: &str) -> Result<Self, DecimalError> {
         let fail = |reason| DecimalError {
             text: text.to_string(),
+            scale: S,
             reason,
         };
         let (negative, digits) = match text.strip_prefix('-') {
@@ -68,7 +94,7 @@ impl FromStr for Decimal {
             return Err(fail("not a plain decimal"));
         }
         let significant = fraction.trim_end_matches('0');
-        if significant.len() > SCALE as usize {
+        if significant.len() > S as usize {
             return Err(fail("too many fractional digits"));
         }
         let mut units: i128 = 0;
@@ -76,39 +102,45 @@ impl FromStr for Decimal {
             units = units
                 .checked_mul(10)
                 .and_then(|u| u.checked_add(i128::from(b - b'0')))
-                .filter(|u| *u <= MAX_UNITS / UNITS_PER_ONE)
+                .filter(|u| *u <= MAX_UNITS / Self::UNITS_PER_ONE)
                 .ok_or_else(|| fail("too large"))?;
         }
-        units *= UNITS_PER_ONE;
-        let mut scale = UNITS_PER_ONE;
+        units *= Self::UNITS_PER_ONE;
+        let mut scale = Self::UNITS_PER_ONE;
         for b in significant.bytes() {
             scale /= 10;
             units += i128::from(b - b'0') * scale;
         }
-        Ok(Decimal {
+        Ok(Fixed {
             units: if negative { -units } else { units },
         })
     }
 }
 
-impl fmt::Display for Decimal {
-    /// Always with [`SCALE`] fractional digits, as Binance writes them: `4.00000100`.
+impl<const S: u32> fmt::Display for Fixed<S> {
+    /// Always with `S` fractional digits, as Binance writes prices: `4.00000100`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sign = if self.units < 0 { "-" } else { "" };
         let abs = self.units.unsigned_abs();
-        let one = UNITS_PER_ONE as u128;
-        write!(f, "{sign}{}.{:08}", abs / one, abs % one)
+        let one = Self::UNITS_PER_ONE as u128;
+        write!(
+            f,
+            "{sign}{}.{:0width$}",
+            abs / one,
+            abs % one,
+            width = S as usize
+        )
     }
 }
 
-impl serde::Serialize for Decimal {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl<const S: u32> serde::Serialize for Fixed<S> {
+    fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
         s.collect_str(self)
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Decimal {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+impl<'de, const S: u32> serde::Deserialize<'de> for Fixed<S> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
     }
@@ -138,10 +170,12 @@ mod tests {
     }
 
     #[test]
-    fn prints_with_eight_digits_and_round_trips() {
+    fn prints_with_all_digits_and_round_trips() {
         for text in ["4.00000100", "0.00000001", "-12.50000000", "98765.43210000"] {
             assert_eq!(d(text).to_string(), text);
         }
+        let p: Product = "0.0042647040000001".parse().expect("product");
+        assert_eq!(p.to_string(), "0.0042647040000001");
     }
 
     #[test]
@@ -153,6 +187,29 @@ mod tests {
             "1000000000000000000000000000000"
                 .parse::<Decimal>()
                 .is_err()
+        );
+        assert!("1.00000000000000001".parse::<Product>().is_err());
+    }
+
+    /// ETHBTC: tick 0.00001 and step 0.0001 give products with 9 fractional digits, which an
+    /// 8-digit product would cut.
+    #[test]
+    fn products_are_exact_for_any_tick_and_step() {
+        let price = d("0.03456");
+        let qty = d("0.1234");
+        let product = price.exact_mul(qty).expect("in range");
+        assert_eq!(product.to_string(), "0.0042647040000000");
+        assert_eq!(product.units(), 42_647_040_000_000);
+        // The largest of each, still exact.
+        let big = d("99999999.99999999")
+            .exact_mul(d("99999999.99999999"))
+            .expect("fits 38 digits");
+        assert_eq!(big.to_string(), "9999999999999998.0000000000000001");
+        // Signs multiply as numbers do.
+        assert_eq!(d("-2.5").exact_mul(d("0.5")), "-1.25".parse().ok());
+        assert_eq!(
+            d("1000000000000000000000").exact_mul(d("1000000000000000000000")),
+            None
         );
     }
 }

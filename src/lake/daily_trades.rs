@@ -1,7 +1,8 @@
 //! A day's snapshot of staged trades, and the curated tables built from it.
 //!
 //! - snapshot: `<prefix>/date=YYYY-MM-DD/part-00000.parquet`, ... with columns `exchange`,
-//!   `symbol` (string), `trade_id` (int64), `price`, `qty`, `quote_qty` (decimal(38, 8)),
+//!   `symbol` (string), `trade_id` (int64), `price`, `qty` (decimal(38, 8)), `quote_qty`
+//!   (decimal(38, 16), price × qty exact),
 //!   `trade_time` (timestamp ms UTC), `is_buyer_maker` (bool); snappy-compressed;
 //! - curated: `<prefix>/<table>/year=YYYY/month=MM/day=DD/part-00000.parquet`.
 //!
@@ -15,7 +16,7 @@ use chrono::{Datelike, NaiveDate};
 use polars::prelude::*;
 
 use super::{Lake, LakeError};
-use crate::decimal::{PRECISION, SCALE};
+use crate::decimal::{Decimal, PRECISION, Product};
 use crate::staging::TradeColumns;
 
 /// Rows per snapshot part: a few hundred MB of memory to write, tens of MB on disk.
@@ -96,9 +97,9 @@ fn take_front<T>(v: &mut Vec<T>, n: usize) -> Vec<T> {
 
 fn encode_part(exchange: &str, trades: TradeColumns) -> PolarsResult<Bytes> {
     let height = trades.len();
-    let decimal = |name: &str, units: Vec<i128>| -> Column {
+    let decimal = |name: &str, units: Vec<i128>, scale: u32| -> Column {
         Int128Chunked::from_vec(name.into(), units)
-            .into_decimal_unchecked(PRECISION, SCALE as usize)
+            .into_decimal_unchecked(PRECISION, scale as usize)
             .into_series()
             .into()
     };
@@ -117,9 +118,9 @@ fn encode_part(exchange: &str, trades: TradeColumns) -> PolarsResult<Bytes> {
         Int64Chunked::from_vec("trade_id".into(), trades.trade_id)
             .into_series()
             .into(),
-        decimal("price", trades.price),
-        decimal("qty", trades.qty),
-        decimal("quote_qty", trades.quote_qty),
+        decimal("price", trades.price, Decimal::SCALE),
+        decimal("qty", trades.qty, Decimal::SCALE),
+        decimal("quote_qty", trades.quote_qty, Product::SCALE),
         Int64Chunked::from_vec("trade_time".into(), trades.trade_time)
             .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
             .into_series()

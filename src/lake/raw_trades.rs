@@ -6,8 +6,9 @@
 //! id. That makes the lake its own ledger: the highest last id listed under a symbol is where
 //! the next fetch starts, whatever the metadata database says, so a crash between writing a
 //! file and recording the watermark neither refetches (duplicates) nor skips (gaps) a trade.
-//! Columns: `trade_id` int64, `price`, `qty`, `quote_qty` decimal(38, 8), `trade_time`
-//! timestamp(ms, UTC), `is_buyer_maker`, `is_best_match` bool; snappy-compressed.
+//! Columns: `trade_id` int64, `price`, `qty` decimal(38, 8), `quote_qty` decimal(38, 16) (price
+//! × qty, exact), `trade_time` timestamp(ms, UTC), `is_buyer_maker`, `is_best_match` bool;
+//! snappy-compressed.
 
 use std::io::Cursor;
 
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use chrono::DateTime;
 use polars::prelude::*;
 
-use crate::decimal::{Decimal, PRECISION, SCALE};
+use crate::decimal::{Decimal, Fixed, PRECISION};
 use crate::exchange::Trade;
 
 /// Where a file of trades of `symbol` on `date` (`YYYY-MM-DD`) with ids `first..=last` goes.
@@ -50,9 +51,9 @@ pub fn utc_date(time_ms: i64) -> String {
         .unwrap_or_else(|| "1970-01-01".to_string())
 }
 
-fn decimal_series(name: &str, values: impl Iterator<Item = Decimal>) -> Series {
-    Int128Chunked::from_iter_values(name.into(), values.map(Decimal::units))
-        .into_decimal_unchecked(PRECISION, SCALE as usize)
+fn decimal_series<const S: u32>(name: &str, values: impl Iterator<Item = Fixed<S>>) -> Series {
+    Int128Chunked::from_iter_values(name.into(), values.map(Fixed::units))
+        .into_decimal_unchecked(PRECISION, S as usize)
         .into_series()
 }
 
@@ -99,35 +100,41 @@ pub fn read_frame(bytes: Bytes) -> PolarsResult<DataFrame> {
 pub fn decode(bytes: Bytes) -> PolarsResult<Vec<Trade>> {
     let frame = read_frame(bytes)?;
     let ids = frame.column("trade_id")?.i64()?;
-    let decimals = |name: &str| -> PolarsResult<Vec<Decimal>> {
-        let column = frame.column(name)?.decimal()?.physical();
-        (0..column.len())
-            .map(|i| column.get(i))
-            .map(|units| {
-                units.and_then(Decimal::from_units).ok_or_else(
-                    || polars_err!(ComputeError: "null or oversized value in `{}`", name),
-                )
-            })
-            .collect()
-    };
-    let prices = decimals("price")?;
-    let qtys = decimals("qty")?;
-    let quotes = decimals("quote_qty")?;
+    let prices: Vec<Decimal> = decimals(&frame, "price")?;
+    let qtys: Vec<Decimal> = decimals(&frame, "qty")?;
     let times = frame.column("trade_time")?.datetime()?.physical().clone();
     let makers = frame.column("is_buyer_maker")?.bool()?;
     let best = frame.column("is_best_match")?.bool()?;
     (0..frame.height())
         .map(|i| {
             let missing = || polars_err!(ComputeError: "null in row {}", i);
-            Ok(Trade {
-                id: ids.get(i).ok_or_else(missing)?,
-                price: prices[i],
-                qty: qtys[i],
-                quote_qty: quotes[i],
-                time_ms: times.get(i).ok_or_else(missing)?,
-                is_buyer_maker: makers.get(i).ok_or_else(missing)?,
-                is_best_match: best.get(i).ok_or_else(missing)?,
-            })
+            Trade::new(
+                ids.get(i).ok_or_else(missing)?,
+                prices[i],
+                qtys[i],
+                times.get(i).ok_or_else(missing)?,
+                makers.get(i).ok_or_else(missing)?,
+                best.get(i).ok_or_else(missing)?,
+            )
+            .ok_or_else(|| polars_err!(ComputeError: "price × qty out of range in row {}", i))
+        })
+        .collect()
+}
+
+/// A decimal column's values at the scale `S` it must have.
+fn decimals<const S: u32>(frame: &DataFrame, name: &str) -> PolarsResult<Vec<Fixed<S>>> {
+    let column = frame.column(name)?.decimal()?;
+    polars_ensure!(
+        column.scale() == S as usize,
+        ComputeError: "`{}` has scale {}, not {}", name, column.scale(), S
+    );
+    let physical = column.physical();
+    (0..physical.len())
+        .map(|i| {
+            physical
+                .get(i)
+                .and_then(Fixed::from_units)
+                .ok_or_else(|| polars_err!(ComputeError: "null or oversized value in `{}`", name))
         })
         .collect()
 }
@@ -138,25 +145,28 @@ mod tests {
 
     #[test]
     fn trades_survive_a_round_trip_through_parquet_exactly() {
+        let trade = |id, price: &str, qty: &str, time_ms, maker| {
+            Trade::new(
+                id,
+                price.parse().expect("price"),
+                qty.parse().expect("qty"),
+                time_ms,
+                maker,
+                true,
+            )
+            .expect("trade")
+        };
         let trades = vec![
-            Trade {
-                id: 28457,
-                price: "4.00000100".parse().expect("price"),
-                qty: "12.00000000".parse().expect("qty"),
-                quote_qty: "48.000012".parse().expect("quote"),
-                time_ms: 1_499_865_549_590,
-                is_buyer_maker: true,
-                is_best_match: true,
-            },
-            Trade {
-                id: 28458,
-                price: "97250.12000000".parse().expect("price"),
-                qty: "0.00001000".parse().expect("qty"),
-                quote_qty: "0.97250120".parse().expect("quote"),
-                time_ms: 1_499_865_549_591,
-                is_buyer_maker: false,
-                is_best_match: true,
-            },
+            trade(28457, "4.00000100", "12.00000000", 1_499_865_549_590, true),
+            trade(
+                28458,
+                "97250.12000000",
+                "0.00001000",
+                1_499_865_549_591,
+                false,
+            ),
+            // ETHBTC: a 9-digit product.
+            trade(28459, "0.03456000", "0.12340000", 1_499_865_549_592, false),
         ];
         let bytes = encode(&trades).expect("encode");
         assert_eq!(decode(bytes.clone()).expect("decode"), trades);
@@ -164,6 +174,14 @@ mod tests {
         assert_eq!(
             frame.column("price").expect("price").dtype(),
             &DataType::Decimal(38, 8)
+        );
+        assert_eq!(
+            frame.column("quote_qty").expect("quote_qty").dtype(),
+            &DataType::Decimal(38, 16)
+        );
+        assert_eq!(
+            decimals::<16>(&frame, "quote_qty").expect("quotes")[2].to_string(),
+            "0.0042647040000000"
         );
     }
 

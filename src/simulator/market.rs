@@ -36,6 +36,8 @@ fn profile(symbol: &str) -> Profile {
         "BTCUSDT" => p("BTC", "USDT", 97_250.0, 1_000_000, 1_000),
         "BTCFDUSD" => p("BTC", "FDUSD", 97_240.0, 1_000_000, 1_000),
         "ETHUSDT" => p("ETH", "USDT", 3_410.0, 1_000_000, 10_000),
+        // Tick 0.00001 and step 0.0001: price × quantity has 9 fractional digits.
+        "ETHBTC" => p("ETH", "BTC", 0.03456, 1_000, 10_000),
         "AAVEUSDT" => p("AAVE", "USDT", 182.0, 1_000_000, 100_000),
         "STXUSDT" => p("STX", "USDT", 0.61, 10_000, 10_000_000),
         "ARBUSDT" => p("ARB", "USDT", 0.34, 10_000, 10_000_000),
@@ -184,16 +186,14 @@ impl Market {
             book.price = (book.price + step).max(book.tick * 10);
             let lots = self.rng.random_range(1..=200_i128) * self.rng.random_range(1..=50_i128);
             let qty = lots * book.lot;
-            let quote = book.price * qty / 100_000_000;
-            let trade = Trade {
-                id: book.next_id,
-                price: Decimal::from_units(book.price)?,
-                qty: Decimal::from_units(qty)?,
-                quote_qty: Decimal::from_units(quote)?,
-                time_ms: now_ms - (count - 1 - i) as i64 / 50,
-                is_buyer_maker: self.rng.random_bool(0.5),
-                is_best_match: true,
-            };
+            let trade = Trade::new(
+                book.next_id,
+                Decimal::from_units(book.price)?,
+                Decimal::from_units(qty)?,
+                now_ms - (count - 1 - i) as i64 / 50,
+                self.rng.random_bool(0.5),
+                true,
+            )?;
             book.push(trade);
         }
         Some((first, book.next_id - 1))
@@ -257,16 +257,23 @@ mod tests {
 
     #[test]
     fn prices_sit_on_the_tick_grid_and_quote_is_price_times_qty() {
-        let mut market = Market::new(&["STXUSDT".to_string()], 1);
-        market.generate("STXUSDT", 1000, 0);
-        for t in market.recent("STXUSDT", 1000).expect("known") {
-            assert!(t.price.is_positive() && t.qty.is_positive());
-            assert_eq!(t.price.units() % 10_000, 0);
-            assert_eq!(
-                t.quote_qty.units(),
-                t.price.units() * t.qty.units() / 100_000_000
-            );
+        let symbols = ["STXUSDT".to_string(), "ETHBTC".to_string()];
+        let mut market = Market::new(&symbols, 1);
+        for (symbol, tick) in [("STXUSDT", 10_000), ("ETHBTC", 1_000)] {
+            market.generate(symbol, 1000, 0);
+            for t in market.recent(symbol, 1000).expect("known") {
+                assert!(t.price.is_positive() && t.qty.is_positive());
+                assert_eq!(t.price.units() % tick, 0);
+                assert_eq!(t.quote_qty.units(), t.price.units() * t.qty.units());
+            }
         }
+        // ETHBTC's values need more than 8 fractional digits.
+        let trades = market.recent("ETHBTC", 1000).expect("known");
+        assert!(
+            trades
+                .iter()
+                .any(|t| t.quote_qty.units() % 100_000_000 != 0)
+        );
     }
 
     #[test]
@@ -274,14 +281,16 @@ mod tests {
         let mut market = Market::new(&["BTCUSDT".to_string()], 2);
         market.generate("BTCUSDT", 10, 0);
         let recorded: Vec<Trade> = (0..4_i64)
-            .map(|i| Trade {
-                id: 500 + i,
-                price: Decimal::from_units(4_000_000_000_000 + i as i128).expect("price"),
-                qty: Decimal::from_units(1_000).expect("qty"),
-                quote_qty: Decimal::from_units(40_000).expect("quote"),
-                time_ms: 1_600_000_000_000 + i * 1000,
-                is_buyer_maker: i % 2 == 0,
-                is_best_match: true,
+            .map(|i| {
+                Trade::new(
+                    500 + i,
+                    Decimal::from_units(4_000_000_000_000 + i as i128).expect("price"),
+                    Decimal::from_units(1_000).expect("qty"),
+                    1_600_000_000_000 + i * 1000,
+                    i % 2 == 0,
+                    true,
+                )
+                .expect("trade")
             })
             .collect();
         market.replay("BTCUSDT", recorded).expect("known");

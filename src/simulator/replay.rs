@@ -62,8 +62,6 @@ fn trades(frame: &DataFrame) -> anyhow::Result<Vec<Trade>> {
         };
         let price = exact(price).with_context(|| format!("{}: price", at()))?;
         let qty = exact(qty).with_context(|| format!("{}: quantity", at()))?;
-        let quote_qty = Decimal::from_units(price.units() * qty.units() / 100_000_000)
-            .with_context(|| format!("{}: price × quantity is out of range", at()))?;
         let is_buyer_maker = match maker.to_ascii_lowercase().as_str() {
             "true" => true,
             "false" => false,
@@ -74,15 +72,10 @@ fn trades(frame: &DataFrame) -> anyhow::Result<Vec<Trade>> {
         {
             bail!("{}: trade id {id} does not follow {previous}", at());
         }
-        trades.push(Trade {
-            id,
-            price,
-            qty,
-            quote_qty,
-            time_ms,
-            is_buyer_maker,
-            is_best_match: true,
-        });
+        trades.push(
+            Trade::new(id, price, qty, time_ms, is_buyer_maker, true)
+                .with_context(|| format!("{}: price × quantity is out of range", at()))?,
+        );
     }
     if trades.is_empty() {
         bail!("no trades");

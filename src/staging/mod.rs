@@ -5,14 +5,14 @@
 //! `(exchange, symbol, trade_id)`, its primary key: ids are per symbol, so keying on the id
 //! alone would merge symbols. Inserts are batched and `ON CONFLICT DO NOTHING`, so a replayed
 //! batch or a backfill overlapping the stream writes nothing twice. Prices and quantities stay
-//! exact: `NUMERIC(38, 8)` in PostgreSQL, decimal text in SQLite; times are milliseconds since
-//! the epoch, UTC.
+//! exact: `NUMERIC(38, 8)` in PostgreSQL (`NUMERIC(38, 16)` for `quote_qty`, price × qty),
+//! decimal text in SQLite; times are milliseconds since the epoch, UTC.
 
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use crate::config::redact_url;
 use crate::database::{self, Backend};
-use crate::decimal::Decimal;
+use crate::decimal::{Decimal, Product};
 use crate::exchange::Trade;
 
 #[derive(Debug, thiserror::Error)]
@@ -101,9 +101,9 @@ impl Staging {
     }
 
     async fn create_table(&self) -> Result<(), StagingError> {
-        let (decimal, boolean) = match self.backend {
-            Backend::Sqlite => ("TEXT", "INTEGER"),
-            Backend::Postgres => ("NUMERIC(38, 8)", "BOOLEAN"),
+        let (decimal, product, boolean) = match self.backend {
+            Backend::Sqlite => ("TEXT", "TEXT", "INTEGER"),
+            Backend::Postgres => ("NUMERIC(38, 8)", "NUMERIC(38, 16)", "BOOLEAN"),
         };
         let table = &self.table;
         let ddl = format!(
@@ -113,7 +113,7 @@ impl Staging {
                 trade_id       BIGINT NOT NULL,
                 price          {decimal} NOT NULL,
                 qty            {decimal} NOT NULL,
-                quote_qty      {decimal} NOT NULL,
+                quote_qty      {product} NOT NULL,
                 trade_time     BIGINT NOT NULL,
                 is_buyer_maker {boolean} NOT NULL,
                 ingested_at    BIGINT NOT NULL,
@@ -125,6 +125,36 @@ impl Staging {
             .execute(&self.pool)
             .await
             .map_err(self.sql_error())?;
+        if self.backend == Backend::Postgres {
+            self.widen_quote_qty().await?;
+        }
+        Ok(())
+    }
+
+    /// Tables made before `quote_qty` kept 16 fractional digits held `NUMERIC(38, 8)`, which
+    /// cut price × qty on pairs such as ETHBTC: widen the column once, recomputing every value
+    /// exactly from the price and quantity it came from.
+    async fn widen_quote_qty(&self) -> Result<(), StagingError> {
+        let scale: Option<i32> = sqlx::query_scalar(
+            "SELECT numeric_scale FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = $1 AND column_name = 'quote_qty'",
+        )
+        .bind(self.table.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.sql_error())?
+        .flatten();
+        if scale.is_some_and(|scale| scale < Product::SCALE as i32) {
+            tracing::warn!(table = %self.table, "widening quote_qty to NUMERIC(38, 16), recomputed as price × qty");
+            let sql = format!(
+                "ALTER TABLE {} ALTER COLUMN quote_qty TYPE NUMERIC(38, 16) USING price * qty",
+                self.table
+            );
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&self.pool)
+                .await
+                .map_err(self.sql_error())?;
+        }
         Ok(())
     }
 
@@ -257,8 +287,7 @@ impl Staging {
                     .await
                     .map_err(open_err)?;
                 let sql = format!(
-                    "SELECT symbol, trade_id, price::text, qty::text, quote_qty::text, trade_time,
-                            is_buyer_maker
+                    "SELECT symbol, trade_id, price::text, qty::text, trade_time, is_buyer_maker
                      FROM {table} WHERE exchange = $1 AND trade_time >= $2 AND trade_time < $3
                      ORDER BY trade_time"
                 );
@@ -272,8 +301,8 @@ impl Staging {
         }
     }
 
-    /// Turns PostgreSQL rows of (symbol, trade_id, price, qty, quote_qty, trade_time,
-    /// is_buyer_maker), decimals as text, into columns.
+    /// Turns PostgreSQL rows of (symbol, trade_id, price, qty, trade_time, is_buyer_maker),
+    /// decimals as text, into columns.
     async fn collect_columns(
         &self,
         mut rows: impl futures_util::Stream<Item = Result<sqlx::postgres::PgRow, sqlx::Error>> + Unpin,
@@ -281,30 +310,21 @@ impl Staging {
         use futures_util::TryStreamExt;
         let mut columns = TradeColumns::default();
         while let Some(row) = rows.try_next().await.map_err(self.sql_error())? {
-            let decimal = |i: usize, column: &'static str| -> Result<i128, StagingError> {
+            let decimal = |i: usize, column: &'static str| -> Result<Decimal, StagingError> {
                 let text: &str = row.try_get(i).map_err(self.sql_error())?;
-                text.parse::<Decimal>()
-                    .map(Decimal::units)
-                    .map_err(|_| StagingError::Corrupt {
-                        table: self.table.clone(),
-                        column,
-                        value: text.to_string(),
-                    })
+                parse_decimal(text, &self.table, column)
             };
             let symbol: &str = row.try_get(0).map_err(self.sql_error())?;
-            columns.push_symbol(symbol);
-            columns
-                .trade_id
-                .push(row.try_get(1).map_err(self.sql_error())?);
-            columns.price.push(decimal(2, "price")?);
-            columns.qty.push(decimal(3, "qty")?);
-            columns.quote_qty.push(decimal(4, "quote_qty")?);
-            columns
-                .trade_time
-                .push(row.try_get(5).map_err(self.sql_error())?);
-            columns
-                .is_buyer_maker
-                .push(row.try_get(6).map_err(self.sql_error())?);
+            let trade_id: i64 = row.try_get(1).map_err(self.sql_error())?;
+            columns.push(
+                &self.table,
+                symbol,
+                trade_id,
+                decimal(2, "price")?,
+                decimal(3, "qty")?,
+                row.try_get(4).map_err(self.sql_error())?,
+                row.try_get(5).map_err(self.sql_error())?,
+            )?;
         }
         Ok(columns)
     }
@@ -333,7 +353,7 @@ fn sqlite_trades_between(
         .map_err(fail)?;
     let mut statement = conn
         .prepare(&format!(
-            "SELECT symbol, trade_id, price, qty, quote_qty, trade_time, is_buyer_maker
+            "SELECT symbol, trade_id, price, qty, trade_time, is_buyer_maker
              FROM {table} INDEXED BY {table}_by_time
              WHERE exchange = ?1 AND trade_time >= ?2 AND trade_time < ?3"
         ))
@@ -348,29 +368,30 @@ fn sqlite_trades_between(
                 .and_then(|v| v.as_str().map_err(rusqlite::Error::from))
                 .map_err(fail)
         };
-        let decimal = |i: usize, column: &'static str| -> Result<i128, StagingError> {
-            let value = text(i)?;
-            value
-                .parse::<Decimal>()
-                .map(Decimal::units)
-                .map_err(|_| StagingError::Corrupt {
-                    table: table.to_string(),
-                    column,
-                    value: value.to_string(),
-                })
-        };
-        columns.push_symbol(text(0)?);
-        columns.trade_id.push(row.get(1).map_err(fail)?);
-        columns.price.push(decimal(2, "price")?);
-        columns.qty.push(decimal(3, "qty")?);
-        columns.quote_qty.push(decimal(4, "quote_qty")?);
-        columns.trade_time.push(row.get(5).map_err(fail)?);
-        columns.is_buyer_maker.push(row.get(6).map_err(fail)?);
+        columns.push(
+            table,
+            text(0)?,
+            row.get(1).map_err(fail)?,
+            parse_decimal(text(2)?, table, "price")?,
+            parse_decimal(text(3)?, table, "qty")?,
+            row.get(4).map_err(fail)?,
+            row.get(5).map_err(fail)?,
+        )?;
     }
     Ok(columns)
 }
 
-/// Staged trades column by column; decimals in units of 10⁻⁸.
+/// A staged decimal text, or an error naming the table, column and value.
+fn parse_decimal(text: &str, table: &str, column: &'static str) -> Result<Decimal, StagingError> {
+    text.parse().map_err(|_| StagingError::Corrupt {
+        table: table.to_string(),
+        column,
+        value: text.to_string(),
+    })
+}
+
+/// Staged trades column by column; prices and quantities in units of 10⁻⁸, quote quantities
+/// in units of 10⁻¹⁶.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TradeColumns {
     /// The distinct symbols, in order of first appearance; `symbol` indexes into it.
@@ -383,6 +404,36 @@ pub struct TradeColumns {
     /// Milliseconds since the epoch, UTC.
     pub trade_time: Vec<i64>,
     pub is_buyer_maker: Vec<bool>,
+}
+
+impl TradeColumns {
+    /// Appends one staged trade. Its quote quantity is computed here by the one exact
+    /// multiply, not read back: rows staged before it kept 16 digits held a cut value.
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        table: &str,
+        symbol: &str,
+        trade_id: i64,
+        price: Decimal,
+        qty: Decimal,
+        trade_time: i64,
+        is_buyer_maker: bool,
+    ) -> Result<(), StagingError> {
+        let quote = price.exact_mul(qty).ok_or_else(|| StagingError::Corrupt {
+            table: table.to_string(),
+            column: "price × qty",
+            value: format!("{price} × {qty} (trade {symbol} {trade_id})"),
+        })?;
+        self.push_symbol(symbol);
+        self.trade_id.push(trade_id);
+        self.price.push(price.units());
+        self.qty.push(qty.units());
+        self.quote_qty.push(quote.units());
+        self.trade_time.push(trade_time);
+        self.is_buyer_maker.push(is_buyer_maker);
+        Ok(())
+    }
 }
 
 impl TradeColumns {
@@ -431,16 +482,7 @@ mod tests {
         let qty: Decimal = "0.00123000".parse().expect("qty");
         StagedTrade {
             symbol: "BTCUSDT".to_string(),
-            trade: Trade {
-                id,
-                price,
-                qty,
-                quote_qty: Decimal::from_units(price.units() * qty.units() / 100_000_000)
-                    .expect("quote"),
-                time_ms,
-                is_buyer_maker: id % 2 == 0,
-                is_best_match: true,
-            },
+            trade: Trade::new(id, price, qty, time_ms, id % 2 == 0, true).expect("trade"),
         }
     }
 
@@ -466,6 +508,49 @@ mod tests {
         let staging = Staging::open(&url, &table).await.expect("open");
         sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE {table}")))
             .execute(&staging.pool)
+            .await
+            .expect("drop the test table");
+    }
+
+    /// A table made when `quote_qty` was `NUMERIC(38, 8)` is widened on open, each value
+    /// recomputed from its price and quantity.
+    #[tokio::test]
+    async fn postgres_quote_qty_of_an_older_table_is_widened_and_recomputed() {
+        let Some(url) = std::env::var("ORCH_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("skipped: ORCH_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let table = format!("staging_old_{}", std::process::id());
+        let pool = database::connect(&url, Backend::Postgres, 1)
+            .await
+            .expect("connect");
+        let ddl = format!(
+            "DROP TABLE IF EXISTS {table};
+             CREATE TABLE {table} (exchange TEXT NOT NULL, symbol TEXT NOT NULL,
+                 trade_id BIGINT NOT NULL, price NUMERIC(38, 8) NOT NULL,
+                 qty NUMERIC(38, 8) NOT NULL, quote_qty NUMERIC(38, 8) NOT NULL,
+                 trade_time BIGINT NOT NULL, is_buyer_maker BOOLEAN NOT NULL,
+                 ingested_at BIGINT NOT NULL, PRIMARY KEY (exchange, symbol, trade_id));
+             INSERT INTO {table} VALUES
+                 ('binance', 'ETHBTC', 1, 0.03456, 0.1234, 0.00426470, 5, false, 5)"
+        );
+        sqlx::raw_sql(AssertSqlSafe(ddl))
+            .execute(&pool)
+            .await
+            .expect("an old table");
+        Staging::open(&url, &table).await.expect("open");
+        let quote: String = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT quote_qty::text FROM {table}"
+        )))
+        .fetch_one(&pool)
+        .await
+        .expect("read");
+        assert_eq!(quote, "0.0042647040000000");
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE {table}")))
+            .execute(&pool)
             .await
             .expect("drop the test table");
     }

@@ -176,7 +176,7 @@ fn value(frame: &DataFrame, column: &str, row: usize) -> PolarsResult<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::star_schema::tests::with_exchange;
+    use crate::transform::star_schema::tests::as_snapshot;
     use crate::transform::star_schema::{ExchangeRef, SymbolRef, build};
 
     fn day() -> (DataFrame, Vec<SymbolRef>) {
@@ -226,7 +226,7 @@ mod tests {
     fn a_clean_day_passes() {
         let (frame, symbols) = day();
         let clean = frame.head(Some(2));
-        let star = build(with_exchange(clean.clone()), &exchange(), &symbols).expect("transform");
+        let star = build(as_snapshot(clean.clone()), &exchange(), &symbols).expect("transform");
         let failures = check(&star, clean.lazy(), 2).expect("checks run");
         assert!(failures.is_empty(), "{failures:?}");
     }
@@ -235,7 +235,7 @@ mod tests {
     fn broken_rows_are_named() {
         // ETHUSDT has a zero price and no symbol reference; the count is off by one.
         let (frame, symbols) = day();
-        let star = build(with_exchange(frame.clone()), &exchange(), &symbols).expect("transform");
+        let star = build(as_snapshot(frame.clone()), &exchange(), &symbols).expect("transform");
         let failures = check(&star, frame.lazy(), 4).expect("checks run");
         let text = failures.join("\n");
         assert!(

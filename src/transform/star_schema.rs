@@ -2,11 +2,11 @@
 //! dimensions it joins, with Polars' lazy engine.
 //!
 //! Prices, quantities and their sums stay exact decimals; only the means (`avg_price`, the
-//! plain mean of trade prices, and `vwap`) are floating point. Each trade's price × quantity
-//! is a decimal with 8 fractional digits, exact whenever the pair's price tick times its size
-//! step has no more (so on every Binance spot pair). `open_price` and
-//! `close_price` are the first and last trade of the minute by trade id, not by time, since
-//! ids are the exchange's own order.
+//! plain mean of trade prices, and `vwap`) are floating point. `total_trade_value` sums the
+//! snapshot's `quote_qty`, each trade's price × quantity as [`crate::decimal`]'s one multiply
+//! computed it with 16 fractional digits, so it equals exact decimal arithmetic for any tick
+//! and step (ETHBTC's products have 9 digits). `open_price` and `close_price` are the first and
+//! last trade of the minute by trade id, not by time, since ids are the exchange's own order.
 
 use polars::prelude::*;
 
@@ -52,12 +52,13 @@ impl StarSchema {
 }
 
 /// The snapshot's columns the transform reads.
-pub const SNAPSHOT_COLUMNS: [&str; 7] = [
+pub const SNAPSHOT_COLUMNS: [&str; 8] = [
     "exchange",
     "symbol",
     "trade_id",
     "price",
     "qty",
+    "quote_qty",
     "trade_time",
     "is_buyer_maker",
 ];
@@ -97,7 +98,7 @@ pub fn aggregate(trades: LazyFrame) -> PolarsResult<DataFrame> {
                 .mean()
                 .alias("avg_price"),
             col("qty").sum().alias("total_quantity"),
-            (col("price") * col("qty")).sum().alias("total_trade_value"),
+            col("quote_qty").sum().alias("total_trade_value"),
             len().cast(DataType::Int64).alias("trade_count"),
             when(col("is_buyer_maker").not())
                 .then(col("qty"))
@@ -343,8 +344,32 @@ pub(crate) mod tests {
         .expect("frame")
     }
 
-    /// The trades as the snapshot holds them: with their exchange.
-    pub(crate) fn with_exchange(frame: DataFrame) -> LazyFrame {
+    /// The trades as the snapshot holds them: with their exchange, and each trade's quote
+    /// quantity from the one exact multiply.
+    pub(crate) fn as_snapshot(mut frame: DataFrame) -> LazyFrame {
+        let units = |name: &str| -> Vec<i128> {
+            let column = frame.column(name).expect(name).decimal().expect("decimal");
+            column.physical().iter().map(|v| v.expect(name)).collect()
+        };
+        let quotes: Vec<i128> = units("price")
+            .into_iter()
+            .zip(units("qty"))
+            .map(|(p, q)| {
+                let (p, q) = (
+                    crate::decimal::Decimal::from_units(p).expect("price"),
+                    crate::decimal::Decimal::from_units(q).expect("qty"),
+                );
+                p.exact_mul(q).expect("in range").units()
+            })
+            .collect();
+        frame
+            .with_column(
+                Int128Chunked::from_vec("quote_qty".into(), quotes)
+                    .into_decimal_unchecked(38, 16)
+                    .into_series()
+                    .into(),
+            )
+            .expect("quote_qty");
         frame.lazy().with_column(lit("binance").alias("exchange"))
     }
 
@@ -403,7 +428,7 @@ pub(crate) mod tests {
     #[test]
     fn every_value_of_a_hand_built_day() {
         let (exchange, symbols) = reference();
-        let star = build(with_exchange(hand_built_day()), &exchange, &symbols).expect("transform");
+        let star = build(as_snapshot(hand_built_day()), &exchange, &symbols).expect("transform");
         let fact = &star.fact_trades;
         assert_eq!(fact.height(), 3);
         let col_text = |name| texts(fact, name);
@@ -435,7 +460,11 @@ pub(crate) mod tests {
         );
         assert_eq!(
             col_text("total_trade_value"),
-            ["540.30000000", "405.00000000", "49.75000000"]
+            [
+                "540.3000000000000000",
+                "405.0000000000000000",
+                "49.7500000000000000"
+            ]
         );
         assert_eq!(
             col_text("open_price"),
@@ -499,7 +528,7 @@ pub(crate) mod tests {
     fn a_day_without_trades_gives_empty_tables_with_their_columns() {
         let (exchange, symbols) = reference();
         let empty = hand_built_day().head(Some(0));
-        let star = build(with_exchange(empty), &exchange, &symbols).expect("transform");
+        let star = build(as_snapshot(empty), &exchange, &symbols).expect("transform");
         assert_eq!(star.fact_trades.height(), 0);
         assert_eq!(star.fact_trades.width(), 18);
         assert_eq!(star.dim_time.height(), 0);
@@ -515,7 +544,16 @@ pub(crate) mod tests {
         use rand::{Rng, SeedableRng};
         use std::collections::BTreeMap;
 
-        const SYMBOLS: [&str; 5] = ["BTCUSDT", "AAVEUSDT", "STXUSDT", "ARBUSDT", "BTCFDUSD"];
+        const SYMBOLS: [&str; 5] = ["BTCUSDT", "AAVEUSDT", "STXUSDT", "ETHBTC", "BNBBTC"];
+        // Price tick and size step per symbol in units of 10⁻⁸: BTC-quoted pairs have ticks
+        // and steps whose products need 9 to 13 fractional digits.
+        const GRID: [(i128, i128); 5] = [
+            (1_000_000, 1_000),
+            (1_000_000, 100_000),
+            (10_000, 10_000_000),
+            (1_000, 10_000),
+            (1, 1_000),
+        ];
         const TRADES: usize = 1_000_000;
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
         let mut symbol = Vec::with_capacity(TRADES);
@@ -531,9 +569,9 @@ pub(crate) mod tests {
             symbol.push(SYMBOLS[s]);
             // Ids interleave with time only loosely: open/close must follow ids.
             ids.push(next_id[s] * 10 + rng.random_range(0..10));
-            // Cents and lots of 10⁻⁵: price × qty is exact at 8 digits.
-            prices.push(rng.random_range(1_i128..10_000_000) * 1_000_000);
-            qtys.push(rng.random_range(1_i128..100_000) * 1_000);
+            let (tick, step) = GRID[s];
+            prices.push(rng.random_range(1_i128..10_000_000) * tick);
+            qtys.push(rng.random_range(1_i128..100_000) * step);
             times.push(DAY + rng.random_range(0..86_400_000_i64));
             makers.push(rng.random_bool(0.5));
         }
@@ -569,7 +607,7 @@ pub(crate) mod tests {
             })
             .collect();
         let (exchange, _) = reference();
-        let star = build(with_exchange(frame), &exchange, &references).expect("transform");
+        let star = build(as_snapshot(frame), &exchange, &references).expect("transform");
 
         #[derive(Default)]
         struct Minute {
@@ -599,7 +637,8 @@ pub(crate) mod tests {
             m.max = m.max.max(prices[i]);
             m.price_sum += prices[i] as f64 / 1e8;
             m.qty += qtys[i];
-            m.value += prices[i] * qtys[i] / 100_000_000;
+            // Exact: units of 10⁻⁸ times units of 10⁻⁸ are units of 10⁻¹⁶.
+            m.value += prices[i] * qtys[i];
             if ids[i] < m.open.0 {
                 m.open = (ids[i], prices[i]);
             }
@@ -690,7 +729,7 @@ pub(crate) mod tests {
                 "{at}: avg {}",
                 avg[row]
             );
-            let expected_vwap = m.value as f64 / m.qty as f64;
+            let expected_vwap = m.value as f64 / 1e8 / m.qty as f64;
             assert!(
                 close_to(vwap[row], expected_vwap),
                 "{at}: vwap {} vs {expected_vwap}",

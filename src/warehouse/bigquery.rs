@@ -23,10 +23,11 @@
 //! loaders racing on one file could both insert its ledger row; the ledger is read as a set,
 //! so that is harmless.
 //!
-//! Parquet `decimal(38, 8)` columns need `decimalTargetTypes: ["NUMERIC"]`: BigQuery picks
-//! the first listed type that holds the precision, and NUMERIC holds only 29 integer digits
-//! to decimal(38, 8)'s 30, so listing BIGNUMERIC would make them BIGNUMERIC. With NUMERIC
-//! alone it stores them as NUMERIC and would reject a value above 10^29, far beyond any price.
+//! Parquet decimals load with `decimalTargetTypes: ["NUMERIC", "BIGNUMERIC"]`: BigQuery takes
+//! the first of NUMERIC, BIGNUMERIC that holds the precision and scale. Trade values
+//! (`quote_qty`, `total_trade_value`: decimal(38, 16), price × qty exact) need BIGNUMERIC, since
+//! NUMERIC keeps at most 9 fractional digits; prices and quantities (decimal(38, 8): 30
+//! integer digits to NUMERIC's 29) become BIGNUMERIC too. Both hold every value exactly.
 //!
 //! [`BigQueryWarehouse::replace`] (the star schema's daily load) works differently, since a
 //! rerun must write the day again: fresh job ids, and no ledger. A day of a fact table goes
@@ -548,8 +549,8 @@ impl BigQueryWarehouse {
                 "sourceFormat": "PARQUET",
                 "writeDisposition": write,
                 "createDisposition": "CREATE_IF_NEEDED",
-                // See the module docs: NUMERIC alone keeps decimal(38, 8) as NUMERIC.
-                "decimalTargetTypes": ["NUMERIC"],
+                // See the module docs, and `bigquery_type` for tables orch creates.
+                "decimalTargetTypes": DECIMAL_TARGET_TYPES,
                 "parquetOptions": {"enableListInference": true},
             }},
         });
@@ -743,20 +744,26 @@ fn bigquery_timestamp(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// The decimal types Parquet decimals load as; see the module docs.
+const DECIMAL_TARGET_TYPES: [&str; 2] = ["NUMERIC", "BIGNUMERIC"];
+
 /// The column type of a table created for a replacement: the type BigQuery loads the
-/// frame's Parquet column as, so that the load job matches the table.
+/// frame's Parquet column as under [`DECIMAL_TARGET_TYPES`], so that the load job matches
+/// the table.
 fn bigquery_type(data: &ColumnData) -> Result<&'static str, String> {
     Ok(match data {
         ColumnData::Int(_) => "INTEGER",
-        // See the module docs: decimalTargetTypes NUMERIC alone keeps decimal(38, 8) NUMERIC.
         ColumnData::Decimal {
             precision, scale, ..
-        } if *precision <= 38 && *scale <= 9 => "NUMERIC",
+        } if precision - scale <= 29 && *scale <= 9 => "NUMERIC",
+        ColumnData::Decimal {
+            precision, scale, ..
+        } if precision - scale <= 38 && *scale <= 38 => "BIGNUMERIC",
         ColumnData::Decimal {
             precision, scale, ..
         } => {
             return Err(format!(
-                "decimal({precision}, {scale}) does not fit BigQuery's NUMERIC (scale at most 9)"
+                "decimal({precision}, {scale}) fits neither BigQuery's NUMERIC nor BIGNUMERIC"
             ));
         }
         ColumnData::TimestampMs(_) => "TIMESTAMP",

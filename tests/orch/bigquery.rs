@@ -8,7 +8,7 @@ mod stand_in;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use orch::decimal::Decimal;
+use orch::decimal::{Decimal, Product};
 use orch::exchange::Trade;
 use orch::lake::raw_trades;
 use serde_json::Value;
@@ -128,7 +128,7 @@ tasks:
     }
 
     /// Asserts that the table of each symbol holds every lake trade exactly once, with its
-    /// price and quantities exact in NUMERIC columns.
+    /// price and quantities exact in BIGNUMERIC columns.
     fn assert_tables_match_the_lake(&self) {
         let lake = self.lake_trades();
         assert!(!lake.is_empty(), "nothing fetched");
@@ -147,28 +147,32 @@ tasks:
                 kinds,
                 [
                     ("trade_id", "INTEGER"),
-                    ("price", "NUMERIC"),
-                    ("qty", "NUMERIC"),
-                    ("quote_qty", "NUMERIC"),
+                    ("price", "BIGNUMERIC"),
+                    ("qty", "BIGNUMERIC"),
+                    ("quote_qty", "BIGNUMERIC"),
                     ("trade_time", "TIMESTAMP"),
                     ("is_buyer_maker", "BOOLEAN"),
                     ("is_best_match", "BOOLEAN"),
                 ]
             );
             let cell = |row: &[Option<String>], i: usize| row[i].clone().expect("no nulls");
-            let mut loaded: Vec<(i64, [Decimal; 3])> = table
+            let mut loaded: Vec<(i64, [i128; 3])> = table
                 .rows
                 .iter()
                 .map(|row| {
                     let decimal = |i| cell(row, i).parse::<Decimal>().expect("exact decimal");
+                    let quote = cell(row, 3).parse::<Product>().expect("exact product");
                     let id = cell(row, 0).parse().expect("trade id");
-                    (id, [decimal(1), decimal(2), decimal(3)])
+                    (id, [decimal(1).units(), decimal(2).units(), quote.units()])
                 })
                 .collect();
             loaded.sort_by_key(|(id, _)| *id);
-            let mut expected: Vec<(i64, [Decimal; 3])> = trades
+            let mut expected: Vec<(i64, [i128; 3])> = trades
                 .iter()
-                .map(|t| (t.id, [t.price, t.qty, t.quote_qty]))
+                .map(|t| {
+                    let units = [t.price.units(), t.qty.units(), t.quote_qty.units()];
+                    (t.id, units)
+                })
                 .collect();
             expected.sort_by_key(|(id, _)| *id);
             let first = expected[0].0;
@@ -199,7 +203,7 @@ fn load_log(run: &Value) -> String {
 }
 
 #[test]
-fn bigquery_every_trade_lands_once_as_numeric_and_a_rerun_loads_nothing() {
+fn bigquery_every_trade_lands_once_as_bignumeric_and_a_rerun_loads_nothing() {
     let setup = Setup::new("BTCUSDT,AAVEUSDT", ", file_rows: 1000");
     setup.run_ok();
     for symbol in ["BTCUSDT", "AAVEUSDT"] {
@@ -403,7 +407,7 @@ fn bigquery_the_daily_etl_replaces_its_day_partition_and_a_rerun_doubles_nothing
         "close_price",
         "taker_buy_quantity",
     ] {
-        assert_eq!(kind(decimal), "NUMERIC", "{decimal}");
+        assert_eq!(kind(decimal), "BIGNUMERIC", "{decimal}");
     }
     assert_eq!(kind("trade_minute"), "TIMESTAMP");
     assert_eq!(kind("vwap"), "FLOAT");

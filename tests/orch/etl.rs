@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use orch::decimal::Decimal;
+use orch::decimal::{Decimal, Product};
 use orch::exchange::Trade;
 use orch::staging::{StagedTrade, Staging};
 use serde_json::Value;
@@ -41,23 +41,31 @@ pub(crate) fn stage(url: &str, symbols: &[&str], per_symbol: i64) -> u64 {
 
 /// Stages a day starting at `day` (ms), with ids from `first_id` on.
 fn stage_day(url: &str, symbols: &[&str], per_symbol: i64, day: i64, first_id: i64) -> u64 {
+    insert(url, &staged_rows(symbols, per_symbol, day, first_id))
+}
+
+/// `per_symbol` trades a symbol across the day starting at `day` (ms), with ids from
+/// `first_id` on, plus one trade just before and one just after it.
+fn staged_rows(symbols: &[&str], per_symbol: i64, day: i64, first_id: i64) -> Vec<StagedTrade> {
     let mut rows = Vec::new();
     for (s, symbol) in symbols.iter().enumerate() {
         let base_price = 1_000_000_000_i128 * (s as i128 + 1);
         let mut push = |id: i64, time_ms: i64| {
-            let price = base_price + i128::from(id % 7) * 1_000_000;
-            let qty = 1_000_000 + i128::from(id % 5) * 100_000;
+            // A tick of 0.00001 and a step of 0.0001, as on ETHBTC: price × qty needs up
+            // to 13 fractional digits.
+            let price = base_price + i128::from(id % 7) * 1_000;
+            let qty = 1_000_000 + i128::from(id % 5) * 10_000;
             rows.push(StagedTrade {
                 symbol: symbol.to_string(),
-                trade: Trade {
+                trade: Trade::new(
                     id,
-                    price: Decimal::from_units(price).expect("price"),
-                    qty: Decimal::from_units(qty).expect("qty"),
-                    quote_qty: Decimal::from_units(price * qty / 100_000_000).expect("quote"),
+                    Decimal::from_units(price).expect("price"),
+                    Decimal::from_units(qty).expect("qty"),
                     time_ms,
-                    is_buyer_maker: id % 3 == 0,
-                    is_best_match: true,
-                },
+                    id % 3 == 0,
+                    true,
+                )
+                .expect("trade"),
             });
         };
         push(first_id + 1, day - 1);
@@ -66,14 +74,22 @@ fn stage_day(url: &str, symbols: &[&str], per_symbol: i64, day: i64, first_id: i
         }
         push(first_id + 2 + per_symbol, day + 86_400_000);
     }
+    rows
+}
+
+/// Stages `rows`; returns how many fall inside their day (all but one before and one after
+/// it, per symbol).
+fn insert(url: &str, rows: &[StagedTrade]) -> u64 {
+    let symbols: std::collections::BTreeSet<&str> =
+        rows.iter().map(|r| r.symbol.as_str()).collect();
     block_on(async {
         let staging = Staging::open(url, "raw_trades").await.expect("staging");
         staging
-            .insert("binance", &rows, 0)
+            .insert("binance", rows, 0)
             .await
             .expect("stage trades");
     });
-    (symbols.len() as i64 * per_symbol) as u64
+    (rows.len() - 2 * symbols.len()) as u64
 }
 
 pub(crate) fn run_day(home: &Home, sim: &Simulator, env: &[(&str, &str)], date: &str) -> Value {
@@ -132,12 +148,51 @@ fn warehouse_counts(url: &str) -> BTreeMap<&'static str, i64> {
     .collect()
 }
 
+/// Each fact row's `total_trade_value`, read back as an exact decimal, sorted.
+fn trade_values(url: &str) -> Vec<i128> {
+    use sqlx::{Connection, Row};
+    let mut values: Vec<i128> = block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(url).await.expect("open");
+        sqlx::query("SELECT CAST(total_trade_value AS TEXT) FROM fact_trades")
+            .fetch_all(&mut conn)
+            .await
+            .expect("query")
+            .iter()
+            .map(|row| {
+                let text: String = row.get(0);
+                text.parse::<Product>().expect("exact decimal").units()
+            })
+            .collect()
+    });
+    values.sort_unstable();
+    values
+}
+
+/// The day's `total_trade_value`s computed here: per symbol and minute, the sum of price ×
+/// qty in plain integers (units of 10⁻⁸ times units of 10⁻⁸ are units of 10⁻¹⁶), sorted.
+fn exact_trade_values(staged: &[StagedTrade]) -> Vec<i128> {
+    let mut sums: BTreeMap<(&str, i64), i128> = BTreeMap::new();
+    for row in staged {
+        let t = &row.trade;
+        if (DAY..DAY + 86_400_000).contains(&t.time_ms) {
+            *sums
+                .entry((row.symbol.as_str(), t.time_ms / 60_000))
+                .or_default() += t.price.units() * t.qty.units();
+        }
+    }
+    let mut values: Vec<i128> = sums.into_values().collect();
+    values.sort_unstable();
+    values
+}
+
 fn a_day_end_to_end(warehouse_url: &str) {
     let home = Home::new();
     home.write_dag("daily_binance_etl", &shipped());
     let sim = Simulator::start("BTCUSDT,AAVEUSDT,BTCFDUSD");
     let staging = format!("sqlite://{}", home.file("data/staging.db").display());
-    let trades = stage(&staging, &["BTCUSDT", "AAVEUSDT", "BTCFDUSD"], 2_000);
+    let staged = staged_rows(&["BTCUSDT", "AAVEUSDT", "BTCFDUSD"], 2_000, DAY, 0);
+    let trades = insert(&staging, &staged);
     let env = [
         ("ORCH_STAGING_URL", staging.as_str()),
         ("ORCH_WAREHOUSE_URL", warehouse_url),
@@ -160,6 +215,11 @@ fn a_day_end_to_end(warehouse_url: &str) {
 
     let counts = warehouse_counts(warehouse_url);
     assert_eq!(counts["fact_trades"], facts);
+    assert_eq!(
+        trade_values(warehouse_url),
+        exact_trade_values(&staged),
+        "total_trade_value is exact decimal arithmetic"
+    );
     assert_eq!(counts["dim_symbol"], 3);
     assert_eq!(counts["dim_exchange"], 1);
     assert_eq!(
@@ -276,15 +336,15 @@ fn a_failed_quality_check_names_the_rows_and_loads_nothing() {
             .expect("staging");
         let bad = StagedTrade {
             symbol: "BTCUSDT".to_string(),
-            trade: Trade {
-                id: 1_000_000,
-                price: Decimal::from_units(1).expect("price"),
-                qty: Decimal::from_units(0).expect("qty"),
-                quote_qty: Decimal::from_units(0).expect("quote"),
-                time_ms: DAY + 3_600_000,
-                is_buyer_maker: false,
-                is_best_match: true,
-            },
+            trade: Trade::new(
+                1_000_000,
+                Decimal::from_units(1).expect("price"),
+                Decimal::from_units(0).expect("qty"),
+                DAY + 3_600_000,
+                false,
+                true,
+            )
+            .expect("trade"),
         };
         staging.insert("binance", &[bad], 0).await.expect("stage");
     });

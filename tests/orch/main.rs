@@ -4,6 +4,7 @@ mod bigquery;
 mod binance;
 mod demo;
 mod etl;
+mod exact;
 mod inspect;
 mod postgres;
 mod recovery;

@@ -166,7 +166,7 @@ impl BinanceClient {
         let trades: Vec<WireTrade> = self
             .get("/api/v3/historicalTrades", &query, TRADES_WEIGHT, &request)
             .await?;
-        Ok(trades.into_iter().map(Trade::from).collect())
+        trades_of(&request, &trades)
     }
 
     /// The most recent `limit` trades of `symbol`, ascending.
@@ -183,7 +183,7 @@ impl BinanceClient {
         let trades: Vec<WireTrade> = self
             .get("/api/v3/trades", &query, TRADES_WEIGHT, &request)
             .await?;
-        Ok(trades.into_iter().map(Trade::from).collect())
+        trades_of(&request, &trades)
     }
 
     /// Base and quote assets of `symbols`; an unknown symbol fails with Binance's message.
@@ -357,6 +357,18 @@ impl BinanceClient {
         };
         *used = UsedWeight { minute, weight };
     }
+}
+
+/// The trades of a page; a price × quantity out of range names the trade.
+fn trades_of(request: &str, wire: &[WireTrade]) -> Result<Vec<Trade>, BinanceError> {
+    wire.iter()
+        .map(|w| {
+            w.trade().ok_or_else(|| BinanceError::Decode {
+                request: request.to_string(),
+                reason: format!("trade {}: price × quantity is out of range", w.id),
+            })
+        })
+        .collect()
 }
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {

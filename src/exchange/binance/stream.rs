@@ -10,7 +10,6 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::wire::StreamTrade;
-use crate::decimal::Decimal;
 use crate::exchange::Trade;
 
 /// Binance's market streams; `BINANCE_WS_URL` overrides it (see `config::DataPlaces`).
@@ -154,19 +153,17 @@ pub fn parse(text: &str) -> StreamMessage {
     }
 }
 
-/// The trade of an event; the stream sends no quote quantity, so it is price × quantity,
-/// exact whenever it has at most 8 fractional digits, as on every Binance spot pair.
+/// The trade of an event; the stream sends no quote quantity, and [`Trade::new`] computes it
+/// as the REST path does.
 fn trade_of(wire: &StreamTrade) -> Option<Trade> {
-    let quote = wire.price.units().checked_mul(wire.qty.units())? / 100_000_000;
-    Some(Trade {
-        id: wire.id,
-        price: wire.price,
-        qty: wire.qty,
-        quote_qty: Decimal::from_units(quote)?,
-        time_ms: wire.trade_time,
-        is_buyer_maker: wire.is_buyer_maker,
-        is_best_match: true,
-    })
+    Trade::new(
+        wire.id,
+        wire.price,
+        wire.qty,
+        wire.trade_time,
+        wire.is_buyer_maker,
+        true,
+    )
 }
 
 #[cfg(test)]
@@ -189,7 +186,7 @@ mod tests {
             ("BNBBTC", 12345, 1672515782136)
         );
         assert_eq!(trade.price.to_string(), "0.00100000");
-        assert_eq!(trade.quote_qty.to_string(), "0.10000000");
+        assert_eq!(trade.quote_qty.to_string(), "0.1000000000000000");
         assert_eq!(trade.time_ms, 1672515782134);
         assert!(trade.is_buyer_maker);
     }

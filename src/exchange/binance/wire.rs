@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::decimal::Decimal;
+use crate::decimal::{Decimal, Product};
 use crate::exchange::{SymbolInfo, Trade};
 
 /// An element of `historicalTrades` and `trades`.
@@ -12,23 +12,25 @@ pub struct WireTrade {
     pub id: i64,
     pub price: Decimal,
     pub qty: Decimal,
-    pub quote_qty: Decimal,
+    /// Read so that its absence is an error, but never used: [`WireTrade::trade`] computes
+    /// price × qty itself, as every other path does.
+    pub quote_qty: Product,
     pub time: i64,
     pub is_buyer_maker: bool,
     pub is_best_match: bool,
 }
 
-impl From<WireTrade> for Trade {
-    fn from(w: WireTrade) -> Trade {
-        Trade {
-            id: w.id,
-            price: w.price,
-            qty: w.qty,
-            quote_qty: w.quote_qty,
-            time_ms: w.time,
-            is_buyer_maker: w.is_buyer_maker,
-            is_best_match: w.is_best_match,
-        }
+impl WireTrade {
+    /// The trade; `None` when price × qty is out of range.
+    pub fn trade(&self) -> Option<Trade> {
+        Trade::new(
+            self.id,
+            self.price,
+            self.qty,
+            self.time,
+            self.is_buyer_maker,
+            self.is_best_match,
+        )
     }
 }
 
