@@ -171,16 +171,3 @@ fn read_settings(path: &Path) -> Result<FileSettings, ConfigError> {
         message: e.without_snippet().to_string(),
     })
 }
-
-/// A database URL with its password replaced, for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            match url[scheme_end + 3..at].split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}

@@ -2,10 +2,18 @@
 //! sqlx's `Any` driver over SQLite or PostgreSQL, chosen by the URL's scheme.
 //!
 //! SQLite runs in WAL mode with a busy timeout, so readers in other processes never block the
-//! writer, and its file (and folder) is created when missing.
+//! writer, and its file (and folder) is created when missing. A file that is not an SQLite
+//! database is refused at once, naming it, rather than after the pool's retries time out.
+//!
+//! A connection that comes back to the pool still inside a transaction (a `COMMIT` that failed
+//! on a full disk, after which SQLite had already rolled back and the `ROLLBACK` failed too) is
+//! closed rather than reused: reused, it would refuse every later `BEGIN` ("attempted to call
+//! begin_with at non-zero transaction depth") long after the disk had room again.
+
+use std::path::{Path, PathBuf};
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 
 /// Which database a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,19 +49,25 @@ pub async fn connect(
     max_connections: u32,
 ) -> Result<AnyPool, sqlx::Error> {
     sqlx::any::install_default_drivers();
+    let options = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                // Runs what a dropped transaction left queued (its rollback) first.
+                conn.ping().await?;
+                Ok(!conn.is_in_transaction())
+            })
+        });
     match backend {
         Backend::Sqlite => {
-            if let Some(dir) = url
-                .strip_prefix("sqlite://")
-                .map(|rest| rest.split('?').next().unwrap_or(rest))
-                .and_then(|path| std::path::Path::new(path).parent())
-                .filter(|dir| !dir.as_os_str().is_empty())
-            {
-                // A failure surfaces as the connection's own error just below.
-                let _ = std::fs::create_dir_all(dir);
+            if let Some(path) = sqlite_path(url) {
+                check_sqlite_file(&path)?;
+                if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                    // A failure surfaces as the connection's own error just below.
+                    let _ = std::fs::create_dir_all(dir);
+                }
             }
-            AnyPoolOptions::new()
-                .max_connections(max_connections)
+            options
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         conn.execute(
@@ -67,13 +81,38 @@ pub async fn connect(
                 .connect(&with_create_mode(url))
                 .await
         }
-        Backend::Postgres => {
-            AnyPoolOptions::new()
-                .max_connections(max_connections)
-                .connect(url)
-                .await
-        }
+        Backend::Postgres => options.connect(url).await,
     }
+}
+
+/// The file of a `sqlite://PATH[?options]` URL.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+/// Every SQLite database file begins with these 16 bytes.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Refuses a file that exists, is not empty and does not begin as an SQLite database does.
+fn check_sqlite_file(path: &Path) -> Result<(), sqlx::Error> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(16);
+    let read = std::fs::File::open(path).and_then(|f| f.take(16).read_to_end(&mut head));
+    if read.is_err() || head.is_empty() || head.as_slice() == SQLITE_HEADER {
+        // Missing (created on connect), empty (a new database) or fine; an unreadable file
+        // gets SQLite's own error.
+        return Ok(());
+    }
+    Err(sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "{} is not an SQLite database (it begins with {:?}); move it away or point the URL elsewhere",
+            path.display(),
+            String::from_utf8_lossy(&head)
+        ),
+    )))
 }
 
 /// Asks SQLite to create the file when missing, unless the URL says otherwise.
@@ -121,6 +160,49 @@ mod tests {
             with_create_mode("sqlite:///a.db?mode=ro"),
             "sqlite:///a.db?mode=ro"
         );
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_named_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("orch.db");
+        std::fs::write(&path, "this is a text file, not a database").expect("write");
+        let started = std::time::Instant::now();
+        let err = connect(&format!("sqlite://{}", path.display()), Backend::Sqlite, 1)
+            .await
+            .expect_err("refused");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let message = err.to_string();
+        assert!(
+            message.contains(&path.display().to_string())
+                && message.contains("is not an SQLite database"),
+            "{message}"
+        );
+    }
+
+    /// SQLite rolls a transaction back by itself on some errors (a full disk); sqlx's own
+    /// `ROLLBACK` then fails and leaves the connection counting a transaction. That connection
+    /// must not serve the next `BEGIN`.
+    #[tokio::test]
+    async fn a_connection_left_inside_a_transaction_is_not_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let pool = connect(&url, Backend::Sqlite, 1).await.expect("pool");
+        {
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
+            // SQLite ends the transaction under sqlx's feet, as it does on SQLITE_FULL.
+            sqlx::raw_sql("ROLLBACK")
+                .execute(&mut *tx)
+                .await
+                .expect("rollback");
+        }
+        for _ in 0..3 {
+            let tx = pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .expect("a later write transaction begins");
+            tx.commit().await.expect("commit");
+        }
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //!
 //! A [`Lease`] marks a live executing process; runs record the lease id of their owner, so a
 //! scheduler can tell a run whose process was `kill -9`ed (lock free) from one that is still
-//! going (lock held), with no heartbeat and no PID-reuse guesswork. The [`ServeLock`] keeps a
-//! second `orch serve` off a home that already has one.
+//! going (lock held), with no heartbeat and no PID-reuse guesswork. Only a lock actually
+//! acquired proves an owner dead: a lease file that cannot be opened or locked (a missing
+//! folder, permissions, another container's path) says nothing, and taking over a live
+//! owner's run would execute its tasks twice. So a lease file outlives its process; [`sweep`]
+//! removes the files of dead owners no run refers to. The [`ServeLock`] keeps a second
+//! `orch serve` off a home that already has one.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, Write};
@@ -17,7 +21,6 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct Lease {
     id: String,
-    path: PathBuf,
     _file: File,
 }
 
@@ -39,7 +42,6 @@ impl Lease {
         file.lock()?;
         Ok(Lease {
             id: format!("{name}@{}:{}", host_name(), dir.display()),
-            path,
             _file: file,
         })
     }
@@ -49,17 +51,13 @@ impl Lease {
     }
 }
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-/// Whether the process that took lease `id` is still alive.
+/// Whether the process that took lease `id` may still be alive: `false` only when its lock
+/// could be taken, which proves it gone.
 ///
 /// A lease of another host cannot be checked from here and counts as alive: taking over a
 /// live process's run would execute its tasks twice, while leaving a dead host's run alone
-/// only delays it until that host's scheduler restarts.
+/// only delays it until that host's scheduler restarts. An id that is not a lease id at all
+/// (written by hand, or by something else) names no live process.
 pub fn is_alive(id: &str) -> bool {
     let Some((name, place)) = id.split_once('@') else {
         return false;
@@ -71,18 +69,58 @@ pub fn is_alive(id: &str) -> bool {
         return true;
     }
     let path = Path::new(dir).join(format!("{name}.lock"));
-    let Ok(file) = File::open(&path) else {
-        return false;
-    };
-    match file.try_lock() {
-        Ok(()) => {
-            // Nobody holds it: the owner is gone; tidy up its file.
-            let _ = fs::remove_file(&path);
-            false
-        }
+    let checked = File::open(&path)
+        .map_err(TryLockError::Error)
+        .and_then(|file| {
+            file.try_lock()?;
+            Ok(())
+        });
+    match checked {
+        Ok(()) => false,
         Err(TryLockError::WouldBlock) => true,
-        Err(TryLockError::Error(_)) => false,
+        Err(TryLockError::Error(e)) => {
+            tracing::warn!(lease = %id, error = %e, "cannot check a process lease; its owner counts as alive");
+            true
+        }
     }
+}
+
+/// Removes the lease files in `state_dir` of processes that are gone (their lock can be taken)
+/// and that no run refers to (`referenced`), as `orch serve` does when it starts and hourly.
+pub fn sweep(
+    state_dir: &Path,
+    referenced: &std::collections::HashSet<String>,
+) -> io::Result<usize> {
+    let dir = std::path::absolute(state_dir.join("leases"))?;
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let prefix = format!("@{}:{}", host_name(), dir.display());
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry?.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".lock"))
+        else {
+            continue;
+        };
+        if referenced.contains(&format!("{name}{prefix}")) {
+            continue;
+        }
+        // Taking the lock proves the owner gone; it is held until the file is removed, so no
+        // checker can see the file half-swept.
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_ok() && fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// This machine's name, as leases record it.
@@ -160,7 +198,30 @@ mod tests {
         assert!(is_alive(&id));
         drop(lease);
         assert!(!is_alive(&id));
-        assert!(!is_alive("never-existed"));
+        assert!(!is_alive("never-existed"), "not a lease id");
+    }
+
+    /// A lease file that cannot be opened proves nothing: its owner may be alive elsewhere
+    /// (another container with this host name, a folder not mounted here).
+    #[test]
+    fn only_a_lock_taken_proves_an_owner_dead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lease = Lease::acquire(dir.path()).expect("lease");
+        let id = lease.id().to_string();
+        drop(lease);
+        let (name, place) = id.split_once('@').expect("id");
+        let (host, _) = place.split_once(':').expect("id");
+        let elsewhere = format!("{name}@{host}:/nonexistent/leases");
+        assert!(is_alive(&elsewhere), "a missing lease file is no proof");
+        // The lease's own file stays until a sweep proves it dead and unreferenced.
+        assert!(!is_alive(&id));
+        let referenced = std::collections::HashSet::from([id.clone()]);
+        assert_eq!(sweep(dir.path(), &referenced).expect("sweep"), 0);
+        assert!(!is_alive(&id), "still provably dead");
+        assert_eq!(sweep(dir.path(), &Default::default()).expect("sweep"), 1);
+        let live = Lease::acquire(dir.path()).expect("lease");
+        assert_eq!(sweep(dir.path(), &Default::default()).expect("sweep"), 0);
+        assert!(is_alive(live.id()));
     }
 
     #[test]

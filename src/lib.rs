@@ -7,6 +7,7 @@
 //! Data pipelines read from [`exchange`]s (tested against the [`simulator`]), keep prices
 //! exact ([`decimal`]) and write Parquet to the [`lake`].
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod dag;
@@ -18,6 +19,7 @@ pub mod lake;
 pub mod lease;
 pub mod logs;
 pub mod process;
+pub mod redact;
 pub mod scheduler;
 pub mod simulator;
 pub mod staging;

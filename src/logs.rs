@@ -8,9 +8,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use crate::redact;
 use crate::store::timestamp;
 
 /// Where the log of one attempt lives under the logs directory.
@@ -28,11 +30,22 @@ pub fn attempt_log_path(
         .join(format!("{attempt}.log"))
 }
 
+/// How often a log that cannot be written says so in orch's own log.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// The open log file of a running attempt.
 #[derive(Debug)]
 pub struct AttemptLog {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Mutex<LogFile>,
+}
+
+#[derive(Debug)]
+struct LogFile {
+    file: File,
+    /// Writes that failed since the last warning.
+    lost: u64,
+    warned_at: Option<Instant>,
 }
 
 impl AttemptLog {
@@ -43,10 +56,18 @@ impl AttemptLog {
             fs::create_dir_all(dir)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(AttemptLog {
+        Ok(AttemptLog::writing_to(path, file))
+    }
+
+    fn writing_to(path: PathBuf, file: File) -> AttemptLog {
+        AttemptLog {
             path,
-            file: Mutex::new(file),
-        })
+            file: Mutex::new(LogFile {
+                file,
+                lost: 0,
+                warned_at: None,
+            }),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -58,19 +79,60 @@ impl AttemptLog {
         self.write(format!("{text}\n"));
     }
 
-    /// Writes a timestamped line from orch itself, e.g. the start and the end of the attempt.
+    /// Writes a timestamped line from orch itself, e.g. the start and the end of the attempt,
+    /// with any secret it shows masked.
     pub fn note(&self, text: &str) {
-        self.write(format!("[{} orch] {text}\n", timestamp::format(Utc::now())));
+        self.write(format!(
+            "[{} orch] {}\n",
+            timestamp::format(Utc::now()),
+            redact::secrets(text)
+        ));
     }
 
     fn write(&self, text: String) {
-        let mut file = match self.file.lock() {
-            Ok(file) => file,
+        let mut log = match self.file.lock() {
+            Ok(log) => log,
             Err(poisoned) => poisoned.into_inner(),
         };
-        // A full disk must not fail the task itself; the error reaches the server log instead.
-        if let Err(e) = file.write_all(text.as_bytes()) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot write task log");
+        // A full disk must not fail the task itself; the error reaches the server log instead,
+        // once every WARN_EVERY rather than once a line.
+        if let Err(e) = log.file.write_all(text.as_bytes()) {
+            log.lost += 1;
+            let due = log.warned_at.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+            if due {
+                tracing::warn!(path = %self.path.display(), error = %e, lines_lost = log.lost, "cannot write task log");
+                log.lost = 0;
+                log.warned_at = Some(Instant::now());
+            }
         }
+    }
+
+    /// Writes that failed and were not reported yet.
+    #[cfg(test)]
+    fn unreported(&self) -> u64 {
+        self.file.lock().map_or(0, |log| log.lost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/dev/full` fails every write with ENOSPC, as a full disk does.
+    #[test]
+    fn a_full_disk_is_reported_once_not_once_a_line() {
+        let file = OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let log = AttemptLog::writing_to(PathBuf::from("/dev/full"), file);
+        for i in 0..10_000 {
+            log.line(&format!("line {i}"));
+        }
+        assert_eq!(
+            log.unreported(),
+            9_999,
+            "one warning, the other lines counted for the next"
+        );
     }
 }

@@ -3,6 +3,12 @@
 //! Every string in a task's `with:` is a minijinja template. Undefined variables are errors
 //! (strict mode), and every template is checked when its DAG file is loaded, so a typo such as
 //! `{{ params.greting }}` fails `orch dags validate` instead of a run.
+//!
+//! Rendered values are data, never code: a run's `--conf` (or any form or API later) must not
+//! be able to run a command. Templates that are shell code render with [`Quoting::Shell`],
+//! which quotes every value it writes (`x; touch pwned` becomes `'x; touch pwned'`); `| safe`
+//! writes a value as it is, for an author who means it. Templates see only the environment
+//! variables named `ORCH_VAR_*`, not the server's secrets.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -44,7 +50,20 @@ pub struct RunVariables {
     pub task_id: String,
     /// The DAG's params overridden by the run's conf.
     pub params: Map<String, Value>,
+    /// The environment variables templates may read: those named [`ENV_PREFIX`]`*`.
     pub env: BTreeMap<String, String>,
+}
+
+/// The prefix of the environment variables templates may read as `env.NAME`.
+pub const ENV_PREFIX: &str = "ORCH_VAR_";
+
+/// How a template writes the values it renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quoting {
+    /// As they are: configuration that is data (a date, a table name, an environment value).
+    Plain,
+    /// Shell-quoted, unless marked `| safe`: a template that `sh -c` runs.
+    Shell,
 }
 
 impl RunVariables {
@@ -71,31 +90,76 @@ impl RunVariables {
             dag_id: dag_id.to_string(),
             task_id: task_id.to_string(),
             params,
-            env: std::env::vars().collect(),
+            env: std::env::vars()
+                .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+                .collect(),
         }
     }
 }
 
-fn environment() -> &'static Environment<'static> {
-    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(|| {
+fn environment(quoting: Quoting) -> &'static Environment<'static> {
+    static PLAIN: OnceLock<Environment<'static>> = OnceLock::new();
+    static SHELL: OnceLock<Environment<'static>> = OnceLock::new();
+    let new = |quoting| {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        if quoting == Quoting::Shell {
+            env.set_formatter(|out, _state, value| {
+                let text = value.to_string();
+                if value.is_safe() {
+                    out.write_str(&text)?;
+                } else {
+                    out.write_str(&shell_quote(&text))?;
+                }
+                Ok(())
+            });
+        }
         env
-    })
+    };
+    match quoting {
+        Quoting::Plain => PLAIN.get_or_init(|| new(Quoting::Plain)),
+        Quoting::Shell => SHELL.get_or_init(|| new(Quoting::Shell)),
+    }
+}
+
+/// `text` as one shell word: as it is when it holds only characters no shell treats
+/// specially, else in single quotes (a `'` inside written as `'\''`).
+pub fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 /// Checks a template's syntax and that it only uses known variables and declared params.
 pub fn check(source: &str, params: &Map<String, Value>) -> Result<(), String> {
-    let template = environment()
+    let template = environment(Quoting::Plain)
         .template_from_str(source)
         .map_err(|e| format!("bad template `{source}`: {}", describe(&e)))?;
-    let mut unknown: Vec<String> = template
-        .undeclared_variables(true)
+    let variables = template.undeclared_variables(true);
+    let mut hidden: Vec<&str> = variables
+        .iter()
+        .filter_map(|name| name.strip_prefix("env."))
+        .map(|name| name.split('.').next().unwrap_or(name))
+        .filter(|name| !name.starts_with(ENV_PREFIX))
+        .collect();
+    if !hidden.is_empty() {
+        hidden.sort_unstable();
+        return Err(format!(
+            "template `{source}` reads env.{}: templates see only environment variables named {ENV_PREFIX}*, so that no server secret reaches a command or a log",
+            hidden.join(", env.")
+        ));
+    }
+    let mut unknown: Vec<String> = variables
         .into_iter()
         .filter(|name| {
             let root = name.split('.').next().unwrap_or(name);
-            if !VARIABLES.contains(&root) {
+            if !VARIABLES.contains(&root) || name == "env" {
                 return true;
             }
             match name.strip_prefix("params.") {
@@ -127,23 +191,23 @@ pub fn check_value(value: &Value, params: &Map<String, Value>) -> Result<(), Str
 }
 
 /// Renders every string inside a JSON value; other values pass through unchanged.
-pub fn render_value(value: &Value, vars: &RunVariables) -> Result<Value, String> {
+pub fn render_value(value: &Value, vars: &RunVariables, quoting: Quoting) -> Result<Value, String> {
     let ctx = minijinja::Value::from(minijinja::value::Serde(vars));
-    render_with(value, &ctx)
+    render_with(value, &ctx, quoting)
 }
 
-fn render_with(value: &Value, ctx: &minijinja::Value) -> Result<Value, String> {
+fn render_with(value: &Value, ctx: &minijinja::Value, quoting: Quoting) -> Result<Value, String> {
     Ok(match value {
-        Value::String(s) => Value::String(render_str(s, ctx)?),
+        Value::String(s) => Value::String(render_str(s, ctx, quoting)?),
         Value::Array(items) => Value::Array(
             items
                 .iter()
-                .map(|v| render_with(v, ctx))
+                .map(|v| render_with(v, ctx, quoting))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(map) => Value::Object(
             map.iter()
-                .map(|(k, v)| Ok((k.clone(), render_with(v, ctx)?)))
+                .map(|(k, v)| Ok((k.clone(), render_with(v, ctx, quoting)?)))
                 .collect::<Result<_, String>>()?,
         ),
         other => other.clone(),
@@ -156,22 +220,23 @@ pub fn render_with_values<V: serde::Serialize>(source: &str, vars: &V) -> Result
     render_str(
         source,
         &minijinja::Value::from(minijinja::value::Serde(vars)),
+        Quoting::Plain,
     )
 }
 
 /// Checks the syntax of a template a task kind owns.
 pub fn check_syntax(source: &str) -> Result<(), String> {
-    environment()
+    environment(Quoting::Plain)
         .template_from_str(source)
         .map(|_| ())
         .map_err(|e| format!("bad template `{source}`: {}", describe(&e)))
 }
 
-fn render_str(source: &str, ctx: &minijinja::Value) -> Result<String, String> {
+fn render_str(source: &str, ctx: &minijinja::Value, quoting: Quoting) -> Result<String, String> {
     if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
         return Ok(source.to_string());
     }
-    environment()
+    environment(quoting)
         .render_str(source, ctx)
         .map_err(|e| format!("cannot render template `{source}`: {}", describe(&e)))
 }
@@ -219,14 +284,19 @@ mod tests {
         let out = render_value(
             &json!({"cmd": "echo {{ params.greeting }} {{ ds }} {{ ds_nodash }} {{ dag_id }}.{{ task_id }}", "n": 3}),
             &v,
+            Quoting::Plain,
         )
         .expect("render");
         assert_eq!(
             out,
             json!({"cmd": "echo hello 2026-11-22 20261122 etl.first", "n": 3})
         );
-        let out = render_value(&json!("{{ ts }} {{ data_interval_end }} {{ run_id }}"), &v)
-            .expect("render");
+        let out = render_value(
+            &json!("{{ ts }} {{ data_interval_end }} {{ run_id }}"),
+            &v,
+            Quoting::Plain,
+        )
+        .expect("render");
         assert_eq!(
             out,
             json!("2026-11-22T00:00:00+00:00 2026-11-23T00:00:00+00:00 etl__manual__x")
@@ -248,10 +318,11 @@ mod tests {
     #[test]
     fn renders_env_and_filters() {
         let mut v = vars();
-        v.env.insert("ORCH_TEST_VAR".into(), "xyz".into());
+        v.env.insert("ORCH_VAR_TEST".into(), "xyz".into());
         let out = render_value(
-            &json!("{{ env.ORCH_TEST_VAR | upper }} {{ params.symbols | join(',') }}"),
+            &json!("{{ env.ORCH_VAR_TEST | upper }} {{ params.symbols | join(',') }}"),
             &v,
+            Quoting::Plain,
         )
         .expect("render");
         assert_eq!(out, json!("XYZ BTCUSDT,ETHUSDT"));
@@ -259,9 +330,82 @@ mod tests {
 
     #[test]
     fn undefined_at_render_time_is_an_error() {
-        let err =
-            render_value(&json!("{{ env.ORCH_SURELY_UNSET_VARIABLE }}"), &vars()).unwrap_err();
+        let err = render_value(
+            &json!("{{ env.ORCH_VAR_SURELY_UNSET }}"),
+            &vars(),
+            Quoting::Plain,
+        )
+        .unwrap_err();
         assert!(err.contains("undefined"), "{err}");
+    }
+
+    /// A value that would end the command and start another is one quoted word; `| safe`
+    /// is the author's explicit way around it.
+    #[test]
+    fn shell_templates_quote_every_value() {
+        let mut v = vars();
+        v.params
+            .insert("greeting".into(), json!("x; touch pwned $(id) `id` 'q'"));
+        let cmd = |source: &str| {
+            render_value(&json!(source), &v, Quoting::Shell)
+                .expect("render")
+                .as_str()
+                .expect("text")
+                .to_string()
+        };
+        assert_eq!(
+            cmd("echo {{ params.greeting }} {{ ds }}"),
+            r#"echo 'x; touch pwned $(id) `id` '\''q'\''' 2026-11-22"#
+        );
+        assert_eq!(
+            cmd("echo {{ params.symbols | join(' ') }}"),
+            "echo 'BTCUSDT ETHUSDT'"
+        );
+        assert_eq!(cmd("{{ 'ls -l' | safe }}"), "ls -l");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd("printf '%s' {{ params.greeting }}"))
+            .output()
+            .expect("sh");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "x; touch pwned $(id) `id` 'q'",
+            "the shell reads the value back as it was"
+        );
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("BTCUSDT,ETHUSDT"), "BTCUSDT,ETHUSDT");
+    }
+
+    #[test]
+    fn templates_see_only_orch_var_environment_variables() {
+        // SAFETY: this test's own variables; no other test reads them.
+        unsafe {
+            std::env::set_var("ORCH_VAR_REGION_TEMPLATE_TEST", "eu");
+            std::env::set_var("SECRET_TEMPLATE_TEST", "hunter2");
+        }
+        let v = vars();
+        assert_eq!(
+            v.env
+                .get("ORCH_VAR_REGION_TEMPLATE_TEST")
+                .map(String::as_str),
+            Some("eu")
+        );
+        assert!(!v.env.contains_key("SECRET_TEMPLATE_TEST"));
+        assert!(v.env.keys().all(|k| k.starts_with(ENV_PREFIX)));
+        let err = check(
+            "{{ env.HOME }} {{ env.AWS_SECRET_ACCESS_KEY }}",
+            &Map::new(),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("env.AWS_SECRET_ACCESS_KEY, env.HOME") && err.contains("ORCH_VAR_*"),
+            "{err}"
+        );
+        assert!(check("{{ env.ORCH_VAR_REGION }}", &Map::new()).is_ok());
+        assert!(
+            check("{{ env }}", &Map::new()).is_err(),
+            "not the whole map"
+        );
     }
 
     #[test]
@@ -274,7 +418,13 @@ mod tests {
     fn check_rejects_unknown_variables_and_undeclared_params() {
         let mut params = Map::new();
         params.insert("greeting".into(), json!("hi"));
-        assert!(check("{{ params.greeting }} {{ ds }} {{ env.HOME }}", &params).is_ok());
+        assert!(
+            check(
+                "{{ params.greeting }} {{ ds }} {{ env.ORCH_VAR_X }}",
+                &params
+            )
+            .is_ok()
+        );
         let err = check("{{ dss }}", &params).unwrap_err();
         assert!(err.contains("dss"), "{err}");
         let err = check("{{ params.greting }}", &params).unwrap_err();

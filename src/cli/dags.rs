@@ -8,7 +8,7 @@ use super::{DagsCommand, find_dag};
 use crate::config::Config;
 use crate::dag::{Dag, DagBag, load_file};
 use crate::scheduler::wake;
-use crate::store::{Store, timestamp};
+use crate::store::{PauseFlag, Store, timestamp};
 use crate::tasks::Registry;
 
 pub async fn dags(config: &Config, command: DagsCommand) -> anyhow::Result<ExitCode> {
@@ -18,13 +18,13 @@ pub async fn dags(config: &Config, command: DagsCommand) -> anyhow::Result<ExitC
         DagsCommand::List => {
             let bag = DagBag::load(&config.dags_dir, &registry);
             let store = Store::open(&config.database_url).await?;
-            let overrides = store.pause_overrides().await?;
+            let flags = store.pause_flags().await?;
             println!(
                 "{:<32} {:<16} {:<8} {:>5}  FILE",
                 "DAG", "SCHEDULE", "PAUSED", "TASKS"
             );
             for dag in bag.dags() {
-                let paused = overrides.get(&dag.id).copied().unwrap_or(dag.paused);
+                let paused = PauseFlag::resolve(flags.get(&dag.id), dag.paused);
                 println!(
                     "{:<32} {:<16} {:<8} {:>5}  {}",
                     dag.id,
@@ -64,7 +64,7 @@ async fn set_paused(
     let bag = DagBag::load(&config.dags_dir, registry);
     let dag = find_dag(&bag, dag_id)?;
     let store = Store::open(&config.database_url).await?;
-    store.set_paused(&dag.id, paused).await?;
+    store.set_paused(&dag.id, paused, dag.paused).await?;
     wake(&config.state_dir());
     println!("{} {}", dag.id, if paused { "paused" } else { "unpaused" });
     Ok(ExitCode::SUCCESS)

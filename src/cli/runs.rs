@@ -29,7 +29,11 @@ pub async fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitC
     let store = Store::open(&config.database_url).await?;
     match command {
         RunsCommand::List { dag, limit, json } => {
-            let runs = store.runs(dag.as_deref(), limit).await?;
+            let listed = store.runs(dag.as_deref(), limit).await?;
+            for bad in &listed.unreadable {
+                eprintln!("warning: run `{}` cannot be read: {}", bad.id, bad.error);
+            }
+            let runs = listed.rows;
             if json {
                 println!("{}", serde_json::to_string_pretty(&runs)?);
             } else {
@@ -81,8 +85,13 @@ fn print_table(runs: &[RunRecord]) {
         "RUN_ID", "STATE", "TYPE", "LOGICAL_DATE"
     );
     for run in runs {
+        let note = run
+            .note
+            .as_deref()
+            .map(|n| format!("  {n}"))
+            .unwrap_or_default();
         println!(
-            "{:<60} {:<8} {:<9} {:<27} {}",
+            "{:<60} {:<8} {:<9} {:<27} {}{note}",
             run.run_id,
             run.state,
             run.run_type,
@@ -111,6 +120,9 @@ fn print_run(view: &RunView<'_>) {
         );
     }
     println!("duration:      {}", duration(run.started_at, run.ended_at));
+    if let Some(note) = &run.note {
+        println!("note:          {note}");
+    }
     println!();
     println!(
         "{:<32} {:<16} {:>7} {:>10} {:>8}  ERROR",

@@ -17,8 +17,17 @@ pub struct DagBag {
     dir: PathBuf,
     dags: BTreeMap<String, Arc<Dag>>,
     errors: BTreeMap<PathBuf, LoadError>,
-    /// File text by path, so a refresh parses only what changed.
-    sources: BTreeMap<PathBuf, String>,
+    /// File text by path, so a refresh parses only what changed; a file that cannot be
+    /// loaded as text holds why.
+    sources: BTreeMap<PathBuf, Source>,
+}
+
+/// What a DAG file held when last read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Text(String),
+    /// Not UTF-8, or a link out of the DAGs folder: a broken file, with the reason.
+    Refused(String),
 }
 
 /// What a refresh found.
@@ -75,22 +84,22 @@ impl DagBag {
         let mut sources = BTreeMap::new();
         let mut changes = Changes::default();
         for path in files {
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    if self.sources.get(&path) != Some(&text) {
-                        changes.changed_files.push(path.clone());
-                    }
-                    sources.insert(path, text);
-                }
+            let source = match read_source(&self.dir, &path) {
+                Ok(source) => source,
                 // Mid-write or removed between listing and reading: try again next refresh.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot read DAG file");
                     if let Some(old) = self.sources.get(&path) {
                         sources.insert(path, old.clone());
                     }
+                    continue;
                 }
+            };
+            if self.sources.get(&path) != Some(&source) {
+                changes.changed_files.push(path.clone());
             }
+            sources.insert(path, source);
         }
         changes.removed_files = self
             .sources
@@ -105,18 +114,28 @@ impl DagBag {
         changes
     }
 
-    fn rebuild(&mut self, sources: BTreeMap<PathBuf, String>, registry: &Registry) {
+    fn rebuild(&mut self, sources: BTreeMap<PathBuf, Source>, registry: &Registry) {
         let previous: BTreeMap<&Path, &Arc<Dag>> =
             self.dags.values().map(|d| (d.path.as_path(), d)).collect();
         let mut dags: BTreeMap<String, Arc<Dag>> = BTreeMap::new();
         let mut errors = BTreeMap::new();
-        for (path, text) in &sources {
+        for (path, source) in &sources {
+            let text = match source {
+                Source::Text(text) => text,
+                Source::Refused(why) => {
+                    errors.insert(
+                        path.clone(),
+                        LoadError::single(path, Problem::nowhere(why.clone())),
+                    );
+                    continue;
+                }
+            };
             // Stream definitions live in the same folder; `crate::stream` loads them.
             if crate::stream::is_stream_file(text) {
                 continue;
             }
             let loaded = match previous.get(path.as_path()) {
-                Some(dag) if self.sources.get(path) == Some(text) => Ok(Arc::clone(dag)),
+                Some(dag) if self.sources.get(path) == Some(source) => Ok(Arc::clone(dag)),
                 _ => load_str(path, text, registry).map(Arc::new),
             };
             match loaded {
@@ -144,8 +163,38 @@ impl DagBag {
     }
 }
 
+/// Reads a DAG file of `dir`. A file that is not UTF-8 text, or a symbolic link to a file
+/// outside `dir`, is refused with the reason: a broken file, never its content in an error.
+fn read_source(dir: &Path, path: &Path) -> std::io::Result<Source> {
+    Ok(match read_folder_file(dir, path)? {
+        Ok(text) => Source::Text(text),
+        Err(why) => Source::Refused(why),
+    })
+}
+
+/// The text of a file of the DAGs folder `dir`, or why it is refused: not UTF-8, or a
+/// symbolic link to a file outside `dir` (whose content must never be echoed in an error).
+pub(crate) fn read_folder_file(dir: &Path, path: &Path) -> std::io::Result<Result<String, String>> {
+    if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        let target = std::fs::canonicalize(path)?;
+        let inside = std::fs::canonicalize(dir).is_ok_and(|dir| target.starts_with(dir));
+        if !inside {
+            return Ok(Err(
+                "a symbolic link to a file outside the DAGs folder; not read".to_string(),
+            ));
+        }
+    }
+    let bytes = std::fs::read(path)?;
+    Ok(String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text (invalid byte at offset {}); save the file as UTF-8",
+            e.utf8_error().valid_up_to()
+        )
+    }))
+}
+
 /// `*.yaml` and `*.yml` files directly in `dir`, sorted; a missing directory has none.
-fn dag_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn dag_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

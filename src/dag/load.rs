@@ -336,7 +336,7 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dag::{Backoff, TriggerRule};
+    use crate::dag::{RetryBackoff, TriggerRule};
 
     fn load(yaml: &str) -> Result<Dag, LoadError> {
         load_str(Path::new("dags/t.yaml"), yaml, &Registry::builtin())
@@ -405,7 +405,7 @@ tasks:
         let second = dag.task("second").expect("second");
         assert_eq!(second.retry.retries, 3);
         assert_eq!(second.retry.delay, Duration::from_secs(10));
-        assert_eq!(second.retry.backoff, Backoff::Exponential);
+        assert_eq!(second.retry.backoff, RetryBackoff::Exponential);
         assert_eq!(second.timeout, Some(Duration::from_secs(1800)));
         assert_eq!(
             dag.task("cleanup").expect("cleanup").trigger_rule,

@@ -19,6 +19,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 pub use bag::DagBag;
+pub(crate) use bag::{dag_files, read_folder_file};
 pub use error::{LoadError, Problem};
 pub use load::{load_file, load_str};
 pub use schedule::{DataInterval, Schedule};
@@ -85,7 +86,7 @@ impl TriggerRule {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Backoff {
+pub enum RetryBackoff {
     /// Every retry waits `retry_delay`.
     #[default]
     Fixed,
@@ -98,7 +99,7 @@ pub struct RetryPolicy {
     /// Retries after the first attempt; a task makes at most `retries + 1` attempts.
     pub retries: u32,
     pub delay: Duration,
-    pub backoff: Backoff,
+    pub backoff: RetryBackoff,
     pub max_delay: Duration,
 }
 
@@ -109,10 +110,9 @@ impl RetryPolicy {
     /// How long to wait before the attempt after `failed_attempt` (1-based).
     pub fn delay_after(&self, failed_attempt: u32) -> Duration {
         match self.backoff {
-            Backoff::Fixed => self.delay,
-            Backoff::Exponential => {
-                let factor = 2u32.saturating_pow(failed_attempt.saturating_sub(1));
-                self.delay.saturating_mul(factor).min(self.max_delay)
+            RetryBackoff::Fixed => self.delay,
+            RetryBackoff::Exponential => {
+                crate::backoff::Backoff::new(self.delay, self.max_delay).delay(failed_attempt)
             }
         }
     }
@@ -128,7 +128,7 @@ impl Default for RetryPolicy {
         RetryPolicy {
             retries: 0,
             delay: Self::DEFAULT_DELAY,
-            backoff: Backoff::Fixed,
+            backoff: RetryBackoff::Fixed,
             max_delay: Self::DEFAULT_MAX_DELAY,
         }
     }
@@ -176,6 +176,12 @@ impl Dag {
     ) -> Option<DataInterval> {
         let interval = self.next_interval_candidate(last_end, now)?;
         (interval.end <= now).then_some(interval)
+    }
+
+    /// The first interval start at or after `end`: where the schedule goes on after a run
+    /// whose interval ended at `end`, had nothing been skipped.
+    pub fn next_start_after(&self, end: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.schedule.as_ref()?.at_or_after(end, self.timezone)
     }
 
     /// When the scheduler has to look again: the end of the next interval to be run.
@@ -235,7 +241,7 @@ mod tests {
         let policy = RetryPolicy {
             retries: 20,
             delay: Duration::from_secs(10),
-            backoff: Backoff::Exponential,
+            backoff: RetryBackoff::Exponential,
             max_delay: Duration::from_secs(60),
         };
         let delays: Vec<u64> = (1..=5).map(|n| policy.delay_after(n).as_secs()).collect();

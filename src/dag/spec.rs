@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{Backoff, TriggerRule};
+use super::{RetryBackoff, TriggerRule};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,7 +33,7 @@ pub struct DagSpec {
 pub struct TaskPolicySpec {
     pub retries: Option<u32>,
     pub retry_delay: Option<Spanned<String>>,
-    pub retry_backoff: Option<Backoff>,
+    pub retry_backoff: Option<RetryBackoff>,
     pub max_retry_delay: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub trigger_rule: Option<TriggerRule>,
@@ -48,7 +48,7 @@ pub struct TaskSpec {
     pub depends_on: Vec<Spanned<String>>,
     pub retries: Option<u32>,
     pub retry_delay: Option<Spanned<String>>,
-    pub retry_backoff: Option<Backoff>,
+    pub retry_backoff: Option<RetryBackoff>,
     pub max_retry_delay: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub trigger_rule: Option<TriggerRule>,

@@ -18,13 +18,14 @@ use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::backoff::Backoff;
 use crate::config::DataPlaces;
 use crate::dag::Dag;
 use crate::logs::{AttemptLog, attempt_log_path};
 use crate::process;
 use crate::store::{AttemptEnd, AttemptState, RunRecord, RunState, Store, StoreError, TaskState};
 use crate::tasks::{self, ProcessSink, Registry, TaskContext, TaskKind, TaskOutput};
-use crate::template::{self, RunVariables};
+use crate::template::RunVariables;
 
 pub use shutdown::{Phase, Shutdown, ShutdownHandle};
 pub use trigger_rules::{Readiness, evaluate};
@@ -33,6 +34,9 @@ pub use trigger_rules::{Readiness, evaluate};
 pub const ORPHANED: &str = "orphaned: the orch process running this attempt stopped before it finished (killed or crashed)";
 /// The error recorded for an attempt cut off by a shutdown's grace period.
 pub const INTERRUPTED: &str = "interrupted: orch shut down before the attempt finished";
+/// The most of an attempt's error the run history keeps: its start and its end. The whole
+/// output is in the attempt's log.
+const MAX_ERROR_BYTES: usize = 4096;
 
 /// Everything runs share: where to record, which kinds exist, how many tasks may run at once.
 #[derive(Clone)]
@@ -92,6 +96,8 @@ struct RunLoop<'a> {
     upstream: Vec<Vec<usize>>,
     states: Vec<TaskState>,
     tries: Vec<u32>,
+    /// Attempts made before the run was last queued again: retries count from there.
+    bases: Vec<u32>,
     next_retry: Vec<Option<DateTime<Utc>>>,
     in_flight: JoinSet<AttemptDone>,
     /// What is running, by tokio task id, to account for an attempt that was aborted.
@@ -132,6 +138,7 @@ impl<'a> RunLoop<'a> {
             upstream,
             states: vec![TaskState::Scheduled; n],
             tries: vec![0; n],
+            bases: vec![0; n],
             next_retry: vec![None; n],
             in_flight: JoinSet::new(),
             running: HashMap::new(),
@@ -147,18 +154,21 @@ impl<'a> RunLoop<'a> {
             .enumerate()
             .map(|(i, t)| (t.id.clone(), i))
             .collect();
-        for ti in self.exec.store.task_instances(&self.run.run_id).await? {
+        let store = &self.exec.store;
+        let run_id = self.run.run_id.as_str();
+        for ti in durably(|| store.task_instances(run_id)).await? {
             let Some(&i) = index.get(&ti.task_id) else {
                 continue;
             };
             self.states[i] = ti.state;
             self.tries[i] = ti.try_number;
+            self.bases[i] = ti.attempt_base.min(ti.try_number);
             self.next_retry[i] = ti.next_retry_at;
         }
         if !self.states.contains(&TaskState::Running) {
             return Ok(());
         }
-        let attempts = self.exec.store.attempts(&self.run.run_id).await?;
+        let attempts = durably(|| store.attempts(run_id)).await?;
         let now = Utc::now();
         for i in 0..self.states.len() {
             if self.states[i] == TaskState::Running {
@@ -168,11 +178,9 @@ impl<'a> RunLoop<'a> {
                     .find(|a| &a.task_id == task_id && a.attempt == self.tries[i])
                     .map_or(now, |a| a.started_at);
                 tracing::warn!(run_id = %self.run.run_id, task_id = %task_id, attempt = self.tries[i], "recovering an orphaned attempt");
-                if let Some((pgid, ticks)) = self
-                    .exec
-                    .store
-                    .attempt_process(&self.run.run_id, task_id, self.tries[i])
-                    .await?
+                let attempt = self.tries[i];
+                if let Some((pgid, ticks)) =
+                    durably(|| store.attempt_process(run_id, task_id, attempt)).await?
                 {
                     process::kill_orphaned_group(pgid, ticks);
                 }
@@ -258,10 +266,7 @@ impl<'a> RunLoop<'a> {
             .iter()
             .map(|&(i, state)| (self.dag.tasks[i].id.clone(), state))
             .collect();
-        self.exec
-            .store
-            .set_task_states(&self.run.run_id, &rows)
-            .await?;
+        durably(|| self.exec.store.set_task_states(&self.run.run_id, &rows)).await?;
         for (i, state) in changes {
             self.emit(i, state, None);
         }
@@ -279,16 +284,17 @@ impl<'a> RunLoop<'a> {
             &task.id,
             attempt,
         );
-        self.exec
-            .store
-            .start_attempt(
+        let log_path = path.to_string_lossy();
+        durably(|| {
+            self.exec.store.start_attempt(
                 &self.run.run_id,
                 &task.id,
                 attempt,
                 started_at,
-                &path.to_string_lossy(),
+                &log_path,
             )
-            .await?;
+        })
+        .await?;
         self.tries[i] = attempt;
         self.states[i] = TaskState::Running;
         self.emit(i, TaskState::Running, None);
@@ -303,21 +309,28 @@ impl<'a> RunLoop<'a> {
             self.params.clone(),
         );
         let kind = self.exec.registry.get(&task.kind).cloned();
-        let (with, own_templates) = tasks::split_own_templates(kind.as_deref(), &task.with);
-        let rendered = template::render_value(&with, &vars).map(|mut value| {
-            if let Value::Object(map) = &mut value {
-                map.extend(own_templates);
-            }
-            value
-        });
+        let rendered = match &kind {
+            Some(kind) => tasks::render(kind.as_ref(), &task.with, &vars),
+            None => Err("the task kind is no longer registered".to_string()),
+        };
         let ctx = (
             self.dag.id.clone(),
             self.run.run_id.clone(),
             task.id.clone(),
             vars.ds,
+            vars.params,
         );
-        let (timeout, max_attempts, kind_name) =
-            (task.timeout, task.retry.retries + 1, task.kind.clone());
+        let (timeout, kind_name) = (task.timeout, task.kind.clone());
+        let try_line = {
+            let (this_try, tries) = (attempt - self.bases[i], task.retry.retries + 1);
+            if self.bases[i] == 0 {
+                format!("attempt {attempt} of {tries}")
+            } else {
+                format!(
+                    "attempt {attempt}: try {this_try} of {tries} since the run was queued again"
+                )
+            }
+        };
         let home = self.exec.home.clone();
         let (store, data) = (self.exec.store.clone(), self.exec.data.clone());
         let processes = {
@@ -341,13 +354,11 @@ impl<'a> RunLoop<'a> {
         };
         let handle = self.in_flight.spawn(async move {
             let _permit = permit;
-            let (dag_id, run_id, task_id, ds) = ctx;
+            let (dag_id, run_id, task_id, ds, params) = ctx;
             let result = match AttemptLog::create(path).map(Arc::new) {
                 Err(e) => Err(format!("cannot create the attempt log: {e}")),
                 Ok(log) => {
-                    log.note(&format!(
-                        "attempt {attempt} of {max_attempts} of task `{task_id}` ({kind_name})"
-                    ));
+                    log.note(&format!("{try_line} of task `{task_id}` ({kind_name})"));
                     let ctx = TaskContext {
                         dag_id,
                         run_id,
@@ -355,6 +366,7 @@ impl<'a> RunLoop<'a> {
                         attempt,
                         home,
                         ds,
+                        params,
                         log,
                         processes,
                         store,
@@ -441,15 +453,17 @@ impl<'a> RunLoop<'a> {
                 None,
             ),
             Err(error) => {
-                let retry = task.retry.allows_retry_after(attempt);
-                let next = retry.then(|| ended_at + task.retry.delay_after(attempt));
+                // Counted from the run's last requeue: a rerun gets a fresh retry budget.
+                let this_try = attempt.saturating_sub(self.bases[i]);
+                let retry = task.retry.allows_retry_after(this_try);
+                let next = retry.then(|| ended_at + task.retry.delay_after(this_try));
                 let end = AttemptEnd {
                     state: AttemptState::Failed,
                     ended_at,
                     duration_ms,
                     rows: None,
                     metrics: None,
-                    error: Some(error),
+                    error: Some(recorded_error(&error)),
                 };
                 let state = if retry {
                     TaskState::UpForRetry
@@ -459,10 +473,17 @@ impl<'a> RunLoop<'a> {
                 (end, state, next)
             }
         };
-        self.exec
-            .store
-            .finish_attempt(&self.run.run_id, &task.id, attempt, &end, state, next_retry)
-            .await?;
+        durably(|| {
+            self.exec.store.finish_attempt(
+                &self.run.run_id,
+                &task.id,
+                attempt,
+                &end,
+                state,
+                next_retry,
+            )
+        })
+        .await?;
         self.states[i] = state;
         self.next_retry[i] = next_retry;
         self.emit(i, state, end.error);
@@ -488,7 +509,7 @@ impl<'a> RunLoop<'a> {
         } else {
             RunState::Success
         };
-        self.exec.store.finish_run(&self.run.run_id, state).await?;
+        durably(|| self.exec.store.finish_run(&self.run.run_id, state)).await?;
         Ok(state)
     }
 
@@ -502,6 +523,66 @@ impl<'a> RunLoop<'a> {
             });
         }
     }
+}
+
+/// How long a metadata read or write of a run is tried again before the run is given up
+/// (and handed back for adoption): a minute of "database is locked", a full disk or a
+/// PostgreSQL failover must not strand a run.
+const STORE_RETRY_FOR: Duration = Duration::from_secs(60);
+const STORE_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+
+/// Runs `op` again while it fails with a transient error, for up to [`STORE_RETRY_FOR`].
+/// Every store call of a run is idempotent, so a retried write that had committed changes
+/// nothing.
+async fn durably<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let started = std::time::Instant::now();
+    let mut failures = 0;
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() && started.elapsed() < STORE_RETRY_FOR => {
+                failures += 1;
+                let wait = STORE_RETRY.delay(failures);
+                tracing::warn!(error = %e, ?wait, "metadata database unavailable; trying again");
+                tokio::time::sleep(wait).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// An attempt's error as the run history keeps it: secrets masked, and at most
+/// [`MAX_ERROR_BYTES`], its start and its end, where a failure's last line usually is.
+fn recorded_error(error: &str) -> String {
+    let error = crate::redact::secrets(error);
+    if error.len() <= MAX_ERROR_BYTES {
+        return error.into_owned();
+    }
+    let head_end = floor_char_boundary(&error, MAX_ERROR_BYTES / 4);
+    let tail_start = ceil_char_boundary(&error, error.len() - MAX_ERROR_BYTES * 3 / 4);
+    format!(
+        "{} … ({} bytes cut; the whole output is in the attempt's log) … {}",
+        &error[..head_end],
+        tail_start - head_end,
+        &error[tail_start..]
+    )
+}
+
+fn floor_char_boundary(text: &str, mut at: usize) -> usize {
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn ceil_char_boundary(text: &str, mut at: usize) -> usize {
+    while !text.is_char_boundary(at) {
+        at += 1;
+    }
+    at
 }
 
 async fn run_attempt(
@@ -521,5 +602,33 @@ async fn run_attempt(
                 humantime::format_duration(limit)
             )),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_errors_are_bounded_and_keep_both_ends() {
+        let long = format!(
+            "command exited with status 1: {}é{}",
+            "x".repeat(50_000_000),
+            "the end"
+        );
+        let kept = recorded_error(&long);
+        assert!(kept.len() <= MAX_ERROR_BYTES + 100, "{}", kept.len());
+        assert!(kept.starts_with("command exited with status 1: xxx"));
+        assert!(
+            kept.ends_with("xxxéthe end"),
+            "{}",
+            &kept[kept.len() - 20..]
+        );
+        assert!(kept.contains("bytes cut"));
+        assert_eq!(recorded_error("short"), "short");
+        assert_eq!(
+            recorded_error("cannot open postgres://u:pw@h/d"),
+            "cannot open postgres://u:***@h/d"
+        );
     }
 }

@@ -20,11 +20,12 @@ use serde_json::Map;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::dag::{Dag, DagBag, load_str};
+use crate::dag::{Dag, DagBag};
 use crate::executor::{Executor, Phase, ShutdownHandle};
 use crate::lease::{self, Lease, ServeLock};
-use crate::store::{RunRecord, RunState, RunType, Store, StoreError};
+use crate::store::{Listed, PauseFlag, RunRecord, RunState, RunType, Store, StoreError};
 use crate::stream::ingest::IngestPlaces;
 use crate::stream::supervisor::Supervisor;
 use crate::tasks::Registry;
@@ -33,6 +34,8 @@ pub use wake::wake;
 
 /// How often DAG files are re-read; the issue asks for reloads within 2 seconds.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the lease files of stopped processes are removed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
 pub struct ServeOptions {
     /// How long running tasks may go on after SIGTERM or Ctrl-C before they are stopped.
@@ -40,6 +43,9 @@ pub struct ServeOptions {
 }
 
 type RunOutcome = (String, Result<Option<RunState>, StoreError>);
+
+/// A run whose executor died here waits this long, growing, before it is resumed.
+const RESUME: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 
 struct Scheduler {
     store: Store,
@@ -49,10 +55,16 @@ struct Scheduler {
     lease: Lease,
     shutdown: ShutdownHandle,
     runs: JoinSet<RunOutcome>,
+    /// The run each executor task drives, to know which run a panicked task left behind.
+    run_of_task: HashMap<tokio::task::Id, String>,
     /// Run ids this process executes now.
     active: HashSet<String>,
-    /// Queued runs already reported as waiting for a missing DAG, to warn once.
-    reported_missing: HashSet<String>,
+    /// Runs whose executor died here (a database error it could not ride out, a panic):
+    /// when each may be resumed, and how many times it died.
+    resume_after: HashMap<String, (tokio::time::Instant, u32)>,
+    /// What was already reported once: queued runs waiting for a missing DAG, unreadable
+    /// rows, and a DAG's scheduling error.
+    reported: HashSet<String>,
     streams: Supervisor,
     dags_dir: std::path::PathBuf,
 }
@@ -100,28 +112,85 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         lease,
         shutdown,
         runs: JoinSet::new(),
+        run_of_task: HashMap::new(),
         active: HashSet::new(),
-        reported_missing: HashSet::new(),
+        resume_after: HashMap::new(),
+        reported: HashSet::new(),
         streams,
         dags_dir: config.dags_dir.clone(),
     };
     scheduler.sync_streams().await;
-    scheduler.run(wake.as_ref()).await?;
+    scheduler.sweep_leases(&state_dir).await;
+    scheduler.run(wake.as_ref(), &state_dir).await?;
     scheduler.streams.stop_all().await;
     scheduler.stop(options.grace).await;
     tracing::info!("orch serve stopped");
     Ok(())
 }
 
+/// Creates the runs of `dag`'s intervals that have ended, within `max_active_runs` (`active`
+/// counts its queued and running runs); returns when the next interval ends.
+///
+/// With catchup off, an interval that comes due while the DAG is full will never run: it is
+/// recorded as a `skipped` run saying why, rather than dropped without a trace.
+async fn schedule_dag(
+    store: &Store,
+    dag: &Dag,
+    active: &mut u32,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let mut last_end = store.last_scheduled_end(&dag.id).await?;
+    let task_ids: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
+    while let Some(interval) = dag.next_scheduled_interval(last_end, now) {
+        if let Some(first) = last_end.and_then(|end| dag.next_start_after(end))
+            && first < interval.start
+        {
+            tracing::info!(dag_id = %dag.id, from = %first, to = %interval.start, "catchup is off: the intervals in between are not run");
+        }
+        let run = plan::new_run(dag, RunType::Scheduled, interval, Map::new(), now);
+        if *active < dag.max_active_runs {
+            if store.insert_run(&run, &task_ids).await? {
+                tracing::info!(dag_id = %dag.id, run_id = %run.run_id, "scheduled run created");
+                *active += 1;
+            }
+        } else if dag.catchup {
+            // Created once a run ends.
+            break;
+        } else {
+            let note = format!(
+                "skipped: due while the DAG had {active} active runs (max_active_runs: {}), and catchup is off",
+                dag.max_active_runs
+            );
+            if store.insert_skipped_run(&run, &note).await? {
+                tracing::warn!(dag_id = %dag.id, run_id = %run.run_id, max_active_runs = dag.max_active_runs, "interval skipped: the DAG is at max_active_runs and catchup is off");
+            }
+        }
+        // An existing run (e.g. a backfill of that date) counts as done for the schedule.
+        last_end = Some(interval.end);
+    }
+    Ok(dag.next_due(last_end, now))
+}
+
 impl Scheduler {
-    async fn run(&mut self, wake: Option<&wake::WakeListener>) -> anyhow::Result<()> {
+    async fn run(
+        &mut self,
+        wake: Option<&wake::WakeListener>,
+        state_dir: &Path,
+    ) -> anyhow::Result<()> {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .context("cannot listen for SIGTERM")?;
         let mut next_reload = tokio::time::Instant::now() + RELOAD_INTERVAL;
+        let mut next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
         loop {
+            if tokio::time::Instant::now() >= next_sweep {
+                self.sweep_leases(state_dir).await;
+                next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
+            }
             let next_tick = match self.pass().await {
                 Ok(next) => next,
+                // Two histories would run everything twice: stop.
+                Err(e @ StoreError::FileGone { .. }) => return Err(e.into()),
                 Err(e) => {
                     // A locked or briefly unavailable database must not kill the scheduler.
                     tracing::error!(error = %e, "scheduling pass failed; retrying");
@@ -136,7 +205,7 @@ impl Scheduler {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = terminate.recv() => return Ok(()),
                 _ = async { match wake { Some(w) => w.woken().await, None => std::future::pending().await } } => {}
-                Some(done) = self.runs.join_next(), if !self.runs.is_empty() => self.on_run_end(done),
+                Some(done) = self.runs.join_next_with_id(), if !self.runs.is_empty() => self.on_run_end(done),
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
             if tokio::time::Instant::now() >= next_reload {
@@ -145,6 +214,22 @@ impl Scheduler {
                 }
                 next_reload = tokio::time::Instant::now() + RELOAD_INTERVAL;
             }
+        }
+    }
+
+    /// Removes the lease files of processes that are gone and own no running run.
+    async fn sweep_leases(&self, state_dir: &Path) {
+        let owners: HashSet<String> = match self.store.runs_in_state(RunState::Running).await {
+            Ok(listed) => listed.rows.into_iter().filter_map(|r| r.owner).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sweep process leases");
+                return;
+            }
+        };
+        match lease::sweep(state_dir, &owners) {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "swept the leases of stopped processes"),
+            Err(e) => tracing::warn!(error = %e, "cannot sweep process leases"),
         }
     }
 
@@ -192,9 +277,10 @@ impl Scheduler {
         if self.shutdown.phase() != Phase::Running {
             return Ok(None);
         }
+        self.store.check_file()?;
         let paused = self.paused_dags().await?;
-        let running = self.store.runs_in_state(RunState::Running).await?;
-        let queued = self.store.runs_in_state(RunState::Queued).await?;
+        let running = self.readable(self.store.runs_in_state(RunState::Running).await?);
+        let queued = self.readable(self.store.runs_in_state(RunState::Queued).await?);
         let mut active_by_dag: HashMap<String, u32> = HashMap::new();
         for run in running.iter().chain(&queued) {
             *active_by_dag.entry(run.dag_id.clone()).or_default() += 1;
@@ -203,16 +289,26 @@ impl Scheduler {
             .create_scheduled_runs(&paused, &mut active_by_dag)
             .await?;
         self.adopt_orphans(&running).await?;
-        self.start_queued(&paused).await?;
+        self.start_queued(&paused, queued, &running).await?;
         Ok(next_tick)
     }
 
+    /// The runs that read; each unreadable row is logged once and otherwise left alone.
+    fn readable(&mut self, listed: Listed<RunRecord>) -> Vec<RunRecord> {
+        for bad in listed.unreadable {
+            if self.reported.insert(format!("unreadable {}", bad.id)) {
+                tracing::error!(run_id = %bad.id, error = %bad.error, "a run in the history cannot be read; it is left alone");
+            }
+        }
+        listed.rows
+    }
+
     async fn paused_dags(&self) -> Result<HashSet<String>, StoreError> {
-        let overrides = self.store.pause_overrides().await?;
+        let flags = self.store.pause_flags().await?;
         Ok(self
             .bag
             .dags()
-            .filter(|d| overrides.get(&d.id).copied().unwrap_or(d.paused))
+            .filter(|d| PauseFlag::resolve(flags.get(&d.id), d.paused))
             .map(|d| d.id.clone())
             .collect())
     }
@@ -235,83 +331,102 @@ impl Scheduler {
             if paused.contains(&dag.id) {
                 continue;
             }
-            let mut last_end = self.store.last_scheduled_end(&dag.id).await?;
             let active = active_by_dag.entry(dag.id.clone()).or_default();
-            while *active < dag.max_active_runs {
-                let Some(interval) = dag.next_scheduled_interval(last_end, now) else {
-                    break;
-                };
-                let run = plan::new_run(&dag, RunType::Scheduled, interval, Map::new(), now);
-                let task_ids: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
-                if self.store.insert_run(&run, &task_ids).await? {
-                    tracing::info!(dag_id = %dag.id, run_id = %run.run_id, "scheduled run created");
-                    *active += 1;
+            // One DAG's trouble (a row it cannot read) must not stop the others.
+            match schedule_dag(&self.store, &dag, active, now).await {
+                Ok(Some(due)) => next_tick = Some(next_tick.map_or(due, |t| t.min(due))),
+                Ok(None) => {}
+                Err(e) => {
+                    if self.reported.insert(format!("schedule {} {e}", dag.id)) {
+                        tracing::error!(dag_id = %dag.id, error = %e, "cannot schedule this DAG");
+                    }
                 }
-                // An existing run (e.g. a backfill of that date) counts as done for the schedule.
-                last_end = Some(interval.end);
-            }
-            if let Some(due) = dag.next_due(last_end, now) {
-                next_tick = Some(next_tick.map_or(due, |t| t.min(due)));
             }
         }
         Ok(next_tick)
     }
 
-    /// Resumes runs whose executing process died (`kill -9`, crash, power loss).
+    /// Resumes runs whose executing process died (`kill -9`, crash, power loss), and runs of
+    /// this process whose executor died (after a backoff).
     async fn adopt_orphans(&mut self, running: &[RunRecord]) -> Result<(), StoreError> {
+        let now = tokio::time::Instant::now();
         for run in running {
             if self.active.contains(&run.run_id) {
                 continue;
             }
-            if let Some(owner) = &run.owner
-                && (owner == self.lease.id() || lease::is_alive(owner))
-            {
-                continue;
+            let mine = run.owner.as_deref() == Some(self.lease.id());
+            if mine {
+                if self
+                    .resume_after
+                    .get(&run.run_id)
+                    .is_some_and(|(at, _)| now < *at)
+                {
+                    continue;
+                }
+            } else {
+                if let Some(owner) = &run.owner
+                    && lease::is_alive(owner)
+                {
+                    continue;
+                }
+                if !self
+                    .store
+                    .adopt_run(&run.run_id, run.owner.as_deref(), self.lease.id())
+                    .await?
+                {
+                    continue;
+                }
             }
-            if !self
-                .store
-                .adopt_run(&run.run_id, run.owner.as_deref(), self.lease.id())
-                .await?
-            {
-                continue;
+            match self.definition_of(run) {
+                Ok(dag) => {
+                    tracing::warn!(run_id = %run.run_id, previous_owner = ?run.owner, "resuming a run whose executor stopped");
+                    self.spawn(dag, run.clone());
+                }
+                Err(why) => {
+                    tracing::error!(run_id = %run.run_id, dag_id = %run.dag_id, "{why}; marking the run failed");
+                    self.store.fail_run(&run.run_id, &why).await?;
+                }
             }
-            let Some(dag) = self.definition_of(run) else {
-                tracing::error!(run_id = %run.run_id, dag_id = %run.dag_id, "cannot resume run: its DAG definition no longer loads; marking it failed");
-                self.store.finish_run(&run.run_id, RunState::Failed).await?;
-                continue;
-            };
-            tracing::warn!(run_id = %run.run_id, previous_owner = ?run.owner, "resuming a run whose process stopped");
-            self.spawn(dag, run.clone());
         }
         Ok(())
     }
 
-    /// The definition a run started with, else the current one.
-    fn definition_of(&self, run: &RunRecord) -> Option<Arc<Dag>> {
-        if let Some(source) = &run.dag_source {
-            let path = run.dag_path.as_deref().unwrap_or("dag.yaml");
-            match load_str(Path::new(path), source, &self.registry) {
-                Ok(dag) => return Some(Arc::new(dag)),
-                Err(e) => {
-                    tracing::warn!(run_id = %run.run_id, "the run's saved definition no longer loads: {e}")
-                }
-            }
+    /// The definition a resumed run executes: the DAG file this scheduler loaded, and only if
+    /// the run started with exactly its text. The text saved with the run is never executed
+    /// by itself: a row in a shared database must not be a way to run code.
+    fn definition_of(&self, run: &RunRecord) -> Result<Arc<Dag>, String> {
+        let Some(dag) = self.bag.get(&run.dag_id) else {
+            return Err(format!(
+                "cannot resume run `{}`: no loaded DAG file defines `{}`",
+                run.run_id, run.dag_id
+            ));
+        };
+        match &run.dag_source {
+            Some(source) if *source != dag.source => Err(format!(
+                "cannot resume run `{}`: the DAG text saved with it differs from {} as loaded now (the file changed since the run started, or the row was altered), and orch only runs DAG files it loaded; trigger the DAG again",
+                run.run_id,
+                dag.path.display()
+            )),
+            _ => Ok(Arc::clone(dag)),
         }
-        self.bag.get(&run.dag_id).cloned()
     }
 
-    async fn start_queued(&mut self, paused: &HashSet<String>) -> Result<(), StoreError> {
-        let queued = self.store.runs_in_state(RunState::Queued).await?;
+    async fn start_queued(
+        &mut self,
+        paused: &HashSet<String>,
+        queued: Vec<RunRecord>,
+        running: &[RunRecord],
+    ) -> Result<(), StoreError> {
         if queued.is_empty() {
             return Ok(());
         }
         let mut running_by_dag: HashMap<String, u32> = HashMap::new();
-        for run in self.store.runs_in_state(RunState::Running).await? {
-            *running_by_dag.entry(run.dag_id).or_default() += 1;
+        for run in running {
+            *running_by_dag.entry(run.dag_id.clone()).or_default() += 1;
         }
         for run in queued {
             let Some(dag) = self.bag.get(&run.dag_id).cloned() else {
-                if self.reported_missing.insert(run.run_id.clone()) {
+                if self.reported.insert(format!("missing {}", run.run_id)) {
                     let why = self
                         .bag
                         .error_for(&run.dag_id)
@@ -345,29 +460,41 @@ impl Scheduler {
         let executor = self.executor.clone();
         let shutdown = self.shutdown.subscribe();
         self.active.insert(run.run_id.clone());
-        self.runs.spawn(async move {
+        let run_id = run.run_id.clone();
+        let task = self.runs.spawn(async move {
             let outcome = executor.execute(dag, &run, shutdown, None).await;
             (run.run_id, outcome)
         });
+        self.run_of_task.insert(task.id(), run_id);
     }
 
-    fn on_run_end(&mut self, joined: Result<RunOutcome, tokio::task::JoinError>) {
-        match joined {
-            Ok((run_id, outcome)) => {
-                self.active.remove(&run_id);
-                match outcome {
-                    Ok(Some(state)) => {
-                        tracing::info!(run_id = %run_id, state = %state, "run finished")
-                    }
-                    Ok(None) => {
-                        tracing::info!(run_id = %run_id, "run left to resume after restart")
-                    }
-                    Err(e) => {
-                        tracing::error!(run_id = %run_id, error = %e, "run stopped on a database error; it resumes on restart")
-                    }
-                }
+    fn on_run_end(
+        &mut self,
+        joined: Result<(tokio::task::Id, RunOutcome), tokio::task::JoinError>,
+    ) {
+        let (task, outcome) = match joined {
+            Ok((task, (_, outcome))) => (task, outcome.map_err(|e| e.to_string())),
+            Err(e) => (e.id(), Err(format!("its executor panicked: {e}"))),
+        };
+        let Some(run_id) = self.run_of_task.remove(&task) else {
+            return;
+        };
+        self.active.remove(&run_id);
+        match outcome {
+            Ok(Some(state)) => {
+                self.resume_after.remove(&run_id);
+                tracing::info!(run_id = %run_id, state = %state, "run finished");
             }
-            Err(e) => tracing::error!(error = %e, "a run's executor panicked"),
+            Ok(None) => tracing::info!(run_id = %run_id, "run left to resume after restart"),
+            Err(why) => {
+                // The run is still `running` under this process's lease: nobody else may take
+                // it, so this process resumes it itself, after a growing wait.
+                let deaths = self.resume_after.get(&run_id).map_or(0, |(_, n)| *n) + 1;
+                let wait = RESUME.delay(deaths);
+                self.resume_after
+                    .insert(run_id.clone(), (tokio::time::Instant::now() + wait, deaths));
+                tracing::error!(run_id = %run_id, error = %why, resume_in = ?wait, "a run's executor stopped; resuming the run");
+            }
         }
     }
 
@@ -379,14 +506,88 @@ impl Scheduler {
         tokio::pin!(deadline);
         while !self.runs.is_empty() {
             tokio::select! {
-                Some(done) = self.runs.join_next() => self.on_run_end(done),
+                Some(done) = self.runs.join_next_with_id() => self.on_run_end(done),
                 _ = &mut deadline => break,
                 _ = tokio::signal::ctrl_c() => break,
             }
         }
         self.shutdown.set(Phase::Abort);
-        while let Some(done) = self.runs.join_next().await {
+        while let Some(done) = self.runs.join_next_with_id().await {
             self.on_run_end(done);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("orch.db").display());
+        let store = Store::open(&url).await.expect("store");
+        (dir, store)
+    }
+
+    fn dag(catchup: bool) -> Dag {
+        let yaml = format!(
+            "schedule: '*/5 * * * *'\ncatchup: {catchup}\nmax_active_runs: 1\ntasks: [{{id: a, kind: noop}}]\n"
+        );
+        crate::dag::load_str(Path::new("d.yaml"), &yaml, &Registry::builtin()).expect("dag")
+    }
+
+    fn at(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, h, m, 0)
+            .single()
+            .expect("time")
+    }
+
+    /// With catchup off, an interval that comes due while the DAG is full is recorded as a
+    /// skipped run with the reason, and the schedule goes on after it.
+    #[tokio::test]
+    async fn an_interval_due_while_full_is_recorded_as_skipped_without_catchup() {
+        let (_dir, store) = store().await;
+        let dag = dag(false);
+        let mut active = 1;
+        schedule_dag(&store, &dag, &mut active, at(10, 7))
+            .await
+            .expect("schedule");
+        let skipped = store
+            .runs_in_state(RunState::Skipped)
+            .await
+            .expect("runs")
+            .rows;
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].data_interval_start, at(10, 0));
+        let note = skipped[0].note.as_deref().unwrap_or_default();
+        assert!(
+            note.contains("max_active_runs: 1") && note.contains("catchup is off"),
+            "{note}"
+        );
+        let mut active = 0;
+        schedule_dag(&store, &dag, &mut active, at(10, 12))
+            .await
+            .expect("schedule");
+        let queued = store
+            .runs_in_state(RunState::Queued)
+            .await
+            .expect("runs")
+            .rows;
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].data_interval_start, at(10, 5));
+    }
+
+    /// With catchup on, the interval waits for room instead.
+    #[tokio::test]
+    async fn an_interval_due_while_full_waits_with_catchup() {
+        let (_dir, store) = store().await;
+        let dag = dag(true);
+        let mut active = 1;
+        schedule_dag(&store, &dag, &mut active, at(10, 7))
+            .await
+            .expect("schedule");
+        let listed = store.runs(None, 10).await.expect("runs");
+        assert!(listed.rows.is_empty(), "{:?}", listed.rows);
     }
 }

@@ -10,10 +10,10 @@
 
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-use crate::config::redact_url;
 use crate::database::{self, Backend};
 use crate::decimal::{Decimal, Product};
 use crate::exchange::Trade;
+use crate::redact;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StagingError {
@@ -70,13 +70,13 @@ impl Staging {
         if !database::is_table_name(table) {
             return Err(StagingError::BadTableName(table.to_string()));
         }
-        let backend =
-            Backend::of_url(url).ok_or_else(|| StagingError::UnsupportedUrl(redact_url(url)))?;
+        let backend = Backend::of_url(url)
+            .ok_or_else(|| StagingError::UnsupportedUrl(redact::secrets(url).into_owned()))?;
         let pool =
             database::connect(url, backend, 2)
                 .await
                 .map_err(|source| StagingError::Open {
-                    url: redact_url(url),
+                    url: redact::secrets(url).into_owned(),
                     source,
                 })?;
         let staging = Staging {
@@ -262,7 +262,7 @@ impl Staging {
         use sqlx::Connection;
         let table = &self.table;
         let open_err = |source| StagingError::Open {
-            url: redact_url(&self.url),
+            url: redact::secrets(&self.url).into_owned(),
             source,
         };
         match self.backend {

@@ -21,8 +21,8 @@ use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use crate::config::redact_url;
 use crate::database::{self, Backend};
+use crate::redact;
 
 pub use model::{
     AttemptEnd, AttemptRecord, AttemptState, NewRun, RunRecord, RunState, RunType,
@@ -43,6 +43,50 @@ pub enum StoreError {
         "metadata database URL `{0}` is not supported: use sqlite://PATH or postgres://USER@HOST/DB"
     )]
     UnsupportedUrl(String),
+    #[error(
+        "the metadata database {} was {what} while orch was using it; stopping so that no run is created or executed twice. Put the file back, or start again to begin a new history",
+        path.display()
+    )]
+    FileGone {
+        path: std::path::PathBuf,
+        what: &'static str,
+    },
+    #[error("{what} {value} is past the last date the run history can hold (9999-12-31)")]
+    OutOfRange { what: &'static str, value: String },
+}
+
+impl StoreError {
+    /// Whether the same statement may well succeed if tried again: a busy or locked SQLite
+    /// file, a full disk or an I/O error, a lost or refused connection, a PostgreSQL
+    /// failover, serialization failure or deadlock. Not bad SQL or a broken row.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Sql(error) = self else {
+            return false;
+        };
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| transient_code(&code)),
+            _ => false,
+        }
+    }
+}
+
+/// SQLite result codes (busy, locked, I/O error, full, cannot open; extended codes carry the
+/// primary one in their low byte) and PostgreSQL SQLSTATEs (connection exceptions,
+/// serialization failure, deadlock, insufficient resources, operator intervention, lock not
+/// available) that a retry may get past.
+fn transient_code(code: &str) -> bool {
+    if let Ok(sqlite) = code.parse::<i64>() {
+        return matches!(sqlite & 0xff, 5 | 6 | 10 | 13 | 14);
+    }
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || matches!(code, "40001" | "40P01" | "55P03")
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -52,6 +96,31 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The SQLite file opened, to notice it deleted or replaced ([`Store::check_file`]).
+    file: Option<OpenedFile>,
+}
+
+/// An SQLite file by its device and inode, which a file put in its place does not share.
+#[derive(Clone, Debug)]
+struct OpenedFile {
+    path: std::path::PathBuf,
+    device: u64,
+    inode: u64,
+}
+
+/// Rows of the run history, and the ones that could not be read, each named: one bad row
+/// hides only itself, never the listing or the schedule of every other DAG.
+#[derive(Debug)]
+pub struct Listed<T> {
+    pub rows: Vec<T>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A row that does not read, by its key.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub id: String,
+    pub error: StoreError,
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -61,8 +130,8 @@ impl Store {
     /// Opens and migrates the database at `url`: `sqlite://PATH` (created if missing) or
     /// `postgres://...` (the database must exist).
     pub async fn open(url: &str) -> Result<Store> {
-        let backend =
-            Backend::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl(redact_url(url)))?;
+        let backend = Backend::of_url(url)
+            .ok_or_else(|| StoreError::UnsupportedUrl(redact::secrets(url).into_owned()))?;
         let max_connections = match backend {
             Backend::Sqlite => 4,
             Backend::Postgres => 8,
@@ -70,14 +139,47 @@ impl Store {
         let pool = database::connect(url, backend, max_connections)
             .await
             .map_err(|source| StoreError::Open {
-                url: redact_url(url),
+                url: redact::secrets(url).into_owned(),
                 source,
             })?;
         match backend {
             Backend::Sqlite => SQLITE_MIGRATOR.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
         }
-        Ok(Store { pool, backend })
+        let file = database::sqlite_path(url).and_then(|path| {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(&path).ok()?;
+            Some(OpenedFile {
+                device: meta.dev(),
+                inode: meta.ino(),
+                path,
+            })
+        });
+        Ok(Store {
+            pool,
+            backend,
+            file,
+        })
+    }
+
+    /// Fails when the SQLite file this store opened was deleted or replaced: the open
+    /// connections would go on with the old file while new ones start a second history.
+    pub fn check_file(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(opened) = &self.file else {
+            return Ok(());
+        };
+        let gone = |what| StoreError::FileGone {
+            path: opened.path.clone(),
+            what,
+        };
+        match std::fs::metadata(&opened.path) {
+            Ok(meta) if meta.dev() == opened.device && meta.ino() == opened.inode => Ok(()),
+            Ok(_) => Err(gone("replaced by another file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(gone("deleted")),
+            // Cannot tell (permissions, a flaky mount): the next check will.
+            Err(_) => Ok(()),
+        }
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
@@ -87,6 +189,7 @@ impl Store {
     /// Creates a run and its task instances. Returns `false`, creating nothing, when a
     /// scheduled or backfill run for the same DAG and logical date already exists.
     pub async fn insert_run(&self, run: &NewRun, task_ids: &[String]) -> Result<bool> {
+        run.check_storable()?;
         let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO dag_runs (run_id, dag_id, run_type, logical_date, data_interval_start,
@@ -148,12 +251,14 @@ impl Store {
         Ok(claimed == 1)
     }
 
-    /// Queues a finished run again, every task to run anew (its attempts stay in the history,
-    /// numbered on). Returns `false` when the run is not finished.
+    /// Queues a finished run again, every task to run anew with a fresh retry budget (its
+    /// attempts stay in the history, numbered on). Returns `false` when the run is not
+    /// finished.
     pub async fn requeue_run(&self, run_id: &str) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let requeued = sqlx::query(
-            "UPDATE dag_runs SET state = 'queued', owner = NULL, started_at = NULL, ended_at = NULL
+            "UPDATE dag_runs SET state = 'queued', owner = NULL, started_at = NULL, ended_at = NULL,
+                 note = NULL
              WHERE run_id = $1 AND state IN ('success', 'failed')",
         )
         .bind(run_id)
@@ -163,7 +268,9 @@ impl Store {
             == 1;
         if requeued {
             sqlx::query(
-                "UPDATE task_instances SET state = 'scheduled', next_retry_at = NULL WHERE run_id = $1",
+                "UPDATE task_instances SET state = 'scheduled', next_retry_at = NULL,
+                     attempt_base = try_number
+                 WHERE run_id = $1",
             )
             .bind(run_id)
             .execute(&mut *tx)
@@ -203,6 +310,46 @@ impl Store {
         Ok(())
     }
 
+    /// Ends a run as failed with a note saying why, when no task failed to say so.
+    pub async fn fail_run(&self, run_id: &str, note: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE dag_runs SET state = 'failed', ended_at = $1, note = $2 WHERE run_id = $3",
+        )
+        .bind(timestamp::format(Utc::now()))
+        .bind(note)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a scheduled interval that will not run, as a run in state `skipped` with the
+    /// reason; `false` when a run of that date exists already.
+    pub async fn insert_skipped_run(&self, run: &NewRun, note: &str) -> Result<bool> {
+        run.check_storable()?;
+        let now = timestamp::format(Utc::now());
+        let inserted = sqlx::query(
+            "INSERT INTO dag_runs (run_id, dag_id, run_type, logical_date, data_interval_start,
+                 data_interval_end, conf, state, queued_at, ended_at, note)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'skipped', $8, $9, $10)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&run.run_id)
+        .bind(&run.dag_id)
+        .bind(run.run_type.as_str())
+        .bind(timestamp::format(run.logical_date))
+        .bind(timestamp::format(run.data_interval_start))
+        .bind(timestamp::format(run.data_interval_end))
+        .bind(Value::Object(run.conf.clone()).to_string())
+        .bind(timestamp::format(run.queued_at))
+        .bind(&now)
+        .bind(note)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
         let row = sqlx::query("SELECT * FROM dag_runs WHERE run_id = $1")
             .bind(run_id)
@@ -212,7 +359,7 @@ impl Store {
     }
 
     /// The newest runs first, optionally of one DAG.
-    pub async fn runs(&self, dag_id: Option<&str>, limit: u32) -> Result<Vec<RunRecord>> {
+    pub async fn runs(&self, dag_id: Option<&str>, limit: u32) -> Result<Listed<RunRecord>> {
         let rows = sqlx::query(
             "SELECT * FROM dag_runs WHERE (CAST($1 AS TEXT) IS NULL OR dag_id = $1)
              ORDER BY queued_at DESC, run_id DESC LIMIT $2",
@@ -221,23 +368,26 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(run_from_row).collect()
+        Ok(listed_runs(&rows))
     }
 
     /// Runs in `state`, oldest first.
-    pub async fn runs_in_state(&self, state: RunState) -> Result<Vec<RunRecord>> {
+    pub async fn runs_in_state(&self, state: RunState) -> Result<Listed<RunRecord>> {
         let rows =
             sqlx::query("SELECT * FROM dag_runs WHERE state = $1 ORDER BY queued_at, run_id")
                 .bind(state.as_str())
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter().map(run_from_row).collect()
+        Ok(listed_runs(&rows))
     }
 
-    /// The end of the latest scheduled run's data interval, where the next one starts.
+    /// The end of the latest scheduled run's data interval, where the next one starts. Rows
+    /// whose end is not a timestamp (a corrupt row) are passed over.
     pub async fn last_scheduled_end(&self, dag_id: &str) -> Result<Option<DateTime<Utc>>> {
         let end: Option<String> = sqlx::query_scalar(
-            "SELECT MAX(data_interval_end) FROM dag_runs WHERE dag_id = $1 AND run_type = 'scheduled'",
+            "SELECT MAX(data_interval_end) FROM dag_runs
+             WHERE dag_id = $1 AND run_type = 'scheduled'
+                 AND data_interval_end LIKE '____-__-__T__:__:__.______Z'",
         )
         .bind(dag_id)
         .fetch_one(&self.pool)
@@ -264,7 +414,8 @@ impl Store {
 
     pub async fn task_instances(&self, run_id: &str) -> Result<Vec<TaskInstanceRecord>> {
         let rows = sqlx::query(
-            "SELECT task_id, state, try_number, next_retry_at FROM task_instances WHERE run_id = $1 ORDER BY position",
+            "SELECT task_id, state, try_number, attempt_base, next_retry_at FROM task_instances
+             WHERE run_id = $1 ORDER BY position",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -280,6 +431,7 @@ impl Store {
                         value: state,
                     })?,
                     try_number: count(row, "task_instances.try_number", "try_number")?,
+                    attempt_base: count(row, "task_instances.attempt_base", "attempt_base")?,
                     next_retry_at: next
                         .map(|s| parse_time("task_instances.next_retry_at", &s))
                         .transpose()?,
@@ -333,7 +485,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO task_attempts (run_id, task_id, attempt, state, started_at, log_path)
-             VALUES ($1, $2, $3, 'running', $4, $5)",
+             VALUES ($1, $2, $3, 'running', $4, $5)
+             ON CONFLICT (run_id, task_id, attempt) DO NOTHING",
         )
         .bind(run_id)
         .bind(task_id)
@@ -442,28 +595,27 @@ impl Store {
         Ok(())
     }
 
-    /// `orch dags pause/unpause`: overrides the `paused:` of the DAG file.
-    pub async fn set_paused(&self, dag_id: &str, paused: bool) -> Result<()> {
+    /// `orch dags pause/unpause`: sets the flag, remembering the file's `paused:` at the time
+    /// (see [`PauseFlag`]).
+    pub async fn set_paused(&self, dag_id: &str, paused: bool, file_paused: bool) -> Result<()> {
         sqlx::query(
-            "INSERT INTO dag_pause (dag_id, paused, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (dag_id) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+            "INSERT INTO dag_pause (dag_id, paused, file_paused, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (dag_id) DO UPDATE SET paused = excluded.paused,
+                 file_paused = excluded.file_paused, updated_at = excluded.updated_at",
         )
         .bind(dag_id)
         .bind(i64::from(paused))
+        .bind(i64::from(file_paused))
         .bind(timestamp::format(Utc::now()))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Whether a DAG is paused: the command line's flag if one was set, else the file's.
-    pub async fn is_paused(&self, dag_id: &str, file_default: bool) -> Result<bool> {
-        let paused: Option<i64> =
-            sqlx::query_scalar("SELECT paused FROM dag_pause WHERE dag_id = $1")
-                .bind(dag_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(paused.map_or(file_default, |p| p != 0))
+    /// Whether a DAG is paused, given its file's `paused:`: see [`PauseFlag::resolve`].
+    pub async fn is_paused(&self, dag_id: &str, file_paused: bool) -> Result<bool> {
+        let flags = self.pause_flags().await?;
+        Ok(PauseFlag::resolve(flags.get(dag_id), file_paused))
     }
 
     /// A task kind's saved state, e.g. a watermark.
@@ -557,13 +709,41 @@ impl Store {
     }
 
     /// The pause flags set from the command line, by DAG id.
-    pub async fn pause_overrides(&self) -> Result<HashMap<String, bool>> {
-        let rows = sqlx::query("SELECT dag_id, paused FROM dag_pause")
+    pub async fn pause_flags(&self) -> Result<HashMap<String, PauseFlag>> {
+        let rows = sqlx::query("SELECT dag_id, paused, file_paused FROM dag_pause")
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("dag_id")?, r.try_get::<i64, _>("paused")? != 0)))
+            .map(|r| {
+                let flag = PauseFlag {
+                    paused: r.try_get::<i64, _>("paused")? != 0,
+                    file_paused: r.try_get::<Option<i64>, _>("file_paused")?.map(|p| p != 0),
+                };
+                Ok((r.try_get("dag_id")?, flag))
+            })
             .collect()
+    }
+}
+
+/// A pause set by `orch dags pause/unpause`, with the file's `paused:` at that moment.
+///
+/// The latest change wins: the flag holds while the file says what it said when the flag was
+/// set; once the file's `paused:` changes, the file decides again. So pausing from the command
+/// line is not undone by a reload, and editing the file is not silently ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PauseFlag {
+    pub paused: bool,
+    /// `None` for flags set before orch recorded it: those hold until the next command.
+    pub file_paused: Option<bool>,
+}
+
+impl PauseFlag {
+    /// Whether a DAG whose file says `file_paused` is paused.
+    pub fn resolve(flag: Option<&PauseFlag>, file_paused: bool) -> bool {
+        match flag {
+            Some(flag) if flag.file_paused.is_none_or(|f| f == file_paused) => flag.paused,
+            _ => file_paused,
+        }
     }
 }
 
@@ -583,7 +763,26 @@ fn count(row: &AnyRow, what: &'static str, column: &str) -> Result<u32> {
     })
 }
 
-/// SQLite opens read-write and creates the file unless the URL already chose a mode.
+/// Runs from rows, setting aside the ones that do not read.
+fn listed_runs(rows: &[AnyRow]) -> Listed<RunRecord> {
+    let mut listed = Listed {
+        rows: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for row in rows {
+        match run_from_row(row) {
+            Ok(run) => listed.rows.push(run),
+            Err(error) => listed.unreadable.push(Unreadable {
+                id: row
+                    .try_get::<String, _>("run_id")
+                    .unwrap_or_else(|_| "?".to_string()),
+                error,
+            }),
+        }
+    }
+    listed
+}
+
 fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
     let time = |col: &'static str| -> Result<DateTime<Utc>> {
         parse_time(col, &row.try_get::<String, _>(col)?)
@@ -619,6 +818,7 @@ fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
         queued_at: time("queued_at")?,
         started_at: optional_time("started_at")?,
         ended_at: optional_time("ended_at")?,
+        note: row.try_get("note")?,
         owner: row.try_get("owner")?,
         dag_source: row.try_get("dag_source")?,
         dag_path: row.try_get("dag_path")?,

@@ -38,7 +38,15 @@ text_enum!(
 );
 
 text_enum!(
-    RunState { Queued => "queued", Running => "running", Success => "success", Failed => "failed" }
+    RunState {
+        Queued => "queued",
+        Running => "running",
+        Success => "success",
+        Failed => "failed",
+        /// Never ran: its interval came due while the DAG had `max_active_runs` runs and
+        /// catchup is off, so it was dropped (the run's note says so).
+        Skipped => "skipped",
+    }
 );
 
 text_enum!(
@@ -66,7 +74,10 @@ text_enum!(
 
 impl RunState {
     pub fn is_finished(self) -> bool {
-        matches!(self, RunState::Success | RunState::Failed)
+        matches!(
+            self,
+            RunState::Success | RunState::Failed | RunState::Skipped
+        )
     }
 }
 
@@ -100,6 +111,8 @@ pub struct RunRecord {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(serialize_with = "serde_format::optional")]
     pub ended_at: Option<DateTime<Utc>>,
+    /// Why the run ended as it did when no task says so (skipped, refused on resume).
+    pub note: Option<String>,
     #[serde(skip)]
     pub owner: Option<String>,
     #[serde(skip)]
@@ -121,12 +134,33 @@ pub struct NewRun {
     pub queued_at: DateTime<Utc>,
 }
 
+impl NewRun {
+    /// Refuses times the run history cannot hold and read back (after 9999-12-31).
+    pub fn check_storable(&self) -> Result<(), super::StoreError> {
+        for (what, t) in [
+            ("logical date", self.logical_date),
+            ("data interval start", self.data_interval_start),
+            ("data interval end", self.data_interval_end),
+        ] {
+            if !super::timestamp::is_storable(t) {
+                return Err(super::StoreError::OutOfRange {
+                    what,
+                    value: t.to_rfc3339(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TaskInstanceRecord {
     pub task_id: String,
     pub state: TaskState,
     /// Attempts started so far.
     pub try_number: u32,
+    /// Attempts made before the run was last queued again; retries count from there.
+    pub attempt_base: u32,
     pub next_retry_at: Option<DateTime<Utc>>,
 }
 

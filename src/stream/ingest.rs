@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::stats::{StreamState, StreamStats};
 use super::{Source, StreamDef};
+use crate::backoff::Backoff;
 use crate::exchange::Trade;
 use crate::exchange::binance::stream::{MAX_STREAMS_PER_CONNECTION, StreamMessage, TradeStream};
 use crate::exchange::binance::{BinanceClient, MAX_PAGE, RetryPolicy};
@@ -29,8 +29,10 @@ pub const EXCHANGE: &str = "binance";
 const SILENCE: Duration = Duration::from_secs(60);
 /// Binance cuts connections after 24 hours; renew a little before.
 const RENEW_AFTER: Duration = Duration::from_secs(23 * 3600 + 50 * 60);
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Reconnects wait 0.5 s, 1 s, ... up to a minute, ±25% so that clients cut together do not
+/// come back together.
+const RECONNECT: Backoff =
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(60)).with_jitter(0.25);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -167,7 +169,7 @@ enum Ended {
 
 impl Ingest {
     async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), IngestError> {
-        let mut backoff = BACKOFF_MIN;
+        let mut failures = 0;
         loop {
             if *stop.borrow() {
                 return self.flush().await;
@@ -178,7 +180,7 @@ impl Ingest {
             };
             let ended = match connection {
                 Ok(connection) => {
-                    backoff = BACKOFF_MIN;
+                    failures = 0;
                     lock(&self.stats).state = StreamState::Connected;
                     tracing::info!(stream = %self.stream, symbols = ?self.symbols, "stream connected");
                     self.read(connection, &mut stop).await?
@@ -194,13 +196,13 @@ impl Ingest {
                         stats.state = StreamState::Reconnecting;
                         stats.reconnects += 1;
                     }
-                    let wait = jitter(backoff);
+                    failures += 1;
+                    let wait = RECONNECT.delay(failures);
                     tracing::warn!(stream = %self.stream, %reason, ?wait, "stream reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = stop.changed() => return self.flush().await,
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
@@ -367,9 +369,4 @@ impl Ingest {
         self.streamed_times.clear();
         Ok(())
     }
-}
-
-/// `base` ± 25%, so many clients cut at once do not come back at once.
-fn jitter(base: Duration) -> Duration {
-    base.mul_f64(rand::rng().random_range(0.75..1.25))
 }

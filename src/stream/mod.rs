@@ -211,17 +211,9 @@ pub fn load_str(path: &Path, source: &str) -> Result<StreamDef, LoadError> {
 pub fn load_dir(dir: &Path) -> (Vec<StreamDef>, Vec<LoadError>) {
     let mut streams = Vec::new();
     let mut errors = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return (streams, errors);
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    paths.sort();
-    for path in paths {
-        let Ok(text) = std::fs::read_to_string(&path) else {
+    // Files that cannot be read, or are refused, are reported by the DAG bag.
+    for path in crate::dag::dag_files(dir).unwrap_or_default() {
+        let Ok(Ok(text)) = crate::dag::read_folder_file(dir, &path) else {
             continue;
         };
         if is_stream_file(&text) {

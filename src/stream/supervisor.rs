@@ -16,10 +16,11 @@ use tokio::task::JoinHandle;
 use super::StreamDef;
 use super::ingest::{self, IngestPlaces, SharedStats};
 use super::stats::{StreamState, StreamStats};
+use crate::backoff::Backoff;
 use crate::store::Store;
 
-const RESTART_MIN: Duration = Duration::from_secs(1);
-const RESTART_MAX: Duration = Duration::from_secs(300);
+/// A failed stream restarts after 1 s, 2 s, ... up to 5 minutes.
+const RESTART: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 /// How often a running stream's report is saved.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 
@@ -116,25 +117,25 @@ async fn supervise(
     mut stop: watch::Receiver<bool>,
 ) {
     let stats: SharedStats = Arc::new(Mutex::new(StreamStats::default()));
-    let mut backoff = RESTART_MIN;
+    let mut failures = 0;
     loop {
         let result = run_reported(&def, &places, &store, &owner, &stats, stop.clone()).await;
         if *stop.borrow() {
             break;
         }
         match result {
-            Ok(()) => backoff = RESTART_MIN,
+            Ok(()) => failures = 0,
             Err(e) => {
-                tracing::error!(stream = %def.id, error = %e, retry_in = ?backoff, "stream failed; restarting");
+                failures += 1;
+                tracing::error!(stream = %def.id, error = %e, retry_in = ?RESTART.delay(failures), "stream failed; restarting");
                 ingest::lock(&stats).state = StreamState::Reconnecting;
                 save(&store, &def.id, &owner, &stats).await;
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(RESTART.delay(failures)) => {}
             _ = stop.changed() => break,
         }
-        backoff = (backoff * 2).min(RESTART_MAX);
     }
     ingest::lock(&stats).state = StreamState::Stopped;
     save(&store, &def.id, &owner, &stats).await;

@@ -24,6 +24,7 @@ use serde_json::Value;
 use crate::config::DataPlaces;
 use crate::logs::AttemptLog;
 use crate::store::Store;
+use crate::template::{self, Quoting, RunVariables};
 
 pub use binance_historical_trades::BinanceHistoricalTrades;
 pub use noop::Noop;
@@ -68,6 +69,9 @@ pub struct TaskContext {
     pub home: PathBuf,
     /// The logical date as `YYYY-MM-DD`, for kinds that work on one day.
     pub ds: String,
+    /// The DAG's params overridden by the run's conf, as data (e.g. a shell task's
+    /// environment).
+    pub params: serde_json::Map<String, Value>,
     pub log: Arc<AttemptLog>,
     pub processes: ProcessSink,
     /// The metadata database, for kinds that keep state across runs (watermarks).
@@ -118,6 +122,12 @@ pub trait TaskKind: Send + Sync {
     /// Top-level `with:` keys holding templates the kind renders itself, per item, with
     /// its own variables (e.g. a table name per `symbol`); orch leaves them as written.
     fn own_templates(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Top-level `with:` keys holding shell code: values rendered into them are shell-quoted
+    /// ([`Quoting::Shell`]), so a value never becomes a command.
+    fn shell_templates(&self) -> &'static [&'static str] {
         &[]
     }
 
@@ -179,6 +189,32 @@ pub fn split_own_templates(
         .filter_map(|key| rest.remove(*key).map(|v| (key.to_string(), v)))
         .collect();
     (Value::Object(rest), own)
+}
+
+/// The configuration one attempt runs with: `with:` rendered for the run (shell code
+/// quoted, see [`TaskKind::shell_templates`]), then checked again, since a value rendered from
+/// `--conf` is what the load-time check could not see.
+pub fn render(kind: &dyn TaskKind, with: &Value, vars: &RunVariables) -> Result<Value, String> {
+    let (rest, own) = split_own_templates(Some(kind), with);
+    let rendered = match rest {
+        Value::Object(map) => {
+            let mut out = serde_json::Map::new();
+            for (key, value) in map {
+                let quoting = if kind.shell_templates().contains(&key.as_str()) {
+                    Quoting::Shell
+                } else {
+                    Quoting::Plain
+                };
+                out.insert(key, template::render_value(&value, vars, quoting)?);
+            }
+            out.extend(own);
+            Value::Object(out)
+        }
+        other => template::render_value(&other, vars, Quoting::Plain)?,
+    };
+    kind.check(&rendered)
+        .map_err(|e| format!("the rendered configuration is invalid: {e}"))?;
+    Ok(rendered)
 }
 
 /// Reads a kind's typed configuration from `with:`; an absent `with:` reads as `{}`.

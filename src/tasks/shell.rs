@@ -3,9 +3,14 @@
 //! The command runs in its own process group, so a timeout or a shutdown kills everything it
 //! started, not just the shell. Its stdout and stderr go line by line into the attempt's log; a
 //! line `orch:rows=N` reports the task's row count, as built-in kinds do.
+//!
+//! Values templated into `command` are shell-quoted (see [`crate::template::Quoting`]); the
+//! run's params are also in the environment, `ORCH_PARAM_<NAME>` each and `ORCH_PARAMS` as
+//! JSON, for commands that would rather read them there.
 
 use std::collections::BTreeMap;
 use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -14,6 +19,7 @@ use tokio::process::Command;
 
 use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_with};
 use crate::process::ProcessGroup;
+use crate::redact;
 
 pub struct Shell;
 
@@ -41,6 +47,10 @@ impl TaskKind for Shell {
         Ok(())
     }
 
+    fn shell_templates(&self) -> &'static [&'static str] {
+        &["command"]
+    }
+
     fn run<'a>(
         &'a self,
         with: Value,
@@ -58,7 +68,8 @@ async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutp
         Some(dir) => ctx.home.join(dir),
         None => ctx.home.clone(),
     };
-    ctx.log.note(&format!("$ {}", config.command));
+    ctx.log
+        .note(&format!("$ {}", redact::secrets(&config.command)));
     // The shell waits for a line on stdin before it runs the command (then with stdin from
     // /dev/null), so the process group is in the metadata database before anything of the
     // task runs: a crash of orch at any instant leaves no process it cannot find and kill.
@@ -75,6 +86,14 @@ async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutp
         .env("ORCH_ATTEMPT", ctx.attempt.to_string())
         .env("ORCH_DS", &ctx.ds)
         .env("ORCH_HOME", &ctx.home)
+        .env("ORCH_PARAMS", Value::Object(ctx.params.clone()).to_string())
+        .envs(ctx.params.iter().map(|(name, value)| {
+            let value = match value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            (param_variable(name), value)
+        }))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -104,13 +123,35 @@ async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutp
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
 
-    let wait = async {
-        let status = child.wait().await;
-        // Whatever the command left running would hold the pipes open and outlive the task.
+    let (mut out, mut err) = (StreamSummary::default(), StreamSummary::default());
+    let status = {
+        let reading = async {
+            tokio::join!(
+                read_lines(stdout, ctx, &mut out),
+                read_lines(stderr, ctx, &mut err)
+            )
+        };
+        tokio::pin!(reading);
+        let mut read_all = false;
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = &mut reading => {
+                read_all = true;
+                child.wait().await
+            }
+        };
+        // Whatever the command left running in its group would hold the pipes open and
+        // outlive the task.
         group.kill();
+        // A daemon that left the group (`setsid`) may still hold the pipes: the attempt ends
+        // with the shell, after what is already in the pipes is read.
+        if !read_all && tokio::time::timeout(DRAIN, &mut reading).await.is_err() {
+            ctx.log.note(
+                "the command exited, but a process it detached still holds its output; that output is not read",
+            );
+        }
         status
     };
-    let (status, out, err) = tokio::join!(wait, read_lines(stdout, ctx), read_lines(stderr, ctx));
     let status = status.map_err(|e| format!("cannot wait for the command: {e}"))?;
     let rows = err.rows.or(out.rows);
     if status.success() {
@@ -121,6 +162,22 @@ async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutp
     }
     let last = err.last_line.or(out.last_line);
     Err(describe_failure(status, last.as_deref()))
+}
+
+/// `ORCH_PARAM_` and the param's name in upper case, any character a variable name cannot
+/// hold written as `_`.
+fn param_variable(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("ORCH_PARAM_{name}")
 }
 
 fn describe_failure(status: ExitStatus, last_line: Option<&str>) -> String {
@@ -136,16 +193,26 @@ fn describe_failure(status: ExitStatus, last_line: Option<&str>) -> String {
     }
 }
 
+/// How long output is still read after the shell exited.
+const DRAIN: Duration = Duration::from_millis(500);
+/// The end of the last line kept for the attempt's error.
+const LAST_LINE_BYTES: usize = 4096;
+
 #[derive(Default)]
 struct StreamSummary {
     rows: Option<u64>,
     last_line: Option<String>,
 }
 
-async fn read_lines(stream: Option<impl AsyncRead + Unpin>, ctx: &TaskContext) -> StreamSummary {
-    let mut summary = StreamSummary::default();
+/// Copies a stream's lines into the log, noting its row count and last line in `summary` as
+/// it goes, so that what was read counts even if the reading is cut short.
+async fn read_lines(
+    stream: Option<impl AsyncRead + Unpin>,
+    ctx: &TaskContext,
+    summary: &mut StreamSummary,
+) {
     let Some(stream) = stream else {
-        return summary;
+        return;
     };
     let mut lines = BufReader::new(stream).split(b'\n');
     loop {
@@ -161,7 +228,7 @@ async fn read_lines(stream: Option<impl AsyncRead + Unpin>, ctx: &TaskContext) -
                     }
                 }
                 ctx.log.line(line);
-                summary.last_line = Some(line.to_string());
+                summary.last_line = Some(line_end(line).to_string());
             }
             Ok(None) => break,
             Err(e) => {
@@ -170,5 +237,13 @@ async fn read_lines(stream: Option<impl AsyncRead + Unpin>, ctx: &TaskContext) -
             }
         }
     }
-    summary
+}
+
+/// The last [`LAST_LINE_BYTES`] of a line, at a character boundary.
+fn line_end(line: &str) -> &str {
+    let mut start = line.len().saturating_sub(LAST_LINE_BYTES);
+    while !line.is_char_boundary(start) {
+        start += 1;
+    }
+    &line[start..]
 }

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_with};
-use crate::config::redact_url;
 use crate::lake::Lake;
+use crate::redact;
 use crate::template;
 use crate::warehouse::{LoadOutcome, Warehouse};
 
@@ -97,7 +97,7 @@ impl TaskKind for WarehouseLoadParquet {
                 "{} new files under {}/{source} for {}",
                 pending.len(),
                 lake.url(),
-                redact_url(url)
+                redact::secrets(url)
             ));
             let mut per_table: BTreeMap<String, (u64, u64)> = BTreeMap::new();
             for key in &pending {

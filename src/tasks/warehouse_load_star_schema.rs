@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, day_bounds_ms, parse_with};
-use crate::config::redact_url;
 use crate::lake::{Lake, daily_trades};
+use crate::redact;
 use crate::transform::{quality, star_schema::StarSchema};
 use crate::warehouse::{Replacement, Warehouse};
 
@@ -130,7 +130,7 @@ impl TaskKind for WarehouseLoadStarSchema {
                     "{}: {} rows of {date} into {}",
                     replacement.table,
                     replacement.rows,
-                    redact_url(url)
+                    redact::secrets(url)
                 ));
                 metrics.insert(
                     format!("rows_{}", replacement.table),

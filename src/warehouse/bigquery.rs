@@ -49,6 +49,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ColumnData, Keys, LoadOutcome, Replacement, Scope, WarehouseError, timestamp_text};
+use crate::backoff::Backoff;
 
 /// Google's API, unless `BIGQUERY_API_URL` says otherwise.
 const DEFAULT_API_URL: &str = "https://bigquery.googleapis.com";
@@ -67,8 +68,7 @@ const LEDGER_INSERT_SQL: &str = "INSERT INTO _orch_loaded_files (file, table_nam
 /// How long a load or query job may stay PENDING or RUNNING before the load gives up (the
 /// task's retry then picks the same job up again).
 const JOB_WAIT_LIMIT: Duration = Duration::from_secs(600);
-const FIRST_POLL_DELAY: Duration = Duration::from_millis(200);
-const MAX_POLL_DELAY: Duration = Duration::from_secs(5);
+const POLL: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 /// How long `jobs.query` and `getQueryResults` wait server-side for a query to finish.
 const QUERY_WAIT_MS: u64 = 10_000;
 /// A UTC day, the span of a partition that [`BigQueryWarehouse::replace`] replaces.
@@ -584,7 +584,7 @@ impl BigQueryWarehouse {
     /// [`JOB_WAIT_LIMIT`].
     async fn wait_until_done(&self, job_id: &str, mut job: Job) -> Result<Job, BigQueryError> {
         let started = Instant::now();
-        let mut delay = FIRST_POLL_DELAY;
+        let mut polls = 0;
         while job.status.state != "DONE" {
             if started.elapsed() >= JOB_WAIT_LIMIT {
                 return Err(BigQueryError::JobTimeout {
@@ -593,8 +593,8 @@ impl BigQueryWarehouse {
                     waited: started.elapsed(),
                 });
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(MAX_POLL_DELAY);
+            polls += 1;
+            tokio::time::sleep(POLL.delay(polls)).await;
             job = self.get_job(job_id).await?;
         }
         Ok(job)

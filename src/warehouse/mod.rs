@@ -201,9 +201,9 @@ impl Warehouse {
             Some("bigquery") => Ok(Warehouse::BigQuery(Box::new(
                 bigquery::BigQueryWarehouse::open(url).await?,
             ))),
-            _ => Err(WarehouseError::UnsupportedUrl(crate::config::redact_url(
-                url,
-            ))),
+            _ => Err(WarehouseError::UnsupportedUrl(
+                crate::redact::secrets(url).into_owned(),
+            )),
         }
     }
 

@@ -54,7 +54,7 @@ impl PostgresWarehouse {
             .connect(url)
             .await
             .map_err(|source| WarehouseError::Open {
-                url: crate::config::redact_url(url),
+                url: crate::redact::secrets(url).into_owned(),
                 source,
             })?;
         sqlx::query(LEDGER_DDL).execute(&pool).await?;

@@ -31,7 +31,7 @@ fn sql_type(data: &ColumnData) -> &'static str {
 impl SqliteWarehouse {
     pub async fn open(url: &str) -> Result<SqliteWarehouse, WarehouseError> {
         let open_err = |source| WarehouseError::Open {
-            url: crate::config::redact_url(url),
+            url: crate::redact::secrets(url).into_owned(),
             source,
         };
         if let Some(path) = url.strip_prefix("sqlite://")

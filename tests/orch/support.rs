@@ -101,6 +101,19 @@ impl Home {
         }
     }
 
+    /// The metadata database's URL, as the commands use it.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.file("orch.db").display()))
+    }
+
+    /// Runs SQL statements against the metadata database, as an intruder or a broken disk
+    /// would change it.
+    pub fn sql(&self, statements: &str) {
+        sql(&self.database_url(), statements);
+    }
+
     pub fn serve(&self) -> Server {
         Server::start(self.command(&["serve", "--grace", "10s"]))
     }
@@ -205,6 +218,25 @@ fn fresh_postgres_database(admin_url: &str, test: &str) -> String {
         .rsplit_once('/')
         .expect("ORCH_TEST_POSTGRES_URL ends in /DATABASE");
     format!("{server}/{name}")
+}
+
+/// Runs SQL statements against the database at `url`.
+pub fn sql(url: &str, statements: &str) {
+    use sqlx::Connection;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(url)
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statements.to_string()))
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{statements}: {e}"));
+        });
 }
 
 pub fn text(bytes: &[u8]) -> String {

@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::wire::{ErrorBody, ExchangeInfo, WireTrade};
+use crate::backoff::Backoff;
 use crate::exchange::{SymbolInfo, Trade};
 
 /// Binance's request-weight limit per minute and IP.
@@ -308,11 +309,7 @@ impl BinanceClient {
     }
 
     fn backoff(&self, failures: u32) -> Duration {
-        let factor = 2_u32.saturating_pow(failures.saturating_sub(1));
-        self.policy
-            .first_backoff
-            .saturating_mul(factor)
-            .min(self.policy.max_backoff)
+        Backoff::new(self.policy.first_backoff, self.policy.max_backoff).delay(failures)
     }
 
     /// Sleeps into the next minute when this request would cross the weight budget.
