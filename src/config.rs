@@ -106,10 +106,16 @@ impl Config {
                     });
                 }
             },
-            None => file
-                .parallelism
-                .filter(|n| *n > 0)
-                .unwrap_or_else(default_parallelism),
+            None => match file.parallelism {
+                Some(0) => {
+                    return Err(ConfigError::File {
+                        path: home.join("orch.yaml"),
+                        message: "parallelism: must be a whole number of at least 1".to_string(),
+                    });
+                }
+                Some(n) => n,
+                None => default_parallelism(),
+            },
         };
         let data = DataPlaces {
             lake_url: env("ORCH_LAKE_URL")

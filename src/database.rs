@@ -85,6 +85,35 @@ pub async fn connect(
     }
 }
 
+/// Whether a statement that failed with `error` may well succeed if tried again: a busy or
+/// locked SQLite file, a full disk or an I/O error, a lost or refused connection, a PostgreSQL
+/// failover, serialization failure or deadlock. Not bad SQL or a constraint.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(e) => e.kind() != std::io::ErrorKind::InvalidData,
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| transient_code(&code)),
+        _ => false,
+    }
+}
+
+/// SQLite result codes (busy, locked, I/O error, full, cannot open; extended codes carry the
+/// primary one in their low byte) and PostgreSQL SQLSTATEs (connection exceptions,
+/// serialization failure, deadlock, insufficient resources, operator intervention, lock not
+/// available) that a retry may get past.
+fn transient_code(code: &str) -> bool {
+    if let Ok(sqlite) = code.parse::<i64>() {
+        return matches!(sqlite & 0xff, 5 | 6 | 10 | 13 | 14);
+    }
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || matches!(code, "40001" | "40P01" | "55P03")
+}
+
 /// The file of a `sqlite://PATH[?options]` URL.
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = url.strip_prefix("sqlite://")?;

@@ -15,6 +15,7 @@ pub mod database;
 pub mod decimal;
 pub mod exchange;
 pub mod executor;
+pub mod http;
 pub mod lake;
 pub mod lease;
 pub mod logs;

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
-use chrono::{NaiveDate, Utc};
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
-use super::find_dag;
+use super::{find_dag, say};
 use crate::config::Config;
 use crate::dag::{Dag, DagBag};
 use crate::executor::{Executor, Phase, ShutdownHandle};
@@ -31,12 +31,31 @@ enum Outcome {
 }
 
 struct DateResult {
-    date: NaiveDate,
+    date: DateTime<Utc>,
     run_id: String,
     outcome: Outcome,
     seconds: f64,
 }
 
+/// A backfill of more runs than this asks first, or needs `--yes`.
+const CONFIRM_ABOVE: usize = 1000;
+
+/// Whether the user, asked on a terminal, agrees to start `runs` runs; without a terminal to
+/// ask on, a refusal saying to pass `--yes`.
+fn confirmed(dag_id: &str, runs: usize) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "this backfill of `{dag_id}` would start {runs} runs (more than {CONFIRM_ABOVE}); pass --yes to start them"
+        );
+    }
+    eprint!("this backfill of `{dag_id}` starts {runs} runs; go on? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn backfill(
     config: &Config,
     dag_id: &str,
@@ -44,6 +63,7 @@ pub async fn backfill(
     end: NaiveDate,
     parallel: usize,
     rerun: bool,
+    yes: bool,
 ) -> anyhow::Result<ExitCode> {
     if start > end {
         anyhow::bail!("--start {start} is after --end {end}");
@@ -61,11 +81,20 @@ pub async fn backfill(
         slots: Arc::new(Semaphore::new(config.parallelism)),
         data: config.data.clone(),
     });
-    let dates: Vec<NaiveDate> = start.iter_days().take_while(|d| *d <= end).collect();
+    let dates = dag.backfill_dates(start, end);
+    if dates.is_empty() {
+        anyhow::bail!(
+            "DAG `{}` has no schedule tick from {start} to {end}",
+            dag.id
+        );
+    }
+    if dates.len() > CONFIRM_ABOVE && !yes && !confirmed(&dag.id, dates.len())? {
+        anyhow::bail!("backfill not started");
+    }
     let (shutdown, watch) = ShutdownHandle::new();
     let mut progress = Progress::new(dates.len());
     progress.draw();
-    let runs = futures_util::stream::iter(dates.into_iter().map(|date| {
+    let runs = futures_util::stream::iter(dates.into_iter().map(|logical_date| {
         let (dag, store, executor, watch) = (
             Arc::clone(&dag),
             store.clone(),
@@ -76,19 +105,21 @@ pub async fn backfill(
         async move {
             let started = Instant::now();
             let (run_id, outcome) =
-                match backfill_date(&dag, date, &store, &executor, &owner, watch, rerun).await {
+                match backfill_date(&dag, logical_date, &store, &executor, &owner, watch, rerun)
+                    .await
+                {
                     Ok(done) => done,
                     Err(e) => (String::new(), Outcome::Error(format!("{e:#}"))),
                 };
             DateResult {
-                date,
+                date: logical_date,
                 run_id,
                 outcome,
                 seconds: started.elapsed().as_secs_f64(),
             }
         }
     }))
-    .buffer_unordered(parallel.max(1));
+    .buffer_unordered(parallel);
     tokio::pin!(runs);
     let mut results = Vec::new();
     loop {
@@ -124,17 +155,17 @@ pub async fn backfill(
     })
 }
 
-/// Creates (or requeues) the backfill run of `date` and executes it.
+/// Creates (or requeues) the backfill run of `logical_date` and executes it; a scheduled run
+/// of the same logical date is the same run.
 async fn backfill_date(
     dag: &Arc<Dag>,
-    date: NaiveDate,
+    logical_date: DateTime<Utc>,
     store: &Store,
     executor: &Executor,
     owner: &str,
     watch: crate::executor::Shutdown,
     rerun: bool,
 ) -> anyhow::Result<(String, Outcome)> {
-    let logical_date = plan::parse_logical_date(dag, &date.to_string()).map_err(|e| anyhow!(e))?;
     let run_id = match store.run_for_date(&dag.id, logical_date).await? {
         Some(existing) => {
             let finished = matches!(existing.state, RunState::Success | RunState::Failed);
@@ -214,7 +245,10 @@ impl Progress {
         } else {
             eprintln!(
                 "[{}/{}] {} {word} ({:.1} s)",
-                self.done, self.total, result.date, result.seconds
+                self.done,
+                self.total,
+                logical(result.date),
+                result.seconds
             );
         }
     }
@@ -245,6 +279,11 @@ impl Progress {
     }
 }
 
+/// A logical date as the summary shows it: `2026-11-20T04:00:00Z`.
+fn logical(date: DateTime<Utc>) -> String {
+    date.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 /// A word for the outcome, and whether it counts as a success.
 fn describe(outcome: &Outcome) -> (String, bool) {
     match outcome {
@@ -259,11 +298,21 @@ fn describe(outcome: &Outcome) -> (String, bool) {
 }
 
 fn print_summary(results: &[DateResult]) {
-    println!("{:<12} {:<40} {:>9}  OUTCOME", "DATE", "RUN", "SECONDS");
+    say!(
+        "{:<20} {:<40} {:>9}  OUTCOME",
+        "LOGICAL_DATE",
+        "RUN",
+        "SECONDS"
+    );
     for r in results {
         let (word, _) = describe(&r.outcome);
-        println!("{:<12} {:<40} {:>9.1}  {word}", r.date, r.run_id, r.seconds);
+        say!(
+            "{:<20} {:<40} {:>9.1}  {word}",
+            logical(r.date),
+            r.run_id,
+            r.seconds
+        );
     }
     let ok = results.iter().filter(|r| describe(&r.outcome).1).count();
-    println!("{ok} of {} dates succeeded", results.len());
+    say!("{ok} of {} dates succeeded", results.len());
 }

@@ -8,7 +8,7 @@ use super::{DagsCommand, find_dag};
 use crate::config::Config;
 use crate::dag::{Dag, DagBag, load_file};
 use crate::scheduler::wake;
-use crate::store::{PauseFlag, Store, timestamp};
+use crate::store::{Store, timestamp};
 use crate::tasks::Registry;
 
 pub async fn dags(config: &Config, command: DagsCommand) -> anyhow::Result<ExitCode> {
@@ -18,13 +18,15 @@ pub async fn dags(config: &Config, command: DagsCommand) -> anyhow::Result<ExitC
         DagsCommand::List => {
             let bag = DagBag::load(&config.dags_dir, &registry);
             let store = Store::open(&config.database_url).await?;
-            let flags = store.pause_flags().await?;
+            let paused_dags = store
+                .paused_dags(bag.dags().map(|d| (d.id.as_str(), d.paused)))
+                .await?;
             println!(
                 "{:<32} {:<16} {:<8} {:>5}  FILE",
                 "DAG", "SCHEDULE", "PAUSED", "TASKS"
             );
             for dag in bag.dags() {
-                let paused = PauseFlag::resolve(flags.get(&dag.id), dag.paused);
+                let paused = paused_dags.contains(&dag.id);
                 println!(
                     "{:<32} {:<16} {:<8} {:>5}  {}",
                     dag.id,

@@ -17,6 +17,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `println!` for commands that go on working while they print (`run`, `trigger`, `backfill`):
+/// a reader that goes away (`orch run ... | head -1`) neither panics them nor stops the run.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
 use crate::config::Config;
 
 #[derive(Parser)]
@@ -53,10 +63,17 @@ enum Command {
         grace: Duration,
     },
     /// Queue a run for the running `orch serve`; prints the run id.
-    Trigger(RunArgs),
+    Trigger {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Wait for the run to end; exit non-zero if it failed.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Execute one run of a DAG in this process, now.
     Run(RunArgs),
-    /// Run a DAG for every date in a range (run type backfill), here, with progress.
+    /// Run a DAG for every schedule tick of a range of days (run type backfill), here, with
+    /// progress.
     Backfill {
         dag_id: String,
         /// The first logical date, YYYY-MM-DD.
@@ -65,12 +82,15 @@ enum Command {
         /// The last logical date, included.
         #[arg(long)]
         end: chrono::NaiveDate,
-        /// Dates run at once.
-        #[arg(long, default_value_t = 1)]
-        parallel: usize,
+        /// Runs executed at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        parallel: u32,
         /// Run dates that already succeeded again, too.
         #[arg(long)]
         rerun: bool,
+        /// Start a backfill of more than 1000 runs without asking.
+        #[arg(long)]
+        yes: bool,
     },
     /// List, check and inspect DAGs.
     #[command(subcommand)]
@@ -157,9 +177,6 @@ struct RunArgs {
     /// The run's logical date: a date (midnight in the DAG's timezone) or an RFC 3339 time.
     #[arg(long)]
     logical_date: Option<String>,
-    /// `trigger` only: wait for the run to end; exit non-zero if it failed.
-    #[arg(long)]
-    wait: bool,
 }
 
 #[derive(Subcommand)]
@@ -244,7 +261,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.home)?;
     match cli.command {
         Command::Serve { grace } => serve::serve(config, grace).await,
-        Command::Trigger(args) => trigger::trigger(&config, args).await,
+        Command::Trigger { run, wait } => trigger::trigger(&config, run, wait).await,
         Command::Run(args) => run::run(&config, args).await,
         Command::Dags(cmd) => dags::dags(&config, cmd).await,
         Command::Runs(cmd) => runs::runs(&config, cmd).await,
@@ -261,7 +278,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             end,
             parallel,
             rerun,
-        } => backfill::backfill(&config, &dag_id, start, end, parallel, rerun).await,
+            yes,
+        } => {
+            let parallel = usize::try_from(parallel).unwrap_or(1);
+            backfill::backfill(&config, &dag_id, start, end, parallel, rerun, yes).await
+        }
         Command::Stream(StreamCommand::Run { stream_id }) => stream::run(&config, &stream_id).await,
         Command::Streams { json } => stream::list(&config, json).await,
         Command::Simulate(SimulateCommand::Binance {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::RunArgs;
 use super::trigger::create_manual_run;
+use super::{RunArgs, say};
 use crate::config::Config;
 use crate::executor::{Executor, Phase, ShutdownHandle, TaskEvent};
 use crate::lease::Lease;
@@ -31,7 +31,7 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         .run(&new_run.run_id)
         .await?
         .context("the run vanished right after it was created")?;
-    println!("{}", run.run_id);
+    say!("{}", run.run_id);
 
     let executor = Executor {
         store: store.clone(),
@@ -67,7 +67,7 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
             RunState::Failed
         }
     };
-    println!("run {} {state}", run.run_id);
+    say!("run {} {state}", run.run_id);
     Ok(if state == RunState::Success {
         ExitCode::SUCCESS
     } else {
@@ -82,7 +82,7 @@ fn print_event(event: &TaskEvent) {
         String::new()
     };
     match &event.error {
-        Some(error) => println!("{} {}{attempt}: {error}", event.task_id, event.state),
-        None => println!("{} {}{attempt}", event.task_id, event.state),
+        Some(error) => say!("{} {}{attempt}: {error}", event.task_id, event.state),
+        None => say!("{} {}{attempt}", event.task_id, event.state),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use chrono::Utc;
 
-use super::{RunArgs, find_dag};
+use super::{RunArgs, find_dag, say};
 use crate::config::Config;
 use crate::dag::{Dag, DagBag};
 use crate::scheduler::{plan, wake};
@@ -38,7 +38,7 @@ pub(super) async fn create_manual_run(
     Ok((store, dag, run))
 }
 
-pub async fn trigger(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn trigger(config: &Config, args: RunArgs, wait: bool) -> anyhow::Result<ExitCode> {
     let (store, dag, run) = create_manual_run(config, &args).await?;
     if store.is_paused(&dag.id, dag.paused).await? {
         eprintln!(
@@ -49,8 +49,8 @@ pub async fn trigger(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode>
     if !wake(&config.state_dir()) {
         eprintln!("note: no `orch serve` is running on this home; the run starts when one does");
     }
-    println!("{}", run.run_id);
-    if !args.wait {
+    say!("{}", run.run_id);
+    if !wait {
         return Ok(ExitCode::SUCCESS);
     }
     let state = wait_for_end(&store, &run.run_id).await?;

@@ -60,6 +60,16 @@ fn strip_location_suffix(message: &str) -> &str {
     }
 }
 
+/// Whether `tz` is UTC all year (UTC, Etc/UTC, GMT, ...).
+fn is_utc(tz: Tz) -> bool {
+    use chrono::{Offset, TimeZone};
+    [(2026, 1, 15), (2026, 7, 15)].iter().all(|&(y, m, d)| {
+        NaiveDate::from_ymd_opt(y, m, d)
+            .and_then(|day| day.and_hms_opt(12, 0, 0))
+            .is_some_and(|noon| tz.offset_from_utc_datetime(&noon).fix().local_minus_utc() == 0)
+    })
+}
+
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -155,7 +165,7 @@ impl Checker {
                 self.problem(&task.id, format!("duplicate task id `{}`", task.id.value));
                 continue;
             }
-            if let Some(task) = self.task(task, &spec.defaults, &spec.params, registry) {
+            if let Some(task) = self.task(task, &spec.defaults, &spec.params, registry, timezone) {
                 tasks.push(task);
             }
         }
@@ -227,6 +237,7 @@ impl Checker {
         defaults: &TaskPolicySpec,
         params: &serde_json::Map<String, serde_json::Value>,
         registry: &Registry,
+        timezone: Tz,
     ) -> Option<Task> {
         let id = &spec.id.value;
         let before = self.problems.len();
@@ -248,6 +259,19 @@ impl Checker {
                 ),
             ),
             Some(kind) => {
+                let date = with.get("date").and_then(|d| d.as_str());
+                if kind.reads_utc_day()
+                    && !is_utc(timezone)
+                    && date.is_none_or(|d| d.contains("ds"))
+                {
+                    self.problem(
+                        &spec.kind,
+                        format!(
+                            "task `{id}` ({}) works on the UTC day its `date:` names, {{{{ ds }}}} by default, but this DAG's ds is a date in {timezone}, so it would read another day than its data interval: set `timezone: UTC`, or give `date:` as a UTC day",
+                            spec.kind.value
+                        ),
+                    );
+                }
                 if let Err(e) = kind.check(&with) {
                     match &spec.with {
                         Some(w) => {
@@ -572,6 +596,27 @@ tasks:
             11,
             "unknown variable params.nope",
         );
+    }
+
+    /// `ds` of a Tokyo DAG is a Tokyo date; a day-based kind reads the UTC day of that name.
+    #[test]
+    fn a_day_based_kind_in_a_non_utc_dag_is_refused_unless_its_date_is_given() {
+        assert_problem(
+            "timezone: Asia/Tokyo\nschedule: '0 4 * * *'\ntasks: [{id: extract, kind: trades.extract}]\n",
+            3,
+            29,
+            "this DAG's ds is a date in Asia/Tokyo",
+        );
+        assert_problem(
+            "timezone: Europe/Berlin\ntasks: [{id: t, kind: trades.star_schema, with: {date: '{{ ds }}'}}]\n",
+            2,
+            23,
+            "set `timezone: UTC`",
+        );
+        assert!(
+            load("timezone: Asia/Tokyo\ntasks: [{id: t, kind: trades.extract, with: {date: '2026-11-01'}}]\n").is_ok()
+        );
+        assert!(load("timezone: Etc/UTC\ntasks: [{id: t, kind: trades.extract}]\n").is_ok());
     }
 
     #[test]

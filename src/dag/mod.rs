@@ -211,6 +211,32 @@ impl Dag {
         Some(DataInterval { start, end })
     }
 
+    /// The logical dates a backfill of the days `first..=last` (in the DAG's timezone) runs:
+    /// every schedule tick in those days, so that each run is the one the scheduler would have
+    /// made (the same `ds`, data interval and run row); midnight of each day for a DAG without
+    /// a schedule.
+    pub fn backfill_dates(&self, first: NaiveDate, last: NaiveDate) -> Vec<DateTime<Utc>> {
+        let midnight = |day: NaiveDate| {
+            day.and_hms_opt(0, 0, 0)
+                .and_then(|t| t.and_local_timezone(self.timezone).earliest())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        let days = first.iter_days().take_while(|d| *d <= last);
+        let Some(schedule) = &self.schedule else {
+            return days.filter_map(midnight).collect();
+        };
+        let (Some(from), Some(to)) = (midnight(first), last.succ_opt().and_then(midnight)) else {
+            return Vec::new();
+        };
+        let mut dates = Vec::new();
+        let mut next = schedule.at_or_after(from, self.timezone);
+        while let Some(tick) = next.filter(|t| *t < to) {
+            dates.push(tick);
+            next = schedule.next_after(tick, self.timezone);
+        }
+        dates
+    }
+
     /// `start_date` as an instant: midnight of that day in the DAG's timezone.
     fn start_instant(&self) -> Option<DateTime<Utc>> {
         let midnight = self.start_date?.and_hms_opt(0, 0, 0)?;

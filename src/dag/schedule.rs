@@ -146,6 +146,40 @@ mod tests {
         assert_eq!(i.end, utc(2026, 11, 23, 10, 5));
     }
 
+    /// On 2026-10-25 Europe/Berlin falls back from 03:00 CEST to 02:00 CET: the hour from
+    /// 02:00 to 03:00 happens twice.
+    #[test]
+    fn ticks_are_distinct_and_ordered_across_the_dst_fall_back() {
+        let tz: Tz = "Europe/Berlin".parse().expect("tz");
+        let day_start = utc(2026, 10, 24, 22, 0); // midnight CEST
+        let day_end = utc(2026, 10, 25, 23, 0); // midnight CET
+        let ticks = |expression: &str| {
+            let s = Schedule::parse(expression).expect("cron");
+            let mut ticks = Vec::new();
+            let mut next = s.at_or_after(day_start, tz);
+            while let Some(t) = next.filter(|t| *t < day_end) {
+                ticks.push(t);
+                next = s.next_after(t, tz);
+            }
+            ticks
+        };
+        // Hourly: 25 hours that day, each an hour after the one before, none twice.
+        let hourly = ticks("0 * * * *");
+        assert_eq!(hourly.len(), 25, "{hourly:?}");
+        assert!(
+            hourly
+                .windows(2)
+                .all(|w| w[1] - w[0] == chrono::Duration::hours(1))
+        );
+        // A daily time inside the repeated hour runs once, so one data interval per day.
+        let daily = ticks("30 2 * * *");
+        assert_eq!(daily.len(), 1, "{daily:?}");
+        let interval = Schedule::parse("30 2 * * *")
+            .expect("cron")
+            .latest_complete_interval(utc(2026, 10, 26, 12, 0), tz);
+        assert_eq!(interval.end - interval.start, chrono::Duration::hours(25));
+    }
+
     #[test]
     fn ticks_follow_the_timezone_across_dst() {
         // 02:30 local does not exist in Europe/Berlin on 2026-03-29; 03:00 daily stays at 03:00

@@ -24,7 +24,7 @@ use crate::dag::Dag;
 use crate::logs::{AttemptLog, attempt_log_path};
 use crate::process;
 use crate::store::{AttemptEnd, AttemptState, RunRecord, RunState, Store, StoreError, TaskState};
-use crate::tasks::{self, ProcessSink, Registry, TaskContext, TaskKind, TaskOutput};
+use crate::tasks::{self, ProcessSink, Registry, TaskContext, TaskError, TaskKind, TaskOutput};
 use crate::template::RunVariables;
 
 pub use shutdown::{Phase, Shutdown, ShutdownHandle};
@@ -84,7 +84,7 @@ struct AttemptDone {
     attempt: u32,
     started_at: DateTime<Utc>,
     ended_at: DateTime<Utc>,
-    result: Result<TaskOutput, String>,
+    result: Result<TaskOutput, TaskError>,
 }
 
 struct RunLoop<'a> {
@@ -184,7 +184,8 @@ impl<'a> RunLoop<'a> {
                 {
                     process::kill_orphaned_group(pgid, ticks);
                 }
-                self.record_end(i, self.tries[i], started, Err(ORPHANED.to_string()), now)
+                let orphaned = TaskError::transient(ORPHANED);
+                self.record_end(i, self.tries[i], started, Err(orphaned), now)
                     .await?;
             }
         }
@@ -356,7 +357,9 @@ impl<'a> RunLoop<'a> {
             let _permit = permit;
             let (dag_id, run_id, task_id, ds, params) = ctx;
             let result = match AttemptLog::create(path).map(Arc::new) {
-                Err(e) => Err(format!("cannot create the attempt log: {e}")),
+                Err(e) => Err(TaskError::transient(format!(
+                    "cannot create the attempt log: {e}"
+                ))),
                 Ok(log) => {
                     log.note(&format!("{try_line} of task `{task_id}` ({kind_name})"));
                     let ctx = TaskContext {
@@ -378,7 +381,8 @@ impl<'a> RunLoop<'a> {
                             "succeeded{}",
                             out.rows.map(|r| format!(", rows={r}")).unwrap_or_default()
                         )),
-                        Err(e) => ctx.log.note(&format!("failed: {e}")),
+                        Err(e) if e.retryable => ctx.log.note(&format!("failed: {e}")),
+                        Err(e) => ctx.log.note(&format!("failed, and no retry can help: {e}")),
                     }
                     result
                 }
@@ -416,9 +420,9 @@ impl<'a> RunLoop<'a> {
                     return Ok(());
                 };
                 let error = if e.is_cancelled() {
-                    INTERRUPTED.to_string()
+                    TaskError::transient(INTERRUPTED)
                 } else {
-                    format!("the task panicked: {e}")
+                    TaskError::transient(format!("the task panicked: {e}"))
                 };
                 self.record_end(i, attempt, started, Err(error), Utc::now())
                     .await
@@ -432,7 +436,7 @@ impl<'a> RunLoop<'a> {
         i: usize,
         attempt: u32,
         started_at: DateTime<Utc>,
-        result: Result<TaskOutput, String>,
+        result: Result<TaskOutput, TaskError>,
         ended_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let task = &self.dag.tasks[i];
@@ -453,9 +457,10 @@ impl<'a> RunLoop<'a> {
                 None,
             ),
             Err(error) => {
-                // Counted from the run's last requeue: a rerun gets a fresh retry budget.
+                // Counted from the run's last requeue: a rerun gets a fresh retry budget. An
+                // error no retry can help fails the task at once.
                 let this_try = attempt.saturating_sub(self.bases[i]);
-                let retry = task.retry.allows_retry_after(this_try);
+                let retry = error.retryable && task.retry.allows_retry_after(this_try);
                 let next = retry.then(|| ended_at + task.retry.delay_after(this_try));
                 let end = AttemptEnd {
                     state: AttemptState::Failed,
@@ -463,7 +468,7 @@ impl<'a> RunLoop<'a> {
                     duration_ms,
                     rows: None,
                     metrics: None,
-                    error: Some(recorded_error(&error)),
+                    error: Some(recorded_error(&error.message)),
                 };
                 let state = if retry {
                     TaskState::UpForRetry
@@ -590,17 +595,18 @@ async fn run_attempt(
     rendered: Result<Value, String>,
     ctx: &TaskContext,
     timeout: Option<Duration>,
-) -> Result<TaskOutput, String> {
-    let kind = kind.ok_or("the task kind is no longer registered")?;
-    let with = rendered?;
+) -> Result<TaskOutput, TaskError> {
+    let kind = kind.ok_or_else(|| TaskError::permanent("the task kind is no longer registered"))?;
+    // A configuration that does not render now will not render on a retry either.
+    let with = rendered.map_err(TaskError::permanent)?;
     match timeout {
         None => kind.run(with, ctx).await,
         Some(limit) => match tokio::time::timeout(limit, kind.run(with, ctx)).await {
             Ok(result) => result,
-            Err(_) => Err(format!(
+            Err(_) => Err(TaskError::transient(format!(
                 "timed out after {}",
                 humantime::format_duration(limit)
-            )),
+            ))),
         },
     }
 }

@@ -6,8 +6,14 @@
 //!   `trade_time` (timestamp ms UTC), `is_buyer_maker` (bool); snappy-compressed;
 //! - curated: `<prefix>/<table>/year=YYYY/month=MM/day=DD/part-00000.parquet`.
 //!
-//! Part names are fixed per day, so a rerun overwrites the parts it writes and then deletes
-//! any part past them: the day's folder ends up holding exactly the new snapshot.
+//! A day is replaced aside, then switched: a rerun writes its parts under new names
+//! (`part-<generation>-00000.parquet`), then the folder's `_manifest.json`, which names the
+//! parts that make the day, then deletes the parts it no longer names. Object stores have no
+//! rename of a folder, but a put of one object is atomic, so a reader that follows the
+//! manifest ([`scan_parts`]) sees the old day or the new day, never a mix, whenever a writer
+//! is killed. (Readers that glob `*.parquet` see both for the moment between the switch and
+//! the deletes, or until the next write after a crash in that moment.) One writer per folder:
+//! the daily tasks take a lock per day.
 
 use std::io::Cursor;
 
@@ -38,31 +44,62 @@ pub fn curated_dir(prefix: &str, table: &str, date: NaiveDate) -> String {
     )
 }
 
-pub fn part_name(part: usize) -> String {
-    format!("part-{part:05}.parquet")
+/// The object naming the parts that make a folder's current day.
+const MANIFEST: &str = "_manifest.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    /// File names within the folder, in order.
+    parts: Vec<String>,
 }
 
-/// Writes `parts` as the only `part-*.parquet` files of `dir`: each is put whole, then the
-/// parts an earlier, longer write left behind are deleted.
+/// Makes `parts` the day of `dir`: written aside under a new generation, switched in by the
+/// manifest, then the parts of earlier generations are deleted.
 pub async fn replace_parts(lake: &Lake, dir: &str, parts: Vec<Bytes>) -> Result<(), LakeError> {
-    let count = parts.len();
-    for (i, bytes) in parts.into_iter().enumerate() {
-        lake.put(&format!("{dir}{}", part_name(i)), bytes).await?;
-    }
-    let keep: Vec<String> = (0..count)
-        .map(|i| format!("{dir}{}", part_name(i)))
+    let generation = chrono::Utc::now().format("%Y%m%dT%H%M%S%.9fZ").to_string();
+    let names: Vec<String> = (0..parts.len())
+        .map(|i| format!("part-{generation}-{i:05}.parquet"))
         .collect();
+    for (name, bytes) in names.iter().zip(parts) {
+        lake.put(&format!("{dir}{name}"), bytes).await?;
+    }
+    let manifest = serde_json::to_vec(&Manifest {
+        parts: names.clone(),
+    })
+    .unwrap_or_default();
+    lake.put(&format!("{dir}{MANIFEST}"), Bytes::from(manifest))
+        .await?;
     for object in lake.list(dir).await? {
-        let is_part = object
-            .key
-            .rsplit('/')
-            .next()
-            .is_some_and(|name| name.starts_with("part-") && name.ends_with(".parquet"));
-        if is_part && !keep.contains(&object.key) {
+        let name = object.key.rsplit('/').next().unwrap_or_default();
+        if name.ends_with(".parquet") && !names.iter().any(|n| n == name) {
             lake.delete(&object.key).await?;
         }
     }
     Ok(())
+}
+
+/// The keys of the parts that make the day of `dir`, in order: those its manifest names, or,
+/// in a folder written before manifests, every `.parquet` file.
+pub async fn current_parts(lake: &Lake, dir: &str) -> Result<Vec<String>, String> {
+    let objects = lake.list(dir).await.map_err(|e| e.to_string())?;
+    let manifest_key = format!("{dir}{MANIFEST}");
+    if objects.iter().any(|o| o.key == manifest_key) {
+        let bytes = lake.get(&manifest_key).await.map_err(|e| e.to_string())?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{}/{manifest_key}: unreadable: {e}", lake.url()))?;
+        return Ok(manifest
+            .parts
+            .iter()
+            .map(|name| format!("{dir}{name}"))
+            .collect());
+    }
+    let mut keys: Vec<String> = objects
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.ends_with(".parquet"))
+        .collect();
+    keys.sort();
+    Ok(keys)
 }
 
 /// The snapshot of `exchange`'s trades as Parquet parts of at most [`PART_ROWS`] rows; one
@@ -154,18 +191,10 @@ pub fn write_parquet(frame: &mut DataFrame) -> PolarsResult<Bytes> {
 /// lake are scanned from their files; others are fetched and scanned from memory. `None`
 /// when the folder holds no part.
 pub async fn scan_parts(lake: &Lake, dir: &str) -> Result<Option<LazyFrame>, String> {
-    let mut keys: Vec<String> = lake
-        .list(dir)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|o| o.key)
-        .filter(|k| k.ends_with(".parquet"))
-        .collect();
+    let keys = current_parts(lake, dir).await?;
     if keys.is_empty() {
         return Ok(None);
     }
-    keys.sort();
     let unreadable = |key: &str, e: &dyn std::fmt::Display| {
         format!("{}/{key}: not a readable Parquet file: {e}", lake.url())
     };
@@ -202,4 +231,81 @@ pub async fn scan_parts(lake: &Lake, dir: &str) -> Result<Option<LazyFrame>, Str
     LazyFrame::scan_parquet_sources(sources, args)
         .map(Some)
         .map_err(|e| format!("{}/{dir}: {e}", lake.url()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(value: i64) -> Bytes {
+        let mut frame = df!("v" => [value]).expect("frame");
+        write_parquet(&mut frame).expect("parquet")
+    }
+
+    async fn day(lake: &Lake, dir: &str) -> Vec<i64> {
+        let frame = scan_parts(lake, dir)
+            .await
+            .expect("scan")
+            .expect("parts")
+            .collect()
+            .expect("read");
+        frame
+            .column("v")
+            .expect("v")
+            .i64()
+            .expect("i64")
+            .iter()
+            .flatten()
+            .collect()
+    }
+
+    /// A writer killed after writing the first of its parts once left the folder holding one
+    /// new part and the old day's others: a mix. Now readers see the old day until the switch.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn readers_see_the_old_day_or_the_new_never_a_mix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open(&format!("file://{}", dir.path().display())).expect("lake");
+        let day_dir = "curated/fact_trades/year=2026/month=11/day=22/";
+        replace_parts(&lake, day_dir, vec![part(1), part(2)])
+            .await
+            .expect("first day");
+        assert_eq!(day(&lake, day_dir).await, [1, 2]);
+
+        // A rerun killed after its first part: written aside, not switched.
+        lake.put(
+            &format!("{day_dir}part-20991231T000000.000000000Z-00000.parquet"),
+            part(3),
+        )
+        .await
+        .expect("put");
+        assert_eq!(day(&lake, day_dir).await, [1, 2], "the old day whole");
+
+        replace_parts(&lake, day_dir, vec![part(4)])
+            .await
+            .expect("second day");
+        assert_eq!(day(&lake, day_dir).await, [4], "the new day whole");
+        let files: Vec<String> = lake
+            .list(day_dir)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| k.ends_with(".parquet"))
+            .collect();
+        assert_eq!(files.len(), 1, "earlier generations are deleted: {files:?}");
+    }
+
+    /// A folder written before manifests reads as all its parts.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_folder_without_a_manifest_is_read_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open(&format!("file://{}", dir.path().display())).expect("lake");
+        lake.put(
+            "raw/trades_daily/date=2026-11-22/part-00000.parquet",
+            part(7),
+        )
+        .await
+        .expect("put");
+        assert_eq!(day(&lake, "raw/trades_daily/date=2026-11-22/").await, [7]);
+    }
 }

@@ -30,6 +30,28 @@ pub enum LakeError {
     },
 }
 
+impl LakeError {
+    /// Whether another attempt can help: yes for a store that failed or timed out, not for a
+    /// bad URL, a missing object, refused credentials or a broken precondition.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LakeError::Url { .. } => false,
+            LakeError::Store { source, .. } => !matches!(
+                **source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::InvalidPath { .. }
+                    | object_store::Error::NotSupported { .. }
+                    | object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }
+                    | object_store::Error::NotImplemented { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::UnknownConfigurationKey { .. }
+            ),
+        }
+    }
+}
+
 /// One object in the lake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LakeObject {
@@ -188,6 +210,35 @@ impl Lake {
             .map_err(self.error("list", prefix))?;
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(objects)
+    }
+}
+
+impl Lake {
+    /// The folders directly below `prefix` (each key ends with `/`), sorted: one listing of one
+    /// level, however many files lie deeper.
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, LakeError> {
+        let base = self.path(prefix);
+        let root_parts = self.root.parts().count();
+        let listed = match self.store.list_with_delimiter(Some(&base)).await {
+            Ok(listed) => listed,
+            // A folder not made yet holds nothing.
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(self.error("list", prefix)(e)),
+        };
+        let mut dirs: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .map(|path| {
+                let parts: Vec<String> = path
+                    .parts()
+                    .skip(root_parts)
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                format!("{}/", parts.join("/"))
+            })
+            .collect();
+        dirs.sort();
+        Ok(dirs)
     }
 }
 

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use chrono::DateTime;
 use polars::prelude::*;
 
+use super::{Lake, LakeError, LakeObject};
 use crate::decimal::{Decimal, Fixed, PRECISION};
 use crate::exchange::Trade;
 
@@ -37,6 +38,29 @@ pub fn id_range(key: &str) -> Option<(i64, i64)> {
 /// The partition prefix of one symbol.
 pub fn symbol_prefix(prefix: &str, symbol: &str) -> String {
     format!("{}/symbol={symbol}/", prefix.trim_end_matches('/'))
+}
+
+/// The `date=` partition of a key, `YYYY-MM-DD`.
+pub fn date_of(key: &str) -> Option<&str> {
+    key.split('/').find_map(|part| part.strip_prefix("date="))
+}
+
+/// The files of `symbol` in date partitions from `from_date` (`YYYY-MM-DD`) on, or in all of
+/// them, sorted by key. With a date, a run lists a few partitions, not a year of files.
+pub async fn symbol_files(
+    lake: &Lake,
+    prefix: &str,
+    symbol: &str,
+    from_date: Option<&str>,
+) -> Result<Vec<LakeObject>, LakeError> {
+    let mut files = Vec::new();
+    for dir in lake.list_dirs(&symbol_prefix(prefix, symbol)).await? {
+        let date = date_of(&dir).unwrap_or_default();
+        if from_date.is_none_or(|from| date >= from) {
+            files.extend(lake.list(&dir).await?);
+        }
+    }
+    Ok(files)
 }
 
 /// Days since the Unix epoch of a trade time in milliseconds: which date partition it is in.

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::dag::{Dag, DagBag};
 use crate::executor::{Executor, Phase, ShutdownHandle};
 use crate::lease::{self, Lease, ServeLock};
-use crate::store::{Listed, PauseFlag, RunRecord, RunState, RunType, Store, StoreError};
+use crate::store::{Listed, RunRecord, RunState, RunType, Store, StoreError};
 use crate::stream::ingest::IngestPlaces;
 use crate::stream::supervisor::Supervisor;
 use crate::tasks::Registry;
@@ -304,13 +304,9 @@ impl Scheduler {
     }
 
     async fn paused_dags(&self) -> Result<HashSet<String>, StoreError> {
-        let flags = self.store.pause_flags().await?;
-        Ok(self
-            .bag
-            .dags()
-            .filter(|d| PauseFlag::resolve(flags.get(&d.id), d.paused))
-            .map(|d| d.id.clone())
-            .collect())
+        self.store
+            .paused_dags(self.bag.dags().map(|d| (d.id.as_str(), d.paused)))
+            .await
     }
 
     /// Creates the runs of every interval that has ended, within `max_active_runs`.

@@ -37,6 +37,22 @@ pub enum StagingError {
     },
 }
 
+impl StagingError {
+    /// Whether another attempt can help: yes for a lost connection or a busy database, not for
+    /// a bad URL or table name or a corrupt value.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StagingError::Open { source, .. } | StagingError::Sql { source, .. } => {
+                crate::database::is_transient(source)
+            }
+            StagingError::Read { .. } => true,
+            StagingError::UnsupportedUrl(_)
+            | StagingError::BadTableName(_)
+            | StagingError::Corrupt { .. } => false,
+        }
+    }
+}
+
 /// Rows per INSERT: 9 values each stays under SQLite's 32,766 bound parameters.
 const ROWS_PER_STATEMENT: usize = 1000;
 
@@ -245,6 +261,43 @@ impl Staging {
             .map_err(self.sql_error())
     }
 
+    /// The ids of `symbol`'s last staged trade before `from_ms` and first one at or after
+    /// `to_ms`: what tells whether the trades of `[from_ms, to_ms)` join up with their
+    /// neighbours, and whether the stream has gone past `to_ms` yet. Both walk the time index.
+    pub async fn neighbours(
+        &self,
+        exchange: &str,
+        symbol: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<(Option<i64>, Option<i64>), StagingError> {
+        let table = &self.table;
+        let hint = match self.backend {
+            Backend::Sqlite => format!("INDEXED BY {table}_by_time"),
+            Backend::Postgres => String::new(),
+        };
+        let before = format!(
+            "SELECT trade_id FROM {table} {hint}
+             WHERE trade_time < $1 AND exchange = $2 AND symbol = $3
+             ORDER BY trade_time DESC, trade_id DESC LIMIT 1"
+        );
+        let after = format!(
+            "SELECT trade_id FROM {table} {hint}
+             WHERE trade_time >= $1 AND exchange = $2 AND symbol = $3
+             ORDER BY trade_time, trade_id LIMIT 1"
+        );
+        let first = |sql: String, at: i64| async move {
+            sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+                .bind(at)
+                .bind(exchange)
+                .bind(symbol)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(self.sql_error())
+        };
+        Ok((first(before, from_ms).await?, first(after, to_ms).await?))
+    }
+
     /// The staged trades of `exchange` with `trade_time` in `[from_ms, to_ms)`, in time
     /// order, streamed into columns (a day of a busy exchange is millions of rows).
     ///
@@ -390,6 +443,23 @@ fn parse_decimal(text: &str, table: &str, column: &'static str) -> Result<Decima
     })
 }
 
+/// One symbol's trades in a [`TradeColumns`]: how many, and the lowest and highest id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdSpan<'a> {
+    pub symbol: &'a str,
+    pub count: u64,
+    pub first: i64,
+    pub last: i64,
+}
+
+impl IdSpan<'_> {
+    /// Ids are consecutive per symbol and unique in staging: the span is whole exactly when it
+    /// holds as many trades as ids.
+    pub fn is_whole(&self) -> bool {
+        i128::from(self.last) - i128::from(self.first) + 1 == i128::from(self.count)
+    }
+}
+
 /// Staged trades column by column; prices and quantities in units of 10⁻⁸, quote quantities
 /// in units of 10⁻¹⁶.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -455,6 +525,51 @@ impl TradeColumns {
             }
         };
         self.symbol.push(u32::try_from(code).unwrap_or(u32::MAX));
+    }
+
+    /// Per symbol, its trade count and lowest and highest id, in order of first appearance.
+    pub fn id_spans(&self) -> Vec<IdSpan<'_>> {
+        let mut spans: Vec<Option<(u64, i64, i64)>> = vec![None; self.symbols.len()];
+        for (&code, &id) in self.symbol.iter().zip(&self.trade_id) {
+            if let Some(span) = spans.get_mut(code as usize) {
+                *span = Some(match *span {
+                    None => (1, id, id),
+                    Some((count, low, high)) => (count + 1, low.min(id), high.max(id)),
+                });
+            }
+        }
+        self.symbols
+            .iter()
+            .zip(spans)
+            .filter_map(|(symbol, span)| {
+                span.map(|(count, first, last)| IdSpan {
+                    symbol,
+                    count,
+                    first,
+                    last,
+                })
+            })
+            .collect()
+    }
+
+    /// The ids missing between `symbol`'s lowest and highest id, as ranges, at most `limit`.
+    pub fn id_gaps(&self, symbol: &str, limit: usize) -> Vec<(i64, i64)> {
+        let Some(code) = self.symbols.iter().position(|s| s == symbol) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<i64> = self
+            .symbol
+            .iter()
+            .zip(&self.trade_id)
+            .filter(|(c, _)| **c as usize == code)
+            .map(|(_, id)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.windows(2)
+            .filter(|w| w[1] > w[0] + 1)
+            .map(|w| (w[0] + 1, w[1] - 1))
+            .take(limit)
+            .collect()
     }
 
     /// Rows per symbol, for the log.

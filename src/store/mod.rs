@@ -11,6 +11,7 @@
 //! plain `BEGIN` takes the write lock late and fails with "database is locked" when two
 //! writers meet.
 
+mod lock;
 mod model;
 pub mod timestamp;
 
@@ -24,6 +25,7 @@ use sqlx::{AnyPool, Row};
 use crate::database::{self, Backend};
 use crate::redact;
 
+pub use lock::StoreLock;
 pub use model::{
     AttemptEnd, AttemptRecord, AttemptState, NewRun, RunRecord, RunState, RunType,
     StreamStateRecord, TaskInstanceRecord, TaskState,
@@ -60,33 +62,13 @@ impl StoreError {
     /// file, a full disk or an I/O error, a lost or refused connection, a PostgreSQL
     /// failover, serialization failure or deadlock. Not bad SQL or a broken row.
     pub fn is_transient(&self) -> bool {
-        let StoreError::Sql(error) = self else {
-            return false;
-        };
-        match error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(db) => db.code().is_some_and(|code| transient_code(&code)),
+        match self {
+            StoreError::Sql(error) | StoreError::Open { source: error, .. } => {
+                database::is_transient(error)
+            }
             _ => false,
         }
     }
-}
-
-/// SQLite result codes (busy, locked, I/O error, full, cannot open; extended codes carry the
-/// primary one in their low byte) and PostgreSQL SQLSTATEs (connection exceptions,
-/// serialization failure, deadlock, insufficient resources, operator intervention, lock not
-/// available) that a retry may get past.
-fn transient_code(code: &str) -> bool {
-    if let Ok(sqlite) = code.parse::<i64>() {
-        return matches!(sqlite & 0xff, 5 | 6 | 10 | 13 | 14);
-    }
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("57P")
-        || matches!(code, "40001" | "40P01" | "55P03")
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -596,7 +578,7 @@ impl Store {
     }
 
     /// `orch dags pause/unpause`: sets the flag, remembering the file's `paused:` at the time
-    /// (see [`PauseFlag`]).
+    /// (see [`Store::paused_dags`]).
     pub async fn set_paused(&self, dag_id: &str, paused: bool, file_paused: bool) -> Result<()> {
         sqlx::query(
             "INSERT INTO dag_pause (dag_id, paused, file_paused, updated_at) VALUES ($1, $2, $3, $4)
@@ -612,10 +594,40 @@ impl Store {
         Ok(())
     }
 
-    /// Whether a DAG is paused, given its file's `paused:`: see [`PauseFlag::resolve`].
+    /// Whether a DAG is paused, given its file's `paused:`: see [`Store::paused_dags`].
     pub async fn is_paused(&self, dag_id: &str, file_paused: bool) -> Result<bool> {
+        Ok(self
+            .paused_dags([(dag_id, file_paused)])
+            .await?
+            .contains(dag_id))
+    }
+
+    /// The DAGs among `dags` (id, the file's `paused:`) that are paused. The latest change
+    /// wins: a flag set by `orch dags pause/unpause` holds while the file's `paused:` is what it
+    /// was then; once the file's value changes, the flag is dropped and the file decides.
+    pub async fn paused_dags<'a>(
+        &self,
+        dags: impl IntoIterator<Item = (&'a str, bool)>,
+    ) -> Result<std::collections::HashSet<String>> {
         let flags = self.pause_flags().await?;
-        Ok(PauseFlag::resolve(flags.get(dag_id), file_paused))
+        let mut paused = std::collections::HashSet::new();
+        for (dag_id, file_paused) in dags {
+            let is_paused = match flags.get(dag_id) {
+                Some(flag) if flag.file_paused.is_some_and(|f| f != file_paused) => {
+                    sqlx::query("DELETE FROM dag_pause WHERE dag_id = $1")
+                        .bind(dag_id)
+                        .execute(&self.pool)
+                        .await?;
+                    file_paused
+                }
+                Some(flag) => flag.paused,
+                None => file_paused,
+            };
+            if is_paused {
+                paused.insert(dag_id.to_string());
+            }
+        }
+        Ok(paused)
     }
 
     /// A task kind's saved state, e.g. a watermark.
@@ -709,7 +721,7 @@ impl Store {
     }
 
     /// The pause flags set from the command line, by DAG id.
-    pub async fn pause_flags(&self) -> Result<HashMap<String, PauseFlag>> {
+    async fn pause_flags(&self) -> Result<HashMap<String, PauseFlag>> {
         let rows = sqlx::query("SELECT dag_id, paused, file_paused FROM dag_pause")
             .fetch_all(&self.pool)
             .await?;
@@ -726,25 +738,11 @@ impl Store {
 }
 
 /// A pause set by `orch dags pause/unpause`, with the file's `paused:` at that moment.
-///
-/// The latest change wins: the flag holds while the file says what it said when the flag was
-/// set; once the file's `paused:` changes, the file decides again. So pausing from the command
-/// line is not undone by a reload, and editing the file is not silently ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PauseFlag {
-    pub paused: bool,
+struct PauseFlag {
+    paused: bool,
     /// `None` for flags set before orch recorded it: those hold until the next command.
-    pub file_paused: Option<bool>,
-}
-
-impl PauseFlag {
-    /// Whether a DAG whose file says `file_paused` is paused.
-    pub fn resolve(flag: Option<&PauseFlag>, file_paused: bool) -> bool {
-        match flag {
-            Some(flag) if flag.file_paused.is_none_or(|f| f == file_paused) => flag.paused,
-            _ => file_paused,
-        }
-    }
+    file_paused: Option<bool>,
 }
 
 fn parse_time(what: &'static str, s: &str) -> Result<DateTime<Utc>> {

@@ -1,32 +1,40 @@
 //! `kind: binance.historical_trades`: every trade since the last one fetched, per symbol, into
-//! the lake as Parquet, with no gap and no duplicate across retries and crashes.
+//! the lake as Parquet, with no gap and no duplicate across retries, crashes and concurrent
+//! runs.
 //!
 //! ```yaml
 //! with: { symbols: [BTCUSDT, AAVEUSDT], start_from_id: 123, output: raw/binance_trades }
 //! ```
 //!
-//! Per symbol, the fetch resumes after the highest trade id the lake already holds (file names
-//! carry their id range, see [`raw_trades`]) or the saved watermark, whichever is higher; the
-//! watermark is saved only after the files holding those trades are written. It pages
-//! `historicalTrades` with `fromId` and `limit=1000` until a page comes back short (caught up),
-//! writing a file per UTC date every `file_rows` trades so a long catch-up is durable in steps.
-//! A symbol seen for the first time starts at `start_from_id`, or at the exchange's most
-//! recent 1000 trades.
+//! Per symbol, the fetch holds a lock of the metadata database for (lake, output, symbol), so
+//! two fetches of one symbol (`orch run` beside `orch serve`, parallel backfills, two hosts on
+//! one PostgreSQL) take turns. It resumes after the highest trade id the lake already holds
+//! (file names carry their id range, see [`raw_trades`]) or the saved watermark, whichever is
+//! higher, listing only the date partitions from the watermark's date on; the watermark is
+//! saved only after the files holding those trades are written. It pages `historicalTrades`
+//! with `fromId` and `limit=1000` until a page comes back short (caught up), writing a file
+//! per UTC date every `file_rows` trades or `flush_every`, whichever comes first, so a long
+//! catch-up keeps its progress even when its attempt times out. A file whose id range overlaps
+//! one the lake holds is refused rather than written. A symbol seen for the first time starts
+//! at `start_from_id`, or at the exchange's most recent 1000 trades.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_with};
+use super::{
+    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
+};
 use crate::exchange::Trade;
 use crate::exchange::binance::{BinanceClient, MAX_PAGE, RetryPolicy};
 use crate::lake::{Lake, raw_trades};
 
 pub struct BinanceHistoricalTrades;
 
-/// Where watermarks live in the metadata database.
+/// Where watermarks live in the metadata database: `LAST_ID DATE` per (lake, output, symbol).
 const STATE_NAMESPACE: &str = "binance.historical_trades";
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +51,9 @@ struct Config {
     /// Trades per file at most; a catch-up writes (and saves its progress) every this many.
     #[serde(default = "default_file_rows")]
     file_rows: usize,
+    /// A catch-up also writes what it has at least this often.
+    #[serde(default = "default_flush_every", deserialize_with = "super::duration")]
+    flush_every: Duration,
 }
 
 fn default_output() -> String {
@@ -51,6 +62,10 @@ fn default_output() -> String {
 
 fn default_file_rows() -> usize {
     500_000
+}
+
+fn default_flush_every() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl TaskKind for BinanceHistoricalTrades {
@@ -78,6 +93,9 @@ impl TaskKind for BinanceHistoricalTrades {
         if config.file_rows == 0 {
             return Err("`with.file_rows` must be at least 1".to_string());
         }
+        if config.flush_every.is_zero() {
+            return Err("`with.flush_every` must be longer than 0s".to_string());
+        }
         Ok(())
     }
 
@@ -85,16 +103,15 @@ impl TaskKind for BinanceHistoricalTrades {
         &'a self,
         with: Value,
         ctx: &'a TaskContext,
-    ) -> BoxFuture<'a, Result<TaskOutput, String>> {
+    ) -> BoxFuture<'a, Result<TaskOutput, TaskError>> {
         Box::pin(async move {
-            let config: Config = parse_with(&with)?;
-            let lake = Lake::open(&ctx.data.lake_url).map_err(|e| e.to_string())?;
+            let config: Config = parse_with(&with).map_err(TaskError::permanent)?;
+            let lake = Lake::open(&ctx.data.lake_url)?;
             let base_url = config
                 .base_url
                 .as_deref()
                 .unwrap_or(&ctx.data.binance_api_url);
-            let client =
-                BinanceClient::new(base_url, RetryPolicy::default()).map_err(|e| e.to_string())?;
+            let client = BinanceClient::new(base_url, RetryPolicy::default())?;
             let log = ctx.log.clone();
             let client = client.with_observer(Arc::new(move |event| log.note(event)));
             ctx.log.note(&format!(
@@ -117,6 +134,13 @@ impl TaskKind for BinanceHistoricalTrades {
     }
 }
 
+/// A symbol's saved watermark: the last id written, and the UTC date of its file.
+fn parse_watermark(value: &str) -> Option<(i64, Option<String>)> {
+    let mut parts = value.split_whitespace();
+    let id = parts.next()?.parse().ok()?;
+    Some((id, parts.next().map(str::to_string)))
+}
+
 /// Fetches one symbol up to now; returns the number of trades written.
 async fn fetch_symbol(
     symbol: &str,
@@ -124,40 +148,50 @@ async fn fetch_symbol(
     client: &BinanceClient,
     lake: &Lake,
     ctx: &TaskContext,
-) -> Result<u64, String> {
+) -> Result<u64, TaskError> {
     let state_key = format!("{}|{}|{symbol}", lake.url(), config.output);
-    let lake_last = last_id_in_lake(lake, &config.output, symbol).await?;
+    let _lock = exclusive(
+        ctx,
+        &format!("{STATE_NAMESPACE}|{state_key}"),
+        &format!("fetching {symbol} into this lake"),
+    )
+    .await?;
     let saved = ctx
         .store
         .task_state(STATE_NAMESPACE, &state_key)
         .await
-        .map_err(|e| format!("{symbol}: cannot read the watermark: {e}"))?
+        .map_err(|e| TaskError::from(e).context(format!("{symbol}: cannot read the watermark")))?
         .map(|v| {
-            v.parse::<i64>()
-                .map_err(|_| format!("{symbol}: unreadable saved watermark `{v}`"))
+            parse_watermark(&v).ok_or_else(|| {
+                TaskError::permanent(format!("{symbol}: unreadable saved watermark `{v}`"))
+            })
         })
         .transpose()?;
-    let mut next_id = match lake_last.max(saved) {
+    let (saved_id, saved_date) = match saved {
+        Some((id, date)) => (Some(id), date),
+        None => (None, None),
+    };
+    let known = raw_trades::symbol_files(lake, &config.output, symbol, saved_date.as_deref())
+        .await?
+        .iter()
+        .filter_map(|o| raw_trades::id_range(&o.key))
+        .map(|(_, last)| last)
+        .max();
+    let mut next_id = match known.max(saved_id) {
         Some(last) => last + 1,
         None => match config.start_from_id {
             Some(id) => id,
-            None => {
-                let recent = client
-                    .recent_trades(symbol, MAX_PAGE)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match recent.first() {
-                    Some(t) => t.id,
-                    None => {
-                        ctx.log
-                            .note(&format!("{symbol}: no trades at the exchange yet"));
-                        return Ok(0);
-                    }
+            None => match client.recent_trades(symbol, MAX_PAGE).await?.first() {
+                Some(t) => t.id,
+                None => {
+                    ctx.log
+                        .note(&format!("{symbol}: no trades at the exchange yet"));
+                    return Ok(0);
                 }
-            }
+            },
         },
     };
-    if saved.is_some_and(|s| lake_last.is_some_and(|l| l > s)) {
+    if saved_id.is_some_and(|s| known.is_some_and(|l| l > s)) {
         ctx.log.note(&format!(
             "{symbol}: the lake holds trades past the saved watermark (an earlier attempt stopped after writing); resuming after id {}",
             next_id - 1
@@ -167,11 +201,9 @@ async fn fetch_symbol(
     let mut buffer: Vec<Trade> = Vec::new();
     let mut written: u64 = 0;
     let mut files = 0;
+    let mut last_write = Instant::now();
     loop {
-        let page = client
-            .historical_trades(symbol, next_id, MAX_PAGE)
-            .await
-            .map_err(|e| e.to_string())?;
+        let page = client.historical_trades(symbol, next_id, MAX_PAGE).await?;
         let caught_up = page.len() < MAX_PAGE as usize;
         if let Some(first) = page.first()
             && first.id != next_id
@@ -186,20 +218,28 @@ async fn fetch_symbol(
             next_id = last.id + 1;
         }
         buffer.extend(page);
-        if buffer.len() >= config.file_rows || (caught_up && !buffer.is_empty()) {
-            files += write_files(&buffer, symbol, &config.output, lake).await?;
-            let count = buffer.len();
+        let due = buffer.len() >= config.file_rows
+            || last_write.elapsed() >= config.flush_every
+            || caught_up;
+        if due && !buffer.is_empty() {
+            let batch = std::mem::take(&mut buffer);
+            let (first, last) = (batch[0].id, next_id - 1);
+            let count = batch.len();
+            let last_date = raw_trades::utc_date(batch[count - 1].time_ms);
+            files += write_files(batch, symbol, &config.output, lake).await?;
             written += count as u64;
-            let last = next_id - 1;
             ctx.store
-                .set_task_state(STATE_NAMESPACE, &state_key, &last.to_string())
+                .set_task_state(STATE_NAMESPACE, &state_key, &format!("{last} {last_date}"))
                 .await
-                .map_err(|e| format!("{symbol}: cannot save the watermark after id {last}: {e}"))?;
+                .map_err(|e| {
+                    TaskError::from(e).context(format!(
+                        "{symbol}: cannot save the watermark after id {last}"
+                    ))
+                })?;
             ctx.log.note(&format!(
-                "{symbol}: committed ids {}..={last} ({count} trades)",
-                buffer.first().map_or(last, |t| t.id)
+                "{symbol}: committed ids {first}..={last} ({count} trades)"
             ));
-            buffer.clear();
+            last_write = Instant::now();
         }
         if caught_up {
             break;
@@ -212,45 +252,62 @@ async fn fetch_symbol(
     Ok(written)
 }
 
-/// The highest trade id any file of `symbol` in the lake holds.
-async fn last_id_in_lake(lake: &Lake, output: &str, symbol: &str) -> Result<Option<i64>, String> {
-    let objects = lake
-        .list(&raw_trades::symbol_prefix(output, symbol))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(objects
-        .iter()
-        .filter_map(|o| raw_trades::id_range(&o.key))
-        .map(|(_, last)| last)
-        .max())
-}
-
 /// Writes `trades` (ascending ids) as one file per UTC date, in id order; returns the number
-/// of files.
+/// of files. A file whose id range overlaps one its date partition already holds is refused:
+/// its trades would load twice.
 async fn write_files(
-    trades: &[Trade],
+    trades: Vec<Trade>,
     symbol: &str,
     output: &str,
     lake: &Lake,
-) -> Result<usize, String> {
+) -> Result<usize, TaskError> {
+    let days: Vec<Vec<Trade>> = trades
+        .chunk_by(|a, b| raw_trades::utc_day(a.time_ms) == raw_trades::utc_day(b.time_ms))
+        .map(<[Trade]>::to_vec)
+        .collect();
     let mut files = 0;
-    for chunk in
-        trades.chunk_by(|a, b| raw_trades::utc_day(a.time_ms) == raw_trades::utc_day(b.time_ms))
-    {
-        let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
+    for day in days {
+        let (Some(first), Some(last)) = (day.first(), day.last()) else {
             continue;
         };
-        let key = raw_trades::file_key(
-            output,
-            symbol,
-            &raw_trades::utc_date(first.time_ms),
-            first.id,
-            last.id,
-        );
-        let bytes = raw_trades::encode(chunk)
-            .map_err(|e| format!("{symbol}: cannot encode Parquet: {e}"))?;
-        lake.put(&key, bytes).await.map_err(|e| e.to_string())?;
+        let (first_id, last_id) = (first.id, last.id);
+        let date = raw_trades::utc_date(first.time_ms);
+        let key = raw_trades::file_key(output, symbol, &date, first_id, last_id);
+        let partition = key.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let overlapping = lake
+            .list(&format!("{partition}/"))
+            .await?
+            .into_iter()
+            .find(|o| {
+                raw_trades::id_range(&o.key)
+                    .is_some_and(|(first, last)| first <= last_id && first_id <= last)
+            });
+        if let Some(existing) = overlapping {
+            return Err(TaskError::permanent(format!(
+                "{symbol}: refusing to write ids {first_id}..={last_id}: {} already holds some of them (another writer outside this metadata database?)",
+                existing.key
+            )));
+        }
+        let bytes = off_runtime(move || raw_trades::encode(&day))
+            .await?
+            .map_err(|e| TaskError::transient(format!("{symbol}: cannot encode Parquet: {e}")))?;
+        lake.put(&key, bytes).await?;
         files += 1;
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermarks_read_with_or_without_their_date() {
+        assert_eq!(parse_watermark("123"), Some((123, None)));
+        assert_eq!(
+            parse_watermark("123 2026-11-22"),
+            Some((123, Some("2026-11-22".to_string())))
+        );
+        assert_eq!(parse_watermark("x"), None);
+    }
 }

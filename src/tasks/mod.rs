@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -102,6 +103,92 @@ impl std::fmt::Debug for ProcessSink {
     }
 }
 
+/// Why an attempt failed, and whether another attempt can help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    pub message: String,
+    /// `false` when another attempt would fail the same way (a request the exchange refuses,
+    /// an unknown symbol, a configuration that does not render): the task then fails without
+    /// using its retries. Errors are retryable unless a kind knows better.
+    pub retryable: bool,
+}
+
+impl TaskError {
+    /// An error a later attempt may get past; the task's retry policy decides.
+    pub fn transient(message: impl Into<String>) -> TaskError {
+        TaskError {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// An error no retry can help.
+    pub fn permanent(message: impl Into<String>) -> TaskError {
+        TaskError {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// The same error, said of `what`: `what: message`.
+    pub fn context(self, what: impl std::fmt::Display) -> TaskError {
+        TaskError {
+            message: format!("{what}: {}", self.message),
+            ..self
+        }
+    }
+}
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for TaskError {
+    fn from(message: String) -> TaskError {
+        TaskError::transient(message)
+    }
+}
+
+impl From<&str> for TaskError {
+    fn from(message: &str) -> TaskError {
+        TaskError::transient(message)
+    }
+}
+
+/// Errors of the stores and clients kinds use, which know whether a retry can help.
+trait Transient: std::fmt::Display {
+    fn is_transient(&self) -> bool;
+}
+
+impl<E: Transient> From<E> for TaskError {
+    fn from(error: E) -> TaskError {
+        TaskError {
+            message: error.to_string(),
+            retryable: error.is_transient(),
+        }
+    }
+}
+
+macro_rules! transient_errors {
+    ($($error:ty),+) => {
+        $(impl Transient for $error {
+            fn is_transient(&self) -> bool {
+                <$error>::is_transient(self)
+            }
+        })+
+    };
+}
+
+transient_errors!(
+    crate::exchange::binance::BinanceError,
+    crate::lake::LakeError,
+    crate::warehouse::WarehouseError,
+    crate::staging::StagingError,
+    crate::store::StoreError
+);
+
 /// What a successful attempt reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskOutput {
@@ -131,13 +218,19 @@ pub trait TaskKind: Send + Sync {
         &[]
     }
 
+    /// Whether the kind works on the UTC day its `date:` names (the run's `ds` by default): a
+    /// DAG in another timezone, whose `ds` is a local date, is refused when it loads.
+    fn reads_utc_day(&self) -> bool {
+        false
+    }
+
     /// Runs one attempt with the rendered configuration. The future may be dropped at any
     /// await point (timeout, shutdown); a kind that starts processes must stop them on drop.
     fn run<'a>(
         &'a self,
         with: Value,
         ctx: &'a TaskContext,
-    ) -> BoxFuture<'a, Result<TaskOutput, String>>;
+    ) -> BoxFuture<'a, Result<TaskOutput, TaskError>>;
 }
 
 /// The task kinds a DAG may use, by name.
@@ -215,6 +308,74 @@ pub fn render(kind: &dyn TaskKind, with: &Value, vars: &RunVariables) -> Result<
     kind.check(&rendered)
         .map_err(|e| format!("the rendered configuration is invalid: {e}"))?;
     Ok(rendered)
+}
+
+/// Runs CPU-bound work (a Polars query, Parquet encoding or decoding) on tokio's blocking
+/// threads, so that it never stalls the scheduler, the streams or other runs on the async
+/// threads. A timeout stops waiting for it, not the work itself.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TaskError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| TaskError::transient(format!("the task's work panicked: {e}")))
+}
+
+/// How long a kind waits for a lock another process holds before its attempt fails (and the
+/// retry policy takes over).
+pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Takes the lock `name` of the metadata database for one writer of some data, waiting for
+/// the process that holds it (noted in the attempt's log).
+pub(crate) async fn exclusive(
+    ctx: &TaskContext,
+    name: &str,
+    what: &str,
+) -> Result<crate::store::StoreLock, TaskError> {
+    ctx.store
+        .lock(name, LOCK_WAIT, || {
+            ctx.log
+                .note(&format!("waiting for another process that is {what}"))
+        })
+        .await?
+        .ok_or_else(|| {
+            TaskError::transient(format!(
+                "another process kept {what} for {}; try again later",
+                humantime::format_duration(LOCK_WAIT)
+            ))
+        })
+}
+
+/// A `with:` flag that may come from a template, which renders `"true"` or `"false"`. An
+/// unrendered template (the load-time check) passes; its rendered value is checked per run.
+pub(crate) fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Text(String),
+    }
+    match Flag::deserialize(d)? {
+        Flag::Bool(b) => Ok(b),
+        // Jinja renders booleans as `True` and `False`.
+        Flag::Text(text) => match text.trim() {
+            t if t.eq_ignore_ascii_case("true") => Ok(true),
+            t if t.eq_ignore_ascii_case("false") => Ok(false),
+            templated if templated.contains("{{") || templated.contains("{%") => Ok(false),
+            other => Err(serde::de::Error::custom(format!(
+                "`{other}` is not true or false"
+            ))),
+        },
+    }
+}
+
+/// A `with:` duration written as `30s`, `5m`, `1h30m`.
+pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::time::Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like 30s: {e}")))
 }
 
 /// Reads a kind's typed configuration from `with:`; an absent `with:` reads as `{}`.

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_with};
+use super::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, parse_with};
 
 pub struct Noop;
 
@@ -24,7 +24,7 @@ impl TaskKind for Noop {
         &'a self,
         _with: Value,
         _ctx: &'a TaskContext,
-    ) -> BoxFuture<'a, Result<TaskOutput, String>> {
+    ) -> BoxFuture<'a, Result<TaskOutput, TaskError>> {
         Box::pin(async { Ok(TaskOutput::default()) })
     }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
-use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_with};
+use super::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, parse_with};
 use crate::process::ProcessGroup;
 use crate::redact;
 
@@ -55,10 +55,10 @@ impl TaskKind for Shell {
         &'a self,
         with: Value,
         ctx: &'a TaskContext,
-    ) -> BoxFuture<'a, Result<TaskOutput, String>> {
+    ) -> BoxFuture<'a, Result<TaskOutput, TaskError>> {
         Box::pin(async move {
-            let config: ShellConfig = parse_with(&with)?;
-            run_command(&config, ctx).await
+            let config: ShellConfig = parse_with(&with).map_err(TaskError::permanent)?;
+            run_command(&config, ctx).await.map_err(TaskError::from)
         })
     }
 }

@@ -7,15 +7,29 @@
 //! Reads the staging store's trades with `trade_time` from 00:00 to 24:00 UTC of `date` (the
 //! run's logical date, not "today") and writes `<output>/date=YYYY-MM-DD/part-*.parquet`,
 //! replacing any earlier snapshot of that day. Rows: the trades extracted.
+//!
+//! Before it snapshots, it checks that the day is complete in staging, per symbol: the
+//! stream has committed trades past the day's end, and the day's trade ids run without a gap
+//! from the last id before the day to the first one after it (ids are consecutive per
+//! symbol). Otherwise it fails naming the symbols and id ranges missing, as a retryable
+//! error, after waiting up to `wait_for_complete` for the stream's gap backfill to fill them.
+//! `allow_incomplete: true` snapshots whatever is there (today's trades, say).
+
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_with};
+use super::{
+    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
+};
 use crate::lake::{Lake, daily_trades};
-use crate::staging::Staging;
+use crate::staging::{Staging, TradeColumns};
 
 pub struct TradesExtract;
+
+/// How often an incomplete day is looked at again while waiting.
+const RECHECK_EVERY: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +46,15 @@ struct Config {
     /// The lake prefix of the daily snapshots.
     #[serde(default = "default_output")]
     output: String,
+    /// Symbols the day must hold; the symbols staged that day are checked in any case.
+    #[serde(default)]
+    symbols: Vec<String>,
+    /// Snapshot the day even if it is not complete in staging.
+    #[serde(default, deserialize_with = "super::flag")]
+    allow_incomplete: bool,
+    /// How long to wait for an incomplete day to complete before failing.
+    #[serde(default, deserialize_with = "super::duration")]
+    wait_for_complete: Duration,
 }
 
 fn default_exchange() -> String {
@@ -55,35 +78,64 @@ impl TaskKind for TradesExtract {
         parse_with::<Config>(with).map(|_| ())
     }
 
+    fn reads_utc_day(&self) -> bool {
+        true
+    }
+
     fn run<'a>(
         &'a self,
         with: Value,
         ctx: &'a TaskContext,
-    ) -> BoxFuture<'a, Result<TaskOutput, String>> {
+    ) -> BoxFuture<'a, Result<TaskOutput, TaskError>> {
         Box::pin(async move {
-            let config: Config = parse_with(&with)?;
-            let date = ctx.day(config.date.as_deref())?;
+            let config: Config = parse_with(&with).map_err(TaskError::permanent)?;
+            let date = ctx
+                .day(config.date.as_deref())
+                .map_err(TaskError::permanent)?;
             let (from_ms, to_ms) = super::day_bounds_ms(date);
+            let lake = Lake::open(&ctx.data.lake_url)?;
+            let dir = daily_trades::snapshot_dir(&config.output, date);
+            let _lock = exclusive(
+                ctx,
+                &format!("trades.extract|{}|{dir}", lake.url()),
+                &format!("writing the snapshot of {date}"),
+            )
+            .await?;
             let url = config.staging.as_deref().unwrap_or(&ctx.data.staging_url);
-            let staging = Staging::open(url, &config.table)
-                .await
-                .map_err(|e| e.to_string())?;
-            let trades = staging
-                .trades_between(&config.exchange, from_ms, to_ms)
-                .await
-                .map_err(|e| e.to_string())?;
+            let staging = Staging::open(url, &config.table).await?;
+            let started = Instant::now();
+            let trades = loop {
+                let trades = staging
+                    .trades_between(&config.exchange, from_ms, to_ms)
+                    .await?;
+                if config.allow_incomplete {
+                    break trades;
+                }
+                let missing = incomplete(&staging, &config, &trades, (from_ms, to_ms)).await?;
+                if missing.is_empty() {
+                    break trades;
+                }
+                let report = format!(
+                    "the staged trades of {date} are not complete: {}",
+                    missing.join("; ")
+                );
+                if started.elapsed() + RECHECK_EVERY > config.wait_for_complete {
+                    return Err(TaskError::transient(report));
+                }
+                ctx.log
+                    .note(&format!("{report}; looking again in {RECHECK_EVERY:?}"));
+                tokio::time::sleep(RECHECK_EVERY).await;
+            };
             for (symbol, count) in trades.counts() {
                 ctx.log.note(&format!("{date} {symbol}: {count} trades"));
             }
             let rows = trades.len() as u64;
-            let parts = daily_trades::encode_snapshot(&config.exchange, trades)
-                .map_err(|e| format!("cannot encode the snapshot: {e}"))?;
-            let lake = Lake::open(&ctx.data.lake_url).map_err(|e| e.to_string())?;
-            let dir = daily_trades::snapshot_dir(&config.output, date);
+            let exchange = config.exchange.clone();
+            let parts = off_runtime(move || daily_trades::encode_snapshot(&exchange, trades))
+                .await?
+                .map_err(|e| TaskError::transient(format!("cannot encode the snapshot: {e}")))?;
             let files = parts.len();
-            daily_trades::replace_parts(&lake, &dir, parts)
-                .await
-                .map_err(|e| e.to_string())?;
+            daily_trades::replace_parts(&lake, &dir, parts).await?;
             ctx.log.note(&format!(
                 "{rows} trades of {date} (UTC) from {} into {}/{dir} ({files} files)",
                 staging.table(),
@@ -98,4 +150,70 @@ impl TaskKind for TradesExtract {
             })
         })
     }
+}
+
+/// What keeps the day `[from_ms, to_ms)` from being complete in staging, per symbol: ids
+/// missing inside the day or at its edges, or a stream that has not committed trades past
+/// the day's end yet. Empty when the day is complete.
+async fn incomplete(
+    staging: &Staging,
+    config: &Config,
+    trades: &TradeColumns,
+    (from_ms, to_ms): (i64, i64),
+) -> Result<Vec<String>, TaskError> {
+    let spans = trades.id_spans();
+    let mut symbols: Vec<&str> = spans.iter().map(|s| s.symbol).collect();
+    for symbol in &config.symbols {
+        if !symbols.contains(&symbol.as_str()) {
+            symbols.push(symbol);
+        }
+    }
+    let mut missing = Vec::new();
+    for symbol in symbols {
+        let (before, after) = staging
+            .neighbours(&config.exchange, symbol, from_ms, to_ms)
+            .await?;
+        let span = spans.iter().find(|s| s.symbol == symbol);
+        let mut gaps: Vec<(i64, i64)> = Vec::new();
+        match span {
+            Some(span) => {
+                if let Some(before) = before
+                    && before + 1 < span.first
+                {
+                    gaps.push((before + 1, span.first - 1));
+                }
+                if !span.is_whole() {
+                    gaps.extend(trades.id_gaps(symbol, 10));
+                }
+                if let Some(after) = after
+                    && span.last + 1 < after
+                {
+                    gaps.push((span.last + 1, after - 1));
+                }
+            }
+            None => {
+                if let (Some(before), Some(after)) = (before, after)
+                    && before + 1 < after
+                {
+                    gaps.push((before + 1, after - 1));
+                }
+            }
+        }
+        if after.is_none() {
+            let last = span.map_or(String::new(), |s| {
+                format!(" (its last id so far is {})", s.last)
+            });
+            missing.push(format!(
+                "{symbol}: the stream has not committed trades past the day's end yet{last}"
+            ));
+        }
+        if !gaps.is_empty() {
+            let ranges: Vec<String> = gaps.iter().map(|(a, b)| format!("{a}..={b}")).collect();
+            missing.push(format!(
+                "{symbol}: trade ids {} are missing",
+                ranges.join(", ")
+            ));
+        }
+    }
+    Ok(missing)
 }

@@ -5,8 +5,9 @@
 //! with: { date: "{{ ds }}", source: raw/trades_daily, output: curated }
 //! ```
 //!
-//! Writes `<output>/<table>/year=YYYY/month=MM/day=DD/part-00000.parquet` for each table,
-//! replacing an earlier run's. Symbol ids come from the metadata store (assigned once, stable
+//! Writes `<output>/<table>/year=YYYY/month=MM/day=DD/part-*.parquet` for each table,
+//! replacing an earlier run's aside, then switching (see [`daily_trades`]), under a lock per
+//! day. The Polars work runs on blocking threads, off the async runtime. Symbol ids come from the metadata store (assigned once, stable
 //! across runs and days); base and quote assets from Binance's exchangeInfo, cached in the
 //! metadata store, never guessed from the symbol's letters. Rows: the `fact_trades` rows.
 
@@ -14,7 +15,9 @@ use polars::prelude::DataType;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_with};
+use super::{
+    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
+};
 use crate::exchange::binance::{BinanceClient, RetryPolicy};
 use crate::lake::{Lake, daily_trades};
 use crate::transform::star_schema::{self, ExchangeRef, SymbolRef};
@@ -52,36 +55,52 @@ impl TaskKind for TradesStarSchema {
         parse_with::<Config>(with).map(|_| ())
     }
 
+    fn reads_utc_day(&self) -> bool {
+        true
+    }
+
     fn run<'a>(
         &'a self,
         with: Value,
         ctx: &'a TaskContext,
-    ) -> BoxFuture<'a, Result<TaskOutput, String>> {
+    ) -> BoxFuture<'a, Result<TaskOutput, TaskError>> {
         Box::pin(async move {
-            let config: Config = parse_with(&with)?;
-            let date = ctx.day(config.date.as_deref())?;
-            let lake = Lake::open(&ctx.data.lake_url).map_err(|e| e.to_string())?;
+            let config: Config = parse_with(&with).map_err(TaskError::permanent)?;
+            let date = ctx
+                .day(config.date.as_deref())
+                .map_err(TaskError::permanent)?;
+            let lake = Lake::open(&ctx.data.lake_url)?;
+            let _lock = exclusive(
+                ctx,
+                &format!("trades.star_schema|{}|{}|{date}", lake.url(), config.output),
+                &format!("writing the star schema of {date}"),
+            )
+            .await?;
             let dir = daily_trades::snapshot_dir(&config.source, date);
             let snapshot = daily_trades::scan_parts(&lake, &dir).await?.ok_or_else(|| {
-                format!(
+                TaskError::transient(format!(
                     "no snapshot of {date} under {}/{dir}: run trades.extract for that day first",
                     lake.url()
-                )
+                ))
             })?;
+            let failed = |e: polars::prelude::PolarsError| {
+                TaskError::permanent(format!("{}/{dir}: transform failed: {e}", lake.url()))
+            };
             // The one pass over the trades; it also tells which exchanges and symbols the day
             // holds, and how many trades.
-            let minutes = star_schema::aggregate(snapshot)
-                .map_err(|e| format!("{}/{dir}: transform failed: {e}", lake.url()))?;
+            let minutes = off_runtime(move || star_schema::aggregate(snapshot))
+                .await?
+                .map_err(failed)?;
             let rows_read: i64 = minutes
                 .column("trade_count")
                 .and_then(|c| c.as_materialized_series().sum::<i64>())
-                .map_err(|e| e.to_string())?;
+                .map_err(failed)?;
             let exchanges = distinct(&minutes, "exchange")?;
             if exchanges.iter().any(|e| e != "binance") {
-                return Err(format!(
+                return Err(TaskError::permanent(format!(
                     "{}/{dir}: exchanges {exchanges:?}: only binance is supported",
                     lake.url()
-                ));
+                )));
             }
             let symbols = distinct(&minutes, "symbol")?;
             let base_url = config
@@ -94,18 +113,25 @@ impl TaskKind for TradesStarSchema {
                 exchange_name: "Binance".to_string(),
                 api_endpoint: BinanceClient::DEFAULT_BASE_URL.to_string(),
             };
-            let star = star_schema::finish(minutes, &exchange, &references)
-                .map_err(|e| format!("{}/{dir}: transform failed: {e}", lake.url()))?;
+            let (star, encoded) = off_runtime(move || {
+                let star = star_schema::finish(minutes, &exchange, &references)?;
+                let encoded = star
+                    .tables()
+                    .into_iter()
+                    .map(|(table, frame)| {
+                        let mut frame = frame.clone();
+                        daily_trades::write_parquet(&mut frame).map(|bytes| (table, bytes))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, polars::prelude::PolarsError>((star, encoded))
+            })
+            .await?
+            .map_err(failed)?;
             let mut metrics = serde_json::Map::new();
             metrics.insert("rows_read".to_string(), json!(rows_read));
-            for (table, frame) in star.tables() {
-                let mut frame = frame.clone();
-                let bytes = daily_trades::write_parquet(&mut frame)
-                    .map_err(|e| format!("cannot encode {table}: {e}"))?;
+            for ((table, frame), (_, bytes)) in star.tables().into_iter().zip(encoded) {
                 let out = daily_trades::curated_dir(&config.output, table, date);
-                daily_trades::replace_parts(&lake, &out, vec![bytes])
-                    .await
-                    .map_err(|e| e.to_string())?;
+                daily_trades::replace_parts(&lake, &out, vec![bytes]).await?;
                 ctx.log.note(&format!(
                     "{table}: {} rows into {}/{out}",
                     frame.height(),
@@ -122,14 +148,17 @@ impl TaskKind for TradesStarSchema {
 }
 
 /// The distinct values of a string column, sorted.
-fn distinct(frame: &polars::prelude::DataFrame, name: &str) -> Result<Vec<String>, String> {
+fn distinct(frame: &polars::prelude::DataFrame, name: &str) -> Result<Vec<String>, TaskError> {
+    let unusable = |e: polars::prelude::PolarsError| {
+        TaskError::permanent(format!("the snapshot has no usable `{name}` column: {e}"))
+    };
     let column = frame
         .column(name)
         .and_then(|c| c.cast(&DataType::String))
-        .map_err(|e| format!("the snapshot has no usable `{name}` column: {e}"))?;
+        .map_err(unusable)?;
     let mut values: Vec<String> = column
         .str()
-        .map_err(|e| e.to_string())?
+        .map_err(unusable)?
         .iter()
         .flatten()
         .map(str::to_string)
@@ -145,15 +174,14 @@ async fn symbol_refs(
     symbols: &[String],
     base_url: &str,
     ctx: &TaskContext,
-) -> Result<Vec<SymbolRef>, String> {
+) -> Result<Vec<SymbolRef>, TaskError> {
     let mut cached = Vec::new();
     let mut unknown = Vec::new();
     for symbol in symbols {
         let assets = ctx
             .store
             .task_state(ASSETS_NAMESPACE, symbol)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .and_then(|v| {
                 v.split_once(' ')
                     .map(|(b, q)| (b.to_string(), q.to_string()))
@@ -164,12 +192,10 @@ async fn symbol_refs(
         }
     }
     if !unknown.is_empty() {
-        let client =
-            BinanceClient::new(base_url, RetryPolicy::default()).map_err(|e| e.to_string())?;
-        let infos = client
-            .exchange_info(&unknown)
-            .await
-            .map_err(|e| format!("base and quote assets of {unknown:?}: {e}"))?;
+        let client = BinanceClient::new(base_url, RetryPolicy::default())?;
+        let infos = client.exchange_info(&unknown).await.map_err(|e| {
+            TaskError::from(e).context(format!("base and quote assets of {unknown:?}"))
+        })?;
         for info in infos {
             ctx.store
                 .set_task_state(
@@ -177,8 +203,7 @@ async fn symbol_refs(
                     &info.symbol,
                     &format!("{} {}", info.base_asset, info.quote_asset),
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             ctx.log.note(&format!(
                 "{}: base {}, quote {} (exchangeInfo)",
                 info.symbol, info.base_asset, info.quote_asset
@@ -189,13 +214,11 @@ async fn symbol_refs(
     let mut references = Vec::new();
     for symbol in symbols {
         let Some((_, (base, quote))) = cached.iter().find(|(s, _)| s == symbol) else {
-            return Err(format!("{symbol}: exchangeInfo does not list it"));
+            return Err(TaskError::permanent(format!(
+                "{symbol}: exchangeInfo does not list it"
+            )));
         };
-        let symbol_id = ctx
-            .store
-            .symbol_id("binance", symbol)
-            .await
-            .map_err(|e| e.to_string())?;
+        let symbol_id = ctx.store.symbol_id("binance", symbol).await?;
         references.push(SymbolRef {
             symbol: symbol.clone(),
             symbol_id,

@@ -7,14 +7,16 @@
 //! `table` is a template over the file's Hive partitions (`symbol=BTCUSDT/date=...` gives
 //! `symbol` and `date`). Each file loads together with its ledger entry (one transaction in
 //! SQLite and PostgreSQL, a deterministic load job id in BigQuery; see [`crate::warehouse`]),
-//! so a retried or killed task loads every file exactly once.
+//! so a retried or killed task loads every file exactly once. A run lists, per partition
+//! folder, only the `date=` partitions from the last one it loaded whole on, and reads only
+//! that range of the ledger: its cost stays flat however many files the lake holds.
 
 use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, parse_with};
+use super::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, parse_with};
 use crate::lake::Lake;
 use crate::redact;
 use crate::template;
@@ -69,57 +71,51 @@ impl TaskKind for WarehouseLoadParquet {
         &'a self,
         with: Value,
         ctx: &'a TaskContext,
-    ) -> BoxFuture<'a, Result<TaskOutput, String>> {
+    ) -> BoxFuture<'a, Result<TaskOutput, TaskError>> {
         Box::pin(async move {
-            let config: Config = parse_with(&with)?;
-            let lake = Lake::open(&ctx.data.lake_url).map_err(|e| e.to_string())?;
+            let config: Config = parse_with(&with).map_err(TaskError::permanent)?;
+            let lake = Lake::open(&ctx.data.lake_url)?;
             let url = config
                 .warehouse
                 .as_deref()
                 .unwrap_or(&ctx.data.warehouse_url);
-            let warehouse = Warehouse::open(url).await.map_err(|e| e.to_string())?;
+            let warehouse = Warehouse::open(url).await?;
             let source = format!("{}/", config.source.trim_end_matches('/'));
-            let loaded: HashSet<String> = warehouse
-                .loaded_files(&source)
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .collect();
-            let pending: Vec<String> = lake
-                .list(&source)
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|o| o.key)
-                .filter(|k| k.ends_with(".parquet") && !loaded.contains(k))
-                .collect();
+            let mut per_table: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            let mut pending_files = 0;
+            for (dir, from) in partitions_to_scan(&lake, &source, url, ctx).await? {
+                let (pending, last_listed) =
+                    pending_files_of(&lake, &warehouse, &dir, from.as_deref()).await?;
+                pending_files += pending.len();
+                for key in &pending {
+                    let table = template::render_with_values(&config.table, &partitions(key))
+                        .map_err(|e| TaskError::permanent(format!("{key}: table name: {e}")))?;
+                    let bytes = lake.get(key).await?;
+                    match warehouse.load_file(&table, key, bytes).await? {
+                        LoadOutcome::Loaded { rows } => {
+                            let entry = per_table.entry(table.clone()).or_default();
+                            entry.0 += rows;
+                            entry.1 += 1;
+                            ctx.log.note(&format!("{key}: {rows} rows into {table}"));
+                        }
+                        LoadOutcome::AlreadyLoaded => {
+                            ctx.log.note(&format!("{key}: already loaded, skipped"));
+                        }
+                    }
+                }
+                // Every file listed is loaded: the next run lists from the last date partition
+                // listed on (files may still arrive in it).
+                if let Some(last) = last_listed {
+                    ctx.store
+                        .set_task_state(STATE_NAMESPACE, &state_key(url, &dir), &last)
+                        .await?;
+                }
+            }
             ctx.log.note(&format!(
-                "{} new files under {}/{source} for {}",
-                pending.len(),
+                "{pending_files} new files under {}/{source} for {}",
                 lake.url(),
                 redact::secrets(url)
             ));
-            let mut per_table: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-            for key in &pending {
-                let table = template::render_with_values(&config.table, &partitions(key))
-                    .map_err(|e| format!("{key}: table name: {e}"))?;
-                let bytes = lake.get(key).await.map_err(|e| e.to_string())?;
-                match warehouse
-                    .load_file(&table, key, bytes)
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
-                    LoadOutcome::Loaded { rows } => {
-                        let entry = per_table.entry(table.clone()).or_default();
-                        entry.0 += rows;
-                        entry.1 += 1;
-                        ctx.log.note(&format!("{key}: {rows} rows into {table}"));
-                    }
-                    LoadOutcome::AlreadyLoaded => {
-                        ctx.log.note(&format!("{key}: already loaded, skipped"));
-                    }
-                }
-            }
             for (table, (rows, files)) in &per_table {
                 ctx.log
                     .note(&format!("{table}: {rows} rows from {files} files"));
@@ -130,4 +126,79 @@ impl TaskKind for WarehouseLoadParquet {
             })
         })
     }
+}
+
+/// Where the loader keeps, per warehouse and partition folder (`.../symbol=BTCUSDT/`), the
+/// last `date=` partition it has loaded whole.
+const STATE_NAMESPACE: &str = "warehouse.load_parquet";
+
+fn state_key(warehouse_url: &str, dir: &str) -> String {
+    format!("{}|{dir}", redact::secrets(warehouse_url))
+}
+
+/// The folders below `source` to load from, each with the `date=` partition to list from:
+/// the last one loaded whole, since fetches write new files into it or later ones (trade ids
+/// and times only grow). `None` lists the folder whole (a first run, or no dates).
+async fn partitions_to_scan(
+    lake: &Lake,
+    source: &str,
+    warehouse_url: &str,
+    ctx: &TaskContext,
+) -> Result<Vec<(String, Option<String>)>, TaskError> {
+    let mut dirs = Vec::new();
+    for dir in lake.list_dirs(source).await? {
+        let from = ctx
+            .store
+            .task_state(STATE_NAMESPACE, &state_key(warehouse_url, &dir))
+            .await?;
+        dirs.push((dir, from));
+    }
+    if dirs.is_empty() {
+        // Files straight under the source, if any.
+        dirs.push((source.to_string(), None));
+    }
+    Ok(dirs)
+}
+
+/// The `.parquet` files of `dir` from the `date=` partition `from` on that the ledger does
+/// not list, and the last `date=` partition (`date=2026-11-22/`) among those listed.
+async fn pending_files_of(
+    lake: &Lake,
+    warehouse: &Warehouse,
+    dir: &str,
+    from: Option<&str>,
+) -> Result<(Vec<String>, Option<String>), TaskError> {
+    let mut listed = Vec::new();
+    let ledger_from = match from {
+        Some(from) => {
+            let from = format!("{dir}{from}");
+            for sub in lake.list_dirs(dir).await? {
+                if sub >= from {
+                    listed.extend(lake.list(&sub).await?);
+                }
+            }
+            from
+        }
+        None => {
+            listed = lake.list(dir).await?;
+            dir.to_string()
+        }
+    };
+    let last_listed = listed
+        .iter()
+        .filter_map(|o| o.key.strip_prefix(dir)?.split('/').next())
+        .filter(|part| part.starts_with("date="))
+        .max()
+        .map(|part| format!("{part}/"));
+    let loaded: HashSet<String> = warehouse
+        .loaded_files(dir, &ledger_from)
+        .await?
+        .into_iter()
+        .collect();
+    let pending = listed
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.ends_with(".parquet") && !loaded.contains(k))
+        .collect();
+    Ok((pending, last_listed))
 }

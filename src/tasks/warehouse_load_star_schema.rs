@@ -11,11 +11,14 @@
 //! (`dim_symbol`, `dim_exchange`, `dim_currency` by id): rerunning a day never duplicates, and
 //! a failed load leaves the old day intact. Rows: the rows written.
 
-use polars::prelude::{DataType, len};
+use polars::prelude::{DataFrame, DataType, LazyFrame, len};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{BoxFuture, TaskContext, TaskKind, TaskOutput, day_bounds_ms, parse_with};
+use super::{
+    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, day_bounds_ms, exclusive, off_runtime,
+    parse_with,
+};
 use crate::lake::{Lake, daily_trades};
 use crate::redact;
 use crate::transform::{quality, star_schema::StarSchema};
@@ -47,82 +50,81 @@ impl TaskKind for WarehouseLoadStarSchema {
         parse_with::<Config>(with).map(|_| ())
     }
 
+    fn reads_utc_day(&self) -> bool {
+        true
+    }
+
     fn run<'a>(
         &'a self,
         with: Value,
         ctx: &'a TaskContext,
-    ) -> BoxFuture<'a, Result<TaskOutput, String>> {
+    ) -> BoxFuture<'a, Result<TaskOutput, TaskError>> {
         Box::pin(async move {
-            let config: Config = parse_with(&with)?;
-            let date = ctx.day(config.date.as_deref())?;
-            let lake = Lake::open(&ctx.data.lake_url).map_err(|e| e.to_string())?;
-            let read = |table: &'static str| {
-                let dir = daily_trades::curated_dir(&config.source, table, date);
-                let lake = lake.clone();
-                async move {
-                    let scan = daily_trades::scan_parts(&lake, &dir).await?.ok_or_else(|| {
-                        format!(
-                            "no {table} for {date} under {}/{dir}: run trades.star_schema for that day first",
-                            lake.url()
-                        )
-                    })?;
-                    scan.collect()
-                        .map_err(|e| format!("{}/{dir}: {e}", lake.url()))
-                }
-            };
-            let star = StarSchema {
-                dim_time: read("dim_time").await?,
-                dim_symbol: read("dim_symbol").await?,
-                dim_exchange: read("dim_exchange").await?,
-                dim_currency: read("dim_currency").await?,
-                fact_trades: read("fact_trades").await?,
-            };
-            let snapshot_dir = daily_trades::snapshot_dir(&config.snapshot, date);
-            let snapshot = daily_trades::scan_parts(&lake, &snapshot_dir)
-                .await?
-                .ok_or_else(|| {
-                    format!("no snapshot of {date} under {}/{snapshot_dir}", lake.url())
-                })?;
-            let extracted = snapshot
-                .clone()
-                .select([len().cast(DataType::Int64)])
-                .collect()
-                .and_then(|f| f.columns()[0].as_materialized_series().sum::<i64>())
-                .map_err(|e| format!("{}/{snapshot_dir}: {e}", lake.url()))?;
-            let extracted = u64::try_from(extracted).unwrap_or(0);
-            let failures = quality::check(&star, snapshot, extracted)
-                .map_err(|e| format!("the quality checks could not run: {e}"))?;
-            if !failures.is_empty() {
-                for failure in &failures {
-                    ctx.log.note(&format!("quality check failed: {failure}"));
-                }
-                return Err(format!(
-                    "{} quality checks failed for {date}; nothing was loaded: {}",
-                    failures.len(),
-                    failures.join(" | ")
-                ));
-            }
-            ctx.log.note(&format!(
-                "{date}: every quality check passed ({extracted} trades)"
-            ));
-            let day = day_bounds_ms(date);
-            let fail = |e: crate::warehouse::WarehouseError| e.to_string();
-            let replacements = vec![
-                Replacement::day("dim_time", &star.dim_time, "time_id", day).map_err(fail)?,
-                Replacement::keys("dim_symbol", &star.dim_symbol, "symbol_id").map_err(fail)?,
-                Replacement::keys("dim_exchange", &star.dim_exchange, "exchange_id")
-                    .map_err(fail)?,
-                Replacement::keys("dim_currency", &star.dim_currency, "currency_id")
-                    .map_err(fail)?,
-                Replacement::day("fact_trades", &star.fact_trades, "trade_minute", day)
-                    .map_err(fail)?,
-            ];
+            let config: Config = parse_with(&with).map_err(TaskError::permanent)?;
+            let date = ctx
+                .day(config.date.as_deref())
+                .map_err(TaskError::permanent)?;
             let url = config
                 .warehouse
                 .as_deref()
                 .unwrap_or(&ctx.data.warehouse_url);
-            let warehouse = Warehouse::open(url).await.map_err(fail)?;
-            let written = warehouse.replace(&replacements).await.map_err(fail)?;
+            let _lock = exclusive(
+                ctx,
+                &format!("warehouse.load_star_schema|{}|{date}", redact::secrets(url)),
+                &format!("loading the star schema of {date}"),
+            )
+            .await?;
+            let lake = Lake::open(&ctx.data.lake_url)?;
+            let mut scans = Vec::new();
+            for table in [
+                "dim_time",
+                "dim_symbol",
+                "dim_exchange",
+                "dim_currency",
+                "fact_trades",
+            ] {
+                let dir = daily_trades::curated_dir(&config.source, table, date);
+                let scan = daily_trades::scan_parts(&lake, &dir).await?.ok_or_else(|| {
+                    TaskError::transient(format!(
+                        "no {table} for {date} under {}/{dir}: run trades.star_schema for that day first",
+                        lake.url()
+                    ))
+                })?;
+                scans.push((format!("{}/{dir}", lake.url()), scan));
+            }
+            let snapshot_dir = daily_trades::snapshot_dir(&config.snapshot, date);
+            let snapshot_place = format!("{}/{snapshot_dir}", lake.url());
+            let snapshot = daily_trades::scan_parts(&lake, &snapshot_dir)
+                .await?
+                .ok_or_else(|| {
+                    TaskError::transient(format!("no snapshot of {date} under {snapshot_place}"))
+                })?;
+            // Reading the tables, the checks and the rows' conversion: CPU work, off the
+            // async runtime.
+            let checked =
+                off_runtime(move || check_and_prepare(scans, snapshot, &snapshot_place, date))
+                    .await??;
+            let (replacements, extracted) = match checked {
+                Checked::Failed(failures) => {
+                    for failure in &failures {
+                        ctx.log.note(&format!("quality check failed: {failure}"));
+                    }
+                    return Err(TaskError::permanent(format!(
+                        "{} quality checks failed for {date}; nothing was loaded: {}",
+                        failures.len(),
+                        failures.join(" | ")
+                    )));
+                }
+                Checked::Passed {
+                    replacements,
+                    extracted,
+                } => (replacements, extracted),
+            };
+            ctx.log.note(&format!(
+                "{date}: every quality check passed ({extracted} trades)"
+            ));
+            let warehouse = Warehouse::open(url).await?;
+            let written = warehouse.replace(&replacements).await?;
             let mut metrics = serde_json::Map::new();
             metrics.insert("rows_read".to_string(), json!(extracted));
             for replacement in &replacements {
@@ -143,4 +145,70 @@ impl TaskKind for WarehouseLoadStarSchema {
             })
         })
     }
+}
+
+/// What the checks of a day found.
+enum Checked {
+    Failed(Vec<String>),
+    Passed {
+        replacements: Vec<Replacement>,
+        extracted: u64,
+    },
+}
+
+/// Reads the day's five tables (each `(place, scan)`, in [`StarSchema::tables`] order),
+/// checks them against the snapshot and turns them into the warehouse's replacements.
+fn check_and_prepare(
+    scans: Vec<(String, LazyFrame)>,
+    snapshot: LazyFrame,
+    snapshot_place: &str,
+    date: chrono::NaiveDate,
+) -> Result<Checked, TaskError> {
+    let mut frames = Vec::new();
+    for (place, scan) in scans {
+        frames.push(
+            scan.collect()
+                .map_err(|e| TaskError::permanent(format!("{place}: {e}")))?,
+        );
+    }
+    let [
+        dim_time,
+        dim_symbol,
+        dim_exchange,
+        dim_currency,
+        fact_trades,
+    ]: [DataFrame; 5] = frames
+        .try_into()
+        .map_err(|_| TaskError::permanent("five tables expected".to_string()))?;
+    let star = StarSchema {
+        dim_time,
+        dim_symbol,
+        dim_exchange,
+        dim_currency,
+        fact_trades,
+    };
+    let extracted = snapshot
+        .clone()
+        .select([len().cast(DataType::Int64)])
+        .collect()
+        .and_then(|f| f.columns()[0].as_materialized_series().sum::<i64>())
+        .map_err(|e| TaskError::permanent(format!("{snapshot_place}: {e}")))?;
+    let extracted = u64::try_from(extracted).unwrap_or(0);
+    let failures = quality::check(&star, snapshot, extracted)
+        .map_err(|e| TaskError::permanent(format!("the quality checks could not run: {e}")))?;
+    if !failures.is_empty() {
+        return Ok(Checked::Failed(failures));
+    }
+    let day = day_bounds_ms(date);
+    let replacements = vec![
+        Replacement::day("dim_time", &star.dim_time, "time_id", day)?,
+        Replacement::keys("dim_symbol", &star.dim_symbol, "symbol_id")?,
+        Replacement::keys("dim_exchange", &star.dim_exchange, "exchange_id")?,
+        Replacement::keys("dim_currency", &star.dim_currency, "currency_id")?,
+        Replacement::day("fact_trades", &star.fact_trades, "trade_minute", day)?,
+    ];
+    Ok(Checked::Passed {
+        replacements,
+        extracted,
+    })
 }

@@ -50,6 +50,7 @@ use serde_json::{Value, json};
 
 use super::{ColumnData, Keys, LoadOutcome, Replacement, Scope, WarehouseError, timestamp_text};
 use crate::backoff::Backoff;
+use crate::http::{self, BodyError};
 
 /// Google's API, unless `BIGQUERY_API_URL` says otherwise.
 const DEFAULT_API_URL: &str = "https://bigquery.googleapis.com";
@@ -59,7 +60,7 @@ const LEDGER_TABLE: &str = "_orch_loaded_files";
 /// The ledger's files under a prefix. `_orch_loaded_files` resolves through the request's
 /// `defaultDataset`, so the SQL needs no quoted project or dataset names.
 const LEDGER_SELECT_SQL: &str =
-    "SELECT file FROM _orch_loaded_files WHERE STARTS_WITH(file, @prefix)";
+    "SELECT file FROM _orch_loaded_files WHERE file >= @from AND file < @to";
 
 /// Records one loaded file. `rows` is a reserved word in GoogleSQL, hence the backticks.
 const LEDGER_INSERT_SQL: &str = "INSERT INTO _orch_loaded_files (file, table_name, `rows`, loaded_at) \
@@ -75,6 +76,8 @@ const QUERY_WAIT_MS: u64 = 10_000;
 const DAY_MS: i64 = 86_400_000;
 /// Uploads of large files may take a while; no single call should hang a task forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// The most of an answer orch reads from the API; a ledger of 100,000 files is about 10 MB.
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BigQueryError {
@@ -94,11 +97,8 @@ pub enum BigQueryError {
         status: u16,
         message: String,
     },
-    #[error("BigQuery {call}: {source}")]
-    Transport {
-        call: String,
-        source: reqwest::Error,
-    },
+    #[error("BigQuery {call}: {reason}")]
+    Transport { call: String, reason: String },
     #[error("BigQuery {call}: HTTP {status}{}: {message}", reason_suffix(reason))]
     Api {
         call: String,
@@ -133,6 +133,43 @@ fn reason_suffix(reason: &Option<String>) -> String {
 }
 
 impl BigQueryError {
+    /// An answer that could not be read: cut off (worth another try), or too large.
+    fn from_body(call: &str, error: BodyError) -> BigQueryError {
+        match error {
+            BodyError::Broken(reason) => BigQueryError::Transport {
+                call: call.to_string(),
+                reason,
+            },
+            too_large => BigQueryError::BadAnswer {
+                call: call.to_string(),
+                detail: too_large.to_string(),
+            },
+        }
+    }
+
+    /// Whether another attempt can help: not for missing or refused credentials, a bad URL,
+    /// a refused request (a 4XX other than 408 and 429) or a failed job; yes for timeouts,
+    /// lost connections, 5XX, rate limits and a job still running.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BigQueryError::BadUrl { .. }
+            | BigQueryError::NoCredentials
+            | BigQueryError::BadCredentials { .. }
+            | BigQueryError::BadAnswer { .. } => false,
+            // Google's reasons for a job that may well succeed when run again.
+            BigQueryError::JobFailed { reason, .. } => reason.as_deref().is_some_and(|r| {
+                matches!(
+                    r,
+                    "backendError" | "internalError" | "jobInternalError" | "rateLimitExceeded" | "timeout"
+                )
+            }),
+            BigQueryError::TokenRefused { status, .. } | BigQueryError::Api { status, .. } => {
+                !(400..500).contains(status) || matches!(status, 408 | 429)
+            }
+            BigQueryError::Transport { .. } | BigQueryError::JobTimeout { .. } => true,
+        }
+    }
+
     fn is_conflict(&self) -> bool {
         matches!(self, BigQueryError::Api { status, .. } if *status == StatusCode::CONFLICT.as_u16())
     }
@@ -277,9 +314,9 @@ impl BigQueryWarehouse {
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("orch/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|source| BigQueryError::Transport {
+            .map_err(|e| BigQueryError::Transport {
                 call: "client setup".to_string(),
-                source,
+                reason: http::describe(&e),
             })?;
         let tokens = auth::TokenSource::from_environment(http.clone())?;
         let api = std::env::var("BIGQUERY_API_URL")
@@ -342,12 +379,12 @@ impl BigQueryWarehouse {
     }
 
     /// Files of the ledger whose key starts with `prefix`.
-    pub async fn loaded_files(&self, prefix: &str) -> Result<Vec<String>, BigQueryError> {
+    pub async fn loaded_files(&self, from: &str, to: &str) -> Result<Vec<String>, BigQueryError> {
         let rows = self
             .query(
                 "the ledger",
                 LEDGER_SELECT_SQL,
-                &[scalar("prefix", "STRING", prefix)],
+                &[scalar("from", "STRING", from), scalar("to", "STRING", to)],
             )
             .await?;
         rows.into_iter()
@@ -695,13 +732,19 @@ impl BigQueryWarehouse {
     /// with Google's `error.message` and first `errors[].reason`.
     async fn send(&self, call: &str, request: RequestBuilder) -> Result<Value, BigQueryError> {
         let token = self.tokens.token().await?;
-        let transport = |source| BigQueryError::Transport {
-            call: call.to_string(),
-            source,
-        };
-        let response = request.bearer_auth(token).send().await.map_err(transport)?;
+        let response =
+            request
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|e| BigQueryError::Transport {
+                    call: call.to_string(),
+                    reason: http::describe(&e),
+                })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(transport)?;
+        let body = http::read_body(response, MAX_ANSWER)
+            .await
+            .map_err(|e| BigQueryError::from_body(call, e))?;
         if !status.is_success() {
             let (reason, message) = google_error(&body);
             return Err(BigQueryError::Api {

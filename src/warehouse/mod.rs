@@ -71,6 +71,28 @@ pub enum WarehouseError {
     BigQuery(#[from] BigQueryError),
 }
 
+impl WarehouseError {
+    /// Whether another attempt can help: yes for a lost connection, a busy database or a
+    /// BigQuery error that says so; not for a bad URL, an unreadable file, a bad table name or
+    /// a refused statement.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WarehouseError::Open { source, .. }
+            | WarehouseError::Load { source, .. }
+            | WarehouseError::Replace { source, .. }
+            | WarehouseError::Sql(source) => crate::database::is_transient(source),
+            WarehouseError::BigQueryLoad { source, .. }
+            | WarehouseError::BigQueryReplace { source, .. } => source.is_transient(),
+            WarehouseError::BigQuery(source) => source.is_transient(),
+            WarehouseError::UnsupportedUrl(_)
+            | WarehouseError::UnreadableParquet { .. }
+            | WarehouseError::UnsupportedColumn { .. }
+            | WarehouseError::BadTableName(_)
+            | WarehouseError::ReplaceRefused { .. } => false,
+        }
+    }
+}
+
 /// Which rows of a table a [`Replacement`] replaces.
 #[derive(Debug, Clone)]
 pub enum Scope {
@@ -207,12 +229,19 @@ impl Warehouse {
         }
     }
 
-    /// Files of the ledger whose key starts with `prefix`.
-    pub async fn loaded_files(&self, prefix: &str) -> Result<Vec<String>, WarehouseError> {
+    /// Files of the ledger that start with `prefix` and sort at or after `from` (which starts
+    /// with `prefix`): a range of the ledger's key, so a run reads the files of the partitions
+    /// it lists, not the whole ledger.
+    pub async fn loaded_files(
+        &self,
+        prefix: &str,
+        from: &str,
+    ) -> Result<Vec<String>, WarehouseError> {
+        let to = prefix_end(prefix);
         match self {
-            Warehouse::Sqlite(w) => w.loaded_files(prefix).await,
-            Warehouse::Postgres(w) => w.loaded_files(prefix).await,
-            Warehouse::BigQuery(w) => Ok(w.loaded_files(prefix).await?),
+            Warehouse::Sqlite(w) => w.loaded_files(from, &to).await,
+            Warehouse::Postgres(w) => w.loaded_files(from, &to).await,
+            Warehouse::BigQuery(w) => Ok(w.loaded_files(from, &to).await?),
         }
     }
 
@@ -229,11 +258,11 @@ impl Warehouse {
         check_table_name(table)?;
         match self {
             Warehouse::Sqlite(w) => {
-                let (columns, rows) = decode(file, parquet)?;
+                let (columns, rows) = decode_off_runtime(file, parquet).await?;
                 w.load(table, file, &columns, rows).await
             }
             Warehouse::Postgres(w) => {
-                let (columns, rows) = decode(file, parquet)?;
+                let (columns, rows) = decode_off_runtime(file, parquet).await?;
                 w.load(table, file, &columns, rows).await
             }
             Warehouse::BigQuery(w) => w.load(table, file, parquet).await,
@@ -251,6 +280,34 @@ impl Warehouse {
             Warehouse::BigQuery(w) => w.replace(replacements).await,
         }
     }
+}
+
+/// The first string after every string that starts with `prefix` (its last character one
+/// higher): the end of the key range of `prefix`. Keys are paths, ASCII in practice.
+fn prefix_end(prefix: &str) -> String {
+    let mut end: Vec<char> = prefix.chars().collect();
+    match end.pop() {
+        Some(last) => {
+            end.push(char::from_u32(u32::from(last) + 1).unwrap_or(char::MAX));
+            end.into_iter().collect()
+        }
+        None => char::MAX.to_string(),
+    }
+}
+
+/// The columns and row count of a Parquet file, for the backends that insert rows themselves;
+/// decoded on a blocking thread, off the async runtime.
+async fn decode_off_runtime(
+    file: &str,
+    parquet: Bytes,
+) -> Result<(Vec<Column>, usize), WarehouseError> {
+    let name = file.to_string();
+    tokio::task::spawn_blocking(move || decode(&name, parquet))
+        .await
+        .map_err(|e| WarehouseError::UnreadableParquet {
+            file: file.to_string(),
+            source: PolarsError::ComputeError(format!("decoding panicked: {e}").into()),
+        })?
 }
 
 /// The columns and row count of a Parquet file, for the backends that insert rows themselves.

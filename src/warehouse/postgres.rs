@@ -61,13 +61,16 @@ impl PostgresWarehouse {
         Ok(PostgresWarehouse { pool })
     }
 
-    pub async fn loaded_files(&self, prefix: &str) -> Result<Vec<String>, WarehouseError> {
-        Ok(
-            sqlx::query_scalar("SELECT file FROM _orch_loaded_files WHERE starts_with(file, $1)")
-                .bind(prefix)
-                .fetch_all(&self.pool)
-                .await?,
+    /// Ledger files in `[from, to)`, compared byte by byte whatever the database's collation.
+    pub async fn loaded_files(&self, from: &str, to: &str) -> Result<Vec<String>, WarehouseError> {
+        Ok(sqlx::query_scalar(
+            "SELECT file FROM _orch_loaded_files
+             WHERE file COLLATE \"C\" >= $1 AND file COLLATE \"C\" < $2",
         )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn load(

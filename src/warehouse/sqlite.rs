@@ -53,13 +53,17 @@ impl SqliteWarehouse {
         Ok(SqliteWarehouse { pool })
     }
 
-    pub async fn loaded_files(&self, prefix: &str) -> Result<Vec<String>, WarehouseError> {
-        Ok(sqlx::query_scalar(
-            "SELECT file FROM _orch_loaded_files WHERE substr(file, 1, length(?1)) = ?1",
+    /// Ledger files in `[from, to)`: a range of the primary key, not a scan of the ledger.
+    pub async fn loaded_files(&self, from: &str, to: &str) -> Result<Vec<String>, WarehouseError> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT file FROM _orch_loaded_files WHERE file >= ?1 AND file < ?2",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await?,
         )
-        .bind(prefix)
-        .fetch_all(&self.pool)
-        .await?)
     }
 
     pub async fn load(

@@ -319,11 +319,19 @@ fn a_storm_of_429_and_418_is_ridden_out_without_a_failed_run() {
     assert_exactly_once("lake", ids, ids[0], sim.last_id("BTCUSDT"));
 }
 
+/// The exchange refuses the request (HTTP 400): a retry cannot help, so none is made, even
+/// with retries left.
 #[test]
-fn an_unknown_symbol_fails_with_the_exchange_message() {
+fn an_unknown_symbol_fails_with_the_exchange_message_and_no_retry() {
     let home = Home::new();
     let sim = Simulator::start("BTCUSDT");
-    home.write_dag("trades", &pipeline(&sim, "NOSUCHUSDT", ""));
+    home.write_dag(
+        "trades",
+        &pipeline(&sim, "NOSUCHUSDT", "").replace(
+            "defaults: { retries: 0 }",
+            "defaults: { retries: 2, retry_delay: 0s }",
+        ),
+    );
     let out = home.orch(&["run", "trades"]);
     assert!(!out.status.success());
     let run_id = text(&out.stdout)
@@ -341,6 +349,11 @@ fn an_unknown_symbol_fails_with_the_exchange_message() {
             && error.contains("-1121")
             && error.contains("Invalid symbol."),
         "{error}"
+    );
+    assert_eq!(
+        attempts(&run, "get_data_binance").len(),
+        1,
+        "not retried: {run:#}"
     );
 }
 

@@ -15,10 +15,10 @@ const SHIPPED: &str = include_str!("../../dags/daily_binance_etl.yaml");
 
 /// The shipped DAG without its 5-minute retry, so a failure fails the test at once.
 pub(crate) fn shipped() -> String {
-    let no_retry = SHIPPED.replace("retries: 1, retry_delay: 5m", "retries: 0");
+    let no_retry = SHIPPED.replace("retries: 3, retry_delay: 10m", "retries: 0");
     assert_ne!(
         no_retry, SHIPPED,
-        "the shipped DAG retries once after 5 minutes"
+        "the shipped DAG retries three times, 10 minutes apart"
     );
     no_retry
 }
@@ -36,21 +36,20 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// Stages `per_symbol` trades a symbol across the day of 2026-11-22, plus one trade just
 /// before and one just after it that the day must not include; returns the day's count.
 pub(crate) fn stage(url: &str, symbols: &[&str], per_symbol: i64) -> u64 {
-    stage_day(url, symbols, per_symbol, DAY, 0)
+    insert(url, &staged_rows(symbols, per_symbol, DAY, 1))
 }
 
-/// Stages a day starting at `day` (ms), with ids from `first_id` on.
-fn stage_day(url: &str, symbols: &[&str], per_symbol: i64, day: i64, first_id: i64) -> u64 {
-    insert(url, &staged_rows(symbols, per_symbol, day, first_id))
-}
-
-/// `per_symbol` trades a symbol across the day starting at `day` (ms), with ids from
-/// `first_id` on, plus one trade just before and one just after it.
-fn staged_rows(symbols: &[&str], per_symbol: i64, day: i64, first_id: i64) -> Vec<StagedTrade> {
+/// `per_day` trades a symbol across each of `days` days from `first_day` (ms), with
+/// consecutive ids across the days, plus one trade just before the first day and one just
+/// after the last: a complete span of days, as a stream with gap backfill stages it.
+fn staged_rows(symbols: &[&str], per_day: i64, first_day: i64, days: i64) -> Vec<StagedTrade> {
     let mut rows = Vec::new();
     for (s, symbol) in symbols.iter().enumerate() {
         let base_price = 1_000_000_000_i128 * (s as i128 + 1);
-        let mut push = |id: i64, time_ms: i64| {
+        let mut next_id = 1;
+        let mut push = |time_ms: i64| {
+            let id = next_id;
+            next_id += 1;
             // A tick of 0.00001 and a step of 0.0001, as on ETHBTC: price × qty needs up
             // to 13 fractional digits.
             let price = base_price + i128::from(id % 7) * 1_000;
@@ -68,17 +67,20 @@ fn staged_rows(symbols: &[&str], per_symbol: i64, day: i64, first_id: i64) -> Ve
                 .expect("trade"),
             });
         };
-        push(first_id + 1, day - 1);
-        for i in 0..per_symbol {
-            push(first_id + 2 + i, day + i * (86_400_000 / per_symbol));
+        push(first_day - 1);
+        for day in 0..days {
+            let start = first_day + day * 86_400_000;
+            for i in 0..per_day {
+                push(start + i * (86_400_000 / per_day));
+            }
         }
-        push(first_id + 2 + per_symbol, day + 86_400_000);
+        push(first_day + days * 86_400_000);
     }
     rows
 }
 
-/// Stages `rows`; returns how many fall inside their day (all but one before and one after
-/// it, per symbol).
+/// Stages `rows`; returns how many fall inside their days (all but one before and one after
+/// them, per symbol).
 fn insert(url: &str, rows: &[StagedTrade]) -> u64 {
     let symbols: std::collections::BTreeSet<&str> =
         rows.iter().map(|r| r.symbol.as_str()).collect();
@@ -191,7 +193,7 @@ fn a_day_end_to_end(warehouse_url: &str) {
     home.write_dag("daily_binance_etl", &shipped());
     let sim = Simulator::start("BTCUSDT,AAVEUSDT,BTCFDUSD");
     let staging = format!("sqlite://{}", home.file("data/staging.db").display());
-    let staged = staged_rows(&["BTCUSDT", "AAVEUSDT", "BTCFDUSD"], 2_000, DAY, 0);
+    let staged = staged_rows(&["BTCUSDT", "AAVEUSDT", "BTCFDUSD"], 2_000, DAY, 1);
     let trades = insert(&staging, &staged);
     let env = [
         ("ORCH_STAGING_URL", staging.as_str()),
@@ -263,7 +265,7 @@ fn a_day_end_to_end(warehouse_url: &str) {
     assert_eq!(attempts(&empty, "extract")[0]["rows"], 0);
     assert_eq!(attempts(&empty, "transform")[0]["rows"], 0);
     assert!(
-        home.file("data/lake/curated/fact_trades/year=2026/month=11/day=20/part-00000.parquet")
+        home.file("data/lake/curated/fact_trades/year=2026/month=11/day=20/_manifest.json")
             .exists()
     );
     assert_eq!(warehouse_counts(warehouse_url), counts);
@@ -348,8 +350,17 @@ fn a_failed_quality_check_names_the_rows_and_loads_nothing() {
         };
         staging.insert("binance", &[bad], 0).await.expect("stage");
     });
+    // Its id is outside the day's run of ids: only a run that allows an incomplete day gets
+    // as far as the quality checks.
     let out = home
-        .command(&["run", "daily_binance_etl", "--logical-date", "2026-11-22"])
+        .command(&[
+            "run",
+            "daily_binance_etl",
+            "--logical-date",
+            "2026-11-22",
+            "--conf",
+            "allow_incomplete=true",
+        ])
         .env("BINANCE_API_URL", &sim.url)
         .envs(env)
         .output()
@@ -379,26 +390,10 @@ fn a_backfill_runs_each_date_once_and_skips_successful_dates_unless_rerun() {
     let staging = format!("sqlite://{}", home.file("data/staging.db").display());
     let warehouse = format!("sqlite://{}", home.file("data/warehouse.db").display());
     let first_day = DAY - 2 * 86_400_000;
-    for (i, day) in [first_day, DAY - 86_400_000, DAY].into_iter().enumerate() {
-        stage_day(
-            &staging,
-            &["BTCUSDT", "AAVEUSDT"],
-            500,
-            day,
-            i as i64 * 1_000,
-        );
-    }
-    // The edge trades of one day fall into the next: count what the three days hold.
-    let total = block_on(async {
-        let staging = Staging::open(&staging, "raw_trades")
-            .await
-            .expect("staging");
-        staging
-            .trades_between("binance", first_day, DAY + 86_400_000)
-            .await
-            .expect("read")
-            .len()
-    });
+    let total = insert(
+        &staging,
+        &staged_rows(&["BTCUSDT", "AAVEUSDT"], 500, first_day, 3),
+    );
     let backfill = |extra: &[&str]| {
         let mut args = vec![
             "backfill",
@@ -427,10 +422,15 @@ fn a_backfill_runs_each_date_once_and_skips_successful_dates_unless_rerun() {
         3,
         "a line per date: {stderr}"
     );
+    // The schedule's own ticks, 04:00 UTC: the runs the scheduler would have made, with the
+    // same ds and data interval.
     for date in ["2026-11-20", "2026-11-21", "2026-11-22"] {
-        assert!(
-            stdout.contains(&format!("daily_binance_etl__backfill__{date}T00:00:00Z")),
-            "{stdout}"
+        let run_id = format!("daily_binance_etl__backfill__{date}T04:00:00Z");
+        assert!(stdout.contains(&run_id), "{stdout}");
+        let run = home.run_json(&run_id);
+        assert_eq!(
+            run["data_interval_start"],
+            format!("{date}T04:00:00.000000Z")
         );
     }
     let counts = warehouse_counts(&warehouse);
@@ -464,4 +464,102 @@ fn a_backfill_runs_each_date_once_and_skips_successful_dates_unless_rerun() {
         Some(3),
         "one run per date, rerun in place"
     );
+}
+
+/// A backfill of thousands of runs (a 5-minute DAG over days) needs `--yes` when nobody can
+/// be asked; `--parallel 0` would start nothing and is refused.
+#[test]
+fn a_huge_backfill_needs_yes_and_parallel_zero_is_refused() {
+    let home = Home::new();
+    home.write_dag(
+        "every5",
+        "schedule: '*/5 * * * *'\ntasks: [{id: a, kind: noop}]\n",
+    );
+    let out = home.orch(&[
+        "backfill",
+        "every5",
+        "--start",
+        "2026-11-01",
+        "--end",
+        "2026-11-05",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("1440 runs") && err.contains("--yes"), "{err}");
+    let out = home.orch(&[
+        "backfill",
+        "every5",
+        "--start",
+        "2026-11-01",
+        "--end",
+        "2026-11-01",
+        "--parallel",
+        "0",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--parallel"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&home.orch(&["runs", "list"]).stdout).lines().count() <= 1,
+        "no run was made"
+    );
+}
+
+/// The extract took whatever staging held at 04:00. Now a day with ids missing, or whose
+/// stream has not gone past its end, fails naming what is missing, and a retry once staging
+/// caught up extracts the whole day.
+#[test]
+fn an_incomplete_day_fails_naming_the_missing_ids_until_staging_catches_up() {
+    let home = Home::new();
+    home.write_dag("daily_binance_etl", &shipped());
+    let sim = Simulator::start("BTCUSDT,AAVEUSDT");
+    let staging = format!("sqlite://{}", home.file("data/staging.db").display());
+    let all = staged_rows(&["BTCUSDT", "AAVEUSDT"], 100, DAY, 1);
+    // BTCUSDT loses ids 40..=44 (a gap the stream's backfill has not filled yet); AAVEUSDT
+    // loses its trade after the day (the stream is not past midnight yet).
+    let held_back: Vec<StagedTrade> = all
+        .iter()
+        .filter(|r| {
+            (r.symbol == "BTCUSDT" && (40..=44).contains(&r.trade.id))
+                || (r.symbol == "AAVEUSDT" && r.trade.time_ms >= DAY + 86_400_000)
+        })
+        .cloned()
+        .collect();
+    let first: Vec<StagedTrade> = all
+        .iter()
+        .filter(|r| !held_back.contains(r))
+        .cloned()
+        .collect();
+    insert(&staging, &first);
+    let env = [("ORCH_STAGING_URL", staging.as_str())];
+    let out = home
+        .command(&["run", "daily_binance_etl", "--logical-date", "2026-11-22"])
+        .env("BINANCE_API_URL", &sim.url)
+        .envs(env)
+        .output()
+        .expect("orch run");
+    assert!(!out.status.success());
+    let run = home.run_json(text(&out.stdout).lines().next().expect("run id"));
+    let error = attempts(&run, "extract")[0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("BTCUSDT: trade ids 40..=44 are missing")
+            && error.contains("AAVEUSDT: the stream has not committed trades past the day's end"),
+        "{error}"
+    );
+    assert!(
+        !home
+            .file("data/lake/raw/trades_daily/date=2026-11-22")
+            .exists(),
+        "nothing was snapshot"
+    );
+
+    insert(&staging, &held_back);
+    let run = run_day(&home, &sim, &env, "2026-11-22");
+    assert_eq!(attempts(&run, "extract")[0]["rows"], 200, "{run:#}");
 }

@@ -88,6 +88,53 @@ pub fn dags_list_show_and_pause_with(home: &Home) {
     );
 }
 
+/// The paused state a command set, or the file's `paused:`: the later change wins.
+#[test]
+fn the_latest_of_dags_pause_and_the_files_paused_wins() {
+    let home = Home::new();
+    let paused = |home: &Home| {
+        let stdout = text(&home.orch(&["dags", "list"]).stdout);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("d "))
+            .unwrap_or_else(|| panic!("d listed: {stdout}"))
+            .to_string();
+        line.contains(" yes ")
+    };
+    home.write_dag("d", "paused: true\ntasks: [{id: a, kind: noop}]\n");
+    assert!(paused(&home));
+    assert!(home.orch(&["dags", "unpause", "d"]).status.success());
+    assert!(!paused(&home), "the command is later than the file");
+    // An unrelated edit keeps the command's choice.
+    home.write_dag(
+        "d",
+        "paused: true\ndescription: edited\ntasks: [{id: a, kind: noop}]\n",
+    );
+    assert!(!paused(&home));
+    // A change of the file's own `paused:` is later than the command.
+    home.write_dag("d", "paused: false\ntasks: [{id: a, kind: noop}]\n");
+    assert!(!paused(&home));
+    home.write_dag("d", "paused: true\ntasks: [{id: a, kind: noop}]\n");
+    assert!(paused(&home), "the file changed after the command");
+}
+
+#[test]
+fn a_zero_parallelism_in_orch_yaml_is_an_error() {
+    let home = Home::new();
+    std::fs::write(home.file("orch.yaml"), "parallelism: 0\n").expect("write");
+    let out = home
+        .command(&["dags", "list"])
+        .env_remove("ORCH_PARALLELISM")
+        .output()
+        .expect("orch");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("orch.yaml") && err.contains("parallelism") && err.contains("at least 1"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_paused_dag_holds_triggered_runs_until_unpaused() {
     let home = Home::new();

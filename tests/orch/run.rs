@@ -204,3 +204,48 @@ fn an_invalid_dag_is_refused_with_its_file_and_line() {
         "{err}"
     );
 }
+
+/// `orch run ... | head -1` panicked on its next line; the run must end as it would have.
+#[test]
+fn a_run_whose_reader_goes_away_finishes_without_a_panic() {
+    use std::process::Stdio;
+    let home = Home::new();
+    home.write_dag(
+        "two",
+        "tasks:\n  - { id: a, kind: shell, with: { command: 'sleep 0.2' } }\n  - { id: b, kind: noop, depends_on: [a] }\n",
+    );
+    let mut child = home
+        .command(&["run", "two"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("orch run");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0_u8; 1];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("the run id starts");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let runs = home.orch(&["runs", "list", "--json"]);
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("json");
+    assert_eq!(runs[0]["state"], "success");
+}
+
+#[test]
+fn run_refuses_wait_which_only_trigger_has() {
+    let home = Home::new();
+    home.write_dag("d", "tasks: [{id: a, kind: noop}]\n");
+    let out = home.orch(&["run", "d", "--wait"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--wait"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&home.orch(&["runs", "list"]).stdout).lines().count() <= 1,
+        "no run was made"
+    );
+}

@@ -5,7 +5,8 @@
 //!   `X-MBX-USED-WEIGHT-1M` header) and waits for the next minute rather than cross the limit.
 //! - HTTP 429 and 418 wait for `Retry-After`, then retry; a ban longer than
 //!   [`RetryPolicy::max_retry_after`] fails with a clear error rather than hang a task.
-//! - Timeouts, connection errors and 5XX retry with exponential backoff.
+//! - Timeouts (before or during the body), connection errors and 5XX retry with exponential
+//!   backoff; an answer past 16 MiB is refused before it is read whole.
 //! - Any other error answer becomes [`BinanceError::Api`] naming the request, the code and the
 //!   message, e.g. `historicalTrades NOSUCH: code -1121: Invalid symbol.`.
 
@@ -18,6 +19,7 @@ use serde::de::DeserializeOwned;
 use super::wire::{ErrorBody, ExchangeInfo, WireTrade};
 use crate::backoff::Backoff;
 use crate::exchange::{SymbolInfo, Trade};
+use crate::http::{self, BodyError};
 
 /// Binance's request-weight limit per minute and IP.
 pub const WEIGHT_LIMIT_PER_MINUTE: u32 = 6000;
@@ -26,6 +28,10 @@ const TRADES_WEIGHT: u32 = 25;
 const EXCHANGE_INFO_WEIGHT: u32 = 20;
 /// The most trades one `historicalTrades` page returns.
 pub const MAX_PAGE: u32 = 1000;
+/// The most of an answer the client reads: a page of 1000 trades is about 150 KB.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+/// The most of an error answer the client reads.
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BinanceError {
@@ -42,11 +48,11 @@ pub enum BinanceError {
         status: u16,
         body: String,
     },
-    #[error("cannot reach Binance for {request} after {attempts} attempts: {source}")]
+    #[error("cannot reach Binance for {request} after {attempts} attempts: {reason}")]
     Transport {
         request: String,
         attempts: u32,
-        source: reqwest::Error,
+        reason: String,
     },
     #[error(
         "Binance asks to wait {retry_after:?} before {request} (HTTP {status}), longer than \
@@ -66,6 +72,23 @@ pub enum BinanceError {
     },
     #[error("unreadable answer from Binance for {request}: {reason}")]
     Decode { request: String, reason: String },
+}
+
+impl BinanceError {
+    /// Whether another attempt can help: not for a refused request (a 4XX other than 429 and
+    /// 418: an unknown symbol, a bad parameter, a WAF block) or an answer orch cannot read;
+    /// yes for timeouts, lost connections, 5XX and rate limits.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BinanceError::Api { status, .. } | BinanceError::Http { status, .. } => {
+                !(400..500).contains(status) || matches!(status, 408 | 418 | 429)
+            }
+            BinanceError::Decode { .. } => false,
+            BinanceError::Transport { .. }
+            | BinanceError::WaitTooLong { .. }
+            | BinanceError::GaveUp { .. } => true,
+        }
+    }
 }
 
 /// How hard the client tries before it gives up.
@@ -128,10 +151,10 @@ impl BinanceClient {
             .timeout(policy.request_timeout)
             .user_agent(concat!("orch/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|source| BinanceError::Transport {
+            .map_err(|e| BinanceError::Transport {
                 request: "client setup".to_string(),
                 attempts: 0,
-                source,
+                reason: http::describe(&e),
             })?;
         Ok(BinanceClient {
             http,
@@ -217,94 +240,104 @@ impl BinanceClient {
         let mut rate_limited = 0;
         loop {
             self.wait_for_weight(weight).await;
-            let response = match self.http.get(&url).query(query).send().await {
-                Ok(response) => response,
-                Err(source) => {
-                    failures += 1;
-                    if failures >= self.policy.max_attempts {
-                        return Err(BinanceError::Transport {
-                            request: request.to_string(),
-                            attempts: failures,
-                            source,
+            // A connection error, a timeout (before or during the body) or a 5XX: retried.
+            let failure = match self.http.get(&url).query(query).send().await {
+                Err(e) => http::describe(&e),
+                Ok(response) => {
+                    self.note_used_weight(response.headers());
+                    let status = response.status();
+                    if status.is_success() {
+                        match http::read_body(response, MAX_BODY).await {
+                            Ok(body) => {
+                                return serde_json::from_slice(&body).map_err(|e| {
+                                    BinanceError::Decode {
+                                        request: request.to_string(),
+                                        reason: format!("{e}; body starts {:?}", preview(&body)),
+                                    }
+                                });
+                            }
+                            Err(BodyError::Broken(reason)) => reason,
+                            Err(too_large) => {
+                                return Err(BinanceError::Decode {
+                                    request: request.to_string(),
+                                    reason: too_large.to_string(),
+                                });
+                            }
+                        }
+                    } else if status == StatusCode::TOO_MANY_REQUESTS || status.as_u16() == 418 {
+                        rate_limited += 1;
+                        let retry_after =
+                            retry_after(response.headers()).unwrap_or(Duration::from_secs(60));
+                        if retry_after > self.policy.max_retry_after {
+                            return Err(BinanceError::WaitTooLong {
+                                request: request.to_string(),
+                                status: status.as_u16(),
+                                retry_after,
+                                max: self.policy.max_retry_after,
+                            });
+                        }
+                        if rate_limited > self.policy.max_rate_limited {
+                            return Err(BinanceError::GaveUp {
+                                request: request.to_string(),
+                                attempts: rate_limited,
+                                status: status.as_u16(),
+                            });
+                        }
+                        (self.observer)(&format!(
+                            "{request}: HTTP {} (rate limited); waiting {retry_after:?} as Retry-After asks",
+                            status.as_u16()
+                        ));
+                        tokio::time::sleep(retry_after).await;
+                        continue;
+                    } else if status.is_server_error() {
+                        failures += 1;
+                        if failures >= self.policy.max_attempts {
+                            return Err(BinanceError::GaveUp {
+                                request: request.to_string(),
+                                attempts: failures,
+                                status: status.as_u16(),
+                            });
+                        }
+                        let wait = self.backoff(failures);
+                        (self.observer)(&format!(
+                            "{request}: HTTP {}; retrying in {wait:?} (attempt {failures})",
+                            status.as_u16()
+                        ));
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    } else {
+                        let body = http::read_body(response, MAX_ERROR_BODY)
+                            .await
+                            .unwrap_or_default();
+                        return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                            Ok(error) => BinanceError::Api {
+                                request: request.to_string(),
+                                status: status.as_u16(),
+                                code: error.code,
+                                msg: error.msg,
+                            },
+                            Err(_) => BinanceError::Http {
+                                request: request.to_string(),
+                                status: status.as_u16(),
+                                body: preview(&body),
+                            },
                         });
                     }
-                    let wait = self.backoff(failures);
-                    (self.observer)(&format!(
-                        "{request}: {source}; retrying in {wait:?} (attempt {failures})"
-                    ));
-                    tokio::time::sleep(wait).await;
-                    continue;
                 }
             };
-            self.note_used_weight(response.headers());
-            let status = response.status();
-            if status.is_success() {
-                let body = response.bytes().await.map_err(|e| BinanceError::Decode {
+            failures += 1;
+            if failures >= self.policy.max_attempts {
+                return Err(BinanceError::Transport {
                     request: request.to_string(),
-                    reason: e.to_string(),
-                })?;
-                return serde_json::from_slice(&body).map_err(|e| BinanceError::Decode {
-                    request: request.to_string(),
-                    reason: format!("{e}; body starts {:?}", preview(&body)),
+                    attempts: failures,
+                    reason: failure,
                 });
             }
-            if status == StatusCode::TOO_MANY_REQUESTS || status.as_u16() == 418 {
-                rate_limited += 1;
-                let retry_after =
-                    retry_after(response.headers()).unwrap_or(Duration::from_secs(60));
-                if retry_after > self.policy.max_retry_after {
-                    return Err(BinanceError::WaitTooLong {
-                        request: request.to_string(),
-                        status: status.as_u16(),
-                        retry_after,
-                        max: self.policy.max_retry_after,
-                    });
-                }
-                if rate_limited > self.policy.max_rate_limited {
-                    return Err(BinanceError::GaveUp {
-                        request: request.to_string(),
-                        attempts: rate_limited,
-                        status: status.as_u16(),
-                    });
-                }
-                (self.observer)(&format!(
-                    "{request}: HTTP {} (rate limited); waiting {retry_after:?} as Retry-After asks",
-                    status.as_u16()
-                ));
-                tokio::time::sleep(retry_after).await;
-                continue;
-            }
-            if status.is_server_error() {
-                failures += 1;
-                if failures >= self.policy.max_attempts {
-                    return Err(BinanceError::GaveUp {
-                        request: request.to_string(),
-                        attempts: failures,
-                        status: status.as_u16(),
-                    });
-                }
-                let wait = self.backoff(failures);
-                (self.observer)(&format!(
-                    "{request}: HTTP {}; retrying in {wait:?} (attempt {failures})",
-                    status.as_u16()
-                ));
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            let body = response.bytes().await.unwrap_or_default();
-            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(error) => BinanceError::Api {
-                    request: request.to_string(),
-                    status: status.as_u16(),
-                    code: error.code,
-                    msg: error.msg,
-                },
-                Err(_) => BinanceError::Http {
-                    request: request.to_string(),
-                    status: status.as_u16(),
-                    body: preview(&body),
-                },
-            });
+            let wait = self.backoff(failures);
+            (self.observer)(&format!(
+                "{request}: {failure}; retrying in {wait:?} (attempt {failures})"
+            ));
+            tokio::time::sleep(wait).await;
         }
     }
 

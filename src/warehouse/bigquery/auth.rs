@@ -28,6 +28,8 @@ const ASSERTION_LIFETIME_SECS: u64 = 3600;
 /// A token this close to its expiry is renewed, so no request carries one that lapses in
 /// flight.
 const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(120);
+/// The most of a token endpoint's answer orch reads.
+const MAX_TOKEN_ANSWER: usize = 64 * 1024;
 
 /// The key file, by its `type`.
 #[derive(Deserialize)]
@@ -194,19 +196,21 @@ impl TokenSource {
                 ],
             ),
         };
-        let transport = |source| BigQueryError::Transport {
-            call: format!("token request to {token_uri}"),
-            source,
-        };
+        let call = format!("token request to {token_uri}");
         let response = self
             .http
             .post(token_uri)
             .form(&form)
             .send()
             .await
-            .map_err(transport)?;
+            .map_err(|e| BigQueryError::Transport {
+                call: call.clone(),
+                reason: crate::http::describe(&e),
+            })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(transport)?;
+        let body = crate::http::read_body(response, MAX_TOKEN_ANSWER)
+            .await
+            .map_err(|e| BigQueryError::from_body(&call, e))?;
         if !status.is_success() {
             return Err(BigQueryError::TokenRefused {
                 uri: token_uri.to_string(),

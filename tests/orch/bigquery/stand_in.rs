@@ -48,7 +48,8 @@ const TEST_KEY_PEM: &str = include_str!("../../fixtures/bigquery-test-key.pem");
 const BIGQUERY_SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
 const LEDGER: &str = "_orch_loaded_files";
 /// The two statements the ledger may send, with whitespace collapsed.
-const LEDGER_SELECT: &str = "SELECT file FROM _orch_loaded_files WHERE STARTS_WITH(file, @prefix)";
+const LEDGER_SELECT: &str =
+    "SELECT file FROM _orch_loaded_files WHERE file >= @from AND file < @to";
 const LEDGER_INSERT: &str = "INSERT INTO _orch_loaded_files (file, table_name, `rows`, loaded_at) \
      VALUES (@file, @table_name, @rows, CURRENT_TIMESTAMP())";
 /// Rows per `getQueryResults` page: few, so that reading the ledger takes several pages.
@@ -1174,13 +1175,14 @@ async fn query(
             "Not found: Table {PROJECT}:{DATASET}.{LEDGER} was not found in location {LOCATION}"
         )));
     };
-    if sql == LEDGER_SELECT && named(&[("prefix", "STRING")]) {
-        let prefix = value("prefix");
+    if sql == LEDGER_SELECT && named(&[("from", "STRING"), ("to", "STRING")]) {
+        // GoogleSQL compares STRING values by their bytes, as Rust does.
+        let (from, to) = (value("from"), value("to"));
         let files = ledger
             .rows
             .iter()
             .filter_map(|row| row[0].clone())
-            .filter(|file| file.starts_with(&prefix))
+            .filter(|file| *file >= from && *file < to)
             .collect();
         world.query_results.insert(job_id, files);
         // As when the query outlasts timeoutMs: the rows come from getQueryResults.

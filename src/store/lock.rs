@@ -1,0 +1,171 @@
+//! Named locks shared by every orch process of one metadata database, so that two writers of
+//! the same data (a fetch of one symbol into one lake, the daily tasks of one day) never run
+//! at once: `orch run` beside `orch serve`, parallel backfills, several hosts on PostgreSQL.
+//!
+//! On PostgreSQL a lock is a session advisory lock on a connection of its own; on SQLite, whose
+//! processes share one machine, an advisory lock on a file beside the database. Either way the
+//! lock dies with its holder: a killed process never leaves one behind.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::time::{Duration, Instant};
+
+use sqlx::{AnyConnection, Connection};
+
+use super::{Result, Store, StoreError};
+use crate::backoff::Backoff;
+use crate::database::Backend;
+
+/// How often a held lock is tried again.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+
+/// A lock held until dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    _held: Held,
+}
+
+#[derive(Debug)]
+enum Held {
+    /// The session holding the advisory lock; closing it releases the lock.
+    Postgres { _session: AnyConnection },
+    /// The locked file; closing it releases the lock.
+    File { _file: File },
+}
+
+impl Store {
+    /// Takes the lock `name`, waiting up to `wait` while another process holds it; `Ok(None)`
+    /// if it is still held then. `on_wait` is called once, when the lock turns out to be held.
+    pub async fn lock(
+        &self,
+        name: &str,
+        wait: Duration,
+        on_wait: impl FnOnce(),
+    ) -> Result<Option<StoreLock>> {
+        let started = Instant::now();
+        let mut on_wait = Some(on_wait);
+        let mut tries = 0;
+        loop {
+            if let Some(held) = self.try_lock(name).await? {
+                return Ok(Some(StoreLock { _held: held }));
+            }
+            if started.elapsed() >= wait {
+                return Ok(None);
+            }
+            if let Some(f) = on_wait.take() {
+                f();
+            }
+            tries += 1;
+            tokio::time::sleep(RETRY.delay(tries)).await;
+        }
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<Held>> {
+        let key = lock_key(name);
+        match self.backend {
+            Backend::Postgres => {
+                let mut conn = self.pool.acquire().await?.detach();
+                let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(key)
+                    .fetch_one(&mut conn)
+                    .await?;
+                if taken {
+                    Ok(Some(Held::Postgres { _session: conn }))
+                } else {
+                    let _ = conn.close().await;
+                    Ok(None)
+                }
+            }
+            Backend::Sqlite => {
+                let Some(opened) = &self.file else {
+                    return Err(StoreError::UnsupportedUrl(
+                        "an SQLite database without a file cannot hold locks".to_string(),
+                    ));
+                };
+                let mut dir = opened.path.clone().into_os_string();
+                dir.push(".locks");
+                let path = std::path::Path::new(&dir).join(format!("{key:016x}.lock"));
+                let io = |e: std::io::Error| StoreError::Sql(sqlx::Error::Io(e));
+                std::fs::create_dir_all(&dir).map_err(io)?;
+                let file = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .map_err(io)?;
+                match file.try_lock() {
+                    Ok(()) => Ok(Some(Held::File { _file: file })),
+                    Err(TryLockError::WouldBlock) => Ok(None),
+                    Err(TryLockError::Error(e)) => Err(io(e)),
+                }
+            }
+        }
+    }
+}
+
+/// A lock's number: the first 8 bytes of the SHA-256 of its name.
+fn lock_key(name: &str) -> i64 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let mut bytes = [0_u8; 8];
+    bytes.copy_from_slice(&digest.as_ref()[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lock_twice(url: &str) {
+        let a = Store::open(url).await.expect("store");
+        let b = Store::open(url).await.expect("store");
+        let held = a
+            .lock("fetch|lake|BTCUSDT", Duration::ZERO, || {})
+            .await
+            .expect("lock")
+            .expect("free");
+        let mut waited = false;
+        let refused = b
+            .lock("fetch|lake|BTCUSDT", Duration::from_millis(200), || {
+                waited = true
+            })
+            .await
+            .expect("lock");
+        assert!(refused.is_none() && waited, "held by the other store");
+        assert!(
+            b.lock("fetch|lake|ETHBTC", Duration::ZERO, || {})
+                .await
+                .expect("lock")
+                .is_some(),
+            "another name is another lock"
+        );
+        drop(held);
+        assert!(
+            b.lock("fetch|lake|BTCUSDT", Duration::from_secs(5), || {})
+                .await
+                .expect("lock")
+                .is_some(),
+            "free once dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite_locks_exclude_each_other_until_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        lock_twice(&format!(
+            "sqlite://{}",
+            dir.path().join("orch.db").display()
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn postgres_locks_exclude_each_other_until_dropped() {
+        let Some(url) = std::env::var("ORCH_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("skipped: ORCH_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        lock_twice(&url).await;
+    }
+}
