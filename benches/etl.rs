@@ -52,6 +52,7 @@ fn main() {
             seed: 1,
             replay: Vec::new(),
             weight_limit: None,
+            keepalive: orch::simulator::Keepalive::BINANCE,
         }))
         .expect("simulator");
 

@@ -61,6 +61,7 @@ async fn measure(postgres: Option<&str>) -> Vec<(&'static str, Vec<f64>)> {
         seed: 1,
         replay: Vec::new(),
         weight_limit: None,
+        keepalive: orch::simulator::Keepalive::BINANCE,
     })
     .await
     .expect("simulator");

@@ -79,6 +79,7 @@ async fn simulator(symbols: &[&str], rate: f64) -> Simulator {
         seed: 1,
         replay: Vec::new(),
         weight_limit: None,
+        keepalive: orch::simulator::Keepalive::BINANCE,
     })
     .await
     .expect("simulator")

@@ -18,6 +18,7 @@ pub async fn demo(mut config: Config, grace: Duration) -> anyhow::Result<ExitCod
         seed: 1,
         replay: Vec::new(),
         weight_limit: Some(crate::simulator::BINANCE_WEIGHT_LIMIT),
+        keepalive: crate::simulator::Keepalive::BINANCE,
     })
     .await?;
     config.data.binance_api_url = simulator.url();

@@ -165,6 +165,12 @@ enum SimulateCommand {
         /// Request weight allowed per minute, as Binance; 0 for no limit (benchmarks).
         #[arg(long, default_value_t = crate::simulator::BINANCE_WEIGHT_LIMIT)]
         weight_limit: u32,
+        /// How often the streams ping their clients, as Binance.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        ping_every: Duration,
+        /// How long a stream waits for a pong before it cuts the connection, as Binance.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        pong_within: Duration,
     },
 }
 
@@ -292,9 +298,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             replay,
             weight_limit,
+            ping_every,
+            pong_within,
         }) => {
             let weight_limit = (weight_limit > 0).then_some(weight_limit);
-            simulate::binance(port, symbols, rate, seed, replay, weight_limit).await
+            let keepalive = crate::simulator::Keepalive {
+                ping_every,
+                pong_within,
+            };
+            simulate::binance(port, symbols, rate, seed, replay, weight_limit, keepalive).await
         }
     }
 }

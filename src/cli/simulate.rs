@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::simulator::{self, SimulatorOptions};
+use crate::simulator::{self, Keepalive, SimulatorOptions};
 
 pub async fn binance(
     port: u16,
@@ -12,6 +12,7 @@ pub async fn binance(
     seed: u64,
     replay: Vec<String>,
     weight_limit: Option<u32>,
+    keepalive: Keepalive,
 ) -> anyhow::Result<ExitCode> {
     if !(rate.is_finite() && rate >= 0.0) {
         anyhow::bail!("--rate must be a number of trades per second, 0 or more; got {rate}");
@@ -34,6 +35,7 @@ pub async fn binance(
         seed,
         replay,
         weight_limit,
+        keepalive,
     })
     .await?;
     Ok(ExitCode::SUCCESS)

@@ -41,6 +41,7 @@ pub async fn run(config: &Config, stream_id: &str) -> anyhow::Result<ExitCode> {
         }
         let _ = stop_tx.send(true);
     });
+    tracing::info!(stream = %def.id, path = %def.path.display(), "stream starting");
     let result = supervisor::run_reported(&def, &places, &store, lease.id(), &stats, stop).await;
     let last = ingest::lock(&stats).report(Utc::now().timestamp_millis());
     tracing::info!(

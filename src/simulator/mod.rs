@@ -54,6 +54,23 @@ pub struct SimulatorOptions {
     /// Request weight allowed per minute, as Binance's 6000; `None` for no limit (and no
     /// `X-MBX-USED-WEIGHT-1M` header), so benchmarks measure orch rather than the budget.
     pub weight_limit: Option<u32>,
+    /// How the streams check that their clients are alive.
+    pub keepalive: Keepalive,
+}
+
+/// A ping every `ping_every`; a connection without a pong for `pong_within` is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub ping_every: Duration,
+    pub pong_within: Duration,
+}
+
+impl Keepalive {
+    /// Binance's: a ping every 20 s, a cut after a minute without a pong.
+    pub const BINANCE: Keepalive = Keepalive {
+        ping_every: Duration::from_secs(20),
+        pong_within: Duration::from_secs(60),
+    };
 }
 
 /// A scripted failure of the next REST request.
@@ -106,6 +123,7 @@ pub(crate) struct SimState {
     pub stream_stats: StreamStats,
     /// Trades still to keep off the streams, per symbol; `None` for every symbol.
     pub skip: HashMap<Option<String>, u64>,
+    pub keepalive: Keepalive,
 }
 
 impl SimState {
@@ -233,6 +251,7 @@ impl Simulator {
             streams: tokio::sync::broadcast::channel(4096).0,
             stream_stats: StreamStats::default(),
             skip: HashMap::new(),
+            keepalive: options.keepalive,
         })));
         let generator = (options.rate > 0.0 || replaying).then(|| {
             let shared = shared.clone();

@@ -4,7 +4,8 @@
 //! - combined: `/stream?streams=btcusdt@trade/aaveusdt@trade` wraps each event as
 //!   `{"stream":..,"data":..}`;
 //! - `SUBSCRIBE`, `UNSUBSCRIBE` and `LIST_SUBSCRIPTIONS` control messages, answered with their id;
-//! - a ping every 20 s and a cut when no pong came for a minute.
+//! - a ping every 20 s and a cut when no pong came for a minute (`--ping-every`,
+//!   `--pong-within`).
 //!
 //! A stream name for an unknown symbol is accepted and stays silent, as on Binance. Every
 //! connection follows one broadcast of [`StreamEvent`]s, which also carries the faults tests
@@ -12,7 +13,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -24,10 +24,6 @@ use tokio::sync::broadcast;
 use super::Shared;
 use crate::exchange::Trade;
 use crate::exchange::binance::wire::{Combined, StreamTrade};
-
-/// How often the server pings, and how long it waits for a pong, as Binance.
-const PING_EVERY: Duration = Duration::from_secs(20);
-const PONG_WITHIN: Duration = Duration::from_secs(60);
 
 /// What every open connection hears.
 #[derive(Debug, Clone)]
@@ -135,7 +131,7 @@ async fn serve(shared: Shared, mut socket: WebSocket, streams: BTreeSet<String>,
         End::Dropped => "dropped on request",
         End::NoPong => {
             let _ = socket.send(Message::Close(None)).await;
-            "no pong within a minute"
+            "no pong in time"
         }
     };
     tracing::debug!(reason, "simulator stream connection ended");
@@ -153,7 +149,8 @@ impl Connection {
         socket: &mut WebSocket,
         events: &mut broadcast::Receiver<StreamEvent>,
     ) -> End {
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let keepalive = self.shared.lock().keepalive;
+        let mut ping = tokio::time::interval(keepalive.ping_every);
         ping.reset();
         let mut last_pong = tokio::time::Instant::now();
         loop {
@@ -178,7 +175,7 @@ impl Connection {
                     }
                 }
                 _ = ping.tick() => {
-                    if last_pong.elapsed() > PONG_WITHIN {
+                    if last_pong.elapsed() > keepalive.pong_within {
                         return End::NoPong;
                     }
                     if socket.send(Message::Ping(now_ms().to_string().into())).await.is_err() {
@@ -270,6 +267,8 @@ fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as Frame;
 
@@ -288,6 +287,7 @@ mod tests {
             seed: 3,
             replay: Vec::new(),
             weight_limit: Some(crate::simulator::BINANCE_WEIGHT_LIMIT),
+            keepalive: crate::simulator::Keepalive::BINANCE,
         })
         .await
         .expect("simulator starts")

@@ -19,7 +19,9 @@ use super::stats::{StreamState, StreamStats};
 use super::{Source, StreamDef};
 use crate::backoff::Backoff;
 use crate::exchange::Trade;
-use crate::exchange::binance::stream::{MAX_STREAMS_PER_CONNECTION, StreamMessage, TradeStream};
+use crate::exchange::binance::stream::{
+    Incoming, MAX_STREAMS_PER_CONNECTION, StreamMessage, TradeStream,
+};
 use crate::exchange::binance::{BinanceClient, MAX_PAGE, RetryPolicy};
 use crate::staging::{StagedTrade, Staging};
 
@@ -209,16 +211,20 @@ impl Ingest {
     }
 
     /// Reads one connection until it ends; catches every symbol up from the REST API first.
+    /// The socket is read on a task of its own the whole time, so a catch-up or a gap
+    /// backfill, however long, never leaves the server's pings unanswered.
     async fn read(
         &mut self,
-        mut connection: TradeStream,
+        connection: TradeStream,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Ended, IngestError> {
         let opened = Instant::now();
+        let mut connection = connection.read_on_own_task(SILENCE);
         for symbol in self.symbols.clone() {
             if let Some(&from) = self.next_id.get(&symbol)
                 && let Err(e) = self.backfill(&symbol, from, None).await
             {
+                connection.close().await;
                 return Ok(Ended::Reconnect(e));
             }
         }
@@ -227,7 +233,7 @@ impl Ingest {
                 .pending_since
                 .map(|since| since + self.max_latency)
                 .unwrap_or_else(|| Instant::now() + SILENCE);
-            let message = tokio::select! {
+            let incoming = tokio::select! {
                 _ = stop.changed() => {
                     connection.close().await;
                     return Ok(Ended::Stop);
@@ -240,17 +246,16 @@ impl Ingest {
                     connection.close().await;
                     return Ok(Ended::Reconnect("renewing before Binance's 24-hour cut".to_string()));
                 }
-                message = tokio::time::timeout(SILENCE, connection.next()) => message,
+                incoming = connection.next() => incoming,
             };
-            let message = match message {
-                Err(_) => return Ok(Ended::Reconnect(format!("silent for {SILENCE:?}"))),
-                Ok(None) => return Ok(Ended::Reconnect("closed by the server".to_string())),
-                Ok(Some(Err(e))) => return Ok(Ended::Reconnect(e.to_string())),
-                Ok(Some(Ok(message))) => message,
+            let message = match incoming {
+                Incoming::Ended(reason) => return Ok(Ended::Reconnect(reason)),
+                Incoming::Message(message) => message,
             };
             match message {
                 StreamMessage::Trade { symbol, trade, .. } => {
                     if let Err(e) = self.take(symbol, trade).await {
+                        connection.close().await;
                         return Ok(Ended::Reconnect(e));
                     }
                     if self.pending.len() >= self.max_rows {
@@ -258,11 +263,12 @@ impl Ingest {
                     }
                 }
                 StreamMessage::ServerShutdown => {
+                    connection.close().await;
                     return Ok(Ended::Reconnect(
                         "the server announced a shutdown".to_string(),
                     ));
                 }
-                StreamMessage::ControlAnswer => {}
+                StreamMessage::ControlAnswer | StreamMessage::Heartbeat => {}
                 StreamMessage::Malformed { text, reason } => {
                     lock(&self.stats).malformed_frames += 1;
                     tracing::warn!(stream = %self.stream, %reason, frame = %text, "malformed frame skipped");

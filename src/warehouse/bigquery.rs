@@ -160,7 +160,11 @@ impl BigQueryError {
             BigQueryError::JobFailed { reason, .. } => reason.as_deref().is_some_and(|r| {
                 matches!(
                     r,
-                    "backendError" | "internalError" | "jobInternalError" | "rateLimitExceeded" | "timeout"
+                    "backendError"
+                        | "internalError"
+                        | "jobInternalError"
+                        | "rateLimitExceeded"
+                        | "timeout"
                 )
             }),
             BigQueryError::TokenRefused { status, .. } | BigQueryError::Api { status, .. } => {

@@ -305,3 +305,74 @@ fn an_unknown_symbol_is_refused_before_streaming() {
         "{stderr}"
     );
 }
+
+/// A gap backfill ran while the socket was not read: pongs stopped and the exchange cut the
+/// connection during long catch-ups. Now the socket is read on its own task throughout.
+#[test]
+fn a_long_gap_backfill_keeps_answering_pings() {
+    let home = Home::new();
+    home.write_dag(
+        "trades",
+        "id: trades\nstream:\n  source: { kind: binance.trades, symbols: [BTCUSDT] }\n  sink: { table: raw_trades }\n  batch: { max_rows: 1000, max_latency: 100ms }\n",
+    );
+    // Pings every 100 ms, a cut after 600 ms without a pong.
+    let sim = Simulator::with_args(
+        "BTCUSDT",
+        0,
+        &["--ping-every", "100ms", "--pong-within", "600ms"],
+    );
+    let staging = format!("sqlite://{}", home.file("staging.db").display());
+    let mut stream = Server::spawn(stream_command(&home, &sim, &staging), "stream connected");
+    let (first, _) = sim.add_trades("BTCUSDT", 5);
+    wait_until_staged(
+        &staging,
+        &BTreeMap::from([("BTCUSDT".to_string(), first + 4)]),
+        Duration::from_secs(10),
+    );
+    // 2,500 ids held back from the stream: three pages of backfill, each answered after
+    // 400 ms, well past the pong window.
+    sim.post(
+        "/_sim/faults",
+        &serde_json::json!({
+            "stream": [{"kind": "skip_ids", "symbol": "BTCUSDT", "count": 2500}],
+            "rest": [{"delay_ms": 400}, {"delay_ms": 400}, {"delay_ms": 400}],
+        }),
+    );
+    let (_, last) = sim.add_trades("BTCUSDT", 2600);
+    stream.wait_for_log("backfilled from the REST API", Duration::from_secs(20));
+    let targets = BTreeMap::from([("BTCUSDT".to_string(), last)]);
+    wait_until_staged(&staging, &targets, Duration::from_secs(20));
+    let stats = sim.get("/_sim/stats");
+    assert_eq!(
+        stats["streams"]["connections_opened"], 1,
+        "the connection lived through the backfill: {stats}"
+    );
+    assert_every_id_once(&staging, &targets);
+}
+
+/// A server that accepts TCP but never completes the websocket handshake kept a stream
+/// `connecting` for good, with no log and no retry.
+#[test]
+fn a_handshake_that_never_completes_times_out_and_is_retried() {
+    let home = Home::new();
+    home.write_dag("trades", &stream_yaml());
+    let sim = Simulator::start(SYMBOLS);
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mute_url = format!("ws://{}", mute.local_addr().expect("address"));
+    let _held = std::thread::spawn(move || {
+        let mut sockets = Vec::new();
+        for socket in mute.incoming().flatten() {
+            sockets.push(socket);
+        }
+    });
+    let staging = format!("sqlite://{}", home.file("staging.db").display());
+    let mut cmd = home.command(&["stream", "run", "trades"]);
+    cmd.env("BINANCE_API_URL", &sim.url)
+        .env("BINANCE_WS_URL", &mute_url)
+        .env("ORCH_STAGING_URL", &staging);
+    let mut stream = Server::spawn(cmd, "stream starting");
+    stream.wait_for_log_all(
+        &["stream reconnecting", "no websocket handshake within 10s"],
+        Duration::from_secs(30),
+    );
+}

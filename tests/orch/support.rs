@@ -415,6 +415,11 @@ impl Simulator {
 
     /// A simulator whose market trades `rate` times a second per symbol on its own.
     pub fn with_rate(symbols: &str, rate: u32) -> Simulator {
+        Simulator::with_args(symbols, rate, &[])
+    }
+
+    /// A simulator started with further `orch simulate binance` options.
+    pub fn with_args(symbols: &str, rate: u32, extra: &[&str]) -> Simulator {
         let rate = rate.to_string();
         let mut child = Command::new(BIN)
             .args([
@@ -427,6 +432,7 @@ impl Simulator {
                 "--symbols",
                 symbols,
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

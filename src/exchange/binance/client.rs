@@ -431,6 +431,7 @@ mod tests {
             seed: 1,
             replay: Vec::new(),
             weight_limit: Some(crate::simulator::BINANCE_WEIGHT_LIMIT),
+            keepalive: crate::simulator::Keepalive::BINANCE,
         })
         .await
         .expect("simulator");

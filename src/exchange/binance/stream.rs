@@ -5,8 +5,12 @@
 //! [`StreamMessage`]: a trade, a `serverShutdown` notice, a control answer, or something
 //! malformed, which is reported with its raw text rather than ending the stream.
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::wire::StreamTrade;
@@ -25,6 +29,8 @@ pub enum StreamError {
         url: String,
         source: Box<tokio_tungstenite::tungstenite::Error>,
     },
+    #[error("cannot connect to {url}: no websocket handshake within {after:?}")]
+    ConnectTimeout { url: String, after: Duration },
     #[error("websocket {url}: {source}")]
     Read {
         url: String,
@@ -47,6 +53,47 @@ pub enum StreamMessage {
     ControlAnswer,
     /// A frame that is not any of the above, kept whole for the log.
     Malformed { text: String, reason: String },
+    /// A ping or a pong: the connection is alive (tungstenite answers pings by itself).
+    Heartbeat,
+}
+
+/// What a connection read on its own task passes on.
+#[derive(Debug)]
+pub enum Incoming {
+    Message(StreamMessage),
+    /// The connection is over: closed, failed or silent, and why.
+    Ended(String),
+}
+
+/// A connection read on a task of its own, see [`TradeStream::read_on_own_task`].
+pub struct ReadConnection {
+    messages: mpsc::UnboundedReceiver<Incoming>,
+    close: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl ReadConnection {
+    /// The next message, or why the connection ended.
+    pub async fn next(&mut self) -> Incoming {
+        self.messages
+            .recv()
+            .await
+            .unwrap_or_else(|| Incoming::Ended("the connection's reader stopped".to_string()))
+    }
+
+    /// Closes the connection politely, as when renewing it or stopping.
+    pub async fn close(mut self) {
+        if let Some(close) = self.close.take() {
+            let _ = close.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for ReadConnection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 type Socket =
@@ -72,16 +119,62 @@ pub fn combined_url(base: &str, symbols: &[String]) -> String {
     )
 }
 
+/// The longest a connection may take, TCP and TLS and websocket handshake together: a
+/// server that accepts and never answers must not hold a stream `connecting` for good.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl TradeStream {
     pub async fn connect(base: &str, symbols: &[String]) -> Result<TradeStream, StreamError> {
         let url = combined_url(base, symbols);
-        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .map_err(|e| StreamError::Connect {
-                url: url.clone(),
-                source: Box::new(e),
-            })?;
+        let connected = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        .map_err(|_| StreamError::ConnectTimeout {
+            url: url.clone(),
+            after: CONNECT_TIMEOUT,
+        })?;
+        let (socket, _) = connected.map_err(|e| StreamError::Connect {
+            url: url.clone(),
+            source: Box::new(e),
+        })?;
         Ok(TradeStream { socket, url })
+    }
+
+    /// Reads the connection on a task of its own, so that frames are taken off the socket
+    /// and pings answered while the consumer is busy (a long gap backfill): a socket left
+    /// unread stops answering pings, and the exchange drops it. The connection ends when the
+    /// server closes it, on an error, or after `silence` without a frame, pings included.
+    pub fn read_on_own_task(mut self, silence: Duration) -> ReadConnection {
+        let (sender, messages) = mpsc::unbounded_channel();
+        let (close, mut closing) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let ended = loop {
+                let next = tokio::select! {
+                    _ = &mut closing => {
+                        self.close().await;
+                        return;
+                    }
+                    next = tokio::time::timeout(silence, self.next()) => next,
+                };
+                let message = match next {
+                    Err(_) => break format!("silent for {silence:?}"),
+                    Ok(None) => break "closed by the server".to_string(),
+                    Ok(Some(Err(e))) => break e.to_string(),
+                    Ok(Some(Ok(message))) => message,
+                };
+                if sender.send(Incoming::Message(message)).is_err() {
+                    return;
+                }
+            };
+            let _ = sender.send(Incoming::Ended(ended));
+        });
+        ReadConnection {
+            messages,
+            close: Some(close),
+            task,
+        }
     }
 
     /// The next message; `None` once the server closed the connection.
@@ -105,8 +198,9 @@ impl TradeStream {
                     }));
                 }
                 Message::Close(_) => return None,
-                // Pings are answered by tungstenite; pongs and raw frames carry nothing.
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                // Pings are answered by tungstenite.
+                Message::Ping(_) | Message::Pong(_) => return Some(Ok(StreamMessage::Heartbeat)),
+                Message::Frame(_) => {}
             }
         }
     }
