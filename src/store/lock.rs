@@ -7,6 +7,7 @@
 //! lock dies with its holder: a killed process never leaves one behind.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sqlx::{AnyConnection, Connection};
@@ -81,24 +82,42 @@ impl Store {
                         "an SQLite database without a file cannot hold locks".to_string(),
                     ));
                 };
-                let mut dir = opened.path.clone().into_os_string();
-                dir.push(".locks");
-                let path = std::path::Path::new(&dir).join(format!("{key:016x}.lock"));
-                let io = |e: std::io::Error| StoreError::Sql(sqlx::Error::Io(e));
-                std::fs::create_dir_all(&dir).map_err(io)?;
-                let file = OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&path)
-                    .map_err(io)?;
-                match file.try_lock() {
-                    Ok(()) => Ok(Some(Held::File { _file: file })),
-                    Err(TryLockError::WouldBlock) => Ok(None),
-                    Err(TryLockError::Error(e)) => Err(io(e)),
-                }
+                Ok(try_lock_file(&opened.path, &format!("{key:016x}"))?
+                    .map(|file| Held::File { _file: file }))
             }
         }
+    }
+}
+
+/// Takes the file lock `name` beside the SQLite database `database`, if free.
+fn try_lock_file(database: &Path, name: &str) -> Result<Option<File>> {
+    let mut dir = database.as_os_str().to_os_string();
+    dir.push(".locks");
+    let io = |e: std::io::Error| StoreError::Sql(sqlx::Error::Io(e));
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(Path::new(&dir).join(format!("{name}.lock")))
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+/// Waits for the file lock `name` beside the SQLite database `database`, for work every
+/// process does once at most at a time (its migrations), before the store is open.
+pub(super) async fn exclusive_file(database: &Path, name: &str) -> Result<File> {
+    let mut tries = 0;
+    loop {
+        if let Some(file) = try_lock_file(database, name)? {
+            return Ok(file);
+        }
+        tries += 1;
+        tokio::time::sleep(RETRY.delay(tries)).await;
     }
 }
 

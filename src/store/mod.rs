@@ -125,7 +125,15 @@ impl Store {
                 source,
             })?;
         match backend {
-            Backend::Sqlite => SQLITE_MIGRATOR.run(&pool).await?,
+            Backend::Sqlite => {
+                // sqlx locks PostgreSQL migrations itself, not SQLite's: two processes opening
+                // a new database at once would both create its tables.
+                let _lock = match database::sqlite_path(url) {
+                    Some(path) => Some(lock::exclusive_file(&path, "migrations").await?),
+                    None => None,
+                };
+                SQLITE_MIGRATOR.run(&pool).await?
+            }
             Backend::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
         }
         let file = database::sqlite_path(url).and_then(|path| {

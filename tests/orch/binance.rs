@@ -446,3 +446,84 @@ fn kill_9_during_the_fetch_and_during_the_load_then_rerun_leaves_every_id_once()
     let warehouse = warehouse_ids(&url, &["trades_btcusdt"]);
     assert_exactly_once("warehouse", &warehouse["trades_btcusdt"], start, last);
 }
+
+/// Two `orch run`s of the shipped 5-minute DAG and a backfill of it at once, while the
+/// market trades: they once wrote overlapping files that all loaded (duplicate rows). Now a
+/// fetch of a symbol waits for the other's lock, and every id lands once.
+#[test]
+fn two_runs_and_a_backfill_at_once_land_every_trade_id_once() {
+    let home = Home::new();
+    home.write_dag(
+        "binance_trades_5m",
+        include_str!("../../dags/binance_trades_5m.yaml"),
+    );
+    // No request-weight limit: 288 backfill runs would otherwise wait minutes for it.
+    let sim = Simulator::with_args(SYMBOLS, 0, &["--weight-limit", "0"]);
+    let sim_url = sim.url.clone();
+    let start = |args: &[&str]| {
+        home.command(args)
+            .env("BINANCE_API_URL", &sim_url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("orch")
+    };
+    let runs = [
+        start(&["run", "binance_trades_5m"]),
+        start(&["run", "binance_trades_5m"]),
+        start(&[
+            "backfill",
+            "binance_trades_5m",
+            "--start",
+            "2026-11-20",
+            "--end",
+            "2026-11-20",
+            "--parallel",
+            "4",
+        ]),
+    ];
+    // The market trades while they run.
+    for _ in 0..20 {
+        for symbol in SYMBOLS.split(',') {
+            sim.add_trades(symbol, 700);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for run in runs {
+        let out = run.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "stdout:\n{}\nstderr:\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    // One more run takes what the market made after the others were done.
+    let out = home
+        .command(&["run", "binance_trades_5m"])
+        .env("BINANCE_API_URL", &sim.url)
+        .output()
+        .expect("orch run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let lake = lake_ids(&home);
+    let tables: Vec<String> = SYMBOLS
+        .split(',')
+        .map(|s| format!("trades_{}", s.to_lowercase()))
+        .collect();
+    let table_refs: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let url = format!("sqlite://{}", home.file("data/warehouse.db").display());
+    let warehouse = warehouse_ids(&url, &table_refs);
+    for symbol in SYMBOLS.split(',') {
+        let ids = &lake[symbol];
+        let last = sim.last_id(symbol);
+        assert_exactly_once(&format!("lake {symbol}"), ids, ids[0], last);
+        let table = format!("trades_{}", symbol.to_lowercase());
+        assert_exactly_once(
+            &format!("warehouse {table}"),
+            &warehouse[&table],
+            ids[0],
+            last,
+        );
+    }
+}
