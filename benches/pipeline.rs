@@ -10,6 +10,12 @@
 //!
 //! Rates are rows over the attempt's recorded duration; each figure is the median of
 //! [`REPEATS`] runs, each into a fresh home. Prints a Markdown table for docs/benchmarks.md.
+//!
+//! Then the overhead of one run of the 5-minute pipeline (fetch and load of four symbols, a
+//! few new trades each) as the lake grows to [`LAKE_SIZES`] files (a year of 5-minute files
+//! for four symbols is about 100,000), all in the warehouse's ledger: the first run after the
+//! files appeared, which lists every partition once, then the median of [`REPEATS`] later runs,
+//! which list only from the partitions of their last position.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +29,9 @@ use orch::tasks::Registry;
 
 const TRADES: u64 = 1_000_000;
 const REPEATS: usize = 5;
+/// Files in the lake (and the ledger) for the overhead figures.
+const LAKE_SIZES: [usize; 3] = [1_000, 10_000, 100_000];
+const LAKE_SYMBOLS: [&str; 4] = ["BTCUSDT", "AAVEUSDT", "STXUSDT", "ARBUSDT"];
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -46,6 +55,115 @@ fn main() {
     if postgres.is_none() {
         eprintln!("PostgreSQL skipped: set ORCH_BENCH_POSTGRES_URL (e.g. $(bash .ci/postgres))");
     }
+    println!();
+    println!("| files in the lake and the ledger | first run | later runs (median) |");
+    println!("|---|---|---|");
+    for files in LAKE_SIZES {
+        let (first, later) = runtime.block_on(lake_overhead(files));
+        println!("| {files} | {first:.0} ms | {:.0} ms |", median(later));
+    }
+}
+
+/// One run of the 5-minute pipeline in a home whose lake and ledger hold `files` files: the
+/// first run's milliseconds, then [`REPEATS`] later ones', each fetching 100 new trades a symbol.
+async fn lake_overhead(files: usize) -> (f64, Vec<f64>) {
+    let simulator = Simulator::start(&SimulatorOptions {
+        port: 0,
+        symbols: LAKE_SYMBOLS.iter().map(|s| s.to_string()).collect(),
+        rate: 0.0,
+        seed: 1,
+        replay: Vec::new(),
+        weight_limit: None,
+        keepalive: orch::simulator::Keepalive::BINANCE,
+    })
+    .await
+    .expect("simulator");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let warehouse = format!(
+        "sqlite://{}",
+        dir.path().join("data/warehouse.db").display()
+    );
+    seed_lake(dir.path(), &warehouse, files).await;
+    let yaml = format!(
+        "tasks:\n  - {{id: fetch, kind: binance.historical_trades, with: {{symbols: [{}], base_url: \"{}\"}}}}\n  - {{id: load, kind: warehouse.load_parquet, depends_on: [fetch]}}\n",
+        LAKE_SYMBOLS.join(", "),
+        simulator.url()
+    );
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("orch.db").display()
+    ))
+    .await
+    .expect("store");
+    let client = reqwest::Client::new();
+    let mut times = Vec::new();
+    for _ in 0..=REPEATS {
+        for symbol in LAKE_SYMBOLS {
+            client
+                .post(format!("{}/_sim/trades", simulator.url()))
+                .json(&serde_json::json!({"symbol": symbol, "count": 100}))
+                .send()
+                .await
+                .expect("add trades");
+        }
+        let started = std::time::Instant::now();
+        execute(dir.path(), &store, &yaml).await;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let first = times.remove(0);
+    (first, times)
+}
+
+/// `files` empty files named as the fetch names them, spread over the four symbols and a year
+/// of dates before today, each recorded in the warehouse's ledger as loaded: the fetch and the
+/// loader only ever list them.
+async fn seed_lake(home: &Path, warehouse: &str, files: usize) {
+    use sqlx::Connection;
+    let lake = home.join("data/lake/raw/binance_trades");
+    let today = chrono::Utc::now().date_naive();
+    let per_symbol = files / LAKE_SYMBOLS.len();
+    let mut keys = Vec::with_capacity(files);
+    for symbol in LAKE_SYMBOLS {
+        for i in 0..per_symbol {
+            let days_back = 365 - (i * 365 / per_symbol) as u64;
+            let date = today - chrono::Days::new(days_back);
+            let (first, last) = (i as i64 * 10 + 1, i as i64 * 10 + 10);
+            let key = orch::lake::raw_trades::file_key(
+                "raw/binance_trades",
+                symbol,
+                &date.to_string(),
+                first,
+                last,
+            );
+            let path = lake.join(key.trim_start_matches("raw/binance_trades/"));
+            std::fs::create_dir_all(path.parent().expect("folder")).expect("mkdir");
+            std::fs::write(&path, b"").expect("file");
+            keys.push((key, symbol));
+        }
+    }
+    let path = home.join("data/warehouse.db");
+    std::fs::create_dir_all(path.parent().expect("folder")).expect("mkdir");
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&format!("{warehouse}?mode=rwc"))
+        .await
+        .expect("warehouse");
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS _orch_loaded_files (file TEXT PRIMARY KEY,
+             table_name TEXT NOT NULL, rows BIGINT NOT NULL, loaded_at TEXT NOT NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("ledger");
+    let mut tx = conn.begin().await.expect("begin");
+    for (key, symbol) in keys {
+        sqlx::query("INSERT INTO _orch_loaded_files VALUES ($1, $2, 10, '2026-01-01T00:00:00Z')")
+            .bind(key)
+            .bind(format!("trades_{}", symbol.to_lowercase()))
+            .execute(&mut *tx)
+            .await
+            .expect("ledger row");
+    }
+    tx.commit().await.expect("commit");
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -117,6 +235,21 @@ async fn run(dir: &Path, yaml: &str) -> Vec<(String, f64)> {
     let store = Store::open(&format!("sqlite://{}", dir.join("orch.db").display()))
         .await
         .expect("store");
+    let run_id = execute(dir, &store, yaml).await;
+    let attempts = store.attempts(&run_id).await.expect("attempts");
+    attempts
+        .iter()
+        .map(|a| {
+            let rows = a.rows.expect("rows reported") as f64;
+            assert_eq!(rows as u64, TRADES, "{} moved every trade", a.task_id);
+            let seconds = a.duration_ms.expect("duration") as f64 / 1000.0;
+            (a.task_id.clone(), rows / seconds)
+        })
+        .collect()
+}
+
+/// Runs the DAG once in the home `dir`, as `orch run` does; returns the run id.
+async fn execute(dir: &Path, store: &Store, yaml: &str) -> String {
     let registry = Registry::builtin();
     let dag = Arc::new(load_str(Path::new("bench.yaml"), yaml, &registry).expect("bench DAG"));
     let executor = Executor {
@@ -146,17 +279,11 @@ async fn run(dir: &Path, yaml: &str) -> Vec<(String, f64)> {
         .execute(Arc::clone(&dag), &record, shutdown, None)
         .await
         .expect("execute");
-    let attempts = store.attempts(&run.run_id).await.expect("attempts");
-    assert_eq!(state, Some(RunState::Success), "{attempts:#?}");
-    attempts
-        .iter()
-        .map(|a| {
-            let rows = a.rows.expect("rows reported") as f64;
-            assert_eq!(rows as u64, TRADES, "{} moved every trade", a.task_id);
-            let seconds = a.duration_ms.expect("duration") as f64 / 1000.0;
-            (a.task_id.clone(), rows / seconds)
-        })
-        .collect()
+    if state != Some(RunState::Success) {
+        let attempts = store.attempts(&run.run_id).await.expect("attempts");
+        panic!("the benchmark's run failed: {attempts:#?}");
+    }
+    run.run_id
 }
 
 async fn drop_tables(url: &str) {

@@ -53,7 +53,10 @@ pub async fn connect(
         .max_connections(max_connections)
         .after_release(|conn, _| {
             Box::pin(async move {
-                // Runs what a dropped transaction left queued (its rollback) first.
+                if !conn.is_in_transaction() {
+                    return Ok(true);
+                }
+                // A dropped transaction queues its rollback: run it, then look again.
                 conn.ping().await?;
                 Ok(!conn.is_in_transaction())
             })
@@ -100,18 +103,19 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
     }
 }
 
-/// SQLite result codes (busy, locked, I/O error, full, cannot open; extended codes carry the
-/// primary one in their low byte) and PostgreSQL SQLSTATEs (connection exceptions,
-/// serialization failure, deadlock, insufficient resources, operator intervention, lock not
-/// available) that a retry may get past.
+/// PostgreSQL SQLSTATEs (five characters: connection exceptions, serialization failure,
+/// deadlock, insufficient resources, operator intervention, lock not available) and SQLite
+/// result codes (a number of at most four digits: busy, locked, I/O error, full, cannot open;
+/// extended codes carry the primary one in their low byte) that a retry may get past.
 fn transient_code(code: &str) -> bool {
-    if let Ok(sqlite) = code.parse::<i64>() {
-        return matches!(sqlite & 0xff, 5 | 6 | 10 | 13 | 14);
+    if code.len() == 5 {
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || code.starts_with("57P")
+            || matches!(code, "40001" | "40P01" | "55P03");
     }
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("57P")
-        || matches!(code, "40001" | "40P01" | "55P03")
+    code.parse::<i64>()
+        .is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6 | 10 | 13 | 14))
 }
 
 /// The file of a `sqlite://PATH[?options]` URL.
@@ -231,6 +235,19 @@ mod tests {
                 .await
                 .expect("a later write transaction begins");
             tx.commit().await.expect("commit");
+        }
+    }
+
+    #[test]
+    fn transient_codes_of_each_backend_are_told_apart() {
+        for transient in [
+            "5", "6", "261", "517", "10", "3338", "13", "40001", "08006", "57P01", "53300", "40P01",
+        ] {
+            assert!(transient_code(transient), "{transient}");
+        }
+        // 42501 (insufficient privilege) ends in the low byte of SQLite's "busy".
+        for permanent in ["1", "19", "2067", "42501", "23505", "42P01"] {
+            assert!(!transient_code(permanent), "{permanent}");
         }
     }
 

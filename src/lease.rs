@@ -56,9 +56,24 @@ impl Lease {
 ///
 /// A lease of another host cannot be checked from here and counts as alive: taking over a
 /// live process's run would execute its tasks twice, while leaving a dead host's run alone
-/// only delays it until that host's scheduler restarts. An id that is not a lease id at all
-/// (written by hand, or by something else) names no live process.
+/// only delays it until that host's scheduler restarts. So does a lease whose file cannot be
+/// opened or locked (another home's folder, not mounted here). An id that is not a lease id
+/// at all (written by hand, or by something else) names no live process.
 pub fn is_alive(id: &str) -> bool {
+    liveness(id, None)
+}
+
+impl Lease {
+    /// [`is_alive`], from this lease's point of view: a lease file missing from this lease's
+    /// own folder, where it would be, also proves its owner gone (an orch before this one
+    /// removed its file on a clean exit, leaving its unfinished runs to the next scheduler).
+    pub fn owner_is_alive(&self, id: &str) -> bool {
+        let own_dir = self.id.split_once('@').and_then(|(_, p)| p.split_once(':'));
+        liveness(id, own_dir.map(|(_, dir)| dir))
+    }
+}
+
+fn liveness(id: &str, own_dir: Option<&str>) -> bool {
     let Some((name, place)) = id.split_once('@') else {
         return false;
     };
@@ -78,10 +93,28 @@ pub fn is_alive(id: &str) -> bool {
     match checked {
         Ok(()) => false,
         Err(TryLockError::WouldBlock) => true,
+        Err(TryLockError::Error(e))
+            if e.kind() == io::ErrorKind::NotFound && own_dir == Some(dir) =>
+        {
+            false
+        }
         Err(TryLockError::Error(e)) => {
-            tracing::warn!(lease = %id, error = %e, "cannot check a process lease; its owner counts as alive");
+            warn_once(id, &e);
             true
         }
+    }
+}
+
+/// Says once per lease that it cannot be checked, rather than on every scheduling pass.
+fn warn_once(id: &str, error: &io::Error) {
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = match WARNED.lock() {
+        Ok(warned) => warned,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if !warned.iter().any(|w| w == id) {
+        warned.push(id.to_string());
+        tracing::warn!(lease = %id, %error, "cannot check a process lease; its runs are left to it, as if it were alive");
     }
 }
 
@@ -222,6 +255,19 @@ mod tests {
         let live = Lease::acquire(dir.path()).expect("lease");
         assert_eq!(sweep(dir.path(), &Default::default()).expect("sweep"), 0);
         assert!(is_alive(live.id()));
+    }
+
+    /// Missing from the checker's own folder, a lease file proves its owner gone.
+    #[test]
+    fn a_lease_file_missing_from_the_checkers_own_folder_proves_its_owner_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let checker = Lease::acquire(dir.path()).expect("lease");
+        let (_, place) = checker.id().split_once('@').expect("id");
+        let gone_here = format!("999-1@{place}");
+        assert!(!checker.owner_is_alive(&gone_here));
+        assert!(is_alive(&gone_here), "no proof for anyone else");
+        let (host, _) = place.split_once(':').expect("id");
+        assert!(checker.owner_is_alive(&format!("999-1@{host}:/nonexistent/leases")));
     }
 
     #[test]

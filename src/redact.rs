@@ -96,12 +96,23 @@ fn key_values(text: &str) -> String {
             continue;
         }
         let mut start = i + 1;
-        while start < bytes.len() && (bytes[start] == b' ' || bytes[start] == b'"') {
+        while start < bytes.len() && bytes[start] == b' ' {
             start += 1;
         }
-        let end = text[start..]
-            .find(|c: char| c.is_whitespace() || matches!(c, '&' | '"' | '\'' | ',' | ';'))
-            .map_or(bytes.len(), |p| start + p);
+        // A quoted value runs to its closing quote, spaces and all.
+        let quote = bytes
+            .get(start)
+            .copied()
+            .filter(|b| matches!(b, b'"' | b'\''));
+        if quote.is_some() {
+            start += 1;
+        }
+        let end = match quote {
+            Some(q) => text[start..].find(char::from(q)),
+            None => text[start..]
+                .find(|c: char| c.is_whitespace() || matches!(c, '&' | '"' | '\'' | ',' | ';')),
+        }
+        .map_or(bytes.len(), |p| start + p);
         if end > start && &text[start..end] != MASK {
             out.push_str(&text[copied..start]);
             out.push_str(MASK);
@@ -113,12 +124,16 @@ fn key_values(text: &str) -> String {
     out
 }
 
-/// `Bearer TOKEN` → `Bearer ***`.
+/// `Bearer TOKEN` → `Bearer ***`, and `Basic CREDENTIALS` likewise.
 fn bearer_tokens(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find("Bearer ") {
-        let (head, tail) = rest.split_at(at + "Bearer ".len());
+    while let Some((at, scheme)) = ["Bearer ", "Basic "]
+        .iter()
+        .filter_map(|scheme| rest.find(scheme).map(|at| (at, scheme)))
+        .min()
+    {
+        let (head, tail) = rest.split_at(at + scheme.len());
         out.push_str(head);
         let end = tail
             .find(|c: char| c.is_whitespace() || c == '"' || c == '\'')
@@ -170,6 +185,19 @@ mod tests {
         assert_eq!(
             secrets("curl -H 'Authorization: Bearer eyJhbGciOi.x.y' https://api"),
             "curl -H 'Authorization: Bearer ***' https://api"
+        );
+        assert_eq!(
+            secrets("Authorization: Basic dXNlcjpwYXNz"),
+            "Authorization: Basic ***"
+        );
+        // As a shell-quoted template writes it.
+        assert_eq!(
+            secrets("PGPASSWORD='hunter 2' psql"),
+            "PGPASSWORD='***' psql"
+        );
+        assert_eq!(
+            secrets("PGPASSWORD='hunter2' psql"),
+            "PGPASSWORD='***' psql"
         );
         assert_eq!(
             secrets("sqlite:///tmp/orch.db?mode=rwc"),

@@ -180,6 +180,18 @@ pub fn check(source: &str, params: &Map<String, Value>) -> Result<(), String> {
     ))
 }
 
+/// Whether the template `source` reads any of the variables `names` (`ds`, `params`, ...).
+pub fn reads_any(source: &str, names: &[&str]) -> bool {
+    environment(Quoting::Plain)
+        .template_from_str(source)
+        .is_ok_and(|template| {
+            template
+                .undeclared_variables(false)
+                .iter()
+                .any(|v| names.contains(&v.as_str()))
+        })
+}
+
 /// Checks every string inside a JSON value, as [`check`] does.
 pub fn check_value(value: &Value, params: &Map<String, Value>) -> Result<(), String> {
     match value {

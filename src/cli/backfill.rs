@@ -168,7 +168,7 @@ async fn backfill_date(
 ) -> anyhow::Result<(String, Outcome)> {
     let run_id = match store.run_for_date(&dag.id, logical_date).await? {
         Some(existing) => {
-            let finished = matches!(existing.state, RunState::Success | RunState::Failed);
+            let finished = existing.state.is_finished();
             if existing.state == RunState::Success && !rerun {
                 return Ok((existing.run_id, Outcome::Skipped));
             }
@@ -196,7 +196,7 @@ async fn backfill_date(
         // A running `orch serve` took it: wait for its end rather than run it twice.
         loop {
             let run = store.run(&run_id).await?.context("the run vanished")?;
-            if matches!(run.state, RunState::Success | RunState::Failed) {
+            if run.state.is_finished() {
                 return Ok((run_id, Outcome::RanElsewhere(run.state)));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -259,10 +259,19 @@ impl Checker {
                 ),
             ),
             Some(kind) => {
+                // A run's dates and times render in the DAG's timezone.
+                let local = [
+                    "ds",
+                    "ds_nodash",
+                    "ts",
+                    "logical_date",
+                    "data_interval_start",
+                    "data_interval_end",
+                ];
                 let date = with.get("date").and_then(|d| d.as_str());
                 if kind.reads_utc_day()
                     && !is_utc(timezone)
-                    && date.is_none_or(|d| d.contains("ds"))
+                    && date.is_none_or(|d| template::reads_any(d, &local))
                 {
                     self.problem(
                         &spec.kind,

@@ -1,10 +1,10 @@
 //! A day's snapshot of staged trades, and the curated tables built from it.
 //!
-//! - snapshot: `<prefix>/date=YYYY-MM-DD/part-00000.parquet`, ... with columns `exchange`,
+//! - snapshot: `<prefix>/date=YYYY-MM-DD/part-<generation>-00000.parquet`, ... with columns `exchange`,
 //!   `symbol` (string), `trade_id` (int64), `price`, `qty` (decimal(38, 8)), `quote_qty`
 //!   (decimal(38, 16), price × qty exact),
 //!   `trade_time` (timestamp ms UTC), `is_buyer_maker` (bool); snappy-compressed;
-//! - curated: `<prefix>/<table>/year=YYYY/month=MM/day=DD/part-00000.parquet`.
+//! - curated: `<prefix>/<table>/year=YYYY/month=MM/day=DD/part-<generation>-00000.parquet`.
 //!
 //! A day is replaced aside, then switched: a rerun writes its parts under new names
 //! (`part-<generation>-00000.parquet`), then the folder's `_manifest.json`, which names the
@@ -27,6 +27,16 @@ use crate::staging::TradeColumns;
 
 /// Rows per snapshot part: a few hundred MB of memory to write, tens of MB on disk.
 pub const PART_ROWS: usize = 5_000_000;
+
+/// The name of the lock a writer, or a reader that must not see a day replaced under it,
+/// holds on the day `date` of the tables under `prefix` in the lake `lake_url` (see
+/// `crate::store::Store::lock`). Take them in the order warehouse, curated, snapshot.
+pub fn day_lock(lake_url: &str, prefix: &str, date: NaiveDate) -> String {
+    format!(
+        "lake-day|{lake_url}|{}|{date}",
+        prefix.trim_end_matches('/')
+    )
+}
 
 /// The folder of a day's snapshot.
 pub fn snapshot_dir(prefix: &str, date: NaiveDate) -> String {

@@ -214,6 +214,24 @@ impl Lake {
 }
 
 impl Lake {
+    /// The objects in the folders directly below `dir` whose name sorts at or after `from`
+    /// (`date=2026-11-20/`), or in all of them: a run lists the partitions it needs, not a
+    /// year of files.
+    pub async fn list_partitions_from(
+        &self,
+        dir: &str,
+        from: Option<&str>,
+    ) -> Result<Vec<LakeObject>, LakeError> {
+        let mut objects = Vec::new();
+        for sub in self.list_dirs(dir).await? {
+            let name = sub.strip_prefix(dir).unwrap_or(&sub);
+            if from.is_none_or(|from| name >= from) {
+                objects.extend(self.list(&sub).await?);
+            }
+        }
+        Ok(objects)
+    }
+
     /// The folders directly below `prefix` (each key ends with `/`), sorted: one listing of one
     /// level, however many files lie deeper.
     pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, LakeError> {

@@ -53,14 +53,9 @@ pub async fn symbol_files(
     symbol: &str,
     from_date: Option<&str>,
 ) -> Result<Vec<LakeObject>, LakeError> {
-    let mut files = Vec::new();
-    for dir in lake.list_dirs(&symbol_prefix(prefix, symbol)).await? {
-        let date = date_of(&dir).unwrap_or_default();
-        if from_date.is_none_or(|from| date >= from) {
-            files.extend(lake.list(&dir).await?);
-        }
-    }
-    Ok(files)
+    let from = from_date.map(|date| format!("date={date}/"));
+    lake.list_partitions_from(&symbol_prefix(prefix, symbol), from.as_deref())
+        .await
 }
 
 /// Days since the Unix epoch of a trade time in milliseconds: which date partition it is in.

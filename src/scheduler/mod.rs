@@ -46,6 +46,15 @@ type RunOutcome = (String, Result<Option<RunState>, StoreError>);
 
 /// A run whose executor died here waits this long, growing, before it is resumed.
 const RESUME: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+/// After this many deaths of its executor a run is failed rather than resumed again.
+const MAX_EXECUTOR_DEATHS: u32 = 5;
+
+/// A run to resume after its executor died.
+struct Resume {
+    at: tokio::time::Instant,
+    deaths: u32,
+    why: String,
+}
 
 struct Scheduler {
     store: Store,
@@ -60,8 +69,8 @@ struct Scheduler {
     /// Run ids this process executes now.
     active: HashSet<String>,
     /// Runs whose executor died here (a database error it could not ride out, a panic):
-    /// when each may be resumed, and how many times it died.
-    resume_after: HashMap<String, (tokio::time::Instant, u32)>,
+    /// when each may be resumed, how many times it died, and why last.
+    resume_after: HashMap<String, Resume>,
     /// What was already reported once: queued runs waiting for a missing DAG, unreadable
     /// rows, and a DAG's scheduling error.
     reported: HashSet<String>,
@@ -161,7 +170,7 @@ async fn schedule_dag(
                 "skipped: due while the DAG had {active} active runs (max_active_runs: {}), and catchup is off",
                 dag.max_active_runs
             );
-            if store.insert_skipped_run(&run, &note).await? {
+            if store.insert_skipped_run(&run, &task_ids, &note).await? {
                 tracing::warn!(dag_id = %dag.id, run_id = %run.run_id, max_active_runs = dag.max_active_runs, "interval skipped: the DAG is at max_active_runs and catchup is off");
             }
         }
@@ -346,22 +355,32 @@ impl Scheduler {
     /// this process whose executor died (after a backoff).
     async fn adopt_orphans(&mut self, running: &[RunRecord]) -> Result<(), StoreError> {
         let now = tokio::time::Instant::now();
+        // Runs ended or taken elsewhere meanwhile are no longer this process's to resume.
+        self.resume_after
+            .retain(|run_id, _| running.iter().any(|r| &r.run_id == run_id));
         for run in running {
             if self.active.contains(&run.run_id) {
                 continue;
             }
             let mine = run.owner.as_deref() == Some(self.lease.id());
             if mine {
-                if self
-                    .resume_after
-                    .get(&run.run_id)
-                    .is_some_and(|(at, _)| now < *at)
-                {
-                    continue;
+                match self.resume_after.get(&run.run_id) {
+                    Some(resume) if resume.deaths >= MAX_EXECUTOR_DEATHS => {
+                        let note = format!(
+                            "its executor stopped {} times; last: {}",
+                            resume.deaths, resume.why
+                        );
+                        tracing::error!(run_id = %run.run_id, "{note}; marking the run failed");
+                        self.store.fail_run(&run.run_id, &note).await?;
+                        self.resume_after.remove(&run.run_id);
+                        continue;
+                    }
+                    Some(resume) if now < resume.at => continue,
+                    _ => {}
                 }
             } else {
                 if let Some(owner) = &run.owner
-                    && lease::is_alive(owner)
+                    && self.lease.owner_is_alive(owner)
                 {
                     continue;
                 }
@@ -485,11 +504,17 @@ impl Scheduler {
             Err(why) => {
                 // The run is still `running` under this process's lease: nobody else may take
                 // it, so this process resumes it itself, after a growing wait.
-                let deaths = self.resume_after.get(&run_id).map_or(0, |(_, n)| *n) + 1;
+                let deaths = self.resume_after.get(&run_id).map_or(0, |r| r.deaths) + 1;
                 let wait = RESUME.delay(deaths);
-                self.resume_after
-                    .insert(run_id.clone(), (tokio::time::Instant::now() + wait, deaths));
                 tracing::error!(run_id = %run_id, error = %why, resume_in = ?wait, "a run's executor stopped; resuming the run");
+                self.resume_after.insert(
+                    run_id,
+                    Resume {
+                        at: tokio::time::Instant::now() + wait,
+                        deaths,
+                        why,
+                    },
+                );
             }
         }
     }

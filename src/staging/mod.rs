@@ -150,27 +150,49 @@ impl Staging {
     /// Tables made before `quote_qty` kept 16 fractional digits held `NUMERIC(38, 8)`, which
     /// cut price × qty on pairs such as ETHBTC: widen the column once, recomputing every value
     /// exactly from the price and quantity it came from.
+    ///
+    /// The table is rewritten once, under an exclusive lock that holds writers off until it is
+    /// done; processes opening it at once take turns (a transaction-scoped advisory lock), and
+    /// the second finds the column widened.
     async fn widen_quote_qty(&self) -> Result<(), StagingError> {
-        let scale: Option<i32> = sqlx::query_scalar(
-            "SELECT numeric_scale FROM information_schema.columns
-             WHERE table_schema = current_schema() AND table_name = $1 AND column_name = 'quote_qty'",
-        )
-        .bind(self.table.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(self.sql_error())?
-        .flatten();
-        if scale.is_some_and(|scale| scale < Product::SCALE as i32) {
-            tracing::warn!(table = %self.table, "widening quote_qty to NUMERIC(38, 16), recomputed as price × qty");
+        let scale_sql = "SELECT numeric_scale FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = $1 AND column_name = 'quote_qty'";
+        let narrow = |scale: Option<Option<i32>>| {
+            scale
+                .flatten()
+                .is_some_and(|scale| scale < Product::SCALE as i32)
+        };
+        let scale = sqlx::query_scalar(scale_sql)
+            .bind(self.table.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.sql_error())?;
+        if !narrow(scale) {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(self.sql_error())?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("orch staging widen {}", self.table))
+            .execute(&mut *tx)
+            .await
+            .map_err(self.sql_error())?;
+        let scale = sqlx::query_scalar(scale_sql)
+            .bind(self.table.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(self.sql_error())?;
+        if narrow(scale) {
+            tracing::warn!(table = %self.table, "widening quote_qty to NUMERIC(38, 16), recomputed as price × qty; writers wait until it is done");
             let sql = format!(
                 "ALTER TABLE {} ALTER COLUMN quote_qty TYPE NUMERIC(38, 16) USING price * qty",
                 self.table
             );
             sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(self.sql_error())?;
         }
+        tx.commit().await.map_err(self.sql_error())?;
         Ok(())
     }
 
@@ -261,41 +283,50 @@ impl Staging {
             .map_err(self.sql_error())
     }
 
-    /// The ids of `symbol`'s last staged trade before `from_ms` and first one at or after
-    /// `to_ms`: what tells whether the trades of `[from_ms, to_ms)` join up with their
-    /// neighbours, and whether the stream has gone past `to_ms` yet. Both walk the time index.
+    /// The ids of `symbol`'s last staged trade before the day `[from_ms, to_ms)` and first one
+    /// after it: what tells whether the day's trades join up with their neighbours, and whether
+    /// the stream has gone past the day yet. With the day's first and last ids known, both are
+    /// one probe of the primary key (ids grow with time); without, a walk of the symbol's ids.
     pub async fn neighbours(
         &self,
         exchange: &str,
         symbol: &str,
-        from_ms: i64,
-        to_ms: i64,
+        day_ids: Option<(i64, i64)>,
+        (from_ms, to_ms): (i64, i64),
     ) -> Result<(Option<i64>, Option<i64>), StagingError> {
         let table = &self.table;
-        let hint = match self.backend {
-            Backend::Sqlite => format!("INDEXED BY {table}_by_time"),
-            Backend::Postgres => String::new(),
+        let (before, after) = match day_ids {
+            Some(_) => (
+                format!(
+                    "SELECT MAX(trade_id) FROM {table} WHERE exchange = $1 AND symbol = $2 AND trade_id < $3"
+                ),
+                format!(
+                    "SELECT MIN(trade_id) FROM {table} WHERE exchange = $1 AND symbol = $2 AND trade_id > $3"
+                ),
+            ),
+            None => (
+                format!(
+                    "SELECT MAX(trade_id) FROM {table} WHERE exchange = $1 AND symbol = $2 AND trade_time < $3"
+                ),
+                format!(
+                    "SELECT MIN(trade_id) FROM {table} WHERE exchange = $1 AND symbol = $2 AND trade_time >= $3"
+                ),
+            ),
         };
-        let before = format!(
-            "SELECT trade_id FROM {table} {hint}
-             WHERE trade_time < $1 AND exchange = $2 AND symbol = $3
-             ORDER BY trade_time DESC, trade_id DESC LIMIT 1"
-        );
-        let after = format!(
-            "SELECT trade_id FROM {table} {hint}
-             WHERE trade_time >= $1 AND exchange = $2 AND symbol = $3
-             ORDER BY trade_time, trade_id LIMIT 1"
-        );
-        let first = |sql: String, at: i64| async move {
-            sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
-                .bind(at)
+        let (before_bound, after_bound) = day_ids.unwrap_or((from_ms, to_ms));
+        let probe = |sql: String, bound: i64| async move {
+            sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(sql))
                 .bind(exchange)
                 .bind(symbol)
-                .fetch_optional(&self.pool)
+                .bind(bound)
+                .fetch_one(&self.pool)
                 .await
                 .map_err(self.sql_error())
         };
-        Ok((first(before, from_ms).await?, first(after, to_ms).await?))
+        Ok((
+            probe(before, before_bound).await?,
+            probe(after, after_bound).await?,
+        ))
     }
 
     /// The staged trades of `exchange` with `trade_time` in `[from_ms, to_ms)`, in time

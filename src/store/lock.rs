@@ -36,56 +36,84 @@ enum Held {
 impl Store {
     /// Takes the lock `name`, waiting up to `wait` while another process holds it; `Ok(None)`
     /// if it is still held then. `on_wait` is called once, when the lock turns out to be held.
+    ///
+    /// On PostgreSQL the lock holds a connection of its own, outside the pool, for as long as
+    /// it is held (one per lock: a fetch of four symbols holds four).
     pub async fn lock(
         &self,
         name: &str,
         wait: Duration,
         on_wait: impl FnOnce(),
     ) -> Result<Option<StoreLock>> {
-        let started = Instant::now();
-        let mut on_wait = Some(on_wait);
-        let mut tries = 0;
-        loop {
-            if let Some(held) = self.try_lock(name).await? {
-                return Ok(Some(StoreLock { _held: held }));
-            }
-            if started.elapsed() >= wait {
-                return Ok(None);
-            }
-            if let Some(f) = on_wait.take() {
-                f();
-            }
-            tries += 1;
-            tokio::time::sleep(RETRY.delay(tries)).await;
-        }
-    }
-
-    async fn try_lock(&self, name: &str) -> Result<Option<Held>> {
         let key = lock_key(name);
-        match self.backend {
+        let mut waiting = Waiting::new(wait, on_wait);
+        let held = match self.backend {
             Backend::Postgres => {
-                let mut conn = self.pool.acquire().await?.detach();
-                let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(key)
-                    .fetch_one(&mut conn)
-                    .await?;
-                if taken {
-                    Ok(Some(Held::Postgres { _session: conn }))
-                } else {
-                    let _ = conn.close().await;
-                    Ok(None)
+                // One session for the whole wait: a waiter does not open a connection a try.
+                let mut session = self.pool.acquire().await?.detach();
+                loop {
+                    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                        .bind(key)
+                        .fetch_one(&mut session)
+                        .await?;
+                    if taken {
+                        break Held::Postgres { _session: session };
+                    }
+                    if !waiting.again().await {
+                        let _ = session.close().await;
+                        return Ok(None);
+                    }
                 }
             }
             Backend::Sqlite => {
                 let Some(opened) = &self.file else {
-                    return Err(StoreError::UnsupportedUrl(
-                        "an SQLite database without a file cannot hold locks".to_string(),
+                    return Err(StoreError::NoLockFile(
+                        "an in-memory SQLite database".to_string(),
                     ));
                 };
-                Ok(try_lock_file(&opened.path, &format!("{key:016x}"))?
-                    .map(|file| Held::File { _file: file }))
+                loop {
+                    if let Some(file) = try_lock_file(&opened.path, &format!("{key:016x}"))? {
+                        break Held::File { _file: file };
+                    }
+                    if !waiting.again().await {
+                        return Ok(None);
+                    }
+                }
             }
+        };
+        Ok(Some(StoreLock { _held: held }))
+    }
+}
+
+/// The wait for a held lock: its deadline, its first notice, its backoff.
+struct Waiting<F> {
+    started: Instant,
+    wait: Duration,
+    on_wait: Option<F>,
+    tries: u32,
+}
+
+impl<F: FnOnce()> Waiting<F> {
+    fn new(wait: Duration, on_wait: F) -> Self {
+        Waiting {
+            started: Instant::now(),
+            wait,
+            on_wait: Some(on_wait),
+            tries: 0,
         }
+    }
+
+    /// Sleeps before the next try; `false` once the wait is over.
+    async fn again(&mut self) -> bool {
+        if self.started.elapsed() >= self.wait {
+            return false;
+        }
+        if let Some(f) = self.on_wait.take() {
+            f();
+        }
+        self.tries += 1;
+        tokio::time::sleep(RETRY.delay(self.tries)).await;
+        true
     }
 }
 
@@ -111,13 +139,12 @@ fn try_lock_file(database: &Path, name: &str) -> Result<Option<File>> {
 /// Waits for the file lock `name` beside the SQLite database `database`, for work every
 /// process does once at most at a time (its migrations), before the store is open.
 pub(super) async fn exclusive_file(database: &Path, name: &str) -> Result<File> {
-    let mut tries = 0;
+    let mut waiting = Waiting::new(Duration::MAX, || {});
     loop {
         if let Some(file) = try_lock_file(database, name)? {
             return Ok(file);
         }
-        tries += 1;
-        tokio::time::sleep(RETRY.delay(tries)).await;
+        waiting.again().await;
     }
 }
 

@@ -55,6 +55,8 @@ pub enum StoreError {
     },
     #[error("{what} {value} is past the last date the run history can hold (9999-12-31)")]
     OutOfRange { what: &'static str, value: String },
+    #[error("locks need an SQLite database in a file (or PostgreSQL), not `{0}`")]
+    NoLockFile(String),
 }
 
 impl StoreError {
@@ -241,15 +243,15 @@ impl Store {
         Ok(claimed == 1)
     }
 
-    /// Queues a finished run again, every task to run anew with a fresh retry budget (its
-    /// attempts stay in the history, numbered on). Returns `false` when the run is not
-    /// finished.
+    /// Queues a finished run (success, failed or skipped) again, every task to run anew with a
+    /// fresh retry budget (its attempts stay in the history, numbered on). Returns `false`
+    /// when the run is not finished.
     pub async fn requeue_run(&self, run_id: &str) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let requeued = sqlx::query(
             "UPDATE dag_runs SET state = 'queued', owner = NULL, started_at = NULL, ended_at = NULL,
                  note = NULL
-             WHERE run_id = $1 AND state IN ('success', 'failed')",
+             WHERE run_id = $1 AND state IN ('success', 'failed', 'skipped')",
         )
         .bind(run_id)
         .execute(&mut *tx)
@@ -314,10 +316,17 @@ impl Store {
     }
 
     /// Records a scheduled interval that will not run, as a run in state `skipped` with the
-    /// reason; `false` when a run of that date exists already.
-    pub async fn insert_skipped_run(&self, run: &NewRun, note: &str) -> Result<bool> {
+    /// reason, its tasks `skipped` too (so a backfill can run it again later); `false` when a
+    /// run of that date exists already.
+    pub async fn insert_skipped_run(
+        &self,
+        run: &NewRun,
+        task_ids: &[String],
+        note: &str,
+    ) -> Result<bool> {
         run.check_storable()?;
         let now = timestamp::format(Utc::now());
+        let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO dag_runs (run_id, dag_id, run_type, logical_date, data_interval_start,
                  data_interval_end, conf, state, queued_at, ended_at, note)
@@ -334,10 +343,25 @@ impl Store {
         .bind(timestamp::format(run.queued_at))
         .bind(&now)
         .bind(note)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
-        .rows_affected();
-        Ok(inserted == 1)
+        .rows_affected()
+            == 1;
+        if inserted {
+            for (position, task_id) in (0_i64..).zip(task_ids) {
+                sqlx::query(
+                    "INSERT INTO task_instances (run_id, task_id, position, state)
+                     VALUES ($1, $2, $3, 'skipped')",
+                )
+                .bind(&run.run_id)
+                .bind(task_id)
+                .bind(position)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(inserted)
     }
 
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
@@ -622,8 +646,11 @@ impl Store {
         for (dag_id, file_paused) in dags {
             let is_paused = match flags.get(dag_id) {
                 Some(flag) if flag.file_paused.is_some_and(|f| f != file_paused) => {
-                    sqlx::query("DELETE FROM dag_pause WHERE dag_id = $1")
+                    // Only the flag read here: a `dags pause` meanwhile records the new file
+                    // value, and stays.
+                    sqlx::query("DELETE FROM dag_pause WHERE dag_id = $1 AND file_paused = $2")
                         .bind(dag_id)
+                        .bind(i64::from(!file_paused))
                         .execute(&self.pool)
                         .await?;
                     file_paused

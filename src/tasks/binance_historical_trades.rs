@@ -274,6 +274,8 @@ async fn write_files(
         let date = raw_trades::utc_date(first.time_ms);
         let key = raw_trades::file_key(output, symbol, &date, first_id, last_id);
         let partition = key.rsplit_once('/').map_or("", |(dir, _)| dir);
+        // Listed again, not taken from the fetch's first listing: a writer outside this
+        // metadata database's lock (another home on the same lake) may have written since.
         let overlapping = lake
             .list(&format!("{partition}/"))
             .await?

@@ -321,6 +321,15 @@ pub(crate) async fn off_runtime<T: Send + 'static>(
         .map_err(|e| TaskError::transient(format!("the task's work panicked: {e}")))
 }
 
+/// A Polars error as a task's: reading a file (which a concurrent rewrite may have removed)
+/// may work on a retry; a query that fails on the data will not.
+pub(crate) fn polars_error(error: polars::prelude::PolarsError) -> TaskError {
+    match error {
+        polars::prelude::PolarsError::IO { .. } => TaskError::transient(error.to_string()),
+        other => TaskError::permanent(other.to_string()),
+    }
+}
+
 /// How long a kind waits for a lock another process holds before its attempt fails (and the
 /// retry policy takes over).
 pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);

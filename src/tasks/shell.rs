@@ -19,7 +19,6 @@ use tokio::process::Command;
 
 use super::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, parse_with};
 use crate::process::ProcessGroup;
-use crate::redact;
 
 pub struct Shell;
 
@@ -68,8 +67,8 @@ async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutp
         Some(dir) => ctx.home.join(dir),
         None => ctx.home.clone(),
     };
-    ctx.log
-        .note(&format!("$ {}", redact::secrets(&config.command)));
+    // `note` masks the secrets it shows.
+    ctx.log.note(&format!("$ {}", config.command));
     // The shell waits for a line on stdin before it runs the command (then with stdin from
     // /dev/null), so the process group is in the metadata database before anything of the
     // task runs: a crash of orch at any instant leaves no process it cannot find and kill.

@@ -97,35 +97,42 @@ impl TaskKind for TradesExtract {
             let dir = daily_trades::snapshot_dir(&config.output, date);
             let _lock = exclusive(
                 ctx,
-                &format!("trades.extract|{}|{dir}", lake.url()),
-                &format!("writing the snapshot of {date}"),
+                &daily_trades::day_lock(lake.url(), &config.output, date),
+                &format!("writing or reading the snapshot of {date}"),
             )
             .await?;
             let url = config.staging.as_deref().unwrap_or(&ctx.data.staging_url);
             let staging = Staging::open(url, &config.table).await?;
             let started = Instant::now();
-            let trades = loop {
-                let trades = staging
-                    .trades_between(&config.exchange, from_ms, to_ms)
-                    .await?;
-                if config.allow_incomplete {
-                    break trades;
+            let mut trades = staging
+                .trades_between(&config.exchange, from_ms, to_ms)
+                .await?;
+            if !config.allow_incomplete {
+                loop {
+                    let missing = incomplete(&staging, &config, &trades, (from_ms, to_ms)).await?;
+                    if missing.is_empty() {
+                        break;
+                    }
+                    let texts: Vec<&str> = missing.iter().map(|m| m.text.as_str()).collect();
+                    let report = format!(
+                        "the staged trades of {date} are not complete: {}",
+                        texts.join("; ")
+                    );
+                    if started.elapsed() + RECHECK_EVERY > config.wait_for_complete {
+                        return Err(TaskError::transient(report));
+                    }
+                    ctx.log
+                        .note(&format!("{report}; looking again in {RECHECK_EVERY:?}"));
+                    tokio::time::sleep(RECHECK_EVERY).await;
+                    // Only ids missing inside the day change what was read; a stream not past the
+                    // day's end yet needs only its neighbours looked at again.
+                    if missing.iter().any(|m| m.inside_the_day) {
+                        trades = staging
+                            .trades_between(&config.exchange, from_ms, to_ms)
+                            .await?;
+                    }
                 }
-                let missing = incomplete(&staging, &config, &trades, (from_ms, to_ms)).await?;
-                if missing.is_empty() {
-                    break trades;
-                }
-                let report = format!(
-                    "the staged trades of {date} are not complete: {}",
-                    missing.join("; ")
-                );
-                if started.elapsed() + RECHECK_EVERY > config.wait_for_complete {
-                    return Err(TaskError::transient(report));
-                }
-                ctx.log
-                    .note(&format!("{report}; looking again in {RECHECK_EVERY:?}"));
-                tokio::time::sleep(RECHECK_EVERY).await;
-            };
+            }
             for (symbol, count) in trades.counts() {
                 ctx.log.note(&format!("{date} {symbol}: {count} trades"));
             }
@@ -152,6 +159,13 @@ impl TaskKind for TradesExtract {
     }
 }
 
+/// One thing that keeps a day from being complete.
+struct Missing {
+    text: String,
+    /// Ids missing inside the day: reading the day again is needed to see them filled.
+    inside_the_day: bool,
+}
+
 /// What keeps the day `[from_ms, to_ms)` from being complete in staging, per symbol: ids
 /// missing inside the day or at its edges, or a stream that has not committed trades past
 /// the day's end yet. Empty when the day is complete.
@@ -159,8 +173,8 @@ async fn incomplete(
     staging: &Staging,
     config: &Config,
     trades: &TradeColumns,
-    (from_ms, to_ms): (i64, i64),
-) -> Result<Vec<String>, TaskError> {
+    day: (i64, i64),
+) -> Result<Vec<Missing>, TaskError> {
     let spans = trades.id_spans();
     let mut symbols: Vec<&str> = spans.iter().map(|s| s.symbol).collect();
     for symbol in &config.symbols {
@@ -170,11 +184,17 @@ async fn incomplete(
     }
     let mut missing = Vec::new();
     for symbol in symbols {
-        let (before, after) = staging
-            .neighbours(&config.exchange, symbol, from_ms, to_ms)
-            .await?;
         let span = spans.iter().find(|s| s.symbol == symbol);
+        let (before, after) = staging
+            .neighbours(
+                &config.exchange,
+                symbol,
+                span.map(|s| (s.first, s.last)),
+                day,
+            )
+            .await?;
         let mut gaps: Vec<(i64, i64)> = Vec::new();
+        let mut inside_the_day = false;
         match span {
             Some(span) => {
                 if let Some(before) = before
@@ -183,6 +203,7 @@ async fn incomplete(
                     gaps.push((before + 1, span.first - 1));
                 }
                 if !span.is_whole() {
+                    inside_the_day = true;
                     gaps.extend(trades.id_gaps(symbol, 10));
                 }
                 if let Some(after) = after
@@ -203,16 +224,19 @@ async fn incomplete(
             let last = span.map_or(String::new(), |s| {
                 format!(" (its last id so far is {})", s.last)
             });
-            missing.push(format!(
-                "{symbol}: the stream has not committed trades past the day's end yet{last}"
-            ));
+            missing.push(Missing {
+                text: format!(
+                    "{symbol}: the stream has not committed trades past the day's end yet{last}"
+                ),
+                inside_the_day: false,
+            });
         }
         if !gaps.is_empty() {
             let ranges: Vec<String> = gaps.iter().map(|(a, b)| format!("{a}..={b}")).collect();
-            missing.push(format!(
-                "{symbol}: trade ids {} are missing",
-                ranges.join(", ")
-            ));
+            missing.push(Missing {
+                text: format!("{symbol}: trade ids {} are missing", ranges.join(", ")),
+                inside_the_day,
+            });
         }
     }
     Ok(missing)

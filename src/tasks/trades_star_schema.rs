@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::{
     BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
 };
+use crate::decimal::Product;
 use crate::exchange::binance::{BinanceClient, RetryPolicy};
 use crate::lake::{Lake, daily_trades};
 use crate::transform::star_schema::{self, ExchangeRef, SymbolRef};
@@ -70,10 +71,17 @@ impl TaskKind for TradesStarSchema {
                 .day(config.date.as_deref())
                 .map_err(TaskError::permanent)?;
             let lake = Lake::open(&ctx.data.lake_url)?;
-            let _lock = exclusive(
+            let _writing = exclusive(
                 ctx,
-                &format!("trades.star_schema|{}|{}|{date}", lake.url(), config.output),
-                &format!("writing the star schema of {date}"),
+                &daily_trades::day_lock(lake.url(), &config.output, date),
+                &format!("writing or reading the star schema of {date}"),
+            )
+            .await?;
+            // The snapshot must not be replaced while it is read.
+            let _reading = exclusive(
+                ctx,
+                &daily_trades::day_lock(lake.url(), &config.source, date),
+                &format!("writing or reading the snapshot of {date}"),
             )
             .await?;
             let dir = daily_trades::snapshot_dir(&config.source, date);
@@ -83,8 +91,17 @@ impl TaskKind for TradesStarSchema {
                     lake.url()
                 ))
             })?;
+            let place = format!("{}/{dir}", lake.url());
+            if let Some(scale) = quote_scale(&snapshot)
+                && scale != Product::SCALE as usize
+            {
+                return Err(TaskError::permanent(format!(
+                    "{place}: quote_qty has {scale} fractional digits, not {}: an earlier orch wrote this snapshot; run trades.extract for {date} again",
+                    Product::SCALE
+                )));
+            }
             let failed = |e: polars::prelude::PolarsError| {
-                TaskError::permanent(format!("{}/{dir}: transform failed: {e}", lake.url()))
+                super::polars_error(e).context(format!("{place}: transform failed"))
             };
             // The one pass over the trades; it also tells which exchanges and symbols the day
             // holds, and how many trades.
@@ -144,6 +161,14 @@ impl TaskKind for TradesStarSchema {
                 metrics: Some(metrics),
             })
         })
+    }
+}
+
+/// The scale of the snapshot's `quote_qty` column, if it is a decimal.
+fn quote_scale(snapshot: &polars::prelude::LazyFrame) -> Option<usize> {
+    match snapshot.clone().collect_schema().ok()?.get("quote_qty")? {
+        DataType::Decimal(_, scale) => Some(*scale),
+        _ => None,
     }
 }
 

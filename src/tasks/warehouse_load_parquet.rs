@@ -168,22 +168,21 @@ async fn pending_files_of(
     dir: &str,
     from: Option<&str>,
 ) -> Result<(Vec<String>, Option<String>), TaskError> {
-    let mut listed = Vec::new();
-    let ledger_from = match from {
-        Some(from) => {
-            let from = format!("{dir}{from}");
-            for sub in lake.list_dirs(dir).await? {
-                if sub >= from {
-                    listed.extend(lake.list(&sub).await?);
-                }
-            }
-            from
-        }
-        None => {
-            listed = lake.list(dir).await?;
-            dir.to_string()
-        }
+    let (listed, ledger_from) = match from {
+        Some(from) => (
+            lake.list_partitions_from(dir, Some(from)).await?,
+            format!("{dir}{from}"),
+        ),
+        None => (lake.list(dir).await?, dir.to_string()),
     };
+    // A folder replaced as a whole (a day of the star schema) holds new file names at every
+    // rerun: appended file by file, its rows would load again each time.
+    if let Some(manifest) = listed.iter().find(|o| o.key.ends_with("/_manifest.json")) {
+        return Err(TaskError::permanent(format!(
+            "{} holds a day that is replaced as a whole, not files to append: load it with warehouse.load_star_schema",
+            manifest.key.trim_end_matches("_manifest.json")
+        )));
+    }
     let last_listed = listed
         .iter()
         .filter_map(|o| o.key.strip_prefix(dir)?.split('/').next())

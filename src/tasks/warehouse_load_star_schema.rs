@@ -68,13 +68,26 @@ impl TaskKind for WarehouseLoadStarSchema {
                 .warehouse
                 .as_deref()
                 .unwrap_or(&ctx.data.warehouse_url);
-            let _lock = exclusive(
+            let _loading = exclusive(
                 ctx,
                 &format!("warehouse.load_star_schema|{}|{date}", redact::secrets(url)),
                 &format!("loading the star schema of {date}"),
             )
             .await?;
             let lake = Lake::open(&ctx.data.lake_url)?;
+            // Neither the tables nor the snapshot may be replaced while they are read.
+            let _curated = exclusive(
+                ctx,
+                &daily_trades::day_lock(lake.url(), &config.source, date),
+                &format!("writing or reading the star schema of {date}"),
+            )
+            .await?;
+            let _snapshot = exclusive(
+                ctx,
+                &daily_trades::day_lock(lake.url(), &config.snapshot, date),
+                &format!("writing or reading the snapshot of {date}"),
+            )
+            .await?;
             let mut scans = Vec::new();
             for table in [
                 "dim_time",
@@ -168,7 +181,7 @@ fn check_and_prepare(
     for (place, scan) in scans {
         frames.push(
             scan.collect()
-                .map_err(|e| TaskError::permanent(format!("{place}: {e}")))?,
+                .map_err(|e| super::polars_error(e).context(&place))?,
         );
     }
     let [
@@ -192,7 +205,7 @@ fn check_and_prepare(
         .select([len().cast(DataType::Int64)])
         .collect()
         .and_then(|f| f.columns()[0].as_materialized_series().sum::<i64>())
-        .map_err(|e| TaskError::permanent(format!("{snapshot_place}: {e}")))?;
+        .map_err(|e| super::polars_error(e).context(snapshot_place))?;
     let extracted = u64::try_from(extracted).unwrap_or(0);
     let failures = quality::check(&star, snapshot, extracted)
         .map_err(|e| TaskError::permanent(format!("the quality checks could not run: {e}")))?;

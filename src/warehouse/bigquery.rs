@@ -382,7 +382,7 @@ impl BigQueryWarehouse {
         }
     }
 
-    /// Files of the ledger whose key starts with `prefix`.
+    /// Files of the ledger in `[from, to)`, compared as GoogleSQL compares strings: by bytes.
     pub async fn loaded_files(&self, from: &str, to: &str) -> Result<Vec<String>, BigQueryError> {
         let rows = self
             .query(

@@ -527,3 +527,100 @@ fn two_runs_and_a_backfill_at_once_land_every_trade_id_once() {
         );
     }
 }
+
+/// A catch-up wrote a file only every 500,000 trades: one longer than the task's timeout
+/// threw its work away on every attempt. Now it also writes every `flush_every`, and the next
+/// attempt goes on from there.
+#[test]
+fn a_catch_up_that_times_out_keeps_what_it_fetched() {
+    let home = Home::new();
+    let sim = Simulator::start("BTCUSDT");
+    let start = sim.add_trades("BTCUSDT", 1).0;
+    sim.add_trades("BTCUSDT", 6_000);
+    home.write_dag(
+        "trades",
+        &format!(
+            r#"
+tasks:
+  - id: fetch
+    kind: binance.historical_trades
+    timeout: 2s
+    retries: 1
+    retry_delay: 0s
+    with: {{ symbols: [BTCUSDT], start_from_id: {start}, base_url: "{}", flush_every: 300ms }}
+"#,
+            sim.url
+        ),
+    );
+    // Pages of 1,000 trades answered every 700 ms: seven pages take longer than the timeout.
+    let slow: Vec<serde_json::Value> = (0..4)
+        .map(|_| serde_json::json!({"status": 200, "delay_ms": 700}))
+        .collect();
+    sim.post("/_sim/faults", &serde_json::json!({"rest": slow}));
+    let run = run_ok(&home, &[]);
+    let fetch = attempts(&run, "fetch");
+    assert_eq!(fetch.len(), 2, "{run:#}");
+    assert!(
+        fetch[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("timed out")),
+        "{run:#}"
+    );
+    let second_fetched = fetch[1]["rows"].as_i64().expect("rows");
+    assert!(
+        second_fetched < 6_001,
+        "the retry went on from the first attempt's files: it fetched {second_fetched}"
+    );
+    assert_exactly_once(
+        "lake",
+        &lake_ids(&home)["BTCUSDT"],
+        start,
+        sim.last_id("BTCUSDT"),
+    );
+}
+
+/// A file whose ids overlap one the lake holds (another writer outside this metadata
+/// database's lock) would load its trades twice: it is refused.
+#[test]
+fn a_file_overlapping_what_the_lake_holds_is_refused() {
+    let home = Home::new();
+    let sim = Simulator::start("BTCUSDT");
+    let (start, _) = sim.add_trades("BTCUSDT", 500);
+    home.write_dag(
+        "trades",
+        &pipeline(&sim, "BTCUSDT", &format!(", start_from_id: {start}")),
+    );
+    // While the fetch waits for its page, another writer puts a file of some of its ids.
+    sim.post(
+        "/_sim/faults",
+        &serde_json::json!({"rest": [{"status": 200, "delay_ms": 1500}]}),
+    );
+    let child = home
+        .command(&["run", "trades"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("orch run");
+    std::thread::sleep(Duration::from_millis(500));
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let foreign = home.file(&format!(
+        "data/lake/raw/binance_trades/symbol=BTCUSDT/date={today}/{}",
+        raw_trades::file_key("", "x", "y", start + 10, start + 20)
+            .rsplit('/')
+            .next()
+            .expect("name")
+    ));
+    std::fs::create_dir_all(foreign.parent().expect("folder")).expect("mkdir");
+    std::fs::write(&foreign, b"").expect("a foreign file");
+    let out = child.wait_with_output().expect("wait");
+    assert!(!out.status.success());
+    let run = home.run_json(text(&out.stdout).lines().next().expect("run id"));
+    let error = attempts(&run, "get_data_binance")[0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("refusing to write ids") && error.contains("already holds some of them"),
+        "{error}"
+    );
+}

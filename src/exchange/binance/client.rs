@@ -422,6 +422,46 @@ mod tests {
     use super::*;
     use crate::simulator::{Simulator, SimulatorOptions};
 
+    /// A body that starts and then stalls is retried as a transient failure, and the error
+    /// says the request timed out rather than that the answer was unreadable.
+    #[tokio::test]
+    async fn a_body_that_stalls_is_retried_and_reported_as_a_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let requests = Arc::new(Mutex::new(0));
+        let counted = Arc::clone(&requests);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                *counted.lock().expect("count") += 1;
+                let mut request = [0_u8; 2048];
+                let _ = socket.read(&mut request).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n[{\"id\":")
+                    .await;
+                held.push(socket);
+            }
+        });
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            first_backoff: Duration::from_millis(10),
+            request_timeout: Duration::from_millis(300),
+            ..RetryPolicy::default()
+        };
+        let client = BinanceClient::new(&format!("http://{address}"), policy).expect("client");
+        let err = client
+            .historical_trades("BTCUSDT", 1, 1000)
+            .await
+            .expect_err("the body never comes");
+        assert!(err.is_transient(), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("timed out"), "{message}");
+        assert_eq!(*requests.lock().expect("count"), 2, "retried");
+    }
+
     #[tokio::test]
     async fn exchange_info_reads_assets_and_names_an_unknown_symbol() {
         let simulator = Simulator::start(&SimulatorOptions {

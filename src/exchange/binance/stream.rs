@@ -65,9 +65,14 @@ pub enum Incoming {
     Ended(String),
 }
 
+/// Messages a connection read on its own task holds for its consumer at most.
+const QUEUED_MESSAGES: usize = 200_000;
+/// How long closing a connection politely may take before it is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A connection read on a task of its own, see [`TradeStream::read_on_own_task`].
 pub struct ReadConnection {
-    messages: mpsc::UnboundedReceiver<Incoming>,
+    messages: mpsc::Receiver<Incoming>,
     close: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -86,7 +91,8 @@ impl ReadConnection {
         if let Some(close) = self.close.take() {
             let _ = close.send(());
         }
-        let _ = (&mut self.task).await;
+        // A dead peer must not hold up a stop or a renewal; dropping aborts the reader.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT * 2, &mut self.task).await;
     }
 }
 
@@ -147,13 +153,13 @@ impl TradeStream {
     /// unread stops answering pings, and the exchange drops it. The connection ends when the
     /// server closes it, on an error, or after `silence` without a frame, pings included.
     pub fn read_on_own_task(mut self, silence: Duration) -> ReadConnection {
-        let (sender, messages) = mpsc::unbounded_channel();
+        let (sender, messages) = mpsc::channel(QUEUED_MESSAGES);
         let (close, mut closing) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let ended = loop {
                 let next = tokio::select! {
                     _ = &mut closing => {
-                        self.close().await;
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.close()).await;
                         return;
                     }
                     next = tokio::time::timeout(silence, self.next()) => next,
@@ -164,11 +170,19 @@ impl TradeStream {
                     Ok(Some(Err(e))) => break e.to_string(),
                     Ok(Some(Ok(message))) => message,
                 };
-                if sender.send(Incoming::Message(message)).is_err() {
-                    return;
+                match sender.try_send(Incoming::Message(message)) {
+                    Ok(()) => {}
+                    // The consumer is far behind (a very long backfill): reading on would only
+                    // grow the queue, while a reconnect catches up from the REST API.
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        break format!(
+                            "{QUEUED_MESSAGES} messages wait to be taken; reconnecting to catch up from the REST API"
+                        );
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }
             };
-            let _ = sender.send(Incoming::Ended(ended));
+            let _ = sender.send(Incoming::Ended(ended)).await;
         });
         ReadConnection {
             messages,
