@@ -67,17 +67,7 @@ fn main() {
 /// One run of the 5-minute pipeline in a home whose lake and ledger hold `files` files: the
 /// first run's milliseconds, then [`REPEATS`] later ones', each fetching 100 new trades a symbol.
 async fn lake_overhead(files: usize) -> (f64, Vec<f64>) {
-    let simulator = Simulator::start(&SimulatorOptions {
-        port: 0,
-        symbols: LAKE_SYMBOLS.iter().map(|s| s.to_string()).collect(),
-        rate: 0.0,
-        seed: 1,
-        replay: Vec::new(),
-        weight_limit: None,
-        keepalive: orch::simulator::Keepalive::BINANCE,
-    })
-    .await
-    .expect("simulator");
+    let simulator = simulator(&LAKE_SYMBOLS).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let warehouse = format!(
         "sqlite://{}",
@@ -172,17 +162,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 async fn measure(postgres: Option<&str>) -> Vec<(&'static str, Vec<f64>)> {
-    let simulator = Simulator::start(&SimulatorOptions {
-        port: 0,
-        symbols: vec!["BTCUSDT".to_string()],
-        rate: 0.0,
-        seed: 1,
-        replay: Vec::new(),
-        weight_limit: None,
-        keepalive: orch::simulator::Keepalive::BINANCE,
-    })
-    .await
-    .expect("simulator");
+    let simulator = simulator(&["BTCUSDT"]).await;
     let added: serde_json::Value = reqwest::Client::new()
         .post(format!("{}/_sim/trades", simulator.url()))
         .json(&serde_json::json!({"symbol": "BTCUSDT", "count": TRADES}))
@@ -284,6 +264,21 @@ async fn execute(dir: &Path, store: &Store, yaml: &str) -> String {
         panic!("the benchmark's run failed: {attempts:#?}");
     }
     run.run_id
+}
+
+/// The simulator for `symbols`, with no background trades and no request-weight limit.
+async fn simulator(symbols: &[&str]) -> Simulator {
+    Simulator::start(&SimulatorOptions {
+        port: 0,
+        symbols: symbols.iter().map(|s| s.to_string()).collect(),
+        rate: 0.0,
+        seed: 1,
+        replay: Vec::new(),
+        weight_limit: None,
+        keepalive: orch::simulator::Keepalive::BINANCE,
+    })
+    .await
+    .expect("simulator")
 }
 
 async fn drop_tables(url: &str) {

@@ -159,6 +159,24 @@ fn with_create_mode(url: &str) -> String {
     }
 }
 
+/// The PostgreSQL server the unit tests may use (`ORCH_TEST_POSTGRES_URL`, which
+/// `.ci/postgres` prints); `None`, the test skipped with a printed reason, without one, except
+/// under CI (`CI` set), where a missing server fails the test.
+#[cfg(test)]
+pub(crate) fn test_postgres_url() -> Option<String> {
+    let url = std::env::var("ORCH_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide ORCH_TEST_POSTGRES_URL (see .ci/postgres)"
+        );
+        eprintln!("skipped: ORCH_TEST_POSTGRES_URL is not set");
+    }
+    url
+}
+
 /// Whether `name` is a table name orch may put into SQL unquoted: lower-case letters, digits
 /// and `_`, starting with a letter, at most 63 bytes (PostgreSQL's limit).
 pub fn is_table_name(name: &str) -> bool {

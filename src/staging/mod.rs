@@ -642,11 +642,7 @@ mod tests {
     /// On the server `.ci/postgres` starts, in a table of its own; skipped without one.
     #[tokio::test]
     async fn postgres_batches_are_idempotent_and_read_back_exactly() {
-        let Some(url) = std::env::var("ORCH_TEST_POSTGRES_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        else {
-            eprintln!("skipped: ORCH_TEST_POSTGRES_URL is not set");
+        let Some(url) = crate::database::test_postgres_url() else {
             return;
         };
         let table = format!("staging_test_{}", std::process::id());
@@ -662,11 +658,7 @@ mod tests {
     /// recomputed from its price and quantity.
     #[tokio::test]
     async fn postgres_quote_qty_of_an_older_table_is_widened_and_recomputed() {
-        let Some(url) = std::env::var("ORCH_TEST_POSTGRES_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        else {
-            eprintln!("skipped: ORCH_TEST_POSTGRES_URL is not set");
+        let Some(url) = crate::database::test_postgres_url() else {
             return;
         };
         let table = format!("staging_old_{}", std::process::id());

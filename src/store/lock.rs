@@ -205,11 +205,7 @@ mod tests {
 
     #[tokio::test]
     async fn postgres_locks_exclude_each_other_until_dropped() {
-        let Some(url) = std::env::var("ORCH_TEST_POSTGRES_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        else {
-            eprintln!("skipped: ORCH_TEST_POSTGRES_URL is not set");
+        let Some(url) = crate::database::test_postgres_url() else {
             return;
         };
         lock_twice(&url).await;

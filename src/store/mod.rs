@@ -181,12 +181,38 @@ impl Store {
     /// Creates a run and its task instances. Returns `false`, creating nothing, when a
     /// scheduled or backfill run for the same DAG and logical date already exists.
     pub async fn insert_run(&self, run: &NewRun, task_ids: &[String]) -> Result<bool> {
+        self.insert(run, task_ids, None).await
+    }
+
+    /// Records a scheduled interval that will not run, as a run in state `skipped` with the
+    /// reason, its tasks `skipped` too (so a backfill can run it again later); `false` when a
+    /// run of that date exists already.
+    pub async fn insert_skipped_run(
+        &self,
+        run: &NewRun,
+        task_ids: &[String],
+        note: &str,
+    ) -> Result<bool> {
+        self.insert(run, task_ids, Some(note)).await
+    }
+
+    /// A new run, `queued`, or `skipped` for the reason `skipped`, with its task instances.
+    async fn insert(
+        &self,
+        run: &NewRun,
+        task_ids: &[String],
+        skipped: Option<&str>,
+    ) -> Result<bool> {
         run.check_storable()?;
+        let (run_state, task_state, ended_at) = match skipped {
+            Some(_) => ("skipped", "skipped", Some(timestamp::format(Utc::now()))),
+            None => ("queued", "scheduled", None),
+        };
         let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO dag_runs (run_id, dag_id, run_type, logical_date, data_interval_start,
-                 data_interval_end, conf, state, queued_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8)
+                 data_interval_end, conf, state, queued_at, ended_at, note)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT DO NOTHING",
         )
         .bind(&run.run_id)
@@ -196,7 +222,10 @@ impl Store {
         .bind(timestamp::format(run.data_interval_start))
         .bind(timestamp::format(run.data_interval_end))
         .bind(Value::Object(run.conf.clone()).to_string())
+        .bind(run_state)
         .bind(timestamp::format(run.queued_at))
+        .bind(ended_at)
+        .bind(skipped)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -207,11 +236,12 @@ impl Store {
         for (position, task_id) in (0_i64..).zip(task_ids) {
             sqlx::query(
                 "INSERT INTO task_instances (run_id, task_id, position, state)
-                 VALUES ($1, $2, $3, 'scheduled')",
+                 VALUES ($1, $2, $3, $4)",
             )
             .bind(&run.run_id)
             .bind(task_id)
             .bind(position)
+            .bind(task_state)
             .execute(&mut *tx)
             .await?;
         }
@@ -313,55 +343,6 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    /// Records a scheduled interval that will not run, as a run in state `skipped` with the
-    /// reason, its tasks `skipped` too (so a backfill can run it again later); `false` when a
-    /// run of that date exists already.
-    pub async fn insert_skipped_run(
-        &self,
-        run: &NewRun,
-        task_ids: &[String],
-        note: &str,
-    ) -> Result<bool> {
-        run.check_storable()?;
-        let now = timestamp::format(Utc::now());
-        let mut tx = self.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO dag_runs (run_id, dag_id, run_type, logical_date, data_interval_start,
-                 data_interval_end, conf, state, queued_at, ended_at, note)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'skipped', $8, $9, $10)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&run.run_id)
-        .bind(&run.dag_id)
-        .bind(run.run_type.as_str())
-        .bind(timestamp::format(run.logical_date))
-        .bind(timestamp::format(run.data_interval_start))
-        .bind(timestamp::format(run.data_interval_end))
-        .bind(Value::Object(run.conf.clone()).to_string())
-        .bind(timestamp::format(run.queued_at))
-        .bind(&now)
-        .bind(note)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if inserted {
-            for (position, task_id) in (0_i64..).zip(task_ids) {
-                sqlx::query(
-                    "INSERT INTO task_instances (run_id, task_id, position, state)
-                     VALUES ($1, $2, $3, 'skipped')",
-                )
-                .bind(&run.run_id)
-                .bind(task_id)
-                .bind(position)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(inserted)
     }
 
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {

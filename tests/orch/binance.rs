@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use orch::lake::raw_trades;
 
-use crate::support::{Home, Simulator, attempts, postgres_database, s3_bucket, text};
+use crate::support::{
+    Home, Simulator, attempts, block_on, parquet_files, postgres_database, s3_bucket, text,
+};
 
 const SYMBOLS: &str = "BTCUSDT,AAVEUSDT,STXUSDT,ARBUSDT";
 
@@ -30,21 +32,7 @@ tasks:
 
 /// Every trade id in the local lake per symbol, sorted.
 fn lake_ids(home: &Home) -> BTreeMap<String, Vec<i64>> {
-    let root = home.file("data/lake/raw/binance_trades");
-    let mut files: Vec<(String, bytes::Bytes)> = Vec::new();
-    let mut stack = vec![root];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                let bytes = std::fs::read(&path).expect("read lake file");
-                files.push((path.to_string_lossy().into_owned(), bytes.into()));
-            }
-        }
-    }
-    ids_by_symbol(files)
+    ids_by_symbol(parquet_files(&home.file("data/lake/raw/binance_trades")))
 }
 
 /// Trade ids per `symbol=` partition of lake files given as (key, content), sorted.
@@ -81,14 +69,6 @@ fn assert_exactly_once(what: &str, ids: &[i64], first: i64, last: i64) {
             ids.last()
         );
     }
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(future)
 }
 
 /// Trade ids per warehouse table, sorted.

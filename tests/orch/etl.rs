@@ -9,7 +9,7 @@ use orch::exchange::Trade;
 use orch::staging::{StagedTrade, Staging};
 use serde_json::Value;
 
-use crate::support::{Home, Simulator, attempts, postgres_database, text};
+use crate::support::{Home, Simulator, attempts, block_on, postgres_database, text};
 
 const SHIPPED: &str = include_str!("../../dags/daily_binance_etl.yaml");
 
@@ -24,14 +24,6 @@ pub(crate) fn shipped() -> String {
 }
 /// 2026-11-22T00:00:00Z in ms.
 const DAY: i64 = 1_795_305_600_000;
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(future)
-}
 
 /// Stages `per_symbol` trades a symbol across the day of 2026-11-22, plus one trade just
 /// before and one just after it that the day must not include; returns the day's count.

@@ -9,15 +9,7 @@ use std::time::Duration;
 use orch::decimal::{Decimal, Product};
 use orch::lake::raw_trades;
 
-use crate::support::{Home, Server, Simulator, text};
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(future)
-}
+use crate::support::{Home, Server, Simulator, block_on, parquet_files, text};
 
 /// `trade_id, price, qty, quote_qty` of every row of `table`, decimals read back exactly.
 fn rows(url: &str, table: &str) -> BTreeMap<i64, (Decimal, Decimal, Product)> {
@@ -49,18 +41,9 @@ fn rows(url: &str, table: &str) -> BTreeMap<i64, (Decimal, Decimal, Product)> {
 /// Every trade of the local lake's raw ETHBTC files.
 fn lake_rows(home: &Home) -> BTreeMap<i64, (Decimal, Decimal, Product)> {
     let mut out = BTreeMap::new();
-    let mut stack = vec![home.file("data/lake/raw/binance_trades/symbol=ETHBTC")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                let bytes = std::fs::read(&path).expect("read lake file");
-                for t in raw_trades::decode(bytes.into()).expect("decode") {
-                    out.insert(t.id, (t.price, t.qty, t.quote_qty));
-                }
-            }
+    for (_, bytes) in parquet_files(&home.file("data/lake/raw/binance_trades/symbol=ETHBTC")) {
+        for t in raw_trades::decode(bytes).expect("decode") {
+            out.insert(t.id, (t.price, t.qty, t.quote_qty));
         }
     }
     out

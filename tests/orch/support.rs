@@ -239,6 +239,33 @@ pub fn sql(url: &str, statements: &str) {
         });
 }
 
+/// Runs a future to its end on a runtime of its own, for the tests' direct database reads.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// Every `.parquet` file below `dir` in a local lake, as (path, content).
+pub fn parquet_files(dir: &Path) -> Vec<(String, bytes::Bytes)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let bytes = std::fs::read(&path).expect("read lake file");
+                files.push((path.to_string_lossy().into_owned(), bytes.into()));
+            }
+        }
+    }
+    files
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
