@@ -4,7 +4,7 @@
 //! and lot sizes, spread over the day) in a SQLite staging table, then runs each stage of
 //! `daily_binance_etl` as its own `orch run` process, so each has its own wall time and peak
 //! memory (the child's maximum resident set, from `wait4`):
-//! - extract: staging → Parquet snapshot in the lake;
+//! - extract: staging → Parquet snapshot in the lake, after checking the day is complete;
 //! - transform: snapshot → the five star-schema tables, written to the lake;
 //! - load: the tables into SQLite, and into PostgreSQL when `ORCH_BENCH_POSTGRES_URL` (or
 //!   `ORCH_TEST_POSTGRES_URL`) names a server.
@@ -142,6 +142,20 @@ async fn stage(url: &str) {
         }
         done += count;
     }
+    // The next trade of each symbol, just after midnight: the stream is past the day, which the
+    // extract checks before it takes the day.
+    let mut after = Vec::new();
+    for symbol in SYMBOLS {
+        let (first, _) = market.generate(symbol, 1, 0).expect("known symbol");
+        for mut trade in market.from_id(symbol, first, 1).expect("known symbol") {
+            trade.time_ms = DAY + 86_400_000;
+            after.push(StagedTrade {
+                symbol: symbol.to_string(),
+                trade,
+            });
+        }
+    }
+    staging.insert("binance", &after, 0).await.expect("stage");
 }
 
 /// Runs the `stage` DAG once: (task duration ms, process wall ms, peak RSS MB).

@@ -7,10 +7,10 @@
 //!
 //! A trade's value, price × quantity, needs up to twice the fractional digits: on ETHBTC
 //! (tick 0.00001, step 0.0001) it has 9. [`Decimal::exact_mul`] is the one multiply of orch:
-//! every path that brings a trade (REST, websocket, replay) and the daily extract use it, and
-//! the transform sums what it gave, so a [`Product`] (16 fractional digits, the lake's
-//! `decimal(38, 16)`) is exact for any tick and step, and the same trade always gets the same
-//! value.
+//! every path that brings a trade (REST, websocket, replay) and the daily extract use it (the
+//! daily transform does the same on whole columns: the product of the units), so a [`Product`]
+//! (16 fractional digits, the lake's `decimal(38, 16)`) is exact for any tick and step, and the
+//! same trade always gets the same value.
 
 use std::fmt;
 use std::str::FromStr;

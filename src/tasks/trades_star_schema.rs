@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 use super::{
     BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
 };
-use crate::decimal::Product;
 use crate::exchange::binance::{BinanceClient, RetryPolicy};
 use crate::lake::{Lake, daily_trades};
 use crate::transform::star_schema::{self, ExchangeRef, SymbolRef};
@@ -92,14 +91,6 @@ impl TaskKind for TradesStarSchema {
                 ))
             })?;
             let place = format!("{}/{dir}", lake.url());
-            if let Some(scale) = quote_scale(&snapshot)
-                && scale != Product::SCALE as usize
-            {
-                return Err(TaskError::permanent(format!(
-                    "{place}: quote_qty has {scale} fractional digits, not {}: an earlier orch wrote this snapshot; run trades.extract for {date} again",
-                    Product::SCALE
-                )));
-            }
             let failed = |e: polars::prelude::PolarsError| {
                 super::polars_error(e).context(format!("{place}: transform failed"))
             };
@@ -161,14 +152,6 @@ impl TaskKind for TradesStarSchema {
                 metrics: Some(metrics),
             })
         })
-    }
-}
-
-/// The scale of the snapshot's `quote_qty` column, if it is a decimal.
-fn quote_scale(snapshot: &polars::prelude::LazyFrame) -> Option<usize> {
-    match snapshot.clone().collect_schema().ok()?.get("quote_qty")? {
-        DataType::Decimal(_, scale) => Some(*scale),
-        _ => None,
     }
 }
 
