@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::decimal::Decimal;
+use crate::decimal::{Decimal, Product};
 use crate::exchange::{SymbolInfo, Trade};
 
 /// An element of `historicalTrades` and `trades`.
@@ -12,9 +12,11 @@ pub struct WireTrade {
     pub id: i64,
     pub price: Decimal,
     pub qty: Decimal,
-    /// Sent by Binance, never used (and so not parsed): [`WireTrade::trade`] computes price ×
-    /// qty itself, as every other path does.
-    pub quote_qty: String,
+    /// Sent by Binance, never read (so neither parsed nor able to fail a page):
+    /// [`WireTrade::trade`] computes price × qty itself, as every other path does. The
+    /// simulator writes it.
+    #[serde(skip_deserializing)]
+    pub quote_qty: Product,
     pub time: i64,
     pub is_buyer_maker: bool,
     pub is_best_match: bool,
@@ -40,7 +42,7 @@ impl From<&Trade> for WireTrade {
             id: t.id,
             price: t.price,
             qty: t.qty,
-            quote_qty: t.quote_qty.to_string(),
+            quote_qty: t.quote_qty,
             time: t.time_ms,
             is_buyer_maker: t.is_buyer_maker,
             is_best_match: t.is_best_match,
