@@ -87,6 +87,9 @@ async fn setup(dir: &Path) -> (Store, Executor) {
             staging_url: orch::staging::Staging::default_url(dir),
             binance_ws_url: "ws://127.0.0.1:9".to_string(),
         },
+        isolation: orch::attempt::Isolation::ChildProcess {
+            exe: env!("CARGO_BIN_EXE_orch").into(),
+        },
     };
     (store, executor)
 }

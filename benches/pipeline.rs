@@ -245,6 +245,9 @@ async fn execute(dir: &Path, store: &Store, yaml: &str) -> String {
             staging_url: orch::staging::Staging::default_url(dir),
             binance_ws_url: "ws://127.0.0.1:9".to_string(),
         },
+        isolation: orch::attempt::Isolation::ChildProcess {
+            exe: env!("CARGO_BIN_EXE_orch").into(),
+        },
     };
     let run = plan::manual_run(&dag, None, Default::default(), chrono::Utc::now());
     let ids: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();

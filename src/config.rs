@@ -22,7 +22,7 @@ pub struct Config {
 }
 
 /// Where data tasks keep their data, each a URL an `ORCH_*_URL` variable may override.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DataPlaces {
     /// The Parquet lake (`ORCH_LAKE_URL`): `file://<home>/data/lake` by default.
     pub lake_url: String,

@@ -7,6 +7,7 @@
 //! Data pipelines read from [`exchange`]s (tested against the [`simulator`]), keep prices
 //! exact ([`decimal`]) and write Parquet to the [`lake`].
 
+pub mod attempt;
 pub mod backoff;
 pub mod cli;
 pub mod config;

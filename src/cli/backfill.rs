@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::StreamExt;
-use tokio::sync::Semaphore;
 
 use super::{find_dag, say};
 use crate::config::Config;
@@ -73,14 +72,10 @@ pub async fn backfill(
     let dag = find_dag(&bag, dag_id)?;
     let store = Store::open(&config.database_url).await?;
     let lease = Lease::acquire(&config.state_dir()).context("cannot create the process lease")?;
-    let executor = Arc::new(Executor {
-        store: store.clone(),
-        registry,
-        home: config.home.clone(),
-        logs_dir: config.logs_dir.clone(),
-        slots: Arc::new(Semaphore::new(config.parallelism)),
-        data: config.data.clone(),
-    });
+    let executor = Arc::new(
+        Executor::of_config(config, store.clone(), registry)
+            .context("cannot find the orch binary to run attempts with")?,
+    );
     let dates = dag.backfill_dates(start, end);
     if dates.is_empty() {
         anyhow::bail!(

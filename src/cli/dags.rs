@@ -174,8 +174,13 @@ fn show(dag: &Dag, paused: bool, last_end: Option<chrono::DateTime<Utc>>) {
             .timeout
             .map(|t| format!(", timeout {}", humantime::format_duration(t)))
             .unwrap_or_default();
+        let limits = if task.limits.is_unlimited() {
+            String::new()
+        } else {
+            format!(", limits {}", task.limits.describe())
+        };
         println!(
-            "  {} [{}]{deps} (trigger_rule {}, retries {}{timeout})",
+            "  {} [{}]{deps} (trigger_rule {}, retries {}{timeout}{limits})",
             task.id,
             task.kind,
             task.trigger_rule.as_str(),

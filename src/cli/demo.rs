@@ -8,7 +8,11 @@ use crate::config::Config;
 use crate::scheduler::{self, ServeOptions};
 use crate::simulator::{Simulator, SimulatorOptions};
 
-pub async fn demo(mut config: Config, grace: Duration) -> anyhow::Result<ExitCode> {
+pub async fn demo(
+    mut config: Config,
+    grace: Duration,
+    log_format: &'static str,
+) -> anyhow::Result<ExitCode> {
     let simulator = Simulator::start(&SimulatorOptions {
         port: 0,
         symbols: ["BTCUSDT", "AAVEUSDT", "STXUSDT", "ARBUSDT"]
@@ -30,7 +34,7 @@ pub async fn demo(mut config: Config, grace: Duration) -> anyhow::Result<ExitCod
         "demo: Binance simulator started; trades land in the lake and the warehouse every 5 minutes \
          (try `orch trigger binance_trades_5m --wait` from another terminal for a run now)"
     );
-    scheduler::serve(config, ServeOptions { grace }).await?;
+    scheduler::serve(config, ServeOptions { grace, log_format }).await?;
     drop(simulator);
     Ok(ExitCode::SUCCESS)
 }

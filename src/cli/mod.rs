@@ -54,6 +54,16 @@ enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// The value as given on the command line, for the processes orch starts.
+    fn as_arg(self) -> &'static str {
+        match self {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the scheduler: cron ticks, queued runs, hot reload of DAG files.
@@ -129,6 +139,10 @@ enum Command {
     /// Run a local exchange simulator (no network needed); prints its URL first.
     #[command(subcommand)]
     Simulate(SimulateCommand),
+    /// Run one task attempt handed over on standard input, and report on standard output:
+    /// how orch runs every attempt in a process of its own.
+    #[command(hide = true)]
+    Attempt,
 }
 
 #[derive(Subcommand)]
@@ -264,9 +278,13 @@ pub fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Attempt = cli.command {
+        // Everything the attempt needs comes with it, resolved by the process that started it.
+        return Ok(crate::attempt::serve_child().await);
+    }
     let config = Config::load(&cli.home)?;
     match cli.command {
-        Command::Serve { grace } => serve::serve(config, grace).await,
+        Command::Serve { grace } => serve::serve(config, grace, cli.log_format.as_arg()).await,
         Command::Trigger { run, wait } => trigger::trigger(&config, run, wait).await,
         Command::Run(args) => run::run(&config, args).await,
         Command::Dags(cmd) => dags::dags(&config, cmd).await,
@@ -277,7 +295,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             attempt,
             follow,
         } => logs::logs(&config, &run_id, task.as_deref(), attempt, follow).await,
-        Command::Demo { grace } => demo::demo(config, grace).await,
+        Command::Demo { grace } => demo::demo(config, grace, cli.log_format.as_arg()).await,
         Command::Backfill {
             dag_id,
             start,
@@ -308,6 +326,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             simulate::binance(port, symbols, rate, seed, replay, weight_limit, keepalive).await
         }
+        Command::Attempt => unreachable!("handled before the configuration is loaded"),
     }
 }
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use super::trigger::create_manual_run;
 use super::{RunArgs, say};
@@ -33,14 +33,8 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("the run vanished right after it was created")?;
     say!("{}", run.run_id);
 
-    let executor = Executor {
-        store: store.clone(),
-        registry: Arc::new(Registry::builtin()),
-        home: config.home.clone(),
-        logs_dir: config.logs_dir.clone(),
-        slots: Arc::new(Semaphore::new(config.parallelism)),
-        data: config.data.clone(),
-    };
+    let executor = Executor::of_config(config, store.clone(), Arc::new(Registry::builtin()))
+        .context("cannot find the orch binary to run attempts with")?;
     let (events_tx, mut events) = mpsc::unbounded_channel::<TaskEvent>();
     let printer = tokio::spawn(async move {
         while let Some(event) = events.recv().await {

@@ -125,19 +125,19 @@ fn print_run(view: &RunView<'_>) {
     }
     println!();
     println!(
-        "{:<32} {:<16} {:>7} {:>10} {:>8}  ERROR",
-        "TASK", "STATE", "ATTEMPT", "DURATION", "ROWS"
+        "{:<32} {:<16} {:>7} {:>10} {:>8} {:>9} {:>8}  ERROR",
+        "TASK", "STATE", "ATTEMPT", "DURATION", "ROWS", "PEAK_RSS", "CPU"
     );
     for task in &view.tasks {
         if task.attempts.is_empty() {
             println!(
-                "{:<32} {:<16} {:>7} {:>10} {:>8}",
-                task.task_id, task.state, "-", "-", "-"
+                "{:<32} {:<16} {:>7} {:>10} {:>8} {:>9} {:>8}",
+                task.task_id, task.state, "-", "-", "-", "-", "-"
             );
         }
         for a in &task.attempts {
             println!(
-                "{:<32} {:<16} {:>7} {:>10} {:>8}  {}",
+                "{:<32} {:<16} {:>7} {:>10} {:>8} {:>9} {:>8}  {}",
                 task.task_id,
                 if a.attempt as usize == task.attempts.len() {
                     task.state.to_string()
@@ -147,6 +147,10 @@ fn print_run(view: &RunView<'_>) {
                 a.attempt,
                 a.duration_ms.map_or("-".to_string(), |d| format!("{d}ms")),
                 a.rows.map_or("-".to_string(), |r| r.to_string()),
+                a.peak_rss_bytes
+                    .and_then(|b| u64::try_from(b).ok())
+                    .map_or("-".to_string(), crate::attempt::format_size),
+                a.cpu_ms.map_or("-".to_string(), |c| format!("{c}ms")),
                 a.error.as_deref().unwrap_or("")
             );
         }

@@ -12,8 +12,8 @@ use crate::config::Config;
 use crate::lease::{self, Lease};
 use crate::store::Store;
 use crate::stream::ingest::{self, IngestPlaces};
+use crate::stream::reported;
 use crate::stream::stats::{StreamReport, StreamStats};
-use crate::stream::supervisor;
 
 /// A report older than this no longer describes a live stream.
 const STALE_AFTER_SECONDS: i64 = 10;
@@ -42,7 +42,7 @@ pub async fn run(config: &Config, stream_id: &str) -> anyhow::Result<ExitCode> {
         let _ = stop_tx.send(true);
     });
     tracing::info!(stream = %def.id, path = %def.path.display(), "stream starting");
-    let result = supervisor::run_reported(&def, &places, &store, lease.id(), &stats, stop).await;
+    let result = reported::run_reported(&def, &places, &store, lease.id(), &stats, stop).await;
     let last = ingest::lock(&stats).report(Utc::now().timestamp_millis());
     tracing::info!(
         stream = %def.id,

@@ -11,8 +11,9 @@ use serde_saphyr::Spanned;
 use super::error::{LoadError, Problem};
 use super::graph::topological_order;
 use super::schedule::Schedule;
-use super::spec::{DagSpec, TaskPolicySpec, TaskSpec};
+use super::spec::{DagSpec, LimitsSpec, TaskPolicySpec, TaskSpec};
 use super::{Dag, RetryPolicy, Task};
+use crate::attempt::{Limits, parse_size};
 use crate::tasks::{self, Registry};
 use crate::template;
 
@@ -318,6 +319,7 @@ impl Checker {
             spec.timeout.as_ref().or(defaults.timeout.as_ref()),
             "timeout",
         );
+        let limits = self.limits(spec.limits.as_ref(), defaults.limits.as_ref());
         let retry = RetryPolicy {
             retries: spec.retries.or(defaults.retries).unwrap_or(0),
             delay: delay.unwrap_or(RetryPolicy::DEFAULT_DELAY),
@@ -340,8 +342,41 @@ impl Checker {
                 .unwrap_or_default(),
             retry,
             timeout,
+            limits,
             with,
         })
+    }
+
+    /// The task's `limits:` over the defaults', key by key.
+    fn limits(&mut self, task: Option<&LimitsSpec>, defaults: Option<&LimitsSpec>) -> Limits {
+        let memory = task
+            .and_then(|l| l.memory.as_ref())
+            .or_else(|| defaults.and_then(|l| l.memory.as_ref()));
+        let cpu_seconds = task
+            .and_then(|l| l.cpu_seconds.as_ref())
+            .or_else(|| defaults.and_then(|l| l.cpu_seconds.as_ref()));
+        let memory = memory.and_then(|m| match parse_size(&m.value) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.problem(
+                    m,
+                    format!("bad size `{}` for `limits.memory`: {e}", m.value),
+                );
+                None
+            }
+        });
+        let cpu_seconds = cpu_seconds.and_then(|c| {
+            if c.value == 0 {
+                self.problem(c, "`limits.cpu_seconds` must be more than 0");
+                None
+            } else {
+                Some(c.value)
+            }
+        });
+        Limits {
+            memory,
+            cpu_seconds,
+        }
     }
 
     fn duration(&mut self, value: Option<&Spanned<String>>, name: &str) -> Option<Duration> {
@@ -536,6 +571,41 @@ tasks:
             2,
             38,
             "depends on itself",
+        );
+    }
+
+    #[test]
+    fn limits_merge_over_the_defaults_key_by_key() {
+        let dag = load(
+            "defaults: { limits: { memory: 2GiB, cpu_seconds: 600 } }\ntasks:\n  - {id: a, kind: noop}\n  - {id: b, kind: noop, limits: { memory: 512MiB }}\n",
+        )
+        .expect("valid");
+        let limits = |id: &str| dag.tasks.iter().find(|t| t.id == id).expect(id).limits;
+        assert_eq!(
+            limits("a"),
+            Limits {
+                memory: Some(2 << 30),
+                cpu_seconds: Some(600)
+            }
+        );
+        assert_eq!(
+            limits("b"),
+            Limits {
+                memory: Some(512 << 20),
+                cpu_seconds: Some(600)
+            }
+        );
+        assert_problem(
+            "tasks:\n  - {id: a, kind: noop, limits: { memory: 2 furlongs }}\n",
+            2,
+            43,
+            "bad size `2 furlongs` for `limits.memory`: unknown unit `furlongs`",
+        );
+        assert_problem(
+            "tasks:\n  - {id: a, kind: noop, limits: { cpu_seconds: 0 }}\n",
+            2,
+            48,
+            "`limits.cpu_seconds` must be more than 0",
         );
     }
 

@@ -18,6 +18,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use crate::attempt::Limits;
+
 pub use bag::DagBag;
 pub(crate) use bag::{dag_files, read_folder_file};
 pub use error::{LoadError, Problem};
@@ -57,6 +59,8 @@ pub struct Task {
     pub retry: RetryPolicy,
     /// Per-attempt time limit; an attempt that exceeds it fails.
     pub timeout: Option<Duration>,
+    /// What the kernel lets each attempt use.
+    pub limits: Limits,
     /// The kind's configuration. Every string in it is a template rendered at run time.
     pub with: serde_json::Value,
 }

@@ -37,6 +37,16 @@ pub struct TaskPolicySpec {
     pub max_retry_delay: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub trigger_rule: Option<TriggerRule>,
+    pub limits: Option<LimitsSpec>,
+}
+
+/// `limits:` of a task or of the defaults; a task's keys override the defaults' one by one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// A size: `2GiB`, `512MiB`, `1GB`.
+    pub memory: Option<Spanned<String>>,
+    pub cpu_seconds: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,5 +62,6 @@ pub struct TaskSpec {
     pub max_retry_delay: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub trigger_rule: Option<TriggerRule>,
+    pub limits: Option<LimitsSpec>,
     pub with: Option<Spanned<serde_json::Value>>,
 }

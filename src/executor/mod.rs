@@ -18,13 +18,14 @@ use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::attempt::{self, AttemptSpec, Isolation, Usage};
 use crate::backoff::Backoff;
-use crate::config::DataPlaces;
+use crate::config::{Config, DataPlaces};
 use crate::dag::Dag;
 use crate::logs::{AttemptLog, attempt_log_path};
 use crate::process;
 use crate::store::{AttemptEnd, AttemptState, RunRecord, RunState, Store, StoreError, TaskState};
-use crate::tasks::{self, ProcessSink, Registry, TaskContext, TaskError, TaskKind, TaskOutput};
+use crate::tasks::{self, Registry, TaskError, TaskOutput};
 use crate::template::RunVariables;
 
 pub use shutdown::{Phase, Shutdown, ShutdownHandle};
@@ -32,8 +33,7 @@ pub use trigger_rules::{Readiness, evaluate};
 
 /// The error recorded for an attempt whose process disappeared without an outcome.
 pub const ORPHANED: &str = "orphaned: the orch process running this attempt stopped before it finished (killed or crashed)";
-/// The error recorded for an attempt cut off by a shutdown's grace period.
-pub const INTERRUPTED: &str = "interrupted: orch shut down before the attempt finished";
+pub use crate::attempt::INTERRUPTED;
 /// The most of an attempt's error the run history keeps: its start and its end. The whole
 /// output is in the attempt's log.
 const MAX_ERROR_BYTES: usize = 4096;
@@ -47,6 +47,8 @@ pub struct Executor {
     pub logs_dir: PathBuf,
     pub slots: Arc<Semaphore>,
     pub data: DataPlaces,
+    /// Where attempts run: child processes of orch in production.
+    pub isolation: Isolation,
 }
 
 /// A task's state change, for a caller that shows progress (`orch run`).
@@ -59,6 +61,24 @@ pub struct TaskEvent {
 }
 
 impl Executor {
+    /// The executor of an orch command: the home's places and parallelism, and every attempt
+    /// in a child process of this binary.
+    pub fn of_config(
+        config: &Config,
+        store: Store,
+        registry: Arc<Registry>,
+    ) -> std::io::Result<Executor> {
+        Ok(Executor {
+            store,
+            registry,
+            home: config.home.clone(),
+            logs_dir: config.logs_dir.clone(),
+            slots: Arc::new(Semaphore::new(config.parallelism)),
+            data: config.data.clone(),
+            isolation: Isolation::this_binary()?,
+        })
+    }
+
     /// Drives `run` to its end with the definition `dag`, and returns its final state, or `None`
     /// when a shutdown stopped it first (it stays `running` and the next scheduler resumes it).
     ///
@@ -85,6 +105,7 @@ struct AttemptDone {
     started_at: DateTime<Utc>,
     ended_at: DateTime<Utc>,
     result: Result<TaskOutput, TaskError>,
+    usage: Usage,
 }
 
 struct RunLoop<'a> {
@@ -185,8 +206,15 @@ impl<'a> RunLoop<'a> {
                     process::kill_orphaned_group(pgid, ticks);
                 }
                 let orphaned = TaskError::transient(ORPHANED);
-                self.record_end(i, self.tries[i], started, Err(orphaned), now)
-                    .await?;
+                self.record_end(
+                    i,
+                    self.tries[i],
+                    started,
+                    Err(orphaned),
+                    now,
+                    Usage::default(),
+                )
+                .await?;
             }
         }
         Ok(())
@@ -226,7 +254,7 @@ impl<'a> RunLoop<'a> {
                 }
                 permit = Arc::clone(&self.exec.slots).acquire_owned(), if startable.is_some() => {
                     if let (Ok(permit), Some(task)) = (permit, startable) {
-                        self.start(task, permit).await?;
+                        self.start(task, permit, shutdown.clone()).await?;
                     }
                 }
                 _ = tokio::time::sleep(retry_sleep.unwrap_or(Duration::ZERO)), if retry_sleep.is_some() => {}
@@ -274,7 +302,12 @@ impl<'a> RunLoop<'a> {
         Ok(())
     }
 
-    async fn start(&mut self, i: usize, permit: OwnedSemaphorePermit) -> Result<(), StoreError> {
+    async fn start(
+        &mut self,
+        i: usize,
+        permit: OwnedSemaphorePermit,
+        mut shutdown: Shutdown,
+    ) -> Result<(), StoreError> {
         let task = &self.dag.tasks[i];
         let attempt = self.tries[i] + 1;
         let started_at = Utc::now();
@@ -309,19 +342,15 @@ impl<'a> RunLoop<'a> {
             self.dag.timezone,
             self.params.clone(),
         );
-        let kind = self.exec.registry.get(&task.kind).cloned();
-        let rendered = match &kind {
-            Some(kind) => tasks::render(kind.as_ref(), &task.with, &vars),
-            None => Err("the task kind is no longer registered".to_string()),
+        // A configuration that does not render now will not render on a retry either.
+        let rendered = match self.exec.registry.get(&task.kind) {
+            Some(kind) => {
+                tasks::render(kind.as_ref(), &task.with, &vars).map_err(TaskError::permanent)
+            }
+            None => Err(TaskError::permanent(
+                "the task kind is no longer registered",
+            )),
         };
-        let ctx = (
-            self.dag.id.clone(),
-            self.run.run_id.clone(),
-            task.id.clone(),
-            vars.ds,
-            vars.params,
-        );
-        let (timeout, kind_name) = (task.timeout, task.kind.clone());
         let try_line = {
             let (this_try, tries) = (attempt - self.bases[i], task.retry.retries + 1);
             if self.bases[i] == 0 {
@@ -332,59 +361,64 @@ impl<'a> RunLoop<'a> {
                 )
             }
         };
-        let home = self.exec.home.clone();
-        let (store, data) = (self.exec.store.clone(), self.exec.data.clone());
-        let processes = {
-            let (store, run_id, task_id) = (
-                self.exec.store.clone(),
-                self.run.run_id.clone(),
-                task.id.clone(),
-            );
-            ProcessSink::new(move |pgid| {
-                let ticks = process::start_ticks(pgid);
-                let (store, run_id, task_id) = (store.clone(), run_id.clone(), task_id.clone());
-                Box::pin(async move {
-                    if let Err(e) = store
-                        .record_attempt_process(&run_id, &task_id, attempt, pgid, ticks)
-                        .await
-                    {
-                        tracing::warn!(run_id, task_id, error = %e, "cannot record the task's process group");
-                    }
-                })
-            })
-        };
+        let first_line = format!("{try_line} of task `{}` ({})", task.id, task.kind);
+        let spec = rendered.map(|with| AttemptSpec {
+            dag_id: self.dag.id.clone(),
+            run_id: self.run.run_id.clone(),
+            task_id: task.id.clone(),
+            attempt,
+            kind: task.kind.clone(),
+            with,
+            home: self.exec.home.clone(),
+            ds: vars.ds,
+            params: vars.params,
+            log_path: path.clone(),
+            timeout: task.timeout,
+            limits: task.limits,
+            database_url: self.exec.store.url().to_string(),
+            data: self.exec.data.clone(),
+        });
+        let exec = self.exec.clone();
         let handle = self.in_flight.spawn(async move {
             let _permit = permit;
-            let (dag_id, run_id, task_id, ds, params) = ctx;
-            let result = match AttemptLog::create(path).map(Arc::new) {
-                Err(e) => Err(TaskError::transient(format!(
-                    "cannot create the attempt log: {e}"
-                ))),
+            let (result, usage) = match AttemptLog::create(path).map(Arc::new) {
+                Err(e) => (
+                    Err(TaskError::transient(format!(
+                        "cannot create the attempt log: {e}"
+                    ))),
+                    Usage::default(),
+                ),
                 Ok(log) => {
-                    log.note(&format!("{try_line} of task `{task_id}` ({kind_name})"));
-                    let ctx = TaskContext {
-                        dag_id,
-                        run_id,
-                        task_id,
-                        attempt,
-                        home,
-                        ds,
-                        params,
-                        log,
-                        processes,
-                        store,
-                        data,
+                    log.note(&first_line);
+                    let (result, usage) = match spec {
+                        Ok(spec) => {
+                            // The grace period of a shutdown is over: the attempt stops now.
+                            let abort = async move {
+                                while shutdown.phase() != Phase::Abort {
+                                    shutdown.changed().await;
+                                }
+                            };
+                            attempt::run(
+                                spec,
+                                &exec.isolation,
+                                &exec.registry,
+                                &exec.store,
+                                Arc::clone(&log),
+                                abort,
+                            )
+                            .await
+                        }
+                        Err(e) => (Err(e), Usage::default()),
                     };
-                    let result = run_attempt(kind, rendered, &ctx, timeout).await;
                     match &result {
-                        Ok(out) => ctx.log.note(&format!(
+                        Ok(out) => log.note(&format!(
                             "succeeded{}",
                             out.rows.map(|r| format!(", rows={r}")).unwrap_or_default()
                         )),
-                        Err(e) if e.retryable => ctx.log.note(&format!("failed: {e}")),
-                        Err(e) => ctx.log.note(&format!("failed, and no retry can help: {e}")),
+                        Err(e) if e.retryable => log.note(&format!("failed: {e}")),
+                        Err(e) => log.note(&format!("failed, and no retry can help: {e}")),
                     }
-                    result
+                    (result, usage)
                 }
             };
             AttemptDone {
@@ -393,6 +427,7 @@ impl<'a> RunLoop<'a> {
                 started_at,
                 ended_at: Utc::now(),
                 result,
+                usage,
             }
         });
         self.running.insert(handle.id(), (i, attempt, started_at));
@@ -412,6 +447,7 @@ impl<'a> RunLoop<'a> {
                     done.started_at,
                     done.result,
                     done.ended_at,
+                    done.usage,
                 )
                 .await
             }
@@ -424,8 +460,15 @@ impl<'a> RunLoop<'a> {
                 } else {
                     TaskError::transient(format!("the task panicked: {e}"))
                 };
-                self.record_end(i, attempt, started, Err(error), Utc::now())
-                    .await
+                self.record_end(
+                    i,
+                    attempt,
+                    started,
+                    Err(error),
+                    Utc::now(),
+                    Usage::default(),
+                )
+                .await
             }
         }
     }
@@ -438,6 +481,7 @@ impl<'a> RunLoop<'a> {
         started_at: DateTime<Utc>,
         result: Result<TaskOutput, TaskError>,
         ended_at: DateTime<Utc>,
+        usage: Usage,
     ) -> Result<(), StoreError> {
         let task = &self.dag.tasks[i];
         let duration_ms = (ended_at - started_at).num_milliseconds().max(0);
@@ -452,6 +496,8 @@ impl<'a> RunLoop<'a> {
                         .metrics
                         .map(|m| serde_json::Value::Object(m).to_string()),
                     error: None,
+                    peak_rss_bytes: usage.peak_rss_bytes,
+                    cpu_ms: usage.cpu_ms,
                 },
                 TaskState::Success,
                 None,
@@ -469,6 +515,8 @@ impl<'a> RunLoop<'a> {
                     rows: None,
                     metrics: None,
                     error: Some(recorded_error(&error.message)),
+                    peak_rss_bytes: usage.peak_rss_bytes,
+                    cpu_ms: usage.cpu_ms,
                 };
                 let state = if retry {
                     TaskState::UpForRetry
@@ -495,9 +543,9 @@ impl<'a> RunLoop<'a> {
         Ok(())
     }
 
-    /// The grace period is over: stop every running attempt and record it as interrupted.
+    /// The grace period is over: every running attempt stops (each watches the shutdown) and
+    /// is recorded as interrupted.
     async fn abort(&mut self) -> Result<(), StoreError> {
-        self.in_flight.abort_all();
         while let Some(joined) = self.in_flight.join_next_with_id().await {
             self.on_joined(joined).await?;
         }
@@ -588,27 +636,6 @@ fn ceil_char_boundary(text: &str, mut at: usize) -> usize {
         at += 1;
     }
     at
-}
-
-async fn run_attempt(
-    kind: Option<Arc<dyn TaskKind>>,
-    rendered: Result<Value, String>,
-    ctx: &TaskContext,
-    timeout: Option<Duration>,
-) -> Result<TaskOutput, TaskError> {
-    let kind = kind.ok_or_else(|| TaskError::permanent("the task kind is no longer registered"))?;
-    // A configuration that does not render now will not render on a retry either.
-    let with = rendered.map_err(TaskError::permanent)?;
-    match timeout {
-        None => kind.run(with, ctx).await,
-        Some(limit) => match tokio::time::timeout(limit, kind.run(with, ctx)).await {
-            Ok(result) => result,
-            Err(_) => Err(TaskError::transient(format!(
-                "timed out after {}",
-                humantime::format_duration(limit)
-            ))),
-        },
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde_json::Map;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
@@ -26,8 +25,7 @@ use crate::dag::{Dag, DagBag};
 use crate::executor::{Executor, Phase, ShutdownHandle};
 use crate::lease::{self, Lease, ServeLock};
 use crate::store::{Listed, RunRecord, RunState, RunType, Store, StoreError};
-use crate::stream::ingest::IngestPlaces;
-use crate::stream::supervisor::Supervisor;
+use crate::stream::supervisor::{StreamProcess, Supervisor};
 use crate::tasks::Registry;
 
 pub use wake::wake;
@@ -40,6 +38,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 pub struct ServeOptions {
     /// How long running tasks may go on after SIGTERM or Ctrl-C before they are stopped.
     pub grace: Duration,
+    /// The `--log-format` of the server, for the stream processes it starts.
+    pub log_format: &'static str,
 }
 
 type RunOutcome = (String, Result<Option<RunState>, StoreError>);
@@ -78,6 +78,35 @@ struct Scheduler {
     dags_dir: std::path::PathBuf,
 }
 
+/// How this server starts its streams' processes: this binary, seeing what the server sees.
+fn stream_process(config: &Config, log_format: &str) -> anyhow::Result<StreamProcess> {
+    let exe = std::env::current_exe().context("cannot find the orch binary to run streams with")?;
+    let data = &config.data;
+    let env = [
+        ("ORCH_DATABASE_URL", &config.database_url),
+        ("ORCH_STAGING_URL", &data.staging_url),
+        ("BINANCE_API_URL", &data.binance_api_url),
+        ("BINANCE_WS_URL", &data.binance_ws_url),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value.clone()))
+    .chain([(
+        "ORCH_DAGS_DIR".to_string(),
+        config.dags_dir.to_string_lossy().into_owned(),
+    )])
+    .collect();
+    Ok(StreamProcess {
+        exe,
+        args: vec![
+            "--home".into(),
+            config.home.clone().into_os_string(),
+            "--log-format".into(),
+            log_format.into(),
+        ],
+        env,
+    })
+}
+
 /// Runs the scheduler until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let state_dir = config.state_dir();
@@ -97,14 +126,8 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         tracing::error!("DAG file not loaded: {error}");
     }
     let (shutdown, _) = ShutdownHandle::new();
-    let executor = Executor {
-        store: store.clone(),
-        registry: Arc::clone(&registry),
-        home: config.home.clone(),
-        logs_dir: config.logs_dir.clone(),
-        slots: Arc::new(Semaphore::new(config.parallelism)),
-        data: config.data.clone(),
-    };
+    let executor = Executor::of_config(&config, store.clone(), Arc::clone(&registry))
+        .context("cannot find the orch binary to run attempts with")?;
     tracing::info!(
         home = %config.home.display(),
         dags = bag.dags().count(),
@@ -112,7 +135,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         parallelism = config.parallelism,
         "orch serve started"
     );
-    let streams = Supervisor::new(IngestPlaces::of(&config.data), store.clone(), lease.id());
+    let streams = Supervisor::new(stream_process(&config, options.log_format)?);
     let mut scheduler = Scheduler {
         store,
         registry,

@@ -16,6 +16,7 @@ mod model;
 pub mod timestamp;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -76,12 +77,23 @@ impl StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A handle to the metadata database; cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The URL it was opened with, for attempt processes to open it too. Secret: it may hold
+    /// a password.
+    url: Arc<str>,
     /// The SQLite file opened, to notice it deleted or replaced ([`Store::check_file`]).
     file: Option<OpenedFile>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("url", &redact::secrets(&self.url))
+            .finish_non_exhaustive()
+    }
 }
 
 /// An SQLite file by its device and inode, which a file put in its place does not share.
@@ -114,19 +126,8 @@ impl Store {
     /// Opens and migrates the database at `url`: `sqlite://PATH` (created if missing) or
     /// `postgres://...` (the database must exist).
     pub async fn open(url: &str) -> Result<Store> {
-        let backend = Backend::of_url(url)
-            .ok_or_else(|| StoreError::UnsupportedUrl(redact::secrets(url).into_owned()))?;
-        let max_connections = match backend {
-            Backend::Sqlite => 4,
-            Backend::Postgres => 8,
-        };
-        let pool = database::connect(url, backend, max_connections)
-            .await
-            .map_err(|source| StoreError::Open {
-                url: redact::secrets(url).into_owned(),
-                source,
-            })?;
-        match backend {
+        let store = Store::connect_with(url, 4, 8).await?;
+        match store.backend {
             Backend::Sqlite => {
                 // sqlx locks PostgreSQL migrations itself, not SQLite's: two processes opening
                 // a new database at once would both create its tables.
@@ -134,10 +135,36 @@ impl Store {
                     Some(path) => Some(lock::exclusive_file(&path, "migrations").await?),
                     None => None,
                 };
-                SQLITE_MIGRATOR.run(&pool).await?
+                SQLITE_MIGRATOR.run(&store.pool).await?
             }
-            Backend::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATOR.run(&store.pool).await?,
         }
+        Ok(store)
+    }
+
+    /// Opens the database at `url`, already migrated by the process that runs this one's
+    /// attempts: no migration, and the few connections one attempt needs.
+    pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_with(url, 2, 2).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        sqlite_connections: u32,
+        postgres_connections: u32,
+    ) -> Result<Store> {
+        let backend = Backend::of_url(url)
+            .ok_or_else(|| StoreError::UnsupportedUrl(redact::secrets(url).into_owned()))?;
+        let max_connections = match backend {
+            Backend::Sqlite => sqlite_connections,
+            Backend::Postgres => postgres_connections,
+        };
+        let pool = database::connect(url, backend, max_connections)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: redact::secrets(url).into_owned(),
+                source,
+            })?;
         let file = database::sqlite_path(url).and_then(|path| {
             use std::os::unix::fs::MetadataExt;
             let meta = std::fs::metadata(&path).ok()?;
@@ -150,8 +177,14 @@ impl Store {
         Ok(Store {
             pool,
             backend,
+            url: url.into(),
             file,
         })
+    }
+
+    /// The URL the database was opened with. It may hold a password: never log it.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Fails when the SQLite file this store opened was deleted or replaced: the open
@@ -565,7 +598,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE task_attempts SET state = $1, ended_at = $2, duration_ms = $3, rows = $4, error = $5,
-                 metrics = $9
+                 metrics = $9, peak_rss_bytes = $10, cpu_ms = $11
              WHERE run_id = $6 AND task_id = $7 AND attempt = $8",
         )
         .bind(end.state.as_str())
@@ -577,6 +610,8 @@ impl Store {
         .bind(task_id)
         .bind(i64::from(attempt))
         .bind(&end.metrics)
+        .bind(end.peak_rss_bytes)
+        .bind(end.cpu_ms)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE task_instances SET state = $1, next_retry_at = $2 WHERE run_id = $3 AND task_id = $4")
@@ -861,5 +896,7 @@ fn attempt_from_row(row: &AnyRow) -> Result<AttemptRecord> {
             .and_then(|text| serde_json::from_str(&text).ok()),
         error: row.try_get("error")?,
         log_path: row.try_get("log_path")?,
+        peak_rss_bytes: row.try_get("peak_rss_bytes")?,
+        cpu_ms: row.try_get("cpu_ms")?,
     })
 }

@@ -180,6 +180,10 @@ pub struct AttemptRecord {
     pub metrics: Option<Value>,
     pub error: Option<String>,
     pub log_path: String,
+    /// The attempt process's peak resident memory, bytes.
+    pub peak_rss_bytes: Option<i64>,
+    /// The attempt process's CPU time, user and system, milliseconds.
+    pub cpu_ms: Option<i64>,
 }
 
 /// How an attempt ended.
@@ -192,6 +196,9 @@ pub struct AttemptEnd {
     /// A JSON object.
     pub metrics: Option<String>,
     pub error: Option<String>,
+    /// From the attempt process's rusage; `None` when it ran in orch's own process.
+    pub peak_rss_bytes: Option<i64>,
+    pub cpu_ms: Option<i64>,
 }
 
 /// A live stream's latest report, as saved by the process running it.

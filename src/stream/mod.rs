@@ -11,9 +11,11 @@
 //! A file is a stream, not a DAG, when its top level has `stream:`. [`ingest`] keeps the
 //! source's connection open and commits its trades to the staging store in batches, filling
 //! every gap in the trade ids from the exchange's REST API; [`stats`] measures it;
-//! [`supervisor`] keeps the folder's streams running inside `orch serve`.
+//! [`reported`] runs one stream in a process, saving its report; [`supervisor`] keeps the
+//! folder's streams running under `orch serve`, each in a process of its own.
 
 pub mod ingest;
+pub mod reported;
 pub mod stats;
 pub mod supervisor;
 

@@ -1,28 +1,68 @@
-//! Keeps every stream of the DAGs folder running inside `orch serve`.
+//! Keeps every stream of the DAGs folder running under `orch serve`, each in a process of its
+//! own (`orch stream run ID`), so that a task's crash, an out-of-memory kill or a restart of
+//! one stream never interrupts another's ingestion.
 //!
-//! Each stream runs in its own task: its ingest loop plus a reporter that saves its figures to
-//! the metadata database once a second, for `orch streams`. A stream whose loop fails (the
-//! staging store unreachable, a symbol the exchange does not list) is restarted with
-//! exponential backoff. [`Supervisor::sync`] applies the folder's current definitions: new
-//! streams start, changed ones restart, removed ones stop; each stop commits the pending batch.
+//! A stream process that exits without being asked to (a failure, a crash) is started again
+//! with exponential backoff. [`Supervisor::sync`] applies the folder's current definitions:
+//! new streams start, changed ones restart, removed ones stop. A stop is a SIGTERM, on which
+//! the stream commits its pending batch and exits.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::StreamDef;
-use super::ingest::{self, IngestPlaces, SharedStats};
-use super::stats::{StreamState, StreamStats};
 use crate::backoff::Backoff;
-use crate::store::Store;
 
 /// A failed stream restarts after 1 s, 2 s, ... up to 5 minutes.
 const RESTART: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
-/// How often a running stream's report is saved.
-pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How long a stream may take to commit its batch and exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// How to start a stream's process: this orch binary, with the home, log format and
+/// places of the server that supervises it.
+#[derive(Debug, Clone)]
+pub struct StreamProcess {
+    pub exe: PathBuf,
+    /// Arguments before `stream run ID`: `--home`, `--log-format`.
+    pub args: Vec<OsString>,
+    /// Variables that make the child resolve what the server resolved (a demo's simulator,
+    /// a database URL from the environment or from `orch.yaml`).
+    pub env: Vec<(String, String)>,
+}
+
+impl StreamProcess {
+    fn command(&self, stream_id: &str) -> Command {
+        let mut command = Command::new(&self.exe);
+        command
+            .args(&self.args)
+            .args(["stream", "run", stream_id])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // Its log is the server's log.
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        // If the server dies, even by SIGKILL, its streams die with it rather than run on
+        // unsupervised beside the next server's. The signal follows the spawning thread: a
+        // tokio worker, alive as long as the runtime.
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        command
+    }
+}
 
 struct Running {
     def: StreamDef,
@@ -30,20 +70,16 @@ struct Running {
     task: JoinHandle<()>,
 }
 
-/// The streams this process runs.
+/// The streams this server runs.
 pub struct Supervisor {
-    places: Arc<IngestPlaces>,
-    store: Store,
-    owner: String,
+    process: Arc<StreamProcess>,
     running: BTreeMap<String, Running>,
 }
 
 impl Supervisor {
-    pub fn new(places: IngestPlaces, store: Store, owner: &str) -> Supervisor {
+    pub fn new(process: StreamProcess) -> Supervisor {
         Supervisor {
-            places: Arc::new(places),
-            store,
-            owner: owner.to_string(),
+            process: Arc::new(process),
             running: BTreeMap::new(),
         }
     }
@@ -75,13 +111,7 @@ impl Supervisor {
             }
             tracing::info!(stream = %id, path = %def.path.display(), "starting stream");
             let (stop_tx, stop_rx) = watch::channel(false);
-            let task = tokio::spawn(supervise(
-                def.clone(),
-                Arc::clone(&self.places),
-                self.store.clone(),
-                self.owner.clone(),
-                stop_rx,
-            ));
+            let task = tokio::spawn(supervise(id.clone(), Arc::clone(&self.process), stop_rx));
             self.running.insert(
                 id,
                 Running {
@@ -103,33 +133,43 @@ impl Supervisor {
 async fn stop(running: Running) {
     let _ = running.stop.send(true);
     if let Err(e) = running.task.await {
-        tracing::error!(stream = %running.def.id, error = %e, "stream task ended abnormally");
+        tracing::error!(stream = %running.def.id, error = %e, "stream supervisor ended abnormally");
     }
 }
 
-/// Runs one stream until `stop`, restarting it with backoff when it fails, and saves its
-/// report every [`REPORT_EVERY`].
-async fn supervise(
-    def: StreamDef,
-    places: Arc<IngestPlaces>,
-    store: Store,
-    owner: String,
-    mut stop: watch::Receiver<bool>,
-) {
-    let stats: SharedStats = Arc::new(Mutex::new(StreamStats::default()));
+/// Runs the stream's process until `stop`, starting it again with backoff when it exits.
+async fn supervise(id: String, process: Arc<StreamProcess>, mut stop: watch::Receiver<bool>) {
     let mut failures = 0;
     loop {
-        let result = run_reported(&def, &places, &store, &owner, &stats, stop.clone()).await;
-        if *stop.borrow() {
+        let outcome = match process.command(&id).spawn() {
+            Ok(mut child) => {
+                tokio::select! {
+                    status = child.wait() => Some(status),
+                    _ = stop.changed() => {
+                        terminate(&id, &mut child).await;
+                        None
+                    }
+                }
+            }
+            Err(e) => Some(Err(e)),
+        };
+        let Some(status) = outcome else {
             break;
-        }
-        match result {
-            Ok(()) => failures = 0,
+        };
+        match status {
+            Ok(status) if status.success() => {
+                // It stopped by itself (a SIGTERM from someone else): start it again, but
+                // never in a tight loop.
+                failures = 1;
+                tracing::warn!(stream = %id, "stream process exited; restarting");
+            }
+            Ok(status) => {
+                failures += 1;
+                tracing::error!(stream = %id, %status, retry_in = ?RESTART.delay(failures), "stream failed; restarting");
+            }
             Err(e) => {
                 failures += 1;
-                tracing::error!(stream = %def.id, error = %e, retry_in = ?RESTART.delay(failures), "stream failed; restarting");
-                ingest::lock(&stats).state = StreamState::Reconnecting;
-                save(&store, &def.id, &owner, &stats).await;
+                tracing::error!(stream = %id, error = %e, retry_in = ?RESTART.delay(failures), "cannot start the stream's process; trying again");
             }
         }
         tokio::select! {
@@ -137,41 +177,24 @@ async fn supervise(
             _ = stop.changed() => break,
         }
     }
-    ingest::lock(&stats).state = StreamState::Stopped;
-    save(&store, &def.id, &owner, &stats).await;
 }
 
-/// Runs `def` once, until `stop` or a failure, saving its report every [`REPORT_EVERY`] and
-/// when it ends; `orch serve` and `orch stream run` both run streams this way.
-pub async fn run_reported(
-    def: &StreamDef,
-    places: &IngestPlaces,
-    store: &Store,
-    owner: &str,
-    stats: &SharedStats,
-    stop: watch::Receiver<bool>,
-) -> Result<(), ingest::IngestError> {
-    let run = ingest::run(def, places, Arc::clone(stats), stop);
-    tokio::pin!(run);
-    let mut report = tokio::time::interval(REPORT_EVERY);
-    let result = loop {
-        tokio::select! {
-            result = &mut run => break result,
-            _ = report.tick() => save(store, &def.id, owner, stats).await,
+/// SIGTERM, on which the stream commits its batch and exits; SIGKILL after [`STOP_GRACE`].
+async fn terminate(id: &str, child: &mut Child) {
+    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        // SAFETY: kill(2) on our own child, not yet reaped (we hold its handle).
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
         }
-    };
-    save(store, &def.id, owner, stats).await;
-    result
-}
-
-/// Saves the stream's current report for `orch streams`.
-async fn save(store: &Store, stream_id: &str, owner: &str, stats: &SharedStats) {
-    let report = ingest::lock(stats).report(chrono::Utc::now().timestamp_millis());
-    let json = serde_json::to_string(&report).unwrap_or_default();
-    if let Err(e) = store
-        .save_stream_report(stream_id, owner, report.state.as_str(), &json)
-        .await
-    {
-        tracing::warn!(stream = %stream_id, error = %e, "cannot save the stream's report");
+    }
+    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+        Ok(Ok(status)) if !status.success() => {
+            tracing::warn!(stream = %id, %status, "stream process ended badly on stop");
+        }
+        Ok(_) => {}
+        Err(_) => {
+            tracing::error!(stream = %id, "stream process did not stop in {STOP_GRACE:?}; killing it");
+            let _ = child.kill().await;
+        }
     }
 }

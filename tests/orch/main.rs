@@ -7,6 +7,7 @@ mod etl;
 mod exact;
 mod faults;
 mod inspect;
+mod isolation;
 mod postgres;
 mod recovery;
 mod run;

@@ -138,7 +138,10 @@ tasks:
         .expect("run id")
         .to_string();
     let run = home.run_json(&run_id);
-    assert_eq!(attempts(&run, "hang")[0]["error"], "timed out after 300ms");
+    assert_eq!(
+        attempts(&run, "hang")[0]["error"],
+        "timed out after 300ms: stopped by SIGTERM"
+    );
     let pid = std::fs::read_to_string(home.file("child.pid")).expect("child pid");
     // The background sleep was in the task's process group, so it is gone too.
     assert!(

@@ -1,0 +1,200 @@
+//! Running one attempt of a task, in a process of its own.
+//!
+//! The executor decides *when* an attempt runs; this module runs it. In production every
+//! attempt runs in a child process, orch starting itself as `orch attempt` ([`child`]): a
+//! Polars transform that runs out of memory, a panic in a data kind or a task stuck in CPU-bound
+//! work then takes down only that process, never the scheduler, the streams or other runs; a
+//! timeout stops it with SIGTERM, then SIGKILL; the kernel enforces its [`Limits`]; and its
+//! peak memory and CPU time come back from `wait4` as its [`Usage`]. Library users without an
+//! orch binary (unit tests, some benchmarks) run attempts in their own process instead.
+//!
+//! The [`AttemptSpec`] is everything an attempt needs, serializable so that it can cross into
+//! the child on its standard input, never on its command line (it holds the database URLs).
+
+mod child;
+mod limits;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::DataPlaces;
+use crate::logs::AttemptLog;
+use crate::process;
+use crate::store::Store;
+use crate::tasks::{ProcessSink, Registry, TaskContext, TaskError, TaskOutput};
+
+pub use child::serve_child;
+pub use limits::{Limits, format_size, parse_size};
+
+/// One attempt of one task, as the executor hands it over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptSpec {
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub attempt: u32,
+    /// The task kind, a key of the registry.
+    pub kind: String,
+    /// The rendered `with:`.
+    pub with: Value,
+    pub home: PathBuf,
+    pub ds: String,
+    pub params: Map<String, Value>,
+    pub log_path: PathBuf,
+    pub timeout: Option<Duration>,
+    pub limits: Limits,
+    /// The metadata database, which the attempt opens itself in a child process.
+    pub database_url: String,
+    pub data: DataPlaces,
+}
+
+/// What an attempt cost, when it ran in a process of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// The process's largest resident set, bytes.
+    pub peak_rss_bytes: Option<i64>,
+    /// User and system CPU time, milliseconds.
+    pub cpu_ms: Option<i64>,
+}
+
+/// How attempts run.
+#[derive(Debug, Clone)]
+pub enum Isolation {
+    /// Each in a child process: `exe attempt`, `exe` being the orch binary.
+    ChildProcess { exe: PathBuf },
+    /// In this process: for library users without an orch binary.
+    InProcess,
+}
+
+impl Isolation {
+    /// Child processes of the running orch binary.
+    pub fn this_binary() -> std::io::Result<Isolation> {
+        Ok(Isolation::ChildProcess {
+            exe: std::env::current_exe()?,
+        })
+    }
+}
+
+/// The error recorded for an attempt cut off by a shutdown's grace period.
+pub const INTERRUPTED: &str = "interrupted: orch shut down before the attempt finished";
+
+/// Runs the attempt `spec` and returns how it ended and what it cost. When `abort` resolves
+/// (a shutdown's grace period is over), the attempt is stopped and fails as [`INTERRUPTED`].
+pub async fn run(
+    spec: AttemptSpec,
+    isolation: &Isolation,
+    registry: &Registry,
+    store: &Store,
+    log: Arc<AttemptLog>,
+    abort: impl Future<Output = ()>,
+) -> (Result<TaskOutput, TaskError>, Usage) {
+    match isolation {
+        Isolation::ChildProcess { exe } => child::run(exe, &spec, &log, store, abort).await,
+        Isolation::InProcess => {
+            let result = tokio::select! {
+                result = run_here(spec, registry, store, log) => result,
+                () = abort => Err(TaskError::transient(INTERRUPTED)),
+            };
+            (result, Usage::default())
+        }
+    }
+}
+
+/// Runs the attempt in this process: the kind with its context, within the timeout.
+pub async fn run_here(
+    spec: AttemptSpec,
+    registry: &Registry,
+    store: &Store,
+    log: Arc<AttemptLog>,
+) -> Result<TaskOutput, TaskError> {
+    let kind = registry.get(&spec.kind).cloned().ok_or_else(|| {
+        TaskError::permanent(format!("the task kind `{}` is not registered", spec.kind))
+    })?;
+    let ctx = TaskContext {
+        processes: process_sink(store, &spec),
+        dag_id: spec.dag_id,
+        run_id: spec.run_id,
+        task_id: spec.task_id,
+        attempt: spec.attempt,
+        home: spec.home,
+        ds: spec.ds,
+        params: spec.params,
+        log,
+        store: store.clone(),
+        data: spec.data,
+    };
+    let run = kind.run(spec.with, &ctx);
+    match spec.timeout {
+        None => run.await,
+        Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+            Err(TaskError::transient(format!(
+                "timed out after {}",
+                humantime::format_duration(limit)
+            )))
+        }),
+    }
+}
+
+/// Records the process groups the attempt's kind starts, so that a scheduler recovering from
+/// a crash can kill what is left of them.
+fn process_sink(store: &Store, spec: &AttemptSpec) -> ProcessSink {
+    let (store, run_id, task_id, attempt) = (
+        store.clone(),
+        spec.run_id.clone(),
+        spec.task_id.clone(),
+        spec.attempt,
+    );
+    ProcessSink::new(move |pgid| {
+        let ticks = process::start_ticks(pgid);
+        let (store, run_id, task_id) = (store.clone(), run_id.clone(), task_id.clone());
+        Box::pin(async move {
+            if let Err(e) = store
+                .record_attempt_process(&run_id, &task_id, attempt, pgid, ticks)
+                .await
+            {
+                tracing::warn!(run_id, task_id, error = %e, "cannot record the task's process group");
+            }
+        })
+    })
+}
+
+/// What the child process reports on its standard output.
+#[derive(Debug, Serialize, Deserialize)]
+enum ChildReport {
+    Succeeded {
+        rows: Option<u64>,
+        metrics: Option<Map<String, Value>>,
+    },
+    Failed {
+        message: String,
+        retryable: bool,
+    },
+}
+
+impl From<&Result<TaskOutput, TaskError>> for ChildReport {
+    fn from(result: &Result<TaskOutput, TaskError>) -> ChildReport {
+        match result {
+            Ok(out) => ChildReport::Succeeded {
+                rows: out.rows,
+                metrics: out.metrics.clone(),
+            },
+            Err(e) => ChildReport::Failed {
+                message: e.message.clone(),
+                retryable: e.retryable,
+            },
+        }
+    }
+}
+
+impl From<ChildReport> for Result<TaskOutput, TaskError> {
+    fn from(report: ChildReport) -> Result<TaskOutput, TaskError> {
+        match report {
+            ChildReport::Succeeded { rows, metrics } => Ok(TaskOutput { rows, metrics }),
+            ChildReport::Failed { message, retryable } => Err(TaskError { message, retryable }),
+        }
+    }
+}
