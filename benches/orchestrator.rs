@@ -1,7 +1,9 @@
 //! Scheduler overhead benchmark: `cargo bench --bench orchestrator`.
 //!
 //! Measures, with the run history written to SQLite as in production:
-//! - the gap between one task's end and the next task's start in a 100-task chain of `noop`s;
+//! - the gap between one task's end and the next task's start in a 100-task chain of `noop`s,
+//!   with each attempt in its own process (as orch runs them) and in the executor's process:
+//!   the difference is what the child-process model costs per task;
 //! - the wall time of a DAG that fans out to 1,000 `noop` tasks;
 //! - the wall time from `orch trigger --wait` to the run's success for a 3-task chain through a
 //!   running `orch serve`, and the same span as the run history records it;
@@ -14,11 +16,15 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orch::attempt::Isolation;
 use orch::dag::{Dag, load_str};
 use orch::executor::{Executor, ShutdownHandle};
+use orch::lease::Lease;
+use orch::queue::Dispatch;
 use orch::scheduler::plan;
 use orch::store::{RunState, Store};
 use orch::tasks::Registry;
+use orch::worker::Worker;
 
 const REPEATS: usize = 7;
 const BIN: &str = env!("CARGO_BIN_EXE_orch");
@@ -28,19 +34,28 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let chain = runtime.block_on(chain_gaps());
+    let chain = runtime.block_on(chain_gaps(child_processes()));
+    let in_process = runtime.block_on(chain_gaps(Isolation::InProcess));
     let fan_out = runtime.block_on(fan_out_wall_time());
     let serve = serve_trigger_and_memory();
 
     println!("| measure | median | runs |");
     println!("|---|---|---|");
     println!(
-        "| gap between tasks, 100-task noop chain | {:.3} ms | {} chains, {} gaps |",
+        "| gap between tasks, 100-task noop chain, each attempt in its own process | {:.3} ms | {} chains, {} gaps |",
         chain.0, REPEATS, chain.1
     );
     println!(
-        "| wall time of one 100-task chain run | {:.1} ms | {REPEATS} |",
+        "| wall time of one 100-task chain run, each attempt in its own process | {:.1} ms | {REPEATS} |",
         chain.2
+    );
+    println!(
+        "| wall time of one 100-task chain run, attempts in the executor's process | {:.1} ms | {REPEATS} |",
+        in_process.2
+    );
+    println!(
+        "| cost of the child process per task (difference of the two, / 100) | {:.2} ms | |",
+        (chain.2 - in_process.2) / 100.0
     );
     println!(
         "| wall time, 1,000-task fan-out | {:.1} ms | {REPEATS} |",
@@ -69,17 +84,34 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// A fresh home with its store, and an executor as `orch serve` builds it.
-async fn setup(dir: &Path) -> (Store, Executor) {
+/// A fresh home with its store, an executor as `orch serve` builds it, and a worker of the
+/// executor's queue running attempts as `isolation` says.
+struct Bench {
+    store: Store,
+    executor: Executor,
+    _lease: Lease,
+    _stop: ShutdownHandle,
+}
+
+async fn setup(dir: &Path, isolation: Isolation) -> Bench {
     let url = format!("sqlite://{}", dir.join("orch.db").display());
     let store = Store::open(&url).await.expect("store");
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let registry = Arc::new(Registry::builtin());
+    let lease = Lease::acquire(dir).expect("lease");
     let executor = Executor {
         store: store.clone(),
-        registry: Arc::new(Registry::builtin()),
+        registry: Arc::clone(&registry),
+        logs_dir: dir.join("logs"),
+        dispatch: Dispatch::start(store.clone(), Duration::from_secs(30)),
+        private_queue: Some("bench".to_string()),
+    };
+    let worker = Worker {
+        store: store.clone(),
+        registry,
+        isolation,
         home: dir.to_path_buf(),
         logs_dir: dir.join("logs"),
-        slots: Arc::new(tokio::sync::Semaphore::new(parallelism)),
         data: orch::config::DataPlaces {
             lake_url: orch::lake::Lake::default_url(dir),
             warehouse_url: format!("sqlite://{}", dir.join("data/warehouse.db").display()),
@@ -87,11 +119,18 @@ async fn setup(dir: &Path) -> (Store, Executor) {
             staging_url: orch::staging::Staging::default_url(dir),
             binance_ws_url: "ws://127.0.0.1:9".to_string(),
         },
-        isolation: orch::attempt::Isolation::ChildProcess {
-            exe: env!("CARGO_BIN_EXE_orch").into(),
-        },
+        queues: vec!["bench".to_string()],
+        slots: parallelism,
+        id: lease.id().to_string(),
     };
-    (store, executor)
+    let (stop, shutdown) = ShutdownHandle::new();
+    tokio::spawn(worker.run(shutdown, tokio::sync::watch::channel(false).1));
+    Bench {
+        store,
+        executor,
+        _lease: lease,
+        _stop: stop,
+    }
 }
 
 /// Creates, claims and executes one manual run; returns its wall time in ms.
@@ -122,8 +161,13 @@ fn dag(yaml: &str) -> Arc<Dag> {
     Arc::new(load_str(Path::new("bench.yaml"), yaml, &Registry::builtin()).expect("bench DAG"))
 }
 
+/// Each attempt in a child process of the orch binary, as the commands run them.
+fn child_processes() -> Isolation {
+    Isolation::ChildProcess { exe: BIN.into() }
+}
+
 /// Median gap (ms), number of gaps, median chain wall time (ms).
-async fn chain_gaps() -> (f64, usize, f64) {
+async fn chain_gaps(isolation: Isolation) -> (f64, usize, f64) {
     let mut yaml = String::from("tasks:\n  - {id: t0, kind: noop}\n");
     for i in 1..100 {
         yaml.push_str(&format!(
@@ -133,11 +177,12 @@ async fn chain_gaps() -> (f64, usize, f64) {
     }
     let dag = dag(&yaml);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, executor) = setup(dir.path()).await;
+    let bench = setup(dir.path(), isolation).await;
+    let (store, executor) = (&bench.store, &bench.executor);
     let mut gaps = Vec::new();
     let mut walls = Vec::new();
     for _ in 0..REPEATS {
-        let (run_id, wall) = execute_once(&store, &executor, &dag).await;
+        let (run_id, wall) = execute_once(store, executor, &dag).await;
         walls.push(wall);
         let attempts = store.attempts(&run_id).await.expect("attempts");
         for i in 1..100 {
@@ -166,10 +211,11 @@ async fn fan_out_wall_time() -> f64 {
     }
     let dag = dag(&yaml);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, executor) = setup(dir.path()).await;
+    let bench = setup(dir.path(), child_processes()).await;
+    let (store, executor) = (&bench.store, &bench.executor);
     let mut walls = Vec::new();
     for _ in 0..REPEATS {
-        walls.push(execute_once(&store, &executor, &dag).await.1);
+        walls.push(execute_once(store, executor, &dag).await.1);
     }
     median(walls)
 }

@@ -232,12 +232,23 @@ async fn run(dir: &Path, yaml: &str) -> Vec<(String, f64)> {
 async fn execute(dir: &Path, store: &Store, yaml: &str) -> String {
     let registry = Registry::builtin();
     let dag = Arc::new(load_str(Path::new("bench.yaml"), yaml, &registry).expect("bench DAG"));
+    let registry = Arc::new(registry);
+    let lease = orch::lease::Lease::acquire(dir).expect("lease");
     let executor = Executor {
         store: store.clone(),
-        registry: Arc::new(registry),
+        registry: Arc::clone(&registry),
+        logs_dir: dir.join("logs"),
+        dispatch: orch::queue::Dispatch::start(store.clone(), std::time::Duration::from_secs(30)),
+        private_queue: Some("bench".to_string()),
+    };
+    let worker = orch::worker::Worker {
+        store: store.clone(),
+        registry,
+        isolation: orch::attempt::Isolation::ChildProcess {
+            exe: env!("CARGO_BIN_EXE_orch").into(),
+        },
         home: dir.to_path_buf(),
         logs_dir: dir.join("logs"),
-        slots: Arc::new(tokio::sync::Semaphore::new(2)),
         data: orch::config::DataPlaces {
             lake_url: orch::lake::Lake::default_url(dir),
             warehouse_url: format!("sqlite://{}", dir.join("data/warehouse.db").display()),
@@ -245,10 +256,12 @@ async fn execute(dir: &Path, store: &Store, yaml: &str) -> String {
             staging_url: orch::staging::Staging::default_url(dir),
             binance_ws_url: "ws://127.0.0.1:9".to_string(),
         },
-        isolation: orch::attempt::Isolation::ChildProcess {
-            exe: env!("CARGO_BIN_EXE_orch").into(),
-        },
+        queues: vec!["bench".to_string()],
+        slots: 2,
+        id: lease.id().to_string(),
     };
+    let (_stop, worker_shutdown) = ShutdownHandle::new();
+    tokio::spawn(worker.run(worker_shutdown, tokio::sync::watch::channel(false).1));
     let run = plan::manual_run(&dag, None, Default::default(), chrono::Utc::now());
     let ids: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
     store.insert_run(&run, &ids).await.expect("insert run");

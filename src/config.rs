@@ -1,7 +1,7 @@
 //! Where things live: the home folder, the metadata database, the DAG and log folders.
 //!
 //! Settings come from, in order of precedence: the environment (`ORCH_DATABASE_URL`,
-//! `ORCH_DAGS_DIR`, `ORCH_LOGS_DIR`, `ORCH_PARALLELISM`, `ORCH_LAKE_URL`,
+//! `ORCH_DAGS_DIR`, `ORCH_LOGS_DIR`, `ORCH_PARALLELISM`, `ORCH_HEARTBEAT_TIMEOUT`, `ORCH_LAKE_URL`,
 //! `ORCH_WAREHOUSE_URL`, `BINANCE_API_URL`), then `orch.yaml` in the home, then defaults under the home.
 //! Relative paths are relative to the home.
 
@@ -19,6 +19,10 @@ pub struct Config {
     pub parallelism: usize,
     /// Where data tasks read and write.
     pub data: DataPlaces,
+    /// How long an orch process may go without a heartbeat before it is lost: its runs
+    /// adopted, its attempts failed as "worker lost" and retried (`ORCH_HEARTBEAT_TIMEOUT`,
+    /// `heartbeat_timeout:`; 30 s).
+    pub heartbeat_timeout: std::time::Duration,
 }
 
 /// Where data tasks keep their data, each a URL an `ORCH_*_URL` variable may override.
@@ -64,6 +68,7 @@ struct FileSettings {
     dags_dir: Option<PathBuf>,
     logs_dir: Option<PathBuf>,
     parallelism: Option<usize>,
+    heartbeat_timeout: Option<String>,
     lake_url: Option<String>,
     warehouse_url: Option<String>,
     staging_url: Option<String>,
@@ -117,6 +122,20 @@ impl Config {
                 None => default_parallelism(),
             },
         };
+        let heartbeat_timeout = match env("ORCH_HEARTBEAT_TIMEOUT") {
+            Some(value) => heartbeat_timeout(&value).map_err(|message| ConfigError::Env {
+                name: "ORCH_HEARTBEAT_TIMEOUT",
+                value,
+                message,
+            })?,
+            None => match &file.heartbeat_timeout {
+                Some(value) => heartbeat_timeout(value).map_err(|message| ConfigError::File {
+                    path: home.join("orch.yaml"),
+                    message: format!("heartbeat_timeout: {message}"),
+                })?,
+                None => DEFAULT_HEARTBEAT_TIMEOUT,
+            },
+        };
         let data = DataPlaces {
             lake_url: env("ORCH_LAKE_URL")
                 .or(file.lake_url)
@@ -145,12 +164,24 @@ impl Config {
             logs_dir,
             parallelism,
             data,
+            heartbeat_timeout,
         })
     }
 
     /// orch's own files: locks, leases and the scheduler's wake-up socket.
     pub fn state_dir(&self) -> PathBuf {
         self.home.join(".orch")
+    }
+}
+
+const DEFAULT_HEARTBEAT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A heartbeat timeout: a duration of at least 3 s (heartbeats go every sixth of it).
+fn heartbeat_timeout(value: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(d) if d >= std::time::Duration::from_secs(3) => Ok(d),
+        Ok(_) => Err("must be at least 3s".to_string()),
+        Err(e) => Err(format!("not a duration like 30s: {e}")),
     }
 }
 

@@ -156,8 +156,15 @@ pub fn sweep(
     Ok(removed)
 }
 
+/// Whether lease `id` was taken on this machine.
+pub fn is_on_this_host(id: &str) -> bool {
+    id.split_once('@')
+        .and_then(|(_, place)| place.split_once(':'))
+        .is_some_and(|(host, _)| host == host_name())
+}
+
 /// This machine's name, as leases record it.
-fn host_name() -> String {
+pub fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its whole length; gethostname writes at most that much.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

@@ -13,11 +13,12 @@ use futures_util::StreamExt;
 use super::{find_dag, say};
 use crate::config::Config;
 use crate::dag::{Dag, DagBag};
-use crate::executor::{Executor, Phase, ShutdownHandle};
+use crate::executor::{Executor, Phase, ShutdownHandle, private_queue};
 use crate::lease::Lease;
 use crate::scheduler::plan;
 use crate::store::{RunState, RunType, Store};
 use crate::tasks::Registry;
+use crate::worker::LocalWorker;
 
 /// How one date of the backfill ended.
 enum Outcome {
@@ -73,8 +74,7 @@ pub async fn backfill(
     let store = Store::open(&config.database_url).await?;
     let lease = Lease::acquire(&config.state_dir()).context("cannot create the process lease")?;
     let executor = Arc::new(
-        Executor::of_config(config, store.clone(), registry)
-            .context("cannot find the orch binary to run attempts with")?,
+        Executor::of_config(config, store.clone(), Arc::clone(&registry)).run_here(&lease),
     );
     let dates = dag.backfill_dates(start, end);
     if dates.is_empty() {
@@ -87,6 +87,16 @@ pub async fn backfill(
         anyhow::bail!("backfill not started");
     }
     let (shutdown, watch) = ShutdownHandle::new();
+    let worker = LocalWorker::start(
+        config,
+        &store,
+        registry,
+        &lease,
+        "backfill",
+        vec![private_queue(&lease)],
+        watch.clone(),
+    )
+    .await?;
     let mut progress = Progress::new(dates.len());
     progress.draw();
     let runs = futures_util::stream::iter(dates.into_iter().map(|logical_date| {
@@ -133,6 +143,8 @@ pub async fn backfill(
         }
     }
     progress.clear();
+    shutdown.set(Phase::Draining);
+    worker.stop().await;
     results.sort_by_key(|r| r.date);
     print_summary(&results);
     let failed = results.iter().any(|r| {

@@ -34,7 +34,15 @@ pub async fn demo(
         "demo: Binance simulator started; trades land in the lake and the warehouse every 5 minutes \
          (try `orch trigger binance_trades_5m --wait` from another terminal for a run now)"
     );
-    scheduler::serve(config, ServeOptions { grace, log_format }).await?;
+    scheduler::serve(
+        config,
+        ServeOptions {
+            grace,
+            log_format,
+            queues: vec![crate::queue::DEFAULT_QUEUE.to_string()],
+        },
+    )
+    .await?;
     drop(simulator);
     Ok(ExitCode::SUCCESS)
 }

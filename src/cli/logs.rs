@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::store::{AttemptRecord, Store};
+use crate::store::{AttemptKey, AttemptRecord, Store};
 
 pub async fn logs(
     config: &Config,
@@ -46,7 +46,13 @@ pub async fn logs(
         let many = attempts.len() > 1 || follow;
         for a in &attempts {
             let offset = printed.entry(a.log_path.clone()).or_insert(0);
-            let new = read_from(&a.log_path, *offset);
+            let new = if std::path::Path::new(&a.log_path).exists() {
+                read_from(&a.log_path, *offset)
+            } else if *offset == 0 {
+                saved_tail(&store, run_id, a).await?
+            } else {
+                Vec::new()
+            };
             if new.is_empty() && (*offset > 0 || follow) {
                 continue;
             }
@@ -65,6 +71,26 @@ pub async fn logs(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The end of the log of an attempt that ran on another machine, as its worker saved it in
+/// the metadata database; empty while it runs, or when nothing was saved.
+async fn saved_tail(store: &Store, run_id: &str, a: &AttemptRecord) -> anyhow::Result<Vec<u8>> {
+    let key = AttemptKey {
+        run_id: run_id.to_string(),
+        task_id: a.task_id.clone(),
+        attempt: a.attempt,
+    };
+    let Some(tail) = store.attempt_log_tail(&key).await? else {
+        return Ok(Vec::new());
+    };
+    let worker = a.worker.as_deref().unwrap_or("another machine");
+    let mut text = format!(
+        "(the log is {} on {worker}; its end, as saved in the metadata database:)\n",
+        a.log_path
+    );
+    text.push_str(&tail);
+    Ok(text.into_bytes())
 }
 
 /// What the file holds past `offset`; a missing file (not yet created) reads as empty.

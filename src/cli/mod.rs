@@ -10,6 +10,7 @@ mod serve;
 mod simulate;
 mod stream;
 mod trigger;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +70,22 @@ enum Command {
     /// Run the scheduler: cron ticks, queued runs, hot reload of DAG files.
     Serve {
         /// How long running tasks may finish after SIGTERM/Ctrl-C before they are stopped.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// A queue this server's own worker serves (repeatable).
+        #[arg(long = "queue", value_name = "NAME", default_value = crate::queue::DEFAULT_QUEUE, value_parser = queue_name)]
+        queues: Vec<String>,
+        /// Run no worker here: only schedule (attempts run on `orch worker`s).
+        #[arg(long, conflicts_with = "queues")]
+        no_worker: bool,
+    },
+    /// Claim and run queued task attempts, on this machine or another sharing the metadata
+    /// database, until SIGTERM or Ctrl-C.
+    Worker {
+        /// A queue to serve (repeatable).
+        #[arg(long = "queue", value_name = "NAME", default_value = crate::queue::DEFAULT_QUEUE, value_parser = queue_name)]
+        queues: Vec<String>,
+        /// How long running attempts may finish after SIGTERM/Ctrl-C before they are stopped.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         grace: Duration,
     },
@@ -143,6 +160,15 @@ enum Command {
     /// how orch runs every attempt in a process of its own.
     #[command(hide = true)]
     Attempt,
+}
+
+/// A queue name as DAG files write it.
+fn queue_name(name: &str) -> Result<String, String> {
+    if crate::queue::is_queue_name(name) {
+        Ok(name.to_string())
+    } else {
+        Err(format!("queue `{name}` must match [a-z0-9_-]+"))
+    }
 }
 
 #[derive(Subcommand)]
@@ -238,7 +264,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = if matches!(
         cli.command,
-        Command::Serve { .. } | Command::Demo { .. } | Command::Simulate(_) | Command::Stream(_)
+        Command::Serve { .. }
+            | Command::Worker { .. }
+            | Command::Demo { .. }
+            | Command::Simulate(_)
+            | Command::Stream(_)
     ) {
         "info"
     } else {
@@ -284,7 +314,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let config = Config::load(&cli.home)?;
     match cli.command {
-        Command::Serve { grace } => serve::serve(config, grace, cli.log_format.as_arg()).await,
+        Command::Serve {
+            grace,
+            queues,
+            no_worker,
+        } => {
+            let queues = if no_worker { Vec::new() } else { queues };
+            serve::serve(config, grace, queues, cli.log_format.as_arg()).await
+        }
+        Command::Worker { queues, grace } => worker::worker(&config, queues, grace).await,
         Command::Trigger { run, wait } => trigger::trigger(&config, run, wait).await,
         Command::Run(args) => run::run(&config, args).await,
         Command::Dags(cmd) => dags::dags(&config, cmd).await,

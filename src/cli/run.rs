@@ -9,10 +9,11 @@ use tokio::sync::mpsc;
 use super::trigger::create_manual_run;
 use super::{RunArgs, say};
 use crate::config::Config;
-use crate::executor::{Executor, Phase, ShutdownHandle, TaskEvent};
+use crate::executor::{Executor, Phase, ShutdownHandle, TaskEvent, private_queue};
 use crate::lease::Lease;
 use crate::store::RunState;
 use crate::tasks::Registry;
+use crate::worker::LocalWorker;
 
 pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let (store, dag, new_run) = create_manual_run(config, &args).await?;
@@ -33,15 +34,26 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("the run vanished right after it was created")?;
     say!("{}", run.run_id);
 
-    let executor = Executor::of_config(config, store.clone(), Arc::new(Registry::builtin()))
-        .context("cannot find the orch binary to run attempts with")?;
+    let registry = Arc::new(Registry::builtin());
+    let executor =
+        Executor::of_config(config, store.clone(), Arc::clone(&registry)).run_here(&lease);
+    let (shutdown, watch) = ShutdownHandle::new();
+    let worker = LocalWorker::start(
+        config,
+        &store,
+        registry,
+        &lease,
+        "run",
+        vec![private_queue(&lease)],
+        watch.clone(),
+    )
+    .await?;
     let (events_tx, mut events) = mpsc::unbounded_channel::<TaskEvent>();
     let printer = tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             print_event(&event);
         }
     });
-    let (shutdown, watch) = ShutdownHandle::new();
     let execution = executor.execute(dag, &run, watch, Some(events_tx));
     tokio::pin!(execution);
     let outcome = tokio::select! {
@@ -54,6 +66,8 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let _ = printer.await;
+    shutdown.set(Phase::Draining);
+    worker.stop().await;
     let state = match outcome {
         Some(state) => state,
         None => {

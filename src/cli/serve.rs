@@ -9,8 +9,17 @@ use crate::scheduler::{self, ServeOptions};
 pub async fn serve(
     config: Config,
     grace: Duration,
+    queues: Vec<String>,
     log_format: &'static str,
 ) -> anyhow::Result<ExitCode> {
-    scheduler::serve(config, ServeOptions { grace, log_format }).await?;
+    scheduler::serve(
+        config,
+        ServeOptions {
+            grace,
+            log_format,
+            queues,
+        },
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }

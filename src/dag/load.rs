@@ -11,9 +11,10 @@ use serde_saphyr::Spanned;
 use super::error::{LoadError, Problem};
 use super::graph::topological_order;
 use super::schedule::Schedule;
-use super::spec::{DagSpec, LimitsSpec, TaskPolicySpec, TaskSpec};
+use super::spec::{DagSpec, LimitsSpec, TaskSpec};
 use super::{Dag, RetryPolicy, Task};
 use crate::attempt::{Limits, parse_size};
+use crate::queue;
 use crate::tasks::{self, Registry};
 use crate::template;
 
@@ -166,7 +167,7 @@ impl Checker {
                 self.problem(&task.id, format!("duplicate task id `{}`", task.id.value));
                 continue;
             }
-            if let Some(task) = self.task(task, &spec.defaults, &spec.params, registry, timezone) {
+            if let Some(task) = self.task(task, &spec, registry, timezone) {
                 tasks.push(task);
             }
         }
@@ -235,13 +236,19 @@ impl Checker {
     fn task(
         &mut self,
         spec: &TaskSpec,
-        defaults: &TaskPolicySpec,
-        params: &serde_json::Map<String, serde_json::Value>,
+        dag: &DagSpec,
         registry: &Registry,
         timezone: Tz,
     ) -> Option<Task> {
+        let (defaults, params) = (&dag.defaults, &dag.params);
         let id = &spec.id.value;
         let before = self.problems.len();
+        let queue = spec.queue.as_ref().or(dag.queue.as_ref());
+        if let Some(q) = queue
+            && !queue::is_queue_name(&q.value)
+        {
+            self.problem(q, format!("queue `{}` must match [a-z0-9_-]+", q.value));
+        }
         if !is_identifier(id) {
             self.problem(&spec.id, format!("task id `{id}` must match [a-z0-9_]+"));
         }
@@ -343,6 +350,7 @@ impl Checker {
             retry,
             timeout,
             limits,
+            queue: queue.map_or(queue::DEFAULT_QUEUE.to_string(), |q| q.value.clone()),
             with,
         })
     }

@@ -61,6 +61,8 @@ pub struct Task {
     pub timeout: Option<Duration>,
     /// What the kernel lets each attempt use.
     pub limits: Limits,
+    /// The queue its attempts wait in for a worker that serves it.
+    pub queue: String,
     /// The kind's configuration. Every string in it is a template rendered at run time.
     pub with: serde_json::Value,
 }

@@ -22,6 +22,8 @@ pub struct DagSpec {
     pub paused: bool,
     #[serde(default)]
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// The queue of the DAG's tasks that name none.
+    pub queue: Option<Spanned<String>>,
     #[serde(default)]
     pub defaults: TaskPolicySpec,
     pub tasks: Spanned<Vec<TaskSpec>>,
@@ -63,5 +65,7 @@ pub struct TaskSpec {
     pub timeout: Option<Spanned<String>>,
     pub trigger_rule: Option<TriggerRule>,
     pub limits: Option<LimitsSpec>,
+    /// The workers that may run it: those serving this queue.
+    pub queue: Option<Spanned<String>>,
     pub with: Option<Spanned<serde_json::Value>>,
 }

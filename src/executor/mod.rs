@@ -1,9 +1,10 @@
-//! Executing one DAG run: starting tasks as their upstreams allow, retrying, timing out, and
+//! Executing one DAG run: queueing tasks as their upstreams allow, retrying, timing out, and
 //! recording every transition in the run history.
 //!
-//! One loop owns a run's state and is the only writer of it, so transitions never race. Task
-//! attempts run as tokio tasks; a global semaphore bounds how many run at once across all runs
-//! (`ORCH_PARALLELISM`), `max_active_tasks` bounds one run.
+//! One loop owns a run's state and is the only writer of it, so transitions never race. A
+//! task's attempt is queued in the metadata database for a worker ([`crate::queue`],
+//! [`crate::worker`]) and the loop waits for its report; `max_active_tasks` bounds how many
+//! of a run's attempts are out at once, the workers' slots how many run at once.
 
 mod shutdown;
 mod trigger_rules;
@@ -15,17 +16,20 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::attempt::{self, AttemptSpec, Isolation, Usage};
-use crate::backoff::Backoff;
-use crate::config::{Config, DataPlaces};
+use crate::attempt::Usage;
+use crate::config::Config;
 use crate::dag::Dag;
 use crate::logs::{AttemptLog, attempt_log_path};
 use crate::process;
-use crate::store::{AttemptEnd, AttemptState, RunRecord, RunState, Store, StoreError, TaskState};
-use crate::tasks::{self, Registry, TaskError, TaskOutput};
+use crate::queue::{Dispatch, QueuedTask, Report};
+use crate::store::{
+    AttemptEnd, AttemptKey, AttemptState, RunRecord, RunState, Store, StoreError, TaskState,
+    durably,
+};
+use crate::tasks::{self, Registry, TaskError};
 use crate::template::RunVariables;
 
 pub use shutdown::{Phase, Shutdown, ShutdownHandle};
@@ -37,18 +41,22 @@ pub use crate::attempt::INTERRUPTED;
 /// The most of an attempt's error the run history keeps: its start and its end. The whole
 /// output is in the attempt's log.
 const MAX_ERROR_BYTES: usize = 4096;
+/// How long a run whose shutdown grace is over still waits for the reports of its attempts
+/// (a local worker stops its own within 15 s); the others stay running for the next
+/// scheduler to wait for.
+const ABORT_WAIT: Duration = Duration::from_secs(20);
 
-/// Everything runs share: where to record, which kinds exist, how many tasks may run at once.
+/// Everything runs share: where to record, which kinds exist, where reports come back.
 #[derive(Clone)]
 pub struct Executor {
     pub store: Store,
     pub registry: Arc<Registry>,
-    pub home: PathBuf,
+    /// Where attempt logs go, as far as this process knows (a worker elsewhere writes its own).
     pub logs_dir: PathBuf,
-    pub slots: Arc<Semaphore>,
-    pub data: DataPlaces,
-    /// Where attempts run: child processes of orch in production.
-    pub isolation: Isolation,
+    pub dispatch: Dispatch,
+    /// The queue of every attempt, instead of each task's: `orch run` and `orch backfill`
+    /// queue for their own worker only, so that they run here, now.
+    pub private_queue: Option<String>,
 }
 
 /// A task's state change, for a caller that shows progress (`orch run`).
@@ -61,22 +69,25 @@ pub struct TaskEvent {
 }
 
 impl Executor {
-    /// The executor of an orch command: the home's places and parallelism, and every attempt
-    /// in a child process of this binary.
-    pub fn of_config(
-        config: &Config,
-        store: Store,
-        registry: Arc<Registry>,
-    ) -> std::io::Result<Executor> {
-        Ok(Executor {
+    /// The executor of an orch command: the home's log folder, and workers lost after the
+    /// configured heartbeat timeout.
+    pub fn of_config(config: &Config, store: Store, registry: Arc<Registry>) -> Executor {
+        Executor {
+            dispatch: Dispatch::start(store.clone(), config.heartbeat_timeout),
             store,
             registry,
-            home: config.home.clone(),
             logs_dir: config.logs_dir.clone(),
-            slots: Arc::new(Semaphore::new(config.parallelism)),
-            data: config.data.clone(),
-            isolation: Isolation::this_binary()?,
-        })
+            private_queue: None,
+        }
+    }
+
+    /// This executor, queueing every attempt for this process's own worker (see
+    /// [`private_queue`]).
+    pub fn run_here(self, lease: &crate::lease::Lease) -> Executor {
+        Executor {
+            private_queue: Some(private_queue(lease)),
+            ..self
+        }
     }
 
     /// Drives `run` to its end with the definition `dag`, and returns its final state, or `None`
@@ -98,14 +109,17 @@ impl Executor {
     }
 }
 
+/// The queue only this process's worker serves: its lease id, which no queue name of a
+/// DAG file can be (`@` is not allowed there).
+pub fn private_queue(lease: &crate::lease::Lease) -> String {
+    format!("@{}", lease.id())
+}
+
 /// What one attempt came back with.
 struct AttemptDone {
     task: usize,
     attempt: u32,
-    started_at: DateTime<Utc>,
-    ended_at: DateTime<Utc>,
-    result: Result<TaskOutput, TaskError>,
-    usage: Usage,
+    report: Report,
 }
 
 struct RunLoop<'a> {
@@ -120,9 +134,10 @@ struct RunLoop<'a> {
     /// Attempts made before the run was last queued again: retries count from there.
     bases: Vec<u32>,
     next_retry: Vec<Option<DateTime<Utc>>>,
+    /// The attempts out with workers, each waiting for its report.
     in_flight: JoinSet<AttemptDone>,
-    /// What is running, by tokio task id, to account for an attempt that was aborted.
-    running: HashMap<tokio::task::Id, (usize, u32, DateTime<Utc>)>,
+    /// What is out, by tokio task id, to account for a wait that panicked.
+    running: HashMap<tokio::task::Id, (usize, u32)>,
 }
 
 impl<'a> RunLoop<'a> {
@@ -166,7 +181,8 @@ impl<'a> RunLoop<'a> {
         }
     }
 
-    /// Reads the task instances, and fails the attempts a dead process left running.
+    /// Reads the task instances; waits again for the attempts still queued or with a worker,
+    /// and fails those a dead process left running without a queue.
     async fn load(&mut self) -> Result<(), StoreError> {
         let index: HashMap<String, usize> = self
             .dag
@@ -192,30 +208,33 @@ impl<'a> RunLoop<'a> {
         let attempts = durably(|| store.attempts(run_id)).await?;
         let now = Utc::now();
         for i in 0..self.states.len() {
-            if self.states[i] == TaskState::Running {
-                let task_id = &self.dag.tasks[i].id;
-                let started = attempts
-                    .iter()
-                    .find(|a| &a.task_id == task_id && a.attempt == self.tries[i])
-                    .map_or(now, |a| a.started_at);
-                tracing::warn!(run_id = %self.run.run_id, task_id = %task_id, attempt = self.tries[i], "recovering an orphaned attempt");
-                let attempt = self.tries[i];
-                if let Some((pgid, ticks)) =
-                    durably(|| store.attempt_process(run_id, task_id, attempt)).await?
-                {
-                    process::kill_orphaned_group(pgid, ticks);
-                }
-                let orphaned = TaskError::transient(ORPHANED);
-                self.record_end(
-                    i,
-                    self.tries[i],
-                    started,
-                    Err(orphaned),
-                    now,
-                    Usage::default(),
-                )
-                .await?;
+            if self.states[i] != TaskState::Running {
+                continue;
             }
+            let task_id = self.dag.tasks[i].id.clone();
+            let attempt = self.tries[i];
+            let record = attempts
+                .iter()
+                .find(|a| a.task_id == task_id && a.attempt == attempt);
+            if record.is_some_and(|a| a.queue.is_some() && a.state == AttemptState::Running) {
+                tracing::info!(run_id, task_id = %task_id, attempt, "waiting again for a queued attempt");
+                self.wait_for(i, attempt);
+                continue;
+            }
+            let started = record.map_or(now, |a| a.started_at);
+            tracing::warn!(run_id, task_id = %task_id, attempt, "recovering an orphaned attempt");
+            if let Some((pgid, ticks)) =
+                durably(|| store.attempt_process(run_id, &task_id, attempt)).await?
+            {
+                process::kill_orphaned_group(pgid, ticks);
+            }
+            let report = Report::new(
+                &Err(TaskError::transient(ORPHANED)),
+                Usage::default(),
+                started,
+                now,
+            );
+            self.record_end(i, attempt, report).await?;
         }
         Ok(())
     }
@@ -231,13 +250,19 @@ impl<'a> RunLoop<'a> {
                     return Ok(None);
                 }
             }
-            let startable = if shutdown.phase() == Phase::Running
-                && self.running.len() < self.dag.max_active_tasks as usize
-            {
-                self.states.iter().position(|s| *s == TaskState::Queued)
-            } else {
-                None
-            };
+            if shutdown.phase() == Phase::Running {
+                let room = (self.dag.max_active_tasks as usize).saturating_sub(self.running.len());
+                let startable: Vec<usize> = (0..self.states.len())
+                    .filter(|&i| self.states[i] == TaskState::Queued)
+                    .take(room)
+                    .collect();
+                if !startable.is_empty() {
+                    for task in startable {
+                        self.start(task).await?;
+                    }
+                    continue;
+                }
+            }
             let next_retry = self.next_retry.iter().flatten().min().copied();
             let retry_sleep =
                 next_retry.map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO));
@@ -251,11 +276,6 @@ impl<'a> RunLoop<'a> {
                 }
                 Some(joined) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => {
                     self.on_joined(joined).await?;
-                }
-                permit = Arc::clone(&self.exec.slots).acquire_owned(), if startable.is_some() => {
-                    if let (Ok(permit), Some(task)) = (permit, startable) {
-                        self.start(task, permit, shutdown.clone()).await?;
-                    }
                 }
                 _ = tokio::time::sleep(retry_sleep.unwrap_or(Duration::ZERO)), if retry_sleep.is_some() => {}
             }
@@ -302,12 +322,8 @@ impl<'a> RunLoop<'a> {
         Ok(())
     }
 
-    async fn start(
-        &mut self,
-        i: usize,
-        permit: OwnedSemaphorePermit,
-        mut shutdown: Shutdown,
-    ) -> Result<(), StoreError> {
+    /// Queues the next attempt of task `i` for a worker of its queue, and waits for it.
+    async fn start(&mut self, i: usize) -> Result<(), StoreError> {
         let task = &self.dag.tasks[i];
         let attempt = self.tries[i] + 1;
         let started_at = Utc::now();
@@ -318,21 +334,6 @@ impl<'a> RunLoop<'a> {
             &task.id,
             attempt,
         );
-        let log_path = path.to_string_lossy();
-        durably(|| {
-            self.exec.store.start_attempt(
-                &self.run.run_id,
-                &task.id,
-                attempt,
-                started_at,
-                &log_path,
-            )
-        })
-        .await?;
-        self.tries[i] = attempt;
-        self.states[i] = TaskState::Running;
-        self.emit(i, TaskState::Running, None);
-
         let vars = RunVariables::new(
             &self.dag.id,
             &self.run.run_id,
@@ -361,77 +362,69 @@ impl<'a> RunLoop<'a> {
                 )
             }
         };
-        let first_line = format!("{try_line} of task `{}` ({})", task.id, task.kind);
-        let spec = rendered.map(|with| AttemptSpec {
-            dag_id: self.dag.id.clone(),
-            run_id: self.run.run_id.clone(),
-            task_id: task.id.clone(),
-            attempt,
-            kind: task.kind.clone(),
-            with,
-            home: self.exec.home.clone(),
-            ds: vars.ds,
-            params: vars.params,
-            log_path: path.clone(),
-            timeout: task.timeout,
-            limits: task.limits,
-            database_url: self.exec.store.url().to_string(),
-            data: self.exec.data.clone(),
-        });
-        let exec = self.exec.clone();
-        let handle = self.in_flight.spawn(async move {
-            let _permit = permit;
-            let (result, usage) = match AttemptLog::create(path).map(Arc::new) {
-                Err(e) => (
-                    Err(TaskError::transient(format!(
-                        "cannot create the attempt log: {e}"
-                    ))),
-                    Usage::default(),
-                ),
-                Ok(log) => {
-                    log.note(&first_line);
-                    let (result, usage) = match spec {
-                        Ok(spec) => {
-                            // The grace period of a shutdown is over: the attempt stops now.
-                            let abort = async move {
-                                while shutdown.phase() != Phase::Abort {
-                                    shutdown.changed().await;
-                                }
-                            };
-                            attempt::run(
-                                spec,
-                                &exec.isolation,
-                                &exec.registry,
-                                &exec.store,
-                                Arc::clone(&log),
-                                abort,
-                            )
-                            .await
-                        }
-                        Err(e) => (Err(e), Usage::default()),
-                    };
-                    match &result {
-                        Ok(out) => log.note(&format!(
-                            "succeeded{}",
-                            out.rows.map(|r| format!(", rows={r}")).unwrap_or_default()
-                        )),
-                        Err(e) if e.retryable => log.note(&format!("failed: {e}")),
-                        Err(e) => log.note(&format!("failed, and no retry can help: {e}")),
-                    }
-                    (result, usage)
-                }
+        let banner = format!("{try_line} of task `{}` ({})", task.id, task.kind);
+        let queued = rendered.and_then(|with| {
+            let queued = QueuedTask {
+                dag_id: self.dag.id.clone(),
+                kind: task.kind.clone(),
+                with,
+                ds: vars.ds,
+                params: vars.params,
+                timeout: task.timeout,
+                limits: task.limits,
+                banner: banner.clone(),
             };
+            serde_json::to_string(&queued)
+                .map_err(|e| TaskError::permanent(format!("cannot queue the attempt: {e}")))
+        });
+        let log_path = path.to_string_lossy();
+        let queue = self.exec.private_queue.as_deref().unwrap_or(&task.queue);
+        durably(|| {
+            self.exec.store.start_attempt(
+                &self.run.run_id,
+                &task.id,
+                attempt,
+                started_at,
+                &log_path,
+                queued.as_ref().ok().map(|spec| (queue, spec.as_str())),
+            )
+        })
+        .await?;
+        crate::queue::QUEUED.notify_waiters();
+        self.tries[i] = attempt;
+        self.states[i] = TaskState::Running;
+        self.emit(i, TaskState::Running, None);
+        match queued {
+            Ok(_) => self.wait_for(i, attempt),
+            Err(error) => {
+                // Never queued: the log says why here, where the run is executed.
+                if let Ok(log) = AttemptLog::create(path) {
+                    log.note(&banner);
+                    log.note(&format!("failed, and no retry can help: {error}"));
+                }
+                let report = Report::new(&Err(error), Usage::default(), started_at, Utc::now());
+                self.record_end(i, attempt, report).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits, beside the run loop, for the report of attempt `attempt` of task `i`.
+    fn wait_for(&mut self, i: usize, attempt: u32) {
+        let key = AttemptKey {
+            run_id: self.run.run_id.clone(),
+            task_id: self.dag.tasks[i].id.clone(),
+            attempt,
+        };
+        let dispatch = self.exec.dispatch.clone();
+        let handle = self.in_flight.spawn(async move {
             AttemptDone {
                 task: i,
                 attempt,
-                started_at,
-                ended_at: Utc::now(),
-                result,
-                usage,
+                report: dispatch.wait(key).await,
             }
         });
-        self.running.insert(handle.id(), (i, attempt, started_at));
-        Ok(())
+        self.running.insert(handle.id(), (i, attempt));
     }
 
     async fn on_joined(
@@ -441,34 +434,15 @@ impl<'a> RunLoop<'a> {
         match joined {
             Ok((id, done)) => {
                 self.running.remove(&id);
-                self.record_end(
-                    done.task,
-                    done.attempt,
-                    done.started_at,
-                    done.result,
-                    done.ended_at,
-                    done.usage,
-                )
-                .await
+                self.record_end(done.task, done.attempt, done.report).await
             }
             Err(e) => {
-                let Some((i, attempt, started)) = self.running.remove(&e.id()) else {
+                let Some((i, attempt)) = self.running.remove(&e.id()) else {
                     return Ok(());
                 };
-                let error = if e.is_cancelled() {
-                    TaskError::transient(INTERRUPTED)
-                } else {
-                    TaskError::transient(format!("the task panicked: {e}"))
-                };
-                self.record_end(
-                    i,
-                    attempt,
-                    started,
-                    Err(error),
-                    Utc::now(),
-                    Usage::default(),
-                )
-                .await
+                let report =
+                    Report::failure(format!("waiting for the attempt failed: {e}"), Utc::now());
+                self.record_end(i, attempt, report).await
             }
         }
     }
@@ -478,17 +452,17 @@ impl<'a> RunLoop<'a> {
         &mut self,
         i: usize,
         attempt: u32,
-        started_at: DateTime<Utc>,
-        result: Result<TaskOutput, TaskError>,
-        ended_at: DateTime<Utc>,
-        usage: Usage,
+        report: Report,
     ) -> Result<(), StoreError> {
         let task = &self.dag.tasks[i];
+        let (started_at, ended_at) = report.times(Utc::now());
         let duration_ms = (ended_at - started_at).num_milliseconds().max(0);
-        let (end, state, next_retry) = match result {
+        let usage = report.usage;
+        let (end, state, next_retry) = match report.result() {
             Ok(out) => (
                 AttemptEnd {
                     state: AttemptState::Success,
+                    started_at,
                     ended_at,
                     duration_ms,
                     rows: out.rows.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
@@ -510,6 +484,7 @@ impl<'a> RunLoop<'a> {
                 let next = retry.then(|| ended_at + task.retry.delay_after(this_try));
                 let end = AttemptEnd {
                     state: AttemptState::Failed,
+                    started_at,
                     ended_at,
                     duration_ms,
                     rows: None,
@@ -543,12 +518,20 @@ impl<'a> RunLoop<'a> {
         Ok(())
     }
 
-    /// The grace period is over: every running attempt stops (each watches the shutdown) and
-    /// is recorded as interrupted.
+    /// The grace period is over: workers stop their attempts (this process's own worker
+    /// watches the same shutdown) and report them interrupted. Reports that come within
+    /// [`ABORT_WAIT`] are recorded; the other attempts stay running, for the next scheduler
+    /// to wait for.
     async fn abort(&mut self) -> Result<(), StoreError> {
-        while let Some(joined) = self.in_flight.join_next_with_id().await {
-            self.on_joined(joined).await?;
+        let deadline = tokio::time::sleep(ABORT_WAIT);
+        tokio::pin!(deadline);
+        while !self.in_flight.is_empty() {
+            tokio::select! {
+                Some(joined) = self.in_flight.join_next_with_id() => self.on_joined(joined).await?,
+                () = &mut deadline => break,
+            }
         }
+        self.in_flight.abort_all();
         Ok(())
     }
 
@@ -574,35 +557,6 @@ impl<'a> RunLoop<'a> {
                 attempt: self.tries[i],
                 error,
             });
-        }
-    }
-}
-
-/// How long a metadata read or write of a run is tried again before the run is given up
-/// (and handed back for adoption): a minute of "database is locked", a full disk or a
-/// PostgreSQL failover must not strand a run.
-const STORE_RETRY_FOR: Duration = Duration::from_secs(60);
-const STORE_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-
-/// Runs `op` again while it fails with a transient error, for up to [`STORE_RETRY_FOR`].
-/// Every store call of a run is idempotent, so a retried write that had committed changes
-/// nothing.
-async fn durably<T, F, Fut>(mut op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let started = std::time::Instant::now();
-    let mut failures = 0;
-    loop {
-        match op().await {
-            Err(e) if e.is_transient() && started.elapsed() < STORE_RETRY_FOR => {
-                failures += 1;
-                let wait = STORE_RETRY.delay(failures);
-                tracing::warn!(error = %e, ?wait, "metadata database unavailable; trying again");
-                tokio::time::sleep(wait).await;
-            }
-            result => return result,
         }
     }
 }

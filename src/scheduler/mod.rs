@@ -5,7 +5,11 @@
 //! starts queued runs within `max_active_runs`, adopts runs whose process died, and reloads DAG
 //! files that changed. It sleeps until the next tick, a wake-up from `orch trigger`, the end of
 //! a run, or one second, whichever comes first.
+//!
+//! Several servers may share one PostgreSQL database: only the [`leader`] schedules and runs
+//! the streams; every server runs its local worker.
 
+mod leader;
 pub mod plan;
 mod wake;
 
@@ -24,9 +28,12 @@ use crate::config::Config;
 use crate::dag::{Dag, DagBag};
 use crate::executor::{Executor, Phase, ShutdownHandle};
 use crate::lease::{self, Lease, ServeLock};
+use crate::membership;
 use crate::store::{Listed, RunRecord, RunState, RunType, Store, StoreError};
 use crate::stream::supervisor::{StreamProcess, Supervisor};
 use crate::tasks::Registry;
+use crate::worker::LocalWorker;
+use leader::Leadership;
 
 pub use wake::wake;
 
@@ -40,6 +47,8 @@ pub struct ServeOptions {
     pub grace: Duration,
     /// The `--log-format` of the server, for the stream processes it starts.
     pub log_format: &'static str,
+    /// The queues the server's own worker serves; none: it runs no worker.
+    pub queues: Vec<String>,
 }
 
 type RunOutcome = (String, Result<Option<RunState>, StoreError>);
@@ -76,6 +85,8 @@ struct Scheduler {
     reported: HashSet<String>,
     streams: Supervisor,
     dags_dir: std::path::PathBuf,
+    leadership: Leadership,
+    lost_after: Duration,
 }
 
 /// How this server starts its streams' processes: this binary, seeing what the server sees.
@@ -107,7 +118,7 @@ fn stream_process(config: &Config, log_format: &str) -> anyhow::Result<StreamPro
     })
 }
 
-/// Runs the scheduler until SIGTERM or Ctrl-C.
+/// Runs the scheduler until SIGTERM or Ctrl-C (or until it loses the scheduler lease).
 pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let state_dir = config.state_dir();
     let _lock = ServeLock::acquire(&state_dir)?;
@@ -126,17 +137,30 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         tracing::error!("DAG file not loaded: {error}");
     }
     let (shutdown, _) = ShutdownHandle::new();
-    let executor = Executor::of_config(&config, store.clone(), Arc::clone(&registry))
-        .context("cannot find the orch binary to run attempts with")?;
+    let executor = Executor::of_config(&config, store.clone(), Arc::clone(&registry));
+    let worker = LocalWorker::start(
+        &config,
+        &store,
+        Arc::clone(&registry),
+        &lease,
+        "serve",
+        options.queues.clone(),
+        shutdown.subscribe(),
+    )
+    .await?;
     tracing::info!(
         home = %config.home.display(),
         dags = bag.dags().count(),
         broken_files = bag.errors().count(),
         parallelism = config.parallelism,
+        queues = %options.queues.join(","),
+        process = %lease.id(),
         "orch serve started"
     );
     let streams = Supervisor::new(stream_process(&config, options.log_format)?);
     let mut scheduler = Scheduler {
+        leadership: Leadership::new(store.clone(), lease.id(), config.heartbeat_timeout),
+        lost_after: config.heartbeat_timeout,
         store,
         registry,
         executor,
@@ -151,13 +175,23 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         streams,
         dags_dir: config.dags_dir.clone(),
     };
-    scheduler.sync_streams().await;
     scheduler.sweep_leases(&state_dir).await;
-    scheduler.run(wake.as_ref(), &state_dir).await?;
+    let mut lost = worker.lost();
+    let outcome = tokio::select! {
+        outcome = scheduler.run(wake.as_ref(), &state_dir) => outcome,
+        _ = lost.wait_for(|lost| *lost) => Err(anyhow::anyhow!("this server was declared lost by another orch process; it stops so that no work runs twice")),
+    };
     scheduler.streams.stop_all().await;
-    scheduler.stop(options.grace).await;
+    let grace = if outcome.is_ok() {
+        options.grace
+    } else {
+        Duration::ZERO
+    };
+    scheduler.stop(grace).await;
+    scheduler.leadership.release().await;
+    worker.stop().await;
     tracing::info!("orch serve stopped");
-    Ok(())
+    outcome
 }
 
 /// Creates the runs of `dag`'s intervals that have ended, within `max_active_runs` (`active`
@@ -214,10 +248,16 @@ impl Scheduler {
                 .context("cannot listen for SIGTERM")?;
         let mut next_reload = tokio::time::Instant::now() + RELOAD_INTERVAL;
         let mut next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
+        let mut next_renewal = tokio::time::Instant::now();
         loop {
             if tokio::time::Instant::now() >= next_sweep {
                 self.sweep_leases(state_dir).await;
                 next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
+            }
+            if tokio::time::Instant::now() >= next_renewal {
+                self.renew_leadership().await?;
+                next_renewal =
+                    tokio::time::Instant::now() + membership::heartbeat_interval(self.lost_after);
             }
             let next_tick = match self.pass().await {
                 Ok(next) => next,
@@ -232,7 +272,9 @@ impl Scheduler {
             let until_tick = next_tick
                 .and_then(|t| (t - Utc::now()).to_std().ok())
                 .map(|d| tokio::time::Instant::now() + d);
-            let wake_at = until_tick.map_or(next_reload, |t| t.min(next_reload));
+            let wake_at = until_tick
+                .map_or(next_reload, |t| t.min(next_reload))
+                .min(next_renewal);
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = terminate.recv() => return Ok(()),
@@ -241,12 +283,49 @@ impl Scheduler {
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
             if tokio::time::Instant::now() >= next_reload {
-                if self.reload() {
+                if self.reload() && self.leadership.is_leader() {
                     self.sync_streams().await;
                 }
                 next_reload = tokio::time::Instant::now() + RELOAD_INTERVAL;
             }
         }
+    }
+
+    /// Takes or renews the scheduler lease; the leader runs the streams. Fails when this
+    /// server lost the lease it held: another may be scheduling already.
+    async fn renew_leadership(&mut self) -> anyhow::Result<()> {
+        match self.leadership.renew().await {
+            leader::Change::None => Ok(()),
+            leader::Change::Gained { previous } => {
+                match previous {
+                    Some(previous) => {
+                        tracing::warn!(%previous, "this server is now the scheduling leader, taking over from another")
+                    }
+                    None => tracing::info!("this server is now the scheduling leader"),
+                }
+                self.sync_streams().await;
+                Ok(())
+            }
+            leader::Change::Lost { why } => {
+                anyhow::bail!(
+                    "this server lost the scheduler lease ({why}); it stops so that only one scheduler runs"
+                )
+            }
+        }
+    }
+
+    /// Whether the process that owns a run may still be alive: its lease on this host, its
+    /// heartbeat for any host.
+    async fn owner_is_alive(&self, owner: &str) -> bool {
+        if !self.lease.owner_is_alive(owner) {
+            return false;
+        }
+        membership::is_alive(&self.store, owner, self.lost_after)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(owner, error = %e, "cannot check whether a run's owner is alive");
+                true
+            })
     }
 
     /// Removes the lease files of processes that are gone and own no running run.
@@ -306,10 +385,11 @@ impl Scheduler {
 
     /// One scheduling pass. Returns when the next cron tick is due.
     async fn pass(&mut self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        if self.shutdown.phase() != Phase::Running {
+        // Every server checks: two histories would run everything twice.
+        self.store.check_file()?;
+        if self.shutdown.phase() != Phase::Running || !self.leadership.is_leader() {
             return Ok(None);
         }
-        self.store.check_file()?;
         let paused = self.paused_dags().await?;
         let running = self.readable(self.store.runs_in_state(RunState::Running).await?);
         let queued = self.readable(self.store.runs_in_state(RunState::Queued).await?);
@@ -403,7 +483,7 @@ impl Scheduler {
                 }
             } else {
                 if let Some(owner) = &run.owner
-                    && self.lease.owner_is_alive(owner)
+                    && self.owner_is_alive(owner).await
                 {
                     continue;
                 }

@@ -11,8 +11,11 @@
 //! plain `BEGIN` takes the write lock late and fails with "database is locked" when two
 //! writers meet.
 
+mod durably;
 mod lock;
+mod members;
 mod model;
+mod queue;
 pub mod timestamp;
 
 use std::collections::HashMap;
@@ -26,11 +29,14 @@ use sqlx::{AnyPool, Row};
 use crate::database::{self, Backend};
 use crate::redact;
 
+pub use durably::durably;
 pub use lock::StoreLock;
+pub use members::{LeaseHolder, ProcessRecord};
 pub use model::{
     AttemptEnd, AttemptRecord, AttemptState, NewRun, RunRecord, RunState, RunType,
     StreamStateRecord, TaskInstanceRecord, TaskState,
 };
+pub use queue::{AttemptKey, Claim, QUEUED_CHANNEL, QueuedAttempt, REPORTED_CHANNEL, WorkerReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -501,7 +507,8 @@ impl Store {
         Ok(())
     }
 
-    /// Records the start of an attempt: its row, and the task instance as running.
+    /// Records the start of an attempt: its row, and the task instance as running. With
+    /// `queued` (its queue and spec), the attempt waits there for a worker to claim it.
     pub async fn start_attempt(
         &self,
         run_id: &str,
@@ -509,11 +516,13 @@ impl Store {
         attempt: u32,
         started_at: DateTime<Utc>,
         log_path: &str,
+        queued: Option<(&str, &str)>,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        let (queue, spec) = queued.unzip();
         sqlx::query(
-            "INSERT INTO task_attempts (run_id, task_id, attempt, state, started_at, log_path)
-             VALUES ($1, $2, $3, 'running', $4, $5)
+            "INSERT INTO task_attempts (run_id, task_id, attempt, state, started_at, log_path, queue, spec)
+             VALUES ($1, $2, $3, 'running', $4, $5, $6, $7)
              ON CONFLICT (run_id, task_id, attempt) DO NOTHING",
         )
         .bind(run_id)
@@ -521,8 +530,13 @@ impl Store {
         .bind(i64::from(attempt))
         .bind(timestamp::format(started_at))
         .bind(log_path)
+        .bind(queue)
+        .bind(spec)
         .execute(&mut *tx)
         .await?;
+        if queued.is_some() {
+            self.notify(&mut tx, QUEUED_CHANNEL).await?;
+        }
         sqlx::query(
             "UPDATE task_instances SET state = 'running', try_number = $1, next_retry_at = NULL
              WHERE run_id = $2 AND task_id = $3",
@@ -598,7 +612,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE task_attempts SET state = $1, ended_at = $2, duration_ms = $3, rows = $4, error = $5,
-                 metrics = $9, peak_rss_bytes = $10, cpu_ms = $11
+                 metrics = $9, peak_rss_bytes = $10, cpu_ms = $11, started_at = $12,
+                 spec = NULL, report = NULL
              WHERE run_id = $6 AND task_id = $7 AND attempt = $8",
         )
         .bind(end.state.as_str())
@@ -612,6 +627,7 @@ impl Store {
         .bind(&end.metrics)
         .bind(end.peak_rss_bytes)
         .bind(end.cpu_ms)
+        .bind(timestamp::format(end.started_at))
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE task_instances SET state = $1, next_retry_at = $2 WHERE run_id = $3 AND task_id = $4")
@@ -898,5 +914,7 @@ fn attempt_from_row(row: &AnyRow) -> Result<AttemptRecord> {
         log_path: row.try_get("log_path")?,
         peak_rss_bytes: row.try_get("peak_rss_bytes")?,
         cpu_ms: row.try_get("cpu_ms")?,
+        queue: row.try_get("queue")?,
+        worker: row.try_get("worker")?,
     })
 }

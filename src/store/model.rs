@@ -184,12 +184,18 @@ pub struct AttemptRecord {
     pub peak_rss_bytes: Option<i64>,
     /// The attempt process's CPU time, user and system, milliseconds.
     pub cpu_ms: Option<i64>,
+    /// The queue it waited in for a worker.
+    pub queue: Option<String>,
+    /// The process that ran it (its lease id: `PID-NANOS@HOST:DIR`).
+    pub worker: Option<String>,
 }
 
 /// How an attempt ended.
 #[derive(Debug, Clone)]
 pub struct AttemptEnd {
     pub state: AttemptState,
+    /// When it really started: when a worker claimed it.
+    pub started_at: DateTime<Utc>,
     pub ended_at: DateTime<Utc>,
     pub duration_ms: i64,
     pub rows: Option<i64>,

@@ -107,17 +107,49 @@ tasks:
     let mut server = home.serve();
     let run_id = last_line(&home.orch(&["trigger", "d"]));
     wait_for_file(&home.file("a.1"), Duration::from_secs(10));
-    // The attempt's end cannot be recorded: not a transient error, so the executor dies.
-    home.sql("ALTER TABLE task_attempts RENAME TO task_attempts_away");
+    // The worker reports the attempt, but its end cannot be recorded in the task's state:
+    // not a transient error, so the executor dies.
+    home.sql("ALTER TABLE task_instances RENAME TO task_instances_away");
     std::fs::write(home.file("go"), "").expect("go");
     server.wait_for_log("a run's executor stopped", Duration::from_secs(20));
-    home.sql("ALTER TABLE task_attempts_away RENAME TO task_attempts");
+    home.sql("ALTER TABLE task_instances_away RENAME TO task_instances");
     let run = home.wait_for_run(&run_id, Duration::from_secs(30));
     assert_eq!(run["state"], "success", "{run:#}");
     server.wait_for_log(
         "resuming a run whose executor stopped",
         Duration::from_secs(5),
     );
+}
+
+/// A worker whose report the database refuses keeps it and writes it once it can: the
+/// outcome of an attempt that ran is neither lost nor bought with a second run.
+#[test]
+fn a_report_the_database_refuses_is_written_once_it_can_be() {
+    let home = Home::new();
+    home.write_dag(
+        "d",
+        r#"
+defaults: { retries: 1, retry_delay: 0s }
+tasks:
+  - { id: a, kind: shell, with: { command: "touch a.$ORCH_ATTEMPT; while [ ! -e go ]; do sleep 0.05; done; echo 'orch:rows=3'" } }
+"#,
+    );
+    let mut server = home.serve();
+    let run_id = last_line(&home.orch(&["trigger", "d"]));
+    wait_for_file(&home.file("a.1"), Duration::from_secs(10));
+    home.sql("ALTER TABLE task_attempts RENAME TO task_attempts_away");
+    std::fs::write(home.file("go"), "").expect("go");
+    server.wait_for_log(
+        "cannot report an attempt; trying again",
+        Duration::from_secs(20),
+    );
+    home.sql("ALTER TABLE task_attempts_away RENAME TO task_attempts");
+    let run = home.wait_for_run(&run_id, Duration::from_secs(30));
+    assert_eq!(run["state"], "success", "{run:#}");
+    let a = attempts(&run, "a");
+    assert_eq!(a.len(), 1, "{run:#}");
+    assert_eq!(a[0]["rows"], 3);
+    assert!(!home.file("a.2").exists(), "the attempt ran once");
 }
 
 /// A shell that exited while a daemon it detached still held its output kept the attempt

@@ -52,7 +52,7 @@ tasks:
     assert!(
         work[0]["error"]
             .as_str()
-            .is_some_and(|e| e.starts_with("orphaned")),
+            .is_some_and(|e| e.starts_with("worker lost")),
         "{run:#}"
     );
     assert_eq!(work[1]["state"], "success");

@@ -1,0 +1,216 @@
+//! The executor's side of the queue: waiting for the reports of queued attempts, and ending
+//! those whose worker was lost.
+//!
+//! One loop per process serves every run it executes: it reads the running attempts when a
+//! report is announced (or every [`POLL`] while it waits for any), hands each report to the
+//! run waiting for it, and checks the liveness of the workers holding its claims once per
+//! heartbeat interval. A lost worker's attempt is ended with "worker lost" under the claim's
+//! fencing token, so that the worker's own report, should it come back, is refused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{POLL, REPORTED, Report};
+use crate::membership::{self, heartbeat_interval};
+use crate::store::{AttemptKey, QueuedAttempt, REPORTED_CHANNEL, Store};
+
+type Waiting = Arc<Mutex<HashMap<AttemptKey, oneshot::Sender<Report>>>>;
+
+/// Where runs wait for their attempts' reports; cheap to clone.
+#[derive(Clone)]
+pub struct Dispatch {
+    waiting: Waiting,
+    submitted: Arc<Notify>,
+    _loop: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Dispatch {
+    /// Starts waiting for reports in `store`; workers silent for `lost_after` are lost.
+    pub fn start(store: Store, lost_after: Duration) -> Dispatch {
+        super::relay_notifications(store.url(), REPORTED_CHANNEL, &REPORTED);
+        let waiting: Waiting = Arc::default();
+        let submitted = Arc::new(Notify::new());
+        let task = tokio::spawn(watch(
+            store,
+            lost_after,
+            Arc::clone(&waiting),
+            Arc::clone(&submitted),
+        ));
+        Dispatch {
+            waiting,
+            submitted,
+            _loop: Arc::new(AbortOnDrop(task)),
+        }
+    }
+
+    /// Waits for the report of the queued attempt `key`.
+    pub async fn wait(&self, key: AttemptKey) -> Report {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiting).insert(key, tx);
+        self.submitted.notify_one();
+        rx.await.unwrap_or_else(|_| {
+            Report::failure(
+                "the executor stopped waiting for the attempt".to_string(),
+                Utc::now(),
+            )
+        })
+    }
+}
+
+fn lock(
+    waiting: &Waiting,
+) -> std::sync::MutexGuard<'_, HashMap<AttemptKey, oneshot::Sender<Report>>> {
+    waiting.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn watch(store: Store, lost_after: Duration, waiting: Waiting, submitted: Arc<Notify>) {
+    let mut next_check = Instant::now();
+    loop {
+        let reported = REPORTED.notified();
+        let newly = submitted.notified();
+        tokio::pin!(reported, newly);
+        reported.as_mut().enable();
+        newly.as_mut().enable();
+        lock(&waiting).retain(|_, tx| !tx.is_closed());
+        let any = !lock(&waiting).is_empty();
+        if any {
+            let check_workers = Instant::now() >= next_check;
+            if check_workers {
+                next_check = Instant::now() + heartbeat_interval(lost_after);
+            }
+            // Taken before the read: each of these attempts was written before it was waited for.
+            let asked: Vec<AttemptKey> = lock(&waiting).keys().cloned().collect();
+            match store.queued_attempts().await {
+                Ok(rows) => {
+                    deliver(&store, &waiting, &asked, rows, check_workers, lost_after).await
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the reports of queued attempts"),
+            }
+        }
+        tokio::select! {
+            () = &mut reported => {}
+            () = &mut newly => {}
+            () = tokio::time::sleep(POLL), if any => {}
+        }
+    }
+}
+
+/// Hands out the reports among `rows`, and ends the claims of lost workers.
+async fn deliver(
+    store: &Store,
+    waiting: &Waiting,
+    asked: &[AttemptKey],
+    rows: Vec<QueuedAttempt>,
+    check_workers: bool,
+    lost_after: Duration,
+) {
+    let mut alive: HashMap<String, bool> = HashMap::new();
+    let mut present = std::collections::HashSet::new();
+    for row in rows {
+        if !lock(waiting).contains_key(&row.key) {
+            continue;
+        }
+        present.insert(row.key.clone());
+        let report = match (&row.report, &row.worker) {
+            (Some(text), _) => Some(serde_json::from_str::<Report>(text).unwrap_or_else(|e| {
+                Report::failure(
+                    format!("the worker's report cannot be read: {e}"),
+                    Utc::now(),
+                )
+            })),
+            (None, Some(worker)) if check_workers => {
+                lost_worker_report(store, &row, worker, &mut alive, lost_after).await
+            }
+            (None, _) => None,
+        };
+        if let Some(report) = report
+            && let Some(tx) = lock(waiting).remove(&row.key)
+        {
+            let _ = tx.send(report);
+        }
+    }
+    // An attempt no longer running was recorded by another executor: nothing comes for it.
+    for key in asked.iter().filter(|k| !present.contains(*k)) {
+        if let Some(tx) = lock(waiting).remove(key) {
+            let _ = tx.send(Report::failure(
+                "the attempt is no longer running: another orch process recorded it".to_string(),
+                Utc::now(),
+            ));
+        }
+    }
+}
+
+/// Ends `row`'s claim when its worker is lost, and returns the report written for it.
+async fn lost_worker_report(
+    store: &Store,
+    row: &QueuedAttempt,
+    worker: &str,
+    alive: &mut HashMap<String, bool>,
+    lost_after: Duration,
+) -> Option<Report> {
+    let is_alive = match alive.get(worker) {
+        Some(known) => *known,
+        None => {
+            let known = membership::is_alive(store, worker, lost_after)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(worker, error = %e, "cannot check whether a worker is alive");
+                    true
+                });
+            alive.insert(worker.to_string(), known);
+            known
+        }
+    };
+    if is_alive {
+        return None;
+    }
+    let report = Report::failure(
+        format!(
+            "worker lost: {worker} stopped heartbeating (none for {}) while running this attempt; it is retried by its task's policy",
+            humantime::format_duration(lost_after)
+        ),
+        Utc::now(),
+    );
+    let text = serde_json::to_string(&report).ok()?;
+    match store.report_lost_claim(&row.key, row.token, &text).await {
+        Ok(true) => {
+            tracing::warn!(run_id = %row.key.run_id, task_id = %row.key.task_id, attempt = row.key.attempt, worker, "worker lost; failing its attempt");
+            kill_leftovers(store, &row.key, worker).await;
+            Some(report)
+        }
+        // Reported or taken over meanwhile: the next pass reads what was written.
+        Ok(false) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot fail a lost worker's attempt");
+            None
+        }
+    }
+}
+
+/// Kills what a lost worker of this host left of its attempt's command (its process group,
+/// if still the same process).
+async fn kill_leftovers(store: &Store, key: &AttemptKey, worker: &str) {
+    if !crate::lease::is_on_this_host(worker) {
+        return;
+    }
+    if let Ok(Some((pgid, ticks))) = store
+        .attempt_process(&key.run_id, &key.task_id, key.attempt)
+        .await
+    {
+        crate::process::kill_orphaned_group(pgid, ticks);
+    }
+}

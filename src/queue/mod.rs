@@ -1,0 +1,181 @@
+//! How attempts travel from the executor that decides them to the worker that runs them,
+//! through the metadata database, on one machine or many.
+//!
+//! The executor writes an attempt `running` with its queue and a [`QueuedTask`]; a worker
+//! serving that queue claims it ([`crate::store::Claim`], with a fencing token), runs it in a
+//! child process and writes a [`Report`]; the executor waiting for it ([`Dispatch`]) records
+//! the outcome and applies the task's retry policy. The executor stays the only writer of a
+//! run's state; a worker writes only its claim's report.
+//!
+//! Wake-ups: processes wait on [`QUEUED`] and [`REPORTED`], which this process's writers
+//! notify directly and, on PostgreSQL, `LISTEN/NOTIFY` relays from other processes
+//! ([`relay_notifications`]). A wake-up that is missed costs at most [`POLL`]: idle processes
+//! poll no more often than that.
+
+mod dispatch;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::Notify;
+
+use crate::attempt::{Limits, Usage};
+use crate::database::Backend;
+use crate::store::timestamp;
+use crate::tasks::{TaskError, TaskOutput};
+
+pub use dispatch::Dispatch;
+
+/// The queue of tasks and DAGs that name none.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Whether `name` may name a queue: `[a-z0-9_-]+`, at most 64 bytes (queues are listed
+/// comma-separated).
+pub fn is_queue_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// How long a process waits before looking at the queue again without a wake-up.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// Notified when an attempt is queued (in this process, or relayed from PostgreSQL).
+pub static QUEUED: Notify = Notify::const_new();
+/// Notified when a worker reported an attempt.
+pub static REPORTED: Notify = Notify::const_new();
+
+/// One attempt as the executor queues it: what to run. Where (home, logs, data places, the
+/// database) is the worker's own configuration, never carried in the queue, so no URL with a
+/// password is written into the run history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedTask {
+    pub dag_id: String,
+    pub kind: String,
+    /// The rendered `with:`.
+    pub with: Value,
+    pub ds: String,
+    pub params: Map<String, Value>,
+    pub timeout: Option<Duration>,
+    pub limits: Limits,
+    /// The attempt log's first line ("attempt 2 of 3 of task `x` (shell)").
+    pub banner: String,
+}
+
+/// How an attempt ended, as its worker reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub outcome: Outcome,
+    pub usage: Usage,
+    /// RFC 3339, as the run history writes times.
+    pub started_at: String,
+    pub ended_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Outcome {
+    Succeeded {
+        rows: Option<u64>,
+        metrics: Option<Map<String, Value>>,
+    },
+    Failed {
+        message: String,
+        retryable: bool,
+    },
+}
+
+impl Report {
+    pub fn new(
+        result: &Result<TaskOutput, TaskError>,
+        usage: Usage,
+        started_at: DateTime<Utc>,
+        ended_at: DateTime<Utc>,
+    ) -> Report {
+        let outcome = match result {
+            Ok(out) => Outcome::Succeeded {
+                rows: out.rows,
+                metrics: out.metrics.clone(),
+            },
+            Err(e) => Outcome::Failed {
+                message: e.message.clone(),
+                retryable: e.retryable,
+            },
+        };
+        Report {
+            outcome,
+            usage,
+            started_at: timestamp::format(started_at),
+            ended_at: timestamp::format(ended_at),
+        }
+    }
+
+    /// A failure no worker reported: its worker was lost, or the report was unreadable.
+    pub fn failure(message: String, at: DateTime<Utc>) -> Report {
+        Report {
+            outcome: Outcome::Failed {
+                message,
+                retryable: true,
+            },
+            usage: Usage::default(),
+            started_at: timestamp::format(at),
+            ended_at: timestamp::format(at),
+        }
+    }
+
+    pub fn result(&self) -> Result<TaskOutput, TaskError> {
+        match &self.outcome {
+            Outcome::Succeeded { rows, metrics } => Ok(TaskOutput {
+                rows: *rows,
+                metrics: metrics.clone(),
+            }),
+            Outcome::Failed { message, retryable } => Err(TaskError {
+                message: message.clone(),
+                retryable: *retryable,
+            }),
+        }
+    }
+
+    /// When the attempt started and ended; `fallback` for a time that does not read.
+    pub fn times(&self, fallback: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+        let read = |s: &str| timestamp::parse(s).unwrap_or(fallback);
+        (read(&self.started_at), read(&self.ended_at))
+    }
+}
+
+/// How long a lost notification listener waits before connecting again.
+const RELISTEN: crate::backoff::Backoff =
+    crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+
+/// Relays PostgreSQL notifications on `channel` to `notify` for as long as the process
+/// runs; on SQLite, whose writers share this machine, there is nothing to relay.
+pub fn relay_notifications(url: &str, channel: &'static str, notify: &'static Notify) {
+    if Backend::of_url(url) != Some(Backend::Postgres) {
+        return;
+    }
+    let url = url.to_string();
+    tokio::spawn(async move {
+        let mut failures = 0;
+        loop {
+            match sqlx::postgres::PgListener::connect(&url).await {
+                Ok(mut listener) => match listener.listen(channel).await {
+                    Ok(()) => {
+                        failures = 0;
+                        // Whatever was sent while not listening is looked for now.
+                        notify.notify_waiters();
+                        while listener.recv().await.is_ok() {
+                            notify.notify_waiters();
+                        }
+                    }
+                    Err(e) => tracing::warn!(channel, error = %e, "cannot listen for wake-ups"),
+                },
+                Err(e) => tracing::warn!(channel, error = %e, "cannot listen for wake-ups"),
+            }
+            failures += 1;
+            tokio::time::sleep(RELISTEN.delay(failures)).await;
+        }
+    });
+}

@@ -1,0 +1,231 @@
+//! The orch processes sharing one metadata database, and the lease of its one scheduler.
+//!
+//! Every process that executes runs or attempts has a row with a heartbeat; a row whose
+//! heartbeat stopped is declared lost once (`lost_at`), after which its own heartbeat fails
+//! and it stops. The scheduler lease is a single row its holder renews: times are written by
+//! the processes' clocks, which must agree to within a few seconds (NTP), as with every
+//! heartbeat-based scheduler.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+
+use super::timestamp::{self, serde_format};
+use super::{Result, Store, parse_time};
+
+/// One orch process, as it registered itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessRecord {
+    pub id: String,
+    pub role: String,
+    pub host: String,
+    pub pid: i64,
+    /// The queues its worker serves; empty when it runs no worker.
+    pub queues: Vec<String>,
+    #[serde(serialize_with = "serde_format::required")]
+    pub started_at: DateTime<Utc>,
+    #[serde(serialize_with = "serde_format::required")]
+    pub heartbeat_at: DateTime<Utc>,
+    #[serde(serialize_with = "serde_format::optional")]
+    pub lost_at: Option<DateTime<Utc>>,
+}
+
+/// Who holds the scheduler lease, and until when.
+#[derive(Debug, Clone)]
+pub struct LeaseHolder {
+    pub holder: String,
+    pub acquired_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+const SCHEDULER_LEASE: &str = "scheduler";
+
+impl Store {
+    /// Registers (or registers again) process `id` with a fresh heartbeat.
+    pub async fn register_process(
+        &self,
+        id: &str,
+        role: &str,
+        host: &str,
+        queues: &[String],
+    ) -> Result<()> {
+        let now = timestamp::format(Utc::now());
+        let queues = (!queues.is_empty()).then(|| queues.join(","));
+        sqlx::query(
+            "INSERT INTO orch_processes (id, role, host, pid, queues, started_at, heartbeat_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, lost_at = NULL",
+        )
+        .bind(id)
+        .bind(role)
+        .bind(host)
+        .bind(i64::from(std::process::id()))
+        .bind(queues)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Renews process `id`'s heartbeat. `false` when it was declared lost (or its row is
+    /// gone): the process must stop, others have taken over its work.
+    pub async fn heartbeat(&self, id: &str) -> Result<bool> {
+        let renewed = sqlx::query(
+            "UPDATE orch_processes SET heartbeat_at = $1 WHERE id = $2 AND lost_at IS NULL",
+        )
+        .bind(timestamp::format(Utc::now()))
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(renewed == 1)
+    }
+
+    /// Marks process `id` stopped (cleanly, so that others need not wait out its heartbeat),
+    /// and forgets processes stopped more than a day ago.
+    pub async fn unregister_process(&self, id: &str) -> Result<()> {
+        let now = Utc::now();
+        sqlx::query("UPDATE orch_processes SET lost_at = $1 WHERE id = $2")
+            .bind(timestamp::format(now))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM orch_processes WHERE lost_at < $1")
+            .bind(timestamp::format(now - chrono::Duration::days(1)))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn process(&self, id: &str) -> Result<Option<ProcessRecord>> {
+        let row = sqlx::query("SELECT * FROM orch_processes WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(process_from_row).transpose()
+    }
+
+    /// Every registered process, by start.
+    pub async fn processes(&self) -> Result<Vec<ProcessRecord>> {
+        let rows = sqlx::query("SELECT * FROM orch_processes ORDER BY started_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(process_from_row).collect()
+    }
+
+    /// Declares process `id` lost if its last heartbeat is older than `lost_after`, or if
+    /// `proven_dead` (its lock was taken on this host). Returns whether it is lost now.
+    pub async fn declare_lost(
+        &self,
+        id: &str,
+        lost_after: Duration,
+        proven_dead: bool,
+    ) -> Result<bool> {
+        let now = Utc::now();
+        let stale_before = if proven_dead {
+            // Any heartbeat at all is older than a second from now.
+            now + chrono::Duration::seconds(1)
+        } else {
+            now - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::MAX)
+        };
+        sqlx::query(
+            "UPDATE orch_processes SET lost_at = $1
+             WHERE id = $2 AND lost_at IS NULL AND heartbeat_at < $3",
+        )
+        .bind(timestamp::format(now))
+        .bind(id)
+        .bind(timestamp::format(stale_before))
+        .execute(&self.pool)
+        .await?;
+        let lost: Option<Option<String>> =
+            sqlx::query_scalar("SELECT lost_at FROM orch_processes WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(matches!(lost, Some(Some(_))))
+    }
+
+    /// Takes or renews the scheduler lease for `holder` until `ttl` from now: granted when
+    /// it is free, expired, already `holder`'s, or held by `dead_holder` (proven dead).
+    /// Returns whether `holder` holds it now.
+    pub async fn take_scheduler_lease(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        dead_holder: Option<&str>,
+    ) -> Result<bool> {
+        let now = Utc::now();
+        let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let taken: Option<String> = sqlx::query_scalar(
+            "INSERT INTO scheduler_lease (name, holder, acquired_at, expires_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET
+                 holder = excluded.holder,
+                 expires_at = excluded.expires_at,
+                 acquired_at = CASE WHEN scheduler_lease.holder = excluded.holder
+                     THEN scheduler_lease.acquired_at ELSE excluded.acquired_at END
+             WHERE scheduler_lease.holder = excluded.holder
+                 OR scheduler_lease.expires_at < excluded.acquired_at
+                 OR scheduler_lease.holder = $5
+             RETURNING holder",
+        )
+        .bind(SCHEDULER_LEASE)
+        .bind(holder)
+        .bind(timestamp::format(now))
+        .bind(timestamp::format(expires))
+        .bind(dead_holder.unwrap_or(""))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(taken.as_deref() == Some(holder))
+    }
+
+    /// Gives the scheduler lease up, so that a standby takes over at once.
+    pub async fn release_scheduler_lease(&self, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM scheduler_lease WHERE name = $1 AND holder = $2")
+            .bind(SCHEDULER_LEASE)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn scheduler_lease(&self) -> Result<Option<LeaseHolder>> {
+        let row = sqlx::query("SELECT * FROM scheduler_lease WHERE name = $1")
+            .bind(SCHEDULER_LEASE)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            let acquired: String = row.try_get("acquired_at")?;
+            let expires: String = row.try_get("expires_at")?;
+            Ok(LeaseHolder {
+                holder: row.try_get("holder")?,
+                acquired_at: parse_time("scheduler_lease.acquired_at", &acquired)?,
+                expires_at: parse_time("scheduler_lease.expires_at", &expires)?,
+            })
+        })
+        .transpose()
+    }
+}
+
+fn process_from_row(row: &sqlx::any::AnyRow) -> Result<ProcessRecord> {
+    let started: String = row.try_get("started_at")?;
+    let heartbeat: String = row.try_get("heartbeat_at")?;
+    let lost: Option<String> = row.try_get("lost_at")?;
+    let queues: Option<String> = row.try_get("queues")?;
+    Ok(ProcessRecord {
+        id: row.try_get("id")?,
+        role: row.try_get("role")?,
+        host: row.try_get("host")?,
+        pid: row.try_get("pid")?,
+        queues: queues
+            .map(|q| q.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
+        started_at: parse_time("orch_processes.started_at", &started)?,
+        heartbeat_at: parse_time("orch_processes.heartbeat_at", &heartbeat)?,
+        lost_at: lost
+            .map(|s| parse_time("orch_processes.lost_at", &s))
+            .transpose()?,
+    })
+}

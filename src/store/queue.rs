@@ -1,0 +1,221 @@
+//! The attempt queue: attempts the executor wrote `running` with a queue and a spec, claimed
+//! by workers, reported back under a fencing token.
+//!
+//! A claim is one statement (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so that many workers
+//! claim batches side by side without waiting on one another; SQLite serializes writers
+//! anyway). Each claim increments the attempt's `claim_token`; a report is written only
+//! with the current token, and declaring a worker lost increments it again, so the report of
+//! a worker that lost its claim (a paused VM, a partition) changes nothing.
+
+use chrono::Utc;
+use sqlx::Row;
+
+use super::{Result, Store, count, timestamp};
+use crate::database::Backend;
+
+/// The channels PostgreSQL notifications travel on, so that idle workers and executors wait
+/// for them rather than poll.
+pub const QUEUED_CHANNEL: &str = "orch_attempt_queued";
+pub const REPORTED_CHANNEL: &str = "orch_attempt_reported";
+
+/// One attempt, by its key in the run history.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AttemptKey {
+    pub run_id: String,
+    pub task_id: String,
+    pub attempt: u32,
+}
+
+/// An attempt a worker claimed: what to run, and the token its report must carry.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub key: AttemptKey,
+    pub token: i64,
+    /// The queued spec, JSON.
+    pub spec: String,
+}
+
+/// A running attempt as the executor waiting for it sees it.
+#[derive(Debug, Clone)]
+pub struct QueuedAttempt {
+    pub key: AttemptKey,
+    /// The worker that claimed it, if any has.
+    pub worker: Option<String>,
+    pub token: i64,
+    /// The worker's report, JSON, once written.
+    pub report: Option<String>,
+}
+
+/// What a worker writes when its attempt ends.
+#[derive(Debug, Clone)]
+pub struct WorkerReport<'a> {
+    /// The outcome, JSON.
+    pub report: &'a str,
+    /// Where the worker wrote the attempt's log, on its own disk.
+    pub log_path: &'a str,
+    /// The end of the log, for readers on other hosts.
+    pub log_tail: &'a str,
+}
+
+impl Store {
+    /// Claims up to `limit` queued attempts of `queues` for `worker`, oldest first.
+    pub async fn claim_attempts(
+        &self,
+        worker: &str,
+        queues: &[String],
+        limit: usize,
+    ) -> Result<Vec<Claim>> {
+        if queues.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (0..queues.len()).map(|i| format!("${}", i + 4)).collect();
+        let skip_locked = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        // The queue names are bound, never spliced: only their count shapes the statement.
+        let sql = format!(
+            "UPDATE task_attempts SET worker = $1, claim_token = claim_token + 1, started_at = $2
+             WHERE (run_id, task_id, attempt) IN (
+                 SELECT run_id, task_id, attempt FROM task_attempts
+                 WHERE state = 'running' AND worker IS NULL AND report IS NULL AND spec IS NOT NULL
+                     AND queue IN ({})
+                 ORDER BY started_at LIMIT $3 {skip_locked})
+             RETURNING run_id, task_id, attempt, claim_token, spec",
+            placeholders.join(", ")
+        );
+        // Audited: `sql` varies only in its count of `$N` placeholders.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(worker)
+            .bind(timestamp::format(Utc::now()))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        for queue in queues {
+            query = query.bind(queue);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Claim {
+                    key: AttemptKey {
+                        run_id: row.try_get("run_id")?,
+                        task_id: row.try_get("task_id")?,
+                        attempt: count(row, "task_attempts.attempt", "attempt")?,
+                    },
+                    token: row.try_get("claim_token")?,
+                    spec: row.try_get("spec")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Writes a worker's report of its attempt, if its claim `token` is still current.
+    /// Returns `false` when it is not: the attempt was failed as lost, and retried, meanwhile.
+    pub async fn report_attempt(
+        &self,
+        key: &AttemptKey,
+        worker: &str,
+        token: i64,
+        report: &WorkerReport<'_>,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let written = sqlx::query(
+            "UPDATE task_attempts SET report = $1, log_path = $2, log_tail = $3
+             WHERE run_id = $4 AND task_id = $5 AND attempt = $6 AND worker = $7
+                 AND claim_token = $8 AND report IS NULL AND state = 'running'",
+        )
+        .bind(report.report)
+        .bind(report.log_path)
+        .bind(report.log_tail)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(i64::from(key.attempt))
+        .bind(worker)
+        .bind(token)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if written {
+            self.notify(&mut tx, REPORTED_CHANNEL).await?;
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    /// Ends a claimed attempt with `report` on behalf of its lost worker, if the claim is
+    /// still `token`; the token moves on, so the worker's own late report is refused.
+    pub async fn report_lost_claim(
+        &self,
+        key: &AttemptKey,
+        token: i64,
+        report: &str,
+    ) -> Result<bool> {
+        let written = sqlx::query(
+            "UPDATE task_attempts SET report = $1, claim_token = claim_token + 1
+             WHERE run_id = $2 AND task_id = $3 AND attempt = $4 AND claim_token = $5
+                 AND report IS NULL AND state = 'running'",
+        )
+        .bind(report)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(i64::from(key.attempt))
+        .bind(token)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(written == 1)
+    }
+
+    /// Every attempt that is running or waiting for a worker, with its claim and report.
+    pub async fn queued_attempts(&self) -> Result<Vec<QueuedAttempt>> {
+        let rows = sqlx::query(
+            "SELECT run_id, task_id, attempt, worker, claim_token, report FROM task_attempts
+             WHERE state = 'running' AND queue IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(QueuedAttempt {
+                    key: AttemptKey {
+                        run_id: row.try_get("run_id")?,
+                        task_id: row.try_get("task_id")?,
+                        attempt: count(row, "task_attempts.attempt", "attempt")?,
+                    },
+                    worker: row.try_get("worker")?,
+                    token: row.try_get("claim_token")?,
+                    report: row.try_get("report")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The end of an attempt's log as its worker saved it in the database.
+    pub async fn attempt_log_tail(&self, key: &AttemptKey) -> Result<Option<String>> {
+        let tail: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT log_tail FROM task_attempts WHERE run_id = $1 AND task_id = $2 AND attempt = $3",
+        )
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(i64::from(key.attempt))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(tail.flatten())
+    }
+
+    /// Wakes the listeners of `channel` on PostgreSQL when `tx` commits; nothing on SQLite,
+    /// whose processes share one machine and poll.
+    pub(super) async fn notify(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        channel: &str,
+    ) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(channel)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}

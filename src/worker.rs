@@ -1,0 +1,342 @@
+//! A worker: claims queued attempts of the queues it serves and runs each in a child process.
+//!
+//! `orch worker` is one, on this machine or another; `orch serve`, `orch run` and `orch
+//! backfill` run one inside. A worker runs attempts in its own home, log folder and data
+//! places (its configuration, not the queue's), writes each attempt's log on its disk and the
+//! log's end into the metadata database, and reports the outcome under its claim's fencing
+//! token ([`crate::queue`]).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::Utc;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::attempt::{self, AttemptSpec, Isolation, Usage};
+use crate::backoff::Backoff;
+use crate::config::{Config, DataPlaces};
+use crate::executor::{Phase, Shutdown};
+use crate::lease::Lease;
+use crate::logs::{AttemptLog, attempt_log_path};
+use crate::membership::Membership;
+use crate::queue::{POLL, QUEUED, QueuedTask, REPORTED, Report, relay_notifications};
+use crate::store::{Claim, QUEUED_CHANNEL, Store, WorkerReport, durably};
+use crate::tasks::{Registry, TaskError};
+
+/// How much of the end of an attempt's log goes into the metadata database.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+/// The wait after a claim that failed (the database unreachable), growing.
+const CLAIM_RETRY: Backoff = Backoff::new(
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_secs(10),
+);
+
+/// The wait before a report the database refused is written again, growing.
+const REPORT_RETRY: Backoff = Backoff::new(
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(30),
+);
+
+/// What a worker runs attempts with.
+pub struct Worker {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub isolation: Isolation,
+    pub home: PathBuf,
+    pub logs_dir: PathBuf,
+    pub data: DataPlaces,
+    /// The queues it claims from.
+    pub queues: Vec<String>,
+    /// How many attempts it runs at once.
+    pub slots: usize,
+    /// Its process's id, which its claims carry ([`crate::membership`]).
+    pub id: String,
+}
+
+impl Worker {
+    /// The worker of an orch command: the home's places and parallelism, every attempt in a
+    /// child process of this binary.
+    pub fn of_config(
+        config: &Config,
+        store: Store,
+        registry: Arc<Registry>,
+        id: &str,
+        queues: Vec<String>,
+    ) -> std::io::Result<Worker> {
+        Ok(Worker {
+            store,
+            registry,
+            isolation: Isolation::this_binary()?,
+            home: config.home.clone(),
+            logs_dir: config.logs_dir.clone(),
+            data: config.data.clone(),
+            queues,
+            slots: config.parallelism,
+            id: id.to_string(),
+        })
+    }
+
+    /// Claims and runs attempts until `shutdown` drains (it finishes what runs, then
+    /// returns) or aborts (it stops what runs, reported as interrupted), or until `lost`
+    /// turns true: this process was declared lost, its attempts are already being retried
+    /// elsewhere, so they are stopped at once.
+    pub async fn run(self, mut shutdown: Shutdown, mut lost: watch::Receiver<bool>) {
+        relay_notifications(self.store.url(), QUEUED_CHANNEL, &QUEUED);
+        let worker = Arc::new(self);
+        let mut running = JoinSet::new();
+        let (stop, stopped) = watch::channel(false);
+        let mut claim_failures = 0;
+        loop {
+            let queued = QUEUED.notified();
+            tokio::pin!(queued);
+            queued.as_mut().enable();
+            let phase = shutdown.phase();
+            if *lost.borrow() || phase == Phase::Abort {
+                let _ = stop.send(true);
+            }
+            if (phase != Phase::Running || *lost.borrow()) && running.is_empty() {
+                return;
+            }
+            let free = worker.slots.saturating_sub(running.len());
+            let claiming = phase == Phase::Running && !*lost.borrow() && free > 0;
+            if claiming {
+                match worker
+                    .store
+                    .claim_attempts(&worker.id, &worker.queues, free)
+                    .await
+                {
+                    Ok(claims) => {
+                        claim_failures = 0;
+                        for claim in claims {
+                            running.spawn(Arc::clone(&worker).attempt(
+                                claim,
+                                stopped.clone(),
+                                lost.clone(),
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        claim_failures += 1;
+                        let wait = CLAIM_RETRY.delay(claim_failures);
+                        tracing::warn!(error = %e, ?wait, "cannot claim queued attempts; trying again");
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            Some(_) = running.join_next(), if !running.is_empty() => {}
+                            _ = shutdown.changed() => {}
+                            _ = lost.changed(), if !*lost.borrow() => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            let has_room = claiming && running.len() < worker.slots;
+            tokio::select! {
+                () = &mut queued, if has_room => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = shutdown.changed() => {}
+                _ = lost.changed(), if !*lost.borrow() => {}
+                () = tokio::time::sleep(POLL), if has_room => {}
+            }
+        }
+    }
+
+    /// Runs one claimed attempt and reports how it ended.
+    async fn attempt(
+        self: Arc<Self>,
+        claim: Claim,
+        mut stop: watch::Receiver<bool>,
+        mut stop_reporting: watch::Receiver<bool>,
+    ) {
+        let key = &claim.key;
+        let started_at = Utc::now();
+        let (report, log_path) = match serde_json::from_str::<QueuedTask>(&claim.spec) {
+            Err(e) => {
+                let error = TaskError::permanent(format!("the queued attempt cannot be read: {e}"));
+                (
+                    Report::new(&Err(error), Usage::default(), started_at, Utc::now()),
+                    PathBuf::new(),
+                )
+            }
+            Ok(task) => {
+                let path = attempt_log_path(
+                    &self.logs_dir,
+                    &task.dag_id,
+                    &key.run_id,
+                    &key.task_id,
+                    key.attempt,
+                );
+                let abort = async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                };
+                let (result, usage) = self.run_task(task, claim.key.clone(), &path, abort).await;
+                (Report::new(&result, usage, started_at, Utc::now()), path)
+            }
+        };
+        let tail = read_tail(&log_path, LOG_TAIL_BYTES);
+        let text = match serde_json::to_string(&report) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write an attempt's report");
+                return;
+            }
+        };
+        let path_text = log_path.to_string_lossy();
+        let written_report = WorkerReport {
+            report: &text,
+            log_path: &path_text,
+            log_tail: &tail,
+        };
+        // The outcome is not lost to a database that fails for a while: it is reported
+        // until it is written, or until this worker is declared lost (its claim is void).
+        let mut failures = 0;
+        loop {
+            let written = durably(|| {
+                self.store
+                    .report_attempt(key, &self.id, claim.token, &written_report)
+            })
+            .await;
+            match written {
+                Ok(true) => {
+                    REPORTED.notify_waiters();
+                    return;
+                }
+                Ok(false) => {
+                    tracing::warn!(run_id = %key.run_id, task_id = %key.task_id, attempt = key.attempt, "this worker's claim was taken back (it was declared lost); its report is discarded");
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = REPORT_RETRY.delay(failures);
+                    tracing::error!(run_id = %key.run_id, task_id = %key.task_id, attempt = key.attempt, error = %e, ?wait, "cannot report an attempt; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = stop_reporting.wait_for(|stop| *stop) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_task(
+        &self,
+        task: QueuedTask,
+        key: crate::store::AttemptKey,
+        path: &Path,
+        abort: impl Future<Output = ()>,
+    ) -> (Result<crate::tasks::TaskOutput, TaskError>, Usage) {
+        let log = match AttemptLog::create(path.to_path_buf()) {
+            Ok(log) => Arc::new(log),
+            Err(e) => {
+                let error = format!("cannot create the attempt log {}: {e}", path.display());
+                return (Err(TaskError::transient(error)), Usage::default());
+            }
+        };
+        log.note(&task.banner);
+        let spec = AttemptSpec {
+            dag_id: task.dag_id,
+            run_id: key.run_id,
+            task_id: key.task_id,
+            attempt: key.attempt,
+            kind: task.kind,
+            with: task.with,
+            home: self.home.clone(),
+            ds: task.ds,
+            params: task.params,
+            log_path: path.to_path_buf(),
+            timeout: task.timeout,
+            limits: task.limits,
+            database_url: self.store.url().to_string(),
+            data: self.data.clone(),
+        };
+        let (result, usage) = attempt::run(
+            spec,
+            &self.isolation,
+            &self.registry,
+            &self.store,
+            Arc::clone(&log),
+            abort,
+        )
+        .await;
+        match &result {
+            Ok(out) => log.note(&format!(
+                "succeeded{}",
+                out.rows.map(|r| format!(", rows={r}")).unwrap_or_default()
+            )),
+            Err(e) if e.retryable => log.note(&format!("failed: {e}")),
+            Err(e) => log.note(&format!("failed, and no retry can help: {e}")),
+        }
+        (result, usage)
+    }
+}
+
+/// The last `max` bytes of the file at `path`, from a line start where possible; empty if
+/// it cannot be read.
+fn read_tail(path: &Path, max: u64) -> String {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    if file.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    match (start > 0, text.find('\n')) {
+        (true, Some(newline)) => text[newline + 1..].to_string(),
+        _ => text.into_owned(),
+    }
+}
+
+/// A worker inside an orch command (`serve`, `run`, `backfill`, `worker`), with its process's
+/// membership, which its claims name and whose heartbeat keeps them.
+pub struct LocalWorker {
+    membership: Membership,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LocalWorker {
+    /// Registers this process as `role` and starts a worker of `queues` (none: membership
+    /// only, for a scheduler that runs no worker).
+    pub async fn start(
+        config: &Config,
+        store: &Store,
+        registry: Arc<Registry>,
+        lease: &Lease,
+        role: &str,
+        queues: Vec<String>,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<LocalWorker> {
+        let membership =
+            Membership::join(store, lease, role, &queues, config.heartbeat_timeout).await?;
+        let worker = Worker::of_config(config, store.clone(), registry, lease.id(), queues)
+            .context("cannot find the orch binary to run attempts with")?;
+        let lost = membership.lost();
+        let task = if worker.queues.is_empty() {
+            tokio::spawn(async {})
+        } else {
+            tokio::spawn(worker.run(shutdown, lost))
+        };
+        Ok(LocalWorker { membership, task })
+    }
+
+    /// Turns `true` when this process was declared lost.
+    pub fn lost(&self) -> watch::Receiver<bool> {
+        self.membership.lost()
+    }
+
+    /// Waits for the worker to stop (after the shutdown it watches moved on) and marks this
+    /// process stopped.
+    pub async fn stop(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the worker stopped abnormally");
+        }
+        self.membership.leave().await;
+    }
+}
