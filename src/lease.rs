@@ -163,8 +163,12 @@ pub fn is_on_this_host(id: &str) -> bool {
         .is_some_and(|(host, _)| host == host_name())
 }
 
-/// This machine's name, as leases record it.
+/// The name this machine goes by in leases and heartbeats: `ORCH_HOST` when set (to tell
+/// apart containers that share a host name), else the host name.
 pub fn host_name() -> String {
+    if let Some(name) = std::env::var("ORCH_HOST").ok().filter(|n| !n.is_empty()) {
+        return name.replace(['@', ':'], "_");
+    }
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its whole length; gethostname writes at most that much.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

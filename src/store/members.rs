@@ -229,3 +229,60 @@ fn process_from_row(row: &sqlx::any::AnyRow) -> Result<ProcessRecord> {
             .transpose()?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("orch.db").display());
+        (dir, Store::open(&url).await.expect("store"))
+    }
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_until_it_expires_or_is_proven_dead() {
+        let (_dir, store) = store().await;
+        let ttl = Duration::from_millis(300);
+        assert!(store.take_scheduler_lease("a", ttl, None).await.expect("a"));
+        assert!(!store.take_scheduler_lease("b", ttl, None).await.expect("b"));
+        assert!(
+            store
+                .take_scheduler_lease("a", ttl, None)
+                .await
+                .expect("renew")
+        );
+        assert!(
+            store
+                .take_scheduler_lease("b", ttl, Some("a"))
+                .await
+                .expect("b"),
+            "a holder proven dead is replaced at once"
+        );
+        assert!(!store.take_scheduler_lease("a", ttl, None).await.expect("a"));
+        tokio::time::sleep(ttl * 2).await;
+        assert!(
+            store.take_scheduler_lease("a", ttl, None).await.expect("a"),
+            "an expired lease is free"
+        );
+        store.release_scheduler_lease("a").await.expect("release");
+        assert!(store.scheduler_lease().await.expect("read").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_process_declared_lost_cannot_heartbeat() {
+        let (_dir, store) = store().await;
+        store
+            .register_process("p", "worker", "h", &["default".to_string()])
+            .await
+            .expect("register");
+        assert!(store.heartbeat("p").await.expect("beat"));
+        let long = Duration::from_secs(60);
+        assert!(!store.declare_lost("p", long, false).await.expect("fresh"));
+        assert!(store.declare_lost("p", long, true).await.expect("proven"));
+        assert!(!store.heartbeat("p").await.expect("beat"), "lost");
+        let listed = store.processes().await.expect("list");
+        assert_eq!(listed[0].queues, ["default"]);
+        assert!(listed[0].lost_at.is_some());
+    }
+}

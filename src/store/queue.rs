@@ -219,3 +219,111 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store_with_queued(queues: &[(&str, &str)]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("orch.db").display());
+        let store = Store::open(&url).await.expect("store");
+        let tasks: Vec<String> = queues.iter().map(|(t, _)| t.to_string()).collect();
+        let run = crate::store::NewRun {
+            run_id: "r".to_string(),
+            dag_id: "d".to_string(),
+            run_type: crate::store::RunType::Manual,
+            logical_date: Utc::now(),
+            data_interval_start: Utc::now(),
+            data_interval_end: Utc::now(),
+            conf: Default::default(),
+            queued_at: Utc::now(),
+        };
+        store.insert_run(&run, &tasks).await.expect("run");
+        for (task, queue) in queues {
+            store
+                .start_attempt("r", task, 1, Utc::now(), "log", Some((queue, "{}")))
+                .await
+                .expect("queue");
+        }
+        (dir, store)
+    }
+
+    fn report(text: &str) -> WorkerReport<'_> {
+        WorkerReport {
+            report: text,
+            log_path: "log",
+            log_tail: "",
+        }
+    }
+
+    /// Each attempt goes to one worker, of its queue; a worker declared lost cannot report
+    /// over the claim that replaced its own.
+    #[tokio::test]
+    async fn claims_are_exclusive_by_queue_and_fenced_by_their_token() {
+        let (_dir, store) =
+            store_with_queued(&[("a", "default"), ("b", "default"), ("c", "heavy")]).await;
+        let default = vec!["default".to_string()];
+        let first = store
+            .claim_attempts("w1", &default, 1)
+            .await
+            .expect("claim");
+        let second = store
+            .claim_attempts("w2", &default, 5)
+            .await
+            .expect("claim");
+        assert_eq!((first.len(), second.len()), (1, 1));
+        assert_ne!(first[0].key, second[0].key);
+        assert!(
+            store
+                .claim_attempts("w3", &default, 5)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        let heavy = store
+            .claim_attempts("w3", &["heavy".to_string()], 5)
+            .await
+            .expect("claim");
+        assert_eq!(heavy.len(), 1);
+        assert_eq!(heavy[0].key.task_id, "c");
+
+        let lost = &first[0];
+        assert!(
+            store
+                .report_lost_claim(&lost.key, lost.token, "{\"lost\":1}")
+                .await
+                .expect("lost")
+        );
+        assert!(
+            !store
+                .report_attempt(&lost.key, "w1", lost.token, &report("{\"late\":1}"))
+                .await
+                .expect("late report"),
+            "the lost worker's report is refused"
+        );
+        let kept = &second[0];
+        assert!(
+            !store
+                .report_attempt(&kept.key, "w1", kept.token, &report("{}"))
+                .await
+                .expect("report"),
+            "only the claiming worker reports"
+        );
+        assert!(
+            store
+                .report_attempt(&kept.key, "w2", kept.token, &report("{\"ok\":1}"))
+                .await
+                .expect("report")
+        );
+        let rows = store.queued_attempts().await.expect("rows");
+        let of = |task: &str| {
+            rows.iter()
+                .find(|r| r.key.task_id == task)
+                .and_then(|r| r.report.clone())
+        };
+        assert_eq!(of("a").as_deref(), Some("{\"lost\":1}"));
+        assert_eq!(of("b").as_deref(), Some("{\"ok\":1}"));
+        assert_eq!(of("c"), None);
+    }
+}

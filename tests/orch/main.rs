@@ -15,3 +15,4 @@ mod serve;
 mod stream;
 mod support;
 mod untrusted;
+mod workers;

@@ -39,6 +39,13 @@ impl Home {
         Some(home)
     }
 
+    /// Another home on the same metadata database, as another host's would be.
+    pub fn sharing_database(other: &Home) -> Home {
+        let mut home = Home::new();
+        home.database_url = Some(other.database_url());
+        home
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
