@@ -115,11 +115,11 @@ pub fn private_queue(lease: &crate::lease::Lease) -> String {
     format!("@{}", lease.id())
 }
 
-/// What one attempt came back with.
+/// What one attempt came back with: its report, or `None` when another process recorded it.
 struct AttemptDone {
     task: usize,
     attempt: u32,
-    report: Report,
+    report: Option<Report>,
 }
 
 struct RunLoop<'a> {
@@ -138,6 +138,8 @@ struct RunLoop<'a> {
     in_flight: JoinSet<AttemptDone>,
     /// What is out, by tokio task id, to account for a wait that panicked.
     running: HashMap<tokio::task::Id, (usize, u32)>,
+    /// Another process recorded one of this run's attempts: it drives the run now.
+    taken_over: bool,
 }
 
 impl<'a> RunLoop<'a> {
@@ -178,6 +180,7 @@ impl<'a> RunLoop<'a> {
             next_retry: vec![None; n],
             in_flight: JoinSet::new(),
             running: HashMap::new(),
+            taken_over: false,
         }
     }
 
@@ -241,6 +244,11 @@ impl<'a> RunLoop<'a> {
 
     async fn drive(&mut self, mut shutdown: Shutdown) -> Result<Option<RunState>, StoreError> {
         loop {
+            if self.taken_over {
+                tracing::warn!(run_id = %self.run.run_id, "another orch process drives this run now; this one lets it go");
+                self.in_flight.abort_all();
+                return Ok(None);
+            }
             self.advance().await?;
             if self.in_flight.is_empty() {
                 if self.states.iter().all(|s| s.is_finished()) {
@@ -434,7 +442,13 @@ impl<'a> RunLoop<'a> {
         match joined {
             Ok((id, done)) => {
                 self.running.remove(&id);
-                self.record_end(done.task, done.attempt, done.report).await
+                match done.report {
+                    Some(report) => self.record_end(done.task, done.attempt, report).await,
+                    None => {
+                        self.taken_over = true;
+                        Ok(())
+                    }
+                }
             }
             Err(e) => {
                 let Some((i, attempt)) = self.running.remove(&e.id()) else {

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -20,7 +19,7 @@ use super::{POLL, REPORTED, Report};
 use crate::membership::{self, heartbeat_interval};
 use crate::store::{AttemptKey, QueuedAttempt, REPORTED_CHANNEL, Store};
 
-type Waiting = Arc<Mutex<HashMap<AttemptKey, oneshot::Sender<Report>>>>;
+type Waiting = Arc<Mutex<HashMap<AttemptKey, oneshot::Sender<Option<Report>>>>>;
 
 /// Where runs wait for their attempts' reports; cheap to clone.
 #[derive(Clone)]
@@ -57,23 +56,19 @@ impl Dispatch {
         }
     }
 
-    /// Waits for the report of the queued attempt `key`.
-    pub async fn wait(&self, key: AttemptKey) -> Report {
+    /// Waits for the report of the queued attempt `key`; `None` when the attempt is no longer
+    /// running because another orch process recorded it (this one no longer owns its run).
+    pub async fn wait(&self, key: AttemptKey) -> Option<Report> {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiting).insert(key, tx);
         self.submitted.notify_one();
-        rx.await.unwrap_or_else(|_| {
-            Report::failure(
-                "the executor stopped waiting for the attempt".to_string(),
-                Utc::now(),
-            )
-        })
+        rx.await.unwrap_or(None)
     }
 }
 
 fn lock(
     waiting: &Waiting,
-) -> std::sync::MutexGuard<'_, HashMap<AttemptKey, oneshot::Sender<Report>>> {
+) -> std::sync::MutexGuard<'_, HashMap<AttemptKey, oneshot::Sender<Option<Report>>>> {
     waiting.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -129,7 +124,7 @@ async fn deliver(
             (Some(text), _) => Some(serde_json::from_str::<Report>(text).unwrap_or_else(|e| {
                 Report::failure(
                     format!("the worker's report cannot be read: {e}"),
-                    Utc::now(),
+                    row.started_at,
                 )
             })),
             (None, Some(worker)) if check_workers => {
@@ -140,16 +135,13 @@ async fn deliver(
         if let Some(report) = report
             && let Some(tx) = lock(waiting).remove(&row.key)
         {
-            let _ = tx.send(report);
+            let _ = tx.send(Some(report));
         }
     }
     // An attempt no longer running was recorded by another executor: nothing comes for it.
     for key in asked.iter().filter(|k| !present.contains(*k)) {
         if let Some(tx) = lock(waiting).remove(key) {
-            let _ = tx.send(Report::failure(
-                "the attempt is no longer running: another orch process recorded it".to_string(),
-                Utc::now(),
-            ));
+            let _ = tx.send(None);
         }
     }
 }
@@ -183,7 +175,7 @@ async fn lost_worker_report(
             "worker lost: {worker} stopped heartbeating (none for {}) while running this attempt; it is retried by its task's policy",
             humantime::format_duration(lost_after)
         ),
-        Utc::now(),
+        row.started_at,
     );
     let text = serde_json::to_string(&report).ok()?;
     match store.report_lost_claim(&row.key, row.token, &text).await {

@@ -113,16 +113,17 @@ impl Report {
         }
     }
 
-    /// A failure no worker reported: its worker was lost, or the report was unreadable.
-    pub fn failure(message: String, at: DateTime<Utc>) -> Report {
+    /// A failure no worker reported (its worker was lost, the report was unreadable), of an
+    /// attempt that started at `started_at`.
+    pub fn failure(message: String, started_at: DateTime<Utc>) -> Report {
         Report {
             outcome: Outcome::Failed {
                 message,
                 retryable: true,
             },
             usage: Usage::default(),
-            started_at: timestamp::format(at),
-            ended_at: timestamp::format(at),
+            started_at: timestamp::format(started_at),
+            ended_at: timestamp::format(Utc::now()),
         }
     }
 

@@ -10,7 +10,7 @@
 use chrono::Utc;
 use sqlx::Row;
 
-use super::{Result, Store, count, timestamp};
+use super::{Result, Store, count, parse_time, timestamp};
 use crate::database::Backend;
 
 /// The channels PostgreSQL notifications travel on, so that idle workers and executors wait
@@ -42,6 +42,8 @@ pub struct QueuedAttempt {
     /// The worker that claimed it, if any has.
     pub worker: Option<String>,
     pub token: i64,
+    /// When it was queued, then when its worker claimed it.
+    pub started_at: chrono::DateTime<Utc>,
     /// The worker's report, JSON, once written.
     pub report: Option<String>,
 }
@@ -169,14 +171,16 @@ impl Store {
     /// Every attempt that is running or waiting for a worker, with its claim and report.
     pub async fn queued_attempts(&self) -> Result<Vec<QueuedAttempt>> {
         let rows = sqlx::query(
-            "SELECT run_id, task_id, attempt, worker, claim_token, report FROM task_attempts
+            "SELECT run_id, task_id, attempt, worker, claim_token, started_at, report FROM task_attempts
              WHERE state = 'running' AND queue IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
+                let started: String = row.try_get("started_at")?;
                 Ok(QueuedAttempt {
+                    started_at: parse_time("task_attempts.started_at", &started)?,
                     key: AttemptKey {
                         run_id: row.try_get("run_id")?,
                         task_id: row.try_get("task_id")?,
