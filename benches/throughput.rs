@@ -201,12 +201,15 @@ async fn fresh_database(admin: &str, n: usize) -> String {
     let mut conn = sqlx::PgConnection::connect(admin)
         .await
         .expect("PostgreSQL");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-    )))
-    .execute(&mut conn)
-    .await
-    .expect("create database");
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut conn)
+            .await
+            .expect("create the benchmark's database");
+    }
     let server = admin.rsplit_once('/').map_or(admin, |(s, _)| s);
     format!("{server}/{name}")
 }

@@ -42,12 +42,34 @@ impl Backend {
     }
 }
 
-/// A pool of at most `max_connections` to `url`.
+/// A pool of at most `max_connections` to `url`, connected now, so that a bad URL or file
+/// fails here.
 pub async fn connect(
     url: &str,
     backend: Backend,
     max_connections: u32,
 ) -> Result<AnyPool, sqlx::Error> {
+    let (options, url) = pool_options(url, backend, max_connections)?;
+    options.connect(&url).await
+}
+
+/// The same pool, connecting only when first used: for an attempt process, whose task kind
+/// may never touch the database (a `noop`, a shell command), so that it does not pay for a
+/// connection it does not use.
+pub fn connect_lazy(
+    url: &str,
+    backend: Backend,
+    max_connections: u32,
+) -> Result<AnyPool, sqlx::Error> {
+    let (options, url) = pool_options(url, backend, max_connections)?;
+    options.connect_lazy(&url)
+}
+
+fn pool_options(
+    url: &str,
+    backend: Backend,
+    max_connections: u32,
+) -> Result<(AnyPoolOptions, String), sqlx::Error> {
     sqlx::any::install_default_drivers();
     let options = AnyPoolOptions::new()
         .max_connections(max_connections)
@@ -70,21 +92,19 @@ pub async fn connect(
                     let _ = std::fs::create_dir_all(dir);
                 }
             }
-            options
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-                             PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
-                        )
-                        .await?;
-                        Ok(())
-                    })
+            let options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+                         PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
+                    )
+                    .await?;
+                    Ok(())
                 })
-                .connect(&with_create_mode(url))
-                .await
+            });
+            Ok((options, with_create_mode(url)))
         }
-        Backend::Postgres => options.connect(url).await,
+        Backend::Postgres => Ok((options, url.to_string())),
     }
 }
 

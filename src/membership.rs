@@ -73,6 +73,14 @@ impl Membership {
     }
 }
 
+/// Resolves once `flag` turns true; never if its sender goes away first (a stopped heartbeat
+/// says nothing by itself: it says `true` before it stops).
+pub async fn turned_true(flag: &mut watch::Receiver<bool>) {
+    if flag.wait_for(|set| *set).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
         self.heartbeat.abort();

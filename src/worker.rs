@@ -21,7 +21,7 @@ use crate::config::{Config, DataPlaces};
 use crate::executor::{Phase, Shutdown};
 use crate::lease::Lease;
 use crate::logs::{AttemptLog, attempt_log_path};
-use crate::membership::Membership;
+use crate::membership::{Membership, turned_true};
 use crate::queue::{POLL, QUEUED, QueuedTask, REPORTED, Report, relay_notifications};
 use crate::store::{Claim, QUEUED_CHANNEL, Store, WorkerReport, durably};
 use crate::tasks::{Registry, TaskError};
@@ -89,7 +89,14 @@ impl Worker {
         let mut running = JoinSet::new();
         let (stop, stopped) = watch::channel(false);
         let mut claim_failures = 0;
+        // Whether the queue may hold attempts for us: false after a claim came back short,
+        // true again on a wake-up or after a poll interval. Saves a write per attempt.
+        let mut maybe_more = true;
+        let mut last_claim = tokio::time::Instant::now();
         loop {
+            if last_claim.elapsed() >= POLL {
+                maybe_more = true;
+            }
             let queued = QUEUED.notified();
             tokio::pin!(queued);
             queued.as_mut().enable();
@@ -102,7 +109,8 @@ impl Worker {
             }
             let free = worker.slots.saturating_sub(running.len());
             let claiming = phase == Phase::Running && !*lost.borrow() && free > 0;
-            if claiming {
+            if claiming && maybe_more {
+                last_claim = tokio::time::Instant::now();
                 match worker
                     .store
                     .claim_attempts(&worker.id, &worker.queues, free)
@@ -110,6 +118,7 @@ impl Worker {
                 {
                     Ok(claims) => {
                         claim_failures = 0;
+                        maybe_more = claims.len() == free;
                         for claim in claims {
                             running.spawn(Arc::clone(&worker).attempt(
                                 claim,
@@ -126,7 +135,7 @@ impl Worker {
                             () = tokio::time::sleep(wait) => {}
                             Some(_) = running.join_next(), if !running.is_empty() => {}
                             _ = shutdown.changed() => {}
-                            _ = lost.changed(), if !*lost.borrow() => {}
+                            () = turned_true(&mut lost), if !*lost.borrow() => {}
                         }
                         continue;
                     }
@@ -134,11 +143,11 @@ impl Worker {
             }
             let has_room = claiming && running.len() < worker.slots;
             tokio::select! {
-                () = &mut queued, if has_room => {}
+                () = &mut queued => maybe_more = true,
                 Some(_) = running.join_next(), if !running.is_empty() => {}
                 _ = shutdown.changed() => {}
-                _ = lost.changed(), if !*lost.borrow() => {}
-                () = tokio::time::sleep(POLL), if has_room => {}
+                () = turned_true(&mut lost), if !*lost.borrow() => {}
+                () = tokio::time::sleep_until(last_claim + POLL), if has_room => {}
             }
         }
     }
@@ -169,7 +178,7 @@ impl Worker {
                     key.attempt,
                 );
                 let abort = async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
+                    turned_true(&mut stop).await;
                 };
                 let (result, usage) = self.run_task(task, claim.key.clone(), &path, abort).await;
                 (Report::new(&result, usage, started_at, Utc::now()), path)
@@ -213,7 +222,7 @@ impl Worker {
                     tracing::error!(run_id = %key.run_id, task_id = %key.task_id, attempt = key.attempt, error = %e, ?wait, "cannot report an attempt; trying again");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
-                        _ = stop_reporting.wait_for(|stop| *stop) => return,
+                        () = turned_true(&mut stop_reporting) => return,
                     }
                 }
             }

@@ -464,8 +464,7 @@ fn read_spec() -> Result<AttemptSpec, String> {
 }
 
 async fn run_spec(mut spec: AttemptSpec) -> Result<TaskOutput, TaskError> {
-    let store = Store::connect(&spec.database_url)
-        .await
+    let store = Store::connect_lazy(&spec.database_url)
         .map_err(|e| TaskError::transient(format!("cannot open the metadata database: {e}")))?;
     let log = AttemptLog::create(spec.log_path.clone())
         .map(Arc::new)

@@ -39,7 +39,7 @@ pub async fn worker(
     let declared_lost = tokio::select! {
         _ = tokio::signal::ctrl_c() => false,
         _ = terminate.recv() => false,
-        _ = lost.wait_for(|lost| *lost) => true,
+        () = crate::membership::turned_true(&mut lost) => true,
     };
     if declared_lost {
         worker.stop().await;

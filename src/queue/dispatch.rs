@@ -87,9 +87,15 @@ async fn watch(store: Store, lost_after: Duration, waiting: Waiting, submitted: 
             if check_workers {
                 next_check = Instant::now() + heartbeat_interval(lost_after);
             }
-            // Taken before the read: each of these attempts was written before it was waited for.
-            let asked: Vec<AttemptKey> = lock(&waiting).keys().cloned().collect();
-            match store.queued_attempts().await {
+            // Taken before the read: each of these attempts was written before it was waited
+            // for. Between worker checks only the reports are read: a run of a thousand queued
+            // attempts must not read them all back at every report.
+            let asked: Vec<AttemptKey> = if check_workers {
+                lock(&waiting).keys().cloned().collect()
+            } else {
+                Vec::new()
+            };
+            match store.queued_attempts(!check_workers).await {
                 Ok(rows) => {
                     deliver(&store, &waiting, &asked, rows, check_workers, lost_after).await
                 }
@@ -139,6 +145,7 @@ async fn deliver(
         }
     }
     // An attempt no longer running was recorded by another executor: nothing comes for it.
+    // (`asked` is empty unless every queued attempt was read.)
     for key in asked.iter().filter(|k| !present.contains(*k)) {
         if let Some(tx) = lock(waiting).remove(key) {
             let _ = tx.send(None);

@@ -179,7 +179,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     let mut lost = worker.lost();
     let outcome = tokio::select! {
         outcome = scheduler.run(wake.as_ref(), &state_dir) => outcome,
-        _ = lost.wait_for(|lost| *lost) => Err(anyhow::anyhow!("this server was declared lost by another orch process; it stops so that no work runs twice")),
+        () = membership::turned_true(&mut lost) => Err(anyhow::anyhow!("this server was declared lost by another orch process; it stops so that no work runs twice")),
     };
     scheduler.streams.stop_all().await;
     let grace = if outcome.is_ok() {

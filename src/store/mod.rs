@@ -148,10 +148,22 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens the database at `url`, already migrated by the process that runs this one's
-    /// attempts: no migration, and the few connections one attempt needs.
-    pub async fn connect(url: &str) -> Result<Store> {
-        Store::connect_with(url, 2, 2).await
+    /// The database at `url`, already migrated by the process that runs this one's
+    /// attempts: no migration, the few connections one attempt needs, opened on first use
+    /// (many kinds never touch it).
+    pub fn connect_lazy(url: &str) -> Result<Store> {
+        let backend = Backend::of_url(url)
+            .ok_or_else(|| StoreError::UnsupportedUrl(redact::secrets(url).into_owned()))?;
+        let pool = database::connect_lazy(url, backend, 2).map_err(|source| StoreError::Open {
+            url: redact::secrets(url).into_owned(),
+            source,
+        })?;
+        Ok(Store {
+            pool,
+            backend,
+            url: url.into(),
+            file: None,
+        })
     }
 
     async fn connect_with(

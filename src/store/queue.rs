@@ -168,14 +168,17 @@ impl Store {
         Ok(written == 1)
     }
 
-    /// Every attempt that is running or waiting for a worker, with its claim and report.
-    pub async fn queued_attempts(&self) -> Result<Vec<QueuedAttempt>> {
-        let rows = sqlx::query(
+    /// Every queued attempt not yet recorded, with its claim and report; only those
+    /// with a report when `reported_only`.
+    pub async fn queued_attempts(&self, reported_only: bool) -> Result<Vec<QueuedAttempt>> {
+        let sql = if reported_only {
             "SELECT run_id, task_id, attempt, worker, claim_token, started_at, report FROM task_attempts
-             WHERE state = 'running' AND queue IS NOT NULL",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE state = 'running' AND queue IS NOT NULL AND report IS NOT NULL"
+        } else {
+            "SELECT run_id, task_id, attempt, worker, claim_token, started_at, report FROM task_attempts
+             WHERE state = 'running' AND queue IS NOT NULL"
+        };
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 let started: String = row.try_get("started_at")?;
@@ -320,7 +323,7 @@ mod tests {
                 .await
                 .expect("report")
         );
-        let rows = store.queued_attempts().await.expect("rows");
+        let rows = store.queued_attempts(false).await.expect("rows");
         let of = |task: &str| {
             rows.iter()
                 .find(|r| r.key.task_id == task)
