@@ -110,6 +110,20 @@ struct OpenedFile {
     inode: u64,
 }
 
+impl OpenedFile {
+    /// The SQLite file `url` names, as it is now; `None` for PostgreSQL or a missing file.
+    fn of_url(url: &str) -> Option<OpenedFile> {
+        use std::os::unix::fs::MetadataExt;
+        let path = database::sqlite_path(url)?;
+        let meta = std::fs::metadata(&path).ok()?;
+        Some(OpenedFile {
+            device: meta.dev(),
+            inode: meta.ino(),
+            path,
+        })
+    }
+}
+
 /// Rows of the run history, and the ones that could not be read, each named: one bad row
 /// hides only itself, never the listing or the schedule of every other DAG.
 #[derive(Debug)]
@@ -162,7 +176,7 @@ impl Store {
             pool,
             backend,
             url: url.into(),
-            file: None,
+            file: OpenedFile::of_url(url),
         })
     }
 
@@ -183,20 +197,11 @@ impl Store {
                 url: redact::secrets(url).into_owned(),
                 source,
             })?;
-        let file = database::sqlite_path(url).and_then(|path| {
-            use std::os::unix::fs::MetadataExt;
-            let meta = std::fs::metadata(&path).ok()?;
-            Some(OpenedFile {
-                device: meta.dev(),
-                inode: meta.ino(),
-                path,
-            })
-        });
         Ok(Store {
             pool,
             backend,
             url: url.into(),
-            file,
+            file: OpenedFile::of_url(url),
         })
     }
 
