@@ -1,6 +1,6 @@
 //! Both ends of an attempt in a child process: the parent starts `orch attempt`, hands it the
 //! [`AttemptSpec`] on its standard input, copies its standard error into the attempt's log, and
-//! reads its [`ChildReport`] from its standard output; the child ([`serve_child`]) runs the
+//! reads its [`Outcome`] from its standard output; the child ([`serve_child`]) runs the
 //! kind and reports.
 //!
 //! The parent is the one that knows the attempt's fate when the child cannot say it: a crash,
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 
-use super::{AttemptSpec, ChildReport, Usage, run_here};
+use super::{AttemptSpec, Outcome, Usage, run_here};
 use crate::logs::AttemptLog;
 use crate::process;
 use crate::store::Store;
@@ -144,7 +144,7 @@ pub(super) async fn run(
         // their own, recorded in the metadata database.
         kill_recorded_group(store, spec).await;
     }
-    let report: Option<ChildReport> = serde_json::from_slice(&report).ok();
+    let report: Option<Outcome> = serde_json::from_slice(&report).ok();
     let result = outcome(spec, status, stop, report, &tail, &usage);
     (result, usage)
 }
@@ -184,7 +184,7 @@ fn outcome(
     spec: &AttemptSpec,
     status: Status,
     stop: Stop,
-    report: Option<ChildReport>,
+    report: Option<Outcome>,
     stderr_tail: &VecDeque<String>,
     usage: &Usage,
 ) -> Result<TaskOutput, TaskError> {
@@ -439,11 +439,11 @@ pub async fn serve_child() -> std::process::ExitCode {
         eprintln!("{PANIC_PREFIX}{message}{location}");
     }));
     let report = match read_spec() {
-        Err(message) => ChildReport::Failed {
+        Err(message) => Outcome::Failed {
             message,
             retryable: false,
         },
-        Ok(spec) => ChildReport::from(&run_spec(spec).await),
+        Ok(spec) => Outcome::from(&run_spec(spec).await),
     };
     let mut stdout = std::io::stdout().lock();
     let written = serde_json::to_writer(&mut stdout, &report)

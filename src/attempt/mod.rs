@@ -162,9 +162,10 @@ fn process_sink(store: &Store, spec: &AttemptSpec) -> ProcessSink {
     })
 }
 
-/// What the child process reports on its standard output.
-#[derive(Debug, Serialize, Deserialize)]
-enum ChildReport {
+/// How an attempt ended, as data: what the child process reports on its standard output,
+/// and what a worker reports through the queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Outcome {
     Succeeded {
         rows: Option<u64>,
         metrics: Option<Map<String, Value>>,
@@ -175,14 +176,14 @@ enum ChildReport {
     },
 }
 
-impl From<&Result<TaskOutput, TaskError>> for ChildReport {
-    fn from(result: &Result<TaskOutput, TaskError>) -> ChildReport {
+impl From<&Result<TaskOutput, TaskError>> for Outcome {
+    fn from(result: &Result<TaskOutput, TaskError>) -> Outcome {
         match result {
-            Ok(out) => ChildReport::Succeeded {
+            Ok(out) => Outcome::Succeeded {
                 rows: out.rows,
                 metrics: out.metrics.clone(),
             },
-            Err(e) => ChildReport::Failed {
+            Err(e) => Outcome::Failed {
                 message: e.message.clone(),
                 retryable: e.retryable,
             },
@@ -190,11 +191,11 @@ impl From<&Result<TaskOutput, TaskError>> for ChildReport {
     }
 }
 
-impl From<ChildReport> for Result<TaskOutput, TaskError> {
-    fn from(report: ChildReport) -> Result<TaskOutput, TaskError> {
+impl From<Outcome> for Result<TaskOutput, TaskError> {
+    fn from(report: Outcome) -> Result<TaskOutput, TaskError> {
         match report {
-            ChildReport::Succeeded { rows, metrics } => Ok(TaskOutput { rows, metrics }),
-            ChildReport::Failed { message, retryable } => Err(TaskError { message, retryable }),
+            Outcome::Succeeded { rows, metrics } => Ok(TaskOutput { rows, metrics }),
+            Outcome::Failed { message, retryable } => Err(TaskError { message, retryable }),
         }
     }
 }

@@ -11,6 +11,7 @@ mod simulate;
 mod stream;
 mod trigger;
 mod worker;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +97,13 @@ enum Command {
         /// Wait for the run to end; exit non-zero if it failed.
         #[arg(long)]
         wait: bool,
+    },
+    /// The orch processes sharing the metadata database (servers, workers, runs), their
+    /// queues and heartbeats, and which server schedules.
+    Workers {
+        /// Print JSON (a stable contract; see docs/cli.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Execute one run of a DAG in this process, now.
     Run(RunArgs),
@@ -277,7 +285,11 @@ pub fn main() -> ExitCode {
     init_tracing(cli.log_format, default_level);
     if matches!(
         cli.command,
-        Command::Dags(_) | Command::Runs(_) | Command::Logs { .. } | Command::Streams { .. }
+        Command::Dags(_)
+            | Command::Runs(_)
+            | Command::Logs { .. }
+            | Command::Streams { .. }
+            | Command::Workers { .. }
     ) {
         // Commands that only print end quietly when their reader does (`orch runs list |
         // head`), as Unix tools do, instead of panicking on a broken pipe. Long-running
@@ -323,6 +335,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::serve(config, grace, queues, cli.log_format.as_arg()).await
         }
         Command::Worker { queues, grace } => worker::worker(&config, queues, grace).await,
+        Command::Workers { json } => workers::workers(&config, json).await,
         Command::Trigger { run, wait } => trigger::trigger(&config, run, wait).await,
         Command::Run(args) => run::run(&config, args).await,
         Command::Dags(cmd) => dags::dags(&config, cmd).await,

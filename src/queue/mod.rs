@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
-use crate::attempt::{Limits, Usage};
+use crate::attempt::{Limits, Outcome, Usage};
 use crate::database::Backend;
 use crate::store::timestamp;
 use crate::tasks::{TaskError, TaskOutput};
@@ -76,18 +76,6 @@ pub struct Report {
     pub ended_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Outcome {
-    Succeeded {
-        rows: Option<u64>,
-        metrics: Option<Map<String, Value>>,
-    },
-    Failed {
-        message: String,
-        retryable: bool,
-    },
-}
-
 impl Report {
     pub fn new(
         result: &Result<TaskOutput, TaskError>,
@@ -95,18 +83,8 @@ impl Report {
         started_at: DateTime<Utc>,
         ended_at: DateTime<Utc>,
     ) -> Report {
-        let outcome = match result {
-            Ok(out) => Outcome::Succeeded {
-                rows: out.rows,
-                metrics: out.metrics.clone(),
-            },
-            Err(e) => Outcome::Failed {
-                message: e.message.clone(),
-                retryable: e.retryable,
-            },
-        };
         Report {
-            outcome,
+            outcome: Outcome::from(result),
             usage,
             started_at: timestamp::format(started_at),
             ended_at: timestamp::format(ended_at),
@@ -128,16 +106,7 @@ impl Report {
     }
 
     pub fn result(&self) -> Result<TaskOutput, TaskError> {
-        match &self.outcome {
-            Outcome::Succeeded { rows, metrics } => Ok(TaskOutput {
-                rows: *rows,
-                metrics: metrics.clone(),
-            }),
-            Outcome::Failed { message, retryable } => Err(TaskError {
-                message: message.clone(),
-                retryable: *retryable,
-            }),
-        }
+        self.outcome.clone().into()
     }
 
     /// When the attempt started and ended; `fallback` for a time that does not read.

@@ -110,6 +110,18 @@ struct OpenedFile {
     inode: u64,
 }
 
+fn backend_of(url: &str) -> Result<Backend> {
+    Backend::of_url(url)
+        .ok_or_else(|| StoreError::UnsupportedUrl(redact::secrets(url).into_owned()))
+}
+
+fn open_error(url: &str, source: sqlx::Error) -> StoreError {
+    StoreError::Open {
+        url: redact::secrets(url).into_owned(),
+        source,
+    }
+}
+
 impl OpenedFile {
     /// The SQLite file `url` names, as it is now; `None` for PostgreSQL or a missing file.
     fn of_url(url: &str) -> Option<OpenedFile> {
@@ -166,18 +178,9 @@ impl Store {
     /// attempts: no migration, the few connections one attempt needs, opened on first use
     /// (many kinds never touch it).
     pub fn connect_lazy(url: &str) -> Result<Store> {
-        let backend = Backend::of_url(url)
-            .ok_or_else(|| StoreError::UnsupportedUrl(redact::secrets(url).into_owned()))?;
-        let pool = database::connect_lazy(url, backend, 2).map_err(|source| StoreError::Open {
-            url: redact::secrets(url).into_owned(),
-            source,
-        })?;
-        Ok(Store {
-            pool,
-            backend,
-            url: url.into(),
-            file: OpenedFile::of_url(url),
-        })
+        let backend = backend_of(url)?;
+        let pool = database::connect_lazy(url, backend, 2).map_err(|e| open_error(url, e))?;
+        Ok(Store::with_pool(url, backend, pool))
     }
 
     async fn connect_with(
@@ -185,24 +188,24 @@ impl Store {
         sqlite_connections: u32,
         postgres_connections: u32,
     ) -> Result<Store> {
-        let backend = Backend::of_url(url)
-            .ok_or_else(|| StoreError::UnsupportedUrl(redact::secrets(url).into_owned()))?;
+        let backend = backend_of(url)?;
         let max_connections = match backend {
             Backend::Sqlite => sqlite_connections,
             Backend::Postgres => postgres_connections,
         };
         let pool = database::connect(url, backend, max_connections)
             .await
-            .map_err(|source| StoreError::Open {
-                url: redact::secrets(url).into_owned(),
-                source,
-            })?;
-        Ok(Store {
+            .map_err(|e| open_error(url, e))?;
+        Ok(Store::with_pool(url, backend, pool))
+    }
+
+    fn with_pool(url: &str, backend: Backend, pool: AnyPool) -> Store {
+        Store {
             pool,
             backend,
             url: url.into(),
             file: OpenedFile::of_url(url),
-        })
+        }
     }
 
     /// The URL the database was opened with. It may hold a password: never log it.

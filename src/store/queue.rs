@@ -26,6 +26,16 @@ pub struct AttemptKey {
     pub attempt: u32,
 }
 
+impl AttemptKey {
+    fn of_row(row: &sqlx::any::AnyRow) -> Result<AttemptKey> {
+        Ok(AttemptKey {
+            run_id: row.try_get("run_id")?,
+            task_id: row.try_get("task_id")?,
+            attempt: count(row, "task_attempts.attempt", "attempt")?,
+        })
+    }
+}
+
 /// An attempt a worker claimed: what to run, and the token its report must carry.
 #[derive(Debug, Clone)]
 pub struct Claim {
@@ -98,11 +108,7 @@ impl Store {
         rows.iter()
             .map(|row| {
                 Ok(Claim {
-                    key: AttemptKey {
-                        run_id: row.try_get("run_id")?,
-                        task_id: row.try_get("task_id")?,
-                        attempt: count(row, "task_attempts.attempt", "attempt")?,
-                    },
+                    key: AttemptKey::of_row(row)?,
                     token: row.try_get("claim_token")?,
                     spec: row.try_get("spec")?,
                 })
@@ -184,11 +190,7 @@ impl Store {
                 let started: String = row.try_get("started_at")?;
                 Ok(QueuedAttempt {
                     started_at: parse_time("task_attempts.started_at", &started)?,
-                    key: AttemptKey {
-                        run_id: row.try_get("run_id")?,
-                        task_id: row.try_get("task_id")?,
-                        attempt: count(row, "task_attempts.attempt", "attempt")?,
-                    },
+                    key: AttemptKey::of_row(row)?,
                     worker: row.try_get("worker")?,
                     token: row.try_get("claim_token")?,
                     report: row.try_get("report")?,

@@ -32,12 +32,29 @@ tasks:
     with: { command: "echo 'heavy work ran'; echo 'orch:rows=7'" }
 "#,
     );
-    let _server = home.serve();
+    let mut server = home.serve();
+    server.wait_for_log("is now the scheduling leader", Duration::from_secs(10));
     let worker_logs = tempfile::tempdir().expect("worker logs");
     let _worker = Server::spawn(
         worker(&home, "big-machine", "heavy", worker_logs.path()),
         "orch worker started",
     );
+    let listed = home.orch(&["workers", "--json"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("json");
+    let processes = listed["processes"].as_array().expect("processes");
+    let big = processes
+        .iter()
+        .find(|p| p["host"] == "big-machine")
+        .expect("the worker is listed");
+    assert_eq!(big["role"], "worker");
+    assert_eq!(big["queues"], serde_json::json!(["heavy"]));
+    assert_eq!(big["state"], "alive");
+    let serve = processes
+        .iter()
+        .find(|p| p["role"] == "serve")
+        .expect("the server is listed");
+    assert_eq!(listed["scheduler"], serve["id"], "{listed:#}");
     let out = home.orch(&["trigger", "split", "--wait"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let run = home.run_json(&last_line(&out));
