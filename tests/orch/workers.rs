@@ -270,3 +270,45 @@ fn count_runs(home: &Home, state: &str) -> usize {
     }
     by_state.get(state).copied().unwrap_or(0)
 }
+
+/// A stream is ingested by the scheduling server only: the standby starts it once it takes
+/// over from a leader killed with `kill -9`, and every trade id lands once across the change.
+#[test]
+fn only_the_scheduling_server_runs_a_stream_and_the_standby_takes_it_over() {
+    use crate::stream::{
+        RATE, SYMBOLS, assert_every_id_once, last_ids, serve_command, stream_yaml,
+        wait_until_staged,
+    };
+    let dags = Home::new();
+    dags.write_dag("trades", &stream_yaml());
+    let staging = format!("sqlite://{}", dags.file("data/staging.db").display());
+    let sim = crate::support::Simulator::with_rate(SYMBOLS, RATE);
+    let (a, b) = (Home::sharing_database(&dags), Home::sharing_database(&dags));
+    let server = |home: &Home, host: &str| {
+        let mut cmd = serve_command(home, &sim, &staging);
+        cmd.env("ORCH_DAGS_DIR", dags.file("dags"))
+            .env("ORCH_HOST", host)
+            .env("ORCH_HEARTBEAT_TIMEOUT", "3s");
+        cmd
+    };
+    let mut first = Server::spawn(server(&a, "host-a"), "stream connected");
+    let mut second = Server::spawn(server(&b, "host-b"), "orch serve started");
+    wait_until_staged(&staging, &last_ids(&sim), Duration::from_secs(20));
+
+    first.kill9();
+    second.wait_for_log("is now the scheduling leader", Duration::from_secs(20));
+    assert!(
+        !second.log.iter().any(|l| l.contains("stream connected")),
+        "the standby ran the stream: {:#?}",
+        second.log
+    );
+    second.wait_for_log("stream connected", Duration::from_secs(20));
+    for symbol in SYMBOLS.split(',') {
+        sim.add_trades(symbol, 500);
+    }
+    let targets = last_ids(&sim);
+    wait_until_staged(&staging, &targets, Duration::from_secs(30));
+    second.signal("TERM");
+    assert!(second.wait_exit(Duration::from_secs(20)));
+    assert_every_id_once(&staging, &targets);
+}
