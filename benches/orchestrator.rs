@@ -163,7 +163,7 @@ fn dag(yaml: &str) -> Arc<Dag> {
 
 /// Each attempt in a child process of the orch binary, as the commands run them.
 fn child_processes() -> Isolation {
-    Isolation::ChildProcess { exe: BIN.into() }
+    Isolation::child_processes(BIN.into())
 }
 
 /// Median gap (ms), number of gaps, median chain wall time (ms).

@@ -244,9 +244,7 @@ async fn execute(dir: &Path, store: &Store, yaml: &str) -> String {
     let worker = orch::worker::Worker {
         store: store.clone(),
         registry,
-        isolation: orch::attempt::Isolation::ChildProcess {
-            exe: env!("CARGO_BIN_EXE_orch").into(),
-        },
+        isolation: orch::attempt::Isolation::child_processes(env!("CARGO_BIN_EXE_orch").into()),
         home: dir.to_path_buf(),
         logs_dir: dir.join("logs"),
         data: orch::config::DataPlaces {

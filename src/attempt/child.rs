@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 
+use tokio::net::unix::pipe;
+
+use super::fork_server::{self, ForkServer};
 use super::{AttemptSpec, Outcome, Usage, run_here};
 use crate::logs::AttemptLog;
 use crate::process;
@@ -39,15 +42,24 @@ const DRAIN: Duration = Duration::from_millis(500);
 /// other output.
 const PANIC_PREFIX: &str = "orch attempt panicked: ";
 
-/// Runs `spec` in a child process of `exe` and returns its outcome and usage.
+/// Runs `spec` in a child process of `exe` (forked by `forks`, else started anew) and returns
+/// its outcome and usage.
 pub(super) async fn run(
     exe: &Path,
+    forks: &ForkServer,
     spec: &AttemptSpec,
     log: &AttemptLog,
     store: &Store,
     abort: impl Future<Output = ()>,
 ) -> (Result<TaskOutput, TaskError>, Usage) {
-    let mut child = match spawn(exe, spec) {
+    let child = match fork(forks, exe).await {
+        Ok(child) => Ok(child),
+        Err(e) => {
+            tracing::warn!(error = %e, "the attempt server cannot fork; starting the attempt process anew");
+            spawn(exe, spec)
+        }
+    };
+    let mut child = match child {
         Ok(child) => child,
         Err(e) => {
             return (
@@ -167,7 +179,7 @@ enum Stop {
 
 /// How a child process ended, as `wait4(2)` tells it.
 #[derive(Debug, Clone, Copy)]
-struct Status(libc::c_int);
+pub(super) struct Status(pub(super) libc::c_int);
 
 impl Status {
     fn code(self) -> Option<i32> {
@@ -293,14 +305,44 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// A started child process: its pipes, and a thread that reaps it.
+/// A started child process: its pipes, and a task that learns its end.
 struct Child {
     pid: i32,
     reaped: Arc<AtomicBool>,
-    stdin: Option<tokio::process::ChildStdin>,
-    stdout: Option<tokio::process::ChildStdout>,
-    stderr: Option<tokio::process::ChildStderr>,
+    stdin: Option<pipe::Sender>,
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
     wait: tokio::task::JoinHandle<std::io::Result<(Status, Usage)>>,
+}
+
+/// Forks the attempt process from the fork server.
+async fn fork(forks: &ForkServer, exe: &Path) -> std::io::Result<Child> {
+    let (stdin_theirs, stdin) = fork_server::pipe()?;
+    let (stdout, stdout_theirs) = fork_server::pipe()?;
+    let (stderr, stderr_theirs) = fork_server::pipe()?;
+    let forked = forks
+        .fork(exe, [stdin_theirs, stdout_theirs, stderr_theirs])
+        .await?;
+    let reaped = Arc::new(AtomicBool::new(false));
+    let wait = {
+        let reaped = Arc::clone(&reaped);
+        tokio::spawn(async move {
+            let ended = forked
+                .exit
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("the attempt server stopped")));
+            reaped.store(true, Ordering::SeqCst);
+            ended
+        })
+    };
+    Ok(Child {
+        pid: forked.pid,
+        reaped,
+        stdin: Some(pipe::Sender::from_owned_fd(stdin)?),
+        stdout: Some(pipe::Receiver::from_owned_fd(stdout)?),
+        stderr: Some(pipe::Receiver::from_owned_fd(stderr)?),
+        wait,
+    })
 }
 
 /// Starts `exe attempt` in a process group of its own, with the task's limits, dying with this
@@ -327,17 +369,17 @@ fn spawn(exe: &Path, spec: &AttemptSpec) -> std::io::Result<Child> {
     let stdin = child
         .stdin
         .take()
-        .map(tokio::process::ChildStdin::from_std)
+        .map(|p| pipe::Sender::from_owned_fd(p.into()))
         .transpose()?;
     let stdout = child
         .stdout
         .take()
-        .map(tokio::process::ChildStdout::from_std)
+        .map(|p| pipe::Receiver::from_owned_fd(p.into()))
         .transpose()?;
     let stderr = child
         .stderr
         .take()
-        .map(tokio::process::ChildStderr::from_std)
+        .map(|p| pipe::Receiver::from_owned_fd(p.into()))
         .transpose()?;
     let reaped = Arc::new(AtomicBool::new(false));
     let wait = {
@@ -464,6 +506,16 @@ fn read_spec() -> Result<AttemptSpec, String> {
 }
 
 async fn run_spec(mut spec: AttemptSpec) -> Result<TaskOutput, TaskError> {
+    // A forked child applies these itself (a started one has them from its parent already).
+    spec.limits
+        .apply_to_this_process()
+        .map_err(|e| TaskError::transient(format!("cannot set the attempt's limits: {e}")))?;
+    std::env::set_current_dir(&spec.home).map_err(|e| {
+        TaskError::transient(format!(
+            "cannot enter the home {}: {e}",
+            spec.home.display()
+        ))
+    })?;
     let store = Store::connect_lazy(&spec.database_url)
         .map_err(|e| TaskError::transient(format!("cannot open the metadata database: {e}")))?;
     let log = AttemptLog::create(spec.log_path.clone())

@@ -12,6 +12,7 @@
 //! the child on its standard input, never on its command line (it holds the database URLs).
 
 mod child;
+mod fork_server;
 mod limits;
 
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use crate::store::Store;
 use crate::tasks::{ProcessSink, Registry, TaskContext, TaskError, TaskOutput};
 
 pub use child::serve_child;
+pub use fork_server::{ForkServer, serve as serve_fork_server};
 pub use limits::{Limits, format_size, parse_size};
 
 /// One attempt of one task, as the executor hands it over.
@@ -64,8 +66,9 @@ pub struct Usage {
 /// How attempts run.
 #[derive(Debug, Clone)]
 pub enum Isolation {
-    /// Each in a child process: `exe attempt`, `exe` being the orch binary.
-    ChildProcess { exe: PathBuf },
+    /// Each in a child process of the orch binary `exe`: forked from its fork server
+    /// (`exe attempt-server`), or, should that fail, started as `exe attempt`.
+    ChildProcess { exe: PathBuf, forks: ForkServer },
     /// In this process: for library users without an orch binary.
     InProcess,
 }
@@ -73,9 +76,15 @@ pub enum Isolation {
 impl Isolation {
     /// Child processes of the running orch binary.
     pub fn this_binary() -> std::io::Result<Isolation> {
-        Ok(Isolation::ChildProcess {
-            exe: std::env::current_exe()?,
-        })
+        Ok(Isolation::child_processes(std::env::current_exe()?))
+    }
+
+    /// Child processes of the orch binary `exe`.
+    pub fn child_processes(exe: PathBuf) -> Isolation {
+        Isolation::ChildProcess {
+            exe,
+            forks: ForkServer::default(),
+        }
     }
 }
 
@@ -93,7 +102,9 @@ pub async fn run(
     abort: impl Future<Output = ()>,
 ) -> (Result<TaskOutput, TaskError>, Usage) {
     match isolation {
-        Isolation::ChildProcess { exe } => child::run(exe, &spec, &log, store, abort).await,
+        Isolation::ChildProcess { exe, forks } => {
+            child::run(exe, forks, &spec, &log, store, abort).await
+        }
         Isolation::InProcess => {
             let result = tokio::select! {
                 result = run_here(spec, registry, store, log) => result,

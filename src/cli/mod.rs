@@ -168,6 +168,10 @@ enum Command {
     /// how orch runs every attempt in a process of its own.
     #[command(hide = true)]
     Attempt,
+    /// Fork a process per attempt for the worker on standard input (a Unix socket): how orch
+    /// saves each attempt the start of a new binary.
+    #[command(hide = true)]
+    AttemptServer,
 }
 
 /// A queue name as DAG files write it.
@@ -300,6 +304,10 @@ pub fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    if let Command::AttemptServer = cli.command {
+        // Before any runtime or thread: the server forks.
+        crate::attempt::serve_fork_server();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -378,6 +386,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             simulate::binance(port, symbols, rate, seed, replay, weight_limit, keepalive).await
         }
         Command::Attempt => unreachable!("handled before the configuration is loaded"),
+        Command::AttemptServer => unreachable!("handled before the runtime starts"),
     }
 }
 

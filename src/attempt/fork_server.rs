@@ -1,0 +1,418 @@
+//! A fork server for attempt processes: each worker keeps one `orch attempt-server`, loaded
+//! and relocated once, which forks a process per attempt. An attempt then does not pay for
+//! exec'ing the orch binary (4 to 5 ms of CPU for its 147,000 relocations and 900 page
+//! faults; see docs/benchmarks.md), and is otherwise the same as `orch attempt`: its own
+//! process group, limits, parent-death signal and standard streams, reaped with `wait4`.
+//!
+//! The server is single-threaded and starts no runtime, so forking it is safe; each forked
+//! child then starts a runtime of its own and runs [`super::serve_child`]. The worker sends
+//! it one byte per attempt with the child's three standard streams attached (`SCM_RIGHTS`)
+//! and reads back fixed-size records: the child's pid once forked, its status and usage once
+//! reaped (the server watches `SIGCHLD` through a signalfd).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read as _};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use super::Usage;
+use super::child::Status;
+
+/// A record from the server: kind, pid, wait status, peak RSS (KiB), CPU (ms).
+const RECORD: usize = 1 + 4 + 4 + 8 + 8;
+const STARTED: u8 = 1;
+const EXITED: u8 = 2;
+
+/// How an attempt process ended, once the server reaped it.
+type Ended = io::Result<(Status, Usage)>;
+
+/// What a forked attempt process gives its starter: its pid, and its end.
+pub(super) struct Forked {
+    pub pid: i32,
+    pub exit: oneshot::Receiver<Ended>,
+}
+
+/// The worker's side: the server, started on first use and again after it died.
+#[derive(Clone, Default)]
+pub struct ForkServer {
+    conn: Arc<Mutex<Option<Arc<Conn>>>>,
+}
+
+impl std::fmt::Debug for ForkServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ForkServer")
+    }
+}
+
+struct Conn {
+    socket: UnixStream,
+    /// Requests sent, waiting for their pid, in order.
+    starting: Mutex<VecDeque<oneshot::Sender<io::Result<Forked>>>>,
+    /// Forked children, waiting for their end.
+    running: Mutex<HashMap<i32, oneshot::Sender<Ended>>>,
+    /// Serializes sends, so requests and their replies keep one order.
+    sending: Mutex<()>,
+    alive: std::sync::atomic::AtomicBool,
+    _server: std::process::Child,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ForkServer {
+    /// Forks an attempt process whose standard streams are `stdio` (in, out, err).
+    pub(super) async fn fork(&self, exe: &Path, stdio: [OwnedFd; 3]) -> io::Result<Forked> {
+        let conn = self.connection(exe)?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let _sending = lock(&conn.sending);
+            lock(&conn.starting).push_back(tx);
+            if let Err(e) = send_fds(&conn.socket, &stdio) {
+                lock(&conn.starting).pop_back();
+                conn.alive.store(false, std::sync::atomic::Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        drop(stdio);
+        rx.await
+            .unwrap_or_else(|_| Err(io::Error::other("the attempt server stopped")))
+    }
+
+    fn connection(&self, exe: &Path) -> io::Result<Arc<Conn>> {
+        let mut conn = lock(&self.conn);
+        if let Some(c) = conn.as_ref()
+            && c.alive.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(Arc::clone(c));
+        }
+        let started = Arc::new(start(exe)?);
+        let reader = Arc::clone(&started);
+        std::thread::Builder::new()
+            .name("orch-attempt-server".to_string())
+            .spawn(move || read_replies(&reader))?;
+        *conn = Some(Arc::clone(&started));
+        Ok(started)
+    }
+}
+
+/// Starts `exe attempt-server` with one end of a socket pair as its standard input, dying
+/// with this process's thread that started it.
+fn start(exe: &Path) -> io::Result<Conn> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("attempt-server")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    // SAFETY: prctl(2) is async-signal-safe and allocates nothing.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let server = command.spawn()?;
+    Ok(Conn {
+        socket: ours,
+        starting: Mutex::default(),
+        running: Mutex::default(),
+        sending: Mutex::default(),
+        alive: std::sync::atomic::AtomicBool::new(true),
+        _server: server,
+    })
+}
+
+/// Routes the server's records to their waiters until it stops; then fails every waiter.
+fn read_replies(conn: &Conn) {
+    let mut socket = &conn.socket;
+    let mut record = [0u8; RECORD];
+    while socket.read_exact(&mut record).is_ok() {
+        let pid = i32::from_ne_bytes([record[1], record[2], record[3], record[4]]);
+        match record[0] {
+            STARTED => {
+                let Some(waiter) = lock(&conn.starting).pop_front() else {
+                    continue;
+                };
+                if pid <= 0 {
+                    let _ = waiter.send(Err(io::Error::other("the attempt server cannot fork")));
+                    continue;
+                }
+                let (tx, exit) = oneshot::channel();
+                lock(&conn.running).insert(pid, tx);
+                let _ = waiter.send(Ok(Forked { pid, exit }));
+            }
+            EXITED => {
+                let status = i32::from_ne_bytes([record[5], record[6], record[7], record[8]]);
+                let number = |at: usize| {
+                    let mut bytes = [0u8; 8];
+                    bytes.copy_from_slice(&record[at..at + 8]);
+                    i64::from_ne_bytes(bytes)
+                };
+                let usage = Usage {
+                    peak_rss_bytes: Some(number(9).saturating_mul(1024)),
+                    cpu_ms: Some(number(17)),
+                };
+                if let Some(waiter) = lock(&conn.running).remove(&pid) {
+                    let _ = waiter.send(Ok((Status(status), usage)));
+                }
+            }
+            _ => break,
+        }
+    }
+    conn.alive.store(false, std::sync::atomic::Ordering::SeqCst);
+    for waiter in lock(&conn.starting).drain(..) {
+        let _ = waiter.send(Err(io::Error::other("the attempt server stopped")));
+    }
+    for (_, waiter) in lock(&conn.running).drain() {
+        let _ = waiter.send(Err(io::Error::other(
+            "the attempt server stopped before the attempt process ended",
+        )));
+    }
+}
+
+/// Sends one byte with `fds` attached.
+fn send_fds(socket: &UnixStream, fds: &[OwnedFd; 3]) -> io::Result<()> {
+    let raw: [RawFd; 3] = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(&raw) as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer has room for one header with three descriptors.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(&raw) as u32) as _;
+        std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), 3);
+    }
+    loop {
+        // SAFETY: msg points at live buffers.
+        let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if sent == 1 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// The server: `orch attempt-server`, before any runtime or thread exists. Serves until its
+/// worker closes the socket (its standard input), or dies (a parent-death signal).
+pub fn serve() -> ! {
+    // SAFETY: plain libc calls on this single-threaded process's own state; every buffer
+    // passed is owned here and outlives the call.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let mut chld: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut chld);
+        libc::sigaddset(&mut chld, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &chld, std::ptr::null_mut());
+        let signals = libc::signalfd(-1, &chld, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if signals < 0 {
+            eprintln!(
+                "orch attempt-server: signalfd: {}",
+                io::Error::last_os_error()
+            );
+            std::process::exit(1);
+        }
+        loop {
+            let mut polled = [
+                libc::pollfd {
+                    fd: 0,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: signals,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            if libc::poll(polled.as_mut_ptr(), 2, -1) < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                std::process::exit(1);
+            }
+            if polled[1].revents != 0 {
+                let mut info = [0u8; 128];
+                while libc::read(signals, info.as_mut_ptr().cast(), info.len()) > 0 {}
+                reap();
+            }
+            if polled[0].revents != 0 {
+                match receive_fds() {
+                    Some(fds) => fork_attempt(fds, signals, &chld),
+                    None => std::process::exit(0),
+                }
+            }
+        }
+    }
+}
+
+/// Reports every child that ended.
+unsafe fn reap() {
+    loop {
+        let mut status = 0;
+        // SAFETY: rusage is plain data that wait4 fills in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 writes only into the two values owned here.
+        let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut usage) };
+        if pid <= 0 {
+            return;
+        }
+        let millis = |t: libc::timeval| t.tv_sec * 1000 + t.tv_usec / 1000;
+        let cpu = millis(usage.ru_utime) + millis(usage.ru_stime);
+        write_record(EXITED, pid, status, usage.ru_maxrss, cpu);
+    }
+}
+
+fn write_record(kind: u8, pid: i32, status: i32, rss_kib: i64, cpu_ms: i64) {
+    let mut record = [0u8; RECORD];
+    record[0] = kind;
+    record[1..5].copy_from_slice(&pid.to_ne_bytes());
+    record[5..9].copy_from_slice(&status.to_ne_bytes());
+    record[9..17].copy_from_slice(&rss_kib.to_ne_bytes());
+    record[17..25].copy_from_slice(&cpu_ms.to_ne_bytes());
+    let mut written = 0;
+    while written < RECORD {
+        // SAFETY: writes from a live buffer to the socket, fd 0.
+        let n = unsafe {
+            libc::send(
+                0,
+                record[written..].as_ptr().cast(),
+                RECORD - written,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n <= 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // The worker is gone: so are we, by its parent-death signal.
+            std::process::exit(0);
+        }
+        written += n as usize;
+    }
+}
+
+/// Receives one request: three descriptors; `None` when the worker closed the socket.
+unsafe fn receive_fds() -> Option<[RawFd; 3]> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((3 * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data; its pointers are set to live buffers below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    loop {
+        // SAFETY: msg points at live buffers.
+        let n = unsafe { libc::recvmsg(0, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n == 1 {
+            break;
+        }
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+    // SAFETY: the kernel filled the control buffer; its first header holds the descriptors.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return None;
+        }
+        let mut fds = [0 as RawFd; 3];
+        std::ptr::copy_nonoverlapping(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fds.as_mut_ptr(), 3);
+        Some(fds)
+    }
+}
+
+/// Forks the attempt process with `fds` as its standard streams and reports its pid.
+unsafe fn fork_attempt(fds: [RawFd; 3], signals: RawFd, chld: &libc::sigset_t) {
+    let server = std::process::id() as i32;
+    // SAFETY: this process is single-threaded, so the child may go on running Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: the child's own process state.
+        unsafe {
+            libc::setpgid(0, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != server {
+                libc::_exit(1);
+            }
+            libc::sigprocmask(libc::SIG_UNBLOCK, chld, std::ptr::null_mut());
+            libc::close(signals);
+            for (target, fd) in fds.iter().enumerate() {
+                libc::dup2(*fd, target as RawFd);
+                libc::close(*fd);
+            }
+        }
+        let code = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(super::serve_child()),
+            Err(e) => {
+                eprintln!("error: cannot start the async runtime: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+        let _ = code;
+        std::process::exit(1);
+    }
+    for fd in fds {
+        // SAFETY: the parent's copies, sent to it and now the child's.
+        unsafe {
+            libc::close(fd);
+        }
+    }
+    if pid < 0 {
+        // Reported as an attempt that ended at once, failing: the worker records why.
+        write_record(STARTED, -1, 0, 0, 0);
+        return;
+    }
+    // Both sides set the group, so that it exists before the worker may signal it.
+    // SAFETY: setpgid on our own child.
+    unsafe {
+        libc::setpgid(pid, pid);
+    }
+    write_record(STARTED, pid, 0, 0, 0);
+}
+
+/// A pipe's two ends, both close-on-exec: (read, write).
+pub(super) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
