@@ -24,7 +24,7 @@ use orch::tasks::Registry;
 const BIN: &str = env!("CARGO_BIN_EXE_orch");
 const DAG: &str = "max_active_runs: 10000\nmax_active_tasks: 2\ntasks:\n  - {id: a, kind: noop}\n  - {id: b, kind: noop, depends_on: [a]}\n";
 /// Runs per minute tried, in order, until one is not sustained.
-const RATES: [u32; 6] = [1_000, 2_000, 4_000, 6_000, 8_000, 10_000];
+const RATES: [u32; 8] = [1_000, 2_000, 4_000, 6_000, 8_000, 10_000, 15_000, 20_000];
 const STEP: Duration = Duration::from_secs(20);
 const P99_LIMIT_MS: f64 = 1000.0;
 

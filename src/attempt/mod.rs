@@ -1,7 +1,8 @@
 //! Running one attempt of a task, in a process of its own.
 //!
-//! The executor decides *when* an attempt runs; this module runs it. In production every
-//! attempt runs in a child process, orch starting itself as `orch attempt` ([`child`]): a
+//! The executor decides *when* an attempt runs; a worker runs it through this module. In
+//! production every attempt runs in a child process ([`child`]), forked from a preloaded orch
+//! ([`fork_server`]) or, failing that, started as `orch attempt`: a
 //! Polars transform that runs out of memory, a panic in a data kind or a task stuck in CPU-bound
 //! work then takes down only that process, never the scheduler, the streams or other runs; a
 //! timeout stops it with SIGTERM, then SIGKILL; the kernel enforces its [`Limits`]; and its
