@@ -54,10 +54,6 @@ impl Membership {
         })
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// Turns `true` when this process was declared lost, or could not heartbeat for
     /// `lost_after`: it must stop working at once.
     pub fn lost(&self) -> watch::Receiver<bool> {

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::attempt::{self, AttemptSpec, Isolation, Usage};
 use crate::backoff::Backoff;
 use crate::config::{Config, DataPlaces};
-use crate::executor::{Phase, Shutdown};
+use crate::executor::{Executor, Phase, Shutdown, private_queue};
 use crate::lease::Lease;
 use crate::logs::{AttemptLog, attempt_log_path};
 use crate::membership::{Membership, turned_true};
@@ -333,6 +333,24 @@ impl LocalWorker {
             tokio::spawn(worker.run(shutdown, lost))
         };
         Ok(LocalWorker { membership, task })
+    }
+
+    /// An executor whose attempts only this worker runs, and the worker: how `orch run` and
+    /// `orch backfill` run everything here, now, whatever the tasks' queues.
+    pub async fn with_own_executor(
+        config: &Config,
+        store: &Store,
+        registry: Arc<Registry>,
+        lease: &Lease,
+        role: &str,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<(Executor, LocalWorker)> {
+        let executor =
+            Executor::of_config(config, store.clone(), Arc::clone(&registry)).run_here(lease);
+        let queues = vec![private_queue(lease)];
+        let worker =
+            LocalWorker::start(config, store, registry, lease, role, queues, shutdown).await?;
+        Ok((executor, worker))
     }
 
     /// Turns `true` when this process was declared lost.

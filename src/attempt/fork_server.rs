@@ -178,23 +178,38 @@ fn read_replies(conn: &Conn) {
     }
 }
 
+/// The room a control message with three descriptors takes.
+fn control_space() -> usize {
+    // SAFETY: CMSG_SPACE only computes a size.
+    unsafe { libc::CMSG_SPACE((3 * std::mem::size_of::<RawFd>()) as u32) as usize }
+}
+
+/// The one-byte buffer of a request.
+fn one_byte(byte: &mut [u8; 1]) -> libc::iovec {
+    libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    }
+}
+
+/// A message over `iov` with the control buffer `control`; both must outlive its use.
+fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; every field that matters is set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    msg
+}
+
 /// Sends one byte with `fds` attached.
 fn send_fds(socket: &UnixStream, fds: &[OwnedFd; 3]) -> io::Result<()> {
     let raw: [RawFd; 3] = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(&raw) as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let mut iov = one_byte(&mut byte);
+    let mut control = vec![0u8; control_space()];
+    let msg = message(&mut iov, &mut control);
     // SAFETY: the control buffer has room for one header with three descriptors.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -318,19 +333,9 @@ fn write_record(kind: u8, pid: i32, status: i32, rss_kib: i64, cpu_ms: i64) {
 /// Receives one request: three descriptors; `None` when the worker closed the socket.
 unsafe fn receive_fds() -> Option<[RawFd; 3]> {
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE((3 * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; its pointers are set to live buffers below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let mut iov = one_byte(&mut byte);
+    let mut control = vec![0u8; control_space()];
+    let mut msg = message(&mut iov, &mut control);
     loop {
         // SAFETY: msg points at live buffers.
         let n = unsafe { libc::recvmsg(0, &mut msg, libc::MSG_CMSG_CLOEXEC) };
@@ -374,17 +379,16 @@ unsafe fn fork_attempt(fds: [RawFd; 3], signals: RawFd, chld: &libc::sigset_t) {
                 libc::close(*fd);
             }
         }
-        let code = match tokio::runtime::Builder::new_multi_thread()
+        // `serve_child` reports and exits the process itself.
+        match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
         {
-            Ok(runtime) => runtime.block_on(super::serve_child()),
-            Err(e) => {
-                eprintln!("error: cannot start the async runtime: {e}");
-                std::process::ExitCode::FAILURE
+            Ok(runtime) => {
+                runtime.block_on(super::serve_child());
             }
-        };
-        let _ = code;
+            Err(e) => eprintln!("error: cannot start the async runtime: {e}"),
+        }
         std::process::exit(1);
     }
     for fd in fds {

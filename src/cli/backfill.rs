@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use super::{find_dag, say};
 use crate::config::Config;
 use crate::dag::{Dag, DagBag};
-use crate::executor::{Executor, Phase, ShutdownHandle, private_queue};
+use crate::executor::{Executor, Phase, ShutdownHandle};
 use crate::lease::Lease;
 use crate::scheduler::plan;
 use crate::store::{RunState, RunType, Store};
@@ -73,9 +73,6 @@ pub async fn backfill(
     let dag = find_dag(&bag, dag_id)?;
     let store = Store::open(&config.database_url).await?;
     let lease = Lease::acquire(&config.state_dir()).context("cannot create the process lease")?;
-    let executor = Arc::new(
-        Executor::of_config(config, store.clone(), Arc::clone(&registry)).run_here(&lease),
-    );
     let dates = dag.backfill_dates(start, end);
     if dates.is_empty() {
         anyhow::bail!(
@@ -87,16 +84,10 @@ pub async fn backfill(
         anyhow::bail!("backfill not started");
     }
     let (shutdown, watch) = ShutdownHandle::new();
-    let worker = LocalWorker::start(
-        config,
-        &store,
-        registry,
-        &lease,
-        "backfill",
-        vec![private_queue(&lease)],
-        watch.clone(),
-    )
-    .await?;
+    let (executor, worker) =
+        LocalWorker::with_own_executor(config, &store, registry, &lease, "backfill", watch.clone())
+            .await?;
+    let executor = Arc::new(executor);
     let mut progress = Progress::new(dates.len());
     progress.draw();
     let runs = futures_util::stream::iter(dates.into_iter().map(|logical_date| {

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use super::trigger::create_manual_run;
 use super::{RunArgs, say};
 use crate::config::Config;
-use crate::executor::{Executor, Phase, ShutdownHandle, TaskEvent, private_queue};
+use crate::executor::{Phase, ShutdownHandle, TaskEvent};
 use crate::lease::Lease;
 use crate::store::RunState;
 use crate::tasks::Registry;
@@ -35,19 +35,10 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     say!("{}", run.run_id);
 
     let registry = Arc::new(Registry::builtin());
-    let executor =
-        Executor::of_config(config, store.clone(), Arc::clone(&registry)).run_here(&lease);
     let (shutdown, watch) = ShutdownHandle::new();
-    let worker = LocalWorker::start(
-        config,
-        &store,
-        registry,
-        &lease,
-        "run",
-        vec![private_queue(&lease)],
-        watch.clone(),
-    )
-    .await?;
+    let (executor, worker) =
+        LocalWorker::with_own_executor(config, &store, registry, &lease, "run", watch.clone())
+            .await?;
     let (events_tx, mut events) = mpsc::unbounded_channel::<TaskEvent>();
     let printer = tokio::spawn(async move {
         while let Some(event) = events.recv().await {

@@ -7,7 +7,7 @@
 //! heartbeat interval. A lost worker's attempt is ended with "worker lost" under the claim's
 //! fencing token, so that the worker's own report, should it come back, is refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -74,6 +74,7 @@ fn lock(
 
 async fn watch(store: Store, lost_after: Duration, waiting: Waiting, submitted: Arc<Notify>) {
     let mut next_check = Instant::now();
+    let mut unserved = HashSet::new();
     loop {
         let reported = REPORTED.notified();
         let newly = submitted.notified();
@@ -97,6 +98,9 @@ async fn watch(store: Store, lost_after: Duration, waiting: Waiting, submitted: 
             };
             match store.queued_attempts(!check_workers).await {
                 Ok(rows) => {
+                    if check_workers {
+                        warn_unserved(&store, &waiting, &rows, lost_after, &mut unserved).await;
+                    }
                     deliver(&store, &waiting, &asked, rows, check_workers, lost_after).await
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the reports of queued attempts"),
@@ -106,6 +110,52 @@ async fn watch(store: Store, lost_after: Duration, waiting: Waiting, submitted: 
             () = &mut reported => {}
             () = &mut newly => {}
             () = tokio::time::sleep(POLL), if any => {}
+        }
+    }
+}
+
+/// Says once per queue that attempts this process waits for have sat in it unclaimed for
+/// `lost_after` while no live process serves it: the run would wait for ever, unexplained.
+async fn warn_unserved(
+    store: &Store,
+    waiting: &Waiting,
+    rows: &[QueuedAttempt],
+    lost_after: Duration,
+    warned: &mut HashSet<String>,
+) {
+    let now = chrono::Utc::now();
+    let lost_after_chrono = chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::MAX);
+    let stuck: HashSet<&str> = rows
+        .iter()
+        .filter(|r| r.worker.is_none() && r.report.is_none())
+        .filter(|r| now - r.started_at > lost_after_chrono)
+        .filter(|r| lock(waiting).contains_key(&r.key))
+        .map(|r| r.queue.as_str())
+        .collect();
+    if stuck.is_empty() {
+        warned.clear();
+        return;
+    }
+    let processes = match store.processes().await {
+        Ok(processes) => processes,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the workers");
+            return;
+        }
+    };
+    let served: HashSet<&str> = processes
+        .iter()
+        .filter(|p| p.lost_at.is_none() && now - p.heartbeat_at <= lost_after_chrono)
+        .flat_map(|p| p.queues.iter().map(String::as_str))
+        .collect();
+    warned.retain(|q| stuck.contains(q.as_str()) && !served.contains(q.as_str()));
+    for queue in stuck.difference(&served) {
+        if warned.insert(queue.to_string()) {
+            tracing::warn!(
+                queue,
+                "attempts have waited in this queue for more than {} and no live worker serves it; start `orch worker --queue {queue}`, or `orch serve --queue {queue}`",
+                humantime::format_duration(lost_after)
+            );
         }
     }
 }

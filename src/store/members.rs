@@ -36,7 +36,6 @@ pub struct ProcessRecord {
 #[derive(Debug, Clone)]
 pub struct LeaseHolder {
     pub holder: String,
-    pub acquired_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -197,11 +196,9 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| {
-            let acquired: String = row.try_get("acquired_at")?;
             let expires: String = row.try_get("expires_at")?;
             Ok(LeaseHolder {
                 holder: row.try_get("holder")?,
-                acquired_at: parse_time("scheduler_lease.acquired_at", &acquired)?,
                 expires_at: parse_time("scheduler_lease.expires_at", &expires)?,
             })
         })

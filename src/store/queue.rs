@@ -49,6 +49,7 @@ pub struct Claim {
 #[derive(Debug, Clone)]
 pub struct QueuedAttempt {
     pub key: AttemptKey,
+    pub queue: String,
     /// The worker that claimed it, if any has.
     pub worker: Option<String>,
     pub token: i64,
@@ -178,10 +179,10 @@ impl Store {
     /// with a report when `reported_only`.
     pub async fn queued_attempts(&self, reported_only: bool) -> Result<Vec<QueuedAttempt>> {
         let sql = if reported_only {
-            "SELECT run_id, task_id, attempt, worker, claim_token, started_at, report FROM task_attempts
+            "SELECT run_id, task_id, attempt, queue, worker, claim_token, started_at, report FROM task_attempts
              WHERE state = 'running' AND queue IS NOT NULL AND report IS NOT NULL"
         } else {
-            "SELECT run_id, task_id, attempt, worker, claim_token, started_at, report FROM task_attempts
+            "SELECT run_id, task_id, attempt, queue, worker, claim_token, started_at, report FROM task_attempts
              WHERE state = 'running' AND queue IS NOT NULL"
         };
         let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
@@ -191,6 +192,7 @@ impl Store {
                 Ok(QueuedAttempt {
                     started_at: parse_time("task_attempts.started_at", &started)?,
                     key: AttemptKey::of_row(row)?,
+                    queue: row.try_get("queue")?,
                     worker: row.try_get("worker")?,
                     token: row.try_get("claim_token")?,
                     report: row.try_get("report")?,

@@ -312,3 +312,27 @@ fn only_the_scheduling_server_runs_a_stream_and_the_standby_takes_it_over() {
     assert!(second.wait_exit(Duration::from_secs(20)));
     assert_every_id_once(&staging, &targets);
 }
+
+/// An attempt in a queue no live worker serves would wait without a word: the scheduler says
+/// which queue, and what to start.
+#[test]
+fn an_attempt_in_a_queue_nobody_serves_is_reported_with_what_to_start() {
+    let home = Home::new();
+    home.write_dag(
+        "orphan_queue",
+        "tasks:\n  - { id: a, kind: noop, queue: nowhere }\n",
+    );
+    let mut cmd = home.command(&["serve", "--grace", "1s"]);
+    cmd.env("ORCH_HEARTBEAT_TIMEOUT", "3s");
+    let mut server = Server::spawn(cmd, "orch serve started");
+    let out = home.orch(&["trigger", "orphan_queue"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = server.wait_for_log_all(
+        &["no live worker serves it", "orch worker --queue nowhere"],
+        Duration::from_secs(20),
+    );
+    assert!(
+        line.contains("queue=nowhere") || line.contains("nowhere"),
+        "{line}"
+    );
+}
