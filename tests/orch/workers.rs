@@ -210,8 +210,23 @@ tasks:
         assert!(started.elapsed() < Duration::from_secs(300), "runs stalled");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The worker to kill holds a 200 ms attempt: it dies in the middle of it.
+    let victim = loop {
+        if let Some(host) = a_host_running_f8(&dags.database_url()) {
+            break host;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no worker runs f8"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let index: usize = victim
+        .strip_prefix("worker-")
+        .and_then(|i| i.parse().ok())
+        .expect("a worker's host");
     first.kill9();
-    workers[0].kill9();
+    workers[index].kill9();
     let killed = Instant::now();
     second.wait_for_log("is now the scheduling leader", Duration::from_secs(30));
     let takeover = killed.elapsed();
@@ -241,7 +256,7 @@ tasks:
             for a in tries.iter().filter(|a| a["state"] == "failed") {
                 let error = a["error"].as_str().unwrap_or_default();
                 assert!(
-                    error.starts_with("worker lost") && error.contains("@worker-0:"),
+                    error.starts_with("worker lost") && error.contains(&format!("@{victim}:")),
                     "only the killed worker's attempts fail: {error}"
                 );
                 lost += 1;
@@ -255,6 +270,28 @@ tasks:
         0
     );
     drop(workers);
+}
+
+/// The host of a worker holding an unreported attempt of the sleeping task `f8` now.
+fn a_host_running_f8(url: &str) -> Option<String> {
+    let worker: Option<String> = crate::support::block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query_scalar(
+            "SELECT worker FROM task_attempts
+             WHERE state = 'running' AND report IS NULL AND task_id = 'f8' AND worker IS NOT NULL
+             LIMIT 1",
+        )
+        .fetch_optional(&mut conn)
+        .await
+        .expect("read the running attempts")
+    });
+    let (_, place) = worker?
+        .split_once('@')
+        .map(|(a, b)| (a.to_string(), b.to_string()))?;
+    place.split_once(':').map(|(host, _)| host.to_string())
 }
 
 /// How many runs are in `state`, by `orch runs list --json`.
@@ -327,12 +364,8 @@ fn an_attempt_in_a_queue_nobody_serves_is_reported_with_what_to_start() {
     let mut server = Server::spawn(cmd, "orch serve started");
     let out = home.orch(&["trigger", "orphan_queue"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let line = server.wait_for_log_all(
+    server.wait_for_log_all(
         &["no live worker serves it", "orch worker --queue nowhere"],
         Duration::from_secs(20),
-    );
-    assert!(
-        line.contains("queue=nowhere") || line.contains("nowhere"),
-        "{line}"
     );
 }
