@@ -2,7 +2,7 @@
 //!
 //! Settings come from, in order of precedence: the environment (`ORCH_DATABASE_URL`,
 //! `ORCH_DAGS_DIR`, `ORCH_LOGS_DIR`, `ORCH_PARALLELISM`, `ORCH_HEARTBEAT_TIMEOUT`, `ORCH_LAKE_URL`,
-//! `ORCH_WAREHOUSE_URL`, `BINANCE_API_URL`), then `orch.yaml` in the home, then defaults under the home.
+//! `ORCH_WAREHOUSE_URL`, `BINANCE_API_URL`, `ORCH_LISTEN`, `ORCH_API_TOKEN`), then `orch.yaml` in the home, then defaults under the home.
 //! Relative paths are relative to the home.
 
 use std::path::{Path, PathBuf};
@@ -23,6 +23,54 @@ pub struct Config {
     /// adopted, its attempts failed as "worker lost" and retried (`ORCH_HEARTBEAT_TIMEOUT`,
     /// `heartbeat_timeout:`; 30 s).
     pub heartbeat_timeout: std::time::Duration,
+    /// Where `orch serve` serves the web UI, the API and metrics (`--listen`, `ORCH_LISTEN`,
+    /// `listen:`; `127.0.0.1:8080`); `None` when set to `off`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The token the API and the sign-in form ask for (`ORCH_API_TOKEN`, or the file named by
+    /// `ORCH_API_TOKEN_FILE` or `api_token_file:`). Without one, the web face serves loopback only.
+    pub api_token: Option<Secret>,
+}
+
+/// A secret setting: shown as `***` by `Debug`, so it never reaches a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where the web face listens unless told otherwise: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// A `listen` setting: `HOST:PORT`, or `off`.
+pub fn parse_listen(value: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("`{value}` is not an address like 127.0.0.1:8080 (or `off`)"))
+}
+
+/// Reads a token file: its first line, trimmed; an empty file is an error, not "no token".
+fn read_token_file(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(format!("the token file {} is empty", path.display()));
+    }
+    Ok(Secret(token.to_string()))
 }
 
 /// Where data tasks keep their data, each a URL an `ORCH_*_URL` variable may override.
@@ -72,6 +120,8 @@ struct FileSettings {
     lake_url: Option<String>,
     warehouse_url: Option<String>,
     staging_url: Option<String>,
+    listen: Option<String>,
+    api_token_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -157,6 +207,38 @@ impl Config {
             binance_ws_url: env("BINANCE_WS_URL")
                 .unwrap_or_else(|| crate::exchange::binance::stream::DEFAULT_BASE_URL.to_string()),
         };
+        let file_error = |key: &str, message: String| ConfigError::File {
+            path: home.join("orch.yaml"),
+            message: format!("{key}: {message}"),
+        };
+        let listen = match env("ORCH_LISTEN") {
+            Some(value) => parse_listen(&value).map_err(|message| ConfigError::Env {
+                name: "ORCH_LISTEN",
+                value,
+                message,
+            })?,
+            None => match &file.listen {
+                Some(value) => parse_listen(value).map_err(|m| file_error("listen", m))?,
+                None => parse_listen(DEFAULT_LISTEN).map_err(|m| file_error("listen", m))?,
+            },
+        };
+        let api_token = match (env("ORCH_API_TOKEN"), env("ORCH_API_TOKEN_FILE")) {
+            (Some(token), _) => Some(Secret(token.trim().to_string())),
+            (None, Some(path)) => Some(read_token_file(&resolve(PathBuf::from(&path))).map_err(
+                |message| ConfigError::Env {
+                    name: "ORCH_API_TOKEN_FILE",
+                    value: path,
+                    message,
+                },
+            )?),
+            (None, None) => match &file.api_token_file {
+                Some(path) => Some(
+                    read_token_file(&resolve(path.clone()))
+                        .map_err(|m| file_error("api_token_file", m))?,
+                ),
+                None => None,
+            },
+        };
         Ok(Config {
             home,
             database_url,
@@ -165,6 +247,8 @@ impl Config {
             parallelism,
             data,
             heartbeat_timeout,
+            listen,
+            api_token,
         })
     }
 

@@ -22,8 +22,10 @@ use crate::executor::{Executor, Phase, Shutdown, private_queue};
 use crate::lease::Lease;
 use crate::logs::{AttemptLog, attempt_log_path};
 use crate::membership::{Membership, turned_true};
-use crate::queue::{POLL, QUEUED, QueuedTask, REPORTED, Report, relay_notifications};
-use crate::store::{Claim, QUEUED_CHANNEL, Store, WorkerReport, durably};
+use crate::queue::{CANCELLED, POLL, QUEUED, QueuedTask, REPORTED, Report, relay_notifications};
+use crate::store::{
+    AttemptKey, CANCEL_CHANNEL, Claim, QUEUED_CHANNEL, Store, WorkerReport, durably,
+};
 use crate::tasks::{Registry, TaskError};
 
 /// How much of the end of an attempt's log goes into the metadata database.
@@ -39,6 +41,10 @@ const REPORT_RETRY: Backoff = Backoff::new(
     std::time::Duration::from_secs(1),
     std::time::Duration::from_secs(30),
 );
+
+/// How often a running attempt's claim is checked without a wake-up: a cancel asked from
+/// another process on SQLite, which has no notifications to carry it.
+const CLAIM_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a worker runs attempts with.
 pub struct Worker {
@@ -85,6 +91,7 @@ impl Worker {
     /// elsewhere, so they are stopped at once.
     pub async fn run(self, mut shutdown: Shutdown, mut lost: watch::Receiver<bool>) {
         relay_notifications(self.store.url(), QUEUED_CHANNEL, &QUEUED);
+        relay_notifications(self.store.url(), CANCEL_CHANNEL, &CANCELLED);
         let worker = Arc::new(self);
         let mut running = JoinSet::new();
         let (stop, stopped) = watch::channel(false);
@@ -177,8 +184,14 @@ impl Worker {
                     &key.task_id,
                     key.attempt,
                 );
+                let (store, key, token) = (self.store.clone(), claim.key.clone(), claim.token);
                 let abort = async move {
-                    turned_true(&mut stop).await;
+                    tokio::select! {
+                        () = turned_true(&mut stop) => {}
+                        () = claim_ended(&store, &key, token) => {
+                            tracing::info!(run_id = %key.run_id, task_id = %key.task_id, attempt = key.attempt, "the attempt was ended elsewhere (cancelled); stopping it");
+                        }
+                    }
                 };
                 let (result, usage) = self.run_task(task, claim.key.clone(), &path, abort).await;
                 (Report::new(&result, usage, started_at, Utc::now()), path)
@@ -213,7 +226,7 @@ impl Worker {
                     return;
                 }
                 Ok(false) => {
-                    tracing::warn!(run_id = %key.run_id, task_id = %key.task_id, attempt = key.attempt, "this worker's claim was taken back (it was declared lost); its report is discarded");
+                    tracing::warn!(run_id = %key.run_id, task_id = %key.task_id, attempt = key.attempt, "this worker's claim was taken back (it was declared lost, or its run cancelled); its report is discarded");
                     return;
                 }
                 Err(e) => {
@@ -278,6 +291,26 @@ impl Worker {
             Err(e) => log.note(&format!("failed, and no retry can help: {e}")),
         }
         (result, usage)
+    }
+}
+
+/// Returns once the claim `token` of attempt `key` no longer holds: the attempt was ended by
+/// someone else (a cancel of its run), so what runs is stopped. Looks when told to, and
+/// every [`CLAIM_CHECK`].
+async fn claim_ended(store: &Store, key: &AttemptKey, token: i64) {
+    loop {
+        let told = CANCELLED.notified();
+        tokio::pin!(told);
+        told.as_mut().enable();
+        tokio::select! {
+            () = &mut told => {}
+            () = tokio::time::sleep(CLAIM_CHECK) => {}
+        }
+        match store.claim_is_current(key, token).await {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot check an attempt's claim"),
+        }
     }
 }
 

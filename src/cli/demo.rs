@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::scheduler::{self, ServeOptions};
 use crate::simulator::{Simulator, SimulatorOptions};
 
 pub async fn demo(
@@ -34,15 +33,13 @@ pub async fn demo(
         "demo: Binance simulator started; trades land in the lake and the warehouse every 5 minutes \
          (try `orch trigger binance_trades_5m --wait` from another terminal for a run now)"
     );
-    scheduler::serve(
+    let served = super::serve::serve(
         config,
-        ServeOptions {
-            grace,
-            log_format,
-            queues: vec![crate::queue::DEFAULT_QUEUE.to_string()],
-        },
+        grace,
+        vec![crate::queue::DEFAULT_QUEUE.to_string()],
+        log_format,
     )
-    .await?;
+    .await;
     drop(simulator);
-    Ok(ExitCode::SUCCESS)
+    served
 }

@@ -79,6 +79,11 @@ enum Command {
         /// Run no worker here: only schedule (attempts run on `orch worker`s).
         #[arg(long, conflicts_with = "queues")]
         no_worker: bool,
+        /// Where to serve the web UI, the API and /metrics: HOST:PORT, or `off`
+        /// (default: ORCH_LISTEN, `listen:` in orch.yaml, or 127.0.0.1:8080). Any address but
+        /// loopback needs a token (ORCH_API_TOKEN or ORCH_API_TOKEN_FILE).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Claim and run queued task attempts, on this machine or another sharing the metadata
     /// database, until SIGTERM or Ctrl-C.
@@ -338,8 +343,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             grace,
             queues,
             no_worker,
+            listen,
         } => {
             let queues = if no_worker { Vec::new() } else { queues };
+            let config = match listen {
+                Some(listen) => Config {
+                    listen: crate::config::parse_listen(&listen)
+                        .map_err(|e| anyhow::anyhow!("--listen: {e}"))?,
+                    ..config
+                },
+                None => config,
+            };
             serve::serve(config, grace, queues, cli.log_format.as_arg()).await
         }
         Command::Worker { queues, grace } => worker::worker(&config, queues, grace).await,

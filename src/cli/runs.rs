@@ -4,26 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use super::RunsCommand;
 use crate::config::Config;
-use crate::store::{AttemptRecord, RunRecord, Store, TaskState, timestamp};
-
-/// `orch runs show --json`: the run, then its tasks with every attempt.
-#[derive(Serialize)]
-struct RunView<'a> {
-    #[serde(flatten)]
-    run: &'a RunRecord,
-    tasks: Vec<TaskView>,
-}
-
-#[derive(Serialize)]
-struct TaskView {
-    task_id: String,
-    state: TaskState,
-    attempts: Vec<AttemptRecord>,
-}
+use crate::store::{RunDetail, RunRecord, Store, timestamp};
 
 pub async fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.database_url).await?;
@@ -41,26 +25,10 @@ pub async fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitC
             }
         }
         RunsCommand::Show { run_id, json } => {
-            let run = store
-                .run(&run_id)
+            let view = store
+                .run_detail(&run_id)
                 .await?
                 .with_context(|| format!("no run `{run_id}` in the run history"))?;
-            let attempts = store.attempts(&run_id).await?;
-            let tasks: Vec<TaskView> = store
-                .task_instances(&run_id)
-                .await?
-                .into_iter()
-                .map(|ti| TaskView {
-                    attempts: attempts
-                        .iter()
-                        .filter(|a| a.task_id == ti.task_id)
-                        .cloned()
-                        .collect(),
-                    task_id: ti.task_id,
-                    state: ti.state,
-                })
-                .collect();
-            let view = RunView { run: &run, tasks };
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
@@ -101,8 +69,8 @@ fn print_table(runs: &[RunRecord]) {
     }
 }
 
-fn print_run(view: &RunView<'_>) {
-    let run = view.run;
+fn print_run(view: &RunDetail) {
+    let run = &view.run;
     println!("run:           {}", run.run_id);
     println!("dag:           {}", run.dag_id);
     println!("state:         {}", run.state);

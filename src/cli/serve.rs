@@ -1,10 +1,15 @@
-//! `orch serve`.
+//! `orch serve`: the scheduler, its worker, and the web face beside them.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use crate::config::Config;
-use crate::scheduler::{self, ServeOptions};
+use crate::scheduler::{self, ServeOptions, view};
+use crate::store::Store;
+use crate::web::{self, WebState};
 
 pub async fn serve(
     config: Config,
@@ -12,14 +17,35 @@ pub async fn serve(
     queues: Vec<String>,
     log_format: &'static str,
 ) -> anyhow::Result<ExitCode> {
-    scheduler::serve(
+    let (view, watched) = view::channel();
+    // Bound before scheduling starts, so that a refused address stops the server at once.
+    let web = match config.listen {
+        Some(addr) => {
+            web::check_exposure(addr, config.api_token.is_some())?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the web UI and API (set --listen, ORCH_LISTEN or `listen:` to another address, or `off`)"))?;
+            let store = Store::open(&config.database_url).await?;
+            let state = WebState::new(Arc::new(config.clone()), store, watched);
+            let local = listener.local_addr().unwrap_or(addr);
+            tracing::info!(url = %format!("http://{local}/"), token = config.api_token.is_some(), "web UI and API listening");
+            Some(tokio::spawn(web::serve(listener, state)))
+        }
+        None => None,
+    };
+    let outcome = scheduler::serve(
         config,
         ServeOptions {
             grace,
             log_format,
             queues,
+            view,
         },
     )
-    .await?;
+    .await;
+    if let Some(web) = web {
+        web.abort();
+    }
+    outcome?;
     Ok(ExitCode::SUCCESS)
 }

@@ -140,6 +140,9 @@ struct RunLoop<'a> {
     running: HashMap<tokio::task::Id, (usize, u32)>,
     /// Another process recorded one of this run's attempts: it drives the run now.
     taken_over: bool,
+    /// Someone asked to cancel the run (who, from where): nothing more starts, what is out is
+    /// ended, and the run ends failed with this note.
+    cancelled: Option<String>,
 }
 
 impl<'a> RunLoop<'a> {
@@ -181,6 +184,7 @@ impl<'a> RunLoop<'a> {
             in_flight: JoinSet::new(),
             running: HashMap::new(),
             taken_over: false,
+            cancelled: run.cancel_requested.clone(),
         }
     }
 
@@ -243,6 +247,13 @@ impl<'a> RunLoop<'a> {
     }
 
     async fn drive(&mut self, mut shutdown: Shutdown) -> Result<Option<RunState>, StoreError> {
+        // Armed for the whole loop, so that a cancel asked while the loop is busy is not missed.
+        let cancel_asked = crate::queue::CANCELLED.notified();
+        tokio::pin!(cancel_asked);
+        cancel_asked.as_mut().enable();
+        if self.cancelled.is_some() {
+            self.end_attempts_out().await?;
+        }
         loop {
             if self.taken_over {
                 tracing::warn!(run_id = %self.run.run_id, "another orch process drives this run now; this one lets it go");
@@ -258,7 +269,7 @@ impl<'a> RunLoop<'a> {
                     return Ok(None);
                 }
             }
-            if shutdown.phase() == Phase::Running {
+            if shutdown.phase() == Phase::Running && self.cancelled.is_none() {
                 let room = (self.dag.max_active_tasks as usize).saturating_sub(self.running.len());
                 let startable: Vec<usize> = (0..self.states.len())
                     .filter(|&i| self.states[i] == TaskState::Queued)
@@ -285,6 +296,11 @@ impl<'a> RunLoop<'a> {
                 Some(joined) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => {
                     self.on_joined(joined).await?;
                 }
+                () = &mut cancel_asked, if self.cancelled.is_none() => {
+                    cancel_asked.set(crate::queue::CANCELLED.notified());
+                    cancel_asked.as_mut().enable();
+                    self.check_cancel().await?;
+                }
                 _ = tokio::time::sleep(retry_sleep.unwrap_or(Duration::ZERO)), if retry_sleep.is_some() => {}
             }
         }
@@ -298,6 +314,12 @@ impl<'a> RunLoop<'a> {
         // Tasks are in topological order, so one pass carries a failure all the way down.
         for i in 0..self.states.len() {
             let next = match self.states[i] {
+                TaskState::Scheduled | TaskState::Queued | TaskState::UpForRetry
+                    if self.cancelled.is_some() =>
+                {
+                    self.next_retry[i] = None;
+                    TaskState::Skipped
+                }
                 TaskState::Scheduled => {
                     let upstream: Vec<TaskState> =
                         self.upstream[i].iter().map(|&u| self.states[u]).collect();
@@ -526,6 +548,13 @@ impl<'a> RunLoop<'a> {
             )
         })
         .await?;
+        crate::metrics::attempt_ended(
+            &self.dag.id,
+            &task.id,
+            end.state,
+            Duration::from_millis(u64::try_from(duration_ms).unwrap_or(0)),
+            end.rows,
+        );
         self.states[i] = state;
         self.next_retry[i] = next_retry;
         self.emit(i, state, end.error);
@@ -549,7 +578,58 @@ impl<'a> RunLoop<'a> {
         Ok(())
     }
 
+    /// Looks whether someone asked to cancel this run, and if so ends what is out.
+    async fn check_cancel(&mut self) -> Result<(), StoreError> {
+        let store = &self.exec.store;
+        let run_id = self.run.run_id.as_str();
+        if let Some(note) = durably(|| store.cancel_request(run_id)).await? {
+            tracing::warn!(run_id, "{note}");
+            self.cancelled = Some(note);
+            self.end_attempts_out().await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the attempts out with workers as failed by the cancel, beyond any retry; their
+    /// workers see their claims gone and stop them. The reports come back as usual.
+    async fn end_attempts_out(&mut self) -> Result<(), StoreError> {
+        let Some(note) = self.cancelled.clone() else {
+            return Ok(());
+        };
+        let store = &self.exec.store;
+        let run_id = self.run.run_id.as_str();
+        let attempts = durably(|| store.attempts(run_id)).await?;
+        for attempt in attempts
+            .iter()
+            .filter(|a| a.state == AttemptState::Running && a.queue.is_some())
+        {
+            let report = Report::new(
+                &Err(TaskError::permanent(note.clone())),
+                Usage::default(),
+                attempt.started_at,
+                Utc::now(),
+            );
+            let Ok(text) = serde_json::to_string(&report) else {
+                continue;
+            };
+            let key = AttemptKey {
+                run_id: run_id.to_string(),
+                task_id: attempt.task_id.clone(),
+                attempt: attempt.attempt,
+            };
+            durably(|| store.end_attempt(&key, &text)).await?;
+        }
+        crate::queue::REPORTED.notify_waiters();
+        crate::queue::CANCELLED.notify_waiters();
+        Ok(())
+    }
+
     async fn finish(&mut self) -> Result<RunState, StoreError> {
+        if let Some(note) = &self.cancelled {
+            durably(|| self.exec.store.fail_run(&self.run.run_id, note)).await?;
+            crate::metrics::run_ended(&self.dag.id, RunState::Failed);
+            return Ok(RunState::Failed);
+        }
         let failed = self
             .states
             .iter()
@@ -560,6 +640,7 @@ impl<'a> RunLoop<'a> {
             RunState::Success
         };
         durably(|| self.exec.store.finish_run(&self.run.run_id, state)).await?;
+        crate::metrics::run_ended(&self.dag.id, state);
         Ok(state)
     }
 

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::{POLL, REPORTED, Report};
 use crate::membership::{self, heartbeat_interval};
-use crate::store::{AttemptKey, QueuedAttempt, REPORTED_CHANNEL, Store};
+use crate::store::{AttemptKey, CANCEL_CHANNEL, QueuedAttempt, REPORTED_CHANNEL, Store};
 
 type Waiting = Arc<Mutex<HashMap<AttemptKey, oneshot::Sender<Option<Report>>>>>;
 
@@ -41,6 +41,7 @@ impl Dispatch {
     /// Starts waiting for reports in `store`; workers silent for `lost_after` are lost.
     pub fn start(store: Store, lost_after: Duration) -> Dispatch {
         super::relay_notifications(store.url(), REPORTED_CHANNEL, &REPORTED);
+        super::relay_notifications(store.url(), CANCEL_CHANNEL, &super::CANCELLED);
         let waiting: Waiting = Arc::default();
         let submitted = Arc::new(Notify::new());
         let task = tokio::spawn(watch(

@@ -7,7 +7,7 @@
 //! the outcome and applies the task's retry policy. The executor stays the only writer of a
 //! run's state; a worker writes only its claim's report.
 //!
-//! Wake-ups: processes wait on [`QUEUED`] and [`REPORTED`], which this process's writers
+//! Wake-ups: processes wait on [`QUEUED`], [`REPORTED`] and [`CANCELLED`], which this process's writers
 //! notify directly and, on PostgreSQL, `LISTEN/NOTIFY` relays from other processes
 //! ([`relay_notifications`]). A wake-up that is missed costs at most [`POLL`]: idle processes
 //! poll no more often than that.
@@ -48,6 +48,9 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub static QUEUED: Notify = Notify::const_new();
 /// Notified when a worker reported an attempt.
 pub static REPORTED: Notify = Notify::const_new();
+/// Notified when someone asked to cancel a run, or ended an attempt on its worker's behalf:
+/// executors look for cancel requests of their runs, workers whether their claims still hold.
+pub static CANCELLED: Notify = Notify::const_new();
 
 /// One attempt as the executor queues it: what to run. Where (home, logs, data places, the
 /// database) is the worker's own configuration, never carried in the queue, so no URL with a

@@ -11,6 +11,7 @@
 
 mod leader;
 pub mod plan;
+pub mod view;
 mod wake;
 
 use std::collections::{HashMap, HashSet};
@@ -49,6 +50,8 @@ pub struct ServeOptions {
     pub log_format: &'static str,
     /// The queues the server's own worker serves; none: it runs no worker.
     pub queues: Vec<String>,
+    /// Where the scheduler publishes what the web face shows.
+    pub view: view::ViewSender,
 }
 
 type RunOutcome = (String, Result<Option<RunState>, StoreError>);
@@ -87,6 +90,11 @@ struct Scheduler {
     dags_dir: std::path::PathBuf,
     leadership: Leadership,
     lost_after: Duration,
+    view: view::ViewSender,
+    /// When each DAG's next run is due, as of the last pass.
+    next_due: HashMap<String, DateTime<Utc>>,
+    /// How late the loop woke for its last timed wake-up.
+    loop_lag: Duration,
 }
 
 /// How this server starts its streams' processes: this binary, seeing what the server sees.
@@ -148,15 +156,6 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         shutdown.subscribe(),
     )
     .await?;
-    tracing::info!(
-        home = %config.home.display(),
-        dags = bag.dags().count(),
-        broken_files = bag.errors().count(),
-        parallelism = config.parallelism,
-        queues = %options.queues.join(","),
-        process = %lease.id(),
-        "orch serve started"
-    );
     let streams = Supervisor::new(stream_process(&config, options.log_format)?);
     let mut scheduler = Scheduler {
         leadership: Leadership::new(store.clone(), lease.id(), config.heartbeat_timeout),
@@ -174,7 +173,20 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         reported: HashSet::new(),
         streams,
         dags_dir: config.dags_dir.clone(),
+        view: options.view,
+        next_due: HashMap::new(),
+        loop_lag: Duration::ZERO,
     };
+    scheduler.publish();
+    tracing::info!(
+        home = %config.home.display(),
+        dags = scheduler.bag.dags().count(),
+        broken_files = scheduler.bag.errors().count(),
+        parallelism = config.parallelism,
+        queues = %options.queues.join(","),
+        process = %scheduler.lease.id(),
+        "orch serve started"
+    );
     scheduler.sweep_leases(&state_dir).await;
     let mut lost = worker.lost();
     let outcome = tokio::select! {
@@ -269,6 +281,7 @@ impl Scheduler {
                     None
                 }
             };
+            self.publish();
             let until_tick = next_tick
                 .and_then(|t| (t - Utc::now()).to_std().ok())
                 .map(|d| tokio::time::Instant::now() + d);
@@ -280,7 +293,9 @@ impl Scheduler {
                 _ = terminate.recv() => return Ok(()),
                 _ = async { match wake { Some(w) => w.woken().await, None => std::future::pending().await } } => {}
                 Some(done) = self.runs.join_next_with_id(), if !self.runs.is_empty() => self.on_run_end(done),
-                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = tokio::time::sleep_until(wake_at) => {
+                    self.loop_lag = tokio::time::Instant::now().saturating_duration_since(wake_at);
+                }
             }
             if tokio::time::Instant::now() >= next_reload {
                 if self.reload() && self.leadership.is_leader() {
@@ -289,6 +304,19 @@ impl Scheduler {
                 next_reload = tokio::time::Instant::now() + RELOAD_INTERVAL;
             }
         }
+    }
+
+    /// Publishes what the web face shows, as of this pass.
+    fn publish(&self) {
+        let view = view::SchedulerView {
+            dags: self.bag.dags().cloned().collect(),
+            errors: self.bag.errors().cloned().collect(),
+            next_runs: self.next_due.clone(),
+            last_pass_at: Some(Utc::now()),
+            loop_lag: self.loop_lag,
+            leader: self.leadership.is_leader(),
+        };
+        self.view.send_replace(Arc::new(view));
     }
 
     /// Takes or renews the scheduler lease; the leader runs the streams. Fails when this
@@ -429,6 +457,7 @@ impl Scheduler {
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now = Utc::now();
         let mut next_tick: Option<DateTime<Utc>> = None;
+        self.next_due.clear();
         let dags: Vec<Arc<Dag>> = self
             .bag
             .dags()
@@ -442,7 +471,10 @@ impl Scheduler {
             let active = active_by_dag.entry(dag.id.clone()).or_default();
             // One DAG's trouble (a row it cannot read) must not stop the others.
             match schedule_dag(&self.store, &dag, active, now).await {
-                Ok(Some(due)) => next_tick = Some(next_tick.map_or(due, |t| t.min(due))),
+                Ok(Some(due)) => {
+                    self.next_due.insert(dag.id.clone(), due);
+                    next_tick = Some(next_tick.map_or(due, |t| t.min(due)));
+                }
                 Ok(None) => {}
                 Err(e) => {
                     if self.reported.insert(format!("schedule {} {e}", dag.id)) {

@@ -11,12 +11,14 @@
 //! plain `BEGIN` takes the write lock late and fails with "database is locked" when two
 //! writers meet.
 
+mod actions;
 mod durably;
 mod lock;
 mod members;
 mod model;
 mod queue;
 pub mod timestamp;
+mod views;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use sqlx::{AnyPool, Row};
 use crate::database::{self, Backend};
 use crate::redact;
 
+pub use actions::{Actor, CANCEL_CHANNEL, Cancelled, ManualAction};
 pub use durably::durably;
 pub use lock::StoreLock;
 pub use members::{LeaseHolder, ProcessRecord};
@@ -37,6 +40,9 @@ pub use model::{
     StreamStateRecord, TaskInstanceRecord, TaskState,
 };
 pub use queue::{AttemptKey, Claim, QUEUED_CHANNEL, QueuedAttempt, REPORTED_CHANNEL, WorkerReport};
+pub use views::{
+    BackfillRecord, RunCursor, RunDetail, RunFilter, RunSummary, TaskCell, TaskDetail,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -339,7 +345,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let requeued = sqlx::query(
             "UPDATE dag_runs SET state = 'queued', owner = NULL, started_at = NULL, ended_at = NULL,
-                 note = NULL
+                 note = NULL, cancel_requested = NULL
              WHERE run_id = $1 AND state IN ('success', 'failed', 'skipped')",
         )
         .bind(run_id)
@@ -907,6 +913,7 @@ fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
         owner: row.try_get("owner")?,
         dag_source: row.try_get("dag_source")?,
         dag_path: row.try_get("dag_path")?,
+        cancel_requested: row.try_get("cancel_requested")?,
     })
 }
 

@@ -119,6 +119,9 @@ pub struct RunRecord {
     pub dag_source: Option<String>,
     #[serde(skip)]
     pub dag_path: Option<String>,
+    /// Set when someone asked to cancel the run while it ran: who, from where.
+    #[serde(skip)]
+    pub cancel_requested: Option<String>,
 }
 
 /// A run about to be created.

@@ -50,6 +50,15 @@ pub enum Source {
     },
 }
 
+impl Source {
+    /// The symbols it streams.
+    pub fn symbols(&self) -> &[String] {
+        match self {
+            Source::BinanceTrades { symbols, .. } => symbols,
+        }
+    }
+}
+
 /// The staging table trades go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sink {

@@ -205,6 +205,28 @@ pub enum LoadOutcome {
     AlreadyLoaded,
 }
 
+/// One row of `fact_trades` as text, the way both SQL backends can give it: a symbol's minute.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FactMinute {
+    pub symbol: String,
+    pub exchange_id: String,
+    pub minute: String,
+    pub open_price: String,
+    pub close_price: String,
+    pub min_price: String,
+    pub max_price: String,
+    pub total_quantity: String,
+    pub trade_count: i64,
+}
+
+/// The newest minutes of `fact_trades`, every column as text (decimals stay exact).
+const RECENT_FACT_MINUTES: &str =
+    "SELECT symbol, exchange_id, CAST(trade_minute AS TEXT) AS minute,
+         CAST(open_price AS TEXT) AS open_price, CAST(close_price AS TEXT) AS close_price,
+         CAST(min_price AS TEXT) AS min_price, CAST(max_price AS TEXT) AS max_price,
+         CAST(total_quantity AS TEXT) AS total_quantity, CAST(trade_count AS BIGINT) AS trade_count
+     FROM fact_trades ORDER BY trade_minute DESC LIMIT $1";
+
 /// An open warehouse.
 pub enum Warehouse {
     Sqlite(sqlite::SqliteWarehouse),
@@ -266,6 +288,40 @@ impl Warehouse {
                 w.load(table, file, &columns, rows).await
             }
             Warehouse::BigQuery(w) => w.load(table, file, parquet).await,
+        }
+    }
+
+    /// The newest `limit` rows of `fact_trades`, newest first; `None` when the warehouse
+    /// cannot be read this way (BigQuery) or has no such table yet.
+    pub async fn recent_fact_minutes(
+        &self,
+        limit: u32,
+    ) -> Result<Option<Vec<FactMinute>>, WarehouseError> {
+        let rows = match self {
+            Warehouse::Sqlite(w) => {
+                sqlx::query_as(RECENT_FACT_MINUTES)
+                    .bind(i64::from(limit))
+                    .fetch_all(w.pool())
+                    .await
+            }
+            Warehouse::Postgres(w) => {
+                sqlx::query_as(RECENT_FACT_MINUTES)
+                    .bind(i64::from(limit))
+                    .fetch_all(w.pool())
+                    .await
+            }
+            Warehouse::BigQuery(_) => return Ok(None),
+        };
+        match rows {
+            Ok(rows) => Ok(Some(rows)),
+            // No table yet: the daily ETL has not loaded a day.
+            Err(sqlx::Error::Database(e))
+                if e.message().contains("no such table")
+                    || e.code().as_deref() == Some("42P01") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -48,6 +48,10 @@ fn push_copy_value(out: &mut String, value: Option<String>) {
 }
 
 impl PostgresWarehouse {
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub async fn open(url: &str) -> Result<PostgresWarehouse, WarehouseError> {
         let pool = PgPoolOptions::new()
             .max_connections(4)

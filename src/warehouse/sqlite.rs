@@ -29,6 +29,10 @@ fn sql_type(data: &ColumnData) -> &'static str {
 }
 
 impl SqliteWarehouse {
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub async fn open(url: &str) -> Result<SqliteWarehouse, WarehouseError> {
         let open_err = |source| WarehouseError::Open {
             url: crate::redact::secrets(url).into_owned(),

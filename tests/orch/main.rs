@@ -15,4 +15,5 @@ mod serve;
 mod stream;
 mod support;
 mod untrusted;
+mod web;
 mod workers;

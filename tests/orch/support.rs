@@ -73,6 +73,10 @@ impl Home {
             .env_remove("ORCH_WAREHOUSE_URL")
             .env_remove("BINANCE_API_URL")
             .env_remove("ORCH_LOGS_DIR")
+            .env_remove("ORCH_API_TOKEN")
+            .env_remove("ORCH_API_TOKEN_FILE")
+            // Many servers run at once: the web face only where a test asks for it.
+            .env("ORCH_LISTEN", "off")
             .env("ORCH_PARALLELISM", "4");
         cmd
     }

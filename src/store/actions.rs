@@ -1,0 +1,295 @@
+//! What people do by hand to runs: cancel, clear, mark, each recorded with who and from where.
+//!
+//! The process executing a run stays the only writer of its task states while it runs: a
+//! cancel of a running run is a request ([`Store::request_cancel`]) that executor acts on;
+//! clearing and marking apply to finished runs only, which nobody executes.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+
+use super::timestamp::{self, serde_format};
+use super::{AttemptKey, Result, RunState, Store, TaskState, parse_time};
+
+/// The channel a cancel request is announced on (PostgreSQL), for the process executing it.
+pub const CANCEL_CHANNEL: &str = "orch_cancel";
+
+/// Who did something by hand, and from where.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// The name given at sign-in, `api` for a bearer token, `local` on loopback without one,
+    /// or the user running a CLI command.
+    pub name: String,
+    /// The peer address of the request, or `cli`.
+    pub source: String,
+}
+
+/// One recorded manual action.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManualAction {
+    #[serde(serialize_with = "serde_format::required")]
+    pub at: DateTime<Utc>,
+    pub dag_id: String,
+    pub run_id: Option<String>,
+    pub task_id: Option<String>,
+    pub action: String,
+    pub actor: String,
+    pub source: String,
+    pub detail: Option<String>,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The run was still queued: it ended failed at once.
+    Queued,
+    /// The run is running: the process executing it stops its attempts and ends it.
+    Requested,
+    /// The run had already ended.
+    AlreadyFinished,
+}
+
+impl Store {
+    /// Records a manual action in the audit trail.
+    pub async fn record_action(
+        &self,
+        actor: &Actor,
+        dag_id: &str,
+        run_id: Option<&str>,
+        task_id: Option<&str>,
+        action: &str,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO manual_actions (at, dag_id, run_id, task_id, action, actor, source, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(timestamp::format(Utc::now()))
+        .bind(dag_id)
+        .bind(run_id)
+        .bind(task_id)
+        .bind(action)
+        .bind(&actor.name)
+        .bind(&actor.source)
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The manual actions on a run, oldest first.
+    pub async fn run_actions(&self, run_id: &str) -> Result<Vec<ManualAction>> {
+        let rows = sqlx::query(
+            "SELECT at, dag_id, run_id, task_id, action, actor, source, detail
+             FROM manual_actions WHERE run_id = $1 ORDER BY id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let at: String = row.try_get("at")?;
+                Ok(ManualAction {
+                    at: parse_time("manual_actions.at", &at)?,
+                    dag_id: row.try_get("dag_id")?,
+                    run_id: row.try_get("run_id")?,
+                    task_id: row.try_get("task_id")?,
+                    action: row.try_get("action")?,
+                    actor: row.try_get("actor")?,
+                    source: row.try_get("source")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Cancels a run: a queued one ends failed at once, its tasks skipped; a running one is
+    /// marked for its executor, which stops the attempts and ends it (see
+    /// [`Store::cancel_request`]).
+    pub async fn request_cancel(&self, run_id: &str, actor: &Actor) -> Result<Cancelled> {
+        let note = format!("cancelled by {} from {}", actor.name, actor.source);
+        let mut tx = self.begin_write().await?;
+        let queued = sqlx::query(
+            "UPDATE dag_runs SET state = 'failed', ended_at = $1, note = $2
+             WHERE run_id = $3 AND state = 'queued'",
+        )
+        .bind(timestamp::format(Utc::now()))
+        .bind(&note)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if queued {
+            sqlx::query(
+                "UPDATE task_instances SET state = 'skipped', next_retry_at = NULL
+                 WHERE run_id = $1 AND state NOT IN ('success', 'failed', 'upstream_failed', 'skipped')",
+            )
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Cancelled::Queued);
+        }
+        let requested = sqlx::query(
+            "UPDATE dag_runs SET cancel_requested = $1 WHERE run_id = $2 AND state = 'running'",
+        )
+        .bind(&note)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if requested {
+            self.notify(&mut tx, CANCEL_CHANNEL).await?;
+        }
+        tx.commit().await?;
+        Ok(if requested {
+            Cancelled::Requested
+        } else {
+            Cancelled::AlreadyFinished
+        })
+    }
+
+    /// Why a running run is to be cancelled, if someone asked ("cancelled by NAME from WHERE").
+    pub async fn cancel_request(&self, run_id: &str) -> Result<Option<String>> {
+        let note: Option<Option<String>> =
+            sqlx::query_scalar("SELECT cancel_requested FROM dag_runs WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(note.flatten())
+    }
+
+    /// Ends a queued attempt with `report` on behalf of whoever holds it, moving its claim
+    /// token on: its worker's own report is refused, and the worker stops the attempt.
+    pub async fn end_attempt(&self, key: &AttemptKey, report: &str) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let ended = sqlx::query(
+            "UPDATE task_attempts SET report = $1, claim_token = claim_token + 1
+             WHERE run_id = $2 AND task_id = $3 AND attempt = $4
+                 AND state = 'running' AND report IS NULL AND queue IS NOT NULL",
+        )
+        .bind(report)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(i64::from(key.attempt))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if ended {
+            self.notify(&mut tx, super::REPORTED_CHANNEL).await?;
+            self.notify(&mut tx, CANCEL_CHANNEL).await?;
+        }
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    /// Whether a worker's claim of an attempt is still current: not ended by someone else.
+    pub async fn claim_is_current(&self, key: &AttemptKey, token: i64) -> Result<bool> {
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT claim_token FROM task_attempts
+             WHERE run_id = $1 AND task_id = $2 AND attempt = $3 AND state = 'running' AND report IS NULL",
+        )
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(i64::from(key.attempt))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(current == Some(token))
+    }
+
+    /// Queues a finished run again with only `task_ids` to run anew, each with a fresh retry
+    /// budget; the other tasks keep their states. Returns `false` when the run is not
+    /// finished (nothing changed).
+    pub async fn clear_tasks(&self, run_id: &str, task_ids: &[String]) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let requeued = sqlx::query(
+            "UPDATE dag_runs SET state = 'queued', owner = NULL, started_at = NULL, ended_at = NULL,
+                 note = NULL, cancel_requested = NULL
+             WHERE run_id = $1 AND state IN ('success', 'failed', 'skipped')",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !requeued {
+            return Ok(false);
+        }
+        for task_id in task_ids {
+            sqlx::query(
+                "UPDATE task_instances SET state = 'scheduled', next_retry_at = NULL,
+                     attempt_base = try_number
+                 WHERE run_id = $1 AND task_id = $2",
+            )
+            .bind(run_id)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Sets a task of a finished run to `state` (success or failed) and the run's state to
+    /// what its tasks now say. Returns the run's new state, or `None` when the run is not
+    /// finished or has no such task.
+    pub async fn mark_task(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        state: TaskState,
+    ) -> Result<Option<RunState>> {
+        let mut tx = self.begin_write().await?;
+        let run_state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM dag_runs WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let finished = run_state
+            .as_deref()
+            .and_then(RunState::parse)
+            .is_some_and(RunState::is_finished);
+        if !finished {
+            return Ok(None);
+        }
+        let marked = sqlx::query(
+            "UPDATE task_instances SET state = $1, next_retry_at = NULL WHERE run_id = $2 AND task_id = $3",
+        )
+        .bind(state.as_str())
+        .bind(run_id)
+        .bind(task_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !marked {
+            return Ok(None);
+        }
+        let states: Vec<String> =
+            sqlx::query_scalar("SELECT state FROM task_instances WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let failed = states.iter().any(|s| {
+            matches!(
+                TaskState::parse(s),
+                Some(TaskState::Failed | TaskState::UpstreamFailed)
+            )
+        });
+        let new_state = if failed {
+            RunState::Failed
+        } else {
+            RunState::Success
+        };
+        sqlx::query("UPDATE dag_runs SET state = $1 WHERE run_id = $2")
+            .bind(new_state.as_str())
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(new_state))
+    }
+}

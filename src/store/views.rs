@@ -1,0 +1,345 @@
+//! Reads shaped for pages and scrapes: each answers a whole screen in one or two indexed
+//! queries, whatever the number of DAGs, never one query per DAG.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+
+use super::timestamp::serde_format;
+use super::{
+    AttemptRecord, Backend, Listed, Result, RunRecord, RunState, RunType, Store, StoreError,
+    TaskState, listed_runs, parse_time, timestamp,
+};
+
+/// A run as a square in a list: enough to colour it and link to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub state: RunState,
+    pub run_type: RunType,
+    #[serde(serialize_with = "serde_format::required")]
+    pub logical_date: DateTime<Utc>,
+}
+
+/// Which runs a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub dag_id: Option<String>,
+    pub state: Option<RunState>,
+    pub run_type: Option<RunType>,
+    /// Logical dates from (inclusive) ...
+    pub since: Option<DateTime<Utc>>,
+    /// ... to (exclusive).
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Where a page of runs ends: the next page starts after this run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCursor {
+    pub queued_at: String,
+    pub run_id: String,
+}
+
+/// A task of one run, for a grid cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskCell {
+    #[serde(skip)]
+    pub run_id: String,
+    #[serde(skip)]
+    pub task_id: String,
+    pub state: TaskState,
+    pub try_number: u32,
+}
+
+/// A run with its tasks and every attempt: `orch runs show --json` and the API's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: RunRecord,
+    pub tasks: Vec<TaskDetail>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskDetail {
+    pub task_id: String,
+    pub state: TaskState,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// A backfill started through the API, and how far it got.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillRecord {
+    pub backfill_id: String,
+    pub dag_id: String,
+    pub start_date: String,
+    pub end_date: String,
+    #[serde(serialize_with = "serde_format::required")]
+    pub first_logical_date: DateTime<Utc>,
+    #[serde(serialize_with = "serde_format::required")]
+    pub last_logical_date: DateTime<Utc>,
+    pub runs: i64,
+    #[serde(serialize_with = "serde_format::required")]
+    pub created_at: DateTime<Utc>,
+    pub actor: String,
+}
+
+impl Store {
+    /// The newest `per_dag` runs of each of `dag_ids`, newest first.
+    pub async fn recent_runs(
+        &self,
+        dag_ids: &[&str],
+        per_dag: u32,
+    ) -> Result<HashMap<String, Vec<RunSummary>>> {
+        let ids = serde_json::to_string(dag_ids).unwrap_or_else(|_| "[]".to_string());
+        // One index range per DAG, read inside one statement.
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT r.dag_id, r.run_id, r.state, r.run_type, r.logical_date FROM json_each($1) d
+                 JOIN dag_runs r ON r.run_id IN (
+                     SELECT x.run_id FROM dag_runs x WHERE x.dag_id = d.value
+                     ORDER BY x.queued_at DESC, x.run_id DESC LIMIT $2)
+                 ORDER BY r.dag_id, r.queued_at DESC, r.run_id DESC"
+            }
+            Backend::Postgres => {
+                "SELECT r.dag_id, r.run_id, r.state, r.run_type, r.logical_date
+                 FROM json_array_elements_text(CAST($1 AS json)) AS d(value)
+                 CROSS JOIN LATERAL (
+                     SELECT x.dag_id, x.run_id, x.state, x.run_type, x.logical_date, x.queued_at
+                     FROM dag_runs x WHERE x.dag_id = d.value
+                     ORDER BY x.queued_at DESC, x.run_id DESC LIMIT $2) r
+                 ORDER BY r.dag_id, r.queued_at DESC, r.run_id DESC"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(ids)
+            .bind(i64::from(per_dag))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut by_dag: HashMap<String, Vec<RunSummary>> = HashMap::new();
+        for row in &rows {
+            // A row that does not read is left out of a list of squares; `runs list` names it.
+            let Ok(summary) = run_summary(row) else {
+                continue;
+            };
+            let dag_id: String = row.try_get("dag_id")?;
+            by_dag.entry(dag_id).or_default().push(summary);
+        }
+        Ok(by_dag)
+    }
+
+    /// A page of runs matching `filter`, newest first, after `cursor`.
+    pub async fn runs_page(
+        &self,
+        filter: &RunFilter,
+        cursor: Option<&RunCursor>,
+        limit: u32,
+    ) -> Result<Listed<RunRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM dag_runs
+             WHERE (CAST($1 AS TEXT) IS NULL OR dag_id = $1)
+               AND (CAST($2 AS TEXT) IS NULL OR state = $2)
+               AND (CAST($3 AS TEXT) IS NULL OR run_type = $3)
+               AND (CAST($4 AS TEXT) IS NULL OR logical_date >= $4)
+               AND (CAST($5 AS TEXT) IS NULL OR logical_date < $5)
+               AND (CAST($6 AS TEXT) IS NULL OR queued_at < $6 OR (queued_at = $6 AND run_id < $7))
+             ORDER BY queued_at DESC, run_id DESC LIMIT $8",
+        )
+        .bind(filter.dag_id.as_deref())
+        .bind(filter.state.map(RunState::as_str))
+        .bind(filter.run_type.map(RunType::as_str))
+        .bind(filter.since.map(timestamp::format))
+        .bind(filter.until.map(timestamp::format))
+        .bind(cursor.map(|c| c.queued_at.as_str()))
+        .bind(cursor.map(|c| c.run_id.as_str()).unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(listed_runs(&rows))
+    }
+
+    /// The task instances of `run_ids`, for a grid.
+    pub async fn task_cells(&self, run_ids: &[String]) -> Result<Vec<TaskCell>> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=run_ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT run_id, task_id, state, try_number FROM task_instances WHERE run_id IN ({})",
+            placeholders.join(", ")
+        );
+        // Audited: `sql` varies only in its count of `$N` placeholders.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for run_id in run_ids {
+            query = query.bind(run_id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(TaskCell {
+                    run_id: row.try_get("run_id")?,
+                    task_id: row.try_get("task_id")?,
+                    state: TaskState::parse(&state).ok_or(StoreError::Corrupt {
+                        what: "task_instances.state",
+                        value: state,
+                    })?,
+                    try_number: super::count(row, "task_instances.try_number", "try_number")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A run with its tasks and their attempts; `None` when there is no such run.
+    pub async fn run_detail(&self, run_id: &str) -> Result<Option<RunDetail>> {
+        let Some(run) = self.run(run_id).await? else {
+            return Ok(None);
+        };
+        let attempts = self.attempts(run_id).await?;
+        let tasks = self
+            .task_instances(run_id)
+            .await?
+            .into_iter()
+            .map(|ti| TaskDetail {
+                attempts: attempts
+                    .iter()
+                    .filter(|a| a.task_id == ti.task_id)
+                    .cloned()
+                    .collect(),
+                task_id: ti.task_id,
+                state: ti.state,
+            })
+            .collect();
+        Ok(Some(RunDetail { run, tasks }))
+    }
+
+    /// How many runs are queued and running, by DAG: (dag, state, count).
+    pub async fn active_run_counts(&self) -> Result<Vec<(String, RunState, i64)>> {
+        let rows = sqlx::query(
+            "SELECT dag_id, state, COUNT(*) AS n FROM dag_runs
+             WHERE state IN ('queued', 'running') GROUP BY dag_id, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .filter_map(|row| {
+                let state: String = row.try_get("state").ok()?;
+                Some(Ok((
+                    row.try_get("dag_id").ok()?,
+                    RunState::parse(&state)?,
+                    row.try_get("n").ok()?,
+                )))
+            })
+            .collect()
+    }
+
+    /// Attempts waiting in each queue for a worker to claim them.
+    pub async fn queue_depths(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT queue, COUNT(*) AS n FROM task_attempts
+             WHERE state = 'running' AND queue IS NOT NULL AND worker IS NULL AND report IS NULL
+             GROUP BY queue",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("queue")?, row.try_get("n")?)))
+            .collect()
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn insert_backfill(&self, backfill: &BackfillRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO backfills (backfill_id, dag_id, start_date, end_date, first_logical_date,
+                 last_logical_date, runs, created_at, actor)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&backfill.backfill_id)
+        .bind(&backfill.dag_id)
+        .bind(&backfill.start_date)
+        .bind(&backfill.end_date)
+        .bind(timestamp::format(backfill.first_logical_date))
+        .bind(timestamp::format(backfill.last_logical_date))
+        .bind(backfill.runs)
+        .bind(timestamp::format(backfill.created_at))
+        .bind(&backfill.actor)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Backfills, newest first; one when `id` is given.
+    pub async fn backfills(&self, id: Option<&str>) -> Result<Vec<BackfillRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM backfills WHERE (CAST($1 AS TEXT) IS NULL OR backfill_id = $1)
+             ORDER BY created_at DESC LIMIT 100",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let time = |col: &'static str| -> Result<DateTime<Utc>> {
+                    parse_time(col, &row.try_get::<String, _>(col)?)
+                };
+                Ok(BackfillRecord {
+                    backfill_id: row.try_get("backfill_id")?,
+                    dag_id: row.try_get("dag_id")?,
+                    start_date: row.try_get("start_date")?,
+                    end_date: row.try_get("end_date")?,
+                    first_logical_date: time("first_logical_date")?,
+                    last_logical_date: time("last_logical_date")?,
+                    runs: row.try_get("runs")?,
+                    created_at: time("created_at")?,
+                    actor: row.try_get("actor")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The backfill runs of `dag_id` with logical dates in `first..=last`, counted by state.
+    pub async fn backfill_progress(
+        &self,
+        dag_id: &str,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+    ) -> Result<HashMap<String, i64>> {
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM dag_runs
+             WHERE dag_id = $1 AND run_type = 'backfill' AND logical_date >= $2 AND logical_date <= $3
+             GROUP BY state",
+        )
+        .bind(dag_id)
+        .bind(timestamp::format(first))
+        .bind(timestamp::format(last))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("state")?, row.try_get("n")?)))
+            .collect()
+    }
+}
+
+fn run_summary(row: &sqlx::any::AnyRow) -> Result<RunSummary> {
+    let state: String = row.try_get("state")?;
+    let run_type: String = row.try_get("run_type")?;
+    let logical: String = row.try_get("logical_date")?;
+    Ok(RunSummary {
+        run_id: row.try_get("run_id")?,
+        state: RunState::parse(&state).ok_or(StoreError::Corrupt {
+            what: "dag_runs.state",
+            value: state.clone(),
+        })?,
+        run_type: RunType::parse(&run_type).ok_or(StoreError::Corrupt {
+            what: "dag_runs.run_type",
+            value: run_type.clone(),
+        })?,
+        logical_date: parse_time("dag_runs.logical_date", &logical)?,
+    })
+}

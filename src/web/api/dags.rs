@@ -1,0 +1,382 @@
+//! DAGs: the list, one DAG, its grid of recent runs, pause, and trigger.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::super::WebState;
+use super::super::auth::Caller;
+use super::super::error::{ApiError, ApiResult};
+use crate::dag::{Dag, LoadError};
+use crate::scheduler::{plan, wake};
+use crate::store::{RunSummary, TaskCell, timestamp};
+
+/// How many recent runs the DAG list shows per DAG.
+const RECENT_RUNS: u32 = 10;
+/// The most runs a grid shows.
+const MAX_GRID_RUNS: u32 = 100;
+
+#[derive(Serialize)]
+struct DagSummary<'a> {
+    dag_id: &'a str,
+    description: Option<&'a str>,
+    schedule: Option<String>,
+    timezone: String,
+    paused: bool,
+    next_run: Option<String>,
+    file: String,
+    task_count: usize,
+    params: Vec<Param<'a>>,
+    recent_runs: Vec<RunSummary>,
+}
+
+/// A param of a DAG, with the type its default implies (typed params come with the DAG
+/// file's `params:` declarations).
+#[derive(Serialize)]
+struct Param<'a> {
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    default: &'a Value,
+    description: Option<&'a str>,
+}
+
+fn param_type(value: &Value) -> &'static str {
+    match value {
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::Array(_) => "list",
+        Value::Object(_) => "object",
+        Value::String(_) | Value::Null => "string",
+    }
+}
+
+fn params(dag: &Dag) -> Vec<Param<'_>> {
+    dag.params
+        .iter()
+        .map(|(name, default)| Param {
+            name,
+            kind: param_type(default),
+            default,
+            description: None,
+        })
+        .collect()
+}
+
+fn import_errors(errors: &[LoadError]) -> Vec<Value> {
+    errors
+        .iter()
+        .flat_map(|e| {
+            e.problems.iter().map(|p| {
+                json!({
+                    "file": e.path.display().to_string(),
+                    "line": p.line,
+                    "column": p.column,
+                    "message": p.message,
+                })
+            })
+        })
+        .collect()
+}
+
+fn find(state: &WebState, dag_id: &str) -> ApiResult<Arc<Dag>> {
+    state
+        .view
+        .borrow()
+        .dag(dag_id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format_args!("DAG `{dag_id}`")))
+}
+
+pub async fn list(State(state): State<WebState>) -> ApiResult<Json<Value>> {
+    let view = state.view.borrow().clone();
+    let ids: Vec<&str> = view.dags.iter().map(|d| d.id.as_str()).collect();
+    let files: Vec<(&str, bool)> = view
+        .dags
+        .iter()
+        .map(|d| (d.id.as_str(), d.paused))
+        .collect();
+    let paused = state.store.paused_dags(files).await?;
+    let mut recent = state.store.recent_runs(&ids, RECENT_RUNS).await?;
+    let dags: Vec<DagSummary> = view
+        .dags
+        .iter()
+        .map(|dag| DagSummary {
+            dag_id: &dag.id,
+            description: dag.description.as_deref(),
+            schedule: dag.schedule.as_ref().map(ToString::to_string),
+            timezone: dag.timezone.to_string(),
+            paused: paused.contains(&dag.id),
+            next_run: view.next_runs.get(&dag.id).map(|t| timestamp::format(*t)),
+            file: dag.path.display().to_string(),
+            task_count: dag.tasks.len(),
+            params: params(dag),
+            recent_runs: recent.remove(&dag.id).unwrap_or_default(),
+        })
+        .collect();
+    Ok(Json(json!({
+        "dags": dags,
+        "import_errors": import_errors(&view.errors),
+    })))
+}
+
+pub async fn one(
+    State(state): State<WebState>,
+    Path(dag_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let dag = find(&state, &dag_id)?;
+    let paused = state.store.is_paused(&dag.id, dag.paused).await?;
+    let next_run = state
+        .view
+        .borrow()
+        .next_runs
+        .get(&dag.id)
+        .map(|t| timestamp::format(*t));
+    let tasks: Vec<Value> = dag
+        .tasks
+        .iter()
+        .map(|t| {
+            json!({
+                "task_id": t.id,
+                "kind": t.kind,
+                "depends_on": t.depends_on,
+                "trigger_rule": t.trigger_rule.as_str(),
+                "retries": t.retry.retries,
+                "timeout_s": t.timeout.map(|d| d.as_secs_f64()),
+                "queue": t.queue,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "dag_id": dag.id,
+        "description": dag.description,
+        "schedule": dag.schedule.as_ref().map(ToString::to_string),
+        "timezone": dag.timezone.to_string(),
+        "paused": paused,
+        "next_run": next_run,
+        "file": dag.path.display().to_string(),
+        "source": dag.source,
+        "params": params(&dag),
+        "tasks": tasks,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct GridQuery {
+    runs: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct GridRun {
+    run_id: String,
+    state: crate::store::RunState,
+    run_type: crate::store::RunType,
+    logical_date: String,
+    started_at: Option<String>,
+    ended_at: Option<String>,
+    duration_ms: Option<i64>,
+    tasks: HashMap<String, TaskCell>,
+}
+
+/// Recent runs × tasks, the oldest run first, as Airflow's grid draws them.
+pub async fn grid(
+    State(state): State<WebState>,
+    Path(dag_id): Path<String>,
+    Query(q): Query<GridQuery>,
+) -> ApiResult<Json<Value>> {
+    let dag = state.view.borrow().dag(&dag_id).cloned();
+    let limit = q.runs.unwrap_or(25).clamp(1, MAX_GRID_RUNS);
+    let filter = crate::store::RunFilter {
+        dag_id: Some(dag_id.clone()),
+        ..Default::default()
+    };
+    let mut runs = state.store.runs_page(&filter, None, limit).await?.rows;
+    if dag.is_none() && runs.is_empty() {
+        return Err(ApiError::not_found(format_args!("DAG `{dag_id}`")));
+    }
+    runs.reverse();
+    let run_ids: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
+    let mut cells: HashMap<String, HashMap<String, TaskCell>> = HashMap::new();
+    let mut seen_tasks = Vec::new();
+    let mut seen = HashSet::new();
+    for cell in state.store.task_cells(&run_ids).await? {
+        if seen.insert(cell.task_id.clone()) {
+            seen_tasks.push(cell.task_id.clone());
+        }
+        cells
+            .entry(cell.run_id.clone())
+            .or_default()
+            .insert(cell.task_id.clone(), cell);
+    }
+    // The DAG's tasks in its order, then tasks only older runs had.
+    let mut tasks: Vec<String> = dag
+        .as_ref()
+        .map(|d| d.tasks.iter().map(|t| t.id.clone()).collect())
+        .unwrap_or_default();
+    let known: HashSet<String> = tasks.iter().cloned().collect();
+    tasks.extend(seen_tasks.into_iter().filter(|t| !known.contains(t)));
+    let grid_runs: Vec<GridRun> = runs
+        .into_iter()
+        .map(|r| GridRun {
+            duration_ms: r
+                .started_at
+                .zip(r.ended_at)
+                .map(|(s, e)| (e - s).num_milliseconds()),
+            tasks: cells.remove(&r.run_id).unwrap_or_default(),
+            run_id: r.run_id,
+            state: r.state,
+            run_type: r.run_type,
+            logical_date: timestamp::format(r.logical_date),
+            started_at: r.started_at.map(timestamp::format),
+            ended_at: r.ended_at.map(timestamp::format),
+        })
+        .collect();
+    Ok(Json(json!({ "tasks": tasks, "runs": grid_runs })))
+}
+
+pub async fn pause(
+    state: State<WebState>,
+    caller: Extension<Caller>,
+    dag_id: Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_paused(state, caller, dag_id, true).await
+}
+
+pub async fn unpause(
+    state: State<WebState>,
+    caller: Extension<Caller>,
+    dag_id: Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_paused(state, caller, dag_id, false).await
+}
+
+async fn set_paused(
+    State(state): State<WebState>,
+    Extension(Caller(actor)): Extension<Caller>,
+    Path(dag_id): Path<String>,
+    paused: bool,
+) -> ApiResult<Json<Value>> {
+    let dag = find(&state, &dag_id)?;
+    state.store.set_paused(&dag.id, paused, dag.paused).await?;
+    let action = if paused { "pause" } else { "unpause" };
+    state
+        .store
+        .record_action(&actor, &dag.id, None, None, action, None)
+        .await?;
+    tracing::info!(dag_id = %dag.id, actor = %actor.name, source = %actor.source, "{action}d by hand");
+    wake(&state.config.state_dir());
+    Ok(Json(json!({ "dag_id": dag.id, "paused": paused })))
+}
+
+#[derive(Deserialize)]
+pub struct TriggerBody {
+    #[serde(default)]
+    conf: Map<String, Value>,
+    logical_date: Option<String>,
+}
+
+/// Checks `conf` against the DAG's params: a value for a param must have its type.
+fn check_conf(dag: &Dag, conf: &Map<String, Value>) -> BTreeMap<String, String> {
+    let mut errors = BTreeMap::new();
+    for (name, value) in conf {
+        let Some(default) = dag.params.get(name) else {
+            continue;
+        };
+        let expected = param_type(default);
+        let given = param_type(value);
+        let fits = expected == given
+            || (expected == "number" && given == "integer")
+            || matches!(default, Value::Null);
+        if !fits {
+            errors.insert(
+                name.clone(),
+                format!("must be {expected}, like its default {default}; got {value}"),
+            );
+        }
+    }
+    errors
+}
+
+pub async fn trigger(
+    State(state): State<WebState>,
+    Extension(Caller(actor)): Extension<Caller>,
+    Path(dag_id): Path<String>,
+    body: Result<Json<TriggerBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let dag = find(&state, &dag_id)?;
+    let mut fields = check_conf(&dag, &body.conf);
+    let logical_date = match body.logical_date.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => match plan::parse_logical_date(&dag, text) {
+            Ok(date) => Some(date),
+            Err(e) => {
+                fields.insert("logical_date".to_string(), e);
+                None
+            }
+        },
+    };
+    if !fields.is_empty() {
+        return Err(ApiError::Invalid {
+            message: format!("the run of `{}` was not created", dag.id),
+            fields,
+        });
+    }
+    let run = plan::manual_run(&dag, logical_date, body.conf, Utc::now());
+    let task_ids: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
+    if let Err(e) = run.check_storable() {
+        return Err(ApiError::Invalid {
+            message: format!("the run of `{}` was not created", dag.id),
+            fields: BTreeMap::from([("logical_date".to_string(), e.to_string())]),
+        });
+    }
+    if !state.store.insert_run(&run, &task_ids).await? {
+        return Err(ApiError::Conflict(format!(
+            "run `{}` already exists",
+            run.run_id
+        )));
+    }
+    state
+        .store
+        .record_action(&actor, &dag.id, Some(&run.run_id), None, "trigger", None)
+        .await?;
+    tracing::info!(dag_id = %dag.id, run_id = %run.run_id, actor = %actor.name, source = %actor.source, "run triggered by hand");
+    wake(&state.config.state_dir());
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "run_id": run.run_id, "dag_id": dag.id })),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_values_must_have_their_params_type() {
+        let dag = crate::dag::load_str(
+            std::path::Path::new("t.yaml"),
+            "dag_id: t\nparams:\n  symbols: [BTCUSDT]\n  limit: 10\n  ratio: 0.5\n  dry_run: false\ntasks:\n  a:\n    kind: noop\n",
+            &crate::tasks::Registry::builtin(),
+        )
+        .expect("dag loads");
+        let conf: Map<String, Value> = serde_json::from_value(json!({
+            "symbols": "BTCUSDT", "limit": 5, "ratio": 2, "dry_run": "yes", "other": 1
+        }))
+        .expect("conf");
+        let errors = check_conf(&dag, &conf);
+        assert_eq!(
+            errors.keys().collect::<Vec<_>>(),
+            ["dry_run", "symbols"],
+            "{errors:?}"
+        );
+        assert!(errors["dry_run"].contains("must be boolean"));
+    }
+}

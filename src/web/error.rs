@@ -1,0 +1,66 @@
+//! How the API says no: a status and `{"error": "..."}`, with the fields at fault when a
+//! form was wrong.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request is understood but the thing it names is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
+    /// Some fields of a form are wrong, each with why.
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        fields: BTreeMap<String, String>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Something on the server side that the request cannot mend.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn not_found(what: impl std::fmt::Display) -> ApiError {
+        ApiError::NotFound(format!("no {what}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            // A database that is briefly away: the client may ask again.
+            ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if matches!(self, ApiError::Store(_) | ApiError::Internal(_)) {
+            tracing::error!(error = %self, "API request failed");
+        }
+        // Store errors name URLs with their passwords masked already.
+        let body = match &self {
+            ApiError::Invalid { message, fields } => {
+                json!({ "error": message, "field_errors": fields })
+            }
+            other => json!({ "error": other.to_string() }),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
