@@ -2,6 +2,7 @@
 
 mod bigquery;
 mod binance;
+mod browser;
 mod demo;
 mod etl;
 mod exact;

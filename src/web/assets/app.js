@@ -320,6 +320,11 @@
       return; // 401 already redirected; anything else: just no user shown
     }
     if (!sess || !sess.user) return;
+    if (sess.auth === 'none') {
+      // Loopback without a token: nobody signs in or out.
+      slot.replaceChildren(h('span', { id: 'user' }, sess.user));
+      return;
+    }
     const btn = h('button', { type: 'button', class: 'signout', 'data-action': 'signout' }, 'Sign out');
     btn.addEventListener('click', async () => {
       btn.disabled = true;
@@ -1166,22 +1171,22 @@
     });
   }
 
+  // One stream carries several symbols over one connection: its figures are the stream's.
   function streamBlock(st) {
-    const rows = (st.symbols || []).map((x) => h('tr', { 'data-symbol': x.symbol, 'data-state': x.state },
-      h('td', { class: 'mono' }, x.symbol),
-      h('td', null, badge(x.state)),
-      h('td', { class: 'num' }, fmtNum(x.trades_committed)),
-      h('td', { class: 'num' }, fmtNum(x.trades_per_second, 1)),
-      h('td', { class: 'num nowrap' }, `${fmtNum(x.lag_p50_ms)} / ${fmtNum(x.lag_p99_ms)} ms`),
-      h('td', { class: 'num' }, `${fmtNum(x.gaps_detected)} / ${fmtNum(x.gap_trades_filled)}`),
-      h('td', { class: 'num' }, fmtNum(x.reconnects)),
-      h('td', { class: 'time' }, fmtTime(x.last_trade_time))));
+    const lastTrade = typeof st.last_trade_time === 'number' ? new Date(st.last_trade_time).toISOString() : null;
+    const row = h('tr', { 'data-stream': st.stream_id, 'data-state': st.state },
+      h('td', { class: 'mono' }, (st.symbols || []).join(', ') || '—'),
+      h('td', null, badge(st.state)),
+      h('td', { class: 'num' }, fmtNum(st.trades_committed)),
+      h('td', { class: 'num' }, fmtNum(st.trades_per_second, 1)),
+      h('td', { class: 'num nowrap' }, `${fmtNum(st.lag_p50_ms)} / ${fmtNum(st.lag_p99_ms)} ms`),
+      h('td', { class: 'num' }, `${fmtNum(st.gaps_detected)} / ${fmtNum(st.gap_trades_filled)}`),
+      h('td', { class: 'num' }, fmtNum(st.reconnects)),
+      h('td', { class: 'time' }, fmtTime(lastTrade)));
     return h('section', { class: 'stream', 'data-stream': st.stream_id },
       h('h2', null, h('span', { class: 'mono' }, st.stream_id), badge(st.state),
-        h('span', { class: 'muted' }, `owner ${st.owner || '—'} · updated ${fmtTime(st.updated_at)}`)),
-      rows.length
-        ? table(['Symbol', 'State', 'Trades', 'Trades/s', 'Lag p50 / p99', 'Gaps detected / filled', 'Reconnects', 'Last trade'], rows, 'symbols')
-        : h('p', { class: 'empty' }, 'No symbols.'));
+        h('span', { class: 'muted' }, `updated ${fmtTime(st.updated_at)}`)),
+      table(['Symbols', 'State', 'Trades', 'Trades/s', 'Lag p50 / p99', 'Gaps detected / filled', 'Reconnects', 'Last trade'], [row], 'symbols'));
   }
 
   // ------------------------------------------------------------------ /data
