@@ -37,7 +37,9 @@ impl Browser {
                 std::env::var_os("CI").is_none(),
                 "{CHROMIUM} or {CHROMEDRIVER} missing under CI: .ci/run installs chromium and chromium-driver"
             );
-            eprintln!("skipped: install Debian's chromium and chromium-driver to run the browser tests");
+            eprintln!(
+                "skipped: install Debian's chromium and chromium-driver to run the browser tests"
+            );
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -192,10 +194,14 @@ impl Browser {
     }
 
     fn attribute(&self, element: &str, name: &str) -> String {
-        self.command("GET", &format!("/element/{element}/attribute/{name}"), Value::Null)
-            .as_str()
-            .unwrap_or("")
-            .to_string()
+        self.command(
+            "GET",
+            &format!("/element/{element}/attribute/{name}"),
+            Value::Null,
+        )
+        .as_str()
+        .unwrap_or("")
+        .to_string()
     }
 
     fn click(&self, element: &str) {
@@ -271,11 +277,19 @@ fn the_ui_triggers_a_run_watches_it_turn_green_and_shows_its_log_as_text() {
     let row = browser.wait_for("tr[data-dag=\"browser_chain\"]", "listing the DAG", |t| {
         t.contains("browser_chain")
     });
-    assert!(browser.text(&row).contains("Says <b>hello</b>, then counts"));
+    assert!(
+        browser
+            .text(&row)
+            .contains("Says <b>hello</b>, then counts")
+    );
     browser.screenshot("dag-list");
 
     // The trigger form, generated from the params: a bad date is refused next to its field.
-    let trigger = browser.wait_for("tr[data-dag=\"browser_chain\"] a[data-action=\"trigger\"]", "", |_| true);
+    let trigger = browser.wait_for(
+        "tr[data-dag=\"browser_chain\"] a[data-action=\"trigger\"]",
+        "",
+        |_| true,
+    );
     browser.click(&trigger);
     let greeting = browser.wait_for("form.trigger input[name=\"greeting\"]", "", |_| true);
     assert_eq!(browser.attribute(&greeting, "value"), "hello");
@@ -294,8 +308,16 @@ fn the_ui_triggers_a_run_watches_it_turn_green_and_shows_its_log_as_text() {
     browser.click(&submit);
 
     // Back on the DAG page: the new run turns green in the grid while the page stays loaded.
-    browser.wait_for("table.grid td.cell[data-task=\"count\"]", "in the grid", |_| true);
-    assert!(browser.url().ends_with("/dags/browser_chain"), "{}", browser.url());
+    browser.wait_for(
+        "table.grid td.cell[data-task=\"count\"]",
+        "in the grid",
+        |_| true,
+    );
+    assert!(
+        browser.url().ends_with("/dags/browser_chain"),
+        "{}",
+        browser.url()
+    );
     browser.script("window.orchStayedLoaded = 42;");
     let cell = browser.wait_for(
         "table.grid td.cell[data-task=\"count\"][data-state=\"success\"]",
@@ -313,7 +335,9 @@ fn the_ui_triggers_a_run_watches_it_turn_green_and_shows_its_log_as_text() {
     // The run page: a Gantt of the attempts.
     browser.open(&format!("{site}/runs/{}", crate::web::encode(&run_id)));
     browser.wait_for("svg.gantt-chart rect.bar", "drawn", |_| true);
-    browser.wait_for("table.attempts", "listing the attempts", |t| t.contains("7"));
+    browser.wait_for("table.attempts", "listing the attempts", |t| {
+        t.contains("7")
+    });
     browser.screenshot("run");
 
     // The log of `speak`: its `<script>` output is shown as characters and never runs.
@@ -327,7 +351,10 @@ fn the_ui_triggers_a_run_watches_it_turn_green_and_shows_its_log_as_text() {
     browser.wait_for("pre#log", "with the output", |t| {
         t.contains("<script>document.title=\"pwned\"</script> world")
     });
-    assert_eq!(browser.script("return document.querySelectorAll('#log script, #log *').length;"), json!(0));
+    assert_eq!(
+        browser.script("return document.querySelectorAll('#log script, #log *').length;"),
+        json!(0)
+    );
     assert_ne!(browser.script("return document.title;"), json!("pwned"));
     browser.screenshot("log");
 }

@@ -363,7 +363,7 @@ mod tests {
     fn conf_values_must_have_their_params_type() {
         let dag = crate::dag::load_str(
             std::path::Path::new("t.yaml"),
-            "dag_id: t\nparams:\n  symbols: [BTCUSDT]\n  limit: 10\n  ratio: 0.5\n  dry_run: false\ntasks:\n  a:\n    kind: noop\n",
+            "id: t\nparams:\n  symbols: [BTCUSDT]\n  limit: 10\n  ratio: 0.5\n  dry_run: false\ntasks:\n  - {id: a, kind: noop}\n",
             &crate::tasks::Registry::builtin(),
         )
         .expect("dag loads");

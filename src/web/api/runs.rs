@@ -344,7 +344,7 @@ mod tests {
     fn downstream_tasks_are_found_in_order() {
         let dag = crate::dag::load_str(
             std::path::Path::new("t.yaml"),
-            "dag_id: t\ntasks:\n  a:\n    kind: noop\n  b:\n    kind: noop\n    depends_on: [a]\n  c:\n    kind: noop\n  d:\n    kind: noop\n    depends_on: [b, c]\n",
+            "id: t\ntasks:\n  - {id: a, kind: noop}\n  - {id: b, kind: noop, depends_on: [a]}\n  - {id: c, kind: noop}\n  - {id: d, kind: noop, depends_on: [b, c]}\n",
             &crate::tasks::Registry::builtin(),
         )
         .expect("dag loads");

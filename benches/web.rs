@@ -1,0 +1,251 @@
+//! Web face benchmark: `cargo bench --bench web`.
+//!
+//! A home with 200 DAGs (one of 200 tasks) and 100,000 runs in its SQLite run history, served
+//! by `orch serve`. Measures, over HTTP on loopback:
+//! - the DAG list (`GET /api/v1/dags`) and the grid of 25 runs × 200 tasks;
+//! - a `/metrics` scrape;
+//! - API latency with 50 concurrent clients (`GET /api/v1/runs/{id}` and `GET /api/v1/runs`);
+//! - the server's resident memory, idle with the UI on.
+//!
+//! Prints a Markdown table for docs/benchmarks.md.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+const BIN: &str = env!("CARGO_BIN_EXE_orch");
+const DAGS: usize = 200;
+const WIDE_TASKS: usize = 200;
+const RUNS: usize = 100_000;
+/// Runs of the 200-task DAG, each with its 200 task instances.
+const WIDE_RUNS: usize = 100;
+const REPEATS: usize = 21;
+const CLIENTS: usize = 50;
+const REQUESTS_PER_CLIENT: usize = 100;
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path();
+    std::fs::create_dir_all(home.join("dags")).expect("dags");
+    let mut wide = String::from("id: dag_000\ntasks:\n  - {id: t000, kind: noop}\n");
+    for t in 1..WIDE_TASKS {
+        wide.push_str(&format!(
+            "  - {{id: t{t:03}, kind: noop, depends_on: [t{:03}]}}\n",
+            t - 1
+        ));
+    }
+    std::fs::write(home.join("dags/dag_000.yaml"), wide).expect("write");
+    for d in 1..DAGS {
+        std::fs::write(
+            home.join(format!("dags/dag_{d:03}.yaml")),
+            format!(
+                "id: dag_{d:03}\nschedule: \"0 4 * * *\"\nstart_date: 2026-11-01\ncatchup: false\npaused: true\ntasks:\n  - {{id: extract, kind: noop}}\n  - {{id: load, kind: noop, depends_on: [extract]}}\n"
+            ),
+        )
+        .expect("write");
+    }
+    // Migrate, then fill the history in a few statements.
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["--home"])
+        .arg(home)
+        .args(["runs", "list"])
+        .output()
+        .expect("orch");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fill_history(&home.join("orch.db"));
+    eprintln!("history of {RUNS} runs written in {:?}", started.elapsed());
+
+    let mut server = Command::new(BIN)
+        .arg("--home")
+        .arg(home)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("ORCH_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let addr = listening_address(&mut server);
+    // The first answers warm SQLite's page cache; a server is measured warm.
+    for _ in 0..3 {
+        get(&addr, "/api/v1/dags");
+        get(&addr, "/api/v1/dags/dag_000/grid?runs=25");
+    }
+    let idle_rss = rss_mb(server.id());
+
+    let list = timed(&addr, "/api/v1/dags");
+    let grid = timed(&addr, "/api/v1/dags/dag_000/grid?runs=25");
+    let grid_body = get(&addr, "/api/v1/dags/dag_000/grid?runs=25");
+    assert!(grid_body.contains("\"t199\""), "the grid has every task");
+    let metrics = timed(&addr, "/metrics");
+    let run_page = timed(&addr, "/api/v1/runs?dag_id=dag_007&limit=50");
+
+    // 50 clients at once, each asking for runs and run pages.
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                for i in 0..REQUESTS_PER_CLIENT {
+                    let n = (c * REQUESTS_PER_CLIENT + i) % RUNS;
+                    let path = if i % 2 == 0 {
+                        format!("/api/v1/runs/{}", run_id(n))
+                    } else {
+                        format!("/api/v1/runs?dag_id=dag_{:03}&limit=25", 1 + n % (DAGS - 1))
+                    };
+                    let t = Instant::now();
+                    get(&addr, &path);
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies: Vec<f64> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    let wall = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let after_rss = rss_mb(server.id());
+    let _ = server.kill();
+    let _ = server.wait();
+
+    println!("| measure (200 DAGs, 100,000 runs, SQLite) | median of {REPEATS} |");
+    println!("|---|---|");
+    println!("| `GET /api/v1/dags` (the DAG list) | {list:.1} ms |");
+    println!("| `GET /api/v1/dags/dag_000/grid?runs=25` (25 runs × 200 tasks) | {grid:.1} ms |");
+    println!("| `GET /metrics` | {metrics:.1} ms |");
+    println!("| `GET /api/v1/runs?dag_id=…&limit=50` | {run_page:.1} ms |");
+    println!(
+        "| API with {CLIENTS} concurrent clients, {} requests | p50 {:.1} ms, p99 {:.1} ms, {:.0} requests/s |",
+        latencies.len(),
+        pct(0.50),
+        pct(0.99),
+        latencies.len() as f64 / wall
+    );
+    println!("| `orch serve` resident memory, idle with the UI on | {idle_rss:.1} MB |");
+    println!("| ... after the load above | {after_rss:.1} MB |");
+}
+
+fn run_id(n: usize) -> String {
+    format!("dag_{:03}__scheduled__run{n:06}", 1 + n % (DAGS - 1))
+}
+
+/// 100,000 finished runs spread over the 199 small DAGs, two task instances each, and 100
+/// runs of the 200-task DAG with every instance: generated inside SQLite.
+fn fill_history(db: &std::path::Path) {
+    let sql = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last})
+         INSERT INTO dag_runs (run_id, dag_id, run_type, logical_date, data_interval_start,
+             data_interval_end, conf, state, queued_at, started_at, ended_at)
+         SELECT printf('dag_%03d__scheduled__run%06d', 1 + i % {small}, i), printf('dag_%03d', 1 + i % {small}),
+             'scheduled', printf('2016-01-01T00:00:00.%06dZ', i), printf('2016-01-01T00:00:00.%06dZ', i),
+             printf('2016-01-01T00:00:01.%06dZ', i), '{{}}', CASE WHEN i % 17 = 0 THEN 'failed' ELSE 'success' END,
+             printf('2016-01-01T00:00:00.%06dZ', i), printf('2016-01-01T00:00:00.%06dZ', i),
+             printf('2016-01-01T00:00:01.%06dZ', i)
+         FROM n;
+         INSERT INTO task_instances (run_id, task_id, position, state, try_number)
+             SELECT run_id, 'extract', 0, 'success', 1 FROM dag_runs;
+         INSERT INTO task_instances (run_id, task_id, position, state, try_number)
+             SELECT run_id, 'load', 1, state, 1 FROM dag_runs;
+         WITH RECURSIVE r(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM r WHERE i < {wide_last})
+         INSERT INTO dag_runs (run_id, dag_id, run_type, logical_date, data_interval_start,
+             data_interval_end, conf, state, queued_at, started_at, ended_at)
+         SELECT printf('dag_000__manual__%03d', i), 'dag_000', 'manual', printf('2017-01-01T00:%02d:00.000000Z', i % 60),
+             '2017-01-01T00:00:00.000000Z', '2017-01-01T00:00:00.000000Z', '{{}}', 'success',
+             printf('2017-01-01T00:00:00.%06dZ', i), printf('2017-01-01T00:%02d:00.000000Z', i % 60),
+             printf('2017-01-01T00:%02d:30.000000Z', i % 60)
+         FROM r;
+         WITH RECURSIVE t(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM t WHERE j < {task_last})
+         INSERT INTO task_instances (run_id, task_id, position, state, try_number)
+             SELECT d.run_id, printf('t%03d', t.j), t.j, 'success', 1
+             FROM dag_runs d, t WHERE d.dag_id = 'dag_000';",
+        last = RUNS - WIDE_RUNS - 1,
+        small = DAGS - 1,
+        wide_last = WIDE_RUNS - 1,
+        task_last = WIDE_TASKS - 1,
+    );
+    execute(db, &sql);
+}
+
+fn execute(db: &std::path::Path, sql: &str) {
+    use sqlx::Connection;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let url = format!("sqlite://{}", db.display());
+            let mut conn = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("connect");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(&mut conn)
+                .await
+                .expect("fill the history");
+        });
+}
+
+fn listening_address(server: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stderr = server.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("serve's log").expect("a line");
+        if let Some(rest) = line.split("http://").nth(1)
+            && line.contains("listening")
+        {
+            break rest.split('/').next().expect("address").to_string();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    addr
+}
+
+fn get(addr: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{path}: {}",
+        &answer[..answer.len().min(300)]
+    );
+    answer
+}
+
+/// Median milliseconds of `REPEATS` requests, one at a time.
+fn timed(addr: &str, path: &str) -> f64 {
+    let mut times: Vec<f64> = (0..REPEATS)
+        .map(|_| {
+            let t = Instant::now();
+            get(addr, path);
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb / 1024.0
+}
