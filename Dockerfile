@@ -35,5 +35,8 @@ ENV ORCH_HOME=/orch
 USER orch
 # orch.db, logs/ and .orch/ are created here; dags/ is copied into a new named volume.
 VOLUME /orch
+# The web UI and API; `orch serve` listens on loopback only unless ORCH_API_TOKEN is set and
+# ORCH_LISTEN (or --listen) says 0.0.0.0:8080.
+EXPOSE 8080
 ENTRYPOINT ["orch"]
 CMD ["serve"]

@@ -17,16 +17,18 @@ pub async fn serve(
     queues: Vec<String>,
     log_format: &'static str,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(addr) = config.listen {
+        web::check_exposure(addr, config.api_token.is_some())?;
+    }
     let (view, watched) = view::channel();
+    let store = Store::open(&config.database_url).await?;
     // Bound before scheduling starts, so that a refused address stops the server at once.
     let web = match config.listen {
         Some(addr) => {
-            web::check_exposure(addr, config.api_token.is_some())?;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} for the web UI and API (set --listen, ORCH_LISTEN or `listen:` to another address, or `off`)"))?;
-            let store = Store::open(&config.database_url).await?;
-            let state = WebState::new(Arc::new(config.clone()), store, watched);
+            let state = WebState::new(Arc::new(config.clone()), store.clone(), watched);
             let local = listener.local_addr().unwrap_or(addr);
             tracing::info!(url = %format!("http://{local}/"), token = config.api_token.is_some(), "web UI and API listening");
             Some(tokio::spawn(web::serve(listener, state)))
@@ -40,6 +42,7 @@ pub async fn serve(
             log_format,
             queues,
             view,
+            store,
         },
     )
     .await;

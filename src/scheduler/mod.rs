@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub queues: Vec<String>,
     /// Where the scheduler publishes what the web face shows.
     pub view: view::ViewSender,
+    /// The metadata database, opened (and migrated) by the caller, whose web face shares it.
+    pub store: Store,
 }
 
 type RunOutcome = (String, Result<Option<RunState>, StoreError>);
@@ -130,7 +132,7 @@ fn stream_process(config: &Config, log_format: &str) -> anyhow::Result<StreamPro
 pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let state_dir = config.state_dir();
     let _lock = ServeLock::acquire(&state_dir)?;
-    let store = Store::open(&config.database_url).await?;
+    let store = options.store.clone();
     let lease = Lease::acquire(&state_dir).context("cannot create the process lease")?;
     let wake = match wake::WakeListener::bind(&state_dir) {
         Ok(listener) => Some(listener),

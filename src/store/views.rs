@@ -219,13 +219,16 @@ impl Store {
 
     /// A run with its tasks and their attempts; `None` when there is no such run.
     pub async fn run_detail(&self, run_id: &str) -> Result<Option<RunDetail>> {
-        let Some(run) = self.run(run_id).await? else {
+        // Three reads at once on the pool's connections: a page waits for the slowest only.
+        let (run, attempts, instances) = tokio::try_join!(
+            self.run(run_id),
+            self.attempts(run_id),
+            self.task_instances(run_id)
+        )?;
+        let Some(run) = run else {
             return Ok(None);
         };
-        let attempts = self.attempts(run_id).await?;
-        let tasks = self
-            .task_instances(run_id)
-            .await?
+        let tasks = instances
             .into_iter()
             .map(|ti| TaskDetail {
                 attempts: attempts

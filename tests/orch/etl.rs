@@ -261,6 +261,39 @@ fn a_day_end_to_end(warehouse_url: &str) {
             .exists()
     );
     assert_eq!(warehouse_counts(warehouse_url), counts);
+
+    // The data page draws the day from fact_trades: every trade in its hours, exact prices.
+    assert!(
+        home.orch(&["dags", "pause", "daily_binance_etl"])
+            .status
+            .success()
+    );
+    let web = crate::web::serve_web(&home, "127.0.0.1", &env);
+    let page = crate::web::request(&web.addr, "GET", "/api/v1/data/trades", &[], "").json();
+    assert_eq!(page["available"], true, "{page}");
+    let symbols = page["symbols"].as_array().expect("symbols");
+    assert_eq!(symbols.len(), 3, "{page}");
+    let mut shown = 0;
+    for symbol in symbols {
+        assert_eq!(symbol["latest_day"], "2026-11-22");
+        assert_eq!(symbol["exchange"], "binance");
+        for point in symbol["points"].as_array().expect("points") {
+            shown += point["trades"].as_i64().expect("trades");
+            let (low, high) = (
+                point["low"].as_str().expect("low"),
+                point["high"].as_str().expect("high"),
+            );
+            assert!(low.parse::<f64>().expect("low") <= high.parse::<f64>().expect("high"));
+            assert!(
+                point["volume"].as_str().expect("volume").contains('.'),
+                "a decimal string: {point}"
+            );
+        }
+    }
+    assert_eq!(
+        shown, trades as i64,
+        "every trade of the day in the hourly points"
+    );
 }
 
 #[test]

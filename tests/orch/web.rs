@@ -741,6 +741,11 @@ fn cancelling_a_running_run_stops_its_attempt_at_once() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Followed live: output while it runs, then its end.
+    let follow = {
+        let (addr, path) = (api.addr.clone(), format!("{path}/follow"));
+        std::thread::spawn(move || request(&addr, "GET", &path, &[], "").body)
+    };
     let asked = Instant::now();
     let cancelled = api.post(
         &format!("/api/v1/runs/{}/cancel", encode(&run_id)),
@@ -800,4 +805,133 @@ fn cancelling_a_running_run_stops_its_attempt_at_once() {
         409
     );
     assert_eq!(run["actions"][1]["action"], "cancel");
+}
+
+#[test]
+fn streams_show_their_latest_report_in_the_api_and_the_metrics() {
+    let home = Home::new();
+    std::fs::write(
+        home.file("dags/trades.yaml"),
+        "id: live_trades\nstream:\n  source: { kind: binance.trades, symbols: [BTCUSDT, ARBUSDT] }\n  sink: { table: raw_trades }\n",
+    )
+    .expect("stream file");
+    // Its exchange is a closed port: the report checked is one written as a stream process
+    // writes it.
+    let closed = [
+        ("BINANCE_WS_URL", "ws://127.0.0.1:9"),
+        ("BINANCE_API_URL", "http://127.0.0.1:9"),
+    ];
+    let web = serve_web(&home, "127.0.0.1", &closed);
+    let report = json!({
+        "trades_committed": 1234, "trades_per_second": 12.5, "last_trade_time": 1_764_000_000_000_i64,
+        "lag_p50_ms": 40, "lag_p99_ms": 180, "gaps_detected": 2, "gap_trades_filled": 17,
+        "malformed_frames": 0, "reconnects": 3
+    });
+    home.sql(&format!(
+        "INSERT INTO stream_state (stream_id, owner, state, report, updated_at) VALUES ('saved_stream', 'x', 'connected', '{report}', '{}')
+         ON CONFLICT (stream_id) DO NOTHING",
+        orch::store::timestamp::format(chrono::Utc::now())
+    ));
+    let streams = request(&web.addr, "GET", "/api/v1/streams", &[], "").json();
+    let all = streams["streams"].as_array().expect("streams");
+    let saved = all
+        .iter()
+        .find(|s| s["stream_id"] == "saved_stream")
+        .expect("the saved report");
+    assert_eq!(saved["state"], "connected");
+    assert_eq!(saved["trades_committed"], 1234);
+    assert_eq!(saved["lag_p99_ms"], 180);
+    assert_eq!(saved["gap_trades_filled"], 17);
+    let defined = all
+        .iter()
+        .find(|s| s["stream_id"] == "live_trades")
+        .expect("the stream file");
+    assert_eq!(defined["symbols"], json!(["BTCUSDT", "ARBUSDT"]));
+    let metrics = request(&web.addr, "GET", "/metrics", &[], "").body;
+    for needle in [
+        r#"orch_stream_trades_committed_total{stream="saved_stream"} 1234"#,
+        r#"orch_stream_lag_p99_seconds{stream="saved_stream"} 0.18"#,
+        r#"orch_stream_reconnects_total{stream="saved_stream"} 3"#,
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
+    }
+}
+
+#[test]
+fn the_api_lists_pages_and_draws_grids_on_postgresql() {
+    let Some(home) = Home::postgres("web_api") else {
+        return;
+    };
+    // Unscheduled here, so that only the runs made below are listed.
+    home.write_dag("web_chain", &CHAIN.replace("schedule: \"@daily\"\n", ""));
+    home.write_dag("web_sleep", SLEEPER);
+    let web = serve_web(&home, "127.0.0.1", &[]);
+    let api = Local::new(&web.addr);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let made = api.post("/api/v1/dags/web_chain/runs", &json!({}));
+        assert_eq!(made.status, 201, "{made:?}");
+        ids.push(made.json()["run_id"].as_str().expect("id").to_string());
+    }
+    for id in &ids {
+        assert_eq!(api.wait_run(id, "ended", ended)["state"], "success");
+    }
+    let list = api.get("/api/v1/dags").json();
+    let chain = list["dags"]
+        .as_array()
+        .expect("dags")
+        .iter()
+        .find(|d| d["dag_id"] == "web_chain")
+        .expect("chain");
+    assert!(
+        chain["recent_runs"].as_array().expect("recent").len() >= 3,
+        "{chain}"
+    );
+    assert_eq!(
+        chain["recent_runs"][0]["run_id"],
+        ids[2].as_str(),
+        "newest first"
+    );
+    let grid = api.get("/api/v1/dags/web_chain/grid?runs=2").json();
+    assert_eq!(grid["runs"].as_array().expect("runs").len(), 2);
+    assert_eq!(
+        grid["runs"][1]["run_id"],
+        ids[2].as_str(),
+        "oldest first, the newest last"
+    );
+    assert_eq!(grid["runs"][1]["tasks"]["b"]["state"], "success");
+    let page1 = api
+        .get("/api/v1/runs?dag_id=web_chain&run_type=manual&limit=2")
+        .json();
+    let cursor = page1["next_cursor"].as_str().expect("more");
+    let page2 = api
+        .get(&format!(
+            "/api/v1/runs?dag_id=web_chain&run_type=manual&limit=2&cursor={cursor}"
+        ))
+        .json();
+    assert_eq!(page2["runs"][0]["run_id"], ids[0].as_str());
+    // A queued run cancelled at once, on PostgreSQL's notifications.
+    let sleeper = api.post("/api/v1/dags/web_sleep/runs", &json!({})).json()["run_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    api.wait_run(&sleeper, "running", |r| {
+        task(r, "nap")["state"] == "running"
+    });
+    assert_eq!(
+        api.post(
+            &format!("/api/v1/runs/{}/cancel", encode(&sleeper)),
+            &json!({})
+        )
+        .status,
+        200
+    );
+    let run = api.wait_run(&sleeper, "ended", ended);
+    assert!(
+        run["note"]
+            .as_str()
+            .expect("note")
+            .starts_with("cancelled by local"),
+        "{run:#}"
+    );
 }

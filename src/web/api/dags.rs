@@ -162,7 +162,8 @@ pub async fn one(
         "paused": paused,
         "next_run": next_run,
         "file": dag.path.display().to_string(),
-        "source": dag.source,
+        // A DAG file may spell out a URL with its password; the page shows it masked.
+        "source": crate::redact::secrets(&dag.source),
         "params": params(&dag),
         "tasks": tasks,
     })))

@@ -1,6 +1,7 @@
 //! Attempt logs: a byte range, and a live follow of a running attempt as server-sent events.
 //!
-//! Logs are read from the log folder of this server; an attempt that ran on another host is
+//! Text that looks secret (URL passwords, `password=`-style pairs, bearer tokens) is masked
+//! before it is sent. Logs are read from the log folder of this server; an attempt that ran on another host is
 //! shown from the end of its log saved in the database once it has ended.
 
 use std::io::{Read, Seek, SeekFrom};
@@ -118,7 +119,7 @@ pub async fn range(
         "offset": offset,
         "next_offset": offset + read,
         "size": size,
-        "text": text,
+        "text": crate::redact::secrets(&text),
         "finished": finished,
         "source": source,
     })))
@@ -174,6 +175,7 @@ pub async fn follow(
                 && read > 0
             {
                 f.offset += read;
+                let text = crate::redact::secrets(&text);
                 let data = json!({ "text": text, "next_offset": f.offset }).to_string();
                 return Some((Ok(Event::default().event("log").data(data)), f));
             }

@@ -127,12 +127,11 @@ pub async fn one(
     State(state): State<WebState>,
     Path(run_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let detail = state
-        .store
-        .run_detail(&run_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format_args!("run `{run_id}`")))?;
-    let actions = state.store.run_actions(&run_id).await?;
+    let (detail, actions) = tokio::try_join!(
+        state.store.run_detail(&run_id),
+        state.store.run_actions(&run_id)
+    )?;
+    let detail = detail.ok_or_else(|| ApiError::not_found(format_args!("run `{run_id}`")))?;
     let mut value = serde_json::to_value(&detail)
         .map_err(|e| ApiError::Internal(format!("cannot show the run: {e}")))?;
     if let Value::Object(map) = &mut value {
