@@ -796,6 +796,16 @@ fn cancelling_a_running_run_stops_its_attempt_at_once() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let followed = follow.join().expect("follow");
+    let (log_at, end_at) = (followed.find("event: log"), followed.find("event: end"));
+    assert!(
+        log_at.is_some_and(|l| end_at.is_some_and(|e| l < e)),
+        "{followed}"
+    );
+    assert!(
+        followed.contains("napping") && followed.contains(r#""state":"failed""#),
+        "{followed}"
+    );
     assert_eq!(
         api.post(
             &format!("/api/v1/runs/{}/cancel", encode(&run_id)),
