@@ -20,6 +20,7 @@ pub mod http;
 pub mod lake;
 pub mod lease;
 pub mod logs;
+pub mod manual;
 pub mod membership;
 pub mod metrics;
 pub mod process;

@@ -135,9 +135,12 @@ enum Command {
     /// List, check and inspect DAGs.
     #[command(subcommand)]
     Dags(DagsCommand),
-    /// Inspect the run history.
+    /// Inspect the run history; cancel or clear a run.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Clear or mark one task of a run.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
     /// Print the logs of a run's task attempts.
     Logs {
         run_id: String,
@@ -274,6 +277,29 @@ enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel a queued or running run: its attempts are stopped and it ends failed.
+    Cancel { run_id: String },
+    /// Run a finished run again, every task with a fresh retry budget.
+    Clear { run_id: String },
+}
+
+#[derive(Subcommand)]
+enum TasksCommand {
+    /// Run a task of a finished run again (with `--downstream`, the tasks after it too), with a
+    /// fresh retry budget; the run is queued again.
+    Clear {
+        run_id: String,
+        task_id: String,
+        #[arg(long)]
+        downstream: bool,
+    },
+    /// Set a task of a finished run to success or failed; the run's state follows.
+    Mark {
+        run_id: String,
+        task_id: String,
+        #[arg(value_parser = ["success", "failed"])]
+        state: String,
+    },
 }
 
 /// Parses arguments, runs the command and turns its outcome into an exit code.
@@ -362,6 +388,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&config, args).await,
         Command::Dags(cmd) => dags::dags(&config, cmd).await,
         Command::Runs(cmd) => runs::runs(&config, cmd).await,
+        Command::Tasks(cmd) => runs::tasks(&config, cmd).await,
         Command::Logs {
             run_id,
             task,

@@ -1,13 +1,77 @@
-//! `orch runs list | show`, for people (tables) and scripts (`--json`, a stable contract).
+//! `orch runs list | show`, for people (tables) and scripts (`--json`, a stable contract);
+//! `orch runs cancel | clear` and `orch tasks clear | mark`, recorded as done from the CLI.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
-use super::RunsCommand;
+use super::{RunsCommand, TasksCommand};
 use crate::config::Config;
-use crate::store::{RunDetail, RunRecord, Store, timestamp};
+use crate::manual::{self, CancelOutcome};
+use crate::store::{Actor, ManualAction, RunDetail, RunRecord, Store, TaskState, timestamp};
+
+/// Who acts from the command line: the user, on this host.
+fn cli_actor() -> Actor {
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "cli".to_string());
+    Actor {
+        name: user,
+        source: format!("cli on {}", crate::lease::host_name()),
+    }
+}
+
+/// The DAG a run belongs to, as the DAGs folder has it now.
+fn loaded_dag(config: &Config, dag_id: &str) -> Option<std::sync::Arc<crate::dag::Dag>> {
+    let registry = crate::tasks::Registry::builtin();
+    crate::dag::DagBag::load(&config.dags_dir, &registry)
+        .get(dag_id)
+        .cloned()
+}
+
+pub async fn tasks(config: &Config, command: TasksCommand) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&config.database_url).await?;
+    let actor = cli_actor();
+    match command {
+        TasksCommand::Clear {
+            run_id,
+            task_id,
+            downstream,
+        } => {
+            let run = store
+                .run(&run_id)
+                .await?
+                .with_context(|| format!("no run `{run_id}` in the run history"))?;
+            let dag = loaded_dag(config, &run.dag_id);
+            let cleared = manual::clear(
+                &store,
+                &config.state_dir(),
+                dag.as_deref(),
+                &run_id,
+                Some(&task_id),
+                downstream,
+                &actor,
+            )
+            .await?;
+            eprintln!(
+                "{run_id} queued again; cleared: {}",
+                cleared.unwrap_or_default().join(", ")
+            );
+        }
+        TasksCommand::Mark {
+            run_id,
+            task_id,
+            state,
+        } => {
+            let state = TaskState::parse(&state).context("state is success or failed")?;
+            let run_state = manual::mark(&store, &run_id, &task_id, state, &actor).await?;
+            eprintln!("{run_id}: task `{task_id}` marked {state}; the run is {run_state}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 pub async fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.database_url).await?;
@@ -32,8 +96,32 @@ pub async fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitC
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
-                print_run(&view);
+                let actions = store.run_actions(&run_id).await?;
+                print_run(&view, &actions);
             }
+        }
+        RunsCommand::Cancel { run_id } => {
+            let outcome =
+                manual::cancel(&store, &config.state_dir(), &run_id, &cli_actor()).await?;
+            match outcome {
+                CancelOutcome::Ended => eprintln!("{run_id} cancelled before it started"),
+                CancelOutcome::Stopping => {
+                    eprintln!("{run_id}: cancel requested; its attempts are being stopped")
+                }
+            }
+        }
+        RunsCommand::Clear { run_id } => {
+            manual::clear(
+                &store,
+                &config.state_dir(),
+                None,
+                &run_id,
+                None,
+                false,
+                &cli_actor(),
+            )
+            .await?;
+            eprintln!("{run_id} queued again");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -69,7 +157,7 @@ fn print_table(runs: &[RunRecord]) {
     }
 }
 
-fn print_run(view: &RunDetail) {
+fn print_run(view: &RunDetail, actions: &[ManualAction]) {
     let run = &view.run;
     println!("run:           {}", run.run_id);
     println!("dag:           {}", run.dag_id);
@@ -120,6 +208,27 @@ fn print_run(view: &RunDetail) {
                     .map_or("-".to_string(), crate::attempt::format_size),
                 a.cpu_ms.map_or("-".to_string(), |c| format!("{c}ms")),
                 a.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    if !actions.is_empty() {
+        println!();
+        println!("by hand:");
+        for a in actions {
+            println!(
+                "  {}  {}{}  by {} from {}{}",
+                timestamp::format(a.at),
+                a.action,
+                a.task_id
+                    .as_deref()
+                    .map(|t| format!(" {t}"))
+                    .unwrap_or_default(),
+                a.actor,
+                a.source,
+                a.detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
             );
         }
     }

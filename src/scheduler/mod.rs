@@ -293,7 +293,10 @@ impl Scheduler {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = terminate.recv() => return Ok(()),
-                _ = async { match wake { Some(w) => w.woken().await, None => std::future::pending().await } } => {}
+                _ = async { match wake { Some(w) => w.woken().await, None => std::future::pending().await } } => {
+                    // `orch runs cancel` wakes the server too: the runs look for their requests.
+                    crate::queue::CANCELLED.notify_waiters();
+                }
                 Some(done) = self.runs.join_next_with_id(), if !self.runs.is_empty() => self.on_run_end(done),
                 _ = tokio::time::sleep_until(wake_at) => {
                     self.loop_lag = tokio::time::Instant::now().saturating_duration_since(wake_at);

@@ -32,6 +32,17 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<crate::manual::ActionError> for ApiError {
+    fn from(e: crate::manual::ActionError) -> ApiError {
+        use crate::manual::ActionError;
+        match e {
+            ActionError::NotFound(m) => ApiError::NotFound(m),
+            ActionError::Conflict(m) => ApiError::Conflict(m),
+            ActionError::Store(e) => ApiError::Store(e),
+        }
+    }
+}
+
 impl ApiError {
     pub fn not_found(what: impl std::fmt::Display) -> ApiError {
         ApiError::NotFound(format!("no {what}"))

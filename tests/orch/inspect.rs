@@ -232,3 +232,109 @@ fn a_listing_into_a_closed_pipe_ends_quietly() {
         "ends by SIGPIPE or normally, not by a panic: {status:?}"
     );
 }
+
+#[test]
+fn runs_cancel_and_clear_and_tasks_clear_and_mark_from_the_cli() {
+    let home = Home::new();
+    home.write_dag(
+        "cli_chain",
+        "id: cli_chain\ntasks:\n  - {id: a, kind: shell, with: {command: 'echo a'}}\n  - {id: b, kind: shell, depends_on: [a], with: {command: 'echo b'}}\n  - {id: c, kind: shell, depends_on: [b], with: {command: 'echo c'}}\n",
+    );
+    home.write_dag(
+        "cli_sleep",
+        "id: cli_sleep\ntasks:\n  - {id: nap, kind: shell, with: {command: 'exec sleep 41'}}\n",
+    );
+    let _serve = home.serve();
+    let out = home.orch(&["trigger", "cli_chain", "--wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run_id = last_line(&out);
+    let attempts = |run: &serde_json::Value, task: &str| crate::support::attempts(run, task).len();
+
+    // One task and those after it, then the whole run, each queued again and run.
+    let out = home
+        .command(&["tasks", "clear", &run_id, "b", "--downstream"])
+        .env("USER", "ada")
+        .output()
+        .expect("orch");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cleared: b, c"),
+        "{}",
+        text(&out.stderr)
+    );
+    let run = home.wait_for_run(&run_id, Duration::from_secs(20));
+    assert_eq!(run["state"], "success");
+    assert_eq!(
+        (
+            attempts(&run, "a"),
+            attempts(&run, "b"),
+            attempts(&run, "c")
+        ),
+        (1, 2, 2)
+    );
+    assert!(home.orch(&["runs", "clear", &run_id]).status.success());
+    let run = home.wait_for_run(&run_id, Duration::from_secs(20));
+    assert_eq!(
+        (
+            attempts(&run, "a"),
+            attempts(&run, "b"),
+            attempts(&run, "c")
+        ),
+        (2, 3, 3)
+    );
+
+    // Mark: the run follows its tasks.
+    let out = home.orch(&["tasks", "mark", &run_id, "a", "failed"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(home.run_json(&run_id)["state"], "failed");
+    let out = home.orch(&["tasks", "mark", &run_id, "nope", "success"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no task `nope`"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Who did what, from where, in `runs show`.
+    let shown = text(&home.orch(&["runs", "show", &run_id]).stdout);
+    let host = orch::lease::host_name();
+    assert!(
+        shown.contains(&format!("clear b  by ada from cli on {host} (b, c)")),
+        "{shown}"
+    );
+    assert!(shown.contains("mark failed a  by "), "{shown}");
+
+    // Cancel a running run: its command is stopped, the run ends failed with who asked.
+    let out = home.orch(&["trigger", "cli_sleep"]);
+    let sleeper = last_line(&out);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while crate::support::task_state(&home.run_json(&sleeper), "nap") != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the nap never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = home
+        .command(&["runs", "cancel", &sleeper])
+        .env("USER", "ada")
+        .output()
+        .expect("orch");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = home.wait_for_run(&sleeper, Duration::from_secs(15));
+    assert_eq!(run["state"], "failed");
+    assert!(
+        run["note"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("cancelled by ada from cli on"),
+        "{run:#}"
+    );
+    let again = home.orch(&["runs", "cancel", &sleeper]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("has already ended"),
+        "{}",
+        text(&again.stderr)
+    );
+}

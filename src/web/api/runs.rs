@@ -1,8 +1,6 @@
 //! Runs: the filtered list, one run with its tasks, attempts and manual actions, and the
 //! actions on it (cancel, clear, mark).
 
-use std::collections::HashSet;
-
 use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use base64::Engine;
@@ -13,11 +11,8 @@ use serde_json::{Value, json};
 use super::super::WebState;
 use super::super::auth::Caller;
 use super::super::error::{ApiError, ApiResult};
-use crate::dag::Dag;
-use crate::scheduler::wake;
-use crate::store::{
-    Actor, Cancelled, RunCursor, RunFilter, RunRecord, RunState, RunType, TaskState, timestamp,
-};
+use crate::manual::{self, CancelOutcome};
+use crate::store::{RunCursor, RunFilter, RunRecord, RunState, RunType, TaskState, timestamp};
 
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 500;
@@ -140,59 +135,19 @@ pub async fn one(
     Ok(Json(value))
 }
 
-async fn existing_run(state: &WebState, run_id: &str) -> ApiResult<RunRecord> {
-    state
-        .store
-        .run(run_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format_args!("run `{run_id}`")))
-}
-
-async fn record(
-    state: &WebState,
-    actor: &Actor,
-    run: &RunRecord,
-    task_id: Option<&str>,
-    action: &str,
-    detail: Option<&str>,
-) -> ApiResult<()> {
-    state
-        .store
-        .record_action(
-            actor,
-            &run.dag_id,
-            Some(&run.run_id),
-            task_id,
-            action,
-            detail,
-        )
-        .await?;
-    tracing::info!(run_id = %run.run_id, task_id = task_id.unwrap_or(""), actor = %actor.name, source = %actor.source, detail = detail.unwrap_or(""), "{action} by hand");
-    Ok(())
-}
-
 pub async fn cancel(
     State(state): State<WebState>,
     Extension(Caller(actor)): Extension<Caller>,
     Path(run_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let run = existing_run(&state, &run_id).await?;
-    let outcome = state.store.request_cancel(&run_id, &actor).await?;
-    if outcome == Cancelled::AlreadyFinished {
-        return Err(ApiError::Conflict(format!(
-            "run `{run_id}` has already ended ({}); nothing to cancel",
-            run.state
-        )));
-    }
-    crate::queue::CANCELLED.notify_waiters();
-    record(&state, &actor, &run, None, "cancel", None).await?;
-    let state_now = existing_run(&state, &run_id).await?.state;
+    let outcome = manual::cancel(&state.store, &state.config.state_dir(), &run_id, &actor).await?;
+    let run_state = state.store.run(&run_id).await?.map(|r| r.state);
     Ok(Json(json!({
         "run_id": run_id,
-        "state": state_now,
+        "state": run_state,
         "cancel": match outcome {
-            Cancelled::Queued => "done: the run had not started",
-            _ => "requested: running attempts are being stopped",
+            CancelOutcome::Ended => "done: the run had not started",
+            CancelOutcome::Stopping => "requested: running attempts are being stopped",
         },
     })))
 }
@@ -205,24 +160,6 @@ pub struct ClearBody {
     downstream: Option<bool>,
 }
 
-/// `task` and, when asked, every task downstream of it, in the DAG's order.
-fn with_downstream(dag: &Dag, task: &str, downstream: bool) -> Vec<String> {
-    let mut cleared: HashSet<&str> = HashSet::from([task]);
-    if downstream {
-        // Tasks are in topological order: one pass reaches every descendant.
-        for t in &dag.tasks {
-            if t.depends_on.iter().any(|d| cleared.contains(d.as_str())) {
-                cleared.insert(&t.id);
-            }
-        }
-    }
-    dag.tasks
-        .iter()
-        .filter(|t| cleared.contains(t.id.as_str()))
-        .map(|t| t.id.clone())
-        .collect()
-}
-
 pub async fn clear(
     State(state): State<WebState>,
     Extension(Caller(actor)): Extension<Caller>,
@@ -230,50 +167,22 @@ pub async fn clear(
     body: Option<Json<ClearBody>>,
 ) -> ApiResult<Json<Value>> {
     let body = body.map(|Json(b)| b).unwrap_or_default();
-    let run = existing_run(&state, &run_id).await?;
-    if !run.state.is_finished() {
-        return Err(ApiError::Conflict(format!(
-            "run `{run_id}` is {}; clear it once it has ended, or cancel it first",
-            run.state
-        )));
-    }
-    let (cleared, detail) = match &body.task_id {
-        None => (state.store.requeue_run(&run_id).await?, None),
-        Some(task_id) => {
-            let dag = state.view.borrow().dag(&run.dag_id).cloned().ok_or_else(|| {
-                ApiError::Conflict(format!(
-                    "DAG `{}` is not loaded, so the tasks downstream of `{task_id}` are unknown",
-                    run.dag_id
-                ))
-            })?;
-            if !dag.tasks.iter().any(|t| &t.id == task_id) {
-                return Err(ApiError::not_found(format_args!(
-                    "task `{task_id}` in DAG `{}`",
-                    run.dag_id
-                )));
-            }
-            let tasks = with_downstream(&dag, task_id, body.downstream.unwrap_or(true));
-            let cleared = state.store.clear_tasks(&run_id, &tasks).await?;
-            (cleared, Some(tasks.join(", ")))
-        }
+    let dag = match state.store.run(&run_id).await? {
+        Some(run) => state.view.borrow().dag(&run.dag_id).cloned(),
+        None => None,
     };
-    if !cleared {
-        return Err(ApiError::Conflict(format!(
-            "run `{run_id}` changed meanwhile; look again"
-        )));
-    }
-    record(
-        &state,
-        &actor,
-        &run,
+    let cleared = manual::clear(
+        &state.store,
+        &state.config.state_dir(),
+        dag.as_deref(),
+        &run_id,
         body.task_id.as_deref(),
-        "clear",
-        detail.as_deref(),
+        body.downstream.unwrap_or(true),
+        &actor,
     )
     .await?;
-    wake(&state.config.state_dir());
     Ok(Json(
-        json!({ "run_id": run_id, "state": RunState::Queued, "cleared": detail }),
+        json!({ "run_id": run_id, "state": RunState::Queued, "cleared": cleared }),
     ))
 }
 
@@ -298,31 +207,7 @@ pub async fn mark(
             )));
         }
     };
-    let run = existing_run(&state, &run_id).await?;
-    if !run.state.is_finished() {
-        return Err(ApiError::Conflict(format!(
-            "run `{run_id}` is {}; mark its tasks once it has ended, or cancel it first",
-            run.state
-        )));
-    }
-    let run_state = state
-        .store
-        .mark_task(&run_id, &task_id, new_state)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "no task `{task_id}` in run `{run_id}`, or the run started again"
-            ))
-        })?;
-    record(
-        &state,
-        &actor,
-        &run,
-        Some(&task_id),
-        &format!("mark {}", new_state.as_str()),
-        None,
-    )
-    .await?;
+    let run_state = manual::mark(&state.store, &run_id, &task_id, new_state, &actor).await?;
     Ok(Json(json!({ "run_id": run_id, "state": run_state })))
 }
 
@@ -337,18 +222,5 @@ mod tests {
         let cursor = decode_cursor(&text).expect("decodes");
         assert_eq!(cursor.run_id, "d__manual__x");
         assert!(decode_cursor("not base64!").is_err());
-    }
-
-    #[test]
-    fn downstream_tasks_are_found_in_order() {
-        let dag = crate::dag::load_str(
-            std::path::Path::new("t.yaml"),
-            "id: t\ntasks:\n  - {id: a, kind: noop}\n  - {id: b, kind: noop, depends_on: [a]}\n  - {id: c, kind: noop}\n  - {id: d, kind: noop, depends_on: [b, c]}\n",
-            &crate::tasks::Registry::builtin(),
-        )
-        .expect("dag loads");
-        assert_eq!(with_downstream(&dag, "b", true), ["b", "d"]);
-        assert_eq!(with_downstream(&dag, "a", true), ["a", "b", "d"]);
-        assert_eq!(with_downstream(&dag, "a", false), ["a"]);
     }
 }

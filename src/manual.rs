@@ -1,0 +1,198 @@
+//! What people do to runs by hand, from the API or the CLI: cancel, clear, mark. Each checks
+//! that the run is in a state that allows it, acts through the [`Store`], and is recorded with
+//! who did it and from where, in the run history and in the log.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use crate::dag::Dag;
+use crate::store::{Actor, Cancelled, RunRecord, RunState, Store, StoreError, TaskState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("{0}")]
+    NotFound(String),
+    /// The run is not in a state that allows it; the message says what would.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T> = std::result::Result<T, ActionError>;
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It had not started: it ended at once.
+    Ended,
+    /// It runs: its attempts are being stopped, and it ends failed once they are.
+    Stopping,
+}
+
+async fn existing_run(store: &Store, run_id: &str) -> Result<RunRecord> {
+    store
+        .run(run_id)
+        .await?
+        .ok_or_else(|| ActionError::NotFound(format!("no run `{run_id}`")))
+}
+
+async fn record(
+    store: &Store,
+    actor: &Actor,
+    run: &RunRecord,
+    task_id: Option<&str>,
+    action: &str,
+    detail: Option<&str>,
+) -> Result<()> {
+    store
+        .record_action(
+            actor,
+            &run.dag_id,
+            Some(&run.run_id),
+            task_id,
+            action,
+            detail,
+        )
+        .await?;
+    tracing::info!(run_id = %run.run_id, task_id = task_id.unwrap_or(""), actor = %actor.name, source = %actor.source, detail = detail.unwrap_or(""), "{action} by hand");
+    Ok(())
+}
+
+/// Cancels a queued or running run. `state_dir` is the home's, whose `orch serve` is woken so
+/// that it looks for the request at once.
+pub async fn cancel(
+    store: &Store,
+    state_dir: &Path,
+    run_id: &str,
+    actor: &Actor,
+) -> Result<CancelOutcome> {
+    let run = existing_run(store, run_id).await?;
+    let outcome = match store.request_cancel(run_id, actor).await? {
+        Cancelled::AlreadyFinished => {
+            return Err(ActionError::Conflict(format!(
+                "run `{run_id}` has already ended ({}); nothing to cancel",
+                run.state
+            )));
+        }
+        Cancelled::Queued => CancelOutcome::Ended,
+        Cancelled::Requested => CancelOutcome::Stopping,
+    };
+    crate::queue::CANCELLED.notify_waiters();
+    crate::scheduler::wake(state_dir);
+    record(store, actor, &run, None, "cancel", None).await?;
+    Ok(outcome)
+}
+
+/// `task` and, when asked, every task downstream of it, in the DAG's order.
+pub fn with_downstream(dag: &Dag, task: &str, downstream: bool) -> Vec<String> {
+    let mut cleared: HashSet<&str> = HashSet::from([task]);
+    if downstream {
+        // Tasks are in topological order: one pass reaches every descendant.
+        for t in &dag.tasks {
+            if t.depends_on.iter().any(|d| cleared.contains(d.as_str())) {
+                cleared.insert(&t.id);
+            }
+        }
+    }
+    dag.tasks
+        .iter()
+        .filter(|t| cleared.contains(t.id.as_str()))
+        .map(|t| t.id.clone())
+        .collect()
+}
+
+/// Queues a finished run again: every task (`task` `None`), or `task` and, with `downstream`,
+/// the tasks downstream of it in `dag`, each with a fresh retry budget. Returns the tasks
+/// cleared (`None`: all).
+pub async fn clear(
+    store: &Store,
+    state_dir: &Path,
+    dag: Option<&Dag>,
+    run_id: &str,
+    task: Option<&str>,
+    downstream: bool,
+    actor: &Actor,
+) -> Result<Option<Vec<String>>> {
+    let run = existing_run(store, run_id).await?;
+    if !run.state.is_finished() {
+        return Err(ActionError::Conflict(format!(
+            "run `{run_id}` is {}; clear it once it has ended, or cancel it first",
+            run.state
+        )));
+    }
+    let (cleared, tasks) = match task {
+        None => (store.requeue_run(run_id).await?, None),
+        Some(task_id) => {
+            let dag = dag.ok_or_else(|| {
+                ActionError::Conflict(format!(
+                    "DAG `{}` is not loaded, so the tasks downstream of `{task_id}` are unknown",
+                    run.dag_id
+                ))
+            })?;
+            if !dag.tasks.iter().any(|t| t.id == task_id) {
+                return Err(ActionError::NotFound(format!(
+                    "no task `{task_id}` in DAG `{}`",
+                    run.dag_id
+                )));
+            }
+            let tasks = with_downstream(dag, task_id, downstream);
+            (store.clear_tasks(run_id, &tasks).await?, Some(tasks))
+        }
+    };
+    if !cleared {
+        return Err(ActionError::Conflict(format!(
+            "run `{run_id}` changed meanwhile; look again"
+        )));
+    }
+    let detail = tasks.as_ref().map(|t| t.join(", "));
+    record(store, actor, &run, task, "clear", detail.as_deref()).await?;
+    crate::scheduler::wake(state_dir);
+    Ok(tasks)
+}
+
+/// Marks a task of a finished run success or failed; returns the run's state after.
+pub async fn mark(
+    store: &Store,
+    run_id: &str,
+    task_id: &str,
+    state: TaskState,
+    actor: &Actor,
+) -> Result<RunState> {
+    let run = existing_run(store, run_id).await?;
+    if !run.state.is_finished() {
+        return Err(ActionError::Conflict(format!(
+            "run `{run_id}` is {}; mark its tasks once it has ended, or cancel it first",
+            run.state
+        )));
+    }
+    let run_state = store
+        .mark_task(run_id, task_id, state)
+        .await?
+        .ok_or_else(|| {
+            ActionError::NotFound(format!(
+                "no task `{task_id}` in run `{run_id}`, or the run started again"
+            ))
+        })?;
+    let action = format!("mark {}", state.as_str());
+    record(store, actor, &run, Some(task_id), &action, None).await?;
+    Ok(run_state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downstream_tasks_are_found_in_order() {
+        let dag = crate::dag::load_str(
+            Path::new("t.yaml"),
+            "id: t\ntasks:\n  - {id: a, kind: noop}\n  - {id: b, kind: noop, depends_on: [a]}\n  - {id: c, kind: noop}\n  - {id: d, kind: noop, depends_on: [b, c]}\n",
+            &crate::tasks::Registry::builtin(),
+        )
+        .expect("dag loads");
+        assert_eq!(with_downstream(&dag, "b", true), ["b", "d"]);
+        assert_eq!(with_downstream(&dag, "a", true), ["a", "b", "d"]);
+        assert_eq!(with_downstream(&dag, "a", false), ["a"]);
+    }
+}
