@@ -9,7 +9,7 @@ use chrono::Utc;
 
 use super::{RunArgs, find_dag, say};
 use crate::config::Config;
-use crate::dag::{Dag, DagBag};
+use crate::dag::{Dag, DagBag, params};
 use crate::scheduler::{plan, wake};
 use crate::store::{NewRun, RunState, Store};
 use crate::tasks::Registry;
@@ -23,6 +23,14 @@ pub(super) async fn create_manual_run(
     let bag = DagBag::load(&config.dags_dir, &registry);
     let dag = find_dag(&bag, &args.dag_id)?;
     let conf = plan::parse_conf(&args.conf).map_err(|e| anyhow!(e))?;
+    let problems = params::check_conf(&dag.param_specs, &conf);
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "no run of `{}` was created: {}",
+            dag.id,
+            params::describe(&problems)
+        );
+    }
     let logical_date = args
         .logical_date
         .as_deref()

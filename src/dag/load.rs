@@ -12,7 +12,7 @@ use super::error::{LoadError, Problem};
 use super::graph::topological_order;
 use super::schedule::Schedule;
 use super::spec::{DagSpec, LimitsSpec, TaskSpec};
-use super::{Dag, RetryPolicy, Task};
+use super::{Dag, RetryPolicy, Task, params};
 use crate::attempt::{Limits, parse_size};
 use crate::queue;
 use crate::tasks::{self, Registry};
@@ -157,6 +157,15 @@ impl Checker {
             DEFAULT_MAX_ACTIVE_TASKS,
         );
 
+        let mut param_specs = Vec::with_capacity(spec.params.len());
+        for (name, value) in &spec.params {
+            match params::Param::from_yaml(name, &value.value) {
+                Ok(param) => param_specs.push(param),
+                Err(e) => self.problem(value, format!("param `{name}`: {e}")),
+            }
+        }
+        let param_defaults = params::defaults(&param_specs);
+
         if spec.tasks.value.is_empty() {
             self.problem(&spec.tasks, "a DAG needs at least one task under `tasks:`");
         }
@@ -167,7 +176,7 @@ impl Checker {
                 self.problem(&task.id, format!("duplicate task id `{}`", task.id.value));
                 continue;
             }
-            if let Some(task) = self.task(task, &spec, registry, timezone) {
+            if let Some(task) = self.task(task, &spec, registry, timezone, &param_defaults) {
                 tasks.push(task);
             }
         }
@@ -199,7 +208,8 @@ impl Checker {
             max_active_runs,
             max_active_tasks,
             paused: spec.paused,
-            params: spec.params,
+            params: param_defaults,
+            param_specs,
             tasks,
         })
     }
@@ -239,8 +249,9 @@ impl Checker {
         dag: &DagSpec,
         registry: &Registry,
         timezone: Tz,
+        params: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<Task> {
-        let (defaults, params) = (&dag.defaults, &dag.params);
+        let defaults = &dag.defaults;
         let id = &spec.id.value;
         let before = self.problems.len();
         let queue = spec.queue.as_ref().or(dag.queue.as_ref());

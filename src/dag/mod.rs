@@ -8,6 +8,7 @@ mod bag;
 mod error;
 mod graph;
 mod load;
+pub mod params;
 mod schedule;
 mod spec;
 
@@ -43,7 +44,10 @@ pub struct Dag {
     pub max_active_tasks: u32,
     /// The default from the file; `orch dags pause` overrides it in the metadata database.
     pub paused: bool,
+    /// What templates see before a run's conf: each param's default (`null` where none).
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// The params as declared, with their types and rules, by name.
+    pub param_specs: Vec<params::Param>,
     /// Tasks in a topological order: every task comes after all of its upstreams.
     pub tasks: Vec<Task>,
 }

@@ -20,8 +20,9 @@ pub struct DagSpec {
     pub max_active_tasks: Option<Spanned<u32>>,
     #[serde(default)]
     pub paused: bool,
+    /// Each a default, or a declaration with a `type` ([`super::params`]).
     #[serde(default)]
-    pub params: serde_json::Map<String, serde_json::Value>,
+    pub params: std::collections::BTreeMap<String, Spanned<serde_json::Value>>,
     /// The queue of the DAG's tasks that name none.
     pub queue: Option<Spanned<String>>,
     #[serde(default)]

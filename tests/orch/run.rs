@@ -252,3 +252,64 @@ fn run_refuses_wait_which_only_trigger_has() {
         "no run was made"
     );
 }
+
+#[test]
+fn typed_params_are_checked_before_a_run_is_created_and_when_the_file_loads() {
+    let home = Home::new();
+    home.write_dag(
+        "typed",
+        r#"id: typed
+params:
+  limit: { type: integer, default: 10, min: 1, max: 100 }
+  day: { type: date, required: true }
+  mode: { type: enum, values: [full, incremental], default: incremental }
+  symbol: { type: string, pattern: "^[A-Z]+USDT$", default: BTCUSDT }
+tasks:
+  - id: show
+    kind: shell
+    with: { command: "echo {{ params.day }} {{ params.limit }} {{ params.mode }} {{ params.symbol }}" }
+"#,
+    );
+    let refused = home.orch(&["run", "typed", "--conf", "limit=0", "--conf", "symbol=btc"]);
+    assert!(!refused.status.success());
+    let err = text(&refused.stderr);
+    assert!(err.contains("no run of `typed` was created"), "{err}");
+    assert!(err.contains("param `day` is required"), "{err}");
+    assert!(
+        err.contains("param `limit` must be at least 1 (min), got 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("param `symbol` must match the pattern `^[A-Z]+USDT$`"),
+        "{err}"
+    );
+    let runs = home.orch(&["runs", "list", "--json"]);
+    assert_eq!(text(&runs.stdout).trim(), "[]", "no run was created");
+
+    let out = home.orch(&[
+        "run",
+        "typed",
+        "--conf",
+        "day=2026-11-20",
+        "--conf",
+        "mode=full",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let last = crate::support::last_line(&out);
+    let run_id = last.split_whitespace().nth(1).expect("run RUN_ID STATE");
+    let log = text(&home.orch(&["logs", run_id]).stdout);
+    assert!(log.contains("2026-11-20 10 full BTCUSDT"), "{log}");
+
+    // A declaration that breaks its own rule fails validation with its place.
+    home.write_dag(
+        "broken_params",
+        "id: broken_params\nparams:\n  limit: { type: integer, default: 0, min: 1 }\ntasks:\n  - {id: a, kind: noop}\n",
+    );
+    let out = home.orch(&["dags", "validate"]);
+    assert!(!out.status.success());
+    let err = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        err.contains("broken_params.yaml:3:10: param `limit`: its default breaks its own rule: must be at least 1 (min), got 0"),
+        "{err}"
+    );
+}

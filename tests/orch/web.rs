@@ -472,7 +472,7 @@ fn api_triggers_lists_shows_logs_clears_marks_and_backfills() {
         fields["limit"]
             .as_str()
             .expect("limit error")
-            .contains("must be integer"),
+            .contains("must be an integer"),
         "{fields}"
     );
     assert!(fields["logical_date"].is_string(), "{fields}");

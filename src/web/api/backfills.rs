@@ -68,6 +68,10 @@ pub async fn create(
         }
         (s, e) => return Err(invalid([s.err(), e.err()].into_iter().flatten().collect())),
     };
+    let problems = crate::dag::params::check_conf(&dag.param_specs, &body.conf);
+    if !problems.is_empty() {
+        return Err(invalid(problems.into_iter().collect()));
+    }
     let dates = dag.backfill_dates(start, end);
     if dates.is_empty() || dates.len() > MAX_RUNS {
         let why = if dates.is_empty() {

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use super::super::WebState;
 use super::super::auth::Caller;
 use super::super::error::{ApiError, ApiResult};
+use crate::dag::params::{self, Param};
 use crate::dag::{Dag, LoadError};
 use crate::scheduler::{plan, wake};
 use crate::store::{RunSummary, TaskCell, timestamp};
@@ -32,42 +33,8 @@ struct DagSummary<'a> {
     next_run: Option<String>,
     file: String,
     task_count: usize,
-    params: Vec<Param<'a>>,
+    params: &'a [Param],
     recent_runs: Vec<RunSummary>,
-}
-
-/// A param of a DAG, with the type its default implies (typed params come with the DAG
-/// file's `params:` declarations).
-#[derive(Serialize)]
-struct Param<'a> {
-    name: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    default: &'a Value,
-    description: Option<&'a str>,
-}
-
-fn param_type(value: &Value) -> &'static str {
-    match value {
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
-        Value::Number(_) => "number",
-        Value::Array(_) => "list",
-        Value::Object(_) => "object",
-        Value::String(_) | Value::Null => "string",
-    }
-}
-
-fn params(dag: &Dag) -> Vec<Param<'_>> {
-    dag.params
-        .iter()
-        .map(|(name, default)| Param {
-            name,
-            kind: param_type(default),
-            default,
-            description: None,
-        })
-        .collect()
 }
 
 fn import_errors(errors: &[LoadError]) -> Vec<Value> {
@@ -117,7 +84,7 @@ pub async fn list(State(state): State<WebState>) -> ApiResult<Json<Value>> {
             next_run: view.next_runs.get(&dag.id).map(|t| timestamp::format(*t)),
             file: dag.path.display().to_string(),
             task_count: dag.tasks.len(),
-            params: params(dag),
+            params: &dag.param_specs,
             recent_runs: recent.remove(&dag.id).unwrap_or_default(),
         })
         .collect();
@@ -164,7 +131,7 @@ pub async fn one(
         "file": dag.path.display().to_string(),
         // A DAG file may spell out a URL with its password; the page shows it masked.
         "source": crate::redact::secrets(&dag.source),
-        "params": params(&dag),
+        "params": dag.param_specs,
         "tasks": tasks,
     })))
 }
@@ -283,28 +250,6 @@ pub struct TriggerBody {
     logical_date: Option<String>,
 }
 
-/// Checks `conf` against the DAG's params: a value for a param must have its type.
-fn check_conf(dag: &Dag, conf: &Map<String, Value>) -> BTreeMap<String, String> {
-    let mut errors = BTreeMap::new();
-    for (name, value) in conf {
-        let Some(default) = dag.params.get(name) else {
-            continue;
-        };
-        let expected = param_type(default);
-        let given = param_type(value);
-        let fits = expected == given
-            || (expected == "number" && given == "integer")
-            || matches!(default, Value::Null);
-        if !fits {
-            errors.insert(
-                name.clone(),
-                format!("must be {expected}, like its default {default}; got {value}"),
-            );
-        }
-    }
-    errors
-}
-
 pub async fn trigger(
     State(state): State<WebState>,
     Extension(Caller(actor)): Extension<Caller>,
@@ -313,7 +258,7 @@ pub async fn trigger(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let dag = find(&state, &dag_id)?;
-    let mut fields = check_conf(&dag, &body.conf);
+    let mut fields = params::check_conf(&dag.param_specs, &body.conf);
     let logical_date = match body.logical_date.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(text) => match plan::parse_logical_date(&dag, text) {
@@ -372,12 +317,12 @@ mod tests {
             "symbols": "BTCUSDT", "limit": 5, "ratio": 2, "dry_run": "yes", "other": 1
         }))
         .expect("conf");
-        let errors = check_conf(&dag, &conf);
+        let errors = params::check_conf(&dag.param_specs, &conf);
         assert_eq!(
             errors.keys().collect::<Vec<_>>(),
             ["dry_run", "symbols"],
             "{errors:?}"
         );
-        assert!(errors["dry_run"].contains("must be boolean"));
+        assert!(errors["dry_run"].contains("must be a boolean"));
     }
 }

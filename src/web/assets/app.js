@@ -341,6 +341,15 @@
     slot.replaceChildren(h('span', { class: 'user', id: 'user' }, sess.user), btn);
   }
 
+  // A param's type and rules as a short hint: "integer, 1..1000, required".
+  function paramRules(p) {
+    const parts = [p.type];
+    if (p.min !== undefined || p.max !== undefined) parts.push(`${p.min ?? ''}..${p.max ?? ''}`);
+    if (p.pattern) parts.push(`/${p.pattern}/`);
+    if (p.required) parts.push('required');
+    return parts.join(', ');
+  }
+
   // ------------------------------------------------------------------ shared bits
 
   const runHref = (runId) => `/runs/${enc(runId)}`;
@@ -713,13 +722,22 @@
       } else if (p.type === 'list' || p.type === 'object') {
         input = h('textarea', { id, name: p.name, rows: 4, spellcheck: 'false' });
         input.value = hasDef ? JSON.stringify(def, null, 2) : (p.type === 'list' ? '[]' : '{}');
+      } else if (p.type === 'enum') {
+        // Option values carry the JSON of each allowed value, so numbers stay numbers.
+        input = h('select', { id, name: p.name },
+          hasDef ? null : h('option', { value: '' }, '—'),
+          (p.values || []).map((v) => h('option', {
+            value: JSON.stringify(v), selected: hasDef && JSON.stringify(v) === JSON.stringify(def),
+          }, typeof v === 'string' ? v : JSON.stringify(v))));
+      } else if (p.type === 'date') {
+        input = h('input', { type: 'date', id, name: p.name, value: hasDef ? String(def) : null });
       } else {
         input = h('input', {
           type: 'text', id, name: p.name, value: hasDef ? (typeof def === 'string' ? def : JSON.stringify(def)) : null,
         });
       }
       const node = h('div', { class: 'field', 'data-param': p.name },
-        h('label', { for: id }, p.name, h('span', { class: 'type' }, p.type)),
+        h('label', { for: id }, p.name, h('span', { class: 'type' }, paramRules(p))),
         p.description ? h('div', { class: 'desc' }, p.description) : null,
         input, errSpan(p.name));
       fields.push({ p, input, node });
@@ -787,7 +805,12 @@
             showFieldError(p.name, 'Invalid JSON: ' + errMsg(e));
             bad = true;
           }
-        } else conf[p.name] = input.value;
+        } else if (p.type === 'enum') {
+          if (input.value !== '') conf[p.name] = JSON.parse(input.value);
+        } else if (input.value !== '' || (p.default !== null && p.default !== undefined)) {
+          // An empty field without a default is left out: the server says if it is required.
+          conf[p.name] = input.value;
+        }
       }
       if (bad) { showFormError('Fix the fields marked above.'); return; }
       const body = { conf };
