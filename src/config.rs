@@ -29,6 +29,23 @@ pub struct Config {
     /// The token the API and the sign-in form ask for (`ORCH_API_TOKEN`, or the file named by
     /// `ORCH_API_TOKEN_FILE` or `api_token_file:`). Without one, the web face serves loopback only.
     pub api_token: Option<Secret>,
+    /// How much run history `orch serve` keeps (`retention:`); nothing is pruned unless set.
+    pub retention: Retention,
+}
+
+/// `retention:` in orch.yaml: finished runs older than `days`, or beyond the newest
+/// `runs_per_dag` of their DAG, are pruned with their logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub days: Option<u32>,
+    pub runs_per_dag: Option<u32>,
+}
+
+impl Retention {
+    pub fn is_set(&self) -> bool {
+        self.days.is_some() || self.runs_per_dag.is_some()
+    }
 }
 
 /// A secret setting: shown as `***` by `Debug`, so it never reaches a log by accident.
@@ -122,6 +139,8 @@ struct FileSettings {
     staging_url: Option<String>,
     listen: Option<String>,
     api_token_file: Option<PathBuf>,
+    #[serde(default)]
+    retention: Retention,
 }
 
 impl Config {
@@ -239,6 +258,12 @@ impl Config {
                 None => None,
             },
         };
+        if file.retention.days == Some(0) || file.retention.runs_per_dag == Some(0) {
+            return Err(file_error(
+                "retention",
+                "`days` and `runs_per_dag` must be at least 1".to_string(),
+            ));
+        }
         Ok(Config {
             home,
             database_url,
@@ -249,6 +274,7 @@ impl Config {
             heartbeat_timeout,
             listen,
             api_token,
+            retention: file.retention,
         })
     }
 

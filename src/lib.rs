@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod process;
 pub mod queue;
 pub mod redact;
+pub mod retention;
 pub mod scheduler;
 pub mod simulator;
 pub mod staging;

@@ -2,6 +2,7 @@
 
 mod backfill;
 mod dags;
+mod db;
 mod demo;
 mod logs;
 mod run;
@@ -141,6 +142,9 @@ enum Command {
     /// Clear or mark one task of a run.
     #[command(subcommand)]
     Tasks(TasksCommand),
+    /// Maintain the metadata database.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Print the logs of a run's task attempts.
     Logs {
         run_id: String,
@@ -284,6 +288,17 @@ enum RunsCommand {
 }
 
 #[derive(Subcommand)]
+enum DbCommand {
+    /// Delete the finished runs (with their attempts and logs) that `retention:` in orch.yaml
+    /// no longer keeps.
+    Prune {
+        /// Only list what would go.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum TasksCommand {
     /// Run a task of a finished run again (with `--downstream`, the tasks after it too), with a
     /// fresh retry budget; the run is queued again.
@@ -389,6 +404,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dags(cmd) => dags::dags(&config, cmd).await,
         Command::Runs(cmd) => runs::runs(&config, cmd).await,
         Command::Tasks(cmd) => runs::tasks(&config, cmd).await,
+        Command::Db(DbCommand::Prune { dry_run }) => db::prune(&config, dry_run).await,
         Command::Logs {
             run_id,
             task,

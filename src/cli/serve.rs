@@ -35,6 +35,13 @@ pub async fn serve(
         }
         None => None,
     };
+    let pruning = config.retention.is_set().then(|| {
+        tokio::spawn(crate::retention::every_day(
+            store.clone(),
+            config.logs_dir.clone(),
+            config.retention,
+        ))
+    });
     let outcome = scheduler::serve(
         config,
         ServeOptions {
@@ -46,8 +53,8 @@ pub async fn serve(
         },
     )
     .await;
-    if let Some(web) = web {
-        web.abort();
+    for task in [web, pruning].into_iter().flatten() {
+        task.abort();
     }
     outcome?;
     Ok(ExitCode::SUCCESS)

@@ -17,6 +17,7 @@ mod lock;
 mod members;
 mod model;
 mod queue;
+mod retention;
 pub mod timestamp;
 mod views;
 
@@ -40,6 +41,7 @@ pub use model::{
     StreamStateRecord, TaskInstanceRecord, TaskState,
 };
 pub use queue::{AttemptKey, Claim, QUEUED_CHANNEL, QueuedAttempt, REPORTED_CHANNEL, WorkerReport};
+pub use retention::{PrunedRun, RetentionPolicy};
 pub use views::{
     BackfillRecord, RunCursor, RunDetail, RunFilter, RunSummary, TaskCell, TaskDetail,
 };

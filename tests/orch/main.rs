@@ -11,6 +11,7 @@ mod inspect;
 mod isolation;
 mod postgres;
 mod recovery;
+mod retention;
 mod run;
 mod serve;
 mod stream;
