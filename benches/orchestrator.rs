@@ -105,6 +105,7 @@ async fn setup(dir: &Path, isolation: Isolation) -> Bench {
         logs_dir: dir.join("logs"),
         dispatch: Dispatch::start(store.clone(), Duration::from_secs(30)),
         private_queue: Some("bench".to_string()),
+        public_url: None,
     };
     let worker = Worker {
         store: store.clone(),

@@ -240,6 +240,7 @@ async fn execute(dir: &Path, store: &Store, yaml: &str) -> String {
         logs_dir: dir.join("logs"),
         dispatch: orch::queue::Dispatch::start(store.clone(), std::time::Duration::from_secs(30)),
         private_queue: Some("bench".to_string()),
+        public_url: None,
     };
     let worker = orch::worker::Worker {
         store: store.clone(),

@@ -31,6 +31,9 @@ pub struct Config {
     pub api_token: Option<Secret>,
     /// How much run history `orch serve` keeps (`retention:`); nothing is pruned unless set.
     pub retention: Retention,
+    /// Where people reach the web UI (`ORCH_PUBLIC_URL`, `public_url:`), for links in alerts;
+    /// `http://LISTEN` by default when the web face listens.
+    pub public_url: Option<String>,
 }
 
 /// `retention:` in orch.yaml: finished runs older than `days`, or beyond the newest
@@ -141,6 +144,7 @@ struct FileSettings {
     api_token_file: Option<PathBuf>,
     #[serde(default)]
     retention: Retention,
+    public_url: Option<String>,
 }
 
 impl Config {
@@ -275,6 +279,9 @@ impl Config {
             listen,
             api_token,
             retention: file.retention,
+            public_url: env("ORCH_PUBLIC_URL")
+                .or(file.public_url)
+                .or_else(|| listen.map(|addr| format!("http://{addr}"))),
         })
     }
 

@@ -23,6 +23,7 @@ pub mod logs;
 pub mod manual;
 pub mod membership;
 pub mod metrics;
+pub mod notify;
 pub mod process;
 pub mod queue;
 pub mod redact;

@@ -14,6 +14,7 @@ use super::schedule::Schedule;
 use super::spec::{DagSpec, LimitsSpec, TaskSpec};
 use super::{Dag, RetryPolicy, Task, params};
 use crate::attempt::{Limits, parse_size};
+use crate::notify::{Callbacks, Notifier};
 use crate::queue;
 use crate::tasks::{self, Registry};
 use crate::template;
@@ -165,6 +166,7 @@ impl Checker {
             }
         }
         let param_defaults = params::defaults(&param_specs);
+        let callbacks = self.callbacks(&spec.on_failure, &spec.on_success, &spec.on_retry);
 
         if spec.tasks.value.is_empty() {
             self.problem(&spec.tasks, "a DAG needs at least one task under `tasks:`");
@@ -210,8 +212,34 @@ impl Checker {
             paused: spec.paused,
             params: param_defaults,
             param_specs,
+            callbacks,
             tasks,
         })
+    }
+
+    /// The notifiers of `on_failure`, `on_success` and `on_retry`, each checked.
+    fn callbacks(
+        &mut self,
+        on_failure: &Option<Spanned<Vec<Notifier>>>,
+        on_success: &Option<Spanned<Vec<Notifier>>>,
+        on_retry: &Option<Spanned<Vec<Notifier>>>,
+    ) -> Callbacks {
+        let mut checked = |list: &Option<Spanned<Vec<Notifier>>>, key: &str| -> Vec<Notifier> {
+            let Some(list) = list else {
+                return Vec::new();
+            };
+            for notifier in &list.value {
+                if let Err(e) = notifier.check() {
+                    self.problem(list, format!("{key}: {e}"));
+                }
+            }
+            list.value.clone()
+        };
+        Callbacks {
+            on_failure: checked(on_failure, "on_failure"),
+            on_success: checked(on_success, "on_success"),
+            on_retry: checked(on_retry, "on_retry"),
+        }
     }
 
     fn positive(&mut self, value: Option<&Spanned<u32>>, name: &str, default: u32) -> u32 {
@@ -347,6 +375,7 @@ impl Checker {
                 .unwrap_or_default(),
             max_delay: max_delay.unwrap_or(RetryPolicy::DEFAULT_MAX_DELAY),
         };
+        let callbacks = self.callbacks(&spec.on_failure, &spec.on_success, &spec.on_retry);
         if self.problems.len() > before {
             return None;
         }
@@ -363,6 +392,7 @@ impl Checker {
             limits,
             queue: queue.map_or(queue::DEFAULT_QUEUE.to_string(), |q| q.value.clone()),
             with,
+            callbacks,
         })
     }
 

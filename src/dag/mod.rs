@@ -48,6 +48,8 @@ pub struct Dag {
     pub params: serde_json::Map<String, serde_json::Value>,
     /// The params as declared, with their types and rules, by name.
     pub param_specs: Vec<params::Param>,
+    /// Who is told when a run fails or succeeds, or any task will be retried.
+    pub callbacks: crate::notify::Callbacks,
     /// Tasks in a topological order: every task comes after all of its upstreams.
     pub tasks: Vec<Task>,
 }
@@ -69,6 +71,8 @@ pub struct Task {
     pub queue: String,
     /// The kind's configuration. Every string in it is a template rendered at run time.
     pub with: serde_json::Value,
+    /// Who is told when this task fails, succeeds or will be retried.
+    pub callbacks: crate::notify::Callbacks,
 }
 
 /// When a task may run, given the final states of its upstream tasks (Airflow's names).

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{RetryBackoff, TriggerRule};
+use crate::notify::Notifier;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +28,12 @@ pub struct DagSpec {
     pub queue: Option<Spanned<String>>,
     #[serde(default)]
     pub defaults: TaskPolicySpec,
+    /// Told when a run fails.
+    pub on_failure: Option<Spanned<Vec<Notifier>>>,
+    /// Told when a run succeeds.
+    pub on_success: Option<Spanned<Vec<Notifier>>>,
+    /// Told when any task fails and will be retried.
+    pub on_retry: Option<Spanned<Vec<Notifier>>>,
     pub tasks: Spanned<Vec<TaskSpec>>,
 }
 
@@ -69,4 +76,7 @@ pub struct TaskSpec {
     /// The workers that may run it: those serving this queue.
     pub queue: Option<Spanned<String>>,
     pub with: Option<Spanned<serde_json::Value>>,
+    pub on_failure: Option<Spanned<Vec<Notifier>>>,
+    pub on_success: Option<Spanned<Vec<Notifier>>>,
+    pub on_retry: Option<Spanned<Vec<Notifier>>>,
 }

@@ -23,6 +23,7 @@ use crate::attempt::Usage;
 use crate::config::Config;
 use crate::dag::Dag;
 use crate::logs::{AttemptLog, attempt_log_path};
+use crate::notify::{Event, EventKind, Notifier};
 use crate::process;
 use crate::queue::{Dispatch, QueuedTask, Report};
 use crate::store::{
@@ -57,6 +58,8 @@ pub struct Executor {
     /// The queue of every attempt, instead of each task's: `orch run` and `orch backfill`
     /// queue for their own worker only, so that they run here, now.
     pub private_queue: Option<String>,
+    /// Where the web UI is, for the links in alerts (`public_url`).
+    pub public_url: Option<String>,
 }
 
 /// A task's state change, for a caller that shows progress (`orch run`).
@@ -78,6 +81,7 @@ impl Executor {
             registry,
             logs_dir: config.logs_dir.clone(),
             private_queue: None,
+            public_url: config.public_url.clone(),
         }
     }
 
@@ -105,7 +109,9 @@ impl Executor {
         params.extend(run.conf.clone());
         let mut run_loop = RunLoop::new(self, dag, run, params, events);
         run_loop.load().await?;
-        run_loop.drive(shutdown).await
+        let outcome = run_loop.drive(shutdown).await;
+        run_loop.alerts_sent().await;
+        outcome
     }
 }
 
@@ -143,6 +149,8 @@ struct RunLoop<'a> {
     /// Someone asked to cancel the run (who, from where): nothing more starts, what is out is
     /// ended, and the run ends failed with this note.
     cancelled: Option<String>,
+    /// Alerts being sent, beside the run: waited for once it ends.
+    alerts: JoinSet<()>,
 }
 
 impl<'a> RunLoop<'a> {
@@ -185,6 +193,7 @@ impl<'a> RunLoop<'a> {
             running: HashMap::new(),
             taken_over: false,
             cancelled: run.cancel_requested.clone(),
+            alerts: JoinSet::new(),
         }
     }
 
@@ -557,8 +566,88 @@ impl<'a> RunLoop<'a> {
         );
         self.states[i] = state;
         self.next_retry[i] = next_retry;
+        let kind = match state {
+            TaskState::Success => EventKind::TaskSucceeded,
+            TaskState::UpForRetry => EventKind::TaskRetry,
+            _ => EventKind::TaskFailed,
+        };
+        self.alert(kind, Some((i, attempt)), state.as_str(), end.error.clone())
+            .await;
         self.emit(i, state, end.error);
         Ok(())
+    }
+
+    /// Sends the alerts `kind` calls for, beside the run: the task's notifiers (and the DAG's
+    /// `on_retry` for a retry), or the DAG's for the run's own end.
+    async fn alert(
+        &mut self,
+        kind: EventKind,
+        task: Option<(usize, u32)>,
+        state: &str,
+        error: Option<String>,
+    ) {
+        let mut notifiers: Vec<Notifier> = Vec::new();
+        match task {
+            Some((i, _)) => {
+                notifiers.extend_from_slice(self.dag.tasks[i].callbacks.for_event(kind));
+                if kind == EventKind::TaskRetry {
+                    notifiers.extend_from_slice(&self.dag.callbacks.on_retry);
+                }
+            }
+            None => notifiers.extend_from_slice(self.dag.callbacks.for_event(kind)),
+        }
+        if notifiers.is_empty() {
+            return;
+        }
+        let task_id = task.map(|(i, _)| self.dag.tasks[i].id.clone());
+        let log_tail = match (&task_id, task) {
+            (Some(task_id), Some((_, attempt))) => {
+                let key = AttemptKey {
+                    run_id: self.run.run_id.clone(),
+                    task_id: task_id.clone(),
+                    attempt,
+                };
+                self.exec
+                    .store
+                    .attempt_log_tail(&key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|tail| alert_tail(&tail))
+            }
+            _ => None,
+        };
+        let event = Event {
+            event: kind,
+            dag_id: self.dag.id.clone(),
+            run_id: self.run.run_id.clone(),
+            logical_date: crate::store::timestamp::format(self.run.logical_date),
+            task_id,
+            attempt: task.map(|(_, a)| a),
+            state: state.to_string(),
+            error,
+            log_tail,
+            link: self.exec.public_url.as_ref().map(|base| {
+                let id: String =
+                    url::form_urlencoded::byte_serialize(self.run.run_id.as_bytes()).collect();
+                format!(
+                    "{}/runs/{}",
+                    base.trim_end_matches('/'),
+                    id.replace('+', "%20")
+                )
+            }),
+        };
+        self.alerts.spawn(async move {
+            crate::notify::deliver(&notifiers, &event).await;
+        });
+    }
+
+    /// Waits for the alerts still being sent, so that `orch run` does not exit before them.
+    async fn alerts_sent(&mut self) {
+        let all = async { while self.alerts.join_next().await.is_some() {} };
+        if tokio::time::timeout(ALERTS_WAIT, all).await.is_err() {
+            tracing::warn!(run_id = %self.run.run_id, "alerts still unsent after {}s; giving up on them", ALERTS_WAIT.as_secs());
+        }
     }
 
     /// The grace period is over: workers stop their attempts (this process's own worker
@@ -625,9 +714,11 @@ impl<'a> RunLoop<'a> {
     }
 
     async fn finish(&mut self) -> Result<RunState, StoreError> {
-        if let Some(note) = &self.cancelled {
-            durably(|| self.exec.store.fail_run(&self.run.run_id, note)).await?;
+        if let Some(note) = self.cancelled.clone() {
+            durably(|| self.exec.store.fail_run(&self.run.run_id, &note)).await?;
             crate::metrics::run_ended(&self.dag.id, RunState::Failed);
+            self.alert(EventKind::RunFailed, None, "failed", Some(note))
+                .await;
             return Ok(RunState::Failed);
         }
         let failed = self
@@ -641,6 +732,12 @@ impl<'a> RunLoop<'a> {
         };
         durably(|| self.exec.store.finish_run(&self.run.run_id, state)).await?;
         crate::metrics::run_ended(&self.dag.id, state);
+        let kind = if failed {
+            EventKind::RunFailed
+        } else {
+            EventKind::RunSucceeded
+        };
+        self.alert(kind, None, state.as_str(), None).await;
         Ok(state)
     }
 
@@ -654,6 +751,23 @@ impl<'a> RunLoop<'a> {
             });
         }
     }
+}
+
+/// How long a run's end waits for its alerts to be sent.
+const ALERTS_WAIT: Duration = Duration::from_secs(120);
+/// The most of an attempt's log an alert carries: its end.
+const ALERT_TAIL_BYTES: usize = 2048;
+
+/// The end of a log for an alert, from a line start, secrets masked.
+fn alert_tail(tail: &str) -> String {
+    let start = tail.len().saturating_sub(ALERT_TAIL_BYTES);
+    let start = ceil_char_boundary(tail, start);
+    let cut = &tail[start..];
+    let cut = match cut.find('\n') {
+        Some(n) if start > 0 => &cut[n + 1..],
+        _ => cut,
+    };
+    crate::redact::secrets(cut).into_owned()
 }
 
 /// An attempt's error as the run history keeps it: secrets masked, and at most

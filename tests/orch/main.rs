@@ -1,5 +1,6 @@
 //! End-to-end tests of the `orch` binary against temporary homes.
 
+mod alerts;
 mod bigquery;
 mod binance;
 mod browser;
