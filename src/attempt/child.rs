@@ -484,6 +484,7 @@ pub async fn serve_child() -> std::process::ExitCode {
         Err(message) => Outcome::Failed {
             message,
             retryable: false,
+            skipped: false,
         },
         Ok(spec) => Outcome::from(&run_spec(spec).await),
     };

@@ -185,6 +185,9 @@ pub enum Outcome {
     Failed {
         message: String,
         retryable: bool,
+        /// The task ends skipped rather than failed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        skipped: bool,
     },
 }
 
@@ -198,6 +201,7 @@ impl From<&Result<TaskOutput, TaskError>> for Outcome {
             Err(e) => Outcome::Failed {
                 message: e.message.clone(),
                 retryable: e.retryable,
+                skipped: e.skipped,
             },
         }
     }
@@ -207,7 +211,15 @@ impl From<Outcome> for Result<TaskOutput, TaskError> {
     fn from(report: Outcome) -> Result<TaskOutput, TaskError> {
         match report {
             Outcome::Succeeded { rows, metrics } => Ok(TaskOutput { rows, metrics }),
-            Outcome::Failed { message, retryable } => Err(TaskError { message, retryable }),
+            Outcome::Failed {
+                message,
+                retryable,
+                skipped,
+            } => Err(TaskError {
+                message,
+                retryable,
+                skipped,
+            }),
         }
     }
 }

@@ -166,6 +166,7 @@ impl Checker {
             }
         }
         let param_defaults = params::defaults(&param_specs);
+        let dagrun_timeout = self.duration(spec.dagrun_timeout.as_ref(), "dagrun_timeout");
         let callbacks = self.callbacks(&spec.on_failure, &spec.on_success, &spec.on_retry);
 
         if spec.tasks.value.is_empty() {
@@ -213,6 +214,7 @@ impl Checker {
             params: param_defaults,
             param_specs,
             callbacks,
+            dagrun_timeout,
             tasks,
         })
     }
@@ -374,6 +376,18 @@ impl Checker {
                 .or(defaults.retry_backoff)
                 .unwrap_or_default(),
             max_delay: max_delay.unwrap_or(RetryPolicy::DEFAULT_MAX_DELAY),
+            jitter: match spec
+                .retry_jitter
+                .as_ref()
+                .or(defaults.retry_jitter.as_ref())
+            {
+                Some(j) if !(0.0..=1.0).contains(&j.value) => {
+                    self.problem(j, "`retry_jitter` must be a fraction from 0 to 1, like 0.2");
+                    0.0
+                }
+                Some(j) => j.value,
+                None => 0.0,
+            },
         };
         let callbacks = self.callbacks(&spec.on_failure, &spec.on_success, &spec.on_retry);
         if self.problems.len() > before {
@@ -431,8 +445,8 @@ impl Checker {
     fn duration(&mut self, value: Option<&Spanned<String>>, name: &str) -> Option<Duration> {
         let value = value?;
         match humantime::parse_duration(&value.value) {
-            Ok(d) if d.is_zero() && name == "timeout" => {
-                self.problem(value, "`timeout` must be longer than 0s");
+            Ok(d) if d.is_zero() && (name == "timeout" || name == "dagrun_timeout") => {
+                self.problem(value, format!("`{name}` must be longer than 0s"));
                 None
             }
             Ok(d) => Some(d),

@@ -42,6 +42,8 @@ pub struct Dag {
     pub catchup: bool,
     pub max_active_runs: u32,
     pub max_active_tasks: u32,
+    /// A run still going after this long is stopped and fails (`dagrun_timeout`).
+    pub dagrun_timeout: Option<Duration>,
     /// The default from the file; `orch dags pause` overrides it in the metadata database.
     pub paused: bool,
     /// What templates see before a run's conf: each param's default (`null` where none).
@@ -108,13 +110,16 @@ pub enum RetryBackoff {
     Exponential,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt; a task makes at most `retries + 1` attempts.
     pub retries: u32,
     pub delay: Duration,
     pub backoff: RetryBackoff,
     pub max_delay: Duration,
+    /// Each wait is spread by up to this fraction either way (`retry_jitter: 0.2`: ±20%), so
+    /// that tasks that failed together do not retry together.
+    pub jitter: f64,
 }
 
 impl RetryPolicy {
@@ -123,12 +128,13 @@ impl RetryPolicy {
 
     /// How long to wait before the attempt after `failed_attempt` (1-based).
     pub fn delay_after(&self, failed_attempt: u32) -> Duration {
-        match self.backoff {
+        let max = match self.backoff {
             RetryBackoff::Fixed => self.delay,
-            RetryBackoff::Exponential => {
-                crate::backoff::Backoff::new(self.delay, self.max_delay).delay(failed_attempt)
-            }
-        }
+            RetryBackoff::Exponential => self.max_delay,
+        };
+        crate::backoff::Backoff::new(self.delay, max)
+            .with_jitter(self.jitter)
+            .delay(failed_attempt)
     }
 
     /// Whether another attempt follows a failure of attempt `attempt` (1-based).
@@ -144,6 +150,7 @@ impl Default for RetryPolicy {
             delay: Self::DEFAULT_DELAY,
             backoff: RetryBackoff::Fixed,
             max_delay: Self::DEFAULT_MAX_DELAY,
+            jitter: 0.0,
         }
     }
 }
@@ -283,11 +290,29 @@ mod tests {
             delay: Duration::from_secs(10),
             backoff: RetryBackoff::Exponential,
             max_delay: Duration::from_secs(60),
+            jitter: 0.0,
         };
         let delays: Vec<u64> = (1..=5).map(|n| policy.delay_after(n).as_secs()).collect();
         assert_eq!(delays, [10, 20, 40, 60, 60]);
         // Far past any sane count, still the cap and no overflow.
         assert_eq!(policy.delay_after(500), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn jitter_spreads_retries_within_its_fraction() {
+        let policy = RetryPolicy {
+            retries: 3,
+            delay: Duration::from_secs(100),
+            jitter: 0.2,
+            ..RetryPolicy::default()
+        };
+        let delays: Vec<Duration> = (0..200).map(|_| policy.delay_after(1)).collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= Duration::from_secs(80) && *d <= Duration::from_secs(120))
+        );
+        assert!(delays.iter().any(|d| *d != delays[0]), "the waits differ");
     }
 
     #[test]

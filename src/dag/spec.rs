@@ -19,6 +19,8 @@ pub struct DagSpec {
     pub catchup: bool,
     pub max_active_runs: Option<Spanned<u32>>,
     pub max_active_tasks: Option<Spanned<u32>>,
+    /// How long a run may take before it is stopped and fails.
+    pub dagrun_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub paused: bool,
     /// Each a default, or a declaration with a `type` ([`super::params`]).
@@ -45,6 +47,7 @@ pub struct TaskPolicySpec {
     pub retry_delay: Option<Spanned<String>>,
     pub retry_backoff: Option<RetryBackoff>,
     pub max_retry_delay: Option<Spanned<String>>,
+    pub retry_jitter: Option<Spanned<f64>>,
     pub timeout: Option<Spanned<String>>,
     pub trigger_rule: Option<TriggerRule>,
     pub limits: Option<LimitsSpec>,
@@ -70,6 +73,7 @@ pub struct TaskSpec {
     pub retry_delay: Option<Spanned<String>>,
     pub retry_backoff: Option<RetryBackoff>,
     pub max_retry_delay: Option<Spanned<String>>,
+    pub retry_jitter: Option<Spanned<f64>>,
     pub timeout: Option<Spanned<String>>,
     pub trigger_rule: Option<TriggerRule>,
     pub limits: Option<LimitsSpec>,

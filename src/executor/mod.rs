@@ -146,8 +146,9 @@ struct RunLoop<'a> {
     running: HashMap<tokio::task::Id, (usize, u32)>,
     /// Another process recorded one of this run's attempts: it drives the run now.
     taken_over: bool,
-    /// Someone asked to cancel the run (who, from where): nothing more starts, what is out is
-    /// ended, and the run ends failed with this note.
+    /// Someone asked to cancel the run (who, from where), or it ran past its
+    /// `dagrun_timeout`: nothing more starts, what is out is ended, and the run ends failed
+    /// with this note.
     cancelled: Option<String>,
     /// Alerts being sent, beside the run: waited for once it ends.
     alerts: JoinSet<()>,
@@ -263,6 +264,13 @@ impl<'a> RunLoop<'a> {
         if self.cancelled.is_some() {
             self.end_attempts_out().await?;
         }
+        // `dagrun_timeout` counts from the run's start, across a resume by another process.
+        let deadline = self.dag.dagrun_timeout.map(|limit| {
+            let started = self.run.started_at.unwrap_or_else(Utc::now);
+            let end = started + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+            let left = (end - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            (tokio::time::Instant::now() + left, limit)
+        });
         loop {
             if self.taken_over {
                 tracing::warn!(run_id = %self.run.run_id, "another orch process drives this run now; this one lets it go");
@@ -304,6 +312,16 @@ impl<'a> RunLoop<'a> {
                 }
                 Some(joined) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => {
                     self.on_joined(joined).await?;
+                }
+                () = tokio::time::sleep_until(deadline.map_or_else(tokio::time::Instant::now, |d| d.0)), if deadline.is_some() && self.cancelled.is_none() => {
+                    let limit = deadline.map(|d| d.1).unwrap_or_default();
+                    let note = format!(
+                        "timed out: the run took longer than its dagrun_timeout ({})",
+                        humantime::format_duration(limit)
+                    );
+                    tracing::warn!(run_id = %self.run.run_id, "{note}");
+                    self.cancelled = Some(note);
+                    self.end_attempts_out().await?;
                 }
                 () = &mut cancel_asked, if self.cancelled.is_none() => {
                     cancel_asked.set(crate::queue::CANCELLED.notified());
@@ -538,7 +556,9 @@ impl<'a> RunLoop<'a> {
                     peak_rss_bytes: usage.peak_rss_bytes,
                     cpu_ms: usage.cpu_ms,
                 };
-                let state = if retry {
+                let state = if error.skipped {
+                    TaskState::Skipped
+                } else if retry {
                     TaskState::UpForRetry
                 } else {
                     TaskState::Failed
@@ -567,12 +587,15 @@ impl<'a> RunLoop<'a> {
         self.states[i] = state;
         self.next_retry[i] = next_retry;
         let kind = match state {
-            TaskState::Success => EventKind::TaskSucceeded,
-            TaskState::UpForRetry => EventKind::TaskRetry,
-            _ => EventKind::TaskFailed,
+            TaskState::Success => Some(EventKind::TaskSucceeded),
+            TaskState::UpForRetry => Some(EventKind::TaskRetry),
+            TaskState::Failed => Some(EventKind::TaskFailed),
+            _ => None,
         };
-        self.alert(kind, Some((i, attempt)), state.as_str(), end.error.clone())
-            .await;
+        if let Some(kind) = kind {
+            self.alert(kind, Some((i, attempt)), state.as_str(), end.error.clone())
+                .await;
+        }
         self.emit(i, state, end.error);
         Ok(())
     }

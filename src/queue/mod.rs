@@ -101,6 +101,7 @@ impl Report {
             outcome: Outcome::Failed {
                 message,
                 retryable: true,
+                skipped: false,
             },
             usage: Usage::default(),
             started_at: timestamp::format(started_at),

@@ -111,6 +111,9 @@ pub struct TaskError {
     /// an unknown symbol, a configuration that does not render): the task then fails without
     /// using its retries. Errors are retryable unless a kind knows better.
     pub retryable: bool,
+    /// The task chose not to go on (a shell command's `skip_on_exit_codes`): it ends
+    /// `skipped`, not `failed`, and so do the tasks that needed it to succeed.
+    pub skipped: bool,
 }
 
 impl TaskError {
@@ -119,6 +122,7 @@ impl TaskError {
         TaskError {
             message: message.into(),
             retryable: true,
+            skipped: false,
         }
     }
 
@@ -127,6 +131,16 @@ impl TaskError {
         TaskError {
             message: message.into(),
             retryable: false,
+            skipped: false,
+        }
+    }
+
+    /// Not a failure: the task decided to be skipped, for the reason `message`.
+    pub fn skipped(message: impl Into<String>) -> TaskError {
+        TaskError {
+            message: message.into(),
+            retryable: false,
+            skipped: true,
         }
     }
 
@@ -167,6 +181,7 @@ impl<E: Transient> From<E> for TaskError {
         TaskError {
             message: error.to_string(),
             retryable: error.is_transient(),
+            skipped: false,
         }
     }
 }

@@ -31,6 +31,12 @@ struct ShellConfig {
     env: BTreeMap<String, String>,
     /// Working directory, relative to the orch home; the home itself by default.
     cwd: Option<String>,
+    /// Only these exit statuses are worth a retry; any other fails the task at once.
+    retry_on_exit_codes: Option<Vec<i32>>,
+    /// These exit statuses end the task `skipped`, not failed (and the tasks after it that
+    /// need it to succeed are skipped too).
+    #[serde(default)]
+    skip_on_exit_codes: Vec<i32>,
 }
 
 impl TaskKind for Shell {
@@ -57,12 +63,44 @@ impl TaskKind for Shell {
     ) -> BoxFuture<'a, Result<TaskOutput, TaskError>> {
         Box::pin(async move {
             let config: ShellConfig = parse_with(&with).map_err(TaskError::permanent)?;
-            run_command(&config, ctx).await.map_err(TaskError::from)
+            run_command(&config, ctx)
+                .await
+                .map_err(|failure| failure.into_error(&config))
         })
     }
 }
 
-async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutput, String> {
+/// Why a command failed, with its exit status when it has one.
+struct Failure {
+    message: String,
+    code: Option<i32>,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            code: None,
+        }
+    }
+}
+
+impl Failure {
+    /// The task's error under the exit-status rules of its configuration.
+    fn into_error(self, config: &ShellConfig) -> TaskError {
+        match (self.code, &config.retry_on_exit_codes) {
+            (Some(code), _) if config.skip_on_exit_codes.contains(&code) => {
+                TaskError::skipped(format!("skipped: {} (skip_on_exit_codes)", self.message))
+            }
+            (Some(code), Some(retry_on)) if !retry_on.contains(&code) => TaskError::permanent(
+                format!("{} (not in retry_on_exit_codes: no retry)", self.message),
+            ),
+            _ => TaskError::transient(self.message),
+        }
+    }
+}
+
+async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutput, Failure> {
     let cwd = match &config.cwd {
         Some(dir) => ctx.home.join(dir),
         None => ctx.home.clone(),
@@ -160,7 +198,10 @@ async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutp
         });
     }
     let last = err.last_line.or(out.last_line);
-    Err(describe_failure(status, last.as_deref()))
+    Err(Failure {
+        message: describe_failure(status, last.as_deref()),
+        code: status.code(),
+    })
 }
 
 /// `ORCH_PARAM_` and the param's name in upper case, any character a variable name cannot

@@ -313,3 +313,133 @@ tasks:
         "{err}"
     );
 }
+
+#[test]
+fn exit_codes_decide_retries_and_skips_and_a_run_past_its_timeout_is_stopped() {
+    let home = Home::new();
+    home.write_dag(
+        "codes",
+        r#"id: codes
+tasks:
+  - id: gate
+    kind: shell
+    with: { command: "echo nothing new today; exit 99", skip_on_exit_codes: [99] }
+  - id: load
+    kind: shell
+    depends_on: [gate]
+    with: { command: "echo loading" }
+  - id: report
+    kind: shell
+    depends_on: [gate]
+    trigger_rule: all_done
+    with: { command: "echo reported" }
+  - id: picky
+    kind: shell
+    retries: 3
+    retry_delay: 0s
+    with: { command: "exit 2", retry_on_exit_codes: [75] }
+  - id: temporary
+    kind: shell
+    retries: 1
+    retry_delay: 0s
+    retry_jitter: 0.5
+    with: { command: "test -f {{ params.marker }} || { touch {{ params.marker }}; exit 75; }", retry_on_exit_codes: [75] }
+params: { marker: marker.txt }
+"#,
+    );
+    let out = home.orch(&[
+        "run",
+        "codes",
+        "--conf",
+        &format!("marker={}", home.file("marker.txt").display()),
+    ]);
+    let run_id = crate::support::last_line(&out)
+        .split_whitespace()
+        .nth(1)
+        .expect("run id")
+        .to_string();
+    let run = home.run_json(&run_id);
+    assert_eq!(task_state(&run, "gate"), "skipped", "{run:#}");
+    let why = attempts(&run, "gate")[0]["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        why.starts_with("skipped: command exited with status 99")
+            && why.ends_with("(skip_on_exit_codes)"),
+        "{why}"
+    );
+    assert_eq!(
+        task_state(&run, "load"),
+        "skipped",
+        "a skip skips what needs it"
+    );
+    assert_eq!(task_state(&run, "report"), "success");
+    assert_eq!(task_state(&run, "picky"), "failed");
+    assert_eq!(
+        attempts(&run, "picky").len(),
+        1,
+        "an exit status not listed is not retried"
+    );
+    assert!(
+        attempts(&run, "picky")[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not in retry_on_exit_codes")
+    );
+    assert_eq!(task_state(&run, "temporary"), "success");
+    assert_eq!(
+        attempts(&run, "temporary").len(),
+        2,
+        "a listed exit status is retried"
+    );
+    assert_eq!(run["state"], "failed", "picky failed");
+
+    home.write_dag(
+        "slow",
+        "id: slow\ndagrun_timeout: 1s\ntasks:\n  - {id: nap, kind: shell, retries: 2, with: {command: 'exec sleep 43'}}\n",
+    );
+    let started = std::time::Instant::now();
+    let out = home.orch(&["run", "slow"]);
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "stopped at its timeout, not after the nap"
+    );
+    let run_id = crate::support::last_line(&out)
+        .split_whitespace()
+        .nth(1)
+        .expect("run id")
+        .to_string();
+    let run = home.run_json(&run_id);
+    assert_eq!(run["state"], "failed");
+    assert_eq!(
+        run["note"],
+        "timed out: the run took longer than its dagrun_timeout (1s)"
+    );
+    assert_eq!(attempts(&run, "nap").len(), 1, "no retry after the timeout");
+    assert!(!is_running_command("sleep 43"), "the nap was stopped");
+
+    home.write_dag(
+        "bad_jitter",
+        "id: bad_jitter\ndagrun_timeout: 0s\ntasks:\n  - {id: a, kind: noop, retry_jitter: 2}\n",
+    );
+    let out = home.orch(&["dags", "validate"]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        all.contains("bad_jitter.yaml:2:17: `dagrun_timeout` must be longer than 0s"),
+        "{all}"
+    );
+    assert!(
+        all.contains("`retry_jitter` must be a fraction from 0 to 1"),
+        "{all}"
+    );
+}
+
+fn is_running_command(pattern: &str) -> bool {
+    std::process::Command::new("pgrep")
+        .args(["-f", pattern])
+        .status()
+        .expect("pgrep")
+        .success()
+}
