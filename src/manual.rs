@@ -137,7 +137,7 @@ pub async fn clear(
                 )));
             }
             let tasks = with_downstream(dag, task_id, downstream);
-            (store.clear_tasks(run_id, &tasks).await?, Some(tasks))
+            (store.clear_tasks(run_id, Some(&tasks)).await?, Some(tasks))
         }
     };
     if !cleared {

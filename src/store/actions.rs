@@ -200,10 +200,11 @@ impl Store {
         Ok(current == Some(token))
     }
 
-    /// Queues a finished run again with only `task_ids` to run anew, each with a fresh retry
-    /// budget; the other tasks keep their states. Returns `false` when the run is not
+    /// Queues a finished run (success, failed or skipped) again with `task_ids` (every task
+    /// when `None`) to run anew, each with a fresh retry budget; the other tasks keep their
+    /// states, and attempts go on being numbered. Returns `false` when the run is not
     /// finished (nothing changed).
-    pub async fn clear_tasks(&self, run_id: &str, task_ids: &[String]) -> Result<bool> {
+    pub async fn clear_tasks(&self, run_id: &str, task_ids: Option<&[String]>) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let requeued = sqlx::query(
             "UPDATE dag_runs SET state = 'queued', owner = NULL, started_at = NULL, ended_at = NULL,
@@ -218,16 +219,26 @@ impl Store {
         if !requeued {
             return Ok(false);
         }
-        for task_id in task_ids {
-            sqlx::query(
-                "UPDATE task_instances SET state = 'scheduled', next_retry_at = NULL,
-                     attempt_base = try_number
-                 WHERE run_id = $1 AND task_id = $2",
-            )
-            .bind(run_id)
-            .bind(task_id)
-            .execute(&mut *tx)
-            .await?;
+        let reset = "UPDATE task_instances SET state = 'scheduled', next_retry_at = NULL,
+                         attempt_base = try_number
+                     WHERE run_id = $1 AND (CAST($2 AS TEXT) IS NULL OR task_id = $2)";
+        match task_ids {
+            None => {
+                sqlx::query(reset)
+                    .bind(run_id)
+                    .bind(None::<String>)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Some(task_ids) => {
+                for task_id in task_ids {
+                    sqlx::query(reset)
+                        .bind(run_id)
+                        .bind(task_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
         }
         tx.commit().await?;
         Ok(true)

@@ -340,33 +340,10 @@ impl Store {
         Ok(claimed == 1)
     }
 
-    /// Queues a finished run (success, failed or skipped) again, every task to run anew with a
-    /// fresh retry budget (its attempts stay in the history, numbered on). Returns `false`
-    /// when the run is not finished.
+    /// Queues a finished run again, every task to run anew with a fresh retry budget (see
+    /// [`Store::clear_tasks`]). Returns `false` when the run is not finished.
     pub async fn requeue_run(&self, run_id: &str) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let requeued = sqlx::query(
-            "UPDATE dag_runs SET state = 'queued', owner = NULL, started_at = NULL, ended_at = NULL,
-                 note = NULL, cancel_requested = NULL
-             WHERE run_id = $1 AND state IN ('success', 'failed', 'skipped')",
-        )
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if requeued {
-            sqlx::query(
-                "UPDATE task_instances SET state = 'scheduled', next_retry_at = NULL,
-                     attempt_base = try_number
-                 WHERE run_id = $1",
-            )
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(requeued)
+        self.clear_tasks(run_id, None).await
     }
 
     /// Moves a running run whose owner died to `new_owner`. Returns `false` if someone else
