@@ -485,6 +485,7 @@ pub async fn serve_child() -> std::process::ExitCode {
             message,
             retryable: false,
             skipped: false,
+            reschedule_ms: None,
         },
         Ok(spec) => Outcome::from(&run_spec(spec).await),
     };

@@ -188,6 +188,9 @@ pub enum Outcome {
         /// The task ends skipped rather than failed.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         skipped: bool,
+        /// A sensor looks again after this many milliseconds, without using a retry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reschedule_ms: Option<u64>,
     },
 }
 
@@ -202,6 +205,9 @@ impl From<&Result<TaskOutput, TaskError>> for Outcome {
                 message: e.message.clone(),
                 retryable: e.retryable,
                 skipped: e.skipped,
+                reschedule_ms: e
+                    .reschedule
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             },
         }
     }
@@ -215,10 +221,12 @@ impl From<Outcome> for Result<TaskOutput, TaskError> {
                 message,
                 retryable,
                 skipped,
+                reschedule_ms,
             } => Err(TaskError {
                 message,
                 retryable,
                 skipped,
+                reschedule: reschedule_ms.map(std::time::Duration::from_millis),
             }),
         }
     }

@@ -521,6 +521,7 @@ impl<'a> RunLoop<'a> {
         let (started_at, ended_at) = report.times(Utc::now());
         let duration_ms = (ended_at - started_at).num_milliseconds().max(0);
         let usage = report.usage;
+        let mut rescheduled = false;
         let (end, state, next_retry) = match report.result() {
             Ok(out) => (
                 AttemptEnd {
@@ -545,6 +546,23 @@ impl<'a> RunLoop<'a> {
                 let this_try = attempt.saturating_sub(self.bases[i]);
                 let retry = error.retryable && task.retry.allows_retry_after(this_try);
                 let next = retry.then(|| ended_at + task.retry.delay_after(this_try));
+                // A sensor that must look again: later, with its retries untouched.
+                let (retry, next) = match error.reschedule {
+                    Some(after) => {
+                        rescheduled = true;
+                        self.bases[i] = attempt;
+                        durably(|| {
+                            self.exec
+                                .store
+                                .set_attempt_base(&self.run.run_id, &task.id, attempt)
+                        })
+                        .await?;
+                        let after =
+                            chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+                        (true, Some(ended_at + after))
+                    }
+                    None => (retry, next),
+                };
                 let end = AttemptEnd {
                     state: AttemptState::Failed,
                     started_at,
@@ -588,6 +606,8 @@ impl<'a> RunLoop<'a> {
         self.next_retry[i] = next_retry;
         let kind = match state {
             TaskState::Success => Some(EventKind::TaskSucceeded),
+            // A sensor looking again is not a retry worth telling anyone about.
+            TaskState::UpForRetry if rescheduled => None,
             TaskState::UpForRetry => Some(EventKind::TaskRetry),
             TaskState::Failed => Some(EventKind::TaskFailed),
             _ => None,

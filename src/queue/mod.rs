@@ -102,6 +102,7 @@ impl Report {
                 message,
                 retryable: true,
                 skipped: false,
+                reschedule_ms: None,
             },
             usage: Usage::default(),
             started_at: timestamp::format(started_at),

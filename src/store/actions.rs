@@ -244,6 +244,19 @@ impl Store {
         Ok(true)
     }
 
+    /// Counts a task's retries from after `attempt` on: a sensor's rescheduled looks use none.
+    pub async fn set_attempt_base(&self, run_id: &str, task_id: &str, attempt: u32) -> Result<()> {
+        sqlx::query(
+            "UPDATE task_instances SET attempt_base = $1 WHERE run_id = $2 AND task_id = $3",
+        )
+        .bind(i64::from(attempt))
+        .bind(run_id)
+        .bind(task_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Sets a task of a finished run to `state` (success or failed) and the run's state to
     /// what its tasks now say. Returns the run's new state, or `None` when the run is not
     /// finished or has no such task.

@@ -9,6 +9,7 @@ mod noop;
 mod shell;
 mod trades_extract;
 mod trades_star_schema;
+mod wait_for;
 mod warehouse_load_parquet;
 mod warehouse_load_star_schema;
 
@@ -32,6 +33,7 @@ pub use noop::Noop;
 pub use shell::Shell;
 pub use trades_extract::TradesExtract;
 pub use trades_star_schema::TradesStarSchema;
+pub use wait_for::WaitFor;
 pub use warehouse_load_parquet::WarehouseLoadParquet;
 pub use warehouse_load_star_schema::WarehouseLoadStarSchema;
 
@@ -114,6 +116,9 @@ pub struct TaskError {
     /// The task chose not to go on (a shell command's `skip_on_exit_codes`): it ends
     /// `skipped`, not `failed`, and so do the tasks that needed it to succeed.
     pub skipped: bool,
+    /// Not a failure: a sensor in `reschedule` mode looked and must look again after this
+    /// long, without using a retry.
+    pub reschedule: Option<std::time::Duration>,
 }
 
 impl TaskError {
@@ -123,6 +128,7 @@ impl TaskError {
             message: message.into(),
             retryable: true,
             skipped: false,
+            reschedule: None,
         }
     }
 
@@ -132,6 +138,7 @@ impl TaskError {
             message: message.into(),
             retryable: false,
             skipped: false,
+            reschedule: None,
         }
     }
 
@@ -141,6 +148,17 @@ impl TaskError {
             message: message.into(),
             retryable: false,
             skipped: true,
+            reschedule: None,
+        }
+    }
+
+    /// Not a failure: look again after `after`, without using a retry.
+    pub fn reschedule(message: impl Into<String>, after: std::time::Duration) -> TaskError {
+        TaskError {
+            message: message.into(),
+            retryable: true,
+            skipped: false,
+            reschedule: Some(after),
         }
     }
 
@@ -182,6 +200,7 @@ impl<E: Transient> From<E> for TaskError {
             message: error.to_string(),
             retryable: error.is_transient(),
             skipped: false,
+            reschedule: None,
         }
     }
 }
@@ -266,6 +285,7 @@ impl Registry {
         registry.register(Arc::new(TradesExtract));
         registry.register(Arc::new(TradesStarSchema));
         registry.register(Arc::new(WarehouseLoadStarSchema));
+        registry.register(Arc::new(WaitFor));
         registry
     }
 

@@ -14,6 +14,7 @@ mod postgres;
 mod recovery;
 mod retention;
 mod run;
+mod sensors;
 mod serve;
 mod stream;
 mod support;

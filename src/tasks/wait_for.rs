@@ -1,0 +1,323 @@
+//! `kind: wait_for`: a sensor. It succeeds once its condition holds, looking every
+//! `poke_interval` until `timeout`:
+//!
+//! - `dag_run`: another DAG's run for the same logical date (moved by `offset`) succeeded;
+//! - `lake_object`: an object or a partition exists in the lake;
+//! - `sql`: a query on the staging store or the warehouse returns a true first value;
+//! - `stream`: a live stream has committed trades past a time.
+//!
+//! In `poke` mode the attempt waits, holding its worker slot. In `reschedule` mode each look is
+//! one short attempt: while the condition does not hold the task waits `up_for_retry` for
+//! `poke_interval`, freeing its slot, without using its retries.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, parse_with};
+
+pub struct WaitFor;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitConfig {
+    dag_run: Option<DagRunCondition>,
+    lake_object: Option<String>,
+    sql: Option<SqlCondition>,
+    stream: Option<StreamCondition>,
+    /// How often to look: `30s` by default.
+    poke_interval: Option<String>,
+    /// How long to wait in all before failing: `1h` by default.
+    timeout: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DagRunCondition {
+    dag_id: String,
+    /// The other run's logical date is this run's plus `offset` (`-1d`: the day before).
+    offset: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlCondition {
+    /// `staging` or `warehouse`.
+    connection: String,
+    query: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamCondition {
+    stream_id: String,
+    /// An RFC 3339 time, e.g. `{{ data_interval_end }}`.
+    committed_past: String,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Mode {
+    #[default]
+    Poke,
+    Reschedule,
+}
+
+/// A setting to check when the file loads: one without a template in it.
+fn literal(text: &Option<String>) -> Option<&str> {
+    text.as_deref().filter(|t| !t.contains("{{"))
+}
+
+const DEFAULT_POKE: Duration = Duration::from_secs(30);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A duration, or its default; `offset` may be negative (`-1d`).
+fn duration(text: Option<&str>, default: Duration, what: &str) -> Result<Duration, String> {
+    match text {
+        None => Ok(default),
+        Some(t) => humantime::parse_duration(t.trim())
+            .map_err(|e| format!("`{what}`: bad duration `{t}`: {e} (write e.g. 30s, 5m)")),
+    }
+}
+
+fn signed_duration(text: &str) -> Result<chrono::Duration, String> {
+    let (negative, body) = match text.trim().strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.trim().trim_start_matches('+')),
+    };
+    let d = humantime::parse_duration(body)
+        .map_err(|e| format!("`offset`: bad duration `{text}`: {e} (write e.g. -1d, 1h)"))?;
+    let d = chrono::Duration::from_std(d).map_err(|e| format!("`offset` `{text}`: {e}"))?;
+    Ok(if negative { -d } else { d })
+}
+
+impl WaitConfig {
+    fn check(&self) -> Result<(), String> {
+        let conditions = [
+            self.dag_run.is_some(),
+            self.lake_object.is_some(),
+            self.sql.is_some(),
+            self.stream.is_some(),
+        ];
+        if conditions.iter().filter(|c| **c).count() != 1 {
+            return Err(
+                "give exactly one condition: `dag_run`, `lake_object`, `sql` or `stream`"
+                    .to_string(),
+            );
+        }
+        duration(literal(&self.poke_interval), DEFAULT_POKE, "poke_interval")?;
+        duration(literal(&self.timeout), DEFAULT_TIMEOUT, "timeout")?;
+        if let Some(offset) = self.dag_run.as_ref().and_then(|d| d.offset.as_deref())
+            && !offset.contains("{{")
+        {
+            signed_duration(offset)?;
+        }
+        if let Some(sql) = &self.sql
+            && !matches!(sql.connection.as_str(), "staging" | "warehouse")
+        {
+            return Err(format!(
+                "`sql.connection` `{}`: use `staging` or `warehouse`",
+                sql.connection
+            ));
+        }
+        Ok(())
+    }
+
+    /// What it waits for, for the log and the errors.
+    fn describe(&self) -> String {
+        if let Some(d) = &self.dag_run {
+            format!(
+                "a successful run of `{}`{}",
+                d.dag_id,
+                d.offset
+                    .as_deref()
+                    .map(|o| format!(" at offset {o}"))
+                    .unwrap_or_default()
+            )
+        } else if let Some(path) = &self.lake_object {
+            format!("`{path}` in the lake")
+        } else if let Some(sql) = &self.sql {
+            format!("`{}` on {} to be true", sql.query, sql.connection)
+        } else if let Some(s) = &self.stream {
+            format!(
+                "stream `{}` to commit past {}",
+                s.stream_id, s.committed_past
+            )
+        } else {
+            "nothing".to_string()
+        }
+    }
+
+    /// Whether the condition holds now.
+    async fn holds(&self, ctx: &TaskContext) -> Result<bool, TaskError> {
+        if let Some(d) = &self.dag_run {
+            let this = ctx
+                .store
+                .run(&ctx.run_id)
+                .await
+                .map_err(|e| TaskError::transient(e.to_string()))?
+                .ok_or_else(|| TaskError::permanent("this run is not in the run history"))?;
+            let offset = match &d.offset {
+                Some(o) => signed_duration(o).map_err(TaskError::permanent)?,
+                None => chrono::Duration::zero(),
+            };
+            let other = ctx
+                .store
+                .run_for_date(&d.dag_id, this.logical_date + offset)
+                .await
+                .map_err(|e| TaskError::transient(e.to_string()))?;
+            return Ok(other.is_some_and(|r| r.state == crate::store::RunState::Success));
+        }
+        if let Some(path) = &self.lake_object {
+            let lake = crate::lake::Lake::open(&ctx.data.lake_url)
+                .map_err(|e| TaskError::permanent(e.to_string()))?;
+            let found = lake
+                .list(path.trim_start_matches('/'))
+                .await
+                .map_err(|e| TaskError::transient(e.to_string()))?;
+            return Ok(!found.is_empty());
+        }
+        if let Some(sql) = &self.sql {
+            let url = match sql.connection.as_str() {
+                "staging" => &ctx.data.staging_url,
+                _ => &ctx.data.warehouse_url,
+            };
+            return query_is_true(url, &sql.query).await;
+        }
+        if let Some(s) = &self.stream {
+            let past = DateTime::parse_from_rfc3339(s.committed_past.trim())
+                .map_err(|e| {
+                    TaskError::permanent(format!(
+                        "`committed_past` `{}` is not an RFC 3339 time: {e}",
+                        s.committed_past
+                    ))
+                })?
+                .with_timezone(&Utc);
+            let reports = ctx
+                .store
+                .stream_reports()
+                .await
+                .map_err(|e| TaskError::transient(e.to_string()))?;
+            let committed = reports
+                .iter()
+                .find(|r| r.stream_id == s.stream_id)
+                .and_then(|r| {
+                    serde_json::from_str::<crate::stream::stats::StreamReport>(&r.report).ok()
+                })
+                .and_then(|r| r.last_trade_time);
+            return Ok(committed.is_some_and(|ms| ms >= past.timestamp_millis()));
+        }
+        Ok(false)
+    }
+}
+
+/// Runs `query` on the database at `url`; true when its first value is true, a non-zero
+/// number or a non-empty text other than `false`/`0`.
+async fn query_is_true(url: &str, query: &str) -> Result<bool, TaskError> {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.map_err(|e| {
+        TaskError::transient(format!("cannot open {}: {e}", crate::redact::secrets(url)))
+    })?;
+    // The query is the DAG author's, as a `shell` command is: no run's value is spliced in
+    // unless a template of the file puts it there.
+    let row = sqlx::query(sqlx::AssertSqlSafe(query.to_string()))
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(|e| TaskError::permanent(format!("the query failed: {e}")))?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    if let Ok(v) = row.try_get::<bool, _>(0) {
+        return Ok(v);
+    }
+    if let Ok(v) = row.try_get::<i64, _>(0) {
+        return Ok(v != 0);
+    }
+    if let Ok(v) = row.try_get::<f64, _>(0) {
+        return Ok(v != 0.0);
+    }
+    if let Ok(v) = row.try_get::<String, _>(0) {
+        return Ok(!matches!(v.trim(), "" | "0" | "false" | "f"));
+    }
+    Ok(false)
+}
+
+/// When this task first started looking, across reschedules: its first attempt in this run.
+async fn first_look(ctx: &TaskContext) -> DateTime<Utc> {
+    ctx.store
+        .attempts(&ctx.run_id)
+        .await
+        .ok()
+        .and_then(|attempts| {
+            attempts
+                .iter()
+                .filter(|a| a.task_id == ctx.task_id)
+                .map(|a| a.started_at)
+                .min()
+        })
+        .unwrap_or_else(Utc::now)
+}
+
+impl TaskKind for WaitFor {
+    fn name(&self) -> &'static str {
+        "wait_for"
+    }
+
+    fn check(&self, with: &Value) -> Result<(), String> {
+        parse_with::<WaitConfig>(with)?.check()
+    }
+
+    fn run<'a>(
+        &'a self,
+        with: Value,
+        ctx: &'a TaskContext,
+    ) -> BoxFuture<'a, Result<TaskOutput, TaskError>> {
+        Box::pin(async move {
+            let config: WaitConfig = parse_with(&with).map_err(TaskError::permanent)?;
+            config.check().map_err(TaskError::permanent)?;
+            let poke = duration(
+                config.poke_interval.as_deref(),
+                DEFAULT_POKE,
+                "poke_interval",
+            )
+            .map_err(TaskError::permanent)?;
+            let timeout = duration(config.timeout.as_deref(), DEFAULT_TIMEOUT, "timeout")
+                .map_err(TaskError::permanent)?;
+            let what = config.describe();
+            let since = first_look(ctx).await;
+            let deadline =
+                since + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+            ctx.log.note(&format!("waiting for {what}"));
+            loop {
+                if config.holds(ctx).await? {
+                    let waited = (Utc::now() - since).num_milliseconds().max(0) as f64 / 1000.0;
+                    ctx.log.note(&format!("{what}: there after {waited:.1}s"));
+                    let mut metrics = serde_json::Map::new();
+                    metrics.insert("waited_s".to_string(), Value::from(waited));
+                    return Ok(TaskOutput {
+                        rows: None,
+                        metrics: Some(metrics),
+                    });
+                }
+                if Utc::now() >= deadline {
+                    return Err(TaskError::permanent(format!(
+                        "gave up waiting for {what} after {}",
+                        humantime::format_duration(timeout)
+                    )));
+                }
+                if config.mode == Mode::Reschedule {
+                    return Err(TaskError::reschedule(
+                        format!("not yet: waiting for {what}"),
+                        poke,
+                    ));
+                }
+                tokio::time::sleep(poke).await;
+            }
+        })
+    }
+}
