@@ -90,7 +90,7 @@ tasks:
     with: { sql: { connection: warehouse, query: "SELECT COUNT(*) FROM loads WHERE day = '{{ ds }}'" }, poke_interval: 100ms, timeout: 30s }
 "#,
     );
-    let mut child = home
+    let child = home
         .command(&["run", "table_sensor", "--logical-date", "2026-11-20"])
         .env("ORCH_WAREHOUSE_URL", &warehouse)
         .stdout(Stdio::piped())
