@@ -5,8 +5,10 @@
 //! New kinds (exchange, warehouse, ETL) register in [`Registry::builtin`].
 
 mod binance_historical_trades;
+mod http;
 mod noop;
 mod shell;
+mod sql;
 mod trades_extract;
 mod trades_star_schema;
 mod wait_for;
@@ -29,8 +31,10 @@ use crate::store::Store;
 use crate::template::{self, Quoting, RunVariables};
 
 pub use binance_historical_trades::BinanceHistoricalTrades;
+pub use http::Http;
 pub use noop::Noop;
 pub use shell::Shell;
+pub use sql::Sql;
 pub use trades_extract::TradesExtract;
 pub use trades_star_schema::TradesStarSchema;
 pub use wait_for::WaitFor;
@@ -286,6 +290,8 @@ impl Registry {
         registry.register(Arc::new(TradesStarSchema));
         registry.register(Arc::new(WarehouseLoadStarSchema));
         registry.register(Arc::new(WaitFor));
+        registry.register(Arc::new(Http));
+        registry.register(Arc::new(Sql));
         registry
     }
 

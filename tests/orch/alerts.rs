@@ -12,15 +12,23 @@ use crate::support::{Home, text};
 
 /// One request the receiver got.
 #[derive(Debug)]
-struct Caught {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
+pub struct Caught {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
 }
 
 /// An HTTP server on loopback that answers 500 to its first `failures` requests, then 200,
 /// and hands every request over.
 fn receiver(failures: usize) -> (String, mpsc::Receiver<Caught>) {
+    receiver_answering(failures, "")
+}
+
+/// The same, answering `answer` as its 200s' JSON body.
+pub fn receiver_answering(
+    failures: usize,
+    answer: &'static str,
+) -> (String, mpsc::Receiver<Caught>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let (tx, rx) = mpsc::channel();
@@ -49,14 +57,15 @@ fn receiver(failures: usize) -> (String, mpsc::Receiver<Caught>) {
             }
             let mut body = vec![0; length];
             reader.read_exact(&mut body).expect("body");
-            let status = if n < failures {
-                "500 Internal Server Error"
+            let (status, answer) = if n < failures {
+                ("500 Internal Server Error", "")
             } else {
-                "200 OK"
+                ("200 OK", answer)
             };
             let _ = write!(
                 stream,
-                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
             );
             let caught = Caught {
                 path,
@@ -141,19 +150,23 @@ tasks:
     while let Ok(c) = caught.recv_timeout(Duration::from_millis(200)) {
         got.push(c);
     }
-    let paths: Vec<&str> = got.iter().map(|c| c.path.as_str()).collect();
+    // The task's and the run's alerts go out side by side: in either order.
+    let mut paths: Vec<&str> = got.iter().map(|c| c.path.as_str()).collect();
+    paths[2..].sort_unstable();
     assert_eq!(
         paths,
-        ["/retry", "/retry", "/task", "/run"],
+        ["/retry", "/retry", "/run", "/task"],
         "the first /retry got a 500 and was sent again"
     );
+    let task_at = got.iter().position(|c| c.path == "/task").expect("/task");
+    let run_at = got.iter().position(|c| c.path == "/run").expect("/run");
     let slack: Value = serde_json::from_str(&got[1].body).expect("JSON");
     let text_line = slack["text"].as_str().expect("a Slack text");
     assert!(
         text_line.contains("task `flaky`") && text_line.contains("will be retried (attempt 1)"),
         "{text_line}"
     );
-    let task: Value = serde_json::from_str(&got[2].body).expect("JSON");
+    let task: Value = serde_json::from_str(&got[task_at].body).expect("JSON");
     assert_eq!(task["event"], "task_failed");
     assert_eq!(task["attempt"], 2);
     assert!(
@@ -165,8 +178,8 @@ tasks:
         tail.contains("boom") && tail.contains("password=***"),
         "{tail}"
     );
-    assert!(!got[2].body.contains("hunter2"), "secrets are masked");
-    let run: Value = serde_json::from_str(&got[3].body).expect("JSON");
+    assert!(!got[task_at].body.contains("hunter2"), "secrets are masked");
+    let run: Value = serde_json::from_str(&got[run_at].body).expect("JSON");
     assert_eq!(run["event"], "run_failed");
     assert_eq!(
         run["link"],
@@ -176,11 +189,11 @@ tasks:
         )
     );
     assert!(
-        got[3]
+        got[run_at]
             .headers
             .contains(&("x-token".to_string(), "tok-123".to_string())),
         "{:?}",
-        got[3].headers
+        got[run_at].headers
     );
 
     let out = home.orch(&["run", "alerting_ok"]);

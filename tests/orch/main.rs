@@ -10,6 +10,7 @@ mod exact;
 mod faults;
 mod inspect;
 mod isolation;
+mod kinds;
 mod postgres;
 mod recovery;
 mod retention;
