@@ -72,8 +72,7 @@ tasks:
     }
     let load = got
         .iter()
-        .filter(|c| c.path.starts_with("/load"))
-        .last()
+        .rfind(|c| c.path.starts_with("/load"))
         .expect("the load request");
     assert_eq!(load.path, "/load?day=2026-11-20");
     assert!(
@@ -85,7 +84,7 @@ tasks:
     assert_eq!(body["full"], true);
     let log = text(
         &home
-            .orch(&["logs", &run["run_id"].as_str().unwrap_or("").to_string()])
+            .orch(&["logs", run["run_id"].as_str().unwrap_or("")])
             .stdout,
     );
     assert!(!log.contains("t0k"), "the header's secret is not logged");
