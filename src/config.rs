@@ -34,6 +34,8 @@ pub struct Config {
     /// Where people reach the web UI (`ORCH_PUBLIC_URL`, `public_url:`), for links in alerts;
     /// `http://LISTEN` by default when the web face listens.
     pub public_url: Option<String>,
+    /// Named slot counts shared by every DAG (`pools:`); a task names one with `pool:`.
+    pub pools: std::collections::BTreeMap<String, u32>,
 }
 
 /// `retention:` in orch.yaml: finished runs older than `days`, or beyond the newest
@@ -145,6 +147,8 @@ struct FileSettings {
     #[serde(default)]
     retention: Retention,
     public_url: Option<String>,
+    #[serde(default)]
+    pools: std::collections::BTreeMap<String, u32>,
 }
 
 impl Config {
@@ -262,6 +266,14 @@ impl Config {
                 None => None,
             },
         };
+        for (name, slots) in &file.pools {
+            if !crate::queue::is_queue_name(name) || *slots == 0 {
+                return Err(file_error(
+                    "pools",
+                    format!("pool `{name}`: a name of [a-z0-9_-]+ with at least 1 slot"),
+                ));
+            }
+        }
         if file.retention.days == Some(0) || file.retention.runs_per_dag == Some(0) {
             return Err(file_error(
                 "retention",
@@ -279,6 +291,7 @@ impl Config {
             listen,
             api_token,
             retention: file.retention,
+            pools: file.pools,
             public_url: env("ORCH_PUBLIC_URL")
                 .or(file.public_url)
                 .or_else(|| listen.map(|addr| format!("http://{addr}"))),

@@ -390,6 +390,15 @@ impl Checker {
             },
         };
         let callbacks = self.callbacks(&spec.on_failure, &spec.on_success, &spec.on_retry);
+        if let Some(pool) = &spec.pool
+            && !queue::is_queue_name(&pool.value)
+        {
+            self.problem(
+                pool,
+                format!("pool `{}` must match [a-z0-9_-]+", pool.value),
+            );
+        }
+        let pool_slots = self.positive(spec.pool_slots.as_ref(), "pool_slots", 1);
         if self.problems.len() > before {
             return None;
         }
@@ -407,6 +416,9 @@ impl Checker {
             queue: queue.map_or(queue::DEFAULT_QUEUE.to_string(), |q| q.value.clone()),
             with,
             callbacks,
+            pool: spec.pool.as_ref().map(|p| p.value.clone()),
+            pool_slots,
+            priority: spec.priority.unwrap_or(0),
         })
     }
 

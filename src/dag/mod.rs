@@ -71,6 +71,11 @@ pub struct Task {
     pub limits: Limits,
     /// The queue its attempts wait in for a worker that serves it.
     pub queue: String,
+    /// The pool whose slots its attempts take (orch.yaml's `pools:`), and how many.
+    pub pool: Option<String>,
+    pub pool_slots: u32,
+    /// Among attempts waiting in a queue or for a pool, higher goes first.
+    pub priority: i32,
     /// The kind's configuration. Every string in it is a template rendered at run time.
     pub with: serde_json::Value,
     /// Who is told when this task fails, succeeds or will be retried.

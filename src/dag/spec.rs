@@ -79,6 +79,10 @@ pub struct TaskSpec {
     pub limits: Option<LimitsSpec>,
     /// The workers that may run it: those serving this queue.
     pub queue: Option<Spanned<String>>,
+    /// A pool of orch.yaml's `pools:` whose slots its attempts take.
+    pub pool: Option<Spanned<String>>,
+    pub pool_slots: Option<Spanned<u32>>,
+    pub priority: Option<i32>,
     pub with: Option<Spanned<serde_json::Value>>,
     pub on_failure: Option<Spanned<Vec<Notifier>>>,
     pub on_success: Option<Spanned<Vec<Notifier>>>,

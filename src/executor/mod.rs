@@ -27,8 +27,8 @@ use crate::notify::{Event, EventKind, Notifier};
 use crate::process;
 use crate::queue::{Dispatch, QueuedTask, Report};
 use crate::store::{
-    AttemptEnd, AttemptKey, AttemptState, RunRecord, RunState, Store, StoreError, TaskState,
-    durably,
+    AttemptEnd, AttemptKey, AttemptState, Placement, RunRecord, RunState, Store, StoreError,
+    TaskState, durably,
 };
 use crate::tasks::{self, Registry, TaskError};
 use crate::template::RunVariables;
@@ -443,7 +443,13 @@ impl<'a> RunLoop<'a> {
                 attempt,
                 started_at,
                 &log_path,
-                queued.as_ref().ok().map(|spec| (queue, spec.as_str())),
+                queued.as_ref().ok().map(|spec| Placement {
+                    queue,
+                    spec,
+                    pool: task.pool.as_deref(),
+                    pool_slots: task.pool_slots,
+                    priority: task.priority,
+                }),
             )
         })
         .await?;

@@ -146,6 +146,18 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     for error in bag.errors() {
         tracing::error!("DAG file not loaded: {error}");
     }
+    store.sync_pools(&config.pools).await?;
+    for dag in bag.dags() {
+        for task in &dag.tasks {
+            if let Some(pool) = task
+                .pool
+                .as_deref()
+                .filter(|p| !config.pools.contains_key(*p))
+            {
+                tracing::warn!(dag_id = %dag.id, task_id = %task.id, pool, "the task names a pool that orch.yaml's `pools:` does not declare: it runs without that limit");
+            }
+        }
+    }
     let (shutdown, _) = ShutdownHandle::new();
     let executor = Executor::of_config(&config, store.clone(), Arc::clone(&registry));
     let worker = LocalWorker::start(

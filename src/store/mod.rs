@@ -40,7 +40,9 @@ pub use model::{
     AttemptEnd, AttemptRecord, AttemptState, NewRun, RunRecord, RunState, RunType,
     StreamStateRecord, TaskInstanceRecord, TaskState,
 };
-pub use queue::{AttemptKey, Claim, QUEUED_CHANNEL, QueuedAttempt, REPORTED_CHANNEL, WorkerReport};
+pub use queue::{
+    AttemptKey, Claim, Placement, QUEUED_CHANNEL, QueuedAttempt, REPORTED_CHANNEL, WorkerReport,
+};
 pub use retention::{PrunedRun, RetentionPolicy};
 pub use views::{
     BackfillRecord, RunCursor, RunDetail, RunFilter, RunSummary, TaskCell, TaskDetail,
@@ -521,13 +523,13 @@ impl Store {
         attempt: u32,
         started_at: DateTime<Utc>,
         log_path: &str,
-        queued: Option<(&str, &str)>,
+        queued: Option<Placement<'_>>,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let (queue, spec) = queued.unzip();
         sqlx::query(
-            "INSERT INTO task_attempts (run_id, task_id, attempt, state, started_at, log_path, queue, spec)
-             VALUES ($1, $2, $3, 'running', $4, $5, $6, $7)
+            "INSERT INTO task_attempts (run_id, task_id, attempt, state, started_at, log_path, queue,
+                 spec, pool, pool_slots, priority)
+             VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (run_id, task_id, attempt) DO NOTHING",
         )
         .bind(run_id)
@@ -535,8 +537,11 @@ impl Store {
         .bind(i64::from(attempt))
         .bind(timestamp::format(started_at))
         .bind(log_path)
-        .bind(queue)
-        .bind(spec)
+        .bind(queued.map(|q| q.queue))
+        .bind(queued.map(|q| q.spec))
+        .bind(queued.and_then(|q| q.pool))
+        .bind(i64::from(queued.map_or(1, |q| q.pool_slots)))
+        .bind(i64::from(queued.map_or(0, |q| q.priority)))
         .execute(&mut *tx)
         .await?;
         if queued.is_some() {

@@ -45,6 +45,17 @@ pub struct Claim {
     pub spec: String,
 }
 
+/// Where an attempt waits, and what it takes: its queue, its pool's slots, its priority.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    pub queue: &'a str,
+    /// The queued spec, JSON.
+    pub spec: &'a str,
+    pub pool: Option<&'a str>,
+    pub pool_slots: u32,
+    pub priority: i32,
+}
+
 /// A running attempt as the executor waiting for it sees it.
 #[derive(Debug, Clone)]
 pub struct QueuedAttempt {
@@ -71,7 +82,9 @@ pub struct WorkerReport<'a> {
 }
 
 impl Store {
-    /// Claims up to `limit` queued attempts of `queues` for `worker`, oldest first.
+    /// Claims up to `limit` queued attempts of `queues` for `worker`, by priority then age.
+    /// Attempts in a pool are claimed one statement at a time, each only while the pool has
+    /// room for its slots, so that no number of workers runs a pool past its size.
     pub async fn claim_attempts(
         &self,
         worker: &str,
@@ -81,23 +94,59 @@ impl Store {
         if queues.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
+        let mut claims = self.claim(worker, queues, limit, false).await?;
+        while claims.len() < limit {
+            let pooled = self.claim(worker, queues, 1, true).await?;
+            if pooled.is_empty() {
+                break;
+            }
+            claims.extend(pooled);
+        }
+        Ok(claims)
+    }
+
+    /// One claim statement: of attempts outside any pool (up to `limit`), or of one pooled
+    /// attempt whose pool has room. Pools not in `pools` have no limit.
+    async fn claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        limit: usize,
+        pooled: bool,
+    ) -> Result<Vec<Claim>> {
         let placeholders: Vec<String> = (0..queues.len()).map(|i| format!("${}", i + 4)).collect();
         let skip_locked = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        let pool_rule = if pooled {
+            "AND a.pool IS NOT NULL
+             AND a.pool_slots + (SELECT COALESCE(SUM(b.pool_slots), 0) FROM task_attempts b
+                                 WHERE b.state = 'running' AND b.worker IS NOT NULL
+                                     AND b.report IS NULL AND b.pool = a.pool)
+                 <= COALESCE((SELECT p.slots FROM pools p WHERE p.name = a.pool), a.pool_slots)"
+        } else {
+            "AND a.pool IS NULL"
+        };
         // The queue names are bound, never spliced: only their count shapes the statement.
         let sql = format!(
             "UPDATE task_attempts SET worker = $1, claim_token = claim_token + 1, started_at = $2
              WHERE (run_id, task_id, attempt) IN (
-                 SELECT run_id, task_id, attempt FROM task_attempts
-                 WHERE state = 'running' AND worker IS NULL AND report IS NULL AND spec IS NOT NULL
-                     AND queue IN ({})
-                 ORDER BY started_at LIMIT $3 {skip_locked})
+                 SELECT a.run_id, a.task_id, a.attempt FROM task_attempts a
+                 WHERE a.state = 'running' AND a.worker IS NULL AND a.report IS NULL
+                     AND a.spec IS NOT NULL AND a.queue IN ({}) {pool_rule}
+                 ORDER BY a.priority DESC, a.started_at LIMIT $3 {skip_locked})
              RETURNING run_id, task_id, attempt, claim_token, spec",
             placeholders.join(", ")
         );
-        // Audited: `sql` varies only in its count of `$N` placeholders.
+        let mut tx = self.begin_write().await?;
+        if pooled && self.backend == Backend::Postgres {
+            // Two workers must not both see the same room in a pool: pooled claims take turns.
+            sqlx::query("SELECT pg_advisory_xact_lock(7297400)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Audited: `sql` varies only in its count of `$N` placeholders and a fixed rule.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(worker)
             .bind(timestamp::format(Utc::now()))
@@ -105,7 +154,8 @@ impl Store {
         for queue in queues {
             query = query.bind(queue);
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
         rows.iter()
             .map(|row| {
                 Ok(Claim {
@@ -115,6 +165,21 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Makes the pools table say what orch.yaml's `pools:` says.
+    pub async fn sync_pools(&self, pools: &std::collections::BTreeMap<String, u32>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM pools").execute(&mut *tx).await?;
+        for (name, slots) in pools {
+            sqlx::query("INSERT INTO pools (name, slots) VALUES ($1, $2)")
+                .bind(name)
+                .bind(i64::from(*slots))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Writes a worker's report of its attempt, if its claim `token` is still current.

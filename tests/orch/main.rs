@@ -11,6 +11,7 @@ mod faults;
 mod inspect;
 mod isolation;
 mod kinds;
+mod pools;
 mod postgres;
 mod recovery;
 mod retention;
