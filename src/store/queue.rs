@@ -318,7 +318,20 @@ mod tests {
         store.insert_run(&run, &tasks).await.expect("run");
         for (task, queue) in queues {
             store
-                .start_attempt("r", task, 1, Utc::now(), "log", Some((queue, "{}")))
+                .start_attempt(
+                    "r",
+                    task,
+                    1,
+                    Utc::now(),
+                    "log",
+                    Some(Placement {
+                        queue,
+                        spec: "{}",
+                        pool: None,
+                        pool_slots: 1,
+                        priority: 0,
+                    }),
+                )
                 .await
                 .expect("queue");
         }
