@@ -419,6 +419,10 @@ impl Checker {
             pool: spec.pool.as_ref().map(|p| p.value.clone()),
             pool_slots,
             priority: spec.priority.unwrap_or(0),
+            depends_on_past: spec
+                .depends_on_past
+                .or(defaults.depends_on_past)
+                .unwrap_or(false),
         })
     }
 

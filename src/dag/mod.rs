@@ -76,6 +76,8 @@ pub struct Task {
     pub pool_slots: u32,
     /// Among attempts waiting in a queue or for a pool, higher goes first.
     pub priority: i32,
+    /// Runs only once the same task succeeded (or was skipped) in the DAG's previous run.
+    pub depends_on_past: bool,
     /// The kind's configuration. Every string in it is a template rendered at run time.
     pub with: serde_json::Value,
     /// Who is told when this task fails, succeeds or will be retried.

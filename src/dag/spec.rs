@@ -51,6 +51,7 @@ pub struct TaskPolicySpec {
     pub timeout: Option<Spanned<String>>,
     pub trigger_rule: Option<TriggerRule>,
     pub limits: Option<LimitsSpec>,
+    pub depends_on_past: Option<bool>,
 }
 
 /// `limits:` of a task or of the defaults; a task's keys override the defaults' one by one.
@@ -77,6 +78,8 @@ pub struct TaskSpec {
     pub timeout: Option<Spanned<String>>,
     pub trigger_rule: Option<TriggerRule>,
     pub limits: Option<LimitsSpec>,
+    /// Wait until this task succeeded in the DAG's previous run.
+    pub depends_on_past: Option<bool>,
     /// The workers that may run it: those serving this queue.
     pub queue: Option<Spanned<String>>,
     /// A pool of orch.yaml's `pools:` whose slots its attempts take.

@@ -152,6 +152,20 @@ struct RunLoop<'a> {
     cancelled: Option<String>,
     /// Alerts being sent, beside the run: waited for once it ends.
     alerts: JoinSet<()>,
+    /// For `depends_on_past` tasks: whether the previous run's task let this one go, and when
+    /// to look again if not.
+    past: Vec<PastCheck>,
+}
+
+/// Where a `depends_on_past` task stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PastCheck {
+    /// Not such a task, or the previous run's task succeeded or was skipped.
+    Clear,
+    /// Not looked at yet.
+    Unknown,
+    /// Waiting for the previous run's task; look again at this time.
+    WaitUntil(tokio::time::Instant),
 }
 
 impl<'a> RunLoop<'a> {
@@ -179,6 +193,17 @@ impl<'a> RunLoop<'a> {
             })
             .collect();
         let n = dag.tasks.len();
+        let past = dag
+            .tasks
+            .iter()
+            .map(|t| {
+                if t.depends_on_past {
+                    PastCheck::Unknown
+                } else {
+                    PastCheck::Clear
+                }
+            })
+            .collect();
         RunLoop {
             exec,
             dag,
@@ -195,6 +220,7 @@ impl<'a> RunLoop<'a> {
             taken_over: false,
             cancelled: run.cancel_requested.clone(),
             alerts: JoinSet::new(),
+            past,
         }
     }
 
@@ -300,6 +326,16 @@ impl<'a> RunLoop<'a> {
                 }
             }
             let next_retry = self.next_retry.iter().flatten().min().copied();
+            let next_past_look = self
+                .past
+                .iter()
+                .zip(&self.states)
+                .filter(|(_, s)| **s == TaskState::Scheduled)
+                .filter_map(|(p, _)| match p {
+                    PastCheck::WaitUntil(at) => Some(*at),
+                    PastCheck::Clear | PastCheck::Unknown => None,
+                })
+                .min();
             let retry_sleep =
                 next_retry.map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO));
             tokio::select! {
@@ -329,6 +365,7 @@ impl<'a> RunLoop<'a> {
                     self.check_cancel().await?;
                 }
                 _ = tokio::time::sleep(retry_sleep.unwrap_or(Duration::ZERO)), if retry_sleep.is_some() => {}
+                () = tokio::time::sleep_until(next_past_look.unwrap_or_else(tokio::time::Instant::now)), if next_past_look.is_some() => {}
             }
         }
     }
@@ -352,6 +389,7 @@ impl<'a> RunLoop<'a> {
                         self.upstream[i].iter().map(|&u| self.states[u]).collect();
                     match evaluate(self.dag.tasks[i].trigger_rule, &upstream) {
                         Readiness::Wait => continue,
+                        Readiness::Ready if !self.past_allows(i).await? => continue,
                         Readiness::Ready => TaskState::Queued,
                         Readiness::Never(state) => state,
                     }
@@ -377,6 +415,36 @@ impl<'a> RunLoop<'a> {
             self.emit(i, state, None);
         }
         Ok(())
+    }
+
+    /// Whether task `i` may run as far as `depends_on_past` goes: the same task of the DAG's
+    /// previous run succeeded or was skipped (or there is none). Looked up again every
+    /// [`PAST_LOOK`] while not.
+    async fn past_allows(&mut self, i: usize) -> Result<bool, StoreError> {
+        let first_look = match self.past[i] {
+            PastCheck::Clear => return Ok(true),
+            PastCheck::WaitUntil(at) if tokio::time::Instant::now() < at => return Ok(false),
+            PastCheck::WaitUntil(_) => false,
+            PastCheck::Unknown => true,
+        };
+        let store = &self.exec.store;
+        let task_id = &self.dag.tasks[i].id;
+        let previous =
+            durably(|| store.previous_task_state(&self.dag.id, self.run.logical_date, task_id))
+                .await?;
+        let clear = match previous {
+            None | Some(None) => true,
+            Some(Some(state)) => matches!(state, TaskState::Success | TaskState::Skipped),
+        };
+        if clear {
+            self.past[i] = PastCheck::Clear;
+        } else {
+            if first_look {
+                tracing::info!(run_id = %self.run.run_id, task_id = %task_id, previous = ?previous.flatten(), "depends_on_past: waiting for the previous run's task to succeed");
+            }
+            self.past[i] = PastCheck::WaitUntil(tokio::time::Instant::now() + PAST_LOOK);
+        }
+        Ok(clear)
     }
 
     /// Queues the next attempt of task `i` for a worker of its queue, and waits for it.
@@ -802,6 +870,8 @@ impl<'a> RunLoop<'a> {
     }
 }
 
+/// How often a `depends_on_past` task looks again at the previous run.
+const PAST_LOOK: Duration = Duration::from_secs(2);
 /// How long a run's end waits for its alerts to be sent.
 const ALERTS_WAIT: Duration = Duration::from_secs(120);
 /// The most of an attempt's log an alert carries: its end.

@@ -217,6 +217,33 @@ impl Store {
             .collect()
     }
 
+    /// The state of `task_id` in the run of `dag_id` just before `logical_date` (scheduled
+    /// or backfill runs): `None` when there is no earlier run, `Some(None)` when that run has
+    /// no such task.
+    pub async fn previous_task_state(
+        &self,
+        dag_id: &str,
+        logical_date: DateTime<Utc>,
+        task_id: &str,
+    ) -> Result<Option<Option<TaskState>>> {
+        let row = sqlx::query(
+            "SELECT r.run_id, t.state FROM dag_runs r
+             LEFT JOIN task_instances t ON t.run_id = r.run_id AND t.task_id = $3
+             WHERE r.dag_id = $1 AND r.logical_date < $2 AND r.run_type <> 'manual'
+             ORDER BY r.logical_date DESC LIMIT 1",
+        )
+        .bind(dag_id)
+        .bind(timestamp::format(logical_date))
+        .bind(task_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let state: Option<String> = row.try_get("state")?;
+        Ok(Some(state.and_then(|s| TaskState::parse(&s))))
+    }
+
     /// A run with its tasks and their attempts; `None` when there is no such run.
     pub async fn run_detail(&self, run_id: &str) -> Result<Option<RunDetail>> {
         // Three reads at once on the pool's connections: a page waits for the slowest only.

@@ -443,3 +443,66 @@ fn is_running_command(pattern: &str) -> bool {
         .expect("pgrep")
         .success()
 }
+
+#[test]
+fn depends_on_past_waits_for_the_previous_runs_task_until_it_is_fixed() {
+    let home = Home::new();
+    home.write_dag(
+        "daily_past",
+        "id: daily_past\nschedule: '@daily'\nstart_date: 2026-11-20\nmax_active_runs: 3\ntasks:\n  - {id: load, kind: shell, depends_on_past: true, with: {command: 'test {{ ds }} != 2026-11-20'}}\n",
+    );
+    let mut backfill = home
+        .command(&[
+            "backfill",
+            "daily_past",
+            "--start",
+            "2026-11-20",
+            "--end",
+            "2026-11-22",
+            "--parallel",
+            "3",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("orch backfill");
+    let first = "daily_past__backfill__2026-11-20T00:00:00Z";
+    let second = "daily_past__backfill__2026-11-21T00:00:00Z";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = home.orch(&["runs", "show", first, "--json"]);
+        if out.status.success() {
+            let run: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            if run["state"] == "failed" {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first day never failed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The next day waits: its `load` cannot start while the day before has not succeeded.
+    let waiting = home.run_json(second);
+    assert_eq!(task_state(&waiting, "load"), "scheduled", "{waiting:#}");
+    assert!(attempts(&waiting, "load").is_empty());
+    // Someone fixes the first day by hand: the others go on, in order.
+    let out = home.orch(&["tasks", "mark", first, "load", "success"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // It reports the first day as it ended for it (failed); the others run once it is fixed.
+    backfill.wait().expect("the backfill ends");
+    for day in ["2026-11-21", "2026-11-22"] {
+        let run = home.run_json(&format!("daily_past__backfill__{day}T00:00:00Z"));
+        assert_eq!(run["state"], "success", "{run:#}");
+    }
+    let (second_run, third_run) = (
+        home.run_json(second),
+        home.run_json("daily_past__backfill__2026-11-22T00:00:00Z"),
+    );
+    assert!(
+        attempts(&second_run, "load")[0]["ended_at"].as_str()
+            <= attempts(&third_run, "load")[0]["started_at"].as_str(),
+        "day 22 waited for day 21"
+    );
+}
