@@ -167,7 +167,17 @@ impl Checker {
         }
         let param_defaults = params::defaults(&param_specs);
         let dagrun_timeout = self.duration(spec.dagrun_timeout.as_ref(), "dagrun_timeout");
-        let callbacks = self.callbacks(&spec.on_failure, &spec.on_success, &spec.on_retry);
+        let mut callbacks = self.callbacks(&spec.on_failure, &spec.on_success, &spec.on_retry);
+        callbacks.on_sla_miss = self.notifiers(&spec.on_sla_miss, "on_sla_miss");
+        let sla = self.duration(spec.sla.as_ref(), "sla");
+        if sla.is_some() != spec.on_sla_miss.is_some() {
+            let message =
+                "`sla` and `on_sla_miss` go together: an SLA nobody hears of does nothing";
+            match spec.sla.as_ref() {
+                Some(at) => self.problem(at, message),
+                None => self.problems.push(Problem::nowhere(message)),
+            }
+        }
 
         if spec.tasks.value.is_empty() {
             self.problem(&spec.tasks, "a DAG needs at least one task under `tasks:`");
@@ -215,6 +225,7 @@ impl Checker {
             param_specs,
             callbacks,
             dagrun_timeout,
+            sla,
             tasks,
         })
     }
@@ -226,22 +237,25 @@ impl Checker {
         on_success: &Option<Spanned<Vec<Notifier>>>,
         on_retry: &Option<Spanned<Vec<Notifier>>>,
     ) -> Callbacks {
-        let mut checked = |list: &Option<Spanned<Vec<Notifier>>>, key: &str| -> Vec<Notifier> {
-            let Some(list) = list else {
-                return Vec::new();
-            };
-            for notifier in &list.value {
-                if let Err(e) = notifier.check() {
-                    self.problem(list, format!("{key}: {e}"));
-                }
-            }
-            list.value.clone()
-        };
         Callbacks {
-            on_failure: checked(on_failure, "on_failure"),
-            on_success: checked(on_success, "on_success"),
-            on_retry: checked(on_retry, "on_retry"),
+            on_failure: self.notifiers(on_failure, "on_failure"),
+            on_success: self.notifiers(on_success, "on_success"),
+            on_retry: self.notifiers(on_retry, "on_retry"),
+            on_sla_miss: Vec::new(),
         }
+    }
+
+    /// One list of notifiers, each checked.
+    fn notifiers(&mut self, list: &Option<Spanned<Vec<Notifier>>>, key: &str) -> Vec<Notifier> {
+        let Some(list) = list else {
+            return Vec::new();
+        };
+        for notifier in &list.value {
+            if let Err(e) = notifier.check() {
+                self.problem(list, format!("{key}: {e}"));
+            }
+        }
+        list.value.clone()
     }
 
     fn positive(&mut self, value: Option<&Spanned<u32>>, name: &str, default: u32) -> u32 {

@@ -44,6 +44,9 @@ pub struct Dag {
     pub max_active_tasks: u32,
     /// A run still going after this long is stopped and fails (`dagrun_timeout`).
     pub dagrun_timeout: Option<Duration>,
+    /// A run not finished this long after its data interval ended misses its SLA
+    /// (`on_sla_miss` is told; the run goes on).
+    pub sla: Option<Duration>,
     /// The default from the file; `orch dags pause` overrides it in the metadata database.
     pub paused: bool,
     /// What templates see before a run's conf: each param's default (`null` where none).

@@ -36,6 +36,10 @@ pub struct DagSpec {
     pub on_success: Option<Spanned<Vec<Notifier>>>,
     /// Told when any task fails and will be retried.
     pub on_retry: Option<Spanned<Vec<Notifier>>>,
+    /// How long after its data interval ends a run should be finished.
+    pub sla: Option<Spanned<String>>,
+    /// Told when a run misses its `sla`.
+    pub on_sla_miss: Option<Spanned<Vec<Notifier>>>,
     pub tasks: Spanned<Vec<TaskSpec>>,
 }
 

@@ -297,6 +297,17 @@ impl<'a> RunLoop<'a> {
             let left = (end - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             (tokio::time::Instant::now() + left, limit)
         });
+        // An SLA is checked for scheduled runs: a run finished after it is still a success.
+        let mut sla_at = self
+            .dag
+            .sla
+            .filter(|_| self.run.run_type == crate::store::RunType::Scheduled)
+            .map(|sla| {
+                let due = self.run.data_interval_end
+                    + chrono::Duration::from_std(sla).unwrap_or(chrono::Duration::MAX);
+                let left = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                (tokio::time::Instant::now() + left, sla)
+            });
         loop {
             if self.taken_over {
                 tracing::warn!(run_id = %self.run.run_id, "another orch process drives this run now; this one lets it go");
@@ -358,6 +369,15 @@ impl<'a> RunLoop<'a> {
                     tracing::warn!(run_id = %self.run.run_id, "{note}");
                     self.cancelled = Some(note);
                     self.end_attempts_out().await?;
+                }
+                () = tokio::time::sleep_until(sla_at.map_or_else(tokio::time::Instant::now, |s| s.0)), if sla_at.is_some() => {
+                    let sla = sla_at.take().map(|s| s.1).unwrap_or_default();
+                    let note = format!(
+                        "not finished {} after its data interval ended (sla)",
+                        humantime::format_duration(sla)
+                    );
+                    tracing::warn!(run_id = %self.run.run_id, "{note}");
+                    self.alert(EventKind::SlaMissed, None, "running", Some(note)).await;
                 }
                 () = &mut cancel_asked, if self.cancelled.is_none() => {
                     cancel_asked.set(crate::queue::CANCELLED.notified());

@@ -1,5 +1,5 @@
 //! Alerts: what a DAG file asks to be told when a run or a task fails, succeeds or retries
-//! (`on_failure`, `on_success`, `on_retry`), and the notifiers that tell it: a `webhook`
+//! (`on_failure`, `on_success`, `on_retry`), or a run misses its SLA (`on_sla_miss`), and the notifiers that tell it: a `webhook`
 //! (JSON POST, or a Slack-compatible body) or a `command` (the event in its environment).
 //!
 //! A notifier that fails is tried again a few times, then logged; it never changes the run.
@@ -20,6 +20,8 @@ pub struct Callbacks {
     pub on_failure: Vec<Notifier>,
     pub on_success: Vec<Notifier>,
     pub on_retry: Vec<Notifier>,
+    /// A run not finished `sla` after its data interval ended (DAG level only).
+    pub on_sla_miss: Vec<Notifier>,
 }
 
 impl Callbacks {
@@ -28,6 +30,7 @@ impl Callbacks {
             EventKind::TaskFailed | EventKind::RunFailed => &self.on_failure,
             EventKind::TaskSucceeded | EventKind::RunSucceeded => &self.on_success,
             EventKind::TaskRetry => &self.on_retry,
+            EventKind::SlaMissed => &self.on_sla_miss,
         }
     }
 }
@@ -69,6 +72,7 @@ pub enum EventKind {
     TaskSucceeded,
     RunFailed,
     RunSucceeded,
+    SlaMissed,
 }
 
 impl EventKind {
@@ -79,6 +83,7 @@ impl EventKind {
             EventKind::TaskSucceeded => "task_succeeded",
             EventKind::RunFailed => "run_failed",
             EventKind::RunSucceeded => "run_succeeded",
+            EventKind::SlaMissed => "sla_missed",
         }
     }
 }
@@ -112,6 +117,7 @@ impl Event {
             EventKind::TaskFailed | EventKind::RunFailed => "failed",
             EventKind::TaskRetry => "failed and will be retried",
             EventKind::TaskSucceeded | EventKind::RunSucceeded => "succeeded",
+            EventKind::SlaMissed => "has not finished within its SLA",
         };
         let attempt = self
             .attempt

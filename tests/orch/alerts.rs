@@ -237,3 +237,47 @@ fn a_bad_notifier_fails_validation_with_its_place() {
         "{all}"
     );
 }
+
+#[test]
+fn a_scheduled_run_past_its_sla_tells_on_sla_miss_and_goes_on() {
+    let home = Home::new();
+    let events = home.file("sla.txt");
+    home.write_dag(
+        "late",
+        &format!(
+            "id: late\nschedule: '* * * * *'\nstart_date: 2026-11-01\ncatchup: false\nsla: 1s\non_sla_miss:\n  - command: {:?}\ntasks:\n  - {{id: slow, kind: shell, with: {{command: 'sleep 2'}}}}\n",
+            format!(
+                r#"printf '%s|%s|%s\n' "$ORCH_EVENT" "$ORCH_STATE" "$ORCH_ERROR" >> '{}'"#,
+                events.display()
+            )
+        ),
+    );
+    let mut serve = home.serve();
+    // The latest minute's run starts at once; it ends more than 1 s after its interval did.
+    let line = serve.wait_for_log(
+        "not finished 1s after its data interval ended",
+        Duration::from_secs(30),
+    );
+    let run_id = line
+        .split("run_id=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("run id in the log")
+        .to_string();
+    let run = home.wait_for_run(&run_id, Duration::from_secs(30));
+    assert_eq!(run["state"], "success", "an SLA miss does not fail the run");
+    crate::support::wait_for_file(&events, Duration::from_secs(10));
+    let told = std::fs::read_to_string(&events).expect("events");
+    assert!(
+        told.starts_with("sla_missed|running|not finished 1s after its data interval ended (sla)"),
+        "{told}"
+    );
+
+    home.write_dag(
+        "sla_alone",
+        "id: sla_alone\nsla: 1h\ntasks:\n  - {id: a, kind: noop}\n",
+    );
+    let out = home.orch(&["dags", "validate"]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("`sla` and `on_sla_miss` go together"), "{all}");
+}
