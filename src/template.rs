@@ -32,6 +32,7 @@ pub const VARIABLES: &[&str] = &[
     "task_id",
     "params",
     "env",
+    "outputs",
 ];
 
 /// The values of [`VARIABLES`] for one task of one run.
@@ -52,6 +53,8 @@ pub struct RunVariables {
     pub params: Map<String, Value>,
     /// The environment variables templates may read: those named [`ENV_PREFIX`]`*`.
     pub env: BTreeMap<String, String>,
+    /// What the run's finished tasks published, by task id.
+    pub outputs: Map<String, Value>,
 }
 
 /// The prefix of the environment variables templates may read as `env.NAME`.
@@ -93,6 +96,7 @@ impl RunVariables {
             env: std::env::vars()
                 .filter(|(name, _)| name.starts_with(ENV_PREFIX))
                 .collect(),
+            outputs: Map::new(),
         }
     }
 }

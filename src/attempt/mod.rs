@@ -181,6 +181,8 @@ pub enum Outcome {
     Succeeded {
         rows: Option<u64>,
         metrics: Option<Map<String, Value>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outputs: Option<Map<String, Value>>,
     },
     Failed {
         message: String,
@@ -200,6 +202,7 @@ impl From<&Result<TaskOutput, TaskError>> for Outcome {
             Ok(out) => Outcome::Succeeded {
                 rows: out.rows,
                 metrics: out.metrics.clone(),
+                outputs: out.outputs.clone(),
             },
             Err(e) => Outcome::Failed {
                 message: e.message.clone(),
@@ -216,7 +219,15 @@ impl From<&Result<TaskOutput, TaskError>> for Outcome {
 impl From<Outcome> for Result<TaskOutput, TaskError> {
     fn from(report: Outcome) -> Result<TaskOutput, TaskError> {
         match report {
-            Outcome::Succeeded { rows, metrics } => Ok(TaskOutput { rows, metrics }),
+            Outcome::Succeeded {
+                rows,
+                metrics,
+                outputs,
+            } => Ok(TaskOutput {
+                rows,
+                metrics,
+                outputs,
+            }),
             Outcome::Failed {
                 message,
                 retryable,

@@ -155,6 +155,8 @@ struct RunLoop<'a> {
     /// For `depends_on_past` tasks: whether the previous run's task let this one go, and when
     /// to look again if not.
     past: Vec<PastCheck>,
+    /// What the run's succeeded tasks published, by task id, for `{{ outputs.TASK.key }}`.
+    outputs: Map<String, Value>,
 }
 
 /// Where a `depends_on_past` task stands.
@@ -221,6 +223,7 @@ impl<'a> RunLoop<'a> {
             cancelled: run.cancel_requested.clone(),
             alerts: JoinSet::new(),
             past,
+            outputs: Map::new(),
         }
     }
 
@@ -245,10 +248,23 @@ impl<'a> RunLoop<'a> {
             self.bases[i] = ti.attempt_base.min(ti.try_number);
             self.next_retry[i] = ti.next_retry_at;
         }
-        if !self.states.contains(&TaskState::Running) {
+        let resumed = self
+            .states
+            .iter()
+            .any(|s| matches!(s, TaskState::Running | TaskState::Success));
+        if !resumed {
             return Ok(());
         }
         let attempts = durably(|| store.attempts(run_id)).await?;
+        // What succeeded tasks published, for the tasks still to run (their last success).
+        for a in attempts.iter().filter(|a| a.state == AttemptState::Success) {
+            if let Some(outputs) = &a.outputs {
+                self.outputs.insert(a.task_id.clone(), outputs.clone());
+            }
+        }
+        if !self.states.contains(&TaskState::Running) {
+            return Ok(());
+        }
         let now = Utc::now();
         for i in 0..self.states.len() {
             if self.states[i] != TaskState::Running {
@@ -488,6 +504,10 @@ impl<'a> RunLoop<'a> {
             self.dag.timezone,
             self.params.clone(),
         );
+        let vars = RunVariables {
+            outputs: self.outputs.clone(),
+            ..vars
+        };
         // A configuration that does not render now will not render on a retry either.
         let rendered = match self.exec.registry.get(&task.kind) {
             Some(kind) => {
@@ -617,23 +637,32 @@ impl<'a> RunLoop<'a> {
         let usage = report.usage;
         let mut rescheduled = false;
         let (end, state, next_retry) = match report.result() {
-            Ok(out) => (
-                AttemptEnd {
-                    state: AttemptState::Success,
-                    started_at,
-                    ended_at,
-                    duration_ms,
-                    rows: out.rows.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
-                    metrics: out
-                        .metrics
-                        .map(|m| serde_json::Value::Object(m).to_string()),
-                    error: None,
-                    peak_rss_bytes: usage.peak_rss_bytes,
-                    cpu_ms: usage.cpu_ms,
-                },
-                TaskState::Success,
-                None,
-            ),
+            Ok(out) => {
+                if let Some(outputs) = &out.outputs {
+                    self.outputs
+                        .insert(task.id.clone(), Value::Object(outputs.clone()));
+                }
+                (
+                    AttemptEnd {
+                        state: AttemptState::Success,
+                        started_at,
+                        ended_at,
+                        duration_ms,
+                        rows: out.rows.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
+                        metrics: out
+                            .metrics
+                            .map(|m| serde_json::Value::Object(m).to_string()),
+                        outputs: out
+                            .outputs
+                            .map(|m| serde_json::Value::Object(m).to_string()),
+                        error: None,
+                        peak_rss_bytes: usage.peak_rss_bytes,
+                        cpu_ms: usage.cpu_ms,
+                    },
+                    TaskState::Success,
+                    None,
+                )
+            }
             Err(error) => {
                 // Counted from the run's last requeue: a rerun gets a fresh retry budget. An
                 // error no retry can help fails the task at once.
@@ -658,6 +687,7 @@ impl<'a> RunLoop<'a> {
                     None => (retry, next),
                 };
                 let end = AttemptEnd {
+                    outputs: None,
                     state: AttemptState::Failed,
                     started_at,
                     ended_at,

@@ -623,7 +623,7 @@ impl Store {
         sqlx::query(
             "UPDATE task_attempts SET state = $1, ended_at = $2, duration_ms = $3, rows = $4, error = $5,
                  metrics = $9, peak_rss_bytes = $10, cpu_ms = $11, started_at = $12,
-                 spec = NULL, report = NULL
+                 outputs = $13, spec = NULL, report = NULL
              WHERE run_id = $6 AND task_id = $7 AND attempt = $8",
         )
         .bind(end.state.as_str())
@@ -638,6 +638,7 @@ impl Store {
         .bind(end.peak_rss_bytes)
         .bind(end.cpu_ms)
         .bind(timestamp::format(end.started_at))
+        .bind(&end.outputs)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE task_instances SET state = $1, next_retry_at = $2 WHERE run_id = $3 AND task_id = $4")
@@ -925,6 +926,9 @@ fn attempt_from_row(row: &AnyRow) -> Result<AttemptRecord> {
         log_path: row.try_get("log_path")?,
         peak_rss_bytes: row.try_get("peak_rss_bytes")?,
         cpu_ms: row.try_get("cpu_ms")?,
+        outputs: row
+            .try_get::<Option<String>, _>("outputs")?
+            .and_then(|text| serde_json::from_str(&text).ok()),
         queue: row.try_get("queue")?,
         worker: row.try_get("worker")?,
     })

@@ -187,6 +187,8 @@ pub struct AttemptRecord {
     pub peak_rss_bytes: Option<i64>,
     /// The attempt process's CPU time, user and system, milliseconds.
     pub cpu_ms: Option<i64>,
+    /// What it published for downstream tasks.
+    pub outputs: Option<Value>,
     /// The queue it waited in for a worker.
     pub queue: Option<String>,
     /// The process that ran it (its lease id: `PID-NANOS@HOST:DIR`).
@@ -204,6 +206,8 @@ pub struct AttemptEnd {
     pub rows: Option<i64>,
     /// A JSON object.
     pub metrics: Option<String>,
+    /// A JSON object: the attempt's published outputs.
+    pub outputs: Option<String>,
     pub error: Option<String>,
     /// From the attempt process's rusage; `None` when it ran in orch's own process.
     pub peak_rss_bytes: Option<i64>,

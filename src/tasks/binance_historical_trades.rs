@@ -129,6 +129,7 @@ impl TaskKind for BinanceHistoricalTrades {
             Ok(TaskOutput {
                 rows: Some(counts.iter().sum()),
                 metrics: None,
+                ..TaskOutput::default()
             })
         })
     }

@@ -179,6 +179,7 @@ impl TaskKind for Http {
             Ok(TaskOutput {
                 rows,
                 metrics: None,
+                ..TaskOutput::default()
             })
         })
     }

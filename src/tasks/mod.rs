@@ -234,7 +234,12 @@ pub struct TaskOutput {
     pub rows: Option<u64>,
     /// Further figures for the run history, such as rows written per table.
     pub metrics: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Small values published for downstream tasks (`{{ outputs.TASK.key }}`).
+    pub outputs: Option<serde_json::Map<String, serde_json::Value>>,
 }
+
+/// The most the outputs of one attempt may take, as JSON.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 
 /// A built-in kind of task.
 pub trait TaskKind: Send + Sync {

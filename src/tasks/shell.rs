@@ -74,6 +74,8 @@ impl TaskKind for Shell {
 struct Failure {
     message: String,
     code: Option<i32>,
+    /// No retry can help (outputs too large).
+    permanent: bool,
 }
 
 impl From<String> for Failure {
@@ -81,6 +83,7 @@ impl From<String> for Failure {
         Failure {
             message,
             code: None,
+            permanent: false,
         }
     }
 }
@@ -88,6 +91,9 @@ impl From<String> for Failure {
 impl Failure {
     /// The task's error under the exit-status rules of its configuration.
     fn into_error(self, config: &ShellConfig) -> TaskError {
+        if self.permanent {
+            return TaskError::permanent(self.message);
+        }
         match (self.code, &config.retry_on_exit_codes) {
             (Some(code), _) if config.skip_on_exit_codes.contains(&code) => {
                 TaskError::skipped(format!("skipped: {} (skip_on_exit_codes)", self.message))
@@ -192,15 +198,30 @@ async fn run_command(config: &ShellConfig, ctx: &TaskContext) -> Result<TaskOutp
     let status = status.map_err(|e| format!("cannot wait for the command: {e}"))?;
     let rows = err.rows.or(out.rows);
     if status.success() {
+        let mut outputs = err.outputs;
+        outputs.extend(out.outputs);
+        let size = Value::Object(outputs.clone()).to_string().len();
+        if size > super::MAX_OUTPUT_BYTES {
+            return Err(Failure {
+                message: format!(
+                    "the task's outputs take {size} bytes, more than the {} an attempt may publish: put large data in the lake or a table, and publish its path",
+                    super::MAX_OUTPUT_BYTES
+                ),
+                code: None,
+                permanent: true,
+            });
+        }
         return Ok(TaskOutput {
             rows,
             metrics: None,
+            outputs: (!outputs.is_empty()).then_some(outputs),
         });
     }
     let last = err.last_line.or(out.last_line);
     Err(Failure {
         message: describe_failure(status, last.as_deref()),
         code: status.code(),
+        permanent: false,
     })
 }
 
@@ -242,6 +263,13 @@ const LAST_LINE_BYTES: usize = 4096;
 struct StreamSummary {
     rows: Option<u64>,
     last_line: Option<String>,
+    /// `orch:output key=value` lines, the last value of each key winning.
+    outputs: serde_json::Map<String, Value>,
+}
+
+/// A key of `orch:output key=value`: letters, digits and `_`, as a template can name it.
+fn is_output_key(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Copies a stream's lines into the log, noting its row count and last line in `summary` as
@@ -265,6 +293,18 @@ async fn read_lines(
                     match n.trim().parse::<u64>() {
                         Ok(rows) => summary.rows = Some(rows),
                         Err(_) => ctx.log.note(&format!("ignored `{line}`: not a row count")),
+                    }
+                }
+                if let Some(pair) = line.strip_prefix("orch:output ") {
+                    match pair.split_once('=') {
+                        Some((key, value)) if is_output_key(key.trim()) => {
+                            summary
+                                .outputs
+                                .insert(key.trim().to_string(), Value::String(value.to_string()));
+                        }
+                        _ => ctx.log.note(&format!(
+                            "ignored `{line}`: write `orch:output KEY=VALUE`, KEY of letters, digits and _"
+                        )),
                     }
                 }
                 ctx.log.line(line);

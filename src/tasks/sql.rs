@@ -109,6 +109,7 @@ impl TaskKind for Sql {
             Ok(TaskOutput {
                 rows: Some(done.rows_affected()),
                 metrics: None,
+                ..TaskOutput::default()
             })
         })
     }

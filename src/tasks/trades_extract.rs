@@ -154,6 +154,7 @@ impl TaskKind for TradesExtract {
             Ok(TaskOutput {
                 rows: Some(rows),
                 metrics: Some(metrics),
+                ..TaskOutput::default()
             })
         })
     }

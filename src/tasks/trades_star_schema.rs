@@ -150,6 +150,7 @@ impl TaskKind for TradesStarSchema {
             Ok(TaskOutput {
                 rows: Some(star.fact_trades.height() as u64),
                 metrics: Some(metrics),
+                ..TaskOutput::default()
             })
         })
     }

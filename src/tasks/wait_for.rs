@@ -302,6 +302,7 @@ impl TaskKind for WaitFor {
                     return Ok(TaskOutput {
                         rows: None,
                         metrics: Some(metrics),
+                        ..TaskOutput::default()
                     });
                 }
                 if Utc::now() >= deadline {

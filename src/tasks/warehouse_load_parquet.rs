@@ -123,6 +123,7 @@ impl TaskKind for WarehouseLoadParquet {
             Ok(TaskOutput {
                 rows: Some(per_table.values().map(|(rows, _)| rows).sum()),
                 metrics: None,
+                ..TaskOutput::default()
             })
         })
     }

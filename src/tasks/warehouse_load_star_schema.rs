@@ -155,6 +155,7 @@ impl TaskKind for WarehouseLoadStarSchema {
             Ok(TaskOutput {
                 rows: Some(written),
                 metrics: Some(metrics),
+                ..TaskOutput::default()
             })
         })
     }

@@ -506,3 +506,76 @@ fn depends_on_past_waits_for_the_previous_runs_task_until_it_is_fixed() {
         "day 22 waited for day 21"
     );
 }
+
+#[test]
+fn tasks_publish_outputs_that_downstream_templates_read_even_after_a_clear() {
+    let home = Home::new();
+    home.write_dag(
+        "outputs",
+        r#"id: outputs
+tasks:
+  - id: extract
+    kind: shell
+    with: { command: "echo 'orch:output day=2026-11-20'; echo 'orch:output path=raw/x y.parquet'; echo 'orch:output bad key=1'" }
+  - id: load
+    kind: shell
+    depends_on: [extract]
+    with: { command: "echo loading {{ outputs.extract.path }} for {{ outputs.extract.day }}" }
+  - id: big
+    kind: shell
+    retries: 2
+    retry_delay: 0s
+    with: { command: "printf 'orch:output blob='; head -c 70000 /dev/zero | tr '\\0' x; echo" }
+"#,
+    );
+    let out = home.orch(&["run", "outputs"]);
+    let run_id = crate::support::last_line(&out)
+        .split_whitespace()
+        .nth(1)
+        .expect("run id")
+        .to_string();
+    let run = home.run_json(&run_id);
+    let published = &attempts(&run, "extract")[0]["outputs"];
+    assert_eq!(published["day"], "2026-11-20");
+    assert_eq!(published["path"], "raw/x y.parquet");
+    assert!(published.get("bad key").is_none());
+    let logs = text(&home.orch(&["logs", &run_id, "--task", "load"]).stdout);
+    assert!(
+        logs.contains("loading raw/x y.parquet for 2026-11-20"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("$ echo loading 'raw/x y.parquet' for 2026-11-20"),
+        "values stay data: {logs}"
+    );
+    let extract_log = text(&home.orch(&["logs", &run_id, "--task", "extract"]).stdout);
+    assert!(
+        extract_log.contains("ignored `orch:output bad key=1`"),
+        "{extract_log}"
+    );
+    assert_eq!(task_state(&run, "big"), "failed");
+    assert_eq!(attempts(&run, "big").len(), 1, "too large is not retried");
+    assert!(
+        attempts(&run, "big")[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("more than the 65536 an attempt may publish")
+    );
+
+    // A cleared task reads what its upstream published before.
+    let out = home.orch(&["tasks", "clear", &run_id, "load"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut serve = home.serve();
+    let run = home.wait_for_run(&run_id, std::time::Duration::from_secs(20));
+    assert_eq!(attempts(&run, "load").len(), 2);
+    assert_eq!(task_state(&run, "load"), "success", "{run:#}");
+    serve.signal("TERM");
+    assert!(serve.wait_exit(std::time::Duration::from_secs(20)));
+    let logs = text(&home.orch(&["logs", &run_id, "--task", "load"]).stdout);
+    assert_eq!(
+        logs.matches("loading raw/x y.parquet for 2026-11-20")
+            .count(),
+        2,
+        "{logs}"
+    );
+}
