@@ -119,6 +119,7 @@ async fn setup(dir: &Path, isolation: Isolation) -> Bench {
             binance_api_url: "http://127.0.0.1:9".to_string(),
             staging_url: orch::staging::Staging::default_url(dir),
             binance_ws_url: "ws://127.0.0.1:9".to_string(),
+            connections: Default::default(),
         },
         queues: vec!["bench".to_string()],
         slots: parallelism,

@@ -254,6 +254,7 @@ async fn execute(dir: &Path, store: &Store, yaml: &str) -> String {
             binance_api_url: "http://127.0.0.1:9".to_string(),
             staging_url: orch::staging::Staging::default_url(dir),
             binance_ws_url: "ws://127.0.0.1:9".to_string(),
+            connections: Default::default(),
         },
         queues: vec!["bench".to_string()],
         slots: 2,

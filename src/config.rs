@@ -111,6 +111,84 @@ pub struct DataPlaces {
     /// Binance's websocket market streams (`BINANCE_WS_URL`):
     /// `wss://stream.binance.com:9443` by default.
     pub binance_ws_url: String,
+    /// Named databases of orch.yaml's `connections:`, for the `sql` kind and sensors.
+    #[serde(default)]
+    pub connections: Connections,
+}
+
+/// `connections:`: named databases, each a URL given in orch.yaml (`url:`), in an
+/// environment variable (`url_env:`) or in a file (`url_file:`). The variable and the file
+/// are read where the task runs, when it runs, so a command that needs no connection never
+/// needs its secret; `Debug` shows names only.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Connections(std::collections::BTreeMap<String, ConnectionSetting>);
+
+/// Where one connection's URL is.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSetting {
+    url: Option<String>,
+    url_env: Option<String>,
+    url_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl Connections {
+    /// The URL of connection `name`, read now; the error says what is missing, never a value.
+    pub fn url(&self, name: &str) -> Result<String, String> {
+        let setting = self.0.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.0.keys().map(String::as_str).collect();
+            format!(
+                "no connection `{name}` in orch.yaml's `connections:` (known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })?;
+        match (&setting.url, &setting.url_env, &setting.url_file) {
+            (Some(url), None, None) => Ok(url.clone()),
+            (None, Some(var), None) => std::env::var(var)
+                .map_err(|_| format!("connection `{name}`: environment variable {var} is not set")),
+            (None, None, Some(path)) => std::fs::read_to_string(path)
+                .map(|text| text.trim().to_string())
+                .map_err(|e| format!("connection `{name}`: cannot read {}: {e}", path.display())),
+            _ => Err(format!(
+                "connection `{name}`: give exactly one of `url`, `url_env` or `url_file`"
+            )),
+        }
+    }
+
+    /// The same connections, their `url_file`s made absolute under `home`.
+    fn relative_to(&self, home: &Path) -> Connections {
+        let mut connections = self.clone();
+        for setting in connections.0.values_mut() {
+            if let Some(path) = &setting.url_file
+                && path.is_relative()
+            {
+                setting.url_file = Some(home.join(path));
+            }
+        }
+        connections
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for (name, s) in &self.0 {
+            let given = [s.url.is_some(), s.url_env.is_some(), s.url_file.is_some()];
+            if given.iter().filter(|g| **g).count() != 1 {
+                return Err(format!(
+                    "`{name}`: give exactly one of `url`, `url_env` or `url_file`"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +227,8 @@ struct FileSettings {
     public_url: Option<String>,
     #[serde(default)]
     pools: std::collections::BTreeMap<String, u32>,
+    #[serde(default)]
+    connections: Connections,
 }
 
 impl Config {
@@ -233,6 +313,7 @@ impl Config {
                 .unwrap_or_else(|| crate::staging::Staging::default_url(&home)),
             binance_ws_url: env("BINANCE_WS_URL")
                 .unwrap_or_else(|| crate::exchange::binance::stream::DEFAULT_BASE_URL.to_string()),
+            connections: file.connections.relative_to(&home),
         };
         let file_error = |key: &str, message: String| ConfigError::File {
             path: home.join("orch.yaml"),
@@ -266,6 +347,9 @@ impl Config {
                 None => None,
             },
         };
+        file.connections
+            .check()
+            .map_err(|m| file_error("connections", m))?;
         for (name, slots) in &file.pools {
             if !crate::queue::is_queue_name(name) || *slots == 0 {
                 return Err(file_error(

@@ -559,6 +559,7 @@ mod tests {
                 binance_api_url: String::new(),
                 staging_url: String::new(),
                 binance_ws_url: String::new(),
+                connections: Default::default(),
             },
         }
     }

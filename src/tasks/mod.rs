@@ -376,6 +376,19 @@ pub(crate) fn polars_error(error: polars::prelude::PolarsError) -> TaskError {
     }
 }
 
+/// The URL of a database a task names: `staging`, `warehouse`, or one of orch.yaml's
+/// `connections:`.
+pub(crate) fn database_url(
+    data: &crate::config::DataPlaces,
+    name: &str,
+) -> Result<String, TaskError> {
+    match name {
+        "staging" => Ok(data.staging_url.clone()),
+        "warehouse" => Ok(data.warehouse_url.clone()),
+        other => data.connections.url(other).map_err(TaskError::permanent),
+    }
+}
+
 /// How long a kind waits for a lock another process holds before its attempt fails (and the
 /// retry policy takes over).
 pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);

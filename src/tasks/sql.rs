@@ -14,7 +14,7 @@ pub struct Sql;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SqlConfig {
-    /// `staging` or `warehouse`.
+    /// `staging`, `warehouse`, or a name of orch.yaml's `connections:`.
     connection: String,
     statement: String,
     /// Bound to `$1`, `$2`, ... in order; templates, rendered per run.
@@ -24,11 +24,11 @@ struct SqlConfig {
 
 impl SqlConfig {
     fn check(&self) -> Result<(), String> {
-        if !matches!(self.connection.as_str(), "staging" | "warehouse") {
-            return Err(format!(
-                "`connection` `{}`: use `staging` or `warehouse`",
-                self.connection
-            ));
+        if self.connection.trim().is_empty() {
+            return Err(
+                "`connection` is empty: `staging`, `warehouse` or a name of `connections:`"
+                    .to_string(),
+            );
         }
         if self.statement.trim().is_empty() {
             return Err("`statement` is empty".to_string());
@@ -66,12 +66,9 @@ impl TaskKind for Sql {
             use sqlx::Connection;
             let config: SqlConfig = parse_with(&with).map_err(TaskError::permanent)?;
             config.check().map_err(TaskError::permanent)?;
-            let url = match config.connection.as_str() {
-                "staging" => &ctx.data.staging_url,
-                _ => &ctx.data.warehouse_url,
-            };
+            let url = super::database_url(&ctx.data, &config.connection)?;
             sqlx::any::install_default_drivers();
-            let mut conn = sqlx::AnyConnection::connect(url).await.map_err(|e| {
+            let mut conn = sqlx::AnyConnection::connect(&url).await.map_err(|e| {
                 TaskError::transient(format!(
                     "cannot open the {}: {}",
                     config.connection,

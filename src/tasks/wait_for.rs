@@ -46,7 +46,7 @@ struct DagRunCondition {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SqlCondition {
-    /// `staging` or `warehouse`.
+    /// `staging`, `warehouse`, or a name of orch.yaml's `connections:`.
     connection: String,
     query: String,
 }
@@ -117,12 +117,9 @@ impl WaitConfig {
             signed_duration(offset)?;
         }
         if let Some(sql) = &self.sql
-            && !matches!(sql.connection.as_str(), "staging" | "warehouse")
+            && sql.connection.trim().is_empty()
         {
-            return Err(format!(
-                "`sql.connection` `{}`: use `staging` or `warehouse`",
-                sql.connection
-            ));
+            return Err("`sql.connection` is empty".to_string());
         }
         Ok(())
     }
@@ -182,11 +179,8 @@ impl WaitConfig {
             return Ok(!found.is_empty());
         }
         if let Some(sql) = &self.sql {
-            let url = match sql.connection.as_str() {
-                "staging" => &ctx.data.staging_url,
-                _ => &ctx.data.warehouse_url,
-            };
-            return query_is_true(url, &sql.query).await;
+            let url = super::database_url(&ctx.data, &sql.connection)?;
+            return query_is_true(&url, &sql.query).await;
         }
         if let Some(s) = &self.stream {
             let past = DateTime::parse_from_rfc3339(s.committed_past.trim())

@@ -141,3 +141,58 @@ tasks:
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(all.contains("`statement` is not a template"), "{all}");
 }
+
+#[test]
+fn sql_tasks_reach_named_connections_whose_urls_stay_out_of_the_files() {
+    let home = Home::new();
+    let db = home.file("analytics.db");
+    let url = format!("sqlite://{}", db.display());
+    crate::support::sql(
+        &format!("{url}?mode=rwc"),
+        "CREATE TABLE events (n INTEGER); INSERT INTO events VALUES (1), (2);",
+    );
+    std::fs::write(
+        home.file("orch.yaml"),
+        "connections:\n  analytics: { url_env: ORCH_TEST_ANALYTICS_URL }\n  from_file: { url_file: analytics.url }\n",
+    )
+    .expect("orch.yaml");
+    std::fs::write(home.file("analytics.url"), format!("{url}\n")).expect("url file");
+    home.write_dag(
+        "analytics",
+        "id: analytics\ntasks:\n  - {id: purge, kind: sql, with: {connection: analytics, statement: 'DELETE FROM events WHERE n = $1', parameters: [1]}}\n  - {id: count, kind: wait_for, depends_on: [purge], with: {sql: {connection: from_file, query: 'SELECT COUNT(*) = 1 FROM events'}, poke_interval: 100ms, timeout: 5s}}\n",
+    );
+    // Without its variable the task says which is missing; other commands do not care.
+    let out = home.orch(&["run", "analytics"]);
+    let run = home.run_json(&run_id_of(&out));
+    let error = attempts(&run, "purge")[0]["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(
+        error,
+        "connection `analytics`: environment variable ORCH_TEST_ANALYTICS_URL is not set"
+    );
+    assert!(home.orch(&["runs", "list"]).status.success());
+
+    let out = home
+        .command(&["run", "analytics"])
+        .env("ORCH_TEST_ANALYTICS_URL", &url)
+        .output()
+        .expect("orch run");
+    let run = home.run_json(&run_id_of(&out));
+    assert_eq!(run["state"], "success", "{run:#}");
+    assert_eq!(attempts(&run, "purge")[0]["rows"], 1);
+
+    std::fs::write(
+        home.file("orch.yaml"),
+        "connections:\n  both: { url: x, url_env: Y }\n",
+    )
+    .expect("orch.yaml");
+    let out = home.orch(&["runs", "list"]);
+    assert!(
+        text(&out.stderr)
+            .contains("connections: `both`: give exactly one of `url`, `url_env` or `url_file`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
