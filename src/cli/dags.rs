@@ -67,6 +67,10 @@ async fn set_paused(
     let dag = find_dag(&bag, dag_id)?;
     let store = Store::open(&config.database_url).await?;
     store.set_paused(&dag.id, paused, dag.paused).await?;
+    let action = if paused { "pause" } else { "unpause" };
+    store
+        .record_action(&super::cli_actor(), &dag.id, None, None, action, None)
+        .await?;
     wake(&config.state_dir());
     println!("{} {}", dag.id, if paused { "paused" } else { "unpaused" });
     Ok(ExitCode::SUCCESS)

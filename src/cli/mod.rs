@@ -463,6 +463,18 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 }
 
 /// The DAG named on the command line, or an error that says why it is not there.
+/// Who acts from the command line, for the record of manual actions: the user, on this host.
+fn cli_actor() -> crate::store::Actor {
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "cli".to_string());
+    crate::store::Actor {
+        name: user,
+        source: format!("cli on {}", crate::lease::host_name()),
+    }
+}
+
 fn find_dag(
     bag: &crate::dag::DagBag,
     dag_id: &str,

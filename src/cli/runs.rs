@@ -6,22 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
+use super::cli_actor;
 use super::{RunsCommand, TasksCommand};
 use crate::config::Config;
 use crate::manual::{self, CancelOutcome};
-use crate::store::{Actor, ManualAction, RunDetail, RunRecord, Store, TaskState, timestamp};
-
-/// Who acts from the command line: the user, on this host.
-fn cli_actor() -> Actor {
-    let user = std::env::var("USER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "cli".to_string());
-    Actor {
-        name: user,
-        source: format!("cli on {}", crate::lease::host_name()),
-    }
-}
+use crate::store::{ManualAction, RunDetail, RunRecord, Store, TaskState, timestamp};
 
 /// The DAG a run belongs to, as the DAGs folder has it now.
 fn loaded_dag(config: &Config, dag_id: &str) -> Option<std::sync::Arc<crate::dag::Dag>> {

@@ -43,6 +43,16 @@ pub(super) async fn create_manual_run(
     if !store.insert_run(&run, &task_ids).await? {
         anyhow::bail!("run `{}` already exists", run.run_id);
     }
+    store
+        .record_action(
+            &super::cli_actor(),
+            &dag.id,
+            Some(&run.run_id),
+            None,
+            "trigger",
+            None,
+        )
+        .await?;
     Ok((store, dag, run))
 }
 

@@ -303,6 +303,10 @@ fn runs_cancel_and_clear_and_tasks_clear_and_mark_from_the_cli() {
         "{shown}"
     );
     assert!(shown.contains("mark failed a  by "), "{shown}");
+    assert!(
+        shown.contains("  trigger  by "),
+        "the CLI's trigger is recorded too: {shown}"
+    );
 
     // Cancel a running run: its command is stopped, the run ends failed with who asked.
     let out = home.orch(&["trigger", "cli_sleep"]);
