@@ -95,14 +95,33 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut claims = self.claim(worker, queues, limit, false).await?;
-        while claims.len() < limit {
-            let pooled = self.claim(worker, queues, 1, true).await?;
-            if pooled.is_empty() {
-                break;
+        // A read first: most claims find no pooled attempt waiting, and must not pay a write.
+        if claims.len() < limit && self.pooled_waiting(queues).await? {
+            while claims.len() < limit {
+                let pooled = self.claim(worker, queues, 1, true).await?;
+                if pooled.is_empty() {
+                    break;
+                }
+                claims.extend(pooled);
             }
-            claims.extend(pooled);
         }
         Ok(claims)
+    }
+
+    /// Whether any attempt of `queues` waits for a pool.
+    async fn pooled_waiting(&self, queues: &[String]) -> Result<bool> {
+        let placeholders: Vec<String> = (1..=queues.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT COUNT(*) FROM task_attempts WHERE state = 'running' AND worker IS NULL
+                 AND report IS NULL AND pool IS NOT NULL AND queue IN ({})",
+            placeholders.join(", ")
+        );
+        // Audited: `sql` varies only in its count of `$N` placeholders.
+        let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+        for queue in queues {
+            query = query.bind(queue);
+        }
+        Ok(query.fetch_one(&self.pool).await? > 0)
     }
 
     /// One claim statement: of attempts outside any pool (up to `limit`), or of one pooled
@@ -139,13 +158,6 @@ impl Store {
              RETURNING run_id, task_id, attempt, claim_token, spec",
             placeholders.join(", ")
         );
-        let mut tx = self.begin_write().await?;
-        if pooled && self.backend == Backend::Postgres {
-            // Two workers must not both see the same room in a pool: pooled claims take turns.
-            sqlx::query("SELECT pg_advisory_xact_lock(7297400)")
-                .execute(&mut *tx)
-                .await?;
-        }
         // Audited: `sql` varies only in its count of `$N` placeholders and a fixed rule.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(worker)
@@ -154,8 +166,19 @@ impl Store {
         for queue in queues {
             query = query.bind(queue);
         }
-        let rows = query.fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+        let rows = if pooled && self.backend == Backend::Postgres {
+            // Two workers must not both see the same room in a pool: pooled claims take turns.
+            let mut tx = self.begin_write().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(7297400)")
+                .execute(&mut *tx)
+                .await?;
+            let rows = query.fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            rows
+        } else {
+            // One statement: SQLite runs it alone among writers.
+            query.fetch_all(&self.pool).await?
+        };
         rows.iter()
             .map(|row| {
                 Ok(Claim {
