@@ -79,7 +79,7 @@ pub async fn cancel(
         Cancelled::Requested => CancelOutcome::Stopping,
     };
     crate::queue::CANCELLED.notify_waiters();
-    crate::scheduler::wake(state_dir);
+    crate::scheduler::cancel_requested(state_dir);
     record(store, actor, &run, None, "cancel", None).await?;
     Ok(outcome)
 }

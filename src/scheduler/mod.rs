@@ -36,7 +36,7 @@ use crate::tasks::Registry;
 use crate::worker::LocalWorker;
 use leader::Leadership;
 
-pub use wake::wake;
+pub use wake::{cancel_requested, wake};
 
 /// How often DAG files are re-read; the issue asks for reloads within 2 seconds.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -273,6 +273,13 @@ impl Scheduler {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .context("cannot listen for SIGTERM")?;
         let mut next_reload = tokio::time::Instant::now() + RELOAD_INTERVAL;
+        let cancels = match wake::WakeListener::bind_cancel(state_dir) {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::warn!(error = %e, "no cancel socket: `orch runs cancel` from another process cannot reach the runs this server executes on SQLite");
+                None
+            }
+        };
         let mut next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
         let mut next_renewal = tokio::time::Instant::now();
         loop {
@@ -305,8 +312,9 @@ impl Scheduler {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = terminate.recv() => return Ok(()),
-                _ = async { match wake { Some(w) => w.woken().await, None => std::future::pending().await } } => {
-                    // `orch runs cancel` wakes the server too: the runs look for their requests.
+                _ = async { match wake { Some(w) => w.woken().await, None => std::future::pending().await } } => {}
+                _ = async { match &cancels { Some(c) => c.woken().await, None => std::future::pending().await } } => {
+                    // `orch runs cancel` asked: the runs look for their requests.
                     crate::queue::CANCELLED.notify_waiters();
                 }
                 Some(done) = self.runs.join_next_with_id(), if !self.runs.is_empty() => self.on_run_end(done),

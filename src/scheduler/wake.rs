@@ -11,6 +11,12 @@ fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("wake.sock")
 }
 
+/// The socket `orch runs cancel` pokes: the server's runs then look for cancel requests.
+/// Apart from the wake-up socket, so that a trigger does not make every run look.
+fn cancel_socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("cancel.sock")
+}
+
 pub struct WakeListener {
     listener: UnixListener,
 }
@@ -18,7 +24,15 @@ pub struct WakeListener {
 impl WakeListener {
     /// Binds the socket; the caller holds the serve lock, so a leftover file is stale.
     pub fn bind(state_dir: &Path) -> io::Result<WakeListener> {
-        let path = socket_path(state_dir);
+        WakeListener::bind_at(socket_path(state_dir))
+    }
+
+    /// Binds the socket of cancel requests (see [`cancel_requested`]).
+    pub fn bind_cancel(state_dir: &Path) -> io::Result<WakeListener> {
+        WakeListener::bind_at(cancel_socket_path(state_dir))
+    }
+
+    fn bind_at(path: PathBuf) -> io::Result<WakeListener> {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -40,4 +54,9 @@ impl WakeListener {
 /// Pokes a running scheduler. Returns `false` when none is listening.
 pub fn wake(state_dir: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(socket_path(state_dir)).is_ok()
+}
+
+/// Tells a running server that a cancel was asked. Returns `false` when none is listening.
+pub fn cancel_requested(state_dir: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(cancel_socket_path(state_dir)).is_ok()
 }
