@@ -376,17 +376,25 @@ pub(crate) fn polars_error(error: polars::prelude::PolarsError) -> TaskError {
     }
 }
 
-/// The URL of a database a task names: `staging`, `warehouse`, or one of orch.yaml's
-/// `connections:`.
-pub(crate) fn database_url(
+/// Opens the database a task names: `staging`, `warehouse`, or one of orch.yaml's
+/// `connections:`. Errors name it, never its URL.
+pub(crate) async fn open_database(
     data: &crate::config::DataPlaces,
     name: &str,
-) -> Result<String, TaskError> {
-    match name {
-        "staging" => Ok(data.staging_url.clone()),
-        "warehouse" => Ok(data.warehouse_url.clone()),
-        other => data.connections.url(other).map_err(TaskError::permanent),
-    }
+) -> Result<sqlx::AnyConnection, TaskError> {
+    use sqlx::Connection;
+    let url = match name {
+        "staging" => data.staging_url.clone(),
+        "warehouse" => data.warehouse_url.clone(),
+        other => data.connections.url(other).map_err(TaskError::permanent)?,
+    };
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(&url).await.map_err(|e| {
+        TaskError::transient(format!(
+            "cannot open the {name} database: {}",
+            crate::redact::secrets(&e.to_string())
+        ))
+    })
 }
 
 /// How long a kind waits for a lock another process holds before its attempt fails (and the

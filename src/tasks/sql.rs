@@ -63,18 +63,9 @@ impl TaskKind for Sql {
         ctx: &'a TaskContext,
     ) -> BoxFuture<'a, Result<TaskOutput, TaskError>> {
         Box::pin(async move {
-            use sqlx::Connection;
             let config: SqlConfig = parse_with(&with).map_err(TaskError::permanent)?;
             config.check().map_err(TaskError::permanent)?;
-            let url = super::database_url(&ctx.data, &config.connection)?;
-            sqlx::any::install_default_drivers();
-            let mut conn = sqlx::AnyConnection::connect(&url).await.map_err(|e| {
-                TaskError::transient(format!(
-                    "cannot open the {}: {}",
-                    config.connection,
-                    crate::redact::secrets(&e.to_string())
-                ))
-            })?;
+            let mut conn = super::open_database(&ctx.data, &config.connection).await?;
             ctx.log.note(&format!(
                 "{}: {} with {} parameters",
                 config.connection,

@@ -179,8 +179,8 @@ impl WaitConfig {
             return Ok(!found.is_empty());
         }
         if let Some(sql) = &self.sql {
-            let url = super::database_url(&ctx.data, &sql.connection)?;
-            return query_is_true(&url, &sql.query).await;
+            let mut conn = super::open_database(&ctx.data, &sql.connection).await?;
+            return query_is_true(&mut conn, &sql.query).await;
         }
         if let Some(s) = &self.stream {
             let past = DateTime::parse_from_rfc3339(s.committed_past.trim())
@@ -209,18 +209,14 @@ impl WaitConfig {
     }
 }
 
-/// Runs `query` on the database at `url`; true when its first value is true, a non-zero
-/// number or a non-empty text other than `false`/`0`.
-async fn query_is_true(url: &str, query: &str) -> Result<bool, TaskError> {
-    use sqlx::{Connection, Row};
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.map_err(|e| {
-        TaskError::transient(format!("cannot open {}: {e}", crate::redact::secrets(url)))
-    })?;
+/// Runs `query` on `conn`; true when its first value is true, a non-zero number or a
+/// non-empty text other than `false`/`0`.
+async fn query_is_true(conn: &mut sqlx::AnyConnection, query: &str) -> Result<bool, TaskError> {
+    use sqlx::Row;
     // The query is the DAG author's, as a `shell` command is: no run's value is spliced in
     // unless a template of the file puts it there.
     let row = sqlx::query(sqlx::AssertSqlSafe(query.to_string()))
-        .fetch_optional(&mut conn)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(|e| TaskError::permanent(format!("the query failed: {e}")))?;
     let Some(row) = row else {
