@@ -4,7 +4,8 @@
 //! - the gap between one task's end and the next task's start in a 100-task chain of `noop`s,
 //!   with each attempt in its own process (as orch runs them) and in the executor's process:
 //!   the difference is what the child-process model costs per task;
-//! - the wall time of a DAG that fans out to 1,000 `noop` tasks;
+//! - the wall time of a DAG that fans out to 1,000 `noop` tasks, and of one `noop` task mapped
+//!   over 1,000 items with `for_each:` (the same work, expanded at run time);
 //! - the wall time from `orch trigger --wait` to the run's success for a 3-task chain through a
 //!   running `orch serve`, and the same span as the run history records it;
 //! - the resident memory of an idle `orch serve`.
@@ -37,6 +38,7 @@ fn main() {
     let chain = runtime.block_on(chain_gaps(child_processes()));
     let in_process = runtime.block_on(chain_gaps(Isolation::InProcess));
     let fan_out = runtime.block_on(fan_out_wall_time());
+    let mapped = runtime.block_on(for_each_wall_time());
     let serve = serve_trigger_and_memory();
 
     println!("| measure | median | runs |");
@@ -60,6 +62,10 @@ fn main() {
     println!(
         "| wall time, 1,000-task fan-out | {:.1} ms | {REPEATS} |",
         fan_out
+    );
+    println!(
+        "| wall time, one task mapped over 1,000 items (`for_each`) | {:.1} ms | {REPEATS} |",
+        mapped
     );
     println!(
         "| `orch trigger --wait` to success, 3-task chain via `orch serve` | {:.1} ms | {} |",
@@ -211,6 +217,23 @@ async fn fan_out_wall_time() -> f64 {
             "  - {{id: leaf{i}, kind: noop, depends_on: [root]}}\n"
         ));
     }
+    let dag = dag(&yaml);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bench = setup(dir.path(), child_processes()).await;
+    let (store, executor) = (&bench.store, &bench.executor);
+    let mut walls = Vec::new();
+    for _ in 0..REPEATS {
+        walls.push(execute_once(store, executor, &dag).await.1);
+    }
+    median(walls)
+}
+
+async fn for_each_wall_time() -> f64 {
+    let items: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    let yaml = format!(
+        "max_active_tasks: 1000\ntasks:\n  - {{id: root, kind: noop}}\n  - {{id: leaf, kind: noop, depends_on: [root], for_each: [{}]}}\n",
+        items.join(", ")
+    );
     let dag = dag(&yaml);
     let dir = tempfile::tempdir().expect("tempdir");
     let bench = setup(dir.path(), child_processes()).await;

@@ -130,13 +130,31 @@ pub async fn clear(
                     run.dag_id
                 ))
             })?;
-            if !dag.tasks.iter().any(|t| t.id == task_id) {
-                return Err(ActionError::NotFound(format!(
-                    "no task `{task_id}` in DAG `{}`",
-                    run.dag_id
-                )));
-            }
-            let tasks = with_downstream(dag, task_id, downstream);
+            let tasks = match crate::dag::for_each::parse_instance_id(task_id) {
+                // One instance of a mapped task: it, and what is downstream of its task.
+                Some((mapped, _)) => {
+                    let instances = store.task_instances(run_id).await?;
+                    if !instances.iter().any(|t| t.task_id == task_id) {
+                        return Err(ActionError::NotFound(format!(
+                            "no task instance `{task_id}` in run `{run_id}`"
+                        )));
+                    }
+                    let mut tasks = vec![task_id.to_string()];
+                    tasks.extend(
+                        with_downstream(dag, mapped, downstream)
+                            .into_iter()
+                            .filter(|t| t != mapped),
+                    );
+                    tasks
+                }
+                None if !dag.tasks.iter().any(|t| t.id == task_id) => {
+                    return Err(ActionError::NotFound(format!(
+                        "no task `{task_id}` in DAG `{}`",
+                        run.dag_id
+                    )));
+                }
+                None => with_downstream(dag, task_id, downstream),
+            };
             (store.clear_tasks(run_id, Some(&tasks)).await?, Some(tasks))
         }
     };

@@ -33,7 +33,12 @@ pub const VARIABLES: &[&str] = &[
     "params",
     "env",
     "outputs",
+    "item",
+    "map_index",
 ];
+
+/// The variables only a mapped task's instances have (`for_each:`).
+pub const MAPPED_VARIABLES: &[&str] = &["item", "map_index"];
 
 /// The values of [`VARIABLES`] for one task of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +60,12 @@ pub struct RunVariables {
     pub env: BTreeMap<String, String>,
     /// What the run's finished tasks published, by task id.
     pub outputs: Map<String, Value>,
+    /// A mapped instance's item and its index in the list (`for_each:`); absent elsewhere, so
+    /// that another task reading them fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub map_index: Option<usize>,
 }
 
 /// The prefix of the environment variables templates may read as `env.NAME`.
@@ -97,6 +108,8 @@ impl RunVariables {
                 .filter(|(name, _)| name.starts_with(ENV_PREFIX))
                 .collect(),
             outputs: Map::new(),
+            item: None,
+            map_index: None,
         }
     }
 }
@@ -196,6 +209,16 @@ pub fn reads_any(source: &str, names: &[&str]) -> bool {
         })
 }
 
+/// Whether any string inside a JSON value reads any of the variables `names`.
+pub fn value_reads_any(value: &Value, names: &[&str]) -> bool {
+    match value {
+        Value::String(s) => reads_any(s, names),
+        Value::Array(items) => items.iter().any(|v| value_reads_any(v, names)),
+        Value::Object(map) => map.values().any(|v| value_reads_any(v, names)),
+        _ => false,
+    }
+}
+
 /// Checks every string inside a JSON value, as [`check`] does.
 pub fn check_value(value: &Value, params: &Map<String, Value>) -> Result<(), String> {
     match value {
@@ -228,6 +251,25 @@ fn render_with(value: &Value, ctx: &minijinja::Value, quoting: Quoting) -> Resul
         ),
         other => other.clone(),
     })
+}
+
+/// The value of a template: for a template that is one `{{ expression }}`, the expression's
+/// value with its type (a list stays a list); for any other text, the rendered string.
+pub fn evaluate(source: &str, vars: &RunVariables) -> Result<Value, String> {
+    let ctx = minijinja::Value::from(minijinja::value::Serde(vars));
+    let trimmed = source.trim();
+    let expression = trimmed
+        .strip_prefix("{{")
+        .and_then(|rest| rest.strip_suffix("}}"))
+        .filter(|inner| !inner.contains("{{") && !inner.contains("}}"));
+    let Some(expression) = expression else {
+        return render_str(source, &ctx, Quoting::Plain).map(Value::String);
+    };
+    let value = environment(Quoting::Plain)
+        .compile_expression_owned(expression.trim().to_string())
+        .and_then(|compiled| compiled.eval(ctx))
+        .map_err(|e| format!("cannot evaluate `{source}`: {}", describe(&e)))?;
+    serde_json::to_value(&value).map_err(|e| format!("cannot evaluate `{source}`: {e}"))
 }
 
 /// Renders a template a task kind owns (see `TaskKind::own_templates`) with its own variables,

@@ -12,7 +12,7 @@ use super::error::{LoadError, Problem};
 use super::graph::topological_order;
 use super::schedule::Schedule;
 use super::spec::{DagSpec, LimitsSpec, TaskSpec};
-use super::{Dag, RetryPolicy, Task, params};
+use super::{Dag, ForEach, RetryPolicy, Task, for_each, params};
 use crate::attempt::{Limits, parse_size};
 use crate::notify::{Callbacks, Notifier};
 use crate::queue;
@@ -367,6 +367,7 @@ impl Checker {
                     .push(Problem::nowhere(format!("task `{id}`: {e}"))),
             }
         }
+        let for_each = self.for_each(spec, &orch_rendered, params);
         let delay = self.duration(
             spec.retry_delay.as_ref().or(defaults.retry_delay.as_ref()),
             "retry_delay",
@@ -429,6 +430,7 @@ impl Checker {
             limits,
             queue: queue.map_or(queue::DEFAULT_QUEUE.to_string(), |q| q.value.clone()),
             with,
+            for_each,
             callbacks,
             pool: spec.pool.as_ref().map(|p| p.value.clone()),
             pool_slots,
@@ -438,6 +440,75 @@ impl Checker {
                 .or(defaults.depends_on_past)
                 .unwrap_or(false),
         })
+    }
+
+    /// The task's `for_each:`: a non-empty list, or one template (checked like `with:`'s). Only
+    /// a mapped task's templates may read `item` and `map_index`.
+    fn for_each(
+        &mut self,
+        spec: &TaskSpec,
+        with: &serde_json::Value,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<ForEach> {
+        let id = &spec.id.value;
+        let Some(for_each) = &spec.for_each else {
+            if template::value_reads_any(with, template::MAPPED_VARIABLES) {
+                let message = format!(
+                    "task `{id}` reads `item` or `map_index`, which only a task with `for_each:` has"
+                );
+                match &spec.with {
+                    Some(w) => self.problem(w, message),
+                    None => self.problem(&spec.kind, message),
+                }
+            }
+            return None;
+        };
+        match &for_each.value {
+            serde_json::Value::Array(items) if items.is_empty() => {
+                self.problem(
+                    for_each,
+                    format!("task `{id}`: `for_each` is an empty list"),
+                );
+                None
+            }
+            serde_json::Value::Array(items) if items.len() > for_each::MAX_ITEMS => {
+                self.problem(
+                    for_each,
+                    format!(
+                        "task `{id}`: `for_each` lists {} items; a task maps over at most {}",
+                        items.len(),
+                        for_each::MAX_ITEMS
+                    ),
+                );
+                None
+            }
+            serde_json::Value::Array(items) => Some(ForEach::Items(items.clone())),
+            serde_json::Value::String(source) if source.contains("{{") => {
+                match template::check(source, params) {
+                    Ok(()) if template::reads_any(source, template::MAPPED_VARIABLES) => {
+                        self.problem(
+                            for_each,
+                            format!("task `{id}`: `for_each` cannot read `item` or `map_index`"),
+                        );
+                        None
+                    }
+                    Ok(()) => Some(ForEach::Template(source.clone())),
+                    Err(e) => {
+                        self.problem(for_each, format!("task `{id}`: `for_each`: {e}"));
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.problem(
+                    for_each,
+                    format!(
+                        "task `{id}`: `for_each` must be a list, or a template giving one such as `{{{{ params.symbols }}}}`"
+                    ),
+                );
+                None
+            }
+        }
     }
 
     /// The task's `limits:` over the defaults', key by key.

@@ -6,6 +6,7 @@
 
 mod bag;
 mod error;
+pub mod for_each;
 mod graph;
 mod load;
 pub mod params;
@@ -24,6 +25,7 @@ use crate::attempt::Limits;
 pub use bag::DagBag;
 pub(crate) use bag::{dag_files, read_folder_file};
 pub use error::{LoadError, Problem};
+pub use for_each::ForEach;
 pub use load::{load_file, load_str};
 pub use schedule::{DataInterval, Schedule};
 
@@ -83,6 +85,8 @@ pub struct Task {
     pub depends_on_past: bool,
     /// The kind's configuration. Every string in it is a template rendered at run time.
     pub with: serde_json::Value,
+    /// Expands into one instance per item when ready (`for_each:`).
+    pub for_each: Option<ForEach>,
     /// Who is told when this task fails, succeeds or will be retried.
     pub callbacks: crate::notify::Callbacks,
 }

@@ -91,6 +91,8 @@ pub struct TaskSpec {
     pub pool_slots: Option<Spanned<u32>>,
     pub priority: Option<i32>,
     pub with: Option<Spanned<serde_json::Value>>,
+    /// Run one instance of the task per item: a list, or a template giving one.
+    pub for_each: Option<Spanned<serde_json::Value>>,
     pub on_failure: Option<Spanned<Vec<Notifier>>>,
     pub on_success: Option<Spanned<Vec<Notifier>>>,
     pub on_retry: Option<Spanned<Vec<Notifier>>>,

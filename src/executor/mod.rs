@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::attempt::Usage;
 use crate::config::Config;
-use crate::dag::Dag;
+use crate::dag::{Dag, for_each};
 use crate::logs::{AttemptLog, attempt_log_path};
 use crate::notify::{Event, EventKind, Notifier};
 use crate::process;
@@ -134,6 +134,9 @@ struct RunLoop<'a> {
     run: &'a RunRecord,
     params: Map<String, Value>,
     events: Option<mpsc::UnboundedSender<TaskEvent>>,
+    /// The task instances this loop drives, by slot: first the DAG's tasks in their order,
+    /// then the instances of mapped tasks as they are expanded. Every vector below is by slot.
+    slots: Vec<Slot>,
     upstream: Vec<Vec<usize>>,
     states: Vec<TaskState>,
     tries: Vec<u32>,
@@ -157,6 +160,24 @@ struct RunLoop<'a> {
     past: Vec<PastCheck>,
     /// What the run's succeeded tasks published, by task id, for `{{ outputs.TASK.key }}`.
     outputs: Map<String, Value>,
+}
+
+/// One task instance of the run: a task of the DAG, or an instance of a mapped task.
+struct Slot {
+    /// Its task, an index into the DAG's tasks.
+    task: usize,
+    /// Its id in the run history: the task's, or `TASK[i]` for a mapped instance.
+    id: String,
+    /// Set for an instance of a mapped task.
+    instance: Option<Instance>,
+}
+
+/// Where a mapped task's instance stands in its list.
+struct Instance {
+    /// The slot of its mapped task.
+    parent: usize,
+    index: usize,
+    item: Value,
 }
 
 /// Where a `depends_on_past` task stands.
@@ -206,12 +227,23 @@ impl<'a> RunLoop<'a> {
                 }
             })
             .collect();
+        let slots = dag
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(task, t)| Slot {
+                task,
+                id: t.id.clone(),
+                instance: None,
+            })
+            .collect();
         RunLoop {
             exec,
             dag,
             run,
             params,
             events,
+            slots,
             upstream,
             states: vec![TaskState::Scheduled; n],
             tries: vec![0; n],
@@ -239,9 +271,34 @@ impl<'a> RunLoop<'a> {
             .collect();
         let store = &self.exec.store;
         let run_id = self.run.run_id.as_str();
+        // Mapped tasks come before their instances (by position, then index).
         for ti in durably(|| store.task_instances(run_id)).await? {
-            let Some(&i) = index.get(&ti.task_id) else {
-                continue;
+            let i = match (ti.map_index, for_each::parse_instance_id(&ti.task_id)) {
+                (None, _) => match index.get(&ti.task_id) {
+                    Some(&i) => i,
+                    None => continue,
+                },
+                (Some(map_index), Some((task, _))) => {
+                    let Some(&parent) = index.get(task) else {
+                        continue;
+                    };
+                    // Instances of a task not expanded yet are from before a clear: the
+                    // expansion renews them.
+                    if matches!(
+                        self.states[parent],
+                        TaskState::Scheduled | TaskState::Queued
+                    ) || self.dag.tasks[parent].for_each.is_none()
+                    {
+                        continue;
+                    }
+                    let item = ti.map_item.clone().unwrap_or(Value::Null);
+                    self.add_instance(
+                        parent,
+                        usize::try_from(map_index).unwrap_or(usize::MAX),
+                        item,
+                    )
+                }
+                (Some(_), None) => continue,
             };
             self.states[i] = ti.state;
             self.tries[i] = ti.try_number;
@@ -262,15 +319,21 @@ impl<'a> RunLoop<'a> {
                 self.outputs.insert(a.task_id.clone(), outputs.clone());
             }
         }
+        for parent in 0..self.dag.tasks.len() {
+            if self.states[parent].is_finished() && self.dag.tasks[parent].for_each.is_some() {
+                self.collect_outputs(parent);
+            }
+        }
         if !self.states.contains(&TaskState::Running) {
             return Ok(());
         }
         let now = Utc::now();
         for i in 0..self.states.len() {
-            if self.states[i] != TaskState::Running {
+            // A mapped task has no attempt of its own: its instances run.
+            if self.states[i] != TaskState::Running || self.is_mapped(i) {
                 continue;
             }
-            let task_id = self.dag.tasks[i].id.clone();
+            let task_id = self.slots[i].id.clone();
             let attempt = self.tries[i];
             let record = attempts
                 .iter()
@@ -420,10 +483,28 @@ impl<'a> RunLoop<'a> {
                     self.next_retry[i] = None;
                     TaskState::Skipped
                 }
+                // An instance cleared by hand runs again once its mapped task is expanded.
+                TaskState::Scheduled if self.slots[i].instance.is_some() => {
+                    match self.slots[i]
+                        .instance
+                        .as_ref()
+                        .map(|m| self.states[m.parent])
+                    {
+                        Some(TaskState::Running) => TaskState::Queued,
+                        _ => continue,
+                    }
+                }
+                TaskState::Running if self.is_mapped(i) => match self.mapped_state(i) {
+                    Some(state) => {
+                        self.collect_outputs(i);
+                        state
+                    }
+                    None => continue,
+                },
                 TaskState::Scheduled => {
                     let upstream: Vec<TaskState> =
                         self.upstream[i].iter().map(|&u| self.states[u]).collect();
-                    match evaluate(self.dag.tasks[i].trigger_rule, &upstream) {
+                    match evaluate(self.dag.tasks[self.slots[i].task].trigger_rule, &upstream) {
                         Readiness::Wait => continue,
                         Readiness::Ready if !self.past_allows(i).await? => continue,
                         Readiness::Ready => TaskState::Queued,
@@ -444,7 +525,7 @@ impl<'a> RunLoop<'a> {
         }
         let rows: Vec<(String, TaskState)> = changes
             .iter()
-            .map(|&(i, state)| (self.dag.tasks[i].id.clone(), state))
+            .map(|&(i, state)| (self.slots[i].id.clone(), state))
             .collect();
         durably(|| self.exec.store.set_task_states(&self.run.run_id, &rows)).await?;
         for (i, state) in changes {
@@ -464,7 +545,7 @@ impl<'a> RunLoop<'a> {
             PastCheck::Unknown => true,
         };
         let store = &self.exec.store;
-        let task_id = &self.dag.tasks[i].id;
+        let task_id = &self.slots[i].id;
         let previous =
             durably(|| store.previous_task_state(&self.dag.id, self.run.logical_date, task_id))
                 .await?;
@@ -485,29 +566,21 @@ impl<'a> RunLoop<'a> {
 
     /// Queues the next attempt of task `i` for a worker of its queue, and waits for it.
     async fn start(&mut self, i: usize) -> Result<(), StoreError> {
-        let task = &self.dag.tasks[i];
+        if self.is_mapped(i) {
+            return self.expand(i).await;
+        }
+        let task = &self.dag.tasks[self.slots[i].task];
+        let task_id = &self.slots[i].id;
         let attempt = self.tries[i] + 1;
         let started_at = Utc::now();
         let path = attempt_log_path(
             &self.exec.logs_dir,
             &self.dag.id,
             &self.run.run_id,
-            &task.id,
+            task_id,
             attempt,
         );
-        let vars = RunVariables::new(
-            &self.dag.id,
-            &self.run.run_id,
-            &task.id,
-            self.run.logical_date,
-            (self.run.data_interval_start, self.run.data_interval_end),
-            self.dag.timezone,
-            self.params.clone(),
-        );
-        let vars = RunVariables {
-            outputs: self.outputs.clone(),
-            ..vars
-        };
+        let vars = self.variables(i);
         // A configuration that does not render now will not render on a retry either.
         let rendered = match self.exec.registry.get(&task.kind) {
             Some(kind) => {
@@ -527,7 +600,7 @@ impl<'a> RunLoop<'a> {
                 )
             }
         };
-        let banner = format!("{try_line} of task `{}` ({})", task.id, task.kind);
+        let banner = format!("{try_line} of task `{task_id}` ({})", task.kind);
         let queued = rendered.and_then(|with| {
             let queued = QueuedTask {
                 dag_id: self.dag.id.clone(),
@@ -547,7 +620,7 @@ impl<'a> RunLoop<'a> {
         durably(|| {
             self.exec.store.start_attempt(
                 &self.run.run_id,
-                &task.id,
+                task_id,
                 attempt,
                 started_at,
                 &log_path,
@@ -567,24 +640,195 @@ impl<'a> RunLoop<'a> {
         self.emit(i, TaskState::Running, None);
         match queued {
             Ok(_) => self.wait_for(i, attempt),
-            Err(error) => {
-                // Never queued: the log says why here, where the run is executed.
-                if let Ok(log) = AttemptLog::create(path) {
-                    log.note(&banner);
-                    log.note(&format!("failed, and no retry can help: {error}"));
-                }
-                let report = Report::new(&Err(error), Usage::default(), started_at, Utc::now());
-                self.record_end(i, attempt, report).await?;
-            }
+            Err(error) => self.never_queued(i, attempt, path, &banner, error).await?,
         }
         Ok(())
+    }
+
+    /// Ends attempt `attempt` of slot `i`, which could not be queued: the log says why here,
+    /// where the run is executed.
+    async fn never_queued(
+        &mut self,
+        i: usize,
+        attempt: u32,
+        path: PathBuf,
+        banner: &str,
+        error: TaskError,
+    ) -> Result<(), StoreError> {
+        let started_at = Utc::now();
+        if let Ok(log) = AttemptLog::create(path) {
+            log.note(banner);
+            log.note(&format!("failed, and no retry can help: {error}"));
+        }
+        let report = Report::new(&Err(error), Usage::default(), started_at, Utc::now());
+        self.record_end(i, attempt, report).await
+    }
+
+    /// What slot `i`'s templates see: the run's variables, the outputs so far, and an
+    /// instance's item.
+    fn variables(&self, i: usize) -> RunVariables {
+        let vars = RunVariables::new(
+            &self.dag.id,
+            &self.run.run_id,
+            &self.slots[i].id,
+            self.run.logical_date,
+            (self.run.data_interval_start, self.run.data_interval_end),
+            self.dag.timezone,
+            self.params.clone(),
+        );
+        let instance = self.slots[i].instance.as_ref();
+        RunVariables {
+            outputs: self.outputs.clone(),
+            item: instance.map(|m| m.item.clone()),
+            map_index: instance.map(|m| m.index),
+            ..vars
+        }
+    }
+
+    /// Whether slot `i` is a mapped task (not one of its instances).
+    fn is_mapped(&self, i: usize) -> bool {
+        self.slots[i].instance.is_none() && self.dag.tasks[self.slots[i].task].for_each.is_some()
+    }
+
+    /// The slots of mapped task `parent`'s instances.
+    fn instances(&self, parent: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.slots.len()).filter(move |&s| {
+            self.slots[s]
+                .instance
+                .as_ref()
+                .is_some_and(|m| m.parent == parent)
+        })
+    }
+
+    /// Adds a slot for instance `index` of mapped task `parent`, and returns it. A run loop
+    /// expands a task once: when it loaded instances, their task was expanded already.
+    fn add_instance(&mut self, parent: usize, index: usize, item: Value) -> usize {
+        let id = for_each::instance_id(&self.slots[parent].id, index);
+        self.slots.push(Slot {
+            task: self.slots[parent].task,
+            id,
+            instance: Some(Instance {
+                parent,
+                index,
+                item,
+            }),
+        });
+        self.upstream.push(Vec::new());
+        self.states.push(TaskState::Scheduled);
+        self.tries.push(0);
+        self.bases.push(0);
+        self.next_retry.push(None);
+        self.past.push(PastCheck::Clear);
+        self.slots.len() - 1
+    }
+
+    /// Expands mapped task `i` into an instance per item, each queued; an empty list skips
+    /// it, and a list that cannot be had fails it, beyond any retry.
+    async fn expand(&mut self, i: usize) -> Result<(), StoreError> {
+        let task = &self.dag.tasks[self.slots[i].task];
+        let items = match &task.for_each {
+            Some(for_each) => for_each.items(&self.variables(i)),
+            None => Ok(Vec::new()),
+        };
+        let items = match items {
+            Ok(items) => items,
+            Err(error) => {
+                let attempt = self.tries[i] + 1;
+                let path = attempt_log_path(
+                    &self.exec.logs_dir,
+                    &self.dag.id,
+                    &self.run.run_id,
+                    &self.slots[i].id,
+                    attempt,
+                );
+                let banner = format!("expanding mapped task `{}` ({})", task.id, task.kind);
+                let log_path = path.to_string_lossy().into_owned();
+                durably(|| {
+                    self.exec.store.start_attempt(
+                        &self.run.run_id,
+                        &self.slots[i].id,
+                        attempt,
+                        Utc::now(),
+                        &log_path,
+                        None,
+                    )
+                })
+                .await?;
+                self.tries[i] = attempt;
+                return self
+                    .never_queued(i, attempt, path, &banner, TaskError::permanent(error))
+                    .await;
+            }
+        };
+        if items.is_empty() {
+            tracing::info!(run_id = %self.run.run_id, task_id = %self.slots[i].id, "for_each gave no items: skipped");
+            let row = [(self.slots[i].id.clone(), TaskState::Skipped)];
+            durably(|| self.exec.store.set_task_states(&self.run.run_id, &row)).await?;
+            self.states[i] = TaskState::Skipped;
+            self.emit(i, TaskState::Skipped, None);
+            return Ok(());
+        }
+        let rows: Vec<(String, String)> = items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| {
+                (
+                    for_each::instance_id(&self.slots[i].id, index),
+                    item.to_string(),
+                )
+            })
+            .collect();
+        durably(|| {
+            self.exec
+                .store
+                .expand_task(&self.run.run_id, &self.slots[i].id, &rows)
+        })
+        .await?;
+        self.states[i] = TaskState::Running;
+        self.emit(i, TaskState::Running, None);
+        for (index, item) in items.into_iter().enumerate() {
+            let s = self.add_instance(i, index, item);
+            self.states[s] = TaskState::Queued;
+            self.next_retry[s] = None;
+            self.bases[s] = self.tries[s];
+            self.emit(s, TaskState::Queued, None);
+        }
+        Ok(())
+    }
+
+    /// The state mapped task `i` ends in, once all its instances have ended.
+    fn mapped_state(&self, i: usize) -> Option<TaskState> {
+        let states: Vec<TaskState> = self.instances(i).map(|s| self.states[s]).collect();
+        for_each::summed_state(&states)
+    }
+
+    /// Publishes what mapped task `i`'s instances published as one list, in index order
+    /// (`null` for an instance that published nothing): `{{ outputs.TASK[0].key }}`.
+    fn collect_outputs(&mut self, i: usize) {
+        let mut by_index: Vec<(usize, Value)> = self
+            .instances(i)
+            .filter_map(|s| {
+                let index = self.slots[s].instance.as_ref()?.index;
+                Some((
+                    index,
+                    self.outputs
+                        .get(&self.slots[s].id)
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                ))
+            })
+            .collect();
+        by_index.sort_by_key(|(index, _)| *index);
+        let list = by_index.into_iter().map(|(_, v)| v).collect();
+        self.outputs
+            .insert(self.slots[i].id.clone(), Value::Array(list));
     }
 
     /// Waits, beside the run loop, for the report of attempt `attempt` of task `i`.
     fn wait_for(&mut self, i: usize, attempt: u32) {
         let key = AttemptKey {
             run_id: self.run.run_id.clone(),
-            task_id: self.dag.tasks[i].id.clone(),
+            task_id: self.slots[i].id.clone(),
             attempt,
         };
         let dispatch = self.exec.dispatch.clone();
@@ -631,7 +875,8 @@ impl<'a> RunLoop<'a> {
         attempt: u32,
         report: Report,
     ) -> Result<(), StoreError> {
-        let task = &self.dag.tasks[i];
+        let task = &self.dag.tasks[self.slots[i].task];
+        let task_id = &self.slots[i].id;
         let (started_at, ended_at) = report.times(Utc::now());
         let duration_ms = (ended_at - started_at).num_milliseconds().max(0);
         let usage = report.usage;
@@ -640,7 +885,7 @@ impl<'a> RunLoop<'a> {
             Ok(out) => {
                 if let Some(outputs) = &out.outputs {
                     self.outputs
-                        .insert(task.id.clone(), Value::Object(outputs.clone()));
+                        .insert(task_id.clone(), Value::Object(outputs.clone()));
                 }
                 (
                     AttemptEnd {
@@ -677,7 +922,7 @@ impl<'a> RunLoop<'a> {
                         durably(|| {
                             self.exec
                                 .store
-                                .set_attempt_base(&self.run.run_id, &task.id, attempt)
+                                .set_attempt_base(&self.run.run_id, task_id, attempt)
                         })
                         .await?;
                         let after =
@@ -711,7 +956,7 @@ impl<'a> RunLoop<'a> {
         durably(|| {
             self.exec.store.finish_attempt(
                 &self.run.run_id,
-                &task.id,
+                task_id,
                 attempt,
                 &end,
                 state,
@@ -756,7 +1001,9 @@ impl<'a> RunLoop<'a> {
         let mut notifiers: Vec<Notifier> = Vec::new();
         match task {
             Some((i, _)) => {
-                notifiers.extend_from_slice(self.dag.tasks[i].callbacks.for_event(kind));
+                notifiers.extend_from_slice(
+                    self.dag.tasks[self.slots[i].task].callbacks.for_event(kind),
+                );
                 if kind == EventKind::TaskRetry {
                     notifiers.extend_from_slice(&self.dag.callbacks.on_retry);
                 }
@@ -766,7 +1013,7 @@ impl<'a> RunLoop<'a> {
         if notifiers.is_empty() {
             return;
         }
-        let task_id = task.map(|(i, _)| self.dag.tasks[i].id.clone());
+        let task_id = task.map(|(i, _)| self.slots[i].id.clone());
         let log_tail = match (&task_id, task) {
             (Some(task_id), Some((_, attempt))) => {
                 let key = AttemptKey {
@@ -911,7 +1158,7 @@ impl<'a> RunLoop<'a> {
     fn emit(&self, i: usize, state: TaskState, error: Option<String>) {
         if let Some(events) = &self.events {
             let _ = events.send(TaskEvent {
-                task_id: self.dag.tasks[i].id.clone(),
+                task_id: self.slots[i].id.clone(),
                 state,
                 attempt: self.tries[i],
                 error,

@@ -10,6 +10,7 @@ use sqlx::Row;
 
 use super::timestamp::{self, serde_format};
 use super::{AttemptKey, Result, RunState, Store, TaskState, parse_time};
+use crate::dag::for_each;
 
 /// The channel a cancel request is announced on (PostgreSQL), for the process executing it.
 pub const CANCEL_CHANNEL: &str = "orch_cancel";
@@ -237,6 +238,17 @@ impl Store {
                         .bind(task_id)
                         .execute(&mut *tx)
                         .await?;
+                    // A cleared instance's mapped task waits for it again, still expanded.
+                    if let Some((mapped, _)) = for_each::parse_instance_id(task_id) {
+                        sqlx::query(
+                            "UPDATE task_instances SET state = 'running', next_retry_at = NULL
+                             WHERE run_id = $1 AND task_id = $2",
+                        )
+                        .bind(run_id)
+                        .bind(mapped)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                 }
             }
         }
@@ -291,6 +303,31 @@ impl Store {
             == 1;
         if !marked {
             return Ok(None);
+        }
+        // An instance's mapped task sums up its instances' states again.
+        if let Some((mapped, _)) = for_each::parse_instance_id(task_id) {
+            let prefix = format!("{mapped}[");
+            let states: Vec<String> = sqlx::query_scalar(
+                "SELECT state FROM task_instances WHERE run_id = $1 AND map_index IS NOT NULL
+                     AND substr(task_id, 1, CAST($2 AS INTEGER)) = $3",
+            )
+            .bind(run_id)
+            .bind(i64::try_from(prefix.len()).unwrap_or(i64::MAX))
+            .bind(&prefix)
+            .fetch_all(&mut *tx)
+            .await?;
+            let states: Vec<TaskState> =
+                states.iter().filter_map(|s| TaskState::parse(s)).collect();
+            if let Some(summed) = for_each::summed_state(&states) {
+                sqlx::query(
+                    "UPDATE task_instances SET state = $1 WHERE run_id = $2 AND task_id = $3",
+                )
+                .bind(summed.as_str())
+                .bind(run_id)
+                .bind(mapped)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         let states: Vec<String> =
             sqlx::query_scalar("SELECT state FROM task_instances WHERE run_id = $1")

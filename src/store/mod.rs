@@ -455,8 +455,8 @@ impl Store {
 
     pub async fn task_instances(&self, run_id: &str) -> Result<Vec<TaskInstanceRecord>> {
         let rows = sqlx::query(
-            "SELECT task_id, state, try_number, attempt_base, next_retry_at FROM task_instances
-             WHERE run_id = $1 ORDER BY position",
+            "SELECT task_id, state, try_number, attempt_base, next_retry_at, map_index, map_item
+             FROM task_instances WHERE run_id = $1 ORDER BY position, COALESCE(map_index, -1)",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -465,6 +465,8 @@ impl Store {
             .map(|row| {
                 let state: String = row.try_get("state")?;
                 let next: Option<String> = row.try_get("next_retry_at")?;
+                let map_index: Option<i64> = row.try_get("map_index")?;
+                let map_item: Option<String> = row.try_get("map_item")?;
                 Ok(TaskInstanceRecord {
                     task_id: row.try_get("task_id")?,
                     state: TaskState::parse(&state).ok_or(StoreError::Corrupt {
@@ -475,6 +477,22 @@ impl Store {
                     attempt_base: count(row, "task_instances.attempt_base", "attempt_base")?,
                     next_retry_at: next
                         .map(|s| parse_time("task_instances.next_retry_at", &s))
+                        .transpose()?,
+                    map_index: map_index
+                        .map(|i| {
+                            u32::try_from(i).map_err(|_| StoreError::Corrupt {
+                                what: "task_instances.map_index",
+                                value: i.to_string(),
+                            })
+                        })
+                        .transpose()?,
+                    map_item: map_item
+                        .map(|text| {
+                            serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
+                                what: "task_instances.map_item",
+                                value: text,
+                            })
+                        })
                         .transpose()?,
                 })
             })
@@ -510,6 +528,63 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Expands mapped task `task_id` into its instances, `(id, item as JSON)` in index order:
+    /// each is queued (an instance cleared before runs again, with a fresh retry budget and
+    /// its attempts numbered on), instances past the end of a shorter list are dropped, and
+    /// the task itself is running until its instances end.
+    pub async fn expand_task(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        instances: &[(String, String)],
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let position: i64 = sqlx::query_scalar(
+            "SELECT position FROM task_instances WHERE run_id = $1 AND task_id = $2",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        for (index, (id, item)) in (0_i64..).zip(instances) {
+            sqlx::query(
+                "INSERT INTO task_instances (run_id, task_id, position, state, map_index, map_item)
+                 VALUES ($1, $2, $3, 'queued', $4, $5)
+                 ON CONFLICT (run_id, task_id) DO UPDATE SET state = 'queued',
+                     next_retry_at = NULL, attempt_base = task_instances.try_number,
+                     map_item = excluded.map_item",
+            )
+            .bind(run_id)
+            .bind(id)
+            .bind(position)
+            .bind(index)
+            .bind(item)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let prefix = format!("{task_id}[");
+        sqlx::query(
+            "DELETE FROM task_instances WHERE run_id = $1 AND map_index >= $2
+                 AND substr(task_id, 1, CAST($3 AS INTEGER)) = $4",
+        )
+        .bind(run_id)
+        .bind(i64::try_from(instances.len()).unwrap_or(i64::MAX))
+        .bind(i64::try_from(prefix.len()).unwrap_or(i64::MAX))
+        .bind(&prefix)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE task_instances SET state = 'running', next_retry_at = NULL
+             WHERE run_id = $1 AND task_id = $2",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -165,6 +165,9 @@ pub struct TaskInstanceRecord {
     /// Attempts made before the run was last queued again; retries count from there.
     pub attempt_base: u32,
     pub next_retry_at: Option<DateTime<Utc>>,
+    /// For an instance of a mapped task (`TASK[i]`): `i`, and the item it runs for.
+    pub map_index: Option<u32>,
+    pub map_item: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]

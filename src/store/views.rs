@@ -65,6 +65,11 @@ pub struct RunDetail {
 pub struct TaskDetail {
     pub task_id: String,
     pub state: TaskState,
+    /// For an instance of a mapped task: its index and item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub map_index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<serde_json::Value>,
     pub attempts: Vec<AttemptRecord>,
 }
 
@@ -265,6 +270,8 @@ impl Store {
                     .collect(),
                 task_id: ti.task_id,
                 state: ti.state,
+                map_index: ti.map_index,
+                item: ti.map_item,
             })
             .collect();
         Ok(Some(RunDetail { run, tasks }))

@@ -11,6 +11,7 @@ mod faults;
 mod inspect;
 mod isolation;
 mod kinds;
+mod mapping;
 mod pools;
 mod postgres;
 mod recovery;
