@@ -1,11 +1,13 @@
 //! Alerts: what a DAG file asks to be told when a run or a task fails, succeeds or retries
-//! (`on_failure`, `on_success`, `on_retry`), or a run misses its SLA (`on_sla_miss`), and the notifiers that tell it: a `webhook`
-//! (JSON POST, or a Slack-compatible body) or a `command` (the event in its environment).
+//! (`on_failure`, `on_success`, `on_retry`), or a run misses its SLA (`on_sla_miss`), and the
+//! notifiers that tell it: a `webhook` (JSON POST, or a Slack-compatible body), an `email`
+//! (SMTP over TLS) or a `command` (the event in its environment).
 //!
 //! A notifier that fails is tried again a few times, then logged; it never changes the run.
 //! Event values reach a command only through environment variables, never its text.
 
 mod command;
+mod email;
 mod webhook;
 
 use std::time::Duration;
@@ -35,11 +37,13 @@ impl Callbacks {
     }
 }
 
-/// One way to tell, as a DAG file writes it: `- webhook: {...}` or `- command: "..."`.
+/// One way to tell, as a DAG file writes it: `- webhook: {...}`, `- email: {...}` or
+/// `- command: "..."`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Notifier {
     Webhook(webhook::Webhook),
+    Email(email::Email),
     /// A shell command, run with `sh -c`; the event is in `ORCH_EVENT_*` variables.
     Command(String),
 }
@@ -49,6 +53,7 @@ impl Notifier {
     pub fn check(&self) -> Result<(), String> {
         match self {
             Notifier::Webhook(w) => w.check(),
+            Notifier::Email(e) => e.check(),
             Notifier::Command(c) if c.trim().is_empty() => {
                 Err("a `command` notifier needs a command".to_string())
             }
@@ -59,6 +64,7 @@ impl Notifier {
     fn name(&self) -> &'static str {
         match self {
             Notifier::Webhook(_) => "webhook",
+            Notifier::Email(_) => "email",
             Notifier::Command(_) => "command",
         }
     }
@@ -153,6 +159,7 @@ pub async fn deliver(notifiers: &[Notifier], event: &Event) {
             tries += 1;
             let outcome = match notifier {
                 Notifier::Webhook(w) => w.send(event).await,
+                Notifier::Email(e) => e.send(event).await,
                 Notifier::Command(c) => command::run(c, event).await,
             };
             match outcome {

@@ -5,6 +5,7 @@ mod bigquery;
 mod binance;
 mod browser;
 mod demo;
+mod email;
 mod etl;
 mod exact;
 mod faults;
