@@ -90,32 +90,46 @@ pub async fn backfill(
     let executor = Arc::new(executor);
     let mut progress = Progress::new(dates.len());
     progress.draw();
-    let runs = futures_util::stream::iter(dates.into_iter().map(|logical_date| {
-        let (dag, store, executor, watch) = (
-            Arc::clone(&dag),
-            store.clone(),
-            Arc::clone(&executor),
-            watch.clone(),
-        );
-        let owner = lease.id().to_string();
-        async move {
-            let started = Instant::now();
-            let (run_id, outcome) =
-                match backfill_date(&dag, logical_date, &store, &executor, &owner, watch, rerun)
-                    .await
+    let created = Arc::new(tokio::sync::watch::Sender::new(0));
+    let runs =
+        futures_util::stream::iter(dates.into_iter().enumerate().map(|(index, logical_date)| {
+            let turn = CreationTurn {
+                index,
+                created: Arc::clone(&created),
+            };
+            let (dag, store, executor, watch) = (
+                Arc::clone(&dag),
+                store.clone(),
+                Arc::clone(&executor),
+                watch.clone(),
+            );
+            let owner = lease.id().to_string();
+            async move {
+                let started = Instant::now();
+                let (run_id, outcome) = match backfill_date(
+                    &dag,
+                    logical_date,
+                    turn,
+                    &store,
+                    &executor,
+                    &owner,
+                    watch,
+                    rerun,
+                )
+                .await
                 {
                     Ok(done) => done,
                     Err(e) => (String::new(), Outcome::Error(format!("{e:#}"))),
                 };
-            DateResult {
-                date: logical_date,
-                run_id,
-                outcome,
-                seconds: started.elapsed().as_secs_f64(),
+                DateResult {
+                    date: logical_date,
+                    run_id,
+                    outcome,
+                    seconds: started.elapsed().as_secs_f64(),
+                }
             }
-        }
-    }))
-    .buffer_unordered(parallel);
+        }))
+        .buffer_unordered(parallel);
     tokio::pin!(runs);
     let mut results = Vec::new();
     loop {
@@ -153,17 +167,45 @@ pub async fn backfill(
     })
 }
 
-/// Creates (or requeues) the backfill run of `logical_date` and executes it; a scheduled run
-/// of the same logical date is the same run.
+/// A date's turn to create its run, once the date before it has created its own: with
+/// `--parallel`, a day's `depends_on_past` must find the day before's run, not miss it
+/// because that run's row came a moment later.
+struct CreationTurn {
+    index: usize,
+    /// How many dates, in order, have created their runs (or given up).
+    created: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl CreationTurn {
+    async fn wait(&self) {
+        let mut created = self.created.subscribe();
+        // The sender lives as long as any turn: waiting cannot fail.
+        let _ = created.wait_for(|&n| n >= self.index).await;
+    }
+}
+
+impl Drop for CreationTurn {
+    /// The next date's turn comes whether this one created its run or failed to.
+    fn drop(&mut self) {
+        let next = self.index + 1;
+        self.created.send_modify(|n| *n = (*n).max(next));
+    }
+}
+
+/// Creates (or requeues) the backfill run of `logical_date` in its turn and executes it; a
+/// scheduled run of the same logical date is the same run.
+#[allow(clippy::too_many_arguments)]
 async fn backfill_date(
     dag: &Arc<Dag>,
     logical_date: DateTime<Utc>,
+    turn: CreationTurn,
     store: &Store,
     executor: &Executor,
     owner: &str,
     watch: crate::executor::Shutdown,
     rerun: bool,
 ) -> anyhow::Result<(String, Outcome)> {
+    turn.wait().await;
     let run_id = match store.run_for_date(&dag.id, logical_date).await? {
         Some(existing) => {
             let finished = existing.state.is_finished();
@@ -189,6 +231,7 @@ async fn backfill_date(
             run.run_id
         }
     };
+    drop(turn);
     let path = dag.path.to_string_lossy();
     if !store.claim_run(&run_id, owner, &dag.source, &path).await? {
         // A running `orch serve` took it: wait for its end rather than run it twice.

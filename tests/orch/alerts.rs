@@ -232,7 +232,7 @@ fn a_bad_notifier_fails_validation_with_its_place() {
     );
     assert!(
         all.contains(
-            "bad_kind.yaml:6:9: unknown variant `pager`, expected one of webhook, command"
+            "bad_kind.yaml:6:9: unknown variant `pager`, expected one of webhook, email, command"
         ),
         "{all}"
     );
