@@ -13,6 +13,11 @@ use super::{
     TaskState, listed_runs, parse_time, timestamp,
 };
 
+/// The columns of `dag_runs` a listing reads: all but the DAG file's text and path.
+const LISTED_COLUMNS: &str = "run_id, dag_id, run_type, logical_date, data_interval_start,
+    data_interval_end, conf, state, queued_at, started_at, ended_at, note, owner,
+    NULL AS dag_source, NULL AS dag_path, cancel_requested";
+
 /// A run as a square in a list: enough to colour it and link to it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -134,7 +139,8 @@ impl Store {
         Ok(by_dag)
     }
 
-    /// A page of runs matching `filter`, newest first, after `cursor`.
+    /// A page of runs matching `filter`, newest first, after `cursor`, without the DAG text
+    /// each run keeps (a listing shows none, and it is most of a row's bytes).
     pub async fn runs_page(
         &self,
         filter: &RunFilter,
@@ -178,7 +184,7 @@ impl Store {
             format!("WHERE {}", conditions.join(" AND "))
         };
         let sql = format!(
-            "SELECT * FROM dag_runs {filter_sql} ORDER BY queued_at DESC, run_id DESC LIMIT ${}",
+            "SELECT {LISTED_COLUMNS} FROM dag_runs {filter_sql} ORDER BY queued_at DESC, run_id DESC LIMIT ${}",
             values.len() + 1
         );
         // Audited: `sql` is made of fixed conditions and `$N` placeholders; every value is bound.
