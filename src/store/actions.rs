@@ -240,14 +240,7 @@ impl Store {
                         .await?;
                     // A cleared instance's mapped task waits for it again, still expanded.
                     if let Some((mapped, _)) = for_each::parse_instance_id(task_id) {
-                        sqlx::query(
-                            "UPDATE task_instances SET state = 'running', next_retry_at = NULL
-                             WHERE run_id = $1 AND task_id = $2",
-                        )
-                        .bind(run_id)
-                        .bind(mapped)
-                        .execute(&mut *tx)
-                        .await?;
+                        super::mapped_task_running(&mut tx, run_id, mapped).await?;
                     }
                 }
             }

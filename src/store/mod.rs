@@ -577,14 +577,7 @@ impl Store {
         .bind(&prefix)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "UPDATE task_instances SET state = 'running', next_retry_at = NULL
-             WHERE run_id = $1 AND task_id = $2",
-        )
-        .bind(run_id)
-        .bind(task_id)
-        .execute(&mut *tx)
-        .await?;
+        mapped_task_running(&mut tx, run_id, task_id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -932,6 +925,23 @@ fn listed_runs(rows: &[AnyRow]) -> Listed<RunRecord> {
         }
     }
     listed
+}
+
+/// Sets mapped task `task_id` running: expanded, waiting for its instances.
+async fn mapped_task_running(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    run_id: &str,
+    task_id: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE task_instances SET state = 'running', next_retry_at = NULL
+         WHERE run_id = $1 AND task_id = $2",
+    )
+    .bind(run_id)
+    .bind(task_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
