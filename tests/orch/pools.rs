@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::support::{Home, attempts, last_line, task_state, text};
+use crate::support::{Home, Server, attempts, last_line, task_state, text};
 
 fn time(value: &serde_json::Value) -> DateTime<Utc> {
     value
@@ -54,18 +54,9 @@ fn a_pool_holds_two_dags_to_its_size_and_frees_slots_by_priority() {
             spans.push((time(&a["started_at"]), time(&a["ended_at"])));
         }
     }
-    let most = spans
-        .iter()
-        .map(|(start, _)| {
-            spans
-                .iter()
-                .filter(|(s, e)| s <= start && start < e)
-                .count()
-        })
-        .max()
-        .unwrap_or(0);
     assert_eq!(
-        most, 2,
+        most_at_once(&spans),
+        2,
         "the pool of 2 was used fully and never exceeded: {spans:?}"
     );
 
@@ -93,6 +84,66 @@ fn a_pool_holds_two_dags_to_its_size_and_frees_slots_by_priority() {
     assert!(
         high_at <= low_at,
         "priority 10 went before priority 0: {high_at} vs {low_at}"
+    );
+}
+
+/// The most attempts whose (start, end) spans overlap at any start.
+fn most_at_once(spans: &[(DateTime<Utc>, DateTime<Utc>)]) -> usize {
+    spans
+        .iter()
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Three workers on PostgreSQL race for the slots of one pool: pooled claims take turns, so
+/// the pool's size holds across processes, not only within one.
+#[test]
+fn workers_on_postgres_never_take_more_than_a_pools_slots() {
+    let Some(home) = Home::postgres("pool_race") else {
+        return;
+    };
+    std::fs::write(home.file("orch.yaml"), "pools: { api: 2 }\n").expect("orch.yaml");
+    let mut yaml = String::from("id: racing\nmax_active_tasks: 12\ntasks:\n");
+    for t in 0..12 {
+        yaml.push_str(&format!(
+            "  - {{id: t{t}, kind: shell, pool: api, with: {{command: 'sleep 0.2'}}}}\n"
+        ));
+    }
+    home.write_dag("racing", &yaml);
+    let _serve = Server::spawn(
+        home.command(&["serve", "--no-worker"]),
+        "orch serve started",
+    );
+    let homes: Vec<Home> = (0..3).map(|_| Home::sharing_database(&home)).collect();
+    let _workers: Vec<Server> = homes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let mut cmd = h.command(&["worker"]);
+            cmd.env("ORCH_HOST", format!("worker-{i}"))
+                .env("ORCH_PARALLELISM", "4");
+            Server::spawn(cmd, "orch worker started")
+        })
+        .collect();
+    let run_id = last_line(&home.orch(&["trigger", "racing"]));
+    let run = home.wait_for_run(&run_id, Duration::from_secs(60));
+    assert_eq!(run["state"], "success", "{run:#}");
+    let spans: Vec<_> = (0..12)
+        .map(|t| {
+            let a = &attempts(&run, &format!("t{t}"))[0];
+            (time(&a["started_at"]), time(&a["ended_at"]))
+        })
+        .collect();
+    assert_eq!(
+        most_at_once(&spans),
+        2,
+        "12 slots of workers, 2 in the pool: {spans:?}"
     );
 }
 
