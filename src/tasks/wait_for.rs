@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, parse_with};
+use crate::template;
 
 pub struct WaitFor;
 
@@ -116,10 +117,18 @@ impl WaitConfig {
         {
             signed_duration(offset)?;
         }
-        if let Some(sql) = &self.sql
-            && sql.connection.trim().is_empty()
-        {
-            return Err("`sql.connection` is empty".to_string());
+        if let Some(sql) = &self.sql {
+            if sql.connection.trim().is_empty() {
+                return Err("`sql.connection` is empty".to_string());
+            }
+            // The query is rendered as text: a value a run's conf, an upstream task or an
+            // exchange chose would become SQL. Only the values orch formats itself may go in.
+            if template::reads_any(&sql.query, UNTRUSTED_IN_SQL) {
+                return Err(format!(
+                    "`sql.query` reads {}: a value a run or a task chose must not become SQL; use the run's dates ({{{{ ds }}}}, {{{{ data_interval_start }}}}), or a `sql` task, whose `parameters` are bound",
+                    UNTRUSTED_IN_SQL.join(", ")
+                ));
+            }
         }
         Ok(())
     }
@@ -208,6 +217,10 @@ impl WaitConfig {
         Ok(false)
     }
 }
+
+/// The template variables whose values orch does not format itself: a sensor's query must
+/// not read them.
+const UNTRUSTED_IN_SQL: &[&str] = &["params", "outputs", "env", "item"];
 
 /// Runs `query` on `conn`; true when its first value is true, a non-zero number or a
 /// non-empty text other than `false`/`0`.

@@ -169,4 +169,16 @@ tasks:
     let out = home.orch(&["dags", "validate"]);
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(all.contains("give exactly one condition"), "{all}");
+
+    // A run's conf must not become SQL: a query reading params is refused with its place.
+    home.write_dag(
+        "bad_sensor",
+        "id: bad_sensor\nparams: { day: '2026-11-20' }\ntasks:\n  - id: wait\n    kind: wait_for\n    with: { sql: { connection: warehouse, query: \"SELECT 1 WHERE '{{ params.day }}' <> ''\" } }\n",
+    );
+    let out = home.orch(&["dags", "validate"]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        all.contains("bad_sensor.yaml:6:11: task `wait` (wait_for): `sql.query` reads params"),
+        "{all}"
+    );
 }
