@@ -5,15 +5,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::alerts::receiver_answering;
-use crate::support::{Home, attempts, last_line, task_state, text};
-
-fn run_id_of(out: &std::process::Output) -> String {
-    last_line(out)
-        .split_whitespace()
-        .nth(1)
-        .expect("run RUN_ID STATE")
-        .to_string()
-}
+use crate::support::{Home, attempts, run_id_of, task_state, text};
 
 #[test]
 fn http_tasks_send_retry_on_server_errors_and_count_rows_in_the_answer() {

@@ -2,15 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Home, attempts, task_state, text};
-
-fn run_id_of(out: &std::process::Output) -> String {
-    crate::support::last_line(out)
-        .split_whitespace()
-        .nth(1)
-        .expect("run id")
-        .to_string()
-}
+use crate::support::{Home, attempts, run_id_of, task_state, text};
 
 #[test]
 fn mapped_instances_run_retry_and_clear_on_their_own() {

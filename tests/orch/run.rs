@@ -295,9 +295,8 @@ tasks:
         "mode=full",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let last = crate::support::last_line(&out);
-    let run_id = last.split_whitespace().nth(1).expect("run RUN_ID STATE");
-    let log = text(&home.orch(&["logs", run_id]).stdout);
+    let run_id = crate::support::run_id_of(&out);
+    let log = text(&home.orch(&["logs", &run_id]).stdout);
     assert!(log.contains("2026-11-20 10 full BTCUSDT"), "{log}");
 
     // A declaration that breaks its own rule fails validation with its place.
@@ -353,11 +352,7 @@ params: { marker: marker.txt }
         "--conf",
         &format!("marker={}", home.file("marker.txt").display()),
     ]);
-    let run_id = crate::support::last_line(&out)
-        .split_whitespace()
-        .nth(1)
-        .expect("run id")
-        .to_string();
+    let run_id = crate::support::run_id_of(&out);
     let run = home.run_json(&run_id);
     assert_eq!(task_state(&run, "gate"), "skipped", "{run:#}");
     let why = attempts(&run, "gate")[0]["error"]
@@ -406,11 +401,7 @@ params: { marker: marker.txt }
         started.elapsed() < std::time::Duration::from_secs(20),
         "stopped at its timeout, not after the nap"
     );
-    let run_id = crate::support::last_line(&out)
-        .split_whitespace()
-        .nth(1)
-        .expect("run id")
-        .to_string();
+    let run_id = crate::support::run_id_of(&out);
     let run = home.run_json(&run_id);
     assert_eq!(run["state"], "failed");
     assert_eq!(
@@ -529,11 +520,7 @@ tasks:
 "#,
     );
     let out = home.orch(&["run", "outputs"]);
-    let run_id = crate::support::last_line(&out)
-        .split_whitespace()
-        .nth(1)
-        .expect("run id")
-        .to_string();
+    let run_id = crate::support::run_id_of(&out);
     let run = home.run_json(&run_id);
     let published = &attempts(&run, "extract")[0]["outputs"];
     assert_eq!(published["day"], "2026-11-20");

@@ -3,7 +3,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::{Home, attempts, last_line, task_state, text};
+use crate::support::{Home, attempts, last_line, run_id_of, task_state, text};
 
 #[test]
 fn a_rescheduling_sensor_waits_for_another_dags_run_without_holding_a_slot() {
@@ -109,11 +109,7 @@ tasks:
     crate::support::sql(&warehouse, "INSERT INTO loads VALUES ('2026-11-20')");
     let out = child.wait_with_output().expect("orch run ends");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let run_id = last_line(&out)
-        .split_whitespace()
-        .nth(1)
-        .expect("run id")
-        .to_string();
+    let run_id = run_id_of(&out);
     let run = home.run_json(&run_id);
     assert_eq!(
         attempts(&run, "wait").len(),
@@ -145,11 +141,7 @@ tasks:
     );
     let out = home.orch(&["run", "lake_sensor"]);
     assert!(!out.status.success());
-    let run_id = last_line(&out)
-        .split_whitespace()
-        .nth(1)
-        .expect("run id")
-        .to_string();
+    let run_id = run_id_of(&out);
     let run = home.run_json(&run_id);
     let wait = attempts(&run, "wait");
     assert_eq!(wait.len(), 1, "giving up is not retried");

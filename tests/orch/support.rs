@@ -291,6 +291,15 @@ pub fn last_line(out: &Output) -> String {
         .to_string()
 }
 
+/// The run id of `orch run`'s last line, `run RUN_ID STATE`.
+pub fn run_id_of(out: &Output) -> String {
+    last_line(out)
+        .split_whitespace()
+        .nth(1)
+        .expect("run RUN_ID STATE")
+        .to_string()
+}
+
 /// Waits for a file to appear, as the signal that a task reached a given point.
 pub fn wait_for_file(path: &Path, limit: Duration) {
     let deadline = Instant::now() + limit;
