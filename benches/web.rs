@@ -91,7 +91,9 @@ fn main() {
     // keeps one, asking for runs and run pages: first as fast as each can (the server and
     // the 50 client threads share the 2 cores), then paced, each client sending one request
     // every few milliseconds whether or not the last was slow.
+    let cpu_before = cpu_seconds(server.id());
     let (saturated, wall) = concurrent(&addr, None);
+    let cpu_per_request = (cpu_seconds(server.id()) - cpu_before) / saturated.len() as f64;
     let paced: Vec<(f64, Vec<f64>)> = PACED_RATES
         .iter()
         .map(|&rate| {
@@ -115,6 +117,10 @@ fn main() {
         percentile(&saturated, 0.50),
         percentile(&saturated, 0.99),
         requests as f64 / wall
+    );
+    println!(
+        "| ... the server's CPU time per request (user + system) | {:.0} µs |",
+        cpu_per_request * 1e6
     );
     for (rate, latencies) in &paced {
         println!(
@@ -331,6 +337,24 @@ fn timed(addr: &str, path: &str) -> f64 {
         .collect();
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
+}
+
+/// User and system CPU seconds the process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are the 14th and 15th fields: the 12th and 13th after the name.
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf only reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / per_second
 }
 
 fn rss_mb(pid: u32) -> f64 {
