@@ -122,6 +122,7 @@ async fn setup(dir: &Path, isolation: Isolation) -> Bench {
             lake_url: orch::lake::Lake::default_url(dir),
             warehouse_url: format!("sqlite://{}", dir.join("data/warehouse.db").display()),
             binance_api_url: "http://127.0.0.1:9".to_string(),
+            mercado_bitcoin_api_url: String::new(),
             staging_url: orch::staging::Staging::default_url(dir),
             binance_ws_url: "ws://127.0.0.1:9".to_string(),
             connections: Default::default(),

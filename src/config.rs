@@ -2,7 +2,7 @@
 //!
 //! Settings come from, in order of precedence: the environment (`ORCH_DATABASE_URL`,
 //! `ORCH_DAGS_DIR`, `ORCH_LOGS_DIR`, `ORCH_PARALLELISM`, `ORCH_HEARTBEAT_TIMEOUT`, `ORCH_LAKE_URL`,
-//! `ORCH_WAREHOUSE_URL`, `BINANCE_API_URL`, `ORCH_LISTEN`, `ORCH_API_TOKEN`), then `orch.yaml` in the home, then defaults under the home.
+//! `ORCH_WAREHOUSE_URL`, `BINANCE_API_URL`, `MERCADO_BITCOIN_API_URL`, `ORCH_LISTEN`, `ORCH_API_TOKEN`), then `orch.yaml` in the home, then defaults under the home.
 //! Relative paths are relative to the home.
 
 use std::path::{Path, PathBuf};
@@ -105,6 +105,10 @@ pub struct DataPlaces {
     /// Binance's REST API (`BINANCE_API_URL`): Binance itself by default; `orch demo` points
     /// it at its simulator.
     pub binance_api_url: String,
+    /// Mercado Bitcoin's REST API v4 (`MERCADO_BITCOIN_API_URL`): MB itself by default;
+    /// `orch demo` points it at its simulator.
+    #[serde(default = "default_mercado_bitcoin_api_url")]
+    pub mercado_bitcoin_api_url: String,
     /// The staging store of the live streams (`ORCH_STAGING_URL`):
     /// `sqlite://<home>/data/staging.db` by default.
     pub staging_url: String,
@@ -114,6 +118,10 @@ pub struct DataPlaces {
     /// Named databases of orch.yaml's `connections:`, for the `sql` kind and sensors.
     #[serde(default)]
     pub connections: Connections,
+}
+
+fn default_mercado_bitcoin_api_url() -> String {
+    crate::exchange::mercado_bitcoin::MercadoBitcoinClient::DEFAULT_BASE_URL.to_string()
 }
 
 /// `connections:`: named databases, each a URL given in orch.yaml (`url:`), in an
@@ -308,6 +316,8 @@ impl Config {
             binance_api_url: env("BINANCE_API_URL").unwrap_or_else(|| {
                 crate::exchange::binance::BinanceClient::DEFAULT_BASE_URL.to_string()
             }),
+            mercado_bitcoin_api_url: env("MERCADO_BITCOIN_API_URL")
+                .unwrap_or_else(default_mercado_bitcoin_api_url),
             staging_url: env("ORCH_STAGING_URL")
                 .or(file.staging_url)
                 .unwrap_or_else(|| crate::staging::Staging::default_url(&home)),

@@ -557,6 +557,7 @@ mod tests {
                 lake_url: String::new(),
                 warehouse_url: String::new(),
                 binance_api_url: String::new(),
+                mercado_bitcoin_api_url: String::new(),
                 staging_url: String::new(),
                 binance_ws_url: String::new(),
                 connections: Default::default(),

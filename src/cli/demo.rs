@@ -14,9 +14,12 @@ pub async fn demo(
 ) -> anyhow::Result<ExitCode> {
     let simulator = Simulator::start(&SimulatorOptions {
         port: 0,
-        symbols: ["BTCUSDT", "AAVEUSDT", "STXUSDT", "ARBUSDT"]
-            .map(String::from)
-            .to_vec(),
+        // Binance's four, and the books behind Mercado Bitcoin's BTC-BRL and ETH-BRL.
+        symbols: [
+            "BTCUSDT", "AAVEUSDT", "STXUSDT", "ARBUSDT", "BTCBRL", "ETHBRL",
+        ]
+        .map(String::from)
+        .to_vec(),
         rate: 20.0,
         seed: 1,
         replay: Vec::new(),
@@ -25,6 +28,7 @@ pub async fn demo(
     })
     .await?;
     config.data.binance_api_url = simulator.url();
+    config.data.mercado_bitcoin_api_url = format!("{}/api/v4", simulator.url());
     config.data.binance_ws_url = simulator.ws_url();
     tracing::info!(
         binance = %simulator.url(),

@@ -18,7 +18,8 @@ pub struct DataInterval {
     pub end: DateTime<Utc>,
 }
 
-/// A parsed 5-field cron expression or one of the `@hourly`-style aliases.
+/// A parsed cron expression (5 fields, or 6 with seconds first) or one of the `@hourly`-style
+/// aliases.
 #[derive(Clone)]
 pub struct Schedule {
     expression: String,
@@ -38,17 +39,18 @@ impl fmt::Display for Schedule {
 }
 
 impl Schedule {
-    /// Parses standard 5-field cron (minute hour day-of-month month day-of-week) or an alias:
-    /// `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`.
+    /// Parses standard 5-field cron (minute hour day-of-month month day-of-week), 6 fields
+    /// with a leading second for pipelines that poll faster than once a minute
+    /// (`*/15 * * * * *`), or an alias: `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`.
     pub fn parse(expression: &str) -> Result<Schedule, String> {
         let trimmed = expression.trim();
-        if !trimmed.starts_with('@') && trimmed.split_whitespace().count() != 5 {
+        if !trimmed.starts_with('@') && !(5..=6).contains(&trimmed.split_whitespace().count()) {
             return Err(format!(
-                "invalid cron expression `{expression}`: expected 5 fields (minute hour day-of-month month day-of-week) or an alias like @daily"
+                "invalid cron expression `{expression}`: expected 5 fields (minute hour day-of-month month day-of-week), 6 with a leading second, or an alias like @daily"
             ));
         }
         let cron = CronParser::builder()
-            .seconds(Seconds::Disallowed)
+            .seconds(Seconds::Optional)
             .build()
             .parse(trimmed)
             .map_err(|e| format!("invalid cron expression `{expression}`: {e}"))?;
@@ -114,6 +116,17 @@ mod tests {
     }
 
     #[test]
+    fn six_fields_tick_by_the_second() {
+        let s = Schedule::parse("*/15 * * * * *").expect("six fields");
+        let t = utc(2026, 11, 30, 10, 0);
+        let next = s.next_after(t, chrono_tz::UTC).expect("next");
+        assert_eq!((next - t).num_seconds(), 15);
+        let interval =
+            s.latest_complete_interval(t + chrono::Duration::seconds(20), chrono_tz::UTC);
+        assert_eq!((interval.end - interval.start).num_seconds(), 15);
+    }
+
+    #[test]
     fn parses_five_fields_and_aliases() {
         assert!(Schedule::parse("*/5 * * * *").is_ok());
         assert!(Schedule::parse("0 4 * * *").is_ok());
@@ -123,10 +136,11 @@ mod tests {
     }
 
     #[test]
-    fn rejects_six_fields_and_garbage() {
-        let six = Schedule::parse("0 */5 * * * *").unwrap_err();
-        assert!(six.contains("expected 5 fields"), "{six}");
+    fn rejects_seven_fields_and_garbage() {
+        let seven = Schedule::parse("0 0 */5 * * * *").unwrap_err();
+        assert!(seven.contains("expected 5 fields"), "{seven}");
         assert!(Schedule::parse("61 * * * *").is_err());
+        assert!(Schedule::parse("61 * * * * *").is_err(), "second 61");
         assert!(Schedule::parse("every day").is_err());
     }
 

@@ -41,6 +41,9 @@ fn profile(symbol: &str) -> Profile {
         "AAVEUSDT" => p("AAVE", "USDT", 182.0, 1_000_000, 100_000),
         "STXUSDT" => p("STX", "USDT", 0.61, 10_000, 10_000_000),
         "ARBUSDT" => p("ARB", "USDT", 0.34, 10_000, 10_000_000),
+        // Mercado Bitcoin's markets, served as BTC-BRL and ETH-BRL under /api/v4.
+        "BTCBRL" => p("BTC", "BRL", 520_000.0, 1_000_000, 1_000),
+        "ETHBRL" => p("ETH", "BRL", 18_200.0, 1_000_000, 10_000),
         _ => {
             let (base, quote) = split_symbol(symbol);
             Profile {
@@ -56,7 +59,7 @@ fn profile(symbol: &str) -> Profile {
 
 /// The simulator's own listing of assets for symbols outside its table.
 fn split_symbol(symbol: &str) -> (String, String) {
-    for quote in ["USDT", "FDUSD", "USDC", "BTC", "ETH"] {
+    for quote in ["USDT", "FDUSD", "USDC", "BRL", "BTC", "ETH"] {
         if let Some(base) = symbol.strip_suffix(quote).filter(|b| !b.is_empty()) {
             return (base.to_string(), quote.to_string());
         }

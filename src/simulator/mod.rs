@@ -3,19 +3,24 @@
 //! It serves the REST endpoints orch uses (`historicalTrades`, `trades`, `exchangeInfo`) with
 //! Binance's shapes, weights, headers and error bodies, and the websocket trade streams
 //! ([`stream`]), over a simulated market ([`market`]) or a replay of recorded trades
-//! ([`replay`]). Tests drive it through a small control API under `/_sim/`:
+//! ([`replay`]). It also serves Mercado Bitcoin's REST v4 under `/api/v4`
+//! ([`mercado_bitcoin`]): a book `BTCBRL` is MB's market `BTC-BRL`. Tests drive it through a
+//! small control API under `/_sim/`:
 //!
 //! - `POST /_sim/trades {"symbol": "BTCUSDT", "count": 5000}` adds trades now and returns
 //!   their id range, so a test knows exactly which ids must land;
 //! - `POST /_sim/faults {"rest": [{"status": 429, "retry_after": 1}, {"status": 503}]}` makes
 //!   the next REST requests fail in that order (also `418`, any status with an error body
-//!   `{"status": 400, "code": -1121, "msg": "..."}`, and `"delay_ms"` for a slow answer);
+//!   `{"status": 400, "code": -1121, "msg": "..."}`, and `"delay_ms"` for a slow answer; a
+//!   Mercado Bitcoin request answers a bare 429 with MB's throttle code, a bare 403 with
+//!   Cloudflare's HTML block page, and sends `msg` as the body as it is);
 //!   `{"stream": [{"kind": "drop"}, {"kind": "server_shutdown"}, {"kind": "ping"},
 //!   {"kind": "raw", "text": "..."}, {"kind": "skip_ids", "symbol": "BTCUSDT", "count": 5}]}`
 //!   acts on the open stream connections at once;
 //! - `GET /_sim/stats` returns the requests served and each symbol's id range.
 
 mod market;
+mod mercado_bitcoin;
 mod replay;
 mod rest;
 mod stream;
@@ -124,6 +129,8 @@ pub(crate) struct SimState {
     /// Trades still to keep off the streams, per symbol; `None` for every symbol.
     pub skip: HashMap<Option<String>, u64>,
     pub keepalive: Keepalive,
+    /// When the last request of an API limited by requests a second was let through.
+    pub last_paced_request: Option<std::time::Instant>,
 }
 
 impl SimState {
@@ -252,6 +259,7 @@ impl Simulator {
             stream_stats: StreamStats::default(),
             skip: HashMap::new(),
             keepalive: options.keepalive,
+            last_paced_request: None,
         })));
         let generator = (options.rate > 0.0 || replaying).then(|| {
             let shared = shared.clone();

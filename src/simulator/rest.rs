@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{FaultScript, Shared, SimState, stream};
+use super::{FaultScript, Shared, SimState, mercado_bitcoin, stream};
 use crate::exchange::binance::wire::{ErrorBody, ExchangeInfo, WireSymbol, WireTrade};
 
 pub(crate) fn router(shared: Shared) -> Router {
@@ -21,6 +21,8 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/api/v3/historicalTrades", get(historical_trades))
         .route("/api/v3/trades", get(recent_trades))
         .route("/api/v3/exchangeInfo", get(exchange_info))
+        .route("/api/v4/symbols", get(mercado_bitcoin::symbols))
+        .route("/api/v4/{symbol}/trades", get(mercado_bitcoin::trades))
         .route("/ws", get(stream::raw_none))
         .route("/ws/{stream}", get(stream::raw_one))
         .route("/stream", get(stream::combined))
@@ -61,10 +63,27 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Applies the next scripted fault and the weight accounting; returns the answer to send
-/// instead of the real one, if any, and the weight used this minute (none when the
-/// simulator runs without a weight limit).
-async fn admit(shared: &Shared, weight: u32) -> Result<Option<u32>, Response> {
+/// Whose API a request is for: the shapes of its errors and its rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// Request weight per minute, `X-MBX-USED-WEIGHT-1M`, `{"code": -1003, "msg"}`.
+    Binance,
+    /// One request a second, `{"code": "DOMAIN|MODULE|ERROR", "message"}`, Cloudflare's
+    /// HTML for a 403.
+    MercadoBitcoin,
+}
+
+/// Applies the next scripted fault and the rate limit; returns the answer to send instead of
+/// the real one, if any, and the weight used this minute (none when the simulator runs
+/// without limits, or for an API without weights).
+pub(crate) async fn admit(
+    shared: &Shared,
+    weight: u32,
+    dialect: Dialect,
+) -> Result<Option<u32>, Response> {
+    if dialect == Dialect::MercadoBitcoin {
+        return admit_mercado_bitcoin(shared).await.map(|()| None);
+    }
     let (fault, used, limit) = {
         let mut state = shared.lock();
         state.stats.requests += 1;
@@ -131,6 +150,61 @@ async fn admit(shared: &Shared, weight: u32) -> Result<Option<u32>, Response> {
     Ok(used)
 }
 
+/// [`admit`] for Mercado Bitcoin: at most one request a second while limits are on (with
+/// 50 ms of slack for the network's jitter).
+async fn admit_mercado_bitcoin(shared: &Shared) -> Result<(), Response> {
+    let (fault, throttled) = {
+        let mut state = shared.lock();
+        state.stats.requests += 1;
+        let fault = state.faults.pop_front();
+        if fault.is_some() {
+            state.stats.faults_served += 1;
+        }
+        let now = std::time::Instant::now();
+        let throttled = state.weight_limit.is_some()
+            && state
+                .last_paced_request
+                .is_some_and(|last| now.duration_since(last) < Duration::from_millis(950));
+        if !throttled {
+            state.last_paced_request = Some(now);
+        }
+        (fault, throttled)
+    };
+    if let Some(fault) = fault {
+        if fault.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+        }
+        if fault.status != 200 {
+            let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut response = match &fault.msg {
+                Some(msg) => (status, msg.clone()).into_response(),
+                None if status == StatusCode::TOO_MANY_REQUESTS => mercado_bitcoin::rate_exceeded(),
+                None if status == StatusCode::FORBIDDEN => (
+                    status,
+                    [("content-type", "text/html; charset=UTF-8")],
+                    mercado_bitcoin::CLOUDFLARE_BLOCK,
+                )
+                    .into_response(),
+                None => mercado_bitcoin::error(
+                    status,
+                    "API|INTERNAL_SERVER_ERROR",
+                    "Internal server error",
+                ),
+            };
+            if let Some(seconds) = fault.retry_after
+                && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+            {
+                response.headers_mut().insert("retry-after", value);
+            }
+            return Err(response);
+        }
+    }
+    if throttled {
+        return Err(mercado_bitcoin::rate_exceeded());
+    }
+    Ok(())
+}
+
 fn with_weight(mut response: Response, used: Option<u32>) -> Response {
     if let Some(used) = used {
         response
@@ -180,7 +254,7 @@ async fn weighted<T: Serialize>(
     weight: u32,
     answer: impl FnOnce(&mut SimState) -> Result<T, ApiError>,
 ) -> Response {
-    let used = match admit(shared, weight).await {
+    let used = match admit(shared, weight, Dialect::Binance).await {
         Ok(used) => used,
         Err(response) => return response,
     };

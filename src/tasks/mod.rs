@@ -4,7 +4,7 @@
 //! `orch dags validate` rather than a run, and runs with the rendered configuration.
 //! New kinds (exchange, warehouse, ETL) register in [`Registry::builtin`].
 
-mod binance_historical_trades;
+mod exchange_trades;
 mod http;
 mod noop;
 mod shell;
@@ -30,7 +30,7 @@ use crate::logs::AttemptLog;
 use crate::store::Store;
 use crate::template::{self, Quoting, RunVariables};
 
-pub use binance_historical_trades::BinanceHistoricalTrades;
+pub use exchange_trades::ExchangeTrades;
 pub use http::Http;
 pub use noop::Noop;
 pub use shell::Shell;
@@ -187,6 +187,16 @@ impl From<String> for TaskError {
     }
 }
 
+impl From<crate::exchange::ExchangeError> for TaskError {
+    fn from(e: crate::exchange::ExchangeError) -> TaskError {
+        if e.retryable {
+            TaskError::transient(e.message)
+        } else {
+            TaskError::permanent(e.message)
+        }
+    }
+}
+
 impl From<&str> for TaskError {
     fn from(message: &str) -> TaskError {
         TaskError::transient(message)
@@ -289,7 +299,8 @@ impl Registry {
         };
         registry.register(Arc::new(Noop));
         registry.register(Arc::new(Shell));
-        registry.register(Arc::new(BinanceHistoricalTrades));
+        registry.register(Arc::new(ExchangeTrades::Binance));
+        registry.register(Arc::new(ExchangeTrades::MercadoBitcoin));
         registry.register(Arc::new(WarehouseLoadParquet));
         registry.register(Arc::new(TradesExtract));
         registry.register(Arc::new(TradesStarSchema));

@@ -24,25 +24,36 @@ fn the_demo_lands_trades_in_the_lake_the_warehouse_and_the_staging_table() {
     );
     demo.wait_for_log("stream connected", Duration::from_secs(20));
 
-    // The 5-minute DAG's latest interval runs at once; the daily ETL's too, on yesterday.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let batch_run = loop {
-        let out = home.orch(&["runs", "list", "--dag", "binance_trades_5m", "--json"]);
-        let runs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if let Some(run) = runs.as_array().and_then(|r| r.first())
-            && matches!(run["state"].as_str(), Some("success" | "failed"))
-        {
-            break run.clone();
+    // The 5-minute DAG's latest interval runs at once, the 15-second one's within 15 s; the
+    // daily ETL's too, on yesterday.
+    let first_finished_run = |dag: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = home.orch(&["runs", "list", "--dag", dag, "--json"]);
+            let runs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            if let Some(run) = runs.as_array().and_then(|r| {
+                r.iter()
+                    .find(|run| matches!(run["state"].as_str(), Some("success" | "failed")))
+            }) {
+                return run.clone();
+            }
+            assert!(Instant::now() < deadline, "no finished {dag} run: {runs:#}");
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            Instant::now() < deadline,
-            "no finished binance_trades_5m run: {runs:#}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
     };
+    let batch_run = first_finished_run("binance_trades_5m");
     assert_eq!(batch_run["state"], "success", "{batch_run:#}");
     assert!(home.file("data/lake/raw/binance_trades").is_dir());
     assert!(home.file("data/warehouse.db").is_file());
+    let mercado_bitcoin_run = first_finished_run("mercado_bitcoin_trades_15s");
+    assert_eq!(
+        mercado_bitcoin_run["state"], "success",
+        "{mercado_bitcoin_run:#}"
+    );
+    assert!(
+        home.file("data/lake/raw/mercado_bitcoin_trades/symbol=BTC-BRL")
+            .is_dir()
+    );
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -13,6 +13,7 @@ mod inspect;
 mod isolation;
 mod kinds;
 mod mapping;
+mod mercado_bitcoin;
 mod pools;
 mod postgres;
 mod recovery;

@@ -1,5 +1,6 @@
 //! Running the built `orch` binary against a temporary home.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -557,4 +558,103 @@ impl Drop for Simulator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Trade ids per `symbol=` partition of lake files given as (key, content), sorted.
+pub fn ids_by_symbol(files: Vec<(String, bytes::Bytes)>) -> BTreeMap<String, Vec<i64>> {
+    let mut ids: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (key, bytes) in files {
+        let symbol = key
+            .split("symbol=")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("no symbol partition in {key}"))
+            .to_string();
+        let trades = orch::lake::raw_trades::decode(bytes).expect("decode lake file");
+        ids.entry(symbol)
+            .or_default()
+            .extend(trades.iter().map(|t| t.id));
+    }
+    for list in ids.values_mut() {
+        list.sort_unstable();
+    }
+    ids
+}
+
+/// Asserts `ids` is exactly `first..=last`, each once.
+pub fn assert_exactly_once(what: &str, ids: &[i64], first: i64, last: i64) {
+    let expected: Vec<i64> = (first..=last).collect();
+    if ids != expected.as_slice() {
+        let dupes = ids.windows(2).filter(|w| w[0] == w[1]).count();
+        panic!(
+            "{what}: {} ids, expected {} ({first}..={last}); duplicates: {dupes}; first {:?}, last {:?}",
+            ids.len(),
+            expected.len(),
+            ids.first(),
+            ids.last()
+        );
+    }
+}
+
+/// Trade ids per warehouse table, sorted.
+pub fn warehouse_ids(url: &str, tables: &[&str]) -> BTreeMap<String, Vec<i64>> {
+    use sqlx::Connection;
+    block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(url)
+            .await
+            .expect("open warehouse");
+        let mut out = BTreeMap::new();
+        for table in tables {
+            let sql = format!("SELECT trade_id FROM {table} ORDER BY trade_id");
+            let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&mut conn)
+                .await
+                .expect("query warehouse");
+            out.insert(table.to_string(), ids);
+        }
+        out
+    })
+}
+
+/// Starts `orch run trades`, waits until its log of `task` shows `needle`, then `kill -9`s it.
+pub fn kill_run_when_logged(home: &Home, task: &str, needle: &str) {
+    let mut child = home
+        .command(&["run", "trades"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("orch run");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = home.file("logs/trades");
+        let seen = walk_logs(&logs, task)
+            .iter()
+            .any(|log| log.contains(needle));
+        if seen {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the run ended before its log showed `{needle}`"
+        );
+        assert!(Instant::now() < deadline, "no `{needle}` in the {task} log");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+}
+
+fn walk_logs(dir: &std::path::Path, task: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for run in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for attempt in std::fs::read_dir(run.path().join(task))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            out.push(std::fs::read_to_string(attempt.path()).unwrap_or_default());
+        }
+    }
+    out
 }

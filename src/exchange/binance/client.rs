@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::wire::{ErrorBody, ExchangeInfo, WireTrade};
 use crate::backoff::Backoff;
-use crate::exchange::{SymbolInfo, Trade};
+use crate::exchange::{ExchangeError, Observer, SymbolInfo, Trade, TradeHistory, TradePage};
 use crate::http::{self, BodyError};
 
 /// Binance's request-weight limit per minute and IP.
@@ -121,9 +121,6 @@ impl Default for RetryPolicy {
         }
     }
 }
-
-/// Receives the client's notable events (waits, retries) for the task's log.
-pub type Observer = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// A client for one Binance REST base URL; cheap to clone, clones share the weight budget.
 #[derive(Clone)]
@@ -386,6 +383,47 @@ impl BinanceClient {
             Err(poisoned) => poisoned.into_inner(),
         };
         *used = UsedWeight { minute, weight };
+    }
+}
+
+impl From<BinanceError> for ExchangeError {
+    fn from(e: BinanceError) -> ExchangeError {
+        ExchangeError {
+            retryable: e.is_transient(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl TradeHistory for BinanceClient {
+    fn exchange(&self) -> &'static str {
+        "binance"
+    }
+
+    fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `historicalTrades` with `fromId=after + 1`.
+    fn trades_after<'a>(
+        &'a self,
+        symbol: &'a str,
+        after: i64,
+    ) -> futures_util::future::BoxFuture<'a, Result<TradePage, ExchangeError>> {
+        Box::pin(async move {
+            let trades = self.historical_trades(symbol, after + 1, MAX_PAGE).await?;
+            Ok(TradePage {
+                more: trades.len() >= MAX_PAGE as usize,
+                trades,
+            })
+        })
+    }
+
+    fn recent_trades<'a>(
+        &'a self,
+        symbol: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<Trade>, ExchangeError>> {
+        Box::pin(async move { Ok(BinanceClient::recent_trades(self, symbol, MAX_PAGE).await?) })
     }
 }
 

@@ -9,4 +9,4 @@ mod client;
 pub mod stream;
 pub mod wire;
 
-pub use client::{BinanceClient, BinanceError, MAX_PAGE, Observer, RetryPolicy};
+pub use client::{BinanceClient, BinanceError, MAX_PAGE, RetryPolicy};

@@ -1,0 +1,128 @@
+//! Mercado Bitcoin's public REST v4 under `/api/v4`, over the same simulated market: a book
+//! `BTCBRL` is MB's market `BTC-BRL`.
+//!
+//! Its shapes and rules, as MB's (see the reference notes): trades as a bare array with times
+//! in seconds and decimal strings; `since` inclusive (MB does not document it; a client must
+//! cope with either); `/symbols` as parallel arrays; errors as `{"code": "DOMAIN|MODULE|ERROR",
+//! "message"}`; with limits on, more than one request a second answers 429
+//! `REQUEST_RATE_EXCEEDED`. Scripted faults without a body answer as MB would: a 429 with its
+//! throttle code, a 403 with Cloudflare's HTML block page.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::rest::Dialect;
+use super::{Shared, SimState, rest};
+use crate::exchange::mercado_bitcoin::wire::{ErrorBody, Symbols, WireTrade};
+
+/// MB's largest page, and the page without `limit`.
+const MAX_LIMIT: usize = 1000;
+
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            code: code.to_string(),
+            message: message.to_string(),
+        }),
+    )
+        .into_response()
+}
+
+/// MB's throttle answer (its code as MB's error pattern gives it; MB documents no status).
+pub(crate) fn rate_exceeded() -> Response {
+    error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "PUBLIC_DATA|GET_TRADES|REQUEST_RATE_EXCEEDED",
+        "Request rate exceeded",
+    )
+}
+
+/// The page Cloudflare sends when it blocks a client.
+pub(crate) const CLOUDFLARE_BLOCK: &str = "<!DOCTYPE html><html><head><title>Attention Required! | Cloudflare</title></head><body><h1>Sorry, you have been blocked</h1><p>Cloudflare Ray ID: 8f1e2d3c4b5a6978</p></body></html>";
+
+/// The book behind an MB market name, which is case-sensitive `BASE-QUOTE`.
+fn book(state: &SimState, symbol: &str) -> Option<String> {
+    let (base, quote) = symbol.split_once('-')?;
+    state
+        .market
+        .symbols()
+        .find(|s| s.base_asset == base && s.quote_asset == quote)
+        .map(|s| s.symbol.clone())
+}
+
+pub(crate) async fn trades(
+    State(shared): State<Shared>,
+    Path(symbol): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(response) = rest::admit(&shared, 1, Dialect::MercadoBitcoin).await {
+        return response;
+    }
+    let mut state = shared.lock();
+    state.stats.historical_trades_requests += 1;
+    let Some(book) = book(&state, &symbol) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "PUBLIC_DATA|GET_TRADES|INVALID_BASE_QUOTE",
+            "Invalid base or quote",
+        );
+    };
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => MAX_LIMIT,
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "PUBLIC_DATA|GET_TRADES|LIMIT_MAX_ALLOWED",
+                "Limit max allowed is 1000",
+            );
+        }
+    };
+    let trades = match params.get("since").map(|s| s.parse::<i64>()) {
+        Some(Ok(since)) => state.market.from_id(&book, since, limit),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "PUBLIC_DATA|GET_TRADES|INVALID_PARAMETER",
+                "Invalid since",
+            );
+        }
+        None => state.market.recent(&book, limit),
+    };
+    let wire: Vec<WireTrade> = trades
+        .unwrap_or_default()
+        .iter()
+        .map(WireTrade::from)
+        .collect();
+    Json(wire).into_response()
+}
+
+pub(crate) async fn symbols(
+    State(shared): State<Shared>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(response) = rest::admit(&shared, 1, Dialect::MercadoBitcoin).await {
+        return response;
+    }
+    let state = shared.lock();
+    let wanted: Option<Vec<&str>> = params
+        .get("symbols")
+        .map(|list| list.split(',').map(str::trim).collect());
+    let mut listing = Symbols::default();
+    for info in state.market.symbols() {
+        let name = format!("{}-{}", info.base_asset, info.quote_asset);
+        if wanted.as_ref().is_some_and(|w| !w.contains(&name.as_str())) {
+            continue;
+        }
+        listing.symbol.push(name);
+        listing.base_currency.push(info.base_asset.clone());
+        listing.currency.push(info.quote_asset.clone());
+        listing.exchange_traded.push(true);
+    }
+    Json(listing).into_response()
+}
