@@ -6,6 +6,7 @@
 //! publish an object only once it is complete, and the local store writes a hidden temporary
 //! file and renames it, so a reader never sees half a file.
 
+pub mod daily_ohlcv;
 pub mod daily_trades;
 pub mod raw_trades;
 

@@ -70,7 +70,10 @@ pub fn utc_date(time_ms: i64) -> String {
         .unwrap_or_else(|| "1970-01-01".to_string())
 }
 
-fn decimal_series<const S: u32>(name: &str, values: impl Iterator<Item = Fixed<S>>) -> Series {
+pub(crate) fn decimal_series<const S: u32>(
+    name: &str,
+    values: impl Iterator<Item = Fixed<S>>,
+) -> Series {
     Int128Chunked::from_iter_values(name.into(), values.map(Fixed::units))
         .into_decimal_unchecked(PRECISION, S as usize)
         .into_series()

@@ -6,6 +6,7 @@
 
 mod exchange_trades;
 mod http;
+mod lake_retention;
 mod noop;
 mod shell;
 mod sql;
@@ -32,6 +33,7 @@ use crate::template::{self, Quoting, RunVariables};
 
 pub use exchange_trades::ExchangeTrades;
 pub use http::Http;
+pub use lake_retention::LakeRetention;
 pub use noop::Noop;
 pub use shell::Shell;
 pub use sql::Sql;
@@ -307,6 +309,7 @@ impl Registry {
         registry.register(Arc::new(WarehouseLoadStarSchema));
         registry.register(Arc::new(WaitFor));
         registry.register(Arc::new(Http));
+        registry.register(Arc::new(LakeRetention));
         registry.register(Arc::new(Sql));
         registry
     }

@@ -1,0 +1,211 @@
+//! The lake's upkeep: `lake.retention` replaces days past their retention by one exact row
+//! per symbol and day, after a dry run that changes nothing.
+
+use orch::exchange::Trade;
+use orch::lake::raw_trades;
+use polars::prelude::{DataType, PolarsResult};
+
+use crate::support::{Home, attempts, run_id_of, text};
+
+/// Writes three raw files of `symbol` on `date` into the home's local lake: ids from
+/// `first`, 10 trades each at 100.00 + i cents and quantity 0.1, times on that date.
+fn write_day(home: &Home, symbol: &str, date: &str, first: i64) -> Vec<Trade> {
+    let midnight = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+        .expect("date")
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc()
+        .timestamp_millis();
+    let mut all = Vec::new();
+    for file in 0..3 {
+        let trades: Vec<Trade> = (0..10)
+            .map(|i| {
+                let n = file * 10 + i;
+                Trade::new(
+                    first + n,
+                    format!("{}.{:02}", 100 + n / 100, n % 100)
+                        .parse()
+                        .expect("price"),
+                    "0.1".parse().expect("qty"),
+                    midnight + n * 1000,
+                    n % 2 == 0,
+                    true,
+                )
+                .expect("trade")
+            })
+            .collect();
+        let key = raw_trades::file_key(
+            "raw/binance_trades",
+            symbol,
+            date,
+            trades[0].id,
+            trades[9].id,
+        );
+        let path = home.file(&format!("data/lake/{key}"));
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&path, raw_trades::encode(&trades).expect("encode")).expect("write");
+        all.extend(trades);
+    }
+    all
+}
+
+fn retention_dag(dry_run: bool) -> String {
+    format!(
+        "tasks:\n  - id: retention\n    kind: lake.retention\n    with: {{ source: raw/binance_trades, keep_days: 30, dry_run: {dry_run} }}\n"
+    )
+}
+
+fn run_retention(home: &Home) -> serde_json::Value {
+    let out = home.orch(&["run", "retention", "--logical-date", "2026-11-30"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    home.run_json(&run_id_of(&out))
+}
+
+fn parquet_names(home: &Home, dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(home.file(dir))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A column of the one-row daily file, as text.
+fn daily_value(home: &Home, symbol: &str, date: &str, column: &str) -> String {
+    let path = home.file(&format!(
+        "data/lake/raw/binance_trades_daily/symbol={symbol}/date={date}/ohlcv.parquet"
+    ));
+    let bytes = bytes::Bytes::from(std::fs::read(&path).expect("daily file"));
+    let frame = raw_trades::read_frame(bytes).expect("read daily");
+    let value: PolarsResult<String> = (|| {
+        let text = frame.column(column)?.cast(&DataType::String)?;
+        Ok(text.str()?.get(0).unwrap_or_default().to_string())
+    })();
+    value.expect("column")
+}
+
+#[test]
+fn retention_replaces_old_days_by_exact_daily_rows_after_a_dry_run() {
+    let home = Home::new();
+    write_day(&home, "BTCUSDT", "2026-10-01", 1_000);
+    write_day(&home, "ETHUSDT", "2026-10-01", 5_000);
+    write_day(&home, "BTCUSDT", "2026-10-30", 2_000);
+    // 2026-10-31 is the first day of the 30 kept before 2026-11-30.
+    write_day(&home, "BTCUSDT", "2026-10-31", 3_000);
+    let old = "data/lake/raw/binance_trades/symbol=BTCUSDT/date=2026-10-01";
+    let kept = "data/lake/raw/binance_trades/symbol=BTCUSDT/date=2026-10-31";
+
+    home.write_dag("retention", &retention_dag(true));
+    let dry = run_retention(&home);
+    assert_eq!(dry["state"], "success");
+    let log = std::fs::read_to_string(
+        attempts(&dry, "retention")[0]["log_path"]
+            .as_str()
+            .expect("log"),
+    )
+    .expect("log");
+    assert!(
+        log.contains(
+            "would replace 3 files (" // bytes vary with the Parquet writer
+        ) && log.contains(
+            "of BTCUSDT 2026-10-01 by raw/binance_trades_daily/symbol=BTCUSDT/date=2026-10-01/ohlcv.parquet"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("would replace 3 symbol-days: 9 files"),
+        "{log}"
+    );
+    assert_eq!(
+        parquet_names(&home, old).len(),
+        3,
+        "a dry run changes nothing"
+    );
+    assert!(!home.file("data/lake/raw/binance_trades_daily").exists());
+
+    home.write_dag("retention", &retention_dag(false));
+    let real = run_retention(&home);
+    assert_eq!(real["state"], "success");
+    assert!(parquet_names(&home, old).is_empty(), "old day replaced");
+    assert_eq!(parquet_names(&home, kept).len(), 3, "kept day untouched");
+    // 30 trades at 100.00 .. 100.29, 0.1 each: exact sums.
+    assert_eq!(daily_value(&home, "BTCUSDT", "2026-10-01", "trades"), "30");
+    assert_eq!(
+        daily_value(&home, "BTCUSDT", "2026-10-01", "open"),
+        "100.00000000"
+    );
+    assert_eq!(
+        daily_value(&home, "BTCUSDT", "2026-10-01", "high"),
+        "100.29000000"
+    );
+    assert_eq!(
+        daily_value(&home, "BTCUSDT", "2026-10-01", "close"),
+        "100.29000000"
+    );
+    assert_eq!(
+        daily_value(&home, "BTCUSDT", "2026-10-01", "volume"),
+        "3.00000000"
+    );
+    assert_eq!(
+        daily_value(&home, "BTCUSDT", "2026-10-01", "quote_volume"),
+        "300.4350000000000000"
+    );
+    assert_eq!(
+        daily_value(&home, "ETHUSDT", "2026-10-01", "first_trade_id"),
+        "5000"
+    );
+    assert_eq!(
+        daily_value(&home, "BTCUSDT", "2026-10-30", "last_trade_id"),
+        "2029"
+    );
+}
+
+/// A run killed after writing a day's row and before deleting its files: the next run deletes
+/// what is left and keeps the row it finds, never summing up a remainder.
+#[test]
+fn a_day_already_summed_up_is_final_and_only_its_files_are_deleted() {
+    let home = Home::new();
+    let trades = write_day(&home, "BTCUSDT", "2026-10-01", 1_000);
+    // The row an earlier run wrote from all 30 trades, before one of its deletes.
+    let mut all = trades.clone();
+    let row =
+        orch::lake::daily_ohlcv::DailyOhlcv::of("BTCUSDT", "2026-10-01", &mut all).expect("row");
+    let key =
+        orch::lake::daily_ohlcv::file_key("raw/binance_trades_daily", "BTCUSDT", "2026-10-01");
+    let path = home.file(&format!("data/lake/{key}"));
+    std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&path, row.encode().expect("encode")).expect("write");
+    let old = "data/lake/raw/binance_trades/symbol=BTCUSDT/date=2026-10-01";
+    let first = parquet_names(&home, old).remove(0);
+    std::fs::remove_file(home.file(&format!("{old}/{first}"))).expect("one delete done");
+
+    home.write_dag("retention", &retention_dag(false));
+    let run = run_retention(&home);
+    assert_eq!(run["state"], "success");
+    assert!(parquet_names(&home, old).is_empty());
+    assert_eq!(
+        daily_value(&home, "BTCUSDT", "2026-10-01", "trades"),
+        "30",
+        "the row from all 30 trades, not the 20 left"
+    );
+}
+
+#[test]
+fn retention_refuses_to_keep_no_day() {
+    let home = Home::new();
+    home.write_dag(
+        "retention",
+        "tasks:\n  - id: retention\n    kind: lake.retention\n    with: { source: raw/binance_trades, keep_days: 0 }\n",
+    );
+    let out = home.orch(&["dags", "validate"]);
+    assert!(!out.status.success());
+    let message = text(&out.stderr) + &text(&out.stdout);
+    assert!(
+        message.contains("retention.yaml") && message.contains("keep_days"),
+        "{message}"
+    );
+}
