@@ -5,6 +5,7 @@ mod dags;
 mod db;
 mod demo;
 mod logs;
+mod query;
 mod run;
 mod runs;
 mod serve;
@@ -173,6 +174,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// SQL over the lake's tables (binance_trades, fact_trades, ...), printed as a table, CSV
+    /// or JSON, or written as Parquet.
+    Query {
+        /// One SELECT statement, e.g. "SELECT count(*) FROM binance_trades WHERE symbol =
+        /// 'BTCUSDT' AND date = '2026-11-22'".
+        sql: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: query::Format,
+        /// Write the answer to this file instead of standard output.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Run a local exchange simulator (no network needed); prints its URL first.
     #[command(subcommand)]
     Simulate(SimulateCommand),
@@ -340,6 +353,7 @@ pub fn main() -> ExitCode {
             | Command::Logs { .. }
             | Command::Streams { .. }
             | Command::Workers { .. }
+            | Command::Query { .. }
     ) {
         // Commands that only print end quietly when their reader does (`orch runs list |
         // head`), as Unix tools do, instead of panicking on a broken pipe. Long-running
@@ -411,6 +425,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             attempt,
             follow,
         } => logs::logs(&config, &run_id, task.as_deref(), attempt, follow).await,
+        Command::Query {
+            sql,
+            format,
+            output,
+        } => query::query(&config, &sql, format, output.as_deref()).await,
         Command::Demo { grace } => demo::demo(config, grace, cli.log_format.as_arg()).await,
         Command::Backfill {
             dag_id,

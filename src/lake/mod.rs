@@ -8,6 +8,7 @@
 
 pub mod daily_ohlcv;
 pub mod daily_trades;
+pub mod query;
 pub mod raw_trades;
 
 use std::path::Path as FsPath;

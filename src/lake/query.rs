@@ -1,0 +1,184 @@
+//! SQL over the lake's tables, by name: what `orch query` runs.
+//!
+//! The engine is Polars SQL: orch already builds Polars for its ETL, so SQL costs one more
+//! feature, not a second query engine. Each table is a lazy scan of its Parquet files, so a
+//! query reads only the columns it names, and a filter on a partition column (`symbol`,
+//! `date`; `year`, `month`, `day` for the curated tables) skips the files of other partitions
+//! without opening them.
+//!
+//! Tables, where their files exist:
+//! - `binance_trades`, `mercado_bitcoin_trades`: the raw trades the batch fetches write,
+//!   partitioned by `symbol` and `date`;
+//! - `binance_trades_daily`, `mercado_bitcoin_trades_daily`: the daily rows that replace raw
+//!   days past their retention;
+//! - `fact_trades`, `dim_time`, `dim_symbol`, `dim_exchange`, `dim_currency`: the daily ETL's
+//!   star schema, partitioned by `year`, `month`, `day`, read through each day's manifest, so
+//!   a day being replaced is seen whole, before or after.
+
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use polars::sql::SQLContext;
+
+use super::daily_trades;
+use super::{Lake, LakeError};
+
+/// The raw and daily tables: (name, lake prefix).
+const PARTITIONED_TABLES: [(&str, &str); 4] = [
+    ("binance_trades", "raw/binance_trades"),
+    ("mercado_bitcoin_trades", "raw/mercado_bitcoin_trades"),
+    ("binance_trades_daily", "raw/binance_trades_daily"),
+    (
+        "mercado_bitcoin_trades_daily",
+        "raw/mercado_bitcoin_trades_daily",
+    ),
+];
+
+/// The star schema's tables, under the curated prefix.
+const CURATED_TABLES: [&str; 5] = [
+    "fact_trades",
+    "dim_time",
+    "dim_symbol",
+    "dim_exchange",
+    "dim_currency",
+];
+
+/// The curated prefix the daily ETL writes by default.
+const CURATED_PREFIX: &str = "curated";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(
+        "orch query reads a lake on this machine's disk; {url} is not one (copy the tables \
+         you need, or query them where they are)"
+    )]
+    NotLocal { url: String },
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error("{0}")]
+    Sql(String),
+}
+
+/// A session over the lake's tables.
+pub struct LakeSql {
+    context: SQLContext,
+    tables: Vec<String>,
+}
+
+impl LakeSql {
+    /// Every table of the lake that has files.
+    pub async fn open(lake: &Lake) -> Result<LakeSql, QueryError> {
+        let root = lake.local_path("").ok_or_else(|| QueryError::NotLocal {
+            url: lake.url().to_string(),
+        })?;
+        let context = SQLContext::new();
+        let mut tables = Vec::new();
+        for (name, prefix) in PARTITIONED_TABLES {
+            if let Some(frame) = scan_partitioned(&root, prefix)? {
+                context.register(name, frame);
+                tables.push(name.to_string());
+            }
+        }
+        for table in CURATED_TABLES {
+            if let Some(frame) = scan_curated(lake, &root, table).await? {
+                context.register(table, frame);
+                tables.push(table.to_string());
+            }
+        }
+        Ok(LakeSql { context, tables })
+    }
+
+    /// The tables a query may name.
+    pub fn tables(&self) -> &[String] {
+        &self.tables
+    }
+
+    /// The plan of `sql`: a lazy frame, read only when collected.
+    pub fn plan(&mut self, sql: &str) -> Result<LazyFrame, QueryError> {
+        self.context.execute(sql).map_err(|e| {
+            QueryError::Sql(format!(
+                "{e} (tables: {})",
+                if self.tables.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    self.tables.join(", ")
+                }
+            ))
+        })
+    }
+}
+
+/// The files of a Hive-partitioned prefix as one scan whose partition columns come from the
+/// folder names; `None` when the prefix holds no Parquet file.
+fn scan_partitioned(root: &Path, prefix: &str) -> Result<Option<LazyFrame>, QueryError> {
+    let dir = root.join(prefix);
+    if !holds_parquet(&dir) {
+        return Ok(None);
+    }
+    let args = ScanArgsParquet {
+        hive_options: HiveOptions {
+            enabled: Some(true),
+            // `date=2026-11-22` as a date, so `WHERE date = '2026-11-22'` prunes.
+            try_parse_dates: true,
+            ..HiveOptions::default()
+        },
+        ..ScanArgsParquet::default()
+    };
+    let path = format!("{}/**/*.parquet", dir.display());
+    LazyFrame::scan_parquet(PlRefPath::new(&path), args)
+        .map(Some)
+        .map_err(|e| QueryError::Sql(format!("{prefix}: {e}")))
+}
+
+/// A curated table: each day's current parts (by its manifest), with `year`, `month`, `day`
+/// from the folders; `None` when no day is written.
+async fn scan_curated(
+    lake: &Lake,
+    root: &Path,
+    table: &str,
+) -> Result<Option<LazyFrame>, QueryError> {
+    let prefix = format!("{CURATED_PREFIX}/{table}/");
+    let mut parts: Vec<PathBuf> = Vec::new();
+    for year in lake.list_dirs(&prefix).await? {
+        for month in lake.list_dirs(&year).await? {
+            for day in lake.list_dirs(&month).await? {
+                let keys = daily_trades::current_parts(lake, &day)
+                    .await
+                    .map_err(QueryError::Sql)?;
+                parts.extend(keys.iter().map(|key| root.join(key)));
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let args = ScanArgsParquet {
+        hive_options: HiveOptions {
+            enabled: Some(true),
+            hive_start_idx: root.join(&prefix).components().count(),
+            ..HiveOptions::default()
+        },
+        ..ScanArgsParquet::default()
+    };
+    let paths = parts
+        .iter()
+        .map(|p| PlRefPath::new(p.display().to_string()))
+        .collect();
+    LazyFrame::scan_parquet_files(paths, args)
+        .map(Some)
+        .map_err(|e| QueryError::Sql(format!("{table}: {e}")))
+}
+
+fn holds_parquet(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            holds_parquet(&path)
+        } else {
+            path.extension().is_some_and(|e| e == "parquet")
+        }
+    })
+}
