@@ -3,6 +3,7 @@
 
 pub mod binance;
 pub mod mercado_bitcoin;
+mod rest;
 
 use std::sync::Arc;
 

@@ -16,10 +16,11 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
+use super::super::rest::{self, Reply};
 use super::wire::{ErrorBody, ExchangeInfo, WireTrade};
 use crate::backoff::Backoff;
 use crate::exchange::{ExchangeError, Observer, SymbolInfo, Trade, TradeHistory, TradePage};
-use crate::http::{self, BodyError};
+use crate::http;
 
 /// Binance's request-weight limit per minute and IP.
 pub const WEIGHT_LIMIT_PER_MINUTE: u32 = 6000;
@@ -30,8 +31,6 @@ const EXCHANGE_INFO_WEIGHT: u32 = 20;
 pub const MAX_PAGE: u32 = 1000;
 /// The most of an answer the client reads: a page of 1000 trades is about 150 KB.
 const MAX_BODY: usize = 16 * 1024 * 1024;
-/// The most of an error answer the client reads.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BinanceError {
@@ -237,89 +236,84 @@ impl BinanceClient {
         let mut rate_limited = 0;
         loop {
             self.wait_for_weight(weight).await;
+            let reply = rest::get(&self.http, &url, query, MAX_BODY).await;
+            if let Some(headers) = reply.headers() {
+                self.note_used_weight(headers);
+            }
             // A connection error, a timeout (before or during the body) or a 5XX: retried.
-            let failure = match self.http.get(&url).query(query).send().await {
-                Err(e) => http::describe(&e),
-                Ok(response) => {
-                    self.note_used_weight(response.headers());
-                    let status = response.status();
-                    if status.is_success() {
-                        match http::read_body(response, MAX_BODY).await {
-                            Ok(body) => {
-                                return serde_json::from_slice(&body).map_err(|e| {
-                                    BinanceError::Decode {
-                                        request: request.to_string(),
-                                        reason: format!("{e}; body starts {:?}", preview(&body)),
-                                    }
-                                });
-                            }
-                            Err(BodyError::Broken(reason)) => reason,
-                            Err(too_large) => {
-                                return Err(BinanceError::Decode {
-                                    request: request.to_string(),
-                                    reason: too_large.to_string(),
-                                });
-                            }
-                        }
-                    } else if status == StatusCode::TOO_MANY_REQUESTS || status.as_u16() == 418 {
-                        rate_limited += 1;
-                        let retry_after =
-                            retry_after(response.headers()).unwrap_or(Duration::from_secs(60));
-                        if retry_after > self.policy.max_retry_after {
-                            return Err(BinanceError::WaitTooLong {
-                                request: request.to_string(),
-                                status: status.as_u16(),
-                                retry_after,
-                                max: self.policy.max_retry_after,
-                            });
-                        }
-                        if rate_limited > self.policy.max_rate_limited {
-                            return Err(BinanceError::GaveUp {
-                                request: request.to_string(),
-                                attempts: rate_limited,
-                                status: status.as_u16(),
-                            });
-                        }
-                        (self.observer)(&format!(
-                            "{request}: HTTP {} (rate limited); waiting {retry_after:?} as Retry-After asks",
-                            status.as_u16()
-                        ));
-                        tokio::time::sleep(retry_after).await;
-                        continue;
-                    } else if status.is_server_error() {
-                        failures += 1;
-                        if failures >= self.policy.max_attempts {
-                            return Err(BinanceError::GaveUp {
-                                request: request.to_string(),
-                                attempts: failures,
-                                status: status.as_u16(),
-                            });
-                        }
-                        let wait = self.backoff(failures);
-                        (self.observer)(&format!(
-                            "{request}: HTTP {}; retrying in {wait:?} (attempt {failures})",
-                            status.as_u16()
-                        ));
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    } else {
-                        let body = http::read_body(response, MAX_ERROR_BODY)
-                            .await
-                            .unwrap_or_default();
-                        return Err(match serde_json::from_slice::<ErrorBody>(&body) {
-                            Ok(error) => BinanceError::Api {
-                                request: request.to_string(),
-                                status: status.as_u16(),
-                                code: error.code,
-                                msg: error.msg,
-                            },
-                            Err(_) => BinanceError::Http {
-                                request: request.to_string(),
-                                status: status.as_u16(),
-                                body: preview(&body),
-                            },
+            let failure = match reply {
+                Reply::Ok { body, .. } => {
+                    return serde_json::from_slice(&body).map_err(|e| BinanceError::Decode {
+                        request: request.to_string(),
+                        reason: format!("{e}; body starts {:?}", rest::preview(&body)),
+                    });
+                }
+                Reply::TooLarge(reason) => {
+                    return Err(BinanceError::Decode {
+                        request: request.to_string(),
+                        reason,
+                    });
+                }
+                Reply::Failed(reason) => reason,
+                Reply::Status {
+                    status, headers, ..
+                } if status == StatusCode::TOO_MANY_REQUESTS || status.as_u16() == 418 => {
+                    rate_limited += 1;
+                    let retry_after =
+                        rest::retry_after(&headers).unwrap_or(Duration::from_secs(60));
+                    if retry_after > self.policy.max_retry_after {
+                        return Err(BinanceError::WaitTooLong {
+                            request: request.to_string(),
+                            status: status.as_u16(),
+                            retry_after,
+                            max: self.policy.max_retry_after,
                         });
                     }
+                    if rate_limited > self.policy.max_rate_limited {
+                        return Err(BinanceError::GaveUp {
+                            request: request.to_string(),
+                            attempts: rate_limited,
+                            status: status.as_u16(),
+                        });
+                    }
+                    (self.observer)(&format!(
+                        "{request}: HTTP {} (rate limited); waiting {retry_after:?} as Retry-After asks",
+                        status.as_u16()
+                    ));
+                    tokio::time::sleep(retry_after).await;
+                    continue;
+                }
+                Reply::Status { status, .. } if status.is_server_error() => {
+                    failures += 1;
+                    if failures >= self.policy.max_attempts {
+                        return Err(BinanceError::GaveUp {
+                            request: request.to_string(),
+                            attempts: failures,
+                            status: status.as_u16(),
+                        });
+                    }
+                    let wait = self.backoff(failures);
+                    (self.observer)(&format!(
+                        "{request}: HTTP {}; retrying in {wait:?} (attempt {failures})",
+                        status.as_u16()
+                    ));
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Reply::Status { status, body, .. } => {
+                    return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                        Ok(error) => BinanceError::Api {
+                            request: request.to_string(),
+                            status: status.as_u16(),
+                            code: error.code,
+                            msg: error.msg,
+                        },
+                        Err(_) => BinanceError::Http {
+                            request: request.to_string(),
+                            status: status.as_u16(),
+                            body: rest::preview(&body),
+                        },
+                    });
                 }
             };
             failures += 1;
@@ -437,22 +431,6 @@ fn trades_of(request: &str, wire: &[WireTrade]) -> Result<Vec<Trade>, BinanceErr
             })
         })
         .collect()
-}
-
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
-
-fn preview(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    text.chars().take(200).collect()
 }
 
 #[cfg(test)]

@@ -19,14 +19,14 @@ use tokio::time::Instant;
 
 use super::wire::{ErrorBody, Symbols, WireTrade};
 use crate::backoff::Backoff;
+use crate::exchange::rest::{self, Reply};
 use crate::exchange::{ExchangeError, Observer, SymbolInfo, Trade, TradeHistory, TradePage};
-use crate::http::{self, BodyError};
+use crate::http;
 use futures_util::future::BoxFuture;
 
 /// The most trades one page returns (`limit`, "Max 1000").
 pub const MAX_PAGE: u32 = 1000;
 const MAX_BODY: usize = 16 * 1024 * 1024;
-const MAX_ERROR_BODY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MercadoBitcoinError {
@@ -226,71 +226,65 @@ impl MercadoBitcoinClient {
         let mut throttled = 0;
         loop {
             self.take_turn().await;
-            let failure = match self.http.get(&url).query(query).send().await {
-                Err(e) => http::describe(&e),
-                Ok(response) => {
-                    let status = response.status();
-                    if status.is_success() {
-                        match http::read_body(response, MAX_BODY).await {
-                            Ok(body) => {
-                                return serde_json::from_slice(&body).map_err(|e| {
-                                    MercadoBitcoinError::Decode {
-                                        request: request.to_string(),
-                                        reason: format!("{e}; body starts {:?}", preview(&body)),
-                                    }
-                                });
-                            }
-                            Err(BodyError::Broken(reason)) => reason,
-                            Err(too_large) => {
-                                return Err(MercadoBitcoinError::Decode {
-                                    request: request.to_string(),
-                                    reason: too_large.to_string(),
-                                });
-                            }
+            let failure = match rest::get(&self.http, &url, query, MAX_BODY).await {
+                Reply::Ok { body, .. } => {
+                    return serde_json::from_slice(&body).map_err(|e| {
+                        MercadoBitcoinError::Decode {
+                            request: request.to_string(),
+                            reason: format!("{e}; body starts {:?}", rest::preview(&body)),
                         }
-                    } else if matches!(
-                        status,
-                        StatusCode::TOO_MANY_REQUESTS
-                            | StatusCode::FORBIDDEN
-                            | StatusCode::SERVICE_UNAVAILABLE
-                    ) {
-                        throttled += 1;
-                        let retry_after = retry_after(response.headers());
-                        let body = http::read_body(response, MAX_ERROR_BODY)
-                            .await
-                            .unwrap_or_default();
-                        let what = throttle_description(status, &body);
-                        if throttled > self.policy.max_throttled {
-                            return Err(MercadoBitcoinError::Throttled {
-                                request: request.to_string(),
-                                attempts: throttled,
-                                last: what,
-                            });
-                        }
-                        let wait = retry_after.unwrap_or_else(|| self.backoff(throttled));
-                        (self.observer)(&format!("{request}: {what}; waiting {wait:?}"));
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    } else if status.is_server_error() {
-                        format!("HTTP {}", status.as_u16())
-                    } else {
-                        let body = http::read_body(response, MAX_ERROR_BODY)
-                            .await
-                            .unwrap_or_default();
-                        return Err(match serde_json::from_slice::<ErrorBody>(&body) {
-                            Ok(error) => MercadoBitcoinError::Api {
-                                request: request.to_string(),
-                                status: status.as_u16(),
-                                code: error.code,
-                                message: error.message,
-                            },
-                            Err(_) => MercadoBitcoinError::Http {
-                                request: request.to_string(),
-                                status: status.as_u16(),
-                                body: preview(&body),
-                            },
+                    });
+                }
+                Reply::TooLarge(reason) => {
+                    return Err(MercadoBitcoinError::Decode {
+                        request: request.to_string(),
+                        reason,
+                    });
+                }
+                Reply::Failed(reason) => reason,
+                Reply::Status {
+                    status,
+                    headers,
+                    body,
+                } if matches!(
+                    status,
+                    StatusCode::TOO_MANY_REQUESTS
+                        | StatusCode::FORBIDDEN
+                        | StatusCode::SERVICE_UNAVAILABLE
+                ) =>
+                {
+                    throttled += 1;
+                    let what = throttle_description(status, &body);
+                    if throttled > self.policy.max_throttled {
+                        return Err(MercadoBitcoinError::Throttled {
+                            request: request.to_string(),
+                            attempts: throttled,
+                            last: what,
                         });
                     }
+                    let wait =
+                        rest::retry_after(&headers).unwrap_or_else(|| self.backoff(throttled));
+                    (self.observer)(&format!("{request}: {what}; waiting {wait:?}"));
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Reply::Status { status, .. } if status.is_server_error() => {
+                    format!("HTTP {}", status.as_u16())
+                }
+                Reply::Status { status, body, .. } => {
+                    return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                        Ok(error) => MercadoBitcoinError::Api {
+                            request: request.to_string(),
+                            status: status.as_u16(),
+                            code: error.code,
+                            message: error.message,
+                        },
+                        Err(_) => MercadoBitcoinError::Http {
+                            request: request.to_string(),
+                            status: status.as_u16(),
+                            body: rest::preview(&body),
+                        },
+                    });
                 }
             };
             failures += 1;
@@ -336,21 +330,6 @@ fn throttle_description(status: StatusCode, body: &[u8]) -> String {
         return format!("HTTP {} with {by} block page (throttled)", status.as_u16());
     }
     format!("HTTP {} (throttled)", status.as_u16())
-}
-
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
-
-fn preview(body: &[u8]) -> String {
-    String::from_utf8_lossy(body).chars().take(200).collect()
 }
 
 impl TradeHistory for MercadoBitcoinClient {

@@ -1,0 +1,87 @@
+//! What every exchange's REST client does alike: send one GET, read its answer within limits,
+//! and sort it into what the client's own rules (weights, throttle statuses, error bodies)
+//! then decide on.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+
+use crate::http::{self, BodyError};
+
+/// The most of an error answer a client reads.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// One request's outcome.
+pub enum Reply {
+    /// A 2XX answer, read whole.
+    Ok { headers: HeaderMap, body: Bytes },
+    /// Any other status, with the start of its body.
+    Status {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+    /// No answer, or one cut short: a timeout, a lost connection. Worth another try.
+    Failed(String),
+    /// A 2XX answer past `max_body`: no retry makes it smaller.
+    TooLarge(String),
+}
+
+impl Reply {
+    /// The answer's headers, when there was an answer.
+    pub fn headers(&self) -> Option<&HeaderMap> {
+        match self {
+            Reply::Ok { headers, .. } | Reply::Status { headers, .. } => Some(headers),
+            Reply::Failed(_) | Reply::TooLarge(_) => None,
+        }
+    }
+}
+
+/// `GET url?query`, its body read up to `max_body`.
+pub async fn get(
+    client: &reqwest::Client,
+    url: &str,
+    query: &[(&str, String)],
+    max_body: usize,
+) -> Reply {
+    let response = match client.get(url).query(query).send().await {
+        Ok(response) => response,
+        Err(e) => return Reply::Failed(http::describe(&e)),
+    };
+    let status = response.status();
+    let headers = response.headers().clone();
+    if status.is_success() {
+        return match http::read_body(response, max_body).await {
+            Ok(body) => Reply::Ok { headers, body },
+            Err(BodyError::Broken(reason)) => Reply::Failed(reason),
+            Err(too_large) => Reply::TooLarge(too_large.to_string()),
+        };
+    }
+    let body = http::read_body(response, MAX_ERROR_BODY)
+        .await
+        .unwrap_or_default();
+    Reply::Status {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The `Retry-After` an answer asks for, in seconds.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// The start of a body, for an error message.
+pub fn preview(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).chars().take(200).collect()
+}
