@@ -134,12 +134,27 @@ fn workers_on_postgres_never_take_more_than_a_pools_slots() {
     let run_id = last_line(&home.orch(&["trigger", "racing"]));
     let run = home.wait_for_run(&run_id, Duration::from_secs(60));
     assert_eq!(run["state"], "success", "{run:#}");
-    let spans: Vec<_> = (0..12)
-        .map(|t| {
-            let a = &attempts(&run, &format!("t{t}"))[0];
-            (time(&a["started_at"]), time(&a["ended_at"]))
-        })
-        .collect();
+    // Each task's successful attempt, once every one has its end written.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spans: Vec<_> = loop {
+        let run = home.run_json(&run_id);
+        let ended: Option<Vec<_>> = (0..12)
+            .map(|t| {
+                attempts(&run, &format!("t{t}"))
+                    .iter()
+                    .find(|a| a["state"] == "success" && a["ended_at"].is_string())
+                    .map(|a| (time(&a["started_at"]), time(&a["ended_at"])))
+            })
+            .collect();
+        if let Some(spans) = ended {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "attempts without an end: {run:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(
         most_at_once(&spans),
         2,

@@ -163,7 +163,7 @@ tasks:
   - { id: f5, kind: noop, depends_on: [start] }
   - { id: f6, kind: noop, depends_on: [start] }
   - { id: f7, kind: noop, depends_on: [start] }
-  - { id: f8, kind: shell, depends_on: [start], with: { command: "sleep 0.2" } }
+  - { id: f8, kind: shell, depends_on: [start], with: { command: "sleep 1" } }
   - { id: end, kind: noop, depends_on: [f1, f2, f3, f4, f5, f6, f7, f8] }
 "#,
     );
@@ -210,7 +210,8 @@ tasks:
         assert!(started.elapsed() < Duration::from_secs(300), "runs stalled");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The worker to kill holds a 200 ms attempt: it dies in the middle of it.
+    // The worker to kill holds a 1 s attempt: it dies in the middle of it, before the leader
+    // (a loaded machine may take a while over each kill).
     let victim = loop {
         if let Some(host) = a_host_running_f8(&dags.database_url()) {
             break host;
@@ -225,8 +226,8 @@ tasks:
         .strip_prefix("worker-")
         .and_then(|i| i.parse().ok())
         .expect("a worker's host");
-    first.kill9();
     workers[index].kill9();
+    first.kill9();
     let killed = Instant::now();
     second.wait_for_log("is now the scheduling leader", Duration::from_secs(30));
     let takeover = killed.elapsed();
