@@ -34,7 +34,7 @@ pub async fn query(
         anyhow::bail!("--format parquet writes a file: give it with --output FILE");
     }
     let lake = Lake::open(&config.data.lake_url)?;
-    let mut session = LakeSql::open(&lake).await?;
+    let mut session = LakeSql::open(&lake, sql).await?;
     let plan = session.plan(sql)?;
     let mut frame = tokio::task::spawn_blocking(move || plan.collect())
         .await
@@ -51,13 +51,7 @@ pub async fn query(
         Format::Table => write_table(&frame, &mut out)?,
         Format::Csv => write_csv(&frame, &mut out)?,
         Format::Json => write_json(&frame, &mut out)?,
-        Format::Parquet => {
-            let mut buffer = Vec::new();
-            ParquetWriter::new(&mut buffer)
-                .with_compression(ParquetCompression::Snappy)
-                .finish(&mut frame)?;
-            out.write_all(&buffer)?;
-        }
+        Format::Parquet => out.write_all(&crate::lake::daily_trades::write_parquet(&mut frame)?)?,
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

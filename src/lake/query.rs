@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
-use polars::sql::SQLContext;
+use polars::sql::{SQLContext, extract_table_identifiers};
 
 use super::daily_trades;
 use super::{Lake, LakeError};
@@ -62,35 +62,44 @@ pub enum QueryError {
 /// A session over the lake's tables.
 pub struct LakeSql {
     context: SQLContext,
+    /// The tables with files, for an error that names an unknown one.
     tables: Vec<String>,
 }
 
 impl LakeSql {
-    /// Every table of the lake that has files.
-    pub async fn open(lake: &Lake) -> Result<LakeSql, QueryError> {
+    /// A session for `sql`: only the tables it names are scanned, so a query of raw trades
+    /// reads no curated day's manifest.
+    pub async fn open(lake: &Lake, sql: &str) -> Result<LakeSql, QueryError> {
         let root = lake.local_path("").ok_or_else(|| QueryError::NotLocal {
             url: lake.url().to_string(),
         })?;
+        let named: Vec<String> = extract_table_identifiers(sql, false, true)
+            .map_err(|e| QueryError::Sql(e.to_string()))?;
+        let wanted = |table: &str| named.iter().any(|n| n.eq_ignore_ascii_case(table));
         let context = SQLContext::new();
         let mut tables = Vec::new();
         for (name, prefix) in PARTITIONED_TABLES {
-            if let Some(frame) = scan_partitioned(&root, prefix)? {
-                context.register(name, frame);
-                tables.push(name.to_string());
+            if !holds_parquet(&root.join(prefix)) {
+                continue;
+            }
+            tables.push(name.to_string());
+            if wanted(name) {
+                context.register(name, scan_partitioned(&root, prefix)?);
             }
         }
         for table in CURATED_TABLES {
-            if let Some(frame) = scan_curated(lake, &root, table).await? {
+            let prefix = format!("{CURATED_PREFIX}/{table}/");
+            if lake.list_dirs(&prefix).await?.is_empty() {
+                continue;
+            }
+            tables.push(table.to_string());
+            if wanted(table)
+                && let Some(frame) = scan_curated(lake, &root, &prefix).await?
+            {
                 context.register(table, frame);
-                tables.push(table.to_string());
             }
         }
         Ok(LakeSql { context, tables })
-    }
-
-    /// The tables a query may name.
-    pub fn tables(&self) -> &[String] {
-        &self.tables
     }
 
     /// The plan of `sql`: a lazy frame, read only when collected.
@@ -109,12 +118,9 @@ impl LakeSql {
 }
 
 /// The files of a Hive-partitioned prefix as one scan whose partition columns come from the
-/// folder names; `None` when the prefix holds no Parquet file.
-fn scan_partitioned(root: &Path, prefix: &str) -> Result<Option<LazyFrame>, QueryError> {
+/// folder names.
+fn scan_partitioned(root: &Path, prefix: &str) -> Result<LazyFrame, QueryError> {
     let dir = root.join(prefix);
-    if !holds_parquet(&dir) {
-        return Ok(None);
-    }
     let args = ScanArgsParquet {
         hive_options: HiveOptions {
             enabled: Some(true),
@@ -126,20 +132,18 @@ fn scan_partitioned(root: &Path, prefix: &str) -> Result<Option<LazyFrame>, Quer
     };
     let path = format!("{}/**/*.parquet", dir.display());
     LazyFrame::scan_parquet(PlRefPath::new(&path), args)
-        .map(Some)
         .map_err(|e| QueryError::Sql(format!("{prefix}: {e}")))
 }
 
-/// A curated table: each day's current parts (by its manifest), with `year`, `month`, `day`
-/// from the folders; `None` when no day is written.
+/// A curated table under `prefix`: each day's current parts (by its manifest), with `year`,
+/// `month`, `day` from the folders; `None` when no day is written.
 async fn scan_curated(
     lake: &Lake,
     root: &Path,
-    table: &str,
+    prefix: &str,
 ) -> Result<Option<LazyFrame>, QueryError> {
-    let prefix = format!("{CURATED_PREFIX}/{table}/");
     let mut parts: Vec<PathBuf> = Vec::new();
-    for year in lake.list_dirs(&prefix).await? {
+    for year in lake.list_dirs(prefix).await? {
         for month in lake.list_dirs(&year).await? {
             for day in lake.list_dirs(&month).await? {
                 let keys = daily_trades::current_parts(lake, &day)
@@ -155,7 +159,7 @@ async fn scan_curated(
     let args = ScanArgsParquet {
         hive_options: HiveOptions {
             enabled: Some(true),
-            hive_start_idx: root.join(&prefix).components().count(),
+            hive_start_idx: root.join(prefix).components().count(),
             ..HiveOptions::default()
         },
         ..ScanArgsParquet::default()
@@ -166,7 +170,7 @@ async fn scan_curated(
         .collect();
     LazyFrame::scan_parquet_files(paths, args)
         .map(Some)
-        .map_err(|e| QueryError::Sql(format!("{table}: {e}")))
+        .map_err(|e| QueryError::Sql(format!("{prefix}: {e}")))
 }
 
 fn holds_parquet(dir: &Path) -> bool {

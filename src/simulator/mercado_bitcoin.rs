@@ -9,20 +9,20 @@
 //! throttle code, a 403 with Cloudflare's HTML block page.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::rest::Dialect;
-use super::{Shared, SimState, rest};
+use super::{RestFault, Shared, SimState, rest};
 use crate::exchange::mercado_bitcoin::wire::{ErrorBody, Symbols, WireTrade};
 
 /// MB's largest page, and the page without `limit`.
 const MAX_LIMIT: usize = 1000;
 
-pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         Json(ErrorBody {
@@ -34,7 +34,7 @@ pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// MB's throttle answer (its code as MB's error pattern gives it; MB documents no status).
-pub(crate) fn rate_exceeded() -> Response {
+fn rate_exceeded() -> Response {
     error(
         StatusCode::TOO_MANY_REQUESTS,
         "PUBLIC_DATA|GET_TRADES|REQUEST_RATE_EXCEEDED",
@@ -43,7 +43,50 @@ pub(crate) fn rate_exceeded() -> Response {
 }
 
 /// The page Cloudflare sends when it blocks a client.
-pub(crate) const CLOUDFLARE_BLOCK: &str = "<!DOCTYPE html><html><head><title>Attention Required! | Cloudflare</title></head><body><h1>Sorry, you have been blocked</h1><p>Cloudflare Ray ID: 8f1e2d3c4b5a6978</p></body></html>";
+const CLOUDFLARE_BLOCK: &str = "<!DOCTYPE html><html><head><title>Attention Required! | Cloudflare</title></head><body><h1>Sorry, you have been blocked</h1><p>Cloudflare Ray ID: 8f1e2d3c4b5a6978</p></body></html>";
+
+/// Applies the next scripted fault and MB's rate limit: while limits are on, at most one
+/// request a second (with 50 ms of slack for the network's jitter).
+async fn admit(shared: &Shared) -> Result<(), Response> {
+    let (fault, throttled) = {
+        let mut state = shared.lock();
+        let fault = rest::take_fault(&mut state);
+        let now = std::time::Instant::now();
+        let throttled = state.weight_limit.is_some()
+            && state
+                .last_paced_request
+                .is_some_and(|last| now.duration_since(last) < Duration::from_millis(950));
+        if !throttled {
+            state.last_paced_request = Some(now);
+        }
+        (fault, throttled)
+    };
+    if let Some(fault) = fault
+        && let Some(response) = rest::scripted_answer(fault, fault_body).await
+    {
+        return Err(response);
+    }
+    if throttled {
+        return Err(rate_exceeded());
+    }
+    Ok(())
+}
+
+/// A scripted fault's body as MB would send it: its throttle code for a 429, Cloudflare's
+/// page for a 403, `msg` as it is when given.
+fn fault_body(status: StatusCode, fault: &RestFault) -> Response {
+    match &fault.msg {
+        Some(msg) => (status, msg.clone()).into_response(),
+        None if status == StatusCode::TOO_MANY_REQUESTS => rate_exceeded(),
+        None if status == StatusCode::FORBIDDEN => (
+            status,
+            [("content-type", "text/html; charset=UTF-8")],
+            CLOUDFLARE_BLOCK,
+        )
+            .into_response(),
+        None => error(status, "API|INTERNAL_SERVER_ERROR", "Internal server error"),
+    }
+}
 
 /// The book behind an MB market name, which is case-sensitive `BASE-QUOTE`.
 fn book(state: &SimState, symbol: &str) -> Option<String> {
@@ -60,7 +103,7 @@ pub(crate) async fn trades(
     Path(symbol): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(response) = rest::admit(&shared, 1, Dialect::MercadoBitcoin).await {
+    if let Err(response) = admit(&shared).await {
         return response;
     }
     let mut state = shared.lock();
@@ -106,7 +149,7 @@ pub(crate) async fn symbols(
     State(shared): State<Shared>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(response) = rest::admit(&shared, 1, Dialect::MercadoBitcoin).await {
+    if let Err(response) = admit(&shared).await {
         return response;
     }
     let state = shared.lock();

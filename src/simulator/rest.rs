@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{FaultScript, Shared, SimState, mercado_bitcoin, stream};
+use super::{FaultScript, RestFault, Shared, SimState, mercado_bitcoin, stream};
 use crate::exchange::binance::wire::{ErrorBody, ExchangeInfo, WireSymbol, WireTrade};
 
 pub(crate) fn router(shared: Shared) -> Router {
@@ -63,34 +63,64 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Whose API a request is for: the shapes of its errors and its rate limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dialect {
-    /// Request weight per minute, `X-MBX-USED-WEIGHT-1M`, `{"code": -1003, "msg"}`.
-    Binance,
-    /// One request a second, `{"code": "DOMAIN|MODULE|ERROR", "message"}`, Cloudflare's
-    /// HTML for a 403.
-    MercadoBitcoin,
+/// The next scripted fault, counted with the request it answers.
+pub(crate) fn take_fault(state: &mut SimState) -> Option<RestFault> {
+    state.stats.requests += 1;
+    let fault = state.faults.pop_front();
+    if fault.is_some() {
+        state.stats.faults_served += 1;
+    }
+    fault
 }
 
-/// Applies the next scripted fault and the rate limit; returns the answer to send instead of
-/// the real one, if any, and the weight used this minute (none when the simulator runs
-/// without limits, or for an API without weights).
-pub(crate) async fn admit(
-    shared: &Shared,
-    weight: u32,
-    dialect: Dialect,
-) -> Result<Option<u32>, Response> {
-    if dialect == Dialect::MercadoBitcoin {
-        return admit_mercado_bitcoin(shared).await.map(|()| None);
+/// A scripted fault's answer, once its delay has passed; `None` for a fault that only slows
+/// the answer down. `body` shapes the error as the API answering it would.
+pub(crate) async fn scripted_answer(
+    fault: RestFault,
+    body: impl FnOnce(StatusCode, &RestFault) -> Response,
+) -> Option<Response> {
+    if fault.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
     }
+    if fault.status == 200 {
+        return None;
+    }
+    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = body(status, &fault);
+    if let Some(seconds) = fault.retry_after
+        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+    {
+        response.headers_mut().insert("retry-after", value);
+    }
+    Some(response)
+}
+
+/// A scripted fault's body in Binance's shape.
+fn binance_fault_body(status: StatusCode, fault: &RestFault) -> Response {
+    match (fault.code, &fault.msg) {
+        (Some(code), msg) => error(status, code, msg.as_deref().unwrap_or("Simulated error.")),
+        (None, Some(msg)) => (status, msg.clone()).into_response(),
+        (None, None) if status.as_u16() == 429 => error(
+            status,
+            -1003,
+            "Too much request weight used; current limit is 6000 request weight per 1 MINUTE.",
+        ),
+        (None, None) if status.as_u16() == 418 => error(
+            status,
+            -1003,
+            "Way too much request weight used; IP banned until later.",
+        ),
+        (None, None) => (status, "simulated server error").into_response(),
+    }
+}
+
+/// Applies the next scripted fault and the weight accounting; returns the answer to send
+/// instead of the real one, if any, and the weight used this minute (none when the
+/// simulator runs without a weight limit).
+async fn admit(shared: &Shared, weight: u32) -> Result<Option<u32>, Response> {
     let (fault, used, limit) = {
         let mut state = shared.lock();
-        state.stats.requests += 1;
-        let fault = state.faults.pop_front();
-        if fault.is_some() {
-            state.stats.faults_served += 1;
-        }
+        let fault = take_fault(&mut state);
         let minute = chrono::Utc::now().timestamp().div_euclid(60);
         if state.weight.0 != minute {
             state.weight = (minute, 0);
@@ -99,36 +129,10 @@ pub(crate) async fn admit(
         let limit = state.weight_limit;
         (fault, limit.map(|_| state.weight.1), limit)
     };
-    if let Some(fault) = fault {
-        if fault.delay_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
-        }
-        if fault.status != 200 {
-            let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut response = match (fault.code, &fault.msg) {
-                (Some(code), msg) => {
-                    error(status, code, msg.as_deref().unwrap_or("Simulated error."))
-                }
-                (None, Some(msg)) => (status, msg.clone()).into_response(),
-                (None, None) if status.as_u16() == 429 => error(
-                    status,
-                    -1003,
-                    "Too much request weight used; current limit is 6000 request weight per 1 MINUTE.",
-                ),
-                (None, None) if status.as_u16() == 418 => error(
-                    status,
-                    -1003,
-                    "Way too much request weight used; IP banned until later.",
-                ),
-                (None, None) => (status, "simulated server error").into_response(),
-            };
-            if let Some(seconds) = fault.retry_after
-                && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
-            {
-                response.headers_mut().insert("retry-after", value);
-            }
-            return Err(with_weight(response, used));
-        }
+    if let Some(fault) = fault
+        && let Some(response) = scripted_answer(fault, binance_fault_body).await
+    {
+        return Err(with_weight(response, used));
     }
     if let (Some(used), Some(limit)) = (used, limit)
         && used > limit
@@ -148,61 +152,6 @@ pub(crate) async fn admit(
         return Err(with_weight(response, Some(used)));
     }
     Ok(used)
-}
-
-/// [`admit`] for Mercado Bitcoin: at most one request a second while limits are on (with
-/// 50 ms of slack for the network's jitter).
-async fn admit_mercado_bitcoin(shared: &Shared) -> Result<(), Response> {
-    let (fault, throttled) = {
-        let mut state = shared.lock();
-        state.stats.requests += 1;
-        let fault = state.faults.pop_front();
-        if fault.is_some() {
-            state.stats.faults_served += 1;
-        }
-        let now = std::time::Instant::now();
-        let throttled = state.weight_limit.is_some()
-            && state
-                .last_paced_request
-                .is_some_and(|last| now.duration_since(last) < Duration::from_millis(950));
-        if !throttled {
-            state.last_paced_request = Some(now);
-        }
-        (fault, throttled)
-    };
-    if let Some(fault) = fault {
-        if fault.delay_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
-        }
-        if fault.status != 200 {
-            let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut response = match &fault.msg {
-                Some(msg) => (status, msg.clone()).into_response(),
-                None if status == StatusCode::TOO_MANY_REQUESTS => mercado_bitcoin::rate_exceeded(),
-                None if status == StatusCode::FORBIDDEN => (
-                    status,
-                    [("content-type", "text/html; charset=UTF-8")],
-                    mercado_bitcoin::CLOUDFLARE_BLOCK,
-                )
-                    .into_response(),
-                None => mercado_bitcoin::error(
-                    status,
-                    "API|INTERNAL_SERVER_ERROR",
-                    "Internal server error",
-                ),
-            };
-            if let Some(seconds) = fault.retry_after
-                && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
-            {
-                response.headers_mut().insert("retry-after", value);
-            }
-            return Err(response);
-        }
-    }
-    if throttled {
-        return Err(mercado_bitcoin::rate_exceeded());
-    }
-    Ok(())
 }
 
 fn with_weight(mut response: Response, used: Option<u32>) -> Response {
@@ -254,7 +203,7 @@ async fn weighted<T: Serialize>(
     weight: u32,
     answer: impl FnOnce(&mut SimState) -> Result<T, ApiError>,
 ) -> Response {
-    let used = match admit(shared, weight, Dialect::Binance).await {
+    let used = match admit(shared, weight).await {
         Ok(used) => used,
         Err(response) => return response,
     };

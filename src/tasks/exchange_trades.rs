@@ -63,8 +63,7 @@ impl ExchangeTrades {
                 MercadoBitcoinClient::new(
                     base_url.unwrap_or(&ctx.data.mercado_bitcoin_api_url),
                     mercado_bitcoin::Policy::default(),
-                )
-                .map_err(crate::exchange::ExchangeError::from)?
+                )?
                 .with_observer(observer),
             ),
         })

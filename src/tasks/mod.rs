@@ -233,6 +233,7 @@ macro_rules! transient_errors {
 
 transient_errors!(
     crate::exchange::binance::BinanceError,
+    crate::exchange::mercado_bitcoin::MercadoBitcoinError,
     crate::lake::LakeError,
     crate::warehouse::WarehouseError,
     crate::staging::StagingError,

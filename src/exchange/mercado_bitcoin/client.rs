@@ -17,10 +17,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::wire::{ErrorBody, Symbols, WireTrade};
+use super::wire::{ErrorBody, WireTrade};
 use crate::backoff::Backoff;
 use crate::exchange::rest::{self, Reply};
-use crate::exchange::{ExchangeError, Observer, SymbolInfo, Trade, TradeHistory, TradePage};
+use crate::exchange::{ExchangeError, Observer, Trade, TradeHistory, TradePage};
 use crate::http;
 use futures_util::future::BoxFuture;
 
@@ -184,35 +184,6 @@ impl MercadoBitcoinClient {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((trades, full))
-    }
-
-    /// Base and quote of `symbols`, from `/symbols`; a symbol MB does not list is an error.
-    pub async fn symbols(
-        &self,
-        symbols: &[String],
-    ) -> Result<Vec<SymbolInfo>, MercadoBitcoinError> {
-        let request = format!("symbols {}", symbols.join(","));
-        let listing: Symbols = self
-            .get("/symbols", &[("symbols", symbols.join(","))], &request)
-            .await?;
-        let rows = listing.rows().ok_or_else(|| MercadoBitcoinError::Decode {
-            request: request.clone(),
-            reason: "its arrays differ in length".to_string(),
-        })?;
-        symbols
-            .iter()
-            .map(|wanted| {
-                rows.iter()
-                    .find(|r| &r.symbol == wanted)
-                    .cloned()
-                    .ok_or_else(|| MercadoBitcoinError::Api {
-                        request: request.clone(),
-                        status: 200,
-                        code: "NOT_LISTED".to_string(),
-                        message: format!("`{wanted}` is not in the symbol list"),
-                    })
-            })
-            .collect()
     }
 
     async fn get<T: DeserializeOwned>(

@@ -1,4 +1,5 @@
-//! Mercado Bitcoin (Brazil): the public REST API v4's trades and symbol list.
+//! Mercado Bitcoin (Brazil): the public REST API v4's trades, and the JSON shapes the simulator
+//! serves (the symbol list too).
 //!
 //! Facts the code relies on (MB's API v4 reference; see also the simulator): markets are
 //! `BASE-QUOTE` (`BTC-BRL`, case-sensitive); `GET /{symbol}/trades?since=<tid>&limit=1000`

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::decimal::Decimal;
-use crate::exchange::{SymbolInfo, Trade};
+use crate::exchange::Trade;
 
 /// An element of `GET /api/v4/{symbol}/trades`: `{"tid": 2, "date": 1629989121, "type":
 /// "sell", "price": "15000", "amount": "1"}`.
@@ -61,7 +61,8 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// `GET /api/v4/symbols`: one object of parallel arrays, not an array of rows.
+/// `GET /api/v4/symbols`: one object of parallel arrays, not an array of rows (served by the
+/// simulator; no task reads MB's catalog yet).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Symbols {
     pub symbol: Vec<String>,
@@ -71,34 +72,4 @@ pub struct Symbols {
     pub currency: Vec<String>,
     #[serde(rename = "exchange-traded")]
     pub exchange_traded: Vec<bool>,
-}
-
-impl Symbols {
-    /// The rows of the arrays; `None` when they differ in length.
-    pub fn rows(self) -> Option<Vec<SymbolInfo>> {
-        let n = self.symbol.len();
-        if self.base_currency.len() != n || self.currency.len() != n {
-            return None;
-        }
-        let traded = self.exchange_traded;
-        Some(
-            self.symbol
-                .into_iter()
-                .zip(self.base_currency)
-                .zip(self.currency)
-                .enumerate()
-                .map(|(i, ((symbol, base), quote))| SymbolInfo {
-                    symbol,
-                    status: if traded.get(i).copied().unwrap_or(false) {
-                        "TRADING"
-                    } else {
-                        "HALTED"
-                    }
-                    .to_string(),
-                    base_asset: base,
-                    quote_asset: quote,
-                })
-                .collect(),
-        )
-    }
 }
