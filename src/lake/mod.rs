@@ -60,6 +60,8 @@ pub struct LakeObject {
     /// The path below the lake's root, e.g. `raw/binance_trades/symbol=BTCUSDT/...`.
     pub key: String,
     pub size: u64,
+    /// When it was written.
+    pub modified: chrono::DateTime<chrono::Utc>,
 }
 
 /// A handle to the lake; cheap to clone.
@@ -206,6 +208,7 @@ impl Lake {
                     .collect::<Vec<_>>()
                     .join("/"),
                 size: meta.size,
+                modified: meta.last_modified,
             })
             .try_collect()
             .await

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use polars::sql::{SQLContext, extract_table_identifiers};
 
-use super::daily_trades;
 use super::{Lake, LakeError};
+use super::{daily_trades, raw_trades};
 
 /// The raw and daily tables: (name, lake prefix).
 const PARTITIONED_TABLES: [(&str, &str); 4] = [
@@ -84,7 +84,7 @@ impl LakeSql {
             }
             tables.push(name.to_string());
             if wanted(name) {
-                context.register(name, scan_partitioned(&root, prefix)?);
+                context.register(name, scan_partitioned(lake, &root, prefix).await?);
             }
         }
         for table in CURATED_TABLES {
@@ -118,20 +118,29 @@ impl LakeSql {
 }
 
 /// The files of a Hive-partitioned prefix as one scan whose partition columns come from the
-/// folder names.
-fn scan_partitioned(root: &Path, prefix: &str) -> Result<LazyFrame, QueryError> {
-    let dir = root.join(prefix);
+/// folder names. Files that `lake.compact` merged and has not deleted yet are left out.
+async fn scan_partitioned(lake: &Lake, root: &Path, prefix: &str) -> Result<LazyFrame, QueryError> {
+    let files = raw_trades::current_files(lake.list(&format!("{prefix}/")).await?);
+    let paths: Vec<PathBuf> = files
+        .iter()
+        .filter(|o| o.key.ends_with(".parquet"))
+        .map(|o| root.join(&o.key))
+        .collect();
+    scan_files(&paths, prefix)
+}
+
+/// One scan of `paths`, with the partition columns of their `key=value` folders; dates parsed,
+/// so `WHERE date = '2026-11-22'` prunes.
+fn scan_files(paths: &[PathBuf], prefix: &str) -> Result<LazyFrame, QueryError> {
     let args = ScanArgsParquet {
-        hive_options: HiveOptions {
-            enabled: Some(true),
-            // `date=2026-11-22` as a date, so `WHERE date = '2026-11-22'` prunes.
-            try_parse_dates: true,
-            ..HiveOptions::default()
-        },
+        hive_options: HiveOptions::new_enabled(),
         ..ScanArgsParquet::default()
     };
-    let path = format!("{}/**/*.parquet", dir.display());
-    LazyFrame::scan_parquet(PlRefPath::new(&path), args)
+    let paths = paths
+        .iter()
+        .map(|p| PlRefPath::new(p.display().to_string()))
+        .collect();
+    LazyFrame::scan_parquet_files(paths, args)
         .map_err(|e| QueryError::Sql(format!("{prefix}: {e}")))
 }
 
@@ -156,21 +165,7 @@ async fn scan_curated(
     if parts.is_empty() {
         return Ok(None);
     }
-    let args = ScanArgsParquet {
-        hive_options: HiveOptions {
-            enabled: Some(true),
-            hive_start_idx: root.join(prefix).components().count(),
-            ..HiveOptions::default()
-        },
-        ..ScanArgsParquet::default()
-    };
-    let paths = parts
-        .iter()
-        .map(|p| PlRefPath::new(p.display().to_string()))
-        .collect();
-    LazyFrame::scan_parquet_files(paths, args)
-        .map(Some)
-        .map_err(|e| QueryError::Sql(format!("{prefix}: {e}")))
+    scan_files(&parts, prefix).map(Some)
 }
 
 fn holds_parquet(dir: &Path) -> bool {

@@ -105,12 +105,108 @@ pub fn encode(trades: &[Trade]) -> PolarsResult<Bytes> {
         .into_series()
         .into(),
     ];
-    let mut frame = DataFrame::new(trades.len(), columns)?;
+    encode_frame(&mut DataFrame::new(trades.len(), columns)?)
+}
+
+/// A frame of raw trades as one snappy Parquet file.
+pub fn encode_frame(frame: &mut DataFrame) -> PolarsResult<Bytes> {
     let mut buffer = Vec::new();
     ParquetWriter::new(&mut buffer)
         .with_compression(ParquetCompression::Snappy)
-        .finish(&mut frame)?;
+        .finish(frame)?;
     Ok(Bytes::from(buffer))
+}
+
+/// A file whose id range lies within another file's of the same partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superseded {
+    pub object: LakeObject,
+    /// The wider file, which holds every trade of `object`.
+    pub by: LakeObject,
+}
+
+/// Splits listed files into those a reader reads and those superseded. `lake.compact` writes
+/// one wider file from several and deletes them only after a grace period, so for a while a
+/// partition holds both; a reader that skips files within another file's id range counts
+/// each trade once, whenever it lists. Files without an id range pass through.
+pub fn split_superseded(mut objects: Vec<LakeObject>) -> (Vec<LakeObject>, Vec<Superseded>) {
+    // Per partition folder, by first id, the widest first.
+    objects.sort_by_key(|o| {
+        let dir = o
+            .key
+            .rsplit_once('/')
+            .map_or("", |(dir, _)| dir)
+            .to_string();
+        let (first, last) = id_range(&o.key).unwrap_or((i64::MIN, i64::MIN));
+        (dir, first, std::cmp::Reverse(last))
+    });
+    let mut current: Vec<LakeObject> = Vec::with_capacity(objects.len());
+    let mut superseded = Vec::new();
+    let mut widest: Option<(String, i64, LakeObject)> = None;
+    for object in objects {
+        let dir = object.key.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let Some((_, last)) = id_range(&object.key) else {
+            current.push(object);
+            continue;
+        };
+        match &widest {
+            Some((d, widest_last, by)) if d == dir && *widest_last >= last => {
+                superseded.push(Superseded {
+                    object,
+                    by: by.clone(),
+                });
+            }
+            _ => {
+                widest = Some((dir.to_string(), last, object.clone()));
+                current.push(object);
+            }
+        }
+    }
+    current.sort_by(|a, b| a.key.cmp(&b.key));
+    (current, superseded)
+}
+
+/// The parts of `range` (inclusive) that no range of `covered` holds, in order.
+pub fn uncovered(range: (i64, i64), covered: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    let mut covered: Vec<(i64, i64)> = covered
+        .iter()
+        .copied()
+        .filter(|&(first, last)| first <= range.1 && last >= range.0)
+        .collect();
+    covered.sort_unstable();
+    let mut left = Vec::new();
+    let mut next = range.0;
+    for (first, last) in covered {
+        if first > next {
+            left.push((next, first - 1));
+        }
+        if last >= next {
+            match last.checked_add(1) {
+                Some(after) => next = after,
+                None => return left,
+            }
+        }
+    }
+    if next <= range.1 {
+        left.push((next, range.1));
+    }
+    left
+}
+
+/// A raw trades file with only the trades whose ids lie in `ranges` (inclusive).
+pub fn only_ids(bytes: Bytes, ranges: &[(i64, i64)]) -> PolarsResult<Bytes> {
+    let frame = read_frame(bytes)?;
+    let ids = frame.column("trade_id")?.i64()?;
+    let keep: BooleanChunked = ids
+        .iter()
+        .map(|id| id.is_some_and(|id| ranges.iter().any(|&(a, b)| a <= id && id <= b)))
+        .collect();
+    encode_frame(&mut frame.filter(&keep)?)
+}
+
+/// The files a reader reads: see [`split_superseded`].
+pub fn current_files(objects: Vec<LakeObject>) -> Vec<LakeObject> {
+    split_superseded(objects).0
 }
 
 /// Reads a Parquet file into a frame.
@@ -164,6 +260,52 @@ fn decimals<const S: u32>(frame: &DataFrame, name: &str) -> PolarsResult<Vec<Fix
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uncovered_ranges_are_what_no_loaded_file_holds() {
+        assert_eq!(uncovered((1, 100), &[]), vec![(1, 100)]);
+        assert_eq!(uncovered((1, 100), &[(1, 100)]), vec![]);
+        assert_eq!(
+            uncovered((1, 100), &[(1, 40), (61, 80)]),
+            vec![(41, 60), (81, 100)]
+        );
+        assert_eq!(
+            uncovered((1, 100), &[(0, 5), (3, 10), (200, 300)]),
+            vec![(11, 100)]
+        );
+    }
+
+    #[test]
+    fn files_within_a_wider_file_of_their_partition_are_superseded() {
+        let object = |symbol: &str, first, last| LakeObject {
+            key: file_key("raw/t", symbol, "2026-11-22", first, last),
+            size: 1,
+            modified: DateTime::UNIX_EPOCH,
+        };
+        let listed = vec![
+            object("A", 1, 100),
+            object("A", 101, 200),
+            object("A", 201, 300),
+            object("A", 1, 200),
+            object("A", 301, 310),
+            // Another symbol's file of the same ids is not covered.
+            object("B", 50, 60),
+            LakeObject {
+                key: "raw/t/symbol=A/date=2026-11-22/ohlcv.parquet".to_string(),
+                size: 1,
+                modified: DateTime::UNIX_EPOCH,
+            },
+        ];
+        let (current, superseded) = split_superseded(listed);
+        let names: Vec<(i64, i64)> = current.iter().filter_map(|o| id_range(&o.key)).collect();
+        assert_eq!(names, vec![(1, 200), (201, 300), (301, 310), (50, 60)]);
+        assert!(current.iter().any(|o| o.key.ends_with("ohlcv.parquet")));
+        let gone: Vec<((i64, i64), (i64, i64))> = superseded
+            .iter()
+            .filter_map(|s| Some((id_range(&s.object.key)?, id_range(&s.by.key)?)))
+            .collect();
+        assert_eq!(gone, vec![((1, 100), (1, 200)), ((101, 200), (1, 200))]);
+    }
 
     #[test]
     fn trades_survive_a_round_trip_through_parquet_exactly() {

@@ -10,9 +10,10 @@
 //! its files are read and summed up, the day's `ohlcv.parquet` is written, then the files are
 //! deleted. A day whose `ohlcv.parquet` exists is final: a run killed between the write and
 //! the deletes only deletes what is left on the next run, never sums up the remainder again.
-//! `dry_run: true` lists what would be replaced and changes nothing. One retention per
-//! source at a time (a lock of the metadata database); the fetches write only recent days,
-//! which retention never touches while `keep_days` is at least 1.
+//! `dry_run: true` lists what would be replaced and changes nothing. One retention or
+//! `lake.compact` per source at a time (a lock of the metadata database); the fetches write
+//! only recent days, which retention never touches while `keep_days` is at least 1. A day's
+//! files that a compaction merged and has not deleted yet are summed up once.
 
 use std::collections::BTreeMap;
 
@@ -87,8 +88,8 @@ impl TaskKind for LakeRetention {
             let source = config.source.trim_end_matches('/');
             let _lock = exclusive(
                 ctx,
-                &format!("lake.retention|{}|{source}", lake.url()),
-                &format!("applying retention to {source}"),
+                &upkeep_lock(&lake, source),
+                &format!("compacting or applying retention to {source}"),
             )
             .await?;
             let days = days_before(lake.list(&format!("{source}/")).await?, cutoff);
@@ -141,6 +142,12 @@ impl TaskKind for LakeRetention {
     }
 }
 
+/// The lock of the metadata database that one upkeep of a source's files holds at a time:
+/// retention and compaction both rewrite its partitions.
+pub(super) fn upkeep_lock(lake: &Lake, source: &str) -> String {
+    format!("lake.upkeep|{}|{source}", lake.url())
+}
+
 /// The granular files of each (symbol, date) partition dated before `cutoff`.
 fn days_before(
     objects: Vec<LakeObject>,
@@ -190,7 +197,8 @@ async fn replace_day(
         ));
     } else {
         let mut trades = Vec::new();
-        for file in files {
+        // Files a compaction merged and has not deleted yet hold trades twice.
+        for file in &raw_trades::current_files(files.to_vec()) {
             let bytes = lake.get(&file.key).await?;
             let decoded = off_runtime(move || raw_trades::decode(bytes))
                 .await?

@@ -6,6 +6,7 @@
 
 mod exchange_trades;
 mod http;
+mod lake_compact;
 mod lake_retention;
 mod noop;
 mod shell;
@@ -33,6 +34,7 @@ use crate::template::{self, Quoting, RunVariables};
 
 pub use exchange_trades::ExchangeTrades;
 pub use http::Http;
+pub use lake_compact::LakeCompact;
 pub use lake_retention::LakeRetention;
 pub use noop::Noop;
 pub use shell::Shell;
@@ -310,6 +312,7 @@ impl Registry {
         registry.register(Arc::new(WarehouseLoadStarSchema));
         registry.register(Arc::new(WaitFor));
         registry.register(Arc::new(Http));
+        registry.register(Arc::new(LakeCompact));
         registry.register(Arc::new(LakeRetention));
         registry.register(Arc::new(Sql));
         registry

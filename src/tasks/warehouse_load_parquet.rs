@@ -11,13 +11,13 @@
 //! folder, only the `date=` partitions from the last one it loaded whole on, and reads only
 //! that range of the ledger: its cost stays flat however many files the lake holds.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, parse_with};
-use crate::lake::Lake;
+use super::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, off_runtime, parse_with};
+use crate::lake::{Lake, raw_trades};
 use crate::redact;
 use crate::template;
 use crate::warehouse::{LoadOutcome, Warehouse};
@@ -87,10 +87,26 @@ impl TaskKind for WarehouseLoadParquet {
                 let (pending, last_listed) =
                     pending_files_of(&lake, &warehouse, &dir, from.as_deref()).await?;
                 pending_files += pending.len();
-                for key in &pending {
+                for Pending { key, only_ids } in &pending {
                     let table = template::render_with_values(&config.table, &partitions(key))
                         .map_err(|e| TaskError::permanent(format!("{key}: table name: {e}")))?;
-                    let bytes = lake.get(key).await?;
+                    let mut bytes = lake.get(key).await?;
+                    if let Some(ranges) = only_ids {
+                        ctx.log.note(&format!(
+                            "{key}: merged from files partly loaded already; loading ids {}",
+                            ranges
+                                .iter()
+                                .map(|(a, b)| format!("{a}..={b}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                        let ranges = ranges.clone();
+                        bytes = off_runtime(move || raw_trades::only_ids(bytes, &ranges))
+                            .await?
+                            .map_err(|e| {
+                                TaskError::permanent(format!("{key}: not a raw trades file: {e}"))
+                            })?;
+                    }
                     match warehouse.load_file(&table, key, bytes).await? {
                         LoadOutcome::Loaded { rows } => {
                             let entry = per_table.entry(table.clone()).or_default();
@@ -161,14 +177,24 @@ async fn partitions_to_scan(
     Ok(dirs)
 }
 
+/// A file to load.
+struct Pending {
+    key: String,
+    /// Only these ids (inclusive ranges): the file was merged by `lake.compact` from files of
+    /// which some were loaded already.
+    only_ids: Option<Vec<(i64, i64)>>,
+}
+
 /// The `.parquet` files of `dir` from the `date=` partition `from` on that the ledger does
-/// not list, and the last `date=` partition (`date=2026-11-22/`) among those listed.
+/// not list, and the last `date=` partition (`date=2026-11-22/`) among those listed. A file
+/// that `lake.compact` merged from others is not loaded for the ids its parts brought in
+/// already, and files it merged away are skipped: each trade is loaded once.
 async fn pending_files_of(
     lake: &Lake,
     warehouse: &Warehouse,
     dir: &str,
     from: Option<&str>,
-) -> Result<(Vec<String>, Option<String>), TaskError> {
+) -> Result<(Vec<Pending>, Option<String>), TaskError> {
     let (listed, ledger_from) = match from {
         Some(from) => (
             lake.list_partitions_from(dir, Some(from)).await?,
@@ -195,10 +221,33 @@ async fn pending_files_of(
         .await?
         .into_iter()
         .collect();
-    let pending = listed
-        .into_iter()
-        .map(|o| o.key)
-        .filter(|k| k.ends_with(".parquet") && !loaded.contains(k))
-        .collect();
+    // The id ranges loaded, per partition folder.
+    let mut loaded_ranges: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
+    for key in &loaded {
+        if let (Some((folder, _)), Some(range)) = (key.rsplit_once('/'), raw_trades::id_range(key))
+        {
+            loaded_ranges.entry(folder).or_default().push(range);
+        }
+    }
+    let mut pending = Vec::new();
+    for key in raw_trades::current_files(listed).into_iter().map(|o| o.key) {
+        if !key.ends_with(".parquet") || loaded.contains(&key) {
+            continue;
+        }
+        let folder = key.rsplit_once('/').map_or("", |(folder, _)| folder);
+        let covered = loaded_ranges.get(folder).map_or(&[][..], Vec::as_slice);
+        let only_ids = match raw_trades::id_range(&key) {
+            Some(range) if !covered.is_empty() => {
+                let left = raw_trades::uncovered(range, covered);
+                if left.is_empty() {
+                    // Merged from files all loaded.
+                    continue;
+                }
+                (left != [range]).then_some(left)
+            }
+            _ => None,
+        };
+        pending.push(Pending { key, only_ids });
+    }
     Ok((pending, last_listed))
 }

@@ -5,7 +5,7 @@ use orch::exchange::Trade;
 use orch::lake::raw_trades;
 use polars::prelude::{DataType, PolarsResult};
 
-use crate::support::{Home, attempts, run_id_of, text};
+use crate::support::{Home, attempts, block_on, run_id_of, text};
 
 /// Writes three raw files of `symbol` on `date` into the home's local lake: ids from
 /// `first`, 10 trades each at 100.00 + i cents and quantity 0.1, times on that date.
@@ -318,4 +318,154 @@ fn orch_query_reads_a_curated_day_through_its_manifest() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "n,day\n3,1\n");
+}
+
+/// Writes `files` raw files of `per_file` trades of BTCUSDT on 2026-11-01 into the home's
+/// lake, ids from `first` on; returns the next id.
+fn write_small_files(home: &Home, first: i64, files: i64, per_file: i64) -> i64 {
+    let dir = home.file("data/lake/raw/binance_trades/symbol=BTCUSDT/date=2026-11-01");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let midnight = 1_793_491_200_000; // 2026-11-01T00:00:00Z
+    for file in 0..files {
+        let trades: Vec<Trade> = (0..per_file)
+            .map(|i| {
+                let id = first + file * per_file + i;
+                Trade::new(
+                    id,
+                    format!("{}.{:02}", 60_000 + id % 997, id % 100)
+                        .parse()
+                        .expect("price"),
+                    format!("0.{:03}", 1 + id % 999).parse().expect("qty"),
+                    midnight + id * 10,
+                    id % 3 == 0,
+                    true,
+                )
+                .expect("trade")
+            })
+            .collect();
+        let key = raw_trades::file_key(
+            "raw/binance_trades",
+            "BTCUSDT",
+            "2026-11-01",
+            trades[0].id,
+            trades[trades.len() - 1].id,
+        );
+        let name = key.rsplit('/').next().expect("name");
+        std::fs::write(dir.join(name), raw_trades::encode(&trades).expect("encode"))
+            .expect("write");
+    }
+    first + files * per_file
+}
+
+/// Row count, distinct ids, and exact sums of the raw trades, as `orch query` answers.
+const CHECKSUM: &str = "SELECT count(*) AS trades, count(DISTINCT trade_id) AS ids, \
+    sum(trade_id) AS id_sum, sum(price) AS prices, sum(qty) AS volume, sum(quote_qty) AS quote \
+    FROM binance_trades";
+
+fn checksum(home: &Home) -> String {
+    let out = query(home, &[CHECKSUM, "--format", "csv"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Rows, distinct ids and the sum of ids in the warehouse table of BTCUSDT.
+fn warehouse_ids(home: &Home) -> (i64, i64, i64) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", home.file("data/warehouse.db").display());
+    block_on(async {
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("warehouse");
+        sqlx::query_as(
+            "SELECT count(*), count(DISTINCT trade_id), sum(trade_id) FROM trades_btcusdt",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("count")
+    })
+}
+
+const LOADER: &str = "tasks:\n  - id: load\n    kind: warehouse.load_parquet\n    with: { source: raw/binance_trades, table: \"trades_{{ symbol | lower }}\" }\n";
+
+fn compact_dag(grace: &str) -> String {
+    format!(
+        "tasks:\n  - id: compact\n    kind: lake.compact\n    with: {{ source: raw/binance_trades, target_mb: 0.2, grace: {grace} }}\n"
+    )
+}
+
+fn run_ok(home: &Home, dag: &str) -> serde_json::Value {
+    let out = home.orch(&["run", dag]);
+    assert!(out.status.success(), "{dag}: {}", text(&out.stderr));
+    home.run_json(&run_id_of(&out))
+}
+
+/// 10,000 small files of one day become files near the target size while a loader and
+/// `orch query` read the partition: every query sees the same rows and sums, the warehouse
+/// ends with every id once (half of them loaded before the merge, from the small files), and
+/// the merged-away files go only after their grace.
+#[test]
+fn compaction_merges_a_day_of_small_files_while_a_loader_and_queries_read() {
+    let home = Home::new();
+    home.write_dag("load", LOADER);
+    home.write_dag("compact", &compact_dag("10m"));
+    let day = "data/lake/raw/binance_trades/symbol=BTCUSDT/date=2026-11-01";
+    // Half the day is fetched and loaded, then the other half is fetched.
+    let next = write_small_files(&home, 1, 5_000, 5);
+    run_ok(&home, "load");
+    let last = write_small_files(&home, next, 5_000, 5) - 1;
+    let before = checksum(&home);
+    assert!(before.contains("\n50000,50000,1250025000,"), "{before}");
+
+    let mut compaction = home.command(&["run", "compact"]).spawn().expect("compact");
+    let mut loader = home.command(&["run", "load"]).spawn().expect("load");
+    let mut queries = 0;
+    while compaction.try_wait().expect("wait").is_none() {
+        assert_eq!(checksum(&home), before, "a query while compacting");
+        queries += 1;
+    }
+    assert!(compaction.wait().expect("compact").success());
+    assert!(loader.wait().expect("load").success());
+    assert!(queries > 0, "no query ran while the compaction did");
+    assert_eq!(checksum(&home), before);
+
+    // Every small file is merged into files near 200 kB (the last of the day may be smaller),
+    // and the small files stay for their grace.
+    let names = parquet_names(&home, day);
+    let merged: Vec<(i64, i64, u64)> = names
+        .iter()
+        .filter_map(|name| {
+            let (first, end) = raw_trades::id_range(name)?;
+            let size = std::fs::metadata(home.file(&format!("{day}/{name}")))
+                .expect("size")
+                .len();
+            (end - first >= 5).then_some((first, end, size))
+        })
+        .collect();
+    assert!(merged.len() >= 3, "{merged:?}");
+    assert_eq!(merged[0].0, 1);
+    assert_eq!(merged[merged.len() - 1].1, last);
+    for pair in merged.windows(2) {
+        assert_eq!(pair[0].1 + 1, pair[1].0, "merged files are consecutive");
+    }
+    for (_, _, size) in &merged[..merged.len() - 1] {
+        assert!(
+            (100_000..=300_000).contains(size),
+            "a merged file of {size} bytes, for a target of 200 kB: {merged:?}"
+        );
+    }
+    assert_eq!(names.len(), 10_000 + merged.len());
+
+    // The loader that ran meanwhile and one after it leave every id once.
+    run_ok(&home, "load");
+    let total: i64 = (1..=last).sum();
+    assert_eq!(warehouse_ids(&home), (last, last, total));
+
+    // Past their grace, the merged-away files are deleted; nothing else changes.
+    home.write_dag("compact", &compact_dag("0s"));
+    let run = run_ok(&home, "compact");
+    assert_eq!(attempts(&run, "compact")[0]["rows"].as_i64(), Some(0));
+    assert_eq!(parquet_names(&home, day).len(), merged.len());
+    assert_eq!(checksum(&home), before);
+    run_ok(&home, "load");
+    assert_eq!(warehouse_ids(&home), (last, last, total));
 }
