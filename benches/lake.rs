@@ -104,7 +104,10 @@ fn main() {
     );
     println!("|---|---|");
     for (what, sql, expected) in queries {
-        println!("| {what} | {:.0} ms |", median_query_ms(home, sql, expected));
+        println!(
+            "| {what} | {:.0} ms |",
+            median_query_ms(home, sql, expected)
+        );
     }
 
     // Retention: the first 90 days of every symbol become daily rows.
@@ -232,7 +235,12 @@ fn compaction() {
     );
     let run_id = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("run ")?.split_whitespace().next().map(str::to_string))
+        .find_map(|l| {
+            l.strip_prefix("run ")?
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        })
         .expect("run id");
     let shown = Command::new(BIN)
         .arg("--home")

@@ -124,7 +124,7 @@ impl TaskKind for LakeCompact {
                 lake: &lake,
                 source,
                 target,
-                bytes_per_row: INITIAL_BYTES_PER_ROW,
+                bytes_per_row: None,
                 totals: Totals::default(),
                 ctx,
             };
@@ -175,9 +175,13 @@ struct Totals {
     rows: u64,
 }
 
-/// What a raw trade takes in a large snappy file, to start with; each merged file written
-/// corrects it. Small files carry a footer each, so their sizes say little.
-const INITIAL_BYTES_PER_ROW: f64 = 24.0;
+/// Rows encoded once, before the first merged file, to learn what a row takes in a large
+/// snappy file: small files carry a footer each, so their sizes say little, and the data's
+/// own spread of prices and quantities decides the rest.
+const SAMPLE_ROWS: usize = 100_000;
+/// More than a raw trade takes even uncompressed (66 bytes in memory): a smaller target is
+/// sampled as soon as its rows might fill it.
+const MAX_BYTES_PER_ROW: usize = 80;
 
 /// Runs of two or more consecutive files of one partition, in id order, each smaller than
 /// half the target: a file that large is left as it is, and splits the run.
@@ -214,7 +218,8 @@ struct Merger<'a> {
     lake: &'a Lake,
     source: &'a str,
     target: u64,
-    bytes_per_row: f64,
+    /// What a row takes in a merged file: sampled, then from each merged file written.
+    bytes_per_row: Option<f64>,
     totals: Totals,
     ctx: &'a TaskContext,
 }
@@ -244,7 +249,20 @@ impl Merger<'_> {
                 object: object.clone(),
                 frame,
             });
-            if rows as f64 * self.bytes_per_row >= self.target as f64 {
+            let per_row = match self.bytes_per_row {
+                Some(per_row) => per_row,
+                None if rows >= SAMPLE_ROWS || (rows * MAX_BYTES_PER_ROW) as u64 >= self.target => {
+                    let frames: Vec<DataFrame> = batch.iter().map(|p| p.frame.clone()).collect();
+                    let (sample, sampled) =
+                        off_runtime(move || concat_and_encode(frames)).await??;
+                    let per_row = sample.len() as f64 / sampled.max(1) as f64;
+                    self.bytes_per_row = Some(per_row);
+                    per_row
+                }
+                // Too few rows to fill the target, whatever they take.
+                None => continue,
+            };
+            if rows as f64 * per_row >= self.target as f64 {
                 merged_away.extend(self.write(std::mem::take(&mut batch)).await?);
                 rows = 0;
             }
@@ -287,7 +305,7 @@ impl Merger<'_> {
         let size = bytes.len() as u64;
         self.lake.put(&key, bytes).await?;
         if rows > 0 {
-            self.bytes_per_row = size as f64 / rows as f64;
+            self.bytes_per_row = Some(size as f64 / rows as f64);
         }
         self.totals.files_in += files;
         self.totals.bytes_in += bytes_in;
