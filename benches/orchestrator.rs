@@ -125,6 +125,7 @@ async fn setup(dir: &Path, isolation: Isolation) -> Bench {
             mercado_bitcoin_api_url: String::new(),
             staging_url: orch::staging::Staging::default_url(dir),
             binance_ws_url: "ws://127.0.0.1:9".to_string(),
+            nats_url: "nats://127.0.0.1:9".to_string(),
             connections: Default::default(),
         },
         queues: vec!["bench".to_string()],

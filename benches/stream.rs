@@ -105,6 +105,7 @@ async fn throughput(staging_url: &str) -> f64 {
             ws_url: sim.ws_url(),
             api_url: sim.url(),
             staging_url: staging_url.to_string(),
+            nats_url: orch::bus::DEFAULT_URL.to_string(),
         };
         let stats = Arc::new(Mutex::new(StreamStats::default()));
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -154,6 +155,7 @@ async fn latency(dir: &Path) -> (i64, i64, u64) {
         ws_url: sim.ws_url(),
         api_url: sim.url(),
         staging_url: format!("sqlite://{}", dir.join("latency.db").display()),
+        nats_url: orch::bus::DEFAULT_URL.to_string(),
     };
     let stats = Arc::new(Mutex::new(StreamStats::default()));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);

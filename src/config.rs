@@ -115,9 +115,17 @@ pub struct DataPlaces {
     /// Binance's websocket market streams (`BINANCE_WS_URL`):
     /// `wss://stream.binance.com:9443` by default.
     pub binance_ws_url: String,
+    /// The NATS server whose JetStream carries published trades (`ORCH_NATS_URL`):
+    /// `nats://127.0.0.1:4222` by default.
+    #[serde(default = "default_nats_url")]
+    pub nats_url: String,
     /// Named databases of orch.yaml's `connections:`, for the `sql` kind and sensors.
     #[serde(default)]
     pub connections: Connections,
+}
+
+fn default_nats_url() -> String {
+    crate::bus::DEFAULT_URL.to_string()
 }
 
 fn default_mercado_bitcoin_api_url() -> String {
@@ -323,6 +331,7 @@ impl Config {
                 .unwrap_or_else(|| crate::staging::Staging::default_url(&home)),
             binance_ws_url: env("BINANCE_WS_URL")
                 .unwrap_or_else(|| crate::exchange::binance::stream::DEFAULT_BASE_URL.to_string()),
+            nats_url: env("ORCH_NATS_URL").unwrap_or_else(default_nats_url),
             connections: file.connections.relative_to(&home),
         };
         let file_error = |key: &str, message: String| ConfigError::File {

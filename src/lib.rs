@@ -9,6 +9,7 @@
 
 pub mod attempt;
 pub mod backoff;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod dag;

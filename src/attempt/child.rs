@@ -560,6 +560,7 @@ mod tests {
                 mercado_bitcoin_api_url: String::new(),
                 staging_url: String::new(),
                 binance_ws_url: String::new(),
+                nats_url: String::new(),
                 connections: Default::default(),
             },
         }

@@ -868,7 +868,7 @@ tasks:
             "tasks: [{id: a, kind: sh}]\n",
             1,
             23,
-            "unknown kind `sh`; known kinds: binance.historical_trades, http, lake.compact, lake.retention, mercado_bitcoin.trades, noop, shell, sql, trades.extract, trades.star_schema, wait_for, warehouse.load_parquet, warehouse.load_star_schema",
+            "unknown kind `sh`; known kinds: binance.historical_trades, http, lake.compact, lake.retention, mercado_bitcoin.trades, nats.consume, noop, shell, sql, trades.extract, trades.star_schema, wait_for, warehouse.load_parquet, warehouse.load_star_schema",
         );
     }
 

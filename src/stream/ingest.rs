@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::stats::{StreamState, StreamStats};
 use super::{Source, StreamDef};
 use crate::backoff::Backoff;
+use crate::bus::{BusError, TradeBus};
 use crate::exchange::Trade;
 use crate::exchange::binance::stream::{
     Incoming, MAX_STREAMS_PER_CONNECTION, StreamMessage, TradeStream,
@@ -45,13 +46,25 @@ pub enum IngestError {
         stream: String,
         source: crate::staging::StagingError,
     },
+    #[error("stream `{stream}`: cannot publish to the trade bus after {tries} tries: {source}")]
+    Bus {
+        stream: String,
+        tries: u32,
+        source: BusError,
+    },
 }
+
+/// Tries of a batch's publishing before the stream stops (about two minutes with
+/// [`RECONNECT`]'s waits); its trades are not committed, so the restarted stream catches up
+/// and publishes them again, and JetStream drops those it had.
+const PUBLISH_TRIES: u32 = 8;
 
 /// Where a stream's trades come from and go to, resolved from the configuration.
 pub struct IngestPlaces {
     pub ws_url: String,
     pub api_url: String,
     pub staging_url: String,
+    pub nats_url: String,
 }
 
 impl IngestPlaces {
@@ -61,6 +74,7 @@ impl IngestPlaces {
             ws_url: data.binance_ws_url.clone(),
             api_url: data.binance_api_url.clone(),
             staging_url: data.staging_url.clone(),
+            nats_url: data.nats_url.clone(),
         }
     }
 }
@@ -108,6 +122,17 @@ pub async fn run(
     let staging = Staging::open(&staging_url, &def.sink.table)
         .await
         .map_err(|e| setup(e.to_string()))?;
+    let bus = match &def.publish {
+        Some(publish) => {
+            let url = publish.url.as_deref().unwrap_or(&places.nats_url);
+            Some(
+                TradeBus::connect(url)
+                    .await
+                    .map_err(|e| setup(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
     let mut last = BTreeMap::new();
     for symbol in symbols {
         if let Some(id) = staging
@@ -126,6 +151,7 @@ pub async fn run(
             symbols: chunk.to_vec(),
             client: client.clone(),
             staging: staging.clone(),
+            bus: bus.clone(),
             max_rows: def.batch.max_rows,
             max_latency: def.batch.max_latency,
             next_id: chunk
@@ -152,6 +178,7 @@ struct Ingest {
     symbols: Vec<String>,
     client: BinanceClient,
     staging: Staging,
+    bus: Option<TradeBus>,
     max_rows: usize,
     max_latency: Duration,
     /// The next id expected per symbol; absent until the symbol's first trade or staged id.
@@ -354,6 +381,25 @@ impl Ingest {
         self.pending_since = None;
         if self.pending.is_empty() {
             return Ok(());
+        }
+        // Published first: a batch published but not committed is fetched and published
+        // again after a restart (JetStream drops the copies); one committed but not
+        // published would never be.
+        if let Some(bus) = &self.bus {
+            let mut tries = 0;
+            while let Err(source) = bus.publish(EXCHANGE, &self.pending).await {
+                tries += 1;
+                if tries >= PUBLISH_TRIES {
+                    return Err(IngestError::Bus {
+                        stream: self.stream.clone(),
+                        tries,
+                        source,
+                    });
+                }
+                let wait = RECONNECT.delay(tries);
+                tracing::warn!(stream = %self.stream, error = %source, ?wait, "publishing to the trade bus failed; trying again");
+                tokio::time::sleep(wait).await;
+            }
         }
         let now = chrono::Utc::now().timestamp_millis();
         self.staging

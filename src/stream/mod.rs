@@ -6,11 +6,13 @@
 //!   source: { kind: binance.trades, symbols: [BTCUSDT, AAVEUSDT, STXUSDT, ARBUSDT] }
 //!   sink: { table: raw_trades }          # in the staging store
 //!   batch: { max_rows: 1000, max_latency: 500ms }
+//!   publish: { url: nats://127.0.0.1:4222 }  # optional: also to NATS JetStream
 //! ```
 //!
 //! A file is a stream, not a DAG, when its top level has `stream:`. [`ingest`] keeps the
 //! source's connection open and commits its trades to the staging store in batches, filling
-//! every gap in the trade ids from the exchange's REST API; [`stats`] measures it;
+//! every gap in the trade ids from the exchange's REST API, and with `publish:` sends each
+//! batch to the trade bus ([`crate::bus`]) before committing it; [`stats`] measures it;
 //! [`reported`] runs one stream in a process, saving its report; [`supervisor`] keeps the
 //! folder's streams running under `orch serve`, each in a process of its own.
 
@@ -35,6 +37,15 @@ pub struct StreamDef {
     pub source: Source,
     pub sink: Sink,
     pub batch: Batch,
+    /// Also publish every trade to the trade bus.
+    pub publish: Option<Publish>,
+}
+
+/// The trade bus a stream publishes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// The NATS server; `ORCH_NATS_URL` when absent.
+    pub url: Option<String>,
 }
 
 /// Where trades come from.
@@ -99,6 +110,13 @@ struct StreamSpec {
     sink: SinkSpec,
     #[serde(default)]
     batch: BatchSpec,
+    publish: Option<PublishSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishSpec {
+    url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +233,7 @@ pub fn load_str(path: &Path, source: &str) -> Result<StreamDef, LoadError> {
             max_rows,
             max_latency,
         },
+        publish: spec.stream.publish.map(|p| Publish { url: p.url }),
     })
 }
 
@@ -256,7 +275,16 @@ mod tests {
         );
         assert_eq!(stream.sink.table, "raw_trades");
         assert_eq!(stream.batch, Batch::default());
+        assert_eq!(stream.publish, None);
         assert!(is_stream_file(yaml));
+        let published = format!("{yaml}  publish: {{ url: nats://bus:4222 }}\n");
+        let stream = load_str(Path::new("dags/trades.yaml"), &published).expect("loads");
+        assert_eq!(
+            stream.publish,
+            Some(Publish {
+                url: Some("nats://bus:4222".to_string())
+            })
+        );
         assert!(!is_stream_file("tasks:\n  - id: a\n    kind: noop\n"));
     }
 

@@ -8,6 +8,7 @@ mod exchange_trades;
 mod http;
 mod lake_compact;
 mod lake_retention;
+mod nats_consume;
 mod noop;
 mod shell;
 mod sql;
@@ -36,6 +37,7 @@ pub use exchange_trades::ExchangeTrades;
 pub use http::Http;
 pub use lake_compact::LakeCompact;
 pub use lake_retention::LakeRetention;
+pub use nats_consume::NatsConsume;
 pub use noop::Noop;
 pub use shell::Shell;
 pub use sql::Sql;
@@ -314,6 +316,7 @@ impl Registry {
         registry.register(Arc::new(Http));
         registry.register(Arc::new(LakeCompact));
         registry.register(Arc::new(LakeRetention));
+        registry.register(Arc::new(NatsConsume));
         registry.register(Arc::new(Sql));
         registry
     }

@@ -15,6 +15,7 @@ mod kinds;
 mod lake;
 mod mapping;
 mod mercado_bitcoin;
+mod nats;
 mod pools;
 mod postgres;
 mod recovery;

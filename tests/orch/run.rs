@@ -203,7 +203,7 @@ fn an_invalid_dag_is_refused_with_its_file_and_line() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("bad.yaml:3:11: task `a` has unknown kind `nope`; known kinds: binance.historical_trades, http, lake.compact, lake.retention, mercado_bitcoin.trades, noop, shell, sql"),
+        err.contains("bad.yaml:3:11: task `a` has unknown kind `nope`; known kinds: binance.historical_trades, http, lake.compact, lake.retention, mercado_bitcoin.trades, nats.consume, noop, shell, sql"),
         "{err}"
     );
 }

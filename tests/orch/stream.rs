@@ -17,7 +17,7 @@ pub(crate) fn stream_yaml() -> String {
     )
 }
 
-fn stream_command(home: &Home, sim: &Simulator, staging_url: &str) -> Command {
+pub(crate) fn stream_command(home: &Home, sim: &Simulator, staging_url: &str) -> Command {
     let mut cmd = home.command(&["stream", "run", "trades"]);
     cmd.env("BINANCE_API_URL", &sim.url)
         .env("BINANCE_WS_URL", sim.ws_url())
