@@ -7,7 +7,11 @@
 //!   `ORCH_BENCH_POSTGRES_URL` (or `ORCH_TEST_POSTGRES_URL`) names a server, PostgreSQL;
 //! - **latency** at the default batch settings (1000 rows, 500 ms): four symbols at a busy
 //!   market's pace for 20 s; p50 and p99 from a trade's time to its commit, as `orch streams`
-//!   reports them.
+//!   reports them;
+//! - **freshness**: the same four symbols with the stream's copy into the lake (`lake:`), at
+//!   its default pace (every 5 s) and every second: from the moment a trade is the exchange's
+//!   newest to the moment `orch query` (a new process each time, as a user runs it) returns
+//!   it.
 //!
 //! Each throughput figure is the median of [`REPEATS`] runs into fresh tables. Prints a
 //! Markdown table for docs/benchmarks.md.
@@ -24,6 +28,9 @@ use orch::stream::stats::StreamStats;
 const TRADES: u64 = 200_000;
 const REPEATS: usize = 5;
 const LATENCY_RUN: Duration = Duration::from_secs(20);
+const BIN: &str = env!("CARGO_BIN_EXE_orch");
+/// Trades timed per freshness measurement.
+const FRESHNESS_SAMPLES: usize = 20;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -59,6 +66,12 @@ fn main() {
     rows.push(format!(
         "| trade time → commit, same run, p99 | {p99} ms | |"
     ));
+    for every in ["5s", "1s"] {
+        let (p50, p99) = runtime.block_on(freshness(dir.path(), every));
+        rows.push(format!(
+            "| trade → queryable by `orch query`, lake copy every {every}: p50 / p99 | {p50:.0} / {p99:.0} ms | {FRESHNESS_SAMPLES} trades |"
+        ));
+    }
     println!("| measure | median | runs |");
     println!("|---|---|---|");
     for row in rows {
@@ -106,6 +119,7 @@ async fn throughput(staging_url: &str) -> f64 {
             api_url: sim.url(),
             staging_url: staging_url.to_string(),
             nats_url: orch::bus::DEFAULT_URL.to_string(),
+            lake_url: "file:///nonexistent".to_string(),
         };
         let stats = Arc::new(Mutex::new(StreamStats::default()));
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -156,6 +170,7 @@ async fn latency(dir: &Path) -> (i64, i64, u64) {
         api_url: sim.url(),
         staging_url: format!("sqlite://{}", dir.join("latency.db").display()),
         nats_url: orch::bus::DEFAULT_URL.to_string(),
+        lake_url: "file:///nonexistent".to_string(),
     };
     let stats = Arc::new(Mutex::new(StreamStats::default()));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -202,4 +217,81 @@ async fn empty(url: &str, table: &str) {
         .execute(&mut conn)
         .await
         .expect("empty the benchmark table");
+}
+
+/// (p50 ms, p99 ms) from a trade being the exchange's newest to `orch query` returning it,
+/// with the stream copying into the lake every `every`.
+async fn freshness(dir: &Path, every: &str) -> (f64, f64) {
+    let symbols = ["BTCUSDT", "AAVEUSDT", "STXUSDT", "ARBUSDT"];
+    let sim = simulator(&symbols, 100.0).await;
+    let home = dir.join(format!("fresh_{every}"));
+    std::fs::create_dir_all(&home).expect("home");
+    let def = orch::stream::load_str(
+        Path::new("bench.yaml"),
+        &format!(
+            "{}  lake: {{ every: {every} }}\n",
+            stream_yaml(&symbols.join(", "), "raw_trades")
+        ),
+    )
+    .expect("stream definition");
+    let places = IngestPlaces {
+        ws_url: sim.ws_url(),
+        api_url: sim.url(),
+        staging_url: format!("sqlite://{}", home.join("staging.db").display()),
+        nats_url: orch::bus::DEFAULT_URL.to_string(),
+        lake_url: format!("file://{}", home.join("data/lake").display()),
+    };
+    let stats = Arc::new(Mutex::new(StreamStats::default()));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { ingest::run(&def, &places, stats, stop).await });
+    wait_connected(&sim).await;
+    let client = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    for _ in 0..FRESHNESS_SAMPLES {
+        let started = Instant::now();
+        let stats: serde_json::Value = client
+            .get(format!("{}/_sim/stats", sim.url()))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json");
+        let newest = stats["symbols"]["BTCUSDT"]["last_id"]
+            .as_i64()
+            .expect("last id");
+        loop {
+            let home = home.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(BIN)
+                    .arg("--home")
+                    .arg(&home)
+                    .args([
+                        "query",
+                        "SELECT max(trade_id) AS last FROM binance_stream_trades WHERE symbol = 'BTCUSDT'",
+                        "--format",
+                        "csv",
+                    ])
+                    .output()
+                    .expect("orch query")
+            })
+            .await
+            .expect("query");
+            let last = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse::<i64>().ok());
+            if last.is_some_and(|last| last >= newest) {
+                break;
+            }
+        }
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        // Off the copy's beat, so samples fall anywhere in its interval.
+        tokio::time::sleep(Duration::from_millis(370)).await;
+    }
+    let _ = stop_tx.send(true);
+    running.await.expect("join").expect("stream ran");
+    latencies.sort_by(f64::total_cmp);
+    let p99 = latencies[((latencies.len() as f64 * 0.99) as usize).min(latencies.len() - 1)];
+    (latencies[latencies.len() / 2], p99)
 }

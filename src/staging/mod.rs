@@ -283,6 +283,52 @@ impl Staging {
             .map_err(self.sql_error())
     }
 
+    /// Up to `limit` of `symbol`'s staged trades with ids above `after`, in id order. The
+    /// staging table keeps no `is_best_match`; it comes back true, as every Binance spot
+    /// trade streamed is.
+    pub async fn trades_after(
+        &self,
+        exchange: &str,
+        symbol: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Trade>, StagingError> {
+        let sql = format!(
+            "SELECT trade_id, CAST(price AS TEXT), CAST(qty AS TEXT), trade_time,
+                 CASE WHEN is_buyer_maker THEN 1 ELSE 0 END
+             FROM {} WHERE exchange = $1 AND symbol = $2 AND trade_id > $3
+             ORDER BY trade_id LIMIT $4",
+            self.table
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(exchange)
+            .bind(symbol)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.sql_error())?;
+        rows.iter()
+            .map(|row| {
+                let get_text = |i: usize| -> Result<String, StagingError> {
+                    row.try_get::<String, _>(i).map_err(self.sql_error())
+                };
+                let id: i64 = row.try_get(0).map_err(self.sql_error())?;
+                let price = parse_decimal(&get_text(1)?, &self.table, "price")?;
+                let qty = parse_decimal(&get_text(2)?, &self.table, "qty")?;
+                let time_ms: i64 = row.try_get(3).map_err(self.sql_error())?;
+                let maker: i64 = row.try_get(4).map_err(self.sql_error())?;
+                Trade::new(id, price, qty, time_ms, maker != 0, true).ok_or_else(|| {
+                    StagingError::Corrupt {
+                        table: self.table.clone(),
+                        column: "qty",
+                        value: format!("{price} × {qty} out of range (trade {id})"),
+                    }
+                })
+            })
+            .collect()
+    }
+
     /// The ids of `symbol`'s last staged trade before the day `[from_ms, to_ms)` and first one
     /// after it: what tells whether the day's trades join up with their neighbours, and whether
     /// the stream has gone past the day yet. With the day's first and last ids known, both are

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::lake_copy::LakeCopier;
 use super::stats::{StreamState, StreamStats};
 use super::{Source, StreamDef};
 use crate::backoff::Backoff;
@@ -65,6 +66,7 @@ pub struct IngestPlaces {
     pub api_url: String,
     pub staging_url: String,
     pub nats_url: String,
+    pub lake_url: String,
 }
 
 impl IngestPlaces {
@@ -75,6 +77,7 @@ impl IngestPlaces {
             api_url: data.binance_api_url.clone(),
             staging_url: data.staging_url.clone(),
             nats_url: data.nats_url.clone(),
+            lake_url: data.lake_url.clone(),
         }
     }
 }
@@ -143,6 +146,25 @@ pub async fn run(
             last.insert(symbol.clone(), id);
         }
     }
+    // The lake copy stops after the connections, to copy their last batches too.
+    let (copy_stop_tx, copy_stop) = watch::channel(false);
+    let copying = match &def.lake {
+        Some(copy) => {
+            let lake =
+                crate::lake::Lake::open(&places.lake_url).map_err(|e| setup(e.to_string()))?;
+            let copier = LakeCopier {
+                stream: def.id.clone(),
+                exchange: EXCHANGE,
+                symbols: symbols.clone(),
+                staging: staging.clone(),
+                lake,
+                prefix: copy.prefix.clone(),
+                every: copy.every,
+            };
+            Some(tokio::spawn(copier.run(copy_stop)))
+        }
+        None => None,
+    };
     let mut connections = Vec::new();
     for chunk in symbols.chunks(MAX_STREAMS_PER_CONNECTION) {
         let mut ingest = Ingest {
@@ -167,6 +189,12 @@ pub async fn run(
         connections.push(async move { ingest.run(stop).await });
     }
     let results = futures_util::future::join_all(connections).await;
+    if let Some(copying) = copying {
+        let _ = copy_stop_tx.send(true);
+        if let Err(e) = copying.await {
+            tracing::warn!(stream = %def.id, error = %e, "the lake copy stopped abnormally");
+        }
+    }
     lock(&stats).state = StreamState::Stopped;
     results.into_iter().collect()
 }

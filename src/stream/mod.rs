@@ -7,16 +7,19 @@
 //!   sink: { table: raw_trades }          # in the staging store
 //!   batch: { max_rows: 1000, max_latency: 500ms }
 //!   publish: { url: nats://127.0.0.1:4222 }  # optional: also to NATS JetStream
+//!   lake: { prefix: raw/binance_stream_trades, every: 5s }  # optional: also to the lake
 //! ```
 //!
 //! A file is a stream, not a DAG, when its top level has `stream:`. [`ingest`] keeps the
 //! source's connection open and commits its trades to the staging store in batches, filling
 //! every gap in the trade ids from the exchange's REST API, and with `publish:` sends each
-//! batch to the trade bus ([`crate::bus`]) before committing it; [`stats`] measures it;
+//! batch to the trade bus ([`crate::bus`]) before committing it; with `lake:`, [`lake_copy`]
+//! copies what is committed into the lake every few seconds; [`stats`] measures it;
 //! [`reported`] runs one stream in a process, saving its report; [`supervisor`] keeps the
 //! folder's streams running under `orch serve`, each in a process of its own.
 
 pub mod ingest;
+pub mod lake_copy;
 pub mod reported;
 pub mod stats;
 pub mod supervisor;
@@ -39,6 +42,16 @@ pub struct StreamDef {
     pub batch: Batch,
     /// Also publish every trade to the trade bus.
     pub publish: Option<Publish>,
+    /// Also copy committed trades into the lake.
+    pub lake: Option<LakeCopy>,
+}
+
+/// Where and how often a stream copies its committed trades into the lake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeCopy {
+    /// The lake prefix of the raw files (`symbol=`/`date=` partitions).
+    pub prefix: String,
+    pub every: Duration,
 }
 
 /// The trade bus a stream publishes to.
@@ -111,6 +124,14 @@ struct StreamSpec {
     #[serde(default)]
     batch: BatchSpec,
     publish: Option<PublishSpec>,
+    lake: Option<LakeSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LakeSpec {
+    prefix: Option<String>,
+    every: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +237,31 @@ pub fn load_str(path: &Path, source: &str) -> Result<StreamDef, LoadError> {
             .map_err(|e| fail(format!("batch: `max_latency` `{text}`: {e}")))?,
         None => defaults.max_latency,
     };
+    let lake = match spec.stream.lake {
+        Some(lake) => {
+            let every = match lake.every {
+                Some(text) => humantime::parse_duration(&text)
+                    .map_err(|e| fail(format!("lake: `every` `{text}`: {e}")))?,
+                None => lake_copy::DEFAULT_EVERY,
+            };
+            if every.is_zero() {
+                return Err(fail("lake: `every` must be more than 0s".to_string()));
+            }
+            let prefix = lake
+                .prefix
+                .unwrap_or_else(|| lake_copy::DEFAULT_PREFIX.to_string());
+            if prefix.trim_matches('/').is_empty() || prefix.contains("..") {
+                return Err(fail(format!(
+                    "lake: `prefix` `{prefix}` is not a lake folder"
+                )));
+            }
+            Some(LakeCopy {
+                prefix: prefix.trim_matches('/').to_string(),
+                every,
+            })
+        }
+        None => None,
+    };
     Ok(StreamDef {
         id,
         path: path.to_path_buf(),
@@ -234,6 +280,7 @@ pub fn load_str(path: &Path, source: &str) -> Result<StreamDef, LoadError> {
             max_latency,
         },
         publish: spec.stream.publish.map(|p| Publish { url: p.url }),
+        lake,
     })
 }
 
@@ -276,6 +323,7 @@ mod tests {
         assert_eq!(stream.sink.table, "raw_trades");
         assert_eq!(stream.batch, Batch::default());
         assert_eq!(stream.publish, None);
+        assert_eq!(stream.lake, None);
         assert!(is_stream_file(yaml));
         let published = format!("{yaml}  publish: {{ url: nats://bus:4222 }}\n");
         let stream = load_str(Path::new("dags/trades.yaml"), &published).expect("loads");

@@ -385,3 +385,74 @@ fn a_handshake_that_never_completes_times_out_and_is_retried() {
         Duration::from_secs(30),
     );
 }
+
+/// A stream's copy into the lake (`lake:`) holds every staged trade once across a `kill -9`
+/// and a restart, and `orch query` reads it by name.
+#[test]
+fn the_lake_copy_of_a_stream_holds_every_trade_once_across_a_kill_9() {
+    let home = Home::new();
+    home.write_dag(
+        "trades",
+        &format!("{}  lake: {{ every: 300ms }}\n", stream_yaml()),
+    );
+    let url = format!("sqlite://{}", home.file("data/staging.db").display());
+    let sim = Simulator::with_rate(SYMBOLS, RATE);
+    let mut stream = Server::spawn(stream_command(&home, &sim, &url), "stream connected");
+    wait_until_staged(&url, &last_ids(&sim), Duration::from_secs(20));
+    // Killed once every symbol has files in the lake: the restart resumes from them.
+    let copied = |symbol: &str| {
+        let dir = home.file(&format!(
+            "data/lake/raw/binance_stream_trades/symbol={symbol}"
+        ));
+        std::fs::read_dir(dir)
+            .map(|days| {
+                days.flatten()
+                    .any(|day| std::fs::read_dir(day.path()).is_ok_and(|mut f| f.next().is_some()))
+            })
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !SYMBOLS.split(',').all(copied) {
+        assert!(Instant::now() < deadline, "no copy in the lake");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stream.kill9();
+    for symbol in SYMBOLS.split(',') {
+        sim.add_trades(symbol, 2500);
+    }
+    let mut stream = Server::spawn(stream_command(&home, &sim, &url), "stream connected");
+    let targets = last_ids(&sim);
+    wait_until_staged(&url, &targets, Duration::from_secs(30));
+    stream.signal("TERM");
+    assert!(stream.wait_exit(Duration::from_secs(20)));
+
+    let staged = staged_ids(&url);
+    let expected: String = staged
+        .iter()
+        .map(|(symbol, ids)| {
+            format!(
+                "{symbol},{n},{n},{},{}\n",
+                ids[0],
+                ids[ids.len() - 1],
+                n = ids.len()
+            )
+        })
+        .collect();
+    let out = home.orch(&[
+        "query",
+        "SELECT symbol, count(*) AS trades, count(DISTINCT trade_id) AS ids, \
+         min(trade_id) AS first, max(trade_id) AS last \
+         FROM binance_stream_trades GROUP BY symbol ORDER BY symbol",
+        "--format",
+        "csv",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("symbol,trades,ids,first,last\n{expected}")
+    );
+}
