@@ -245,6 +245,7 @@ async fn freshness(dir: &Path, every: &str) -> (f64, f64) {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(async move { ingest::run(&def, &places, stats, stop).await });
     wait_connected(&sim).await;
+    let period = humantime::parse_duration(every).expect("every");
     let client = reqwest::Client::new();
     let mut latencies = Vec::new();
     for _ in 0..FRESHNESS_SAMPLES {
@@ -286,8 +287,10 @@ async fn freshness(dir: &Path, every: &str) -> (f64, f64) {
             }
         }
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-        // Off the copy's beat, so samples fall anywhere in its interval.
-        tokio::time::sleep(Duration::from_millis(370)).await;
+        // A sample starts just after a copy; the next one waits a part of the copy's interval
+        // spread evenly over it (golden-ratio steps), so samples fall anywhere in it.
+        let part = (latencies.len() as f64 * 0.618_034).fract();
+        tokio::time::sleep(period.mul_f64(part)).await;
     }
     let _ = stop_tx.send(true);
     running.await.expect("join").expect("stream ran");
