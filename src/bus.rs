@@ -4,7 +4,8 @@
 //! the JetStream stream `ORCH_TRADES` (file storage, created when missing), with the message
 //! id `<exchange>:<SYMBOL>:<trade id>`: JetStream drops a message whose id it has seen within
 //! [`DUPLICATE_WINDOW`], so a batch published again after a lost acknowledgement, a broker
-//! restart or a stream restart is stored once. Consumers (`kind: nats.consume`) read through
+//! restart or a stream restart within that window is stored once. A copy published later
+//! (a stream down longer) is stored again; consumers commit by trade id, so it lands once. Consumers (`kind: nats.consume`) read through
 //! durable pull consumers, each at its own pace, and acknowledge only what they committed.
 //!
 //! The payload is JSON with prices and quantities as decimal strings, exact:
@@ -41,6 +42,14 @@ pub enum BusError {
         sequence: u64,
         message: String,
     },
+}
+
+impl BusError {
+    /// Whether another attempt can help: yes for the server's trouble, not for a message
+    /// that is not a trade.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, BusError::Malformed { .. })
+    }
 }
 
 /// A connection to the bus; cheap to clone.

@@ -54,6 +54,13 @@ impl LakeError {
     }
 }
 
+impl LakeError {
+    /// Whether the object asked for is not there.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, LakeError::Store { source, .. } if matches!(**source, object_store::Error::NotFound { .. }))
+    }
+}
+
 /// One object in the lake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LakeObject {

@@ -22,10 +22,24 @@ use crate::exchange::Trade;
 
 /// Where a file of trades of `symbol` on `date` (`YYYY-MM-DD`) with ids `first..=last` goes.
 pub fn file_key(prefix: &str, symbol: &str, date: &str, first: i64, last: i64) -> String {
-    format!(
-        "{}/symbol={symbol}/date={date}/{first:020}-{last:020}.parquet",
-        prefix.trim_end_matches('/')
+    file_in(
+        &format!(
+            "{}/symbol={symbol}/date={date}",
+            prefix.trim_end_matches('/')
+        ),
+        first,
+        last,
     )
+}
+
+/// The key of a file of ids `first..=last` in the partition folder `dir`.
+pub fn file_in(dir: &str, first: i64, last: i64) -> String {
+    format!("{dir}/{first:020}-{last:020}.parquet")
+}
+
+/// The partition folder of a key: all but its file name.
+pub fn folder_of(key: &str) -> &str {
+    key.rsplit_once('/').map_or("", |(dir, _)| dir)
 }
 
 /// The id range a file key names, if it is one of ours.
@@ -144,7 +158,7 @@ pub fn split_superseded(mut objects: Vec<LakeObject>) -> (Vec<LakeObject>, Vec<S
     let mut superseded = Vec::new();
     let mut widest: Option<(String, i64, LakeObject)> = None;
     for object in objects {
-        let dir = object.key.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let dir = folder_of(&object.key);
         let Some((_, last)) = id_range(&object.key) else {
             current.push(object);
             continue;

@@ -42,8 +42,13 @@ impl LakeCopier {
         let mut copied: BTreeMap<String, i64> = BTreeMap::new();
         loop {
             let stopping = *stop.borrow();
-            if let Err(e) = self.pass(&mut copied).await {
-                tracing::warn!(stream = %self.stream, error = %e, "copying to the lake failed; trying again at the next pass");
+            for symbol in &self.symbols {
+                if let Err(e) = self.copy_symbol(symbol, &mut copied).await {
+                    // A write may have landed though it failed: the next pass reads where
+                    // the copy stands from the lake again.
+                    copied.remove(symbol);
+                    tracing::warn!(stream = %self.stream, %symbol, error = %e, "copying to the lake failed; trying again at the next pass");
+                }
             }
             if stopping {
                 return;
@@ -55,48 +60,80 @@ impl LakeCopier {
         }
     }
 
-    /// One pass over every symbol; `copied` holds the last id copied per symbol, read from
-    /// the lake the first time.
-    async fn pass(&self, copied: &mut BTreeMap<String, i64>) -> Result<(), String> {
-        for symbol in &self.symbols {
-            let mut last = match copied.get(symbol) {
-                Some(&last) => Some(last),
-                None => self.last_in_lake(symbol).await?,
+    /// Copies `symbol`'s trades staged since the last copy; `copied` holds the last id copied
+    /// per symbol, read from the lake the first time.
+    async fn copy_symbol(
+        &self,
+        symbol: &str,
+        copied: &mut BTreeMap<String, i64>,
+    ) -> Result<(), String> {
+        // Where the copy stands, read from the lake after a start or a failure: then its
+        // first write is checked against the files there (below).
+        let mut from_lake = !copied.contains_key(symbol);
+        let mut last = match copied.get(symbol) {
+            Some(&last) => Some(last),
+            None => self.last_in_lake(symbol).await?,
+        };
+        loop {
+            let trades = self
+                .staging
+                .trades_after(self.exchange, symbol, last.unwrap_or(i64::MIN), READ)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(newest) = trades.last() else {
+                return Ok(());
             };
-            loop {
-                let trades = self
-                    .staging
-                    .trades_after(self.exchange, symbol, last.unwrap_or(i64::MIN), READ)
+            let newest = newest.id;
+            for day in trades
+                .chunk_by(|a, b| raw_trades::utc_day(a.time_ms) == raw_trades::utc_day(b.time_ms))
+            {
+                let (Some(first), Some(end)) = (day.first(), day.last()) else {
+                    continue;
+                };
+                let date = raw_trades::utc_date(first.time_ms);
+                let key = raw_trades::file_key(&self.prefix, symbol, &date, first.id, end.id);
+                if from_lake {
+                    self.refuse_overlap(&key, first.id, end.id).await?;
+                    from_lake = false;
+                }
+                let day = day.to_vec();
+                let bytes = tokio::task::spawn_blocking(move || raw_trades::encode(&day))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("{key}: cannot encode Parquet: {e}"))?;
+                self.lake
+                    .put(&key, bytes)
                     .await
                     .map_err(|e| e.to_string())?;
-                let Some(newest) = trades.last() else { break };
-                let newest = newest.id;
-                for day in trades.chunk_by(|a, b| {
-                    raw_trades::utc_day(a.time_ms) == raw_trades::utc_day(b.time_ms)
-                }) {
-                    let (Some(first), Some(end)) = (day.first(), day.last()) else {
-                        continue;
-                    };
-                    let date = raw_trades::utc_date(first.time_ms);
-                    let key = raw_trades::file_key(&self.prefix, symbol, &date, first.id, end.id);
-                    let day = day.to_vec();
-                    let bytes = tokio::task::spawn_blocking(move || raw_trades::encode(&day))
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| format!("{key}: cannot encode Parquet: {e}"))?;
-                    self.lake
-                        .put(&key, bytes)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                last = Some(newest);
-                copied.insert(symbol.clone(), newest);
-                if (trades.len() as i64) < READ {
-                    break;
-                }
+            }
+            last = Some(newest);
+            copied.insert(symbol.to_string(), newest);
+            if (trades.len() as i64) < READ {
+                return Ok(());
             }
         }
-        Ok(())
+    }
+
+    /// Fails when a file of the partition holds some of the ids `first..=last`: another
+    /// writer of the same prefix (a second stream of the symbol) would make each skip or
+    /// repeat the other's trades. Checked once per start, not per write: a day's folder
+    /// holds thousands of small files before compaction.
+    async fn refuse_overlap(&self, key: &str, first: i64, last: i64) -> Result<(), String> {
+        let listed = self
+            .lake
+            .list(&format!("{}/", raw_trades::folder_of(key)))
+            .await
+            .map_err(|e| e.to_string())?;
+        match listed
+            .iter()
+            .find(|o| raw_trades::id_range(&o.key).is_some_and(|(a, b)| a <= last && first <= b))
+        {
+            Some(existing) => Err(format!(
+                "refusing to write ids {first}..={last}: {} already holds some of them (another stream copying the same symbol to this prefix?)",
+                existing.key
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The highest id the lake holds of `symbol`: the files of its latest date partition

@@ -45,7 +45,7 @@ struct Config {
     #[serde(default = "default_target_mb")]
     target_mb: f64,
     /// How long merged-away files stay for readers that listed before the merge.
-    #[serde(default = "default_grace", deserialize_with = "duration_text")]
+    #[serde(default = "default_grace", deserialize_with = "super::duration")]
     grace: Duration,
 }
 
@@ -55,12 +55,6 @@ fn default_target_mb() -> f64 {
 
 fn default_grace() -> Duration {
     Duration::from_secs(600)
-}
-
-/// A duration as text: `10m`, `0s`.
-fn duration_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
 }
 
 impl Config {
@@ -122,14 +116,24 @@ impl TaskKind for LakeCompact {
             let target = config.target_bytes();
             let mut merger = Merger {
                 lake: &lake,
-                source,
                 target,
                 bytes_per_row: None,
                 totals: Totals::default(),
                 ctx,
             };
+            let mut refused: Vec<String> = Vec::new();
             for run in runs_of_small_files(&current, target) {
-                let merged_away = merger.merge_run(&run).await?;
+                let merged_away = match merger.merge_run(&run).await {
+                    Ok(keys) => keys,
+                    // A partition whose files break the rules stays as it is; the others
+                    // are still compacted, and the run fails at the end to show it.
+                    Err(e) if !e.retryable => {
+                        ctx.log.note(&format!("left as it is: {}", e.message));
+                        refused.push(e.message);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if config.grace.is_zero() {
                     for key in merged_away {
                         lake.delete(&key).await?;
@@ -148,6 +152,12 @@ impl TaskKind for LakeCompact {
                 totals.rows,
                 humantime::format_duration(config.grace),
             ));
+            if let Some(first) = refused.first() {
+                return Err(TaskError::permanent(format!(
+                    "{} runs of files left as they are (the others are compacted); first: {first}",
+                    refused.len()
+                )));
+            }
             let metrics = [
                 ("files_merged", totals.files_in),
                 ("files_written", totals.files_out),
@@ -194,7 +204,7 @@ fn runs_of_small_files(current: &[LakeObject], target: u64) -> Vec<Vec<LakeObjec
         if raw_trades::id_range(&object.key).is_none() {
             continue;
         }
-        let dir = object.key.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let dir = raw_trades::folder_of(&object.key);
         let small = object.size < target / 2;
         if dir != run_dir || !small {
             if run.len() > 1 {
@@ -216,7 +226,6 @@ fn runs_of_small_files(current: &[LakeObject], target: u64) -> Vec<Vec<LakeObjec
 /// Merges runs of files into files of about `target` bytes.
 struct Merger<'a> {
     lake: &'a Lake,
-    source: &'a str,
     target: u64,
     /// What a row takes in a merged file: sampled, then from each merged file written.
     bytes_per_row: Option<f64>,
@@ -288,15 +297,8 @@ impl Merger<'_> {
         ) else {
             return Err(TaskError::permanent("a merged file without an id range"));
         };
-        let symbol = first_key
-            .split('/')
-            .find_map(|p| p.strip_prefix("symbol="))
-            .unwrap_or_default()
-            .to_string();
-        let date = raw_trades::date_of(&first_key)
-            .unwrap_or_default()
-            .to_string();
-        let key = raw_trades::file_key(self.source, &symbol, &date, first_id, last_id);
+        // Beside its parts, whatever the source's depth.
+        let key = raw_trades::file_in(raw_trades::folder_of(&first_key), first_id, last_id);
         let files = batch.len() as u64;
         let bytes_in: u64 = batch.iter().map(|p| p.object.size).sum();
         let keys: Vec<String> = batch.iter().map(|p| p.object.key.clone()).collect();

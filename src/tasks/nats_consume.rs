@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, parse_with};
-use crate::bus::{self, BusError, TradeBus};
+use crate::bus::{self, TradeBus};
 use crate::staging::{StagedTrade, Staging};
 
 pub struct NatsConsume;
@@ -48,15 +48,6 @@ fn default_subjects() -> String {
 
 fn default_table() -> String {
     "raw_trades".to_string()
-}
-
-impl From<BusError> for TaskError {
-    fn from(e: BusError) -> TaskError {
-        match e {
-            BusError::Malformed { .. } => TaskError::permanent(e.to_string()),
-            BusError::Connect { .. } | BusError::Nats(_) => TaskError::transient(e.to_string()),
-        }
-    }
 }
 
 impl TaskKind for NatsConsume {
@@ -106,9 +97,7 @@ impl TaskKind for NatsConsume {
             let config: Config = parse_with(&with).map_err(TaskError::permanent)?;
             let url = config.url.as_deref().unwrap_or(&ctx.data.nats_url);
             let staging_url = config.staging.as_deref().unwrap_or(&ctx.data.staging_url);
-            let staging = Staging::open(staging_url, &config.table)
-                .await
-                .map_err(|e| TaskError::transient(e.to_string()))?;
+            let staging = Staging::open(staging_url, &config.table).await?;
             let bus = TradeBus::connect(url).await?;
             let consumer = bus.consumer(&config.consumer, &config.subjects).await?;
             let (mut read, mut inserted) = (0_u64, 0_u64);
@@ -155,10 +144,8 @@ impl TaskKind for NatsConsume {
                 }
                 let now = chrono::Utc::now().timestamp_millis();
                 for (exchange, list) in &trades {
-                    inserted += staging
-                        .insert(exchange, list, now)
-                        .await
-                        .map_err(|e| TaskError::transient(e.to_string()))?;
+                    // Not acknowledged on failure: the batch comes again at the next run.
+                    inserted += staging.insert(exchange, list, now).await?;
                 }
                 for message in good {
                     message

@@ -90,7 +90,17 @@ impl TaskKind for WarehouseLoadParquet {
                 for Pending { key, only_ids } in &pending {
                     let table = template::render_with_values(&config.table, &partitions(key))
                         .map_err(|e| TaskError::permanent(format!("{key}: table name: {e}")))?;
-                    let mut bytes = lake.get(key).await?;
+                    let mut bytes = match lake.get(key).await {
+                        Ok(bytes) => bytes,
+                        // Merged away by `lake.compact` after this run listed it (past its
+                        // grace): listed again, the merged file stands in for it.
+                        Err(e) if e.is_not_found() => {
+                            return Err(TaskError::transient(format!(
+                                "{key} was listed, then gone (merged by lake.compact?); the retry lists again: {e}"
+                            )));
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     if let Some(ranges) = only_ids {
                         ctx.log.note(&format!(
                             "{key}: merged from files partly loaded already; loading ids {}",

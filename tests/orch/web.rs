@@ -619,6 +619,14 @@ fn api_triggers_lists_shows_logs_clears_marks_and_backfills() {
         .json();
     assert_eq!(dated["runs"].as_array().expect("runs").len(), 1);
     assert_eq!(api.get("/api/v1/runs?state=bogus").status, 400);
+    // A query string that does not parse is refused in the API's JSON, naming the parameter.
+    let malformed = api.get("/api/v1/runs?limit=many");
+    assert_eq!(malformed.status, 400);
+    let error = malformed.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("limit"), "{error}");
 
     // The DAG list: recent runs and the pause flag, in one answer.
     assert_eq!(

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::WebState;
 use super::super::auth::Caller;
-use super::super::error::{ApiError, ApiResult};
+use super::super::error::{ApiError, ApiQuery, ApiResult};
 use crate::dag::params::{self, Param};
 use crate::dag::{Dag, LoadError};
 use crate::scheduler::{plan, wake};
@@ -157,7 +157,7 @@ struct GridRun {
 pub async fn grid(
     State(state): State<WebState>,
     Path(dag_id): Path<String>,
-    Query(q): Query<GridQuery>,
+    ApiQuery(q): ApiQuery<GridQuery>,
 ) -> ApiResult<Json<Value>> {
     let dag = state.view.borrow().dag(&dag_id).cloned();
     let limit = q.runs.unwrap_or(25).clamp(1, MAX_GRID_RUNS);

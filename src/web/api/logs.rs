@@ -9,14 +9,14 @@ use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::super::WebState;
-use super::super::error::{ApiError, ApiResult};
+use super::super::error::{ApiError, ApiQuery, ApiResult};
 use crate::store::{AttemptKey, AttemptRecord, AttemptState};
 
 /// The most one range request returns.
@@ -79,7 +79,7 @@ fn read_range(path: &FsPath, offset: u64, limit: u64) -> std::io::Result<(String
 pub async fn range(
     State(state): State<WebState>,
     Path((run_id, task_id, attempt_no)): Path<(String, String, u32)>,
-    Query(q): Query<RangeQuery>,
+    ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> ApiResult<Json<Value>> {
     let key = AttemptKey {
         run_id,
@@ -142,7 +142,7 @@ struct Follow {
 pub async fn follow(
     State(state): State<WebState>,
     Path((run_id, task_id, attempt_no)): Path<(String, String, u32)>,
-    Query(q): Query<FollowQuery>,
+    ApiQuery(q): ApiQuery<FollowQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>> {
     let key = AttemptKey {
         run_id,

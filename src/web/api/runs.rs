@@ -2,7 +2,7 @@
 //! actions on it (cancel, clear, mark).
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, State};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::super::WebState;
 use super::super::auth::Caller;
-use super::super::error::{ApiError, ApiResult};
+use super::super::error::{ApiError, ApiQuery, ApiResult};
 use crate::manual::{self, CancelOutcome};
 use crate::store::{
     ManualAction, RunCursor, RunDetail, RunFilter, RunRecord, RunState, RunType, TaskState,
@@ -68,7 +68,7 @@ fn decode_cursor(text: &str) -> ApiResult<RunCursor> {
 
 pub async fn list(
     State(state): State<WebState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<RunsPage>> {
     let filter = RunFilter {
         dag_id: q.dag_id.filter(|d| !d.is_empty()),
