@@ -469,3 +469,26 @@ fn compaction_merges_a_day_of_small_files_while_a_loader_and_queries_read() {
     run_ok(&home, "load");
     assert_eq!(warehouse_ids(&home), (last, last, total));
 }
+
+/// A source above the `symbol=` folders (here the lake's `raw`) compacts each partition in
+/// place: the merged file lies beside its parts, which then count as merged away.
+#[test]
+fn compaction_writes_beside_the_parts_whatever_the_sources_depth() {
+    let home = Home::new();
+    write_small_files(&home, 1, 3, 5);
+    let before = checksum(&home);
+    home.write_dag(
+        "compact",
+        "tasks:\n  - id: compact\n    kind: lake.compact\n    with: { source: raw, grace: 0s }\n",
+    );
+    let run = run_ok(&home, "compact");
+    assert_eq!(attempts(&run, "compact")[0]["rows"].as_i64(), Some(15));
+    assert_eq!(
+        parquet_names(
+            &home,
+            "data/lake/raw/binance_trades/symbol=BTCUSDT/date=2026-11-01"
+        ),
+        vec!["00000000000000000001-00000000000000000015.parquet"]
+    );
+    assert_eq!(checksum(&home), before);
+}
