@@ -116,19 +116,7 @@ fn main() {
         "tasks:\n  - id: retention\n    kind: lake.retention\n    with: { source: raw/binance_trades, keep_days: 274 }\n",
     )
     .expect("dag");
-    let t = Instant::now();
-    let out = Command::new(BIN)
-        .arg("--home")
-        .arg(home)
-        .args(["run", "retention", "--logical-date", "2026-12-31"])
-        .output()
-        .expect("orch run");
-    let elapsed = t.elapsed().as_secs_f64();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (elapsed, _) = timed_orch(home, &["run", "retention", "--logical-date", "2026-12-31"]);
     let replaced = SYMBOLS.len() as i64 * 90;
     println!(
         "| `lake.retention`: {replaced} symbol-days ({} trades) replaced by daily rows | {elapsed:.1} s, {:.0} trades/s |",
@@ -136,6 +124,24 @@ fn main() {
         (replaced * TRADES_PER_FILE) as f64 / elapsed
     );
     compaction();
+}
+
+/// Seconds an `orch` command took in `home`, which must succeed, and its standard output.
+fn timed_orch(home: &std::path::Path, args: &[&str]) -> (f64, String) {
+    let t = Instant::now();
+    let out = Command::new(BIN)
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .output()
+        .expect("orch");
+    let elapsed = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (elapsed, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Median milliseconds of `REPEATS` runs of `orch query` answering `expected` rows counted.
@@ -220,20 +226,8 @@ fn compaction() {
         "tasks:\n  - id: compact\n    kind: lake.compact\n    with: { source: raw/binance_trades, grace: 0s }\n",
     )
     .expect("dag");
-    let t = Instant::now();
-    let out = Command::new(BIN)
-        .arg("--home")
-        .arg(home)
-        .args(["run", "compact"])
-        .output()
-        .expect("orch run");
-    let elapsed = t.elapsed().as_secs_f64();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run_id = String::from_utf8_lossy(&out.stdout)
+    let (elapsed, stdout) = timed_orch(home, &["run", "compact"]);
+    let run_id = stdout
         .lines()
         .find_map(|l| {
             l.strip_prefix("run ")?

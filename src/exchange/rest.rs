@@ -8,6 +8,8 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 
+use super::Observer;
+use crate::backoff::Backoff;
 use crate::http::{self, BodyError};
 
 /// The most of an error answer a client reads.
@@ -84,4 +86,44 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// The start of a body, for an error message.
 pub fn preview(body: &[u8]) -> String {
     String::from_utf8_lossy(body).chars().take(200).collect()
+}
+
+/// The failures of one request that another try may mend (a connection error, a timeout, a
+/// 5XX): each is waited out with the backoff and told to the observer, up to
+/// `max_attempts` tries.
+pub struct Retries {
+    failures: u32,
+    max_attempts: u32,
+    backoff: Backoff,
+}
+
+impl Retries {
+    pub fn new(max_attempts: u32, backoff: Backoff) -> Retries {
+        Retries {
+            failures: 0,
+            max_attempts,
+            backoff,
+        }
+    }
+
+    /// Counts `failure`, then waits before the next try and returns true, or returns false
+    /// when the request has had its tries ([`Retries::attempts`] says how many).
+    pub async fn wait_after(&mut self, request: &str, failure: &str, observer: &Observer) -> bool {
+        self.failures += 1;
+        if self.failures >= self.max_attempts {
+            return false;
+        }
+        let wait = self.backoff.delay(self.failures);
+        observer(&format!(
+            "{request}: {failure}; retrying in {wait:?} (attempt {})",
+            self.failures
+        ));
+        tokio::time::sleep(wait).await;
+        true
+    }
+
+    /// The tries that failed so far.
+    pub fn attempts(&self) -> u32 {
+        self.failures
+    }
 }

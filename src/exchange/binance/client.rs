@@ -232,7 +232,7 @@ impl BinanceClient {
         request: &str,
     ) -> Result<T, BinanceError> {
         let url = format!("{}{path}", self.base_url);
-        let mut failures = 0;
+        let mut retries = rest::Retries::new(self.policy.max_attempts, self.backoff());
         let mut rate_limited = 0;
         loop {
             self.wait_for_weight(weight).await;
@@ -284,20 +284,14 @@ impl BinanceClient {
                     continue;
                 }
                 Reply::Status { status, .. } if status.is_server_error() => {
-                    failures += 1;
-                    if failures >= self.policy.max_attempts {
+                    let failure = format!("HTTP {}", status.as_u16());
+                    if !retries.wait_after(request, &failure, &self.observer).await {
                         return Err(BinanceError::GaveUp {
                             request: request.to_string(),
-                            attempts: failures,
+                            attempts: retries.attempts(),
                             status: status.as_u16(),
                         });
                     }
-                    let wait = self.backoff(failures);
-                    (self.observer)(&format!(
-                        "{request}: HTTP {}; retrying in {wait:?} (attempt {failures})",
-                        status.as_u16()
-                    ));
-                    tokio::time::sleep(wait).await;
                     continue;
                 }
                 Reply::Status { status, body, .. } => {
@@ -316,24 +310,18 @@ impl BinanceClient {
                     });
                 }
             };
-            failures += 1;
-            if failures >= self.policy.max_attempts {
+            if !retries.wait_after(request, &failure, &self.observer).await {
                 return Err(BinanceError::Transport {
                     request: request.to_string(),
-                    attempts: failures,
+                    attempts: retries.attempts(),
                     reason: failure,
                 });
             }
-            let wait = self.backoff(failures);
-            (self.observer)(&format!(
-                "{request}: {failure}; retrying in {wait:?} (attempt {failures})"
-            ));
-            tokio::time::sleep(wait).await;
         }
     }
 
-    fn backoff(&self, failures: u32) -> Duration {
-        Backoff::new(self.policy.first_backoff, self.policy.max_backoff).delay(failures)
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.policy.first_backoff, self.policy.max_backoff)
     }
 
     /// Sleeps into the next minute when this request would cross the weight budget.

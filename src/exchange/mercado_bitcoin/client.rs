@@ -193,7 +193,7 @@ impl MercadoBitcoinClient {
         request: &str,
     ) -> Result<T, MercadoBitcoinError> {
         let url = format!("{}{path}", self.base_url);
-        let mut failures = 0;
+        let mut retries = rest::Retries::new(self.policy.max_attempts, self.backoff());
         let mut throttled = 0;
         loop {
             self.take_turn().await;
@@ -233,8 +233,8 @@ impl MercadoBitcoinClient {
                             last: what,
                         });
                     }
-                    let wait =
-                        rest::retry_after(&headers).unwrap_or_else(|| self.backoff(throttled));
+                    let wait = rest::retry_after(&headers)
+                        .unwrap_or_else(|| self.backoff().delay(throttled));
                     (self.observer)(&format!("{request}: {what}; waiting {wait:?}"));
                     tokio::time::sleep(wait).await;
                     continue;
@@ -258,19 +258,13 @@ impl MercadoBitcoinClient {
                     });
                 }
             };
-            failures += 1;
-            if failures >= self.policy.max_attempts {
+            if !retries.wait_after(request, &failure, &self.observer).await {
                 return Err(MercadoBitcoinError::Transport {
                     request: request.to_string(),
-                    attempts: failures,
+                    attempts: retries.attempts(),
                     reason: failure,
                 });
             }
-            let wait = self.backoff(failures);
-            (self.observer)(&format!(
-                "{request}: {failure}; retrying in {wait:?} (attempt {failures})"
-            ));
-            tokio::time::sleep(wait).await;
         }
     }
 
@@ -281,8 +275,8 @@ impl MercadoBitcoinClient {
         *next = Instant::now() + self.policy.min_interval;
     }
 
-    fn backoff(&self, failures: u32) -> Duration {
-        Backoff::new(self.policy.first_backoff, self.policy.max_backoff).delay(failures)
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.policy.first_backoff, self.policy.max_backoff)
     }
 }
 
