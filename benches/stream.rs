@@ -114,13 +114,11 @@ async fn throughput(staging_url: &str) -> f64 {
             .expect("stream definition");
         let staging = Staging::open(staging_url, &table).await.expect("staging");
         empty(staging_url, &table).await;
-        let places = IngestPlaces {
-            ws_url: sim.ws_url(),
-            api_url: sim.url(),
-            staging_url: staging_url.to_string(),
-            nats_url: orch::bus::DEFAULT_URL.to_string(),
-            lake_url: "file:///nonexistent".to_string(),
-        };
+        let places = places_of(
+            &sim,
+            staging_url.to_string(),
+            "file:///nonexistent".to_string(),
+        );
         let stats = Arc::new(Mutex::new(StreamStats::default()));
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let running = {
@@ -165,13 +163,11 @@ async fn latency(dir: &Path) -> (i64, i64, u64) {
         &stream_yaml(&symbols.join(", "), "raw_trades"),
     )
     .expect("stream definition");
-    let places = IngestPlaces {
-        ws_url: sim.ws_url(),
-        api_url: sim.url(),
-        staging_url: format!("sqlite://{}", dir.join("latency.db").display()),
-        nats_url: orch::bus::DEFAULT_URL.to_string(),
-        lake_url: "file:///nonexistent".to_string(),
-    };
+    let places = places_of(
+        &sim,
+        format!("sqlite://{}", dir.join("latency.db").display()),
+        "file:///nonexistent".to_string(),
+    );
     let stats = Arc::new(Mutex::new(StreamStats::default()));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let running = {
@@ -234,13 +230,11 @@ async fn freshness(dir: &Path, every: &str) -> (f64, f64) {
         ),
     )
     .expect("stream definition");
-    let places = IngestPlaces {
-        ws_url: sim.ws_url(),
-        api_url: sim.url(),
-        staging_url: format!("sqlite://{}", home.join("staging.db").display()),
-        nats_url: orch::bus::DEFAULT_URL.to_string(),
-        lake_url: format!("file://{}", home.join("data/lake").display()),
-    };
+    let places = places_of(
+        &sim,
+        format!("sqlite://{}", home.join("staging.db").display()),
+        format!("file://{}", home.join("data/lake").display()),
+    );
     let stats = Arc::new(Mutex::new(StreamStats::default()));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(async move { ingest::run(&def, &places, stats, stop).await });
@@ -297,4 +291,16 @@ async fn freshness(dir: &Path, every: &str) -> (f64, f64) {
     latencies.sort_by(f64::total_cmp);
     let p99 = latencies[((latencies.len() as f64 * 0.99) as usize).min(latencies.len() - 1)];
     (latencies[latencies.len() / 2], p99)
+}
+
+/// Where a benchmarked stream reads and writes: the simulator for every exchange.
+fn places_of(sim: &Simulator, staging_url: String, lake_url: String) -> IngestPlaces {
+    IngestPlaces {
+        ws_url: sim.ws_url(),
+        api_url: sim.url(),
+        kucoin_api_url: sim.url(),
+        staging_url,
+        nats_url: orch::bus::DEFAULT_URL.to_string(),
+        lake_url,
+    }
 }

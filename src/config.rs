@@ -109,6 +109,10 @@ pub struct DataPlaces {
     /// `orch demo` points it at its simulator.
     #[serde(default = "default_mercado_bitcoin_api_url")]
     pub mercado_bitcoin_api_url: String,
+    /// KuCoin's REST API (`KUCOIN_API_URL`): KuCoin itself by default; `orch demo` points it
+    /// at its simulator. Its websocket address comes with each connection's token.
+    #[serde(default = "default_kucoin_api_url")]
+    pub kucoin_api_url: String,
     /// The staging store of the live streams (`ORCH_STAGING_URL`):
     /// `sqlite://<home>/data/staging.db` by default.
     pub staging_url: String,
@@ -126,6 +130,10 @@ pub struct DataPlaces {
 
 fn default_nats_url() -> String {
     crate::bus::DEFAULT_URL.to_string()
+}
+
+fn default_kucoin_api_url() -> String {
+    crate::exchange::kucoin::KucoinClient::DEFAULT_BASE_URL.to_string()
 }
 
 fn default_mercado_bitcoin_api_url() -> String {
@@ -326,6 +334,7 @@ impl Config {
             }),
             mercado_bitcoin_api_url: env("MERCADO_BITCOIN_API_URL")
                 .unwrap_or_else(default_mercado_bitcoin_api_url),
+            kucoin_api_url: env("KUCOIN_API_URL").unwrap_or_else(default_kucoin_api_url),
             staging_url: env("ORCH_STAGING_URL")
                 .or(file.staging_url)
                 .unwrap_or_else(|| crate::staging::Staging::default_url(&home)),

@@ -49,6 +49,7 @@ pub async fn run(config: &Config, stream_id: &str) -> anyhow::Result<ExitCode> {
         committed = last.trades_committed,
         gaps = last.gaps_detected,
         filled = last.gap_trades_filled,
+        unbridged = last.gaps_unbridged,
         malformed = last.malformed_frames,
         reconnects = last.reconnects,
         "stream stopped"
@@ -144,7 +145,13 @@ fn print_table(views: &[StreamView]) {
                     .map_or_else(dash, |t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()),
                 ms(r.lag_p50_ms),
                 ms(r.lag_p99_ms),
-                format!("{}/{}", r.gaps_detected, r.gap_trades_filled),
+                match r.gaps_unbridged {
+                    0 => format!("{}/{}", r.gaps_detected, r.gap_trades_filled),
+                    cut => format!(
+                        "{}/{} ({cut} unbridged)",
+                        r.gaps_detected, r.gap_trades_filled
+                    ),
+                },
                 r.reconnects.to_string(),
             ),
             None => (dash(), dash(), dash(), dash(), dash(), dash(), dash()),

@@ -2,6 +2,8 @@
 //! needs of an exchange ([`TradeHistory`]), whatever its cursor, symbols and limits are.
 
 pub mod binance;
+pub mod kucoin;
+pub mod live;
 pub mod mercado_bitcoin;
 mod rest;
 
@@ -79,12 +81,15 @@ pub struct TradePage {
     pub trades: Vec<Trade>,
     /// The exchange had a full page: there may be more to ask for.
     pub more: bool,
+    /// The exchange keeps too little history to reach back to the id asked after: trades
+    /// between it and the first one given may be lost for good (KuCoin keeps its last 100).
+    pub history_cut: bool,
 }
 
 /// An exchange's REST trade history, read forward from the last trade id kept: what a batch
 /// fetch of trades needs from an exchange, whatever its cursor, symbols and limits are.
 pub trait TradeHistory: Send + Sync {
-    /// The exchange's name in logs and state keys: `binance`, `mercado_bitcoin`.
+    /// The exchange's name in logs and state keys: `binance`, `mercado_bitcoin`, `kucoin`.
     fn exchange(&self) -> &'static str;
 
     fn base_url(&self) -> &str;

@@ -48,7 +48,16 @@ pub async fn get(
     query: &[(&str, String)],
     max_body: usize,
 ) -> Reply {
-    let response = match client.get(url).query(query).send().await {
+    send(client.get(url).query(query), max_body).await
+}
+
+/// `POST url` with an empty body, its answer's body read up to `max_body`.
+pub async fn post(client: &reqwest::Client, url: &str, max_body: usize) -> Reply {
+    send(client.post(url), max_body).await
+}
+
+async fn send(request: reqwest::RequestBuilder, max_body: usize) -> Reply {
+    let response = match request.send().await {
         Ok(response) => response,
         Err(e) => return Reply::Failed(http::describe(&e)),
     };
@@ -81,6 +90,24 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .parse::<u64>()
         .ok()
         .map(Duration::from_secs)
+}
+
+/// What a throttling answer was: the exchange's own error `code` when its body had one, or
+/// an HTML block page (Cloudflare's, when it says so).
+pub fn throttle_description(status: StatusCode, body: &[u8], code: Option<String>) -> String {
+    if let Some(code) = code {
+        return format!("HTTP {} {code}", status.as_u16());
+    }
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    if text.contains("<html") {
+        let by = if text.contains("cloudflare") {
+            "Cloudflare's"
+        } else {
+            "an HTML"
+        };
+        return format!("HTTP {} with {by} block page (throttled)", status.as_u16());
+    }
+    format!("HTTP {} (throttled)", status.as_u16())
 }
 
 /// The start of a body, for an error message.

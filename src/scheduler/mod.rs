@@ -108,6 +108,7 @@ fn stream_process(config: &Config, log_format: &str) -> anyhow::Result<StreamPro
         ("ORCH_STAGING_URL", &data.staging_url),
         ("BINANCE_API_URL", &data.binance_api_url),
         ("BINANCE_WS_URL", &data.binance_ws_url),
+        ("KUCOIN_API_URL", &data.kucoin_api_url),
     ]
     .into_iter()
     .map(|(name, value)| (name.to_string(), value.clone()))

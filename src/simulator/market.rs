@@ -135,6 +135,23 @@ impl Market {
         self.books.get(symbol).map(|b| &b.info)
     }
 
+    /// The price step and the size step of `symbol`.
+    pub fn steps(&self, symbol: &str) -> Option<(Decimal, Decimal)> {
+        let book = self.books.get(symbol)?;
+        Some((
+            Decimal::from_units(book.tick)?,
+            Decimal::from_units(book.lot)?,
+        ))
+    }
+
+    /// The book of a `BASE-QUOTE` name, as Mercado Bitcoin and KuCoin write symbols.
+    pub fn by_dashed_name(&self, name: &str) -> Option<&str> {
+        let (base, quote) = name.split_once('-')?;
+        self.symbols()
+            .find(|s| s.base_asset == base && s.quote_asset == quote)
+            .map(|s| s.symbol.as_str())
+    }
+
     /// Queues recorded trades (ascending, consecutive ids) for `symbol`: they are released in
     /// their recorded spacing by [`Market::release_due`], or at once by [`Market::generate`].
     pub fn replay(&mut self, symbol: &str, trades: Vec<Trade>) -> Option<()> {

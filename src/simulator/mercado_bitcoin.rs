@@ -16,7 +16,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::{RestFault, Shared, SimState, rest};
+use super::{RestFault, Shared, rest};
 use crate::exchange::mercado_bitcoin::wire::{ErrorBody, Symbols, WireTrade};
 
 /// MB's largest page, and the page without `limit`.
@@ -43,7 +43,7 @@ fn rate_exceeded() -> Response {
 }
 
 /// The page Cloudflare sends when it blocks a client.
-const CLOUDFLARE_BLOCK: &str = "<!DOCTYPE html><html><head><title>Attention Required! | Cloudflare</title></head><body><h1>Sorry, you have been blocked</h1><p>Cloudflare Ray ID: 8f1e2d3c4b5a6978</p></body></html>";
+pub(crate) const CLOUDFLARE_BLOCK: &str = "<!DOCTYPE html><html><head><title>Attention Required! | Cloudflare</title></head><body><h1>Sorry, you have been blocked</h1><p>Cloudflare Ray ID: 8f1e2d3c4b5a6978</p></body></html>";
 
 /// Applies the next scripted fault and MB's rate limit: while limits are on, at most one
 /// request a second (with 50 ms of slack for the network's jitter).
@@ -88,16 +88,6 @@ fn fault_body(status: StatusCode, fault: &RestFault) -> Response {
     }
 }
 
-/// The book behind an MB market name, which is case-sensitive `BASE-QUOTE`.
-fn book(state: &SimState, symbol: &str) -> Option<String> {
-    let (base, quote) = symbol.split_once('-')?;
-    state
-        .market
-        .symbols()
-        .find(|s| s.base_asset == base && s.quote_asset == quote)
-        .map(|s| s.symbol.clone())
-}
-
 pub(crate) async fn trades(
     State(shared): State<Shared>,
     Path(symbol): Path<String>,
@@ -108,7 +98,8 @@ pub(crate) async fn trades(
     }
     let mut state = shared.lock();
     state.stats.historical_trades_requests += 1;
-    let Some(book) = book(&state, &symbol) else {
+    // MB's market names are case-sensitive `BASE-QUOTE`.
+    let Some(book) = state.market.by_dashed_name(&symbol).map(str::to_string) else {
         return error(
             StatusCode::BAD_REQUEST,
             "PUBLIC_DATA|GET_TRADES|INVALID_BASE_QUOTE",

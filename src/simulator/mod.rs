@@ -4,8 +4,9 @@
 //! Binance's shapes, weights, headers and error bodies, and the websocket trade streams
 //! ([`stream`]), over a simulated market ([`market`]) or a replay of recorded trades
 //! ([`replay`]). It also serves Mercado Bitcoin's REST v4 under `/api/v4`
-//! ([`mercado_bitcoin`]): a book `BTCBRL` is MB's market `BTC-BRL`. Tests drive it through a
-//! small control API under `/_sim/`:
+//! ([`mercado_bitcoin`]): a book `BTCBRL` is MB's market `BTC-BRL`; and KuCoin's public spot
+//! API with its websocket ([`kucoin`]): a book `BTCUSDT` is KuCoin's `BTC-USDT`. Tests drive
+//! it through a small control API under `/_sim/`:
 //!
 //! - `POST /_sim/trades {"symbol": "BTCUSDT", "count": 5000}` adds trades now and returns
 //!   their id range, so a test knows exactly which ids must land;
@@ -15,10 +16,12 @@
 //!   Mercado Bitcoin request answers a bare 429 with MB's throttle code, a bare 403 with
 //!   Cloudflare's HTML block page, and sends `msg` as the body as it is);
 //!   `{"stream": [{"kind": "drop"}, {"kind": "server_shutdown"}, {"kind": "ping"},
-//!   {"kind": "raw", "text": "..."}, {"kind": "skip_ids", "symbol": "BTCUSDT", "count": 5}]}`
-//!   acts on the open stream connections at once;
+//!   {"kind": "raw", "text": "..."}, {"kind": "skip_ids", "symbol": "BTCUSDT", "count": 5},
+//!   {"kind": "expire_tokens"}]}` acts on the open stream connections at once (a KuCoin
+//!   request answers a fault with a `code` and status 200 as KuCoin's in-band failure);
 //! - `GET /_sim/stats` returns the requests served and each symbol's id range.
 
+mod kucoin;
 mod market;
 mod mercado_bitcoin;
 mod replay;
@@ -131,6 +134,7 @@ pub(crate) struct SimState {
     pub keepalive: Keepalive,
     /// When the last request of an API limited by requests a second was let through.
     pub last_paced_request: Option<std::time::Instant>,
+    pub kucoin_tokens: kucoin::Tokens,
 }
 
 impl SimState {
@@ -198,6 +202,10 @@ impl SimState {
                 *self.skip.entry(symbol).or_default() += count;
                 return;
             }
+            StreamFault::ExpireTokens => {
+                kucoin::expire_tokens(&mut self.kucoin_tokens);
+                StreamEvent::ExpireTokens
+            }
         };
         let _ = self.streams.send(event);
     }
@@ -260,6 +268,7 @@ impl Simulator {
             skip: HashMap::new(),
             keepalive: options.keepalive,
             last_paced_request: None,
+            kucoin_tokens: kucoin::Tokens::default(),
         })));
         let generator = (options.rate > 0.0 || replaying).then(|| {
             let shared = shared.clone();

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{FaultScript, RestFault, Shared, SimState, mercado_bitcoin, stream};
+use super::{FaultScript, RestFault, Shared, SimState, kucoin, mercado_bitcoin, stream};
 use crate::exchange::binance::wire::{ErrorBody, ExchangeInfo, WireSymbol, WireTrade};
 
 pub(crate) fn router(shared: Shared) -> Router {
@@ -23,6 +23,10 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/api/v3/exchangeInfo", get(exchange_info))
         .route("/api/v4/symbols", get(mercado_bitcoin::symbols))
         .route("/api/v4/{symbol}/trades", get(mercado_bitcoin::trades))
+        .route("/api/v1/bullet-public", post(kucoin::bullet_public))
+        .route("/api/v1/market/histories", get(kucoin::histories))
+        .route("/api/v2/symbols", get(kucoin::symbols))
+        .route("/kucoin/ws", get(kucoin::websocket))
         .route("/ws", get(stream::raw_none))
         .route("/ws/{stream}", get(stream::raw_one))
         .route("/stream", get(stream::combined))

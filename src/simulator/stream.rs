@@ -40,6 +40,8 @@ pub(crate) enum StreamEvent {
     Ping,
     /// Send this text frame as it is.
     Raw(String),
+    /// KuCoin's tokens given so far expired: cut the connections using them.
+    ExpireTokens,
 }
 
 /// A fault applied to the open stream connections at once.
@@ -58,6 +60,8 @@ pub enum StreamFault {
         symbol: Option<String>,
         count: u64,
     },
+    /// Every KuCoin token given so far expires, and the connections using them are cut.
+    ExpireTokens,
 }
 
 /// Stream counters for `GET /_sim/stats`.
@@ -67,7 +71,10 @@ pub struct StreamStats {
     pub connections_open: u64,
     pub trades_sent: u64,
     pub trades_skipped: u64,
+    /// Pongs from Binance clients, pings from KuCoin clients: keepalives received.
     pub pongs: u64,
+    /// KuCoin websocket tokens given.
+    pub tokens_issued: u64,
 }
 
 /// `/ws/{stream}`: one raw stream.
@@ -164,6 +171,7 @@ impl Connection {
                         )],
                         Ok(StreamEvent::Ping) => vec![Message::Ping(now_ms().to_string().into())],
                         Ok(StreamEvent::Raw(text)) => vec![Message::Text(text.into())],
+                        Ok(StreamEvent::ExpireTokens) => Vec::new(),
                         // A slow reader misses events, as a slow Binance consumer would.
                         Err(broadcast::error::RecvError::Lagged(_)) => Vec::new(),
                         Err(broadcast::error::RecvError::Closed) => return End::Dropped,

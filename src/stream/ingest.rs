@@ -1,12 +1,14 @@
-//! The ingest loop of a Binance trade stream: connect, read, batch, commit, fill gaps, and
-//! reconnect, until asked to stop.
+//! The ingest loop of a live trade stream: connect, read, batch, commit, fill gaps, and
+//! reconnect, until asked to stop, whichever exchange ([`LiveTrades`]) it follows.
 //!
-//! Trade ids are consecutive per symbol, so the loop knows the next id it should see. A
-//! trade past it means the stream skipped ids (a reconnect, a slow consumer, a server hiccup):
-//! the missing ids are fetched with `historicalTrades?fromId=` before the trade is taken. On
-//! every (re)connection each symbol first catches up from its last staged id the same way, so
-//! neither an outage nor a `kill -9` (which loses at most the uncommitted batch) leaves a hole.
-//! Staging inserts ignore ids already there, so overlaps write nothing twice.
+//! On every (re)connection each symbol first catches up from its last staged id through the
+//! exchange's REST history, so neither an outage nor a `kill -9` (which loses at most the
+//! uncommitted batch) leaves a hole the exchange can still fill. Where ids are consecutive per
+//! symbol (Binance), the loop also knows the next id it should see: a trade past it means the
+//! stream skipped ids (a slow consumer, a server hiccup), and the missing ids are fetched
+//! before the trade is taken. Where the history is too short to reach back (KuCoin keeps 100
+//! trades), the catch-up says so, and the gap is counted and logged with its bounds. Staging
+//! inserts ignore ids already there, so overlaps write nothing twice.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,18 +23,14 @@ use super::{Source, StreamDef};
 use crate::backoff::Backoff;
 use crate::bus::{BusError, TradeBus};
 use crate::exchange::Trade;
-use crate::exchange::binance::stream::{
-    Incoming, MAX_STREAMS_PER_CONNECTION, StreamMessage, TradeStream,
-};
-use crate::exchange::binance::{BinanceClient, MAX_PAGE, RetryPolicy};
+use crate::exchange::binance::stream::BinanceLive;
+use crate::exchange::binance::{BinanceClient, RetryPolicy};
+use crate::exchange::kucoin::{KucoinClient, KucoinLive};
+use crate::exchange::live::{Incoming, LiveMessage, LiveTrades, ReadConnection};
 use crate::staging::{StagedTrade, Staging};
 
-/// The exchange name staged with Binance's trades.
-pub const EXCHANGE: &str = "binance";
 /// A connection that says nothing (not even a ping) this long is presumed dead.
 const SILENCE: Duration = Duration::from_secs(60);
-/// Binance cuts connections after 24 hours; renew a little before.
-const RENEW_AFTER: Duration = Duration::from_secs(23 * 3600 + 50 * 60);
 /// Reconnects wait 0.5 s, 1 s, ... up to a minute, ±25% so that clients cut together do not
 /// come back together.
 const RECONNECT: Backoff =
@@ -64,6 +62,7 @@ const PUBLISH_TRIES: u32 = 8;
 pub struct IngestPlaces {
     pub ws_url: String,
     pub api_url: String,
+    pub kucoin_api_url: String,
     pub staging_url: String,
     pub nats_url: String,
     pub lake_url: String,
@@ -75,6 +74,7 @@ impl IngestPlaces {
         IngestPlaces {
             ws_url: data.binance_ws_url.clone(),
             api_url: data.binance_api_url.clone(),
+            kucoin_api_url: data.kucoin_api_url.clone(),
             staging_url: data.staging_url.clone(),
             nats_url: data.nats_url.clone(),
             lake_url: data.lake_url.clone(),
@@ -103,25 +103,18 @@ pub async fn run(
         stream: def.id.clone(),
         message,
     };
-    let Source::BinanceTrades {
-        symbols,
-        ws_url,
-        base_url,
-    } = &def.source;
-    let ws_url = ws_url.clone().unwrap_or_else(|| places.ws_url.clone());
-    let api_url = base_url.clone().unwrap_or_else(|| places.api_url.clone());
+    let symbols = def.source.symbols();
+    let live = live_trades(&def.source, places).map_err(setup)?;
+    let exchange = live.exchange();
     let staging_url = def
         .sink
         .url
         .clone()
         .unwrap_or_else(|| places.staging_url.clone());
-    let client =
-        BinanceClient::new(&api_url, RetryPolicy::default()).map_err(|e| setup(e.to_string()))?;
     // A stream name for an unknown symbol is accepted and silent: ask the exchange first.
-    client
-        .exchange_info(symbols)
+    live.check_symbols(symbols)
         .await
-        .map_err(|e| setup(format!("checking the symbols against exchangeInfo: {e}")))?;
+        .map_err(|e| setup(e.to_string()))?;
     let staging = Staging::open(&staging_url, &def.sink.table)
         .await
         .map_err(|e| setup(e.to_string()))?;
@@ -139,7 +132,7 @@ pub async fn run(
     let mut last = BTreeMap::new();
     for symbol in symbols {
         if let Some(id) = staging
-            .last_id(EXCHANGE, symbol)
+            .last_id(exchange, symbol)
             .await
             .map_err(|e| setup(e.to_string()))?
         {
@@ -154,8 +147,8 @@ pub async fn run(
                 crate::lake::Lake::open(&places.lake_url).map_err(|e| setup(e.to_string()))?;
             let copier = LakeCopier {
                 stream: def.id.clone(),
-                exchange: EXCHANGE,
-                symbols: symbols.clone(),
+                exchange,
+                symbols: symbols.to_vec(),
                 staging: staging.clone(),
                 lake,
                 prefix: copy.prefix.clone(),
@@ -166,12 +159,12 @@ pub async fn run(
         None => None,
     };
     let mut connections = Vec::new();
-    for chunk in symbols.chunks(MAX_STREAMS_PER_CONNECTION) {
+    for chunk in symbols.chunks(live.symbols_per_connection()) {
         let mut ingest = Ingest {
             stream: def.id.clone(),
-            ws_url: ws_url.clone(),
+            live: Arc::clone(&live),
+            exchange,
             symbols: chunk.to_vec(),
-            client: client.clone(),
             staging: staging.clone(),
             bus: bus.clone(),
             max_rows: def.batch.max_rows,
@@ -199,12 +192,34 @@ pub async fn run(
     results.into_iter().collect()
 }
 
+/// The exchange a stream's source follows, with the places the configuration names.
+fn live_trades(source: &Source, places: &IngestPlaces) -> Result<Arc<dyn LiveTrades>, String> {
+    Ok(match source {
+        Source::BinanceTrades {
+            ws_url, base_url, ..
+        } => {
+            let api_url = base_url.as_deref().unwrap_or(&places.api_url);
+            Arc::new(BinanceLive {
+                client: BinanceClient::new(api_url, RetryPolicy::default())
+                    .map_err(|e| e.to_string())?,
+                ws_url: ws_url.clone().unwrap_or_else(|| places.ws_url.clone()),
+            })
+        }
+        Source::KucoinTrades { base_url, .. } => {
+            let api_url = base_url.as_deref().unwrap_or(&places.kucoin_api_url);
+            Arc::new(KucoinLive::new(
+                KucoinClient::new(api_url, Default::default()).map_err(|e| e.to_string())?,
+            ))
+        }
+    })
+}
+
 /// One connection's worth of symbols.
 struct Ingest {
     stream: String,
-    ws_url: String,
+    live: Arc<dyn LiveTrades>,
+    exchange: &'static str,
     symbols: Vec<String>,
-    client: BinanceClient,
     staging: Staging,
     bus: Option<TradeBus>,
     max_rows: usize,
@@ -232,7 +247,7 @@ impl Ingest {
                 return self.flush().await;
             }
             let connection = tokio::select! {
-                connection = TradeStream::connect(&self.ws_url, &self.symbols) => connection,
+                connection = self.live.connect(&self.symbols, SILENCE) => connection,
                 _ = stop.changed() => return self.flush().await,
             };
             let ended = match connection {
@@ -242,7 +257,7 @@ impl Ingest {
                     tracing::info!(stream = %self.stream, symbols = ?self.symbols, "stream connected");
                     self.read(connection, &mut stop).await?
                 }
-                Err(e) => Ended::Reconnect(e.to_string()),
+                Err(e) => Ended::Reconnect(e),
             };
             match ended {
                 Ended::Stop => return self.flush().await,
@@ -270,11 +285,11 @@ impl Ingest {
     /// backfill, however long, never leaves the server's pings unanswered.
     async fn read(
         &mut self,
-        connection: TradeStream,
+        mut connection: ReadConnection,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Ended, IngestError> {
         let opened = Instant::now();
-        let mut connection = connection.read_on_own_task(SILENCE);
+        let renew_after = self.live.renew_after();
         for symbol in self.symbols.clone() {
             if let Some(&from) = self.next_id.get(&symbol)
                 && let Err(e) = self.backfill(&symbol, from, None).await
@@ -297,9 +312,12 @@ impl Ingest {
                     self.flush().await?;
                     continue;
                 }
-                _ = tokio::time::sleep_until(opened + RENEW_AFTER) => {
+                _ = tokio::time::sleep_until(opened + renew_after) => {
                     connection.close().await;
-                    return Ok(Ended::Reconnect("renewing before Binance's 24-hour cut".to_string()));
+                    return Ok(Ended::Reconnect(format!(
+                        "renewing after {renew_after:?}, before {}'s cut",
+                        self.exchange
+                    )));
                 }
                 incoming = connection.next() => incoming,
             };
@@ -308,7 +326,7 @@ impl Ingest {
                 Incoming::Message(message) => message,
             };
             match message {
-                StreamMessage::Trade { symbol, trade, .. } => {
+                LiveMessage::Trade { symbol, trade } => {
                     if let Err(e) = self.take(symbol, trade).await {
                         connection.close().await;
                         return Ok(Ended::Reconnect(e));
@@ -317,14 +335,12 @@ impl Ingest {
                         self.flush().await?;
                     }
                 }
-                StreamMessage::ServerShutdown => {
+                LiveMessage::Reconnect(reason) => {
                     connection.close().await;
-                    return Ok(Ended::Reconnect(
-                        "the server announced a shutdown".to_string(),
-                    ));
+                    return Ok(Ended::Reconnect(reason));
                 }
-                StreamMessage::ControlAnswer | StreamMessage::Heartbeat => {}
-                StreamMessage::Malformed { text, reason } => {
+                LiveMessage::Alive => {}
+                LiveMessage::Malformed { text, reason } => {
                     lock(&self.stats).malformed_frames += 1;
                     tracing::warn!(stream = %self.stream, %reason, frame = %text, "malformed frame skipped");
                 }
@@ -341,7 +357,7 @@ impl Ingest {
         }
         match self.next_id.get(&symbol).copied() {
             Some(next) if trade.id < next => return Ok(()),
-            Some(next) if trade.id > next => {
+            Some(next) if trade.id > next && self.live.consecutive_ids() => {
                 let missing = trade.id - next;
                 tracing::info!(stream = %self.stream, %symbol, from = next, to = trade.id - 1, missing, "gap in the stream; fetching the missing trades");
                 lock(&self.stats).gaps_detected += 1;
@@ -370,12 +386,25 @@ impl Ingest {
         let mut filled = 0_u64;
         loop {
             let page = self
-                .client
-                .historical_trades(symbol, next, MAX_PAGE)
+                .live
+                .history()
+                .trades_after(symbol, next - 1)
                 .await
                 .map_err(|e| format!("backfilling {symbol} from id {next}: {e}"))?;
-            let short = page.len() < MAX_PAGE as usize;
-            for trade in page {
+            if page.history_cut
+                && let Some(first) = page.trades.first()
+            {
+                lock(&self.stats).gaps_unbridged += 1;
+                tracing::warn!(
+                    stream = %self.stream,
+                    %symbol,
+                    after = next - 1,
+                    first_available = first.id,
+                    "the exchange's history no longer reaches back to the last trade kept: trades between the two may be lost"
+                );
+            }
+            let short = !page.more;
+            for trade in page.trades {
                 if until.is_some_and(|until| trade.id > until) {
                     break;
                 }
@@ -415,7 +444,7 @@ impl Ingest {
         // published would never be.
         if let Some(bus) = &self.bus {
             let mut tries = 0;
-            while let Err(source) = bus.publish(EXCHANGE, &self.pending).await {
+            while let Err(source) = bus.publish(self.exchange, &self.pending).await {
                 tries += 1;
                 if tries >= PUBLISH_TRIES {
                     return Err(IngestError::Bus {
@@ -431,7 +460,7 @@ impl Ingest {
         }
         let now = chrono::Utc::now().timestamp_millis();
         self.staging
-            .insert(EXCHANGE, &self.pending, now)
+            .insert(self.exchange, &self.pending, now)
             .await
             .map_err(|source| IngestError::Staging {
                 stream: self.stream.clone(),

@@ -4,6 +4,7 @@
 //! id: binance_trade_stream
 //! stream:
 //!   source: { kind: binance.trades, symbols: [BTCUSDT, AAVEUSDT, STXUSDT, ARBUSDT] }
+//!   # or { kind: kucoin.trades, symbols: [BTC-USDT, ETH-USDT] }
 //!   sink: { table: raw_trades }          # in the staging store
 //!   batch: { max_rows: 1000, max_latency: 500ms }
 //!   publish: { url: nats://127.0.0.1:4222 }  # optional: also to NATS JetStream
@@ -72,13 +73,20 @@ pub enum Source {
         /// Overrides `BINANCE_API_URL` (validation and gap backfill).
         base_url: Option<String>,
     },
+    /// KuCoin's `/market/match` topic, symbols as KuCoin writes them (`BTC-USDT`).
+    KucoinTrades {
+        symbols: Vec<String>,
+        /// Overrides `KUCOIN_API_URL` (token, catalog, and the REST bridge); the websocket's
+        /// address comes with each token.
+        base_url: Option<String>,
+    },
 }
 
 impl Source {
     /// The symbols it streams.
     pub fn symbols(&self) -> &[String] {
         match self {
-            Source::BinanceTrades { symbols, .. } => symbols,
+            Source::BinanceTrades { symbols, .. } | Source::KucoinTrades { symbols, .. } => symbols,
         }
     }
 }
@@ -149,6 +157,11 @@ enum SourceSpec {
         ws_url: Option<String>,
         base_url: Option<String>,
     },
+    #[serde(rename = "kucoin.trades")]
+    KucoinTrades {
+        symbols: Vec<String>,
+        base_url: Option<String>,
+    },
 }
 
 #[derive(Deserialize, Default)]
@@ -204,29 +217,35 @@ pub fn load_str(path: &Path, source: &str) -> Result<StreamDef, LoadError> {
             symbols,
             ws_url,
             base_url,
-        } => {
-            if symbols.is_empty() {
-                return Err(fail("source: `symbols` lists no symbol".to_string()));
-            }
-            let mut upper: Vec<String> = Vec::new();
-            for symbol in symbols {
-                if symbol.is_empty() || !symbol.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                    return Err(fail(format!(
+        } => Source::BinanceTrades {
+            symbols: symbol_list(symbols, |s| s.bytes().all(|b| b.is_ascii_alphanumeric()))
+                .map_err(|symbol| {
+                    fail(format!(
                         "source: symbol `{symbol}` must be letters and digits, as BTCUSDT"
-                    )));
-                }
-                let symbol = symbol.to_uppercase();
-                if !upper.contains(&symbol) {
-                    upper.push(symbol);
-                }
-            }
-            Source::BinanceTrades {
-                symbols: upper,
-                ws_url,
-                base_url,
-            }
-        }
+                    ))
+                })?,
+            ws_url,
+            base_url,
+        },
+        SourceSpec::KucoinTrades { symbols, base_url } => Source::KucoinTrades {
+            symbols: symbol_list(symbols, |s| {
+                s.split_once('-').is_some_and(|(base, quote)| {
+                    [base, quote].iter().all(|part| {
+                        !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric())
+                    })
+                })
+            })
+            .map_err(|symbol| {
+                fail(format!(
+                    "source: symbol `{symbol}` must be BASE-QUOTE in letters and digits, as BTC-USDT"
+                ))
+            })?,
+            base_url,
+        },
     };
+    if source.symbols().is_empty() {
+        return Err(fail("source: `symbols` lists no symbol".to_string()));
+    }
     let defaults = Batch::default();
     let max_rows = spec.stream.batch.max_rows.unwrap_or(defaults.max_rows);
     if max_rows == 0 {
@@ -284,6 +303,22 @@ pub fn load_str(path: &Path, source: &str) -> Result<StreamDef, LoadError> {
     })
 }
 
+/// The symbols in upper case, each once and in their order; the first that `valid` refuses
+/// is the error.
+fn symbol_list(symbols: Vec<String>, valid: impl Fn(&str) -> bool) -> Result<Vec<String>, String> {
+    let mut upper: Vec<String> = Vec::new();
+    for symbol in symbols {
+        if !valid(&symbol) {
+            return Err(symbol);
+        }
+        let symbol = symbol.to_uppercase();
+        if !upper.contains(&symbol) {
+            upper.push(symbol);
+        }
+    }
+    Ok(upper)
+}
+
 /// Every stream file in `dir`, loaded; files that fail come back as errors.
 pub fn load_dir(dir: &Path) -> (Vec<StreamDef>, Vec<LoadError>) {
     let mut streams = Vec::new();
@@ -334,6 +369,15 @@ mod tests {
             })
         );
         assert!(!is_stream_file("tasks:\n  - id: a\n    kind: noop\n"));
+        let kucoin = "stream:\n  source: { kind: kucoin.trades, symbols: [btc-usdt, ETH-USDT] }\n";
+        let stream = load_str(Path::new("dags/kucoin.yaml"), kucoin).expect("loads");
+        assert_eq!(
+            stream.source,
+            Source::KucoinTrades {
+                symbols: vec!["BTC-USDT".to_string(), "ETH-USDT".to_string()],
+                base_url: None
+            }
+        );
     }
 
     #[test]
@@ -346,6 +390,14 @@ mod tests {
             (
                 "stream:\n  source: { kind: binance.trades, symbols: [BTC-USDT] }\n",
                 "`BTC-USDT`",
+            ),
+            (
+                "stream:\n  source: { kind: kucoin.trades, symbols: [BTCUSDT] }\n",
+                "`BTCUSDT` must be BASE-QUOTE",
+            ),
+            (
+                "stream:\n  source: { kind: kucoin.trades, symbols: [] }\n",
+                "lists no symbol",
             ),
             (
                 "stream:\n  source: { kind: kraken.trades, symbols: [X] }\n",

@@ -46,6 +46,10 @@ pub struct StreamReport {
     pub lag_p99_ms: Option<i64>,
     pub gaps_detected: u64,
     pub gap_trades_filled: u64,
+    /// Catch-ups where the exchange's history no longer reached back to the last trade kept,
+    /// so trades in between may be lost (KuCoin keeps its last 100).
+    #[serde(default)]
+    pub gaps_unbridged: u64,
     pub malformed_frames: u64,
     pub reconnects: u64,
 }
@@ -58,6 +62,7 @@ pub struct StreamStats {
     pub last_trade_time: Option<i64>,
     pub gaps_detected: u64,
     pub gap_trades_filled: u64,
+    pub gaps_unbridged: u64,
     pub malformed_frames: u64,
     pub reconnects: u64,
     lags: VecDeque<i64>,
@@ -73,6 +78,7 @@ impl Default for StreamStats {
             last_trade_time: None,
             gaps_detected: 0,
             gap_trades_filled: 0,
+            gaps_unbridged: 0,
             malformed_frames: 0,
             reconnects: 0,
             lags: VecDeque::new(),
@@ -134,6 +140,7 @@ impl StreamStats {
             lag_p99_ms: percentile(0.99),
             gaps_detected: self.gaps_detected,
             gap_trades_filled: self.gap_trades_filled,
+            gaps_unbridged: self.gaps_unbridged,
             malformed_frames: self.malformed_frames,
             reconnects: self.reconnects,
         }

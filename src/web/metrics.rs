@@ -104,7 +104,7 @@ async fn stream_metrics(state: &WebState, out: &mut String) -> ApiResult<()> {
         .filter_map(|s| Some((s.stream_id, serde_json::from_str(&s.report).ok()?)))
         .collect();
     type Figure = fn(&crate::stream::stats::StreamReport) -> Option<f64>;
-    let figures: [(&str, &str, &str, Figure); 6] = [
+    let figures: [(&str, &str, &str, Figure); 7] = [
         (
             "orch_stream_trades_committed_total",
             "counter",
@@ -134,6 +134,12 @@ async fn stream_metrics(state: &WebState, out: &mut String) -> ApiResult<()> {
             "counter",
             "Trades a stream fetched to fill gaps.",
             |r| Some(r.gap_trades_filled as f64),
+        ),
+        (
+            "orch_stream_gaps_unbridged_total",
+            "counter",
+            "Catch-ups where the exchange's history no longer reached back to the last trade kept.",
+            |r| Some(r.gaps_unbridged as f64),
         ),
         (
             "orch_stream_reconnects_total",

@@ -12,6 +12,7 @@ mod faults;
 mod inspect;
 mod isolation;
 mod kinds;
+mod kucoin;
 mod lake;
 mod mapping;
 mod mercado_bitcoin;

@@ -25,8 +25,13 @@ pub(crate) fn stream_command(home: &Home, sim: &Simulator, staging_url: &str) ->
     cmd
 }
 
-/// Staged trade ids per symbol, ascending.
+/// Staged Binance trade ids per symbol, ascending.
 fn staged_ids(url: &str) -> BTreeMap<String, Vec<i64>> {
+    staged_ids_of(url, "binance")
+}
+
+/// Staged trade ids of `exchange` per symbol, ascending.
+pub(crate) fn staged_ids_of(url: &str, exchange: &str) -> BTreeMap<String, Vec<i64>> {
     use sqlx::{Connection, Row};
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -38,8 +43,9 @@ fn staged_ids(url: &str) -> BTreeMap<String, Vec<i64>> {
                 .await
                 .expect("open the staging store");
             let rows = sqlx::query(
-                "SELECT symbol, trade_id FROM raw_trades WHERE exchange = 'binance' ORDER BY symbol, trade_id",
+                "SELECT symbol, trade_id FROM raw_trades WHERE exchange = $1 ORDER BY symbol, trade_id",
             )
+            .bind(exchange)
             .fetch_all(&mut conn)
             .await
             .unwrap_or_default();
@@ -198,7 +204,7 @@ pub(crate) fn serve_command(home: &Home, sim: &Simulator, staging_url: &str) -> 
     cmd
 }
 
-fn streams_json(home: &Home) -> serde_json::Value {
+pub(crate) fn streams_json(home: &Home) -> serde_json::Value {
     let out = home.orch(&["streams", "--json"]);
     assert!(
         out.status.success(),

@@ -397,6 +397,7 @@ impl TradeHistory for BinanceClient {
             Ok(TradePage {
                 more: trades.len() >= MAX_PAGE as usize,
                 trades,
+                history_cut: false,
             })
         })
     }

@@ -8,13 +8,16 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::BinanceClient;
 use super::wire::StreamTrade;
-use crate::exchange::Trade;
+use crate::exchange::live::{
+    Blocked, CLOSE_TIMEOUT, CONNECT_TIMEOUT, LiveMessage, LiveTrades, ReadConnection,
+};
+use crate::exchange::{ExchangeError, Trade, TradeHistory};
 
 /// Binance's market streams; `BINANCE_WS_URL` overrides it (see `config::DataPlaces`).
 pub const DEFAULT_BASE_URL: &str = "wss://stream.binance.com:9443";
@@ -57,51 +60,6 @@ pub enum StreamMessage {
     Heartbeat,
 }
 
-/// What a connection read on its own task passes on.
-#[derive(Debug)]
-pub enum Incoming {
-    Message(StreamMessage),
-    /// The connection is over: closed, failed or silent, and why.
-    Ended(String),
-}
-
-/// Messages a connection read on its own task holds for its consumer at most.
-const QUEUED_MESSAGES: usize = 200_000;
-/// How long closing a connection politely may take before it is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A connection read on a task of its own, see [`TradeStream::read_on_own_task`].
-pub struct ReadConnection {
-    messages: mpsc::Receiver<Incoming>,
-    close: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl ReadConnection {
-    /// The next message, or why the connection ended.
-    pub async fn next(&mut self) -> Incoming {
-        self.messages
-            .recv()
-            .await
-            .unwrap_or_else(|| Incoming::Ended("the connection's reader stopped".to_string()))
-    }
-
-    /// Closes the connection politely, as when renewing it or stopping.
-    pub async fn close(mut self) {
-        if let Some(close) = self.close.take() {
-            let _ = close.send(());
-        }
-        // A dead peer must not hold up a stop or a renewal; dropping aborts the reader.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT * 2, &mut self.task).await;
-    }
-}
-
-impl Drop for ReadConnection {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -125,10 +83,6 @@ pub fn combined_url(base: &str, symbols: &[String]) -> String {
     )
 }
 
-/// The longest a connection may take, TCP and TLS and websocket handshake together: a
-/// server that accepts and never answers must not hold a stream `connecting` for good.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl TradeStream {
     pub async fn connect(base: &str, symbols: &[String]) -> Result<TradeStream, StreamError> {
         let url = combined_url(base, symbols);
@@ -148,14 +102,11 @@ impl TradeStream {
         Ok(TradeStream { socket, url })
     }
 
-    /// Reads the connection on a task of its own, so that frames are taken off the socket
-    /// and pings answered while the consumer is busy (a long gap backfill): a socket left
-    /// unread stops answering pings, and the exchange drops it. The connection ends when the
-    /// server closes it, on an error, or after `silence` without a frame, pings included.
+    /// Reads the connection on a task of its own (see [`ReadConnection`]). The connection
+    /// ends when the server closes it, on an error, or after `silence` without a frame,
+    /// pings included.
     pub fn read_on_own_task(mut self, silence: Duration) -> ReadConnection {
-        let (sender, messages) = mpsc::channel(QUEUED_MESSAGES);
-        let (close, mut closing) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
+        ReadConnection::spawn(move |outbox, mut closing| async move {
             let ended = loop {
                 let next = tokio::select! {
                     _ = &mut closing => {
@@ -170,25 +121,14 @@ impl TradeStream {
                     Ok(Some(Err(e))) => break e.to_string(),
                     Ok(Some(Ok(message))) => message,
                 };
-                match sender.try_send(Incoming::Message(message)) {
+                match outbox.pass(message.into_live()) {
                     Ok(()) => {}
-                    // The consumer is far behind (a very long backfill): reading on would only
-                    // grow the queue, while a reconnect catches up from the REST API.
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        break format!(
-                            "{QUEUED_MESSAGES} messages wait to be taken; reconnecting to catch up from the REST API"
-                        );
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    Err(Blocked::Full(reason)) => break reason,
+                    Err(Blocked::Closed) => return,
                 }
             };
-            let _ = sender.send(Incoming::Ended(ended)).await;
-        });
-        ReadConnection {
-            messages,
-            close: Some(close),
-            task,
-        }
+            outbox.end(ended).await;
+        })
     }
 
     /// The next message; `None` once the server closed the connection.
@@ -222,6 +162,82 @@ impl TradeStream {
     /// Closes the connection politely, as when renewing it.
     pub async fn close(mut self) {
         let _ = self.socket.close(None).await;
+    }
+}
+
+impl StreamMessage {
+    /// The message in every exchange's terms.
+    fn into_live(self) -> LiveMessage {
+        match self {
+            StreamMessage::Trade { symbol, trade, .. } => LiveMessage::Trade { symbol, trade },
+            StreamMessage::ServerShutdown => {
+                LiveMessage::Reconnect("the server announced a shutdown".to_string())
+            }
+            StreamMessage::ControlAnswer | StreamMessage::Heartbeat => LiveMessage::Alive,
+            StreamMessage::Malformed { text, reason } => LiveMessage::Malformed { text, reason },
+        }
+    }
+}
+
+/// Binance's live trades: combined `<symbol>@trade` streams, gaps filled from
+/// `historicalTrades`.
+pub struct BinanceLive {
+    pub client: BinanceClient,
+    /// The streams' base, such as `wss://stream.binance.com:9443`.
+    pub ws_url: String,
+}
+
+/// Binance cuts connections after 24 hours; renew a little before.
+const RENEW_AFTER: Duration = Duration::from_secs(23 * 3600 + 50 * 60);
+
+impl LiveTrades for BinanceLive {
+    fn exchange(&self) -> &'static str {
+        "binance"
+    }
+
+    fn consecutive_ids(&self) -> bool {
+        true
+    }
+
+    fn symbols_per_connection(&self) -> usize {
+        MAX_STREAMS_PER_CONNECTION
+    }
+
+    fn renew_after(&self) -> Duration {
+        RENEW_AFTER
+    }
+
+    fn history(&self) -> &dyn TradeHistory {
+        &self.client
+    }
+
+    fn check_symbols<'a>(
+        &'a self,
+        symbols: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ExchangeError>> {
+        Box::pin(async move {
+            self.client
+                .exchange_info(symbols)
+                .await
+                .map(drop)
+                .map_err(|e| ExchangeError {
+                    retryable: e.is_transient(),
+                    message: format!("checking the symbols against exchangeInfo: {e}"),
+                })
+        })
+    }
+
+    fn connect<'a>(
+        &'a self,
+        symbols: &'a [String],
+        silence: Duration,
+    ) -> BoxFuture<'a, Result<ReadConnection, String>> {
+        Box::pin(async move {
+            let stream = TradeStream::connect(&self.ws_url, symbols)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(stream.read_on_own_task(silence))
+        })
     }
 }
 

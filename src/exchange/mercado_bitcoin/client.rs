@@ -225,7 +225,10 @@ impl MercadoBitcoinClient {
                 ) =>
                 {
                     throttled += 1;
-                    let what = throttle_description(status, &body);
+                    let code = serde_json::from_slice::<ErrorBody>(&body)
+                        .ok()
+                        .map(|e| e.code);
+                    let what = rest::throttle_description(status, &body, code);
                     if throttled > self.policy.max_throttled {
                         return Err(MercadoBitcoinError::Throttled {
                             request: request.to_string(),
@@ -280,23 +283,6 @@ impl MercadoBitcoinClient {
     }
 }
 
-/// What a throttling answer was: MB's own code, or Cloudflare's block page.
-fn throttle_description(status: StatusCode, body: &[u8]) -> String {
-    if let Ok(error) = serde_json::from_slice::<ErrorBody>(body) {
-        return format!("HTTP {} {}", status.as_u16(), error.code);
-    }
-    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
-    if text.contains("<html") {
-        let by = if text.contains("cloudflare") {
-            "Cloudflare's"
-        } else {
-            "an HTML"
-        };
-        return format!("HTTP {} with {by} block page (throttled)", status.as_u16());
-    }
-    format!("HTTP {} (throttled)", status.as_u16())
-}
-
 impl TradeHistory for MercadoBitcoinClient {
     fn exchange(&self) -> &'static str {
         "mercado_bitcoin"
@@ -318,7 +304,11 @@ impl TradeHistory for MercadoBitcoinClient {
             let (mut trades, full) = self.trades(symbol, Some(after)).await?;
             trades.retain(|t| t.id > after);
             trades.sort_by_key(|t| t.id);
-            Ok(TradePage { trades, more: full })
+            Ok(TradePage {
+                trades,
+                more: full,
+                history_cut: false,
+            })
         })
     }
 
