@@ -124,6 +124,7 @@ async fn setup(dir: &Path, isolation: Isolation) -> Bench {
             binance_api_url: "http://127.0.0.1:9".to_string(),
             mercado_bitcoin_api_url: String::new(),
             kucoin_api_url: String::new(),
+            mercado_bitcoin_ws_url: String::new(),
             staging_url: orch::staging::Staging::default_url(dir),
             binance_ws_url: "ws://127.0.0.1:9".to_string(),
             nats_url: "nats://127.0.0.1:9".to_string(),

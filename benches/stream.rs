@@ -299,6 +299,8 @@ fn places_of(sim: &Simulator, staging_url: String, lake_url: String) -> IngestPl
         ws_url: sim.ws_url(),
         api_url: sim.url(),
         kucoin_api_url: sim.url(),
+        mercado_bitcoin_api_url: format!("{}/api/v4", sim.url()),
+        mercado_bitcoin_ws_url: format!("{}/mercado_bitcoin/ws", sim.ws_url()),
         staging_url,
         nats_url: orch::bus::DEFAULT_URL.to_string(),
         lake_url,

@@ -109,6 +109,10 @@ pub struct DataPlaces {
     /// `orch demo` points it at its simulator.
     #[serde(default = "default_mercado_bitcoin_api_url")]
     pub mercado_bitcoin_api_url: String,
+    /// Mercado Bitcoin's public websocket (`MERCADO_BITCOIN_WS_URL`):
+    /// `wss://ws.mercadobitcoin.net/ws` by default.
+    #[serde(default = "default_mercado_bitcoin_ws_url")]
+    pub mercado_bitcoin_ws_url: String,
     /// KuCoin's REST API (`KUCOIN_API_URL`): KuCoin itself by default; `orch demo` points it
     /// at its simulator. Its websocket address comes with each connection's token.
     #[serde(default = "default_kucoin_api_url")]
@@ -130,6 +134,10 @@ pub struct DataPlaces {
 
 fn default_nats_url() -> String {
     crate::bus::DEFAULT_URL.to_string()
+}
+
+fn default_mercado_bitcoin_ws_url() -> String {
+    crate::exchange::mercado_bitcoin::stream::DEFAULT_WS_URL.to_string()
 }
 
 fn default_kucoin_api_url() -> String {
@@ -334,6 +342,8 @@ impl Config {
             }),
             mercado_bitcoin_api_url: env("MERCADO_BITCOIN_API_URL")
                 .unwrap_or_else(default_mercado_bitcoin_api_url),
+            mercado_bitcoin_ws_url: env("MERCADO_BITCOIN_WS_URL")
+                .unwrap_or_else(default_mercado_bitcoin_ws_url),
             kucoin_api_url: env("KUCOIN_API_URL").unwrap_or_else(default_kucoin_api_url),
             staging_url: env("ORCH_STAGING_URL")
                 .or(file.staging_url)

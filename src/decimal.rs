@@ -147,6 +147,26 @@ impl<'de, const S: u32> serde::Deserialize<'de> for Fixed<S> {
     }
 }
 
+/// Deserializes a decimal sent as a string or as a JSON number. A number is read by the
+/// shortest text that gives back the same double, which is the text sent for any price with
+/// up to 15 significant digits; one that needs more than [`Decimal`]'s 8 fractional digits is
+/// refused, never rounded.
+pub fn from_string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Sent<'a> {
+        Text(std::borrow::Cow<'a, str>),
+        Number(f64),
+    }
+    match <Sent<'de> as serde::Deserialize>::deserialize(d)? {
+        Sent::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        Sent::Number(number) if number.is_finite() => format!("{number}")
+            .parse()
+            .map_err(serde::de::Error::custom),
+        Sent::Number(number) => Err(serde::de::Error::custom(format!("{number} is no price"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +197,25 @@ mod tests {
         }
         let p: Product = "0.0042647040000001".parse().expect("product");
         assert_eq!(p.to_string(), "0.0042647040000001");
+    }
+
+    #[test]
+    fn numbers_are_read_by_the_text_sent() {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            #[serde(deserialize_with = "from_string_or_number")]
+            price: Decimal,
+        }
+        for (json, units) in [
+            (r#"{"price": 520000.12}"#, 52_000_012_000_000),
+            (r#"{"price": "0.1"}"#, 10_000_000),
+            (r#"{"price": 0.1}"#, 10_000_000),
+            (r#"{"price": 12}"#, 1_200_000_000),
+        ] {
+            let row: Row = serde_json::from_str(json).expect(json);
+            assert_eq!(row.price.units(), units, "{json}");
+        }
+        assert!(serde_json::from_str::<Row>(r#"{"price": 0.123456789}"#).is_err());
     }
 
     #[test]

@@ -559,6 +559,7 @@ mod tests {
                 binance_api_url: String::new(),
                 mercado_bitcoin_api_url: String::new(),
                 kucoin_api_url: String::new(),
+                mercado_bitcoin_ws_url: String::new(),
                 staging_url: String::new(),
                 binance_ws_url: String::new(),
                 nats_url: String::new(),

@@ -29,6 +29,7 @@ pub async fn demo(
     .await?;
     config.data.binance_api_url = simulator.url();
     config.data.mercado_bitcoin_api_url = format!("{}/api/v4", simulator.url());
+    config.data.mercado_bitcoin_ws_url = format!("{}/mercado_bitcoin/ws", simulator.ws_url());
     config.data.kucoin_api_url = simulator.url();
     config.data.binance_ws_url = simulator.ws_url();
     tracing::info!(

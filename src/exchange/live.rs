@@ -10,10 +10,6 @@ use tokio::task::JoinHandle;
 
 use super::{ExchangeError, Trade, TradeHistory};
 
-/// The longest a connection may take, TCP and TLS and websocket handshake together: a
-/// server that accepts and never answers must not hold a stream `connecting` for good.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Messages a connection read on its own task holds for its consumer at most.
 const QUEUED_MESSAGES: usize = 200_000;
 /// How long closing a connection politely may take before it is dropped.
@@ -55,6 +51,11 @@ pub trait LiveTrades: Send + Sync {
     /// (Binance). Otherwise (KuCoin's sequences skip numbers) only a reconnect's catch-up
     /// fills what was missed.
     fn consecutive_ids(&self) -> bool;
+
+    /// How often the trades a connection passed are checked against the REST history, for
+    /// an exchange whose stream cannot show a lost frame (its ids are not consecutive): what
+    /// the socket missed is taken then. `None` where a jump in the ids shows every loss.
+    fn recheck_every(&self) -> Option<Duration>;
 
     /// The most symbols one connection follows.
     fn symbols_per_connection(&self) -> usize;

@@ -6,6 +6,7 @@ pub mod kucoin;
 pub mod live;
 pub mod mercado_bitcoin;
 mod rest;
+pub mod websocket;
 
 use std::sync::Arc;
 

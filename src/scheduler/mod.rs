@@ -109,6 +109,8 @@ fn stream_process(config: &Config, log_format: &str) -> anyhow::Result<StreamPro
         ("BINANCE_API_URL", &data.binance_api_url),
         ("BINANCE_WS_URL", &data.binance_ws_url),
         ("KUCOIN_API_URL", &data.kucoin_api_url),
+        ("MERCADO_BITCOIN_API_URL", &data.mercado_bitcoin_api_url),
+        ("MERCADO_BITCOIN_WS_URL", &data.mercado_bitcoin_ws_url),
     ]
     .into_iter()
     .map(|(name, value)| (name.to_string(), value.clone()))

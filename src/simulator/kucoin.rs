@@ -18,14 +18,13 @@
 use std::collections::{BTreeSet, HashMap};
 
 use axum::Json;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
 
-use super::stream::StreamEvent;
+use super::json_socket::{self, Protocol};
 use super::{RestFault, Shared, mercado_bitcoin::CLOUDFLARE_BLOCK, rest};
 use crate::exchange::Trade;
 use crate::exchange::kucoin::wire::{
@@ -225,126 +224,72 @@ pub(crate) async fn websocket(
         );
     }
     let connect_id = params.get("connectId").cloned().unwrap_or_default();
-    upgrade.on_upgrade(move |socket| serve(shared, socket, token, connect_id))
-}
-
-async fn serve(shared: Shared, mut socket: WebSocket, token: String, connect_id: String) {
-    let mut events = {
-        let mut state = shared.lock();
-        state.stream_stats.connections_opened += 1;
-        state.stream_stats.connections_open += 1;
-        state.streams.subscribe()
+    let welcome = json!({"id": connect_id, "type": "welcome"}).to_string();
+    let kucoin = Kucoin {
+        token,
+        followed: BTreeSet::new(),
     };
-    let reason = run(&shared, &mut socket, &mut events, &token, &connect_id).await;
-    shared.lock().stream_stats.connections_open -= 1;
-    tracing::debug!(reason, "simulator KuCoin connection ended");
+    upgrade.on_upgrade(move |socket| json_socket::serve(shared, socket, Some(welcome), kucoin))
 }
 
-async fn run(
-    shared: &Shared,
-    socket: &mut WebSocket,
-    events: &mut broadcast::Receiver<StreamEvent>,
-    token: &str,
-    connect_id: &str,
-) -> &'static str {
-    let welcome = json!({"id": connect_id, "type": "welcome"});
-    if socket
-        .send(Message::Text(welcome.to_string().into()))
-        .await
-        .is_err()
-    {
-        return "send failed";
+/// A KuCoin connection: `/market/match` subscriptions, pings answered.
+struct Kucoin {
+    token: String,
+    /// Books followed, by their KuCoin names.
+    followed: BTreeSet<String>,
+}
+
+impl Protocol for Kucoin {
+    fn trades(&self, shared: &Shared, book: &str, trades: &[Trade]) -> Vec<String> {
+        let Some(name) = dashed(shared, book).filter(|name| self.followed.contains(name)) else {
+            return Vec::new();
+        };
+        trades
+            .iter()
+            .map(|trade| {
+                json!({
+                    "topic": format!("/market/match:{name}"),
+                    "type": "message",
+                    "subject": "trade.l3match",
+                    "data": match_data(&name, trade),
+                })
+                .to_string()
+            })
+            .collect()
     }
-    let keepalive = shared.lock().keepalive;
-    let mut check = tokio::time::interval(keepalive.ping_every);
-    check.reset();
-    let mut last_ping = tokio::time::Instant::now();
-    // Books followed, by their KuCoin names.
-    let mut followed: BTreeSet<String> = BTreeSet::new();
-    loop {
-        tokio::select! {
-            event = events.recv() => {
-                let frames: Vec<String> = match event {
-                    Ok(StreamEvent::Trades { symbol, trades }) => {
-                        match dashed(shared, &symbol).filter(|name| followed.contains(name)) {
-                            Some(name) => trades.iter().map(|trade| json!({
-                                "topic": format!("/market/match:{name}"),
-                                "type": "message",
-                                "subject": "trade.l3match",
-                                "data": match_data(&name, trade),
-                            }).to_string()).collect(),
-                            None => Vec::new(),
-                        }
-                    }
-                    Ok(StreamEvent::Drop) => return "dropped on request",
-                    Ok(StreamEvent::ExpireTokens) => {
-                        if shared.lock().kucoin_tokens.valid.get(token) != Some(&true) {
-                            let _ = socket.send(Message::Close(None)).await;
-                            return "token expired";
-                        }
-                        Vec::new()
-                    }
-                    Ok(StreamEvent::Raw(text)) => vec![text],
-                    // Binance's own events.
-                    Ok(StreamEvent::ServerShutdown | StreamEvent::Ping) => Vec::new(),
-                    Err(broadcast::error::RecvError::Lagged(_)) => Vec::new(),
-                    Err(broadcast::error::RecvError::Closed) => return "simulator stopped",
+
+    fn answer(&mut self, text: &str) -> Option<String> {
+        let request: Value = serde_json::from_str(text).unwrap_or_default();
+        let id = request.get("id").cloned().unwrap_or(Value::Null);
+        let answer = match request.get("type").and_then(Value::as_str) {
+            Some("ping") => json!({"id": id, "type": "pong"}),
+            Some(kind @ ("subscribe" | "unsubscribe")) => {
+                let topic = request.get("topic").and_then(Value::as_str).unwrap_or("");
+                let Some(list) = topic.strip_prefix("/market/match:") else {
+                    return Some(
+                        json!({"id": id, "type": "error", "code": 404, "data": format!("topic {topic} is not found")})
+                            .to_string(),
+                    );
                 };
-                let sent = frames.len() as u64;
-                for frame in frames {
-                    if socket.send(Message::Text(frame.into())).await.is_err() {
-                        return "send failed";
+                for symbol in list.split(',').filter(|s| !s.is_empty()) {
+                    if kind == "subscribe" {
+                        self.followed.insert(symbol.to_string());
+                    } else {
+                        self.followed.remove(symbol);
                     }
                 }
-                if sent > 0 {
-                    shared.lock().stream_stats.trades_sent += sent;
+                if request.get("response").and_then(Value::as_bool) != Some(true) {
+                    return None;
                 }
+                json!({"id": id, "type": "ack"})
             }
-            _ = check.tick() => {
-                if last_ping.elapsed() > keepalive.ping_every + keepalive.pong_within {
-                    let _ = socket.send(Message::Close(None)).await;
-                    return "no ping from the client in time";
-                }
-            }
-            message = socket.recv() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    let request: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
-                    let id = request.get("id").cloned().unwrap_or(Value::Null);
-                    let answer = match request.get("type").and_then(Value::as_str) {
-                        Some("ping") => {
-                            last_ping = tokio::time::Instant::now();
-                            shared.lock().stream_stats.pongs += 1;
-                            Some(json!({"id": id, "type": "pong"}))
-                        }
-                        Some(kind @ ("subscribe" | "unsubscribe")) => {
-                            let topic = request.get("topic").and_then(Value::as_str).unwrap_or("");
-                            match topic.strip_prefix("/market/match:") {
-                                Some(list) => {
-                                    for symbol in list.split(',').filter(|s| !s.is_empty()) {
-                                        if kind == "subscribe" {
-                                            followed.insert(symbol.to_string());
-                                        } else {
-                                            followed.remove(symbol);
-                                        }
-                                    }
-                                    let wants = request.get("response").and_then(Value::as_bool) == Some(true);
-                                    wants.then(|| json!({"id": id, "type": "ack"}))
-                                }
-                                None => Some(json!({"id": id, "type": "error", "code": 404, "data": format!("topic {topic} is not found")})),
-                            }
-                        }
-                        _ => Some(json!({"id": id, "type": "error", "code": 400, "data": "unknown message type"})),
-                    };
-                    if let Some(answer) = answer
-                        && socket.send(Message::Text(answer.to_string().into())).await.is_err()
-                    {
-                        return "send failed";
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return "closed by the client",
-                Some(Ok(_)) => {}
-            },
-        }
+            _ => json!({"id": id, "type": "error", "code": 400, "data": "unknown message type"}),
+        };
+        Some(answer.to_string())
+    }
+
+    fn expired(&self, shared: &Shared) -> bool {
+        shared.lock().kucoin_tokens.valid.get(&self.token) != Some(&true)
     }
 }
 

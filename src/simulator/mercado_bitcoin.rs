@@ -8,15 +8,20 @@
 //! `REQUEST_RATE_EXCEEDED`. Scripted faults without a body answer as MB would: a 429 with its
 //! throttle code, a 403 with Cloudflare's HTML block page.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use serde_json::{Value, json};
+
+use super::json_socket::{self, Protocol};
 use super::{RestFault, Shared, rest};
+use crate::exchange::Trade;
 use crate::exchange::mercado_bitcoin::wire::{ErrorBody, Symbols, WireTrade};
 
 /// MB's largest page, and the page without `limit`.
@@ -159,4 +164,88 @@ pub(crate) async fn symbols(
         listing.exchange_traded.push(true);
     }
     Json(listing).into_response()
+}
+
+/// `/mercado_bitcoin/ws`: MB's public websocket over the same market. Markets are spelt quote
+/// then base (`BRLBTC`); `{"type":"subscribe","subscription":{"name":"trade","id":"BRLBTC"}}`
+/// is acknowledged by `{"id":"BRLBTC","name":"trade"}` (no `type`), and refused by an error
+/// frame that does not name it; `{"type":"ping"}` is answered by `{"type":"pong"}`. A trade is
+/// `{"type":"trade","id":"BRLBTC","ts":<ns>,"data":{REST's fields}}`.
+pub(crate) async fn websocket(State(shared): State<Shared>, upgrade: WebSocketUpgrade) -> Response {
+    let markets = {
+        let state = shared.lock();
+        state
+            .market
+            .symbols()
+            .map(|s| {
+                (
+                    format!("{}{}", s.quote_asset, s.base_asset),
+                    s.symbol.clone(),
+                )
+            })
+            .collect()
+    };
+    let connection = WsConnection {
+        markets,
+        followed: BTreeSet::new(),
+    };
+    upgrade.on_upgrade(move |socket| json_socket::serve(shared, socket, None, connection))
+}
+
+struct WsConnection {
+    /// Every book by its websocket name.
+    markets: HashMap<String, String>,
+    /// Books followed.
+    followed: BTreeSet<String>,
+}
+
+impl Protocol for WsConnection {
+    fn trades(&self, _shared: &Shared, book: &str, trades: &[Trade]) -> Vec<String> {
+        if !self.followed.contains(book) {
+            return Vec::new();
+        }
+        let Some(name) = self
+            .markets
+            .iter()
+            .find(|(_, b)| b.as_str() == book)
+            .map(|(name, _)| name)
+        else {
+            return Vec::new();
+        };
+        trades
+            .iter()
+            .map(|trade| {
+                json!({
+                    "type": "trade",
+                    "id": name,
+                    "ts": i128::from(trade.time_ms) * 1_000_000,
+                    "data": WireTrade::from(trade),
+                })
+                .to_string()
+            })
+            .collect()
+    }
+
+    fn answer(&mut self, text: &str) -> Option<String> {
+        let error = |message: &str| Some(json!({"type": "error", "message": message}).to_string());
+        let request: Value = serde_json::from_str(text).unwrap_or_default();
+        match request.get("type").and_then(Value::as_str) {
+            Some("ping") => Some(json!({"type": "pong"}).to_string()),
+            Some("subscribe") => {
+                let subscription = &request["subscription"];
+                if subscription["name"] != "trade" {
+                    return error("unknown subscription name");
+                }
+                let name = subscription["id"].as_str().unwrap_or("");
+                let Some(book) = self.markets.get(name) else {
+                    return error("invalid pair to subscribe");
+                };
+                if !self.followed.insert(book.clone()) {
+                    return error("already subscribed");
+                }
+                Some(json!({"id": name, "name": "trade"}).to_string())
+            }
+            _ => error("invalid message"),
+        }
+    }
 }

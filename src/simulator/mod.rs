@@ -21,6 +21,7 @@
 //!   request answers a fault with a `code` and status 200 as KuCoin's in-band failure);
 //! - `GET /_sim/stats` returns the requests served and each symbol's id range.
 
+mod json_socket;
 mod kucoin;
 mod market;
 mod mercado_bitcoin;

@@ -23,6 +23,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/api/v3/exchangeInfo", get(exchange_info))
         .route("/api/v4/symbols", get(mercado_bitcoin::symbols))
         .route("/api/v4/{symbol}/trades", get(mercado_bitcoin::trades))
+        .route("/mercado_bitcoin/ws", get(mercado_bitcoin::websocket))
         .route("/api/v1/bullet-public", post(kucoin::bullet_public))
         .route("/api/v1/market/histories", get(kucoin::histories))
         .route("/api/v2/symbols", get(kucoin::symbols))

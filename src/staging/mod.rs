@@ -283,6 +283,44 @@ impl Staging {
             .map_err(self.sql_error())
     }
 
+    /// Where checking `symbol`'s staged trades against the exchange resumes after a restart:
+    /// the highest id committed at least `window_ms` before the newest commit (checked by the
+    /// previous process, if it ran that long), and the ids above it. Reads at most the newest
+    /// 10,000 ids, backwards along the primary key; `None` when nothing is staged.
+    pub async fn recheck_from(
+        &self,
+        exchange: &str,
+        symbol: &str,
+        window_ms: i64,
+    ) -> Result<Option<(i64, Vec<i64>)>, StagingError> {
+        let sql = format!(
+            "SELECT trade_id, ingested_at FROM {} WHERE exchange = $1 AND symbol = $2
+             ORDER BY trade_id DESC LIMIT 10000",
+            self.table
+        );
+        let rows: Vec<(i64, i64)> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(exchange)
+            .bind(symbol)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.sql_error())?;
+        let Some(newest) = rows.iter().map(|(_, at)| *at).max() else {
+            return Ok(None);
+        };
+        let checked = rows
+            .iter()
+            .position(|(_, at)| *at < newest - window_ms)
+            .unwrap_or(rows.len());
+        let from = match rows.get(checked) {
+            Some((id, _)) => *id,
+            // All of them are recent: check from below the oldest read.
+            None => rows.last().map_or(0, |(id, _)| id - 1),
+        };
+        let mut above: Vec<i64> = rows[..checked].iter().map(|(id, _)| *id).collect();
+        above.reverse();
+        Ok(Some((from, above)))
+    }
+
     /// Up to `limit` of `symbol`'s staged trades with ids above `after`, in id order. The
     /// staging table keeps no `is_best_match`; it comes back true, as every Binance spot
     /// trade streamed is.

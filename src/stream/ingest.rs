@@ -6,11 +6,14 @@
 //! uncommitted batch) leaves a hole the exchange can still fill. Where ids are consecutive per
 //! symbol (Binance), the loop also knows the next id it should see: a trade past it means the
 //! stream skipped ids (a slow consumer, a server hiccup), and the missing ids are fetched
-//! before the trade is taken. Where the history is too short to reach back (KuCoin keeps 100
-//! trades), the catch-up says so, and the gap is counted and logged with its bounds. Staging
-//! inserts ignore ids already there, so overlaps write nothing twice.
+//! before the trade is taken. Where ids are not consecutive (KuCoin, Mercado Bitcoin), a lost
+//! frame does not show in the stream: every few seconds the trades taken are checked against
+//! the REST history, and those the socket missed are taken then. Where the history is too
+//! short to reach back (KuCoin keeps 100 trades), the catch-up says so, and the gap is counted
+//! and logged with its bounds. Staging inserts ignore ids already there, so overlaps write
+//! nothing twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +30,7 @@ use crate::exchange::binance::stream::BinanceLive;
 use crate::exchange::binance::{BinanceClient, RetryPolicy};
 use crate::exchange::kucoin::{KucoinClient, KucoinLive};
 use crate::exchange::live::{Incoming, LiveMessage, LiveTrades, ReadConnection};
+use crate::exchange::mercado_bitcoin::{MercadoBitcoinClient, MercadoBitcoinLive};
 use crate::staging::{StagedTrade, Staging};
 
 /// A connection that says nothing (not even a ping) this long is presumed dead.
@@ -63,6 +67,8 @@ pub struct IngestPlaces {
     pub ws_url: String,
     pub api_url: String,
     pub kucoin_api_url: String,
+    pub mercado_bitcoin_api_url: String,
+    pub mercado_bitcoin_ws_url: String,
     pub staging_url: String,
     pub nats_url: String,
     pub lake_url: String,
@@ -75,6 +81,8 @@ impl IngestPlaces {
             ws_url: data.binance_ws_url.clone(),
             api_url: data.binance_api_url.clone(),
             kucoin_api_url: data.kucoin_api_url.clone(),
+            mercado_bitcoin_api_url: data.mercado_bitcoin_api_url.clone(),
+            mercado_bitcoin_ws_url: data.mercado_bitcoin_ws_url.clone(),
             staging_url: data.staging_url.clone(),
             nats_url: data.nats_url.clone(),
             lake_url: data.lake_url.clone(),
@@ -139,6 +147,21 @@ pub async fn run(
             last.insert(symbol.clone(), id);
         }
     }
+    // Where the last process's checks against REST left off, as far as can be told: what it
+    // committed at least two check intervals before it stopped was checked.
+    let mut rechecked = BTreeMap::new();
+    if let Some(every) = live.recheck_every() {
+        let window = i64::try_from(every.as_millis() * 2).unwrap_or(i64::MAX);
+        for symbol in symbols {
+            if let Some(start) = staging
+                .recheck_from(exchange, symbol, window)
+                .await
+                .map_err(|e| setup(e.to_string()))?
+            {
+                rechecked.insert(symbol.clone(), start);
+            }
+        }
+    }
     // The lake copy stops after the connections, to copy their last batches too.
     let (copy_stop_tx, copy_stop) = watch::channel(false);
     let copying = match &def.lake {
@@ -176,6 +199,17 @@ pub async fn run(
             pending: Vec::new(),
             streamed_times: Vec::new(),
             pending_since: None,
+            rechecked: rechecked
+                .iter()
+                .filter(|(symbol, _)| chunk.contains(symbol))
+                .map(|(symbol, (through, taken))| {
+                    let recheck = Recheck {
+                        through: *through,
+                        taken: taken.iter().copied().collect(),
+                    };
+                    (symbol.clone(), recheck)
+                })
+                .collect(),
             stats: Arc::clone(&stats),
         };
         let stop = stop.clone();
@@ -195,7 +229,7 @@ pub async fn run(
 /// The exchange a stream's source follows, with the places the configuration names.
 fn live_trades(source: &Source, places: &IngestPlaces) -> Result<Arc<dyn LiveTrades>, String> {
     Ok(match source {
-        Source::BinanceTrades {
+        Source::Binance {
             ws_url, base_url, ..
         } => {
             let api_url = base_url.as_deref().unwrap_or(&places.api_url);
@@ -205,7 +239,21 @@ fn live_trades(source: &Source, places: &IngestPlaces) -> Result<Arc<dyn LiveTra
                 ws_url: ws_url.clone().unwrap_or_else(|| places.ws_url.clone()),
             })
         }
-        Source::KucoinTrades { base_url, .. } => {
+        Source::MercadoBitcoin {
+            ws_url, base_url, ..
+        } => {
+            let api_url = base_url
+                .as_deref()
+                .unwrap_or(&places.mercado_bitcoin_api_url);
+            Arc::new(MercadoBitcoinLive {
+                client: MercadoBitcoinClient::new(api_url, Default::default())
+                    .map_err(|e| e.to_string())?,
+                ws_url: ws_url
+                    .clone()
+                    .unwrap_or_else(|| places.mercado_bitcoin_ws_url.clone()),
+            })
+        }
+        Source::Kucoin { base_url, .. } => {
             let api_url = base_url.as_deref().unwrap_or(&places.kucoin_api_url);
             Arc::new(KucoinLive::new(
                 KucoinClient::new(api_url, Default::default()).map_err(|e| e.to_string())?,
@@ -230,7 +278,19 @@ struct Ingest {
     /// Trade times of the pending trades that came over the stream, for the latency figures.
     streamed_times: Vec<i64>,
     pending_since: Option<Instant>,
+    /// Per symbol, where the exchange's stream cannot show a lost frame: how far the trades
+    /// taken were checked against REST.
+    rechecked: BTreeMap<String, Recheck>,
     stats: SharedStats,
+}
+
+/// A symbol's check of the socket's trades against REST.
+#[derive(Debug, Default)]
+struct Recheck {
+    /// Every trade up to this id was checked.
+    through: i64,
+    /// The ids taken above it.
+    taken: BTreeSet<i64>,
 }
 
 /// Why a connection ended.
@@ -290,6 +350,8 @@ impl Ingest {
     ) -> Result<Ended, IngestError> {
         let opened = Instant::now();
         let renew_after = self.live.renew_after();
+        let recheck_every = self.live.recheck_every();
+        let mut recheck_at = opened + recheck_every.unwrap_or(SILENCE);
         for symbol in self.symbols.clone() {
             if let Some(&from) = self.next_id.get(&symbol)
                 && let Err(e) = self.backfill(&symbol, from, None).await
@@ -310,6 +372,11 @@ impl Ingest {
                 }
                 _ = tokio::time::sleep_until(flush_at), if self.pending_since.is_some() => {
                     self.flush().await?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(recheck_at), if recheck_every.is_some() => {
+                    self.recheck().await?;
+                    recheck_at = Instant::now() + recheck_every.unwrap_or(SILENCE);
                     continue;
                 }
                 _ = tokio::time::sleep_until(opened + renew_after) => {
@@ -369,6 +436,7 @@ impl Ingest {
             self.pending_since = Some(Instant::now());
         }
         self.next_id.insert(symbol.clone(), trade.id + 1);
+        self.note_taken(&symbol, trade.id);
         self.streamed_times.push(trade.time_ms);
         self.pending.push(StagedTrade { symbol, trade });
         Ok(())
@@ -409,6 +477,7 @@ impl Ingest {
                     break;
                 }
                 next = trade.id + 1;
+                self.note_taken(symbol, trade.id);
                 filled += 1;
                 if self.pending.is_empty() {
                     self.pending_since = Some(Instant::now());
@@ -429,6 +498,94 @@ impl Ingest {
         if filled > 0 {
             lock(&self.stats).gap_trades_filled += filled;
             tracing::info!(stream = %self.stream, %symbol, from, filled, "backfilled from the REST API");
+        }
+        Ok(())
+    }
+
+    /// Remembers a trade taken, for the checks against REST where the exchange has them.
+    fn note_taken(&mut self, symbol: &str, id: i64) {
+        if self.live.recheck_every().is_none() {
+            return;
+        }
+        let recheck = self
+            .rechecked
+            .entry(symbol.to_string())
+            .or_insert_with(|| Recheck {
+                through: id - 1,
+                taken: BTreeSet::new(),
+            });
+        if id > recheck.through {
+            recheck.taken.insert(id);
+        }
+    }
+
+    /// Checks each symbol's trades taken since the last check against the REST history, and
+    /// takes those the socket missed. A REST failure is logged and the check tried again next
+    /// time; only a failed commit ends the stream.
+    async fn recheck(&mut self) -> Result<(), IngestError> {
+        for symbol in self.symbols.clone() {
+            let (Some(recheck), Some(&next)) =
+                (self.rechecked.get(&symbol), self.next_id.get(&symbol))
+            else {
+                continue;
+            };
+            let through = recheck.through;
+            if next - 1 <= through {
+                continue;
+            }
+            let page = match self.live.history().trades_after(&symbol, through).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(stream = %self.stream, %symbol, error = %e, "cannot check the streamed trades against REST; trying again later");
+                    continue;
+                }
+            };
+            if page.history_cut {
+                tracing::debug!(stream = %self.stream, %symbol, after = through, "the REST history no longer reaches back to the last check; checking what it holds");
+            }
+            let mut checked = through;
+            let mut missed = Vec::new();
+            for trade in page.trades {
+                // The socket has not passed it yet.
+                if trade.id >= next {
+                    break;
+                }
+                checked = trade.id;
+                if !recheck.taken.contains(&trade.id) {
+                    missed.push(trade);
+                }
+            }
+            if let Some(recheck) = self.rechecked.get_mut(&symbol) {
+                recheck.through = checked;
+                recheck.taken.retain(|id| *id > checked);
+            }
+            let (Some(first), Some(last)) = (missed.first(), missed.last()) else {
+                continue;
+            };
+            tracing::warn!(
+                stream = %self.stream,
+                %symbol,
+                missed = missed.len(),
+                first = first.id,
+                last = last.id,
+                "the socket missed trades, found by the check against REST; taking them"
+            );
+            {
+                let mut stats = lock(&self.stats);
+                stats.gaps_detected += 1;
+                stats.gap_trades_filled += missed.len() as u64;
+            }
+            if self.pending.is_empty() {
+                self.pending_since = Some(Instant::now());
+            }
+            self.pending
+                .extend(missed.into_iter().map(|trade| StagedTrade {
+                    symbol: symbol.clone(),
+                    trade,
+                }));
+            if self.pending.len() >= self.max_rows {
+                self.flush().await?;
+            }
         }
         Ok(())
     }

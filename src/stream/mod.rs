@@ -5,6 +5,7 @@
 //! stream:
 //!   source: { kind: binance.trades, symbols: [BTCUSDT, AAVEUSDT, STXUSDT, ARBUSDT] }
 //!   # or { kind: kucoin.trades, symbols: [BTC-USDT, ETH-USDT] }
+//!   # or { kind: mercado_bitcoin.trades, symbols: [BTC-BRL, ETH-BRL] }
 //!   sink: { table: raw_trades }          # in the staging store
 //!   batch: { max_rows: 1000, max_latency: 500ms }
 //!   publish: { url: nats://127.0.0.1:4222 }  # optional: also to NATS JetStream
@@ -66,15 +67,24 @@ pub struct Publish {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// Binance's `<symbol>@trade` streams.
-    BinanceTrades {
+    Binance {
         symbols: Vec<String>,
         /// Overrides `BINANCE_WS_URL`.
         ws_url: Option<String>,
         /// Overrides `BINANCE_API_URL` (validation and gap backfill).
         base_url: Option<String>,
     },
+    /// Mercado Bitcoin's websocket `trade` subscriptions, markets as its REST writes them
+    /// (`BTC-BRL`).
+    MercadoBitcoin {
+        symbols: Vec<String>,
+        /// Overrides `MERCADO_BITCOIN_WS_URL`.
+        ws_url: Option<String>,
+        /// Overrides `MERCADO_BITCOIN_API_URL` (catalog and catch-up).
+        base_url: Option<String>,
+    },
     /// KuCoin's `/market/match` topic, symbols as KuCoin writes them (`BTC-USDT`).
-    KucoinTrades {
+    Kucoin {
         symbols: Vec<String>,
         /// Overrides `KUCOIN_API_URL` (token, catalog, and the REST bridge); the websocket's
         /// address comes with each token.
@@ -86,7 +96,9 @@ impl Source {
     /// The symbols it streams.
     pub fn symbols(&self) -> &[String] {
         match self {
-            Source::BinanceTrades { symbols, .. } | Source::KucoinTrades { symbols, .. } => symbols,
+            Source::Binance { symbols, .. }
+            | Source::MercadoBitcoin { symbols, .. }
+            | Source::Kucoin { symbols, .. } => symbols,
         }
     }
 }
@@ -152,13 +164,19 @@ struct PublishSpec {
 #[serde(tag = "kind", deny_unknown_fields)]
 enum SourceSpec {
     #[serde(rename = "binance.trades")]
-    BinanceTrades {
+    Binance {
+        symbols: Vec<String>,
+        ws_url: Option<String>,
+        base_url: Option<String>,
+    },
+    #[serde(rename = "mercado_bitcoin.trades")]
+    MercadoBitcoin {
         symbols: Vec<String>,
         ws_url: Option<String>,
         base_url: Option<String>,
     },
     #[serde(rename = "kucoin.trades")]
-    KucoinTrades {
+    Kucoin {
         symbols: Vec<String>,
         base_url: Option<String>,
     },
@@ -213,11 +231,11 @@ pub fn load_str(path: &Path, source: &str) -> Result<StreamDef, LoadError> {
         )));
     }
     let source = match spec.stream.source {
-        SourceSpec::BinanceTrades {
+        SourceSpec::Binance {
             symbols,
             ws_url,
             base_url,
-        } => Source::BinanceTrades {
+        } => Source::Binance {
             symbols: symbol_list(symbols, |s| s.bytes().all(|b| b.is_ascii_alphanumeric()))
                 .map_err(|symbol| {
                     fail(format!(
@@ -227,15 +245,21 @@ pub fn load_str(path: &Path, source: &str) -> Result<StreamDef, LoadError> {
             ws_url,
             base_url,
         },
-        SourceSpec::KucoinTrades { symbols, base_url } => Source::KucoinTrades {
-            symbols: symbol_list(symbols, |s| {
-                s.split_once('-').is_some_and(|(base, quote)| {
-                    [base, quote].iter().all(|part| {
-                        !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric())
-                    })
-                })
-            })
-            .map_err(|symbol| {
+        SourceSpec::MercadoBitcoin {
+            symbols,
+            ws_url,
+            base_url,
+        } => Source::MercadoBitcoin {
+            symbols: symbol_list(symbols, is_dashed_pair).map_err(|symbol| {
+                fail(format!(
+                    "source: market `{symbol}` must be BASE-QUOTE in letters and digits, as BTC-BRL"
+                ))
+            })?,
+            ws_url,
+            base_url,
+        },
+        SourceSpec::Kucoin { symbols, base_url } => Source::Kucoin {
+            symbols: symbol_list(symbols, is_dashed_pair).map_err(|symbol| {
                 fail(format!(
                     "source: symbol `{symbol}` must be BASE-QUOTE in letters and digits, as BTC-USDT"
                 ))
@@ -303,6 +327,15 @@ pub fn load_str(path: &Path, source: &str) -> Result<StreamDef, LoadError> {
     })
 }
 
+/// `BASE-QUOTE`, each letters and digits: Mercado Bitcoin's and KuCoin's spelling.
+fn is_dashed_pair(symbol: &str) -> bool {
+    symbol.split_once('-').is_some_and(|(base, quote)| {
+        [base, quote]
+            .iter()
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()))
+    })
+}
+
 /// The symbols in upper case, each once and in their order; the first that `valid` refuses
 /// is the error.
 fn symbol_list(symbols: Vec<String>, valid: impl Fn(&str) -> bool) -> Result<Vec<String>, String> {
@@ -349,7 +382,7 @@ mod tests {
         assert_eq!(stream.id, "trades");
         assert_eq!(
             stream.source,
-            Source::BinanceTrades {
+            Source::Binance {
                 symbols: vec!["BTCUSDT".to_string(), "AAVEUSDT".to_string()],
                 ws_url: None,
                 base_url: None
@@ -373,7 +406,7 @@ mod tests {
         let stream = load_str(Path::new("dags/kucoin.yaml"), kucoin).expect("loads");
         assert_eq!(
             stream.source,
-            Source::KucoinTrades {
+            Source::Kucoin {
                 symbols: vec!["BTC-USDT".to_string(), "ETH-USDT".to_string()],
                 base_url: None
             }

@@ -59,7 +59,7 @@ fn the_demo_lands_trades_in_the_lake_the_warehouse_and_the_staging_table() {
     loop {
         let out = home.orch(&["streams", "--json"]);
         let streams: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        // Binance's and KuCoin's shipped streams, both from the simulator.
+        // Binance's, Mercado Bitcoin's and KuCoin's shipped streams, from the simulator.
         let committed = |id: &str| {
             streams.as_array().is_some_and(|all| {
                 all.iter().any(|s| {
@@ -67,7 +67,14 @@ fn the_demo_lands_trades_in_the_lake_the_warehouse_and_the_staging_table() {
                 })
             })
         };
-        if committed("binance_trade_stream") && committed("kucoin_trade_stream") {
+        if [
+            "binance_trade_stream",
+            "mercado_bitcoin_trade_stream",
+            "kucoin_trade_stream",
+        ]
+        .iter()
+        .all(|id| committed(id))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "no trades streamed: {streams:#}");

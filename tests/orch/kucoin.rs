@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
-use crate::stream::{staged_ids_of, streams_json};
+use crate::stream::{assert_every_trade_once_of, stream_report, wait_until_staged_of};
 use crate::support::{Home, Server, Simulator};
 
 /// KuCoin's sequences are the simulator's ids times this (they skip numbers, as KuCoin's).
@@ -44,53 +44,12 @@ fn last_sequences(sim: &Simulator) -> BTreeMap<String, i64> {
         .collect()
 }
 
-/// Waits until every symbol's staged sequences reach `targets`; returns them.
 fn wait_until_staged(url: &str, targets: &BTreeMap<String, i64>) -> BTreeMap<String, Vec<i64>> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let staged = staged_ids_of(url, "kucoin");
-        if targets
-            .iter()
-            .all(|(symbol, target)| staged.get(symbol).and_then(|s| s.last()) >= Some(target))
-        {
-            return staged;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "staging never reached {targets:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_staged_of(url, "kucoin", targets)
 }
 
-/// Every simulated trade from the first staged one through `targets`, once.
 fn assert_every_trade_once(url: &str, targets: &BTreeMap<String, i64>) {
-    let staged = wait_until_staged(url, targets);
-    for (symbol, target) in targets {
-        let sequences = &staged[symbol];
-        let first = sequences[0];
-        let expected: Vec<i64> = (first / SEQUENCE_STEP..=target / SEQUENCE_STEP)
-            .map(|id| id * SEQUENCE_STEP)
-            .collect();
-        let held: Vec<i64> = sequences.iter().copied().filter(|s| s <= target).collect();
-        let missing: Vec<&i64> = expected
-            .iter()
-            .filter(|s| held.binary_search(s).is_err())
-            .take(10)
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "{symbol}: sequences missing: {missing:?}"
-        );
-        assert_eq!(held, expected, "{symbol}: each trade once, nothing else");
-    }
-}
-
-fn stream_report(home: &Home) -> serde_json::Value {
-    streams_json(home)
-        .as_array()
-        .and_then(|streams| streams.iter().find(|s| s["stream_id"] == "kucoin").cloned())
-        .expect("the kucoin stream's report")
+    assert_every_trade_once_of(url, "kucoin", targets, SEQUENCE_STEP);
 }
 
 #[test]
@@ -106,6 +65,19 @@ fn every_kucoin_trade_lands_once_through_drops_expired_tokens_throttling_and_a_k
     sim.wait_for_streams("client pings", Duration::from_secs(10), |s| {
         s["pongs"].as_u64() >= Some(2)
     });
+
+    // Frames the server drops (as KuCoin does to a slow reader) show in the check against
+    // REST, and are taken then.
+    sim.post(
+        "/_sim/faults",
+        &json!({"stream": [{"kind": "skip_ids", "symbol": "BTCUSDT", "count": 5}]}),
+    );
+    let found = stream.wait_for_log("the socket missed trades", Duration::from_secs(20));
+    assert!(
+        found.contains("missed=5") && found.contains("BTC-USDT"),
+        "{found}"
+    );
+    wait_until_staged(&url, &last_sequences(&sim));
 
     // A cut connection: the reconnect bridges the outage from REST.
     sim.post("/_sim/faults", &json!({"stream": [{"kind": "drop"}]}));
@@ -142,7 +114,7 @@ fn every_kucoin_trade_lands_once_through_drops_expired_tokens_throttling_and_a_k
         assert!(stream.wait_exit(Duration::from_secs(20)));
         stream
     };
-    let report = stream_report(&home);
+    let report = stream_report(&home, "kucoin");
     assert_eq!(report["gaps_unbridged"], 0, "{report:#}");
     assert_eq!(report["malformed_frames"], 0, "{report:#}");
 }
@@ -199,6 +171,6 @@ fn an_outage_longer_than_kucoins_history_is_reported_with_its_bounds() {
         &url,
         &BTreeMap::from([("ETH-USDT".to_string(), targets["ETH-USDT"])]),
     );
-    let report = stream_report(&home);
+    let report = stream_report(&home, "kucoin");
     assert_eq!(report["gaps_unbridged"], 1, "{report:#}");
 }

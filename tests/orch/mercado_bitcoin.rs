@@ -176,3 +176,89 @@ fn an_unknown_market_fails_with_the_exchange_code_and_a_bad_spelling_at_load() {
         "{message}"
     );
 }
+
+/// The books behind the streamed markets.
+const STREAMED: [(&str, &str); 2] = [("BTCBRL", "BTC-BRL"), ("ETHBRL", "ETH-BRL")];
+
+fn stream_command(home: &Home, sim: &Simulator, staging_url: &str) -> std::process::Command {
+    let mut cmd = home.command(&["stream", "run", "mb"]);
+    cmd.env("MERCADO_BITCOIN_API_URL", format!("{}/api/v4", sim.url))
+        .env(
+            "MERCADO_BITCOIN_WS_URL",
+            format!("{}/mercado_bitcoin/ws", sim.ws_url()),
+        )
+        .env("ORCH_STAGING_URL", staging_url);
+    cmd
+}
+
+fn last_tids(sim: &Simulator) -> BTreeMap<String, i64> {
+    STREAMED
+        .iter()
+        .map(|(book, market)| (market.to_string(), sim.last_id(book)))
+        .collect()
+}
+
+#[test]
+fn the_stream_keeps_every_trade_once_through_drops_lost_frames_throttling_and_a_kill_9() {
+    use std::time::Duration;
+
+    use crate::stream::{assert_every_trade_once_of, stream_report, wait_until_staged_of};
+    use crate::support::Server;
+
+    let home = Home::new();
+    home.write_dag(
+        "mb",
+        "stream:\n  source: { kind: mercado_bitcoin.trades, symbols: [BTC-BRL, ETH-BRL] }\n  batch: { max_latency: 200ms }\n",
+    );
+    let url = format!("sqlite://{}", home.file("data/staging.db").display());
+    // Forty trades a second per market, in whole-second times: many share one.
+    let sim = Simulator::with_rate("BTCBRL,ETHBRL", 40);
+    let mut stream = Server::spawn(stream_command(&home, &sim, &url), "stream connected");
+    wait_until_staged_of(&url, "mercado_bitcoin", &last_tids(&sim));
+
+    // Frames the socket never sends: MB has no sequence to tell, so the check against REST
+    // `since=` finds them.
+    sim.post(
+        "/_sim/faults",
+        &serde_json::json!({"stream": [{"kind": "skip_ids", "symbol": "BTCBRL", "count": 30}]}),
+    );
+    let found = stream.wait_for_log("the socket missed trades", Duration::from_secs(30));
+    assert!(
+        found.contains("missed=30") && found.contains("BTC-BRL"),
+        "{found}"
+    );
+    wait_until_staged_of(&url, "mercado_bitcoin", &last_tids(&sim));
+
+    // A cut: the reconnect catches up from REST through MB's throttle answer and Cloudflare's
+    // block page.
+    sim.post(
+        "/_sim/faults",
+        &serde_json::json!({"rest": [{"status": 429}, {"status": 403}], "stream": [{"kind": "drop"}]}),
+    );
+    stream.wait_for_log("Cloudflare", Duration::from_secs(20));
+    wait_until_staged_of(&url, "mercado_bitcoin", &last_tids(&sim));
+
+    // Frames lost just before a kill -9, the trades after them committed: the restarted
+    // process checks what its predecessor had no time to.
+    sim.post(
+        "/_sim/faults",
+        &serde_json::json!({"stream": [{"kind": "skip_ids", "symbol": "ETHBRL", "count": 20}]}),
+    );
+    sim.wait_for_streams("skipped trades", Duration::from_secs(10), |s| {
+        s["trades_skipped"].as_u64() >= Some(50)
+    });
+    wait_until_staged_of(&url, "mercado_bitcoin", &last_tids(&sim));
+    stream.kill9();
+    let mut stream = Server::spawn(stream_command(&home, &sim, &url), "stream connected");
+    let found = stream.wait_for_log("the socket missed trades", Duration::from_secs(30));
+    assert!(
+        found.contains("missed=20") && found.contains("ETH-BRL"),
+        "{found}"
+    );
+    let targets = last_tids(&sim);
+    assert_every_trade_once_of(&url, "mercado_bitcoin", &targets, 1);
+    stream.signal("TERM");
+    assert!(stream.wait_exit(Duration::from_secs(20)));
+    let report = stream_report(&home, "mb");
+    assert_eq!(report["malformed_frames"], 0, "{report:#}");
+}

@@ -31,7 +31,7 @@ fn staged_ids(url: &str) -> BTreeMap<String, Vec<i64>> {
 }
 
 /// Staged trade ids of `exchange` per symbol, ascending.
-pub(crate) fn staged_ids_of(url: &str, exchange: &str) -> BTreeMap<String, Vec<i64>> {
+fn staged_ids_of(url: &str, exchange: &str) -> BTreeMap<String, Vec<i64>> {
     use sqlx::{Connection, Row};
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -204,7 +204,63 @@ pub(crate) fn serve_command(home: &Home, sim: &Simulator, staging_url: &str) -> 
     cmd
 }
 
-pub(crate) fn streams_json(home: &Home) -> serde_json::Value {
+/// Waits until every symbol's staged ids of `exchange` reach `targets`; returns them.
+pub(crate) fn wait_until_staged_of(
+    url: &str,
+    exchange: &str,
+    targets: &BTreeMap<String, i64>,
+) -> BTreeMap<String, Vec<i64>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let staged = staged_ids_of(url, exchange);
+        if targets
+            .iter()
+            .all(|(symbol, target)| staged.get(symbol).and_then(|s| s.last()) >= Some(target))
+        {
+            return staged;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "staging never reached {targets:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every trade of `exchange` from the first staged one through `targets`, once, where ids
+/// go up by `step`.
+pub(crate) fn assert_every_trade_once_of(
+    url: &str,
+    exchange: &str,
+    targets: &BTreeMap<String, i64>,
+    step: i64,
+) {
+    let staged = wait_until_staged_of(url, exchange, targets);
+    for (symbol, target) in targets {
+        let ids = &staged[symbol];
+        let expected: Vec<i64> = (ids[0] / step..=target / step)
+            .map(|id| id * step)
+            .collect();
+        let held: Vec<i64> = ids.iter().copied().filter(|id| id <= target).collect();
+        let missing: Vec<&i64> = expected
+            .iter()
+            .filter(|id| held.binary_search(id).is_err())
+            .take(10)
+            .collect();
+        assert!(missing.is_empty(), "{symbol}: ids missing: {missing:?}");
+        assert_eq!(held, expected, "{symbol}: each trade once, nothing else");
+    }
+}
+
+/// The saved report of stream `id`.
+pub(crate) fn stream_report(home: &Home, id: &str) -> serde_json::Value {
+    streams_json(home)
+        .as_array()
+        .and_then(|streams| streams.iter().find(|s| s["stream_id"] == id).cloned())
+        .unwrap_or_else(|| panic!("no report of stream {id}"))
+}
+
+fn streams_json(home: &Home) -> serde_json::Value {
     let out = home.orch(&["streams", "--json"]);
     assert!(
         out.status.success(),

@@ -7,16 +7,13 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::BinanceClient;
 use super::wire::StreamTrade;
-use crate::exchange::live::{
-    Blocked, CLOSE_TIMEOUT, CONNECT_TIMEOUT, LiveMessage, LiveTrades, ReadConnection,
-};
+use crate::exchange::live::{LiveMessage, LiveTrades, ReadConnection};
+use crate::exchange::websocket::{self, Frame};
 use crate::exchange::{ExchangeError, Trade, TradeHistory};
 
 /// Binance's market streams; `BINANCE_WS_URL` overrides it (see `config::DataPlaces`).
@@ -24,22 +21,6 @@ pub const DEFAULT_BASE_URL: &str = "wss://stream.binance.com:9443";
 
 /// Streams per connection, Binance's limit.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    #[error("cannot connect to {url}: {source}")]
-    Connect {
-        url: String,
-        source: Box<tokio_tungstenite::tungstenite::Error>,
-    },
-    #[error("cannot connect to {url}: no websocket handshake within {after:?}")]
-    ConnectTimeout { url: String, after: Duration },
-    #[error("websocket {url}: {source}")]
-    Read {
-        url: String,
-        source: Box<tokio_tungstenite::tungstenite::Error>,
-    },
-}
 
 /// What one text frame said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,17 +37,6 @@ pub enum StreamMessage {
     ControlAnswer,
     /// A frame that is not any of the above, kept whole for the log.
     Malformed { text: String, reason: String },
-    /// A ping or a pong: the connection is alive (tungstenite answers pings by itself).
-    Heartbeat,
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// An open combined-stream connection.
-pub struct TradeStream {
-    socket: Socket,
-    url: String,
 }
 
 /// The combined-stream URL for the trade streams of `symbols` under `base` (such as
@@ -83,88 +53,6 @@ pub fn combined_url(base: &str, symbols: &[String]) -> String {
     )
 }
 
-impl TradeStream {
-    pub async fn connect(base: &str, symbols: &[String]) -> Result<TradeStream, StreamError> {
-        let url = combined_url(base, symbols);
-        let connected = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio_tungstenite::connect_async(url.as_str()),
-        )
-        .await
-        .map_err(|_| StreamError::ConnectTimeout {
-            url: url.clone(),
-            after: CONNECT_TIMEOUT,
-        })?;
-        let (socket, _) = connected.map_err(|e| StreamError::Connect {
-            url: url.clone(),
-            source: Box::new(e),
-        })?;
-        Ok(TradeStream { socket, url })
-    }
-
-    /// Reads the connection on a task of its own (see [`ReadConnection`]). The connection
-    /// ends when the server closes it, on an error, or after `silence` without a frame,
-    /// pings included.
-    pub fn read_on_own_task(mut self, silence: Duration) -> ReadConnection {
-        ReadConnection::spawn(move |outbox, mut closing| async move {
-            let ended = loop {
-                let next = tokio::select! {
-                    _ = &mut closing => {
-                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.close()).await;
-                        return;
-                    }
-                    next = tokio::time::timeout(silence, self.next()) => next,
-                };
-                let message = match next {
-                    Err(_) => break format!("silent for {silence:?}"),
-                    Ok(None) => break "closed by the server".to_string(),
-                    Ok(Some(Err(e))) => break e.to_string(),
-                    Ok(Some(Ok(message))) => message,
-                };
-                match outbox.pass(message.into_live()) {
-                    Ok(()) => {}
-                    Err(Blocked::Full(reason)) => break reason,
-                    Err(Blocked::Closed) => return,
-                }
-            };
-            outbox.end(ended).await;
-        })
-    }
-
-    /// The next message; `None` once the server closed the connection.
-    pub async fn next(&mut self) -> Option<Result<StreamMessage, StreamError>> {
-        loop {
-            let frame = match self.socket.next().await? {
-                Ok(frame) => frame,
-                Err(e) => {
-                    return Some(Err(StreamError::Read {
-                        url: self.url.clone(),
-                        source: Box::new(e),
-                    }));
-                }
-            };
-            match frame {
-                Message::Text(text) => return Some(Ok(parse(text.as_str()))),
-                Message::Binary(bytes) => {
-                    return Some(Ok(StreamMessage::Malformed {
-                        text: String::from_utf8_lossy(&bytes).into_owned(),
-                        reason: "a binary frame".to_string(),
-                    }));
-                }
-                Message::Close(_) => return None,
-                // Pings are answered by tungstenite.
-                Message::Ping(_) | Message::Pong(_) => return Some(Ok(StreamMessage::Heartbeat)),
-                Message::Frame(_) => {}
-            }
-        }
-    }
-
-    /// Closes the connection politely, as when renewing it.
-    pub async fn close(mut self) {
-        let _ = self.socket.close(None).await;
-    }
-}
-
 impl StreamMessage {
     /// The message in every exchange's terms.
     fn into_live(self) -> LiveMessage {
@@ -173,7 +61,7 @@ impl StreamMessage {
             StreamMessage::ServerShutdown => {
                 LiveMessage::Reconnect("the server announced a shutdown".to_string())
             }
-            StreamMessage::ControlAnswer | StreamMessage::Heartbeat => LiveMessage::Alive,
+            StreamMessage::ControlAnswer => LiveMessage::Alive,
             StreamMessage::Malformed { text, reason } => LiveMessage::Malformed { text, reason },
         }
     }
@@ -197,6 +85,10 @@ impl LiveTrades for BinanceLive {
 
     fn consecutive_ids(&self) -> bool {
         true
+    }
+
+    fn recheck_every(&self) -> Option<Duration> {
+        None
     }
 
     fn symbols_per_connection(&self) -> usize {
@@ -233,10 +125,12 @@ impl LiveTrades for BinanceLive {
         silence: Duration,
     ) -> BoxFuture<'a, Result<ReadConnection, String>> {
         Box::pin(async move {
-            let stream = TradeStream::connect(&self.ws_url, symbols)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(stream.read_on_own_task(silence))
+            let url = combined_url(&self.ws_url, symbols);
+            let socket = websocket::connect(&url, &url).await?;
+            // Binance pings; tungstenite answers.
+            Ok(websocket::read_on_own_task(socket, None, silence, |text| {
+                Frame::Live(parse(text).into_live())
+            }))
         })
     }
 }

@@ -12,25 +12,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::client::KucoinClient;
 use super::wire::MatchData;
-use crate::exchange::live::{
-    Blocked, CLOSE_TIMEOUT, CONNECT_TIMEOUT, LiveMessage, LiveTrades, ReadConnection,
-};
+use crate::exchange::live::{LiveMessage, LiveTrades, ReadConnection};
+use crate::exchange::websocket::{self, CONNECT_TIMEOUT, Frame, JsonPings, Socket};
 use crate::exchange::{ExchangeError, TradeHistory};
 
 /// Symbols in one `/market/match` topic: KuCoin's limit per subscription.
 pub const SYMBOLS_PER_TOPIC: usize = 100;
+/// How often the socket's trades are checked against the last 100 over REST: a frame the
+/// server dropped (it drops them for a client that reads slowly) is found and taken then, as
+/// long as it is still among the 100.
+const RECHECK_EVERY: Duration = Duration::from_secs(5);
 /// Tokens last 24 hours and KuCoin drops connections then: renew a little before.
 const RENEW_AFTER: Duration = Duration::from_secs(23 * 3600 + 50 * 60);
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// KuCoin's live trades, bridged after each reconnect by its last 100 trades over REST.
 pub struct KucoinLive {
@@ -61,6 +58,10 @@ impl LiveTrades for KucoinLive {
     /// nothing.
     fn consecutive_ids(&self) -> bool {
         false
+    }
+
+    fn recheck_every(&self) -> Option<Duration> {
+        Some(RECHECK_EVERY)
     }
 
     fn symbols_per_connection(&self) -> usize {
@@ -120,154 +121,69 @@ impl LiveTrades for KucoinLive {
                 .instance_servers
                 .first()
                 .ok_or("KuCoin's token came with no server to connect to")?;
-            let keepalive = Keepalive {
+            let pings = JsonPings {
                 every: Duration::from_millis(server.ping_interval.max(1_000)),
                 within: Duration::from_millis(server.ping_timeout.max(1_000)),
+                ping,
             };
-            let connect_id = self.next_id();
             let url = format!(
-                "{}?token={}&connectId={connect_id}",
+                "{}?token={}&connectId={}",
                 server.endpoint.trim_end_matches('/'),
-                bullet.token
+                bullet.token,
+                self.next_id()
             );
             // The token is a secret of sorts: errors name the server, not the URL.
-            let endpoint = server.endpoint.clone();
-            let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
-                let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
-                    .await
-                    .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+            let endpoint = server.endpoint.as_str();
+            let subscribe = json!({
+                "id": self.next_id().to_string(),
+                "type": "subscribe",
+                "topic": format!("/market/match:{}", symbols.join(",")),
+                "privateChannel": false,
+                "response": true,
+            });
+            let mut socket = websocket::connect(&url, endpoint).await?;
+            tokio::time::timeout(CONNECT_TIMEOUT, async {
                 expect(&mut socket, "welcome").await?;
-                let subscribe = json!({
-                    "id": self.next_id().to_string(),
-                    "type": "subscribe",
-                    "topic": format!("/market/match:{}", symbols.join(",")),
-                    "privateChannel": false,
-                    "response": true,
-                });
-                socket
-                    .send(Message::Text(subscribe.to_string().into()))
-                    .await
-                    .map_err(|e| format!("subscribing on {endpoint}: {e}"))?;
-                expect(&mut socket, "ack").await?;
-                Ok::<Socket, String>(socket)
+                websocket::send(&mut socket, subscribe.to_string()).await?;
+                expect(&mut socket, "ack").await
             })
             .await
             .map_err(|_| format!("{endpoint}: no welcome and ack within {CONNECT_TIMEOUT:?}"))??;
-            let first_ping = self.next_id();
-            Ok(ReadConnection::spawn(move |outbox, closing| {
-                read(opened, keepalive, silence, first_ping, outbox, closing)
-            }))
+            Ok(websocket::read_on_own_task(
+                socket,
+                Some(pings),
+                silence,
+                parse,
+            ))
         })
     }
 }
 
-/// KuCoin's keepalive, from the token's server.
-#[derive(Debug, Clone, Copy)]
-struct Keepalive {
-    every: Duration,
-    within: Duration,
+/// KuCoin's ping: `{"id": "7", "type": "ping"}`.
+fn ping(id: u64) -> String {
+    json!({"id": id.to_string(), "type": "ping"}).to_string()
 }
 
-/// Reads frames until one of type `kind`; an `error` frame or the end of the connection
-/// fails.
+/// Reads text frames until one of type `kind`; an `error` frame or the end of the
+/// connection fails.
 async fn expect(socket: &mut Socket, kind: &str) -> Result<(), String> {
-    while let Some(frame) = socket.next().await {
-        let frame = frame.map_err(|e| format!("waiting for the {kind}: {e}"))?;
-        let Message::Text(text) = frame else {
-            continue;
-        };
-        let value: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+    loop {
+        let text = websocket::next_text(socket)
+            .await
+            .map_err(|e| format!("waiting for the {kind}: {e}"))?;
+        let value: Value = serde_json::from_str(&text).unwrap_or_default();
         match value.get("type").and_then(Value::as_str) {
             Some(found) if found == kind => return Ok(()),
             Some("error") => return Err(format!("KuCoin refused the connection: {text}")),
             _ => {}
         }
     }
-    Err(format!("the connection closed before the {kind}"))
-}
-
-/// Reads the socket, pinging as KuCoin asks, until it ends or the consumer closes it.
-async fn read(
-    mut socket: Socket,
-    keepalive: Keepalive,
-    silence: Duration,
-    mut ping_id: u64,
-    outbox: crate::exchange::live::Outbox,
-    mut closing: tokio::sync::oneshot::Receiver<()>,
-) {
-    let mut ping = tokio::time::interval(keepalive.every);
-    ping.reset();
-    // When the unanswered ping went.
-    let mut awaiting_pong: Option<Instant> = None;
-    let ended = loop {
-        let pong_due = awaiting_pong.map(|sent| sent + keepalive.within);
-        let next = tokio::select! {
-            _ = &mut closing => {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(None)).await;
-                return;
-            }
-            _ = ping.tick() => {
-                let message = json!({"id": ping_id.to_string(), "type": "ping"});
-                ping_id += 1;
-                if let Err(e) = socket.send(Message::Text(message.to_string().into())).await {
-                    break format!("sending a ping: {e}");
-                }
-                awaiting_pong.get_or_insert_with(Instant::now);
-                continue;
-            }
-            _ = tokio::time::sleep_until(pong_due.unwrap_or_else(Instant::now)), if pong_due.is_some() => {
-                break format!("no pong within {:?}", keepalive.within);
-            }
-            next = tokio::time::timeout(silence, socket.next()) => next,
-        };
-        let message = match next {
-            Err(_) => break format!("silent for {silence:?}"),
-            Ok(None) => break "closed by the server".to_string(),
-            Ok(Some(Err(e))) => break e.to_string(),
-            Ok(Some(Ok(Message::Text(text)))) => {
-                let message = parse(text.as_str());
-                if message == Parsed::Pong {
-                    awaiting_pong = None;
-                }
-                message.into_live()
-            }
-            Ok(Some(Ok(Message::Close(_)))) => break "closed by the server".to_string(),
-            Ok(Some(Ok(Message::Binary(bytes)))) => LiveMessage::Malformed {
-                text: String::from_utf8_lossy(&bytes).into_owned(),
-                reason: "a binary frame".to_string(),
-            },
-            // Protocol pings are answered by tungstenite.
-            Ok(Some(Ok(_))) => LiveMessage::Alive,
-        };
-        match outbox.pass(message) {
-            Ok(()) => {}
-            Err(Blocked::Full(reason)) => break reason,
-            Err(Blocked::Closed) => return,
-        }
-    };
-    outbox.end(ended).await;
-}
-
-/// What one text frame said.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
-    Live(LiveMessage),
-    Pong,
-}
-
-impl Parsed {
-    fn into_live(self) -> LiveMessage {
-        match self {
-            Parsed::Live(message) => message,
-            Parsed::Pong => LiveMessage::Alive,
-        }
-    }
 }
 
 /// Sorts one text frame.
-pub fn parse(text: &str) -> Parsed {
+pub fn parse(text: &str) -> Frame {
     let malformed = |reason: String| {
-        Parsed::Live(LiveMessage::Malformed {
+        Frame::Live(LiveMessage::Malformed {
             text: text.to_string(),
             reason,
         })
@@ -287,7 +203,7 @@ pub fn parse(text: &str) -> Parsed {
             };
             match serde_json::from_value::<MatchData>(data.clone()) {
                 Ok(wire) => match wire.trade() {
-                    Some(trade) => Parsed::Live(LiveMessage::Trade {
+                    Some(trade) => Frame::Live(LiveMessage::Trade {
                         symbol: wire.symbol,
                         trade,
                     }),
@@ -299,9 +215,9 @@ pub fn parse(text: &str) -> Parsed {
                 Err(e) => malformed(format!("not a match: {e}")),
             }
         }
-        Some("pong") => Parsed::Pong,
-        Some("welcome" | "ack" | "ping") => Parsed::Live(LiveMessage::Alive),
-        Some("error") => Parsed::Live(LiveMessage::Reconnect(format!(
+        Some("pong") => Frame::Pong,
+        Some("welcome" | "ack" | "ping") => Frame::Live(LiveMessage::Alive),
+        Some("error") => Frame::Live(LiveMessage::Reconnect(format!(
             "KuCoin sent an error: {text}"
         ))),
         Some(other) => malformed(format!("unexpected type `{other}`")),
@@ -316,19 +232,19 @@ mod tests {
     #[test]
     fn matches_pongs_errors_and_garbage_are_told_apart() {
         let text = r#"{"topic":"/market/match:BTC-USDT","type":"message","subject":"trade.l3match","data":{"makerOrderId":"a","price":"67523","sequence":"11067996711960577","side":"buy","size":"0.003","symbol":"BTC-USDT","takerOrderId":"b","time":"1729843222921000000","tradeId":"11067996711960577","type":"match"}}"#;
-        let Parsed::Live(LiveMessage::Trade { symbol, trade }) = parse(text) else {
+        let Frame::Live(LiveMessage::Trade { symbol, trade }) = parse(text) else {
             panic!("a trade: {:?}", parse(text));
         };
         assert_eq!((symbol.as_str(), trade.id), ("BTC-USDT", 11067996711960577));
         assert_eq!(trade.quote_qty.to_string(), "202.5690000000000000");
-        assert_eq!(parse(r#"{"id":"7","type":"pong"}"#), Parsed::Pong);
+        assert_eq!(parse(r#"{"id":"7","type":"pong"}"#), Frame::Pong);
         assert_eq!(
             parse(r#"{"id":"c1","type":"welcome"}"#),
-            Parsed::Live(LiveMessage::Alive)
+            Frame::Live(LiveMessage::Alive)
         );
         assert!(matches!(
             parse(r#"{"type":"error","code":401,"data":"token is expired"}"#),
-            Parsed::Live(LiveMessage::Reconnect(reason)) if reason.contains("token is expired")
+            Frame::Live(LiveMessage::Reconnect(reason)) if reason.contains("token is expired")
         ));
         for bad in [
             "not json",
@@ -337,7 +253,7 @@ mod tests {
             r#"{"type":"message","topic":"/market/match:X-Y","data":{"symbol":"X-Y","sequence":"x1","price":"1","size":"1","side":"buy","time":"1","tradeId":"1","type":"match"}}"#,
         ] {
             assert!(
-                matches!(parse(bad), Parsed::Live(LiveMessage::Malformed { ref text, .. }) if text == bad),
+                matches!(parse(bad), Frame::Live(LiveMessage::Malformed { ref text, .. }) if text == bad),
                 "{bad}"
             );
         }

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::wire::{ErrorBody, WireTrade};
+use super::wire::{ErrorBody, Symbols, WireTrade};
 use crate::backoff::Backoff;
 use crate::exchange::rest::{self, Reply};
 use crate::exchange::{ExchangeError, Observer, Trade, TradeHistory, TradePage};
@@ -184,6 +184,11 @@ impl MercadoBitcoinClient {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((trades, full))
+    }
+
+    /// The catalog: every market MB lists, as parallel arrays.
+    pub async fn symbols(&self) -> Result<Symbols, MercadoBitcoinError> {
+        self.get("/symbols", &[], "symbols").await
     }
 
     async fn get<T: DeserializeOwned>(

@@ -1,5 +1,5 @@
-//! Mercado Bitcoin (Brazil): the public REST API v4's trades, and the JSON shapes the simulator
-//! serves (the symbol list too).
+//! Mercado Bitcoin (Brazil): the public REST API v4's trades and symbols, the public
+//! websocket's trades, and the JSON shapes the simulator serves.
 //!
 //! Facts the code relies on (MB's API v4 reference; see also the simulator): markets are
 //! `BASE-QUOTE` (`BTC-BRL`, case-sensitive); `GET /{symbol}/trades?since=<tid>&limit=1000`
@@ -9,6 +9,8 @@
 //! blocks are HTML pages.
 
 mod client;
+pub mod stream;
 pub mod wire;
 
 pub use client::{MAX_PAGE, MercadoBitcoinClient, MercadoBitcoinError, Policy};
+pub use stream::MercadoBitcoinLive;

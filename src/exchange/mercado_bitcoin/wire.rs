@@ -61,8 +61,7 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// `GET /api/v4/symbols`: one object of parallel arrays, not an array of rows (served by the
-/// simulator; no task reads MB's catalog yet).
+/// `GET /api/v4/symbols`: one object of parallel arrays, not an array of rows.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Symbols {
     pub symbol: Vec<String>,
@@ -72,4 +71,37 @@ pub struct Symbols {
     pub currency: Vec<String>,
     #[serde(rename = "exchange-traded")]
     pub exchange_traded: Vec<bool>,
+}
+
+/// The `data` of a websocket `trade` frame: the REST fields, prices and amounts as strings or
+/// numbers (third-party clients disagree; a number is read by its shortest exact text).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WsTrade {
+    pub tid: i64,
+    pub date: i64,
+    #[serde(rename = "type")]
+    pub side: String,
+    #[serde(deserialize_with = "crate::decimal::from_string_or_number")]
+    pub price: Decimal,
+    #[serde(deserialize_with = "crate::decimal::from_string_or_number")]
+    pub amount: Decimal,
+}
+
+impl WsTrade {
+    pub fn trade(&self) -> Option<Trade> {
+        WireTrade {
+            tid: self.tid,
+            date: self.date,
+            side: self.side.clone(),
+            price: self.price,
+            amount: self.amount,
+        }
+        .trade()
+    }
+}
+
+/// The websocket's name of a market: `BTC-BRL` is `BRLBTC`, quote then base.
+pub fn ws_name(symbol: &str) -> Option<String> {
+    let (base, quote) = symbol.split_once('-')?;
+    Some(format!("{quote}{base}"))
 }
