@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{ExchangeError, Trade, TradeHistory};
+use super::{Catalog, Trade, TradeHistory};
 
 /// Messages a connection read on its own task holds for its consumer at most.
 const QUEUED_MESSAGES: usize = 200_000;
@@ -48,9 +48,11 @@ pub trait LiveTrades: Send + Sync {
     fn exchange(&self) -> &'static str;
 
     /// Whether trade ids are consecutive per symbol, so that a jump in them is a gap to fetch
-    /// (Binance). Otherwise (KuCoin's sequences skip numbers) only a reconnect's catch-up
-    /// fills what was missed.
-    fn consecutive_ids(&self) -> bool;
+    /// (Binance). Otherwise (KuCoin's sequences skip numbers) only the checks against REST
+    /// and a reconnect's catch-up fill what was missed.
+    fn consecutive_ids(&self) -> bool {
+        super::profile(self.exchange()).is_some_and(|p| p.consecutive_ids)
+    }
 
     /// How often the trades a connection passed are checked against the REST history, for
     /// an exchange whose stream cannot show a lost frame (its ids are not consecutive): what
@@ -66,12 +68,8 @@ pub trait LiveTrades: Send + Sync {
     /// The REST history that fills gaps and catches up after a reconnect.
     fn history(&self) -> &dyn TradeHistory;
 
-    /// Fails naming the symbols the exchange does not list or does not trade: a stream of an
-    /// unknown symbol would be accepted and silent.
-    fn check_symbols<'a>(
-        &'a self,
-        symbols: &'a [String],
-    ) -> BoxFuture<'a, Result<(), ExchangeError>>;
+    /// The instrument catalog, to check the symbols against before streaming.
+    fn catalog(&self) -> &dyn Catalog;
 
     /// Opens a connection following the trades of `symbols`, read on a task of its own; it
     /// ends after `silence` without a frame.

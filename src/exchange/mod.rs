@@ -31,13 +31,134 @@ pub struct Trade {
     pub is_best_match: bool,
 }
 
-/// A symbol's base and quote assets, from the exchange's own listing.
+/// A symbol as the exchange's own catalog lists it: never guessed from its letters.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SymbolInfo {
+pub struct Instrument {
     pub symbol: String,
-    pub status: String,
     pub base_asset: String,
     pub quote_asset: String,
+    /// Open for trading now.
+    pub trading: bool,
+    /// The price step, as the exchange writes it; `None` where its catalog does not say.
+    pub price_step: Option<String>,
+    /// The quantity step, as the exchange writes it.
+    pub size_step: Option<String>,
+}
+
+/// What orch knows of an exchange whatever the transport: its names, and whether its trade
+/// ids are consecutive per symbol (so that a jump in them is a gap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Profile {
+    /// The name in staging rows, subjects, state keys and `dim_exchange`: `binance`.
+    pub id: &'static str,
+    pub display_name: &'static str,
+    /// Its public REST API, for `dim_exchange`.
+    pub api_endpoint: &'static str,
+    pub consecutive_ids: bool,
+}
+
+/// Every exchange orch speaks.
+pub const EXCHANGES: [Profile; 3] = [
+    Profile {
+        id: "binance",
+        display_name: "Binance",
+        api_endpoint: binance::BinanceClient::DEFAULT_BASE_URL,
+        consecutive_ids: true,
+    },
+    Profile {
+        id: "mercado_bitcoin",
+        display_name: "Mercado Bitcoin",
+        api_endpoint: mercado_bitcoin::MercadoBitcoinClient::DEFAULT_BASE_URL,
+        // Not documented either way.
+        consecutive_ids: false,
+    },
+    Profile {
+        id: "kucoin",
+        display_name: "KuCoin",
+        api_endpoint: kucoin::KucoinClient::DEFAULT_BASE_URL,
+        // Sequences are shared with order-book events.
+        consecutive_ids: false,
+    },
+];
+
+/// The exchange named `id`, if orch speaks it.
+pub fn profile(id: &str) -> Option<&'static Profile> {
+    EXCHANGES.iter().find(|p| p.id == id)
+}
+
+/// An exchange's instrument catalog.
+pub trait Catalog: Send + Sync {
+    /// The listing of `symbols` (all of them where the exchange cannot filter); symbols it
+    /// does not list are missing from the answer.
+    fn instruments<'a>(
+        &'a self,
+        symbols: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Instrument>, ExchangeError>>;
+}
+
+/// The catalog of exchange `id`, at the configured place (`base_url` overrides it).
+pub fn catalog(
+    id: &str,
+    data: &crate::config::DataPlaces,
+    base_url: Option<&str>,
+) -> Result<Box<dyn Catalog>, ExchangeError> {
+    let setup = |e: String| ExchangeError {
+        message: e,
+        retryable: false,
+    };
+    Ok(match id {
+        "binance" => Box::new(
+            binance::BinanceClient::new(
+                base_url.unwrap_or(&data.binance_api_url),
+                binance::RetryPolicy::default(),
+            )
+            .map_err(|e| setup(e.to_string()))?,
+        ),
+        "mercado_bitcoin" => Box::new(
+            mercado_bitcoin::MercadoBitcoinClient::new(
+                base_url.unwrap_or(&data.mercado_bitcoin_api_url),
+                Default::default(),
+            )
+            .map_err(|e| setup(e.to_string()))?,
+        ),
+        "kucoin" => Box::new(
+            kucoin::KucoinClient::new(base_url.unwrap_or(&data.kucoin_api_url), Default::default())
+                .map_err(|e| setup(e.to_string()))?,
+        ),
+        other => return Err(setup(format!("orch speaks no exchange `{other}`"))),
+    })
+}
+
+/// Fails naming each of `symbols` that `catalog` does not list or does not trade now: a
+/// stream of an unknown symbol would be accepted and silent.
+pub async fn check_listed(
+    catalog: &dyn Catalog,
+    exchange: &str,
+    symbols: &[String],
+) -> Result<(), ExchangeError> {
+    let listed = catalog
+        .instruments(symbols)
+        .await
+        .map_err(|e| ExchangeError {
+            message: format!("reading {exchange}'s catalog: {}", e.message),
+            ..e
+        })?;
+    let problems: Vec<String> = symbols
+        .iter()
+        .filter_map(|symbol| match listed.iter().find(|i| &i.symbol == symbol) {
+            None => Some(format!("{exchange} lists no symbol `{symbol}`")),
+            Some(i) if !i.trading => Some(format!("{exchange} does not trade `{symbol}` now")),
+            Some(_) => None,
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ExchangeError {
+            message: problems.join("; "),
+            retryable: false,
+        })
+    }
 }
 
 impl Trade {

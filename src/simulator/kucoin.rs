@@ -165,18 +165,17 @@ pub(crate) async fn symbols(State(shared): State<Shared>) -> Response {
     let listing: Vec<WireSymbol> = state
         .market
         .symbols()
-        .filter_map(|info| {
-            let (tick, lot) = state.market.steps(&info.symbol)?;
+        .map(|info| {
             let name = format!("{}-{}", info.base_asset, info.quote_asset);
-            Some(WireSymbol {
+            WireSymbol {
                 symbol: name.clone(),
                 name,
                 base_currency: info.base_asset.clone(),
                 quote_currency: info.quote_asset.clone(),
-                enable_trading: true,
-                price_increment: tick.to_string(),
-                base_increment: lot.to_string(),
-            })
+                enable_trading: info.trading,
+                price_increment: info.price_step.clone().unwrap_or_default(),
+                base_increment: info.size_step.clone().unwrap_or_default(),
+            }
         })
         .collect();
     data(listing)

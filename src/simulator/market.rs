@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::decimal::Decimal;
-use crate::exchange::{SymbolInfo, Trade};
+use crate::exchange::{Instrument, Trade};
 
 /// How many trades per symbol the simulator keeps for `historicalTrades`.
 const RETAINED: usize = 2_000_000;
@@ -68,7 +68,7 @@ fn split_symbol(symbol: &str) -> (String, String) {
 }
 
 struct Book {
-    info: SymbolInfo,
+    info: Instrument,
     tick: i128,
     lot: i128,
     price: i128,
@@ -106,11 +106,13 @@ impl Market {
             .map(|symbol| {
                 let profile = profile(symbol);
                 let book = Book {
-                    info: SymbolInfo {
+                    info: Instrument {
                         symbol: symbol.clone(),
-                        status: "TRADING".to_string(),
                         base_asset: profile.base,
                         quote_asset: profile.quote,
+                        trading: true,
+                        price_step: Decimal::from_units(profile.tick).map(|d| d.to_string()),
+                        size_step: Decimal::from_units(profile.lot).map(|d| d.to_string()),
                     },
                     tick: profile.tick,
                     lot: profile.lot,
@@ -127,11 +129,11 @@ impl Market {
         Market { books, rng }
     }
 
-    pub fn symbols(&self) -> impl Iterator<Item = &SymbolInfo> {
+    pub fn symbols(&self) -> impl Iterator<Item = &Instrument> {
         self.books.values().map(|b| &b.info)
     }
 
-    pub fn info(&self, symbol: &str) -> Option<&SymbolInfo> {
+    pub fn info(&self, symbol: &str) -> Option<&Instrument> {
         self.books.get(symbol).map(|b| &b.info)
     }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{FaultScript, RestFault, Shared, SimState, kucoin, mercado_bitcoin, stream};
-use crate::exchange::binance::wire::{ErrorBody, ExchangeInfo, WireSymbol, WireTrade};
+use crate::exchange::binance::wire::{ErrorBody, ExchangeInfo, WireFilter, WireSymbol, WireTrade};
 
 pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
@@ -273,8 +273,20 @@ async fn exchange_info(State(shared): State<Shared>, Query(params): Params) -> R
             symbols: infos
                 .into_iter()
                 .map(|i| WireSymbol {
+                    status: if i.trading { "TRADING" } else { "BREAK" }.to_string(),
+                    filters: vec![
+                        WireFilter {
+                            filter_type: "PRICE_FILTER".to_string(),
+                            tick_size: i.price_step,
+                            step_size: None,
+                        },
+                        WireFilter {
+                            filter_type: "LOT_SIZE".to_string(),
+                            tick_size: None,
+                            step_size: i.size_step,
+                        },
+                    ],
                     symbol: i.symbol,
-                    status: i.status,
                     base_asset: i.base_asset,
                     quote_asset: i.quote_asset,
                     base_asset_precision: 8,

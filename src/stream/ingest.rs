@@ -120,7 +120,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| places.staging_url.clone());
     // A stream name for an unknown symbol is accepted and silent: ask the exchange first.
-    live.check_symbols(symbols)
+    crate::exchange::check_listed(live.catalog(), exchange, symbols)
         .await
         .map_err(|e| setup(e.to_string()))?;
     let staging = Staging::open(&staging_url, &def.sink.table)

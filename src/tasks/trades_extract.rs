@@ -1,19 +1,21 @@
 //! `kind: trades.extract`: one UTC day of staged trades into a Parquet snapshot in the lake.
 //!
 //! ```yaml
-//! with: { date: "{{ ds }}", exchange: binance, table: raw_trades, output: raw/trades_daily }
+//! with: { date: "{{ ds }}", exchange: [binance, kucoin], table: raw_trades, output: raw/trades_daily }
 //! ```
 //!
-//! Reads the staging store's trades with `trade_time` from 00:00 to 24:00 UTC of `date` (the
-//! run's logical date, not "today") and writes `<output>/date=YYYY-MM-DD/part-*.parquet`,
-//! replacing any earlier snapshot of that day. Rows: the trades extracted.
+//! Reads the staging store's trades of each exchange listed with `trade_time` from 00:00 to
+//! 24:00 UTC of `date` (the run's logical date, not "today") and writes
+//! `<output>/date=YYYY-MM-DD/part-*.parquet`, replacing any earlier snapshot of that day.
+//! Rows: the trades extracted.
 //!
-//! Before it snapshots, it checks that the day is complete in staging, per symbol: the
-//! stream has committed trades past the day's end, and the day's trade ids run without a gap
-//! from the last id before the day to the first one after it (ids are consecutive per
-//! symbol). Otherwise it fails naming the symbols and id ranges missing, as a retryable
-//! error, after waiting up to `wait_for_complete` for the stream's gap backfill to fill them.
-//! `allow_incomplete: true` snapshots whatever is there (today's trades, say).
+//! Before it snapshots, it checks that the day is complete in staging, per exchange and
+//! symbol: the stream has committed trades past the day's end, and, where the exchange's ids
+//! are consecutive per symbol (Binance), the day's ids run without a gap from the last id
+//! before the day to the first one after it. Otherwise it fails naming the symbols and id
+//! ranges missing, as a retryable error, after waiting up to `wait_for_complete` for the
+//! stream's gap backfill to fill them. `allow_incomplete: true` snapshots whatever is there
+//! (today's trades, say).
 
 use std::time::{Duration, Instant};
 
@@ -36,8 +38,9 @@ const RECHECK_EVERY: Duration = Duration::from_secs(15);
 struct Config {
     /// `YYYY-MM-DD`; the run's `ds` when absent.
     date: Option<String>,
-    #[serde(default = "default_exchange")]
-    exchange: String,
+    /// One exchange or a list.
+    #[serde(default = "default_exchange", deserialize_with = "one_or_many")]
+    exchange: Vec<String>,
     /// The staging table.
     #[serde(default = "default_table")]
     table: String,
@@ -46,7 +49,8 @@ struct Config {
     /// The lake prefix of the daily snapshots.
     #[serde(default = "default_output")]
     output: String,
-    /// Symbols the day must hold; the symbols staged that day are checked in any case.
+    /// Symbols the day must hold, `SYMBOL` of every exchange listed or `EXCHANGE:SYMBOL`;
+    /// the symbols staged that day are checked in any case.
     #[serde(default)]
     symbols: Vec<String>,
     /// Snapshot the day even if it is not complete in staging.
@@ -57,8 +61,21 @@ struct Config {
     wait_for_complete: Duration,
 }
 
-fn default_exchange() -> String {
-    "binance".to_string()
+fn default_exchange() -> Vec<String> {
+    vec!["binance".to_string()]
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 fn default_table() -> String {
@@ -75,7 +92,17 @@ impl TaskKind for TradesExtract {
     }
 
     fn check(&self, with: &Value) -> Result<(), String> {
-        parse_with::<Config>(with).map(|_| ())
+        let config = parse_with::<Config>(with)?;
+        match config
+            .exchange
+            .iter()
+            .find(|e| crate::exchange::profile(e).is_none())
+        {
+            Some(unknown) => Err(format!(
+                "`exchange`: orch speaks no exchange `{unknown}` (binance, mercado_bitcoin, kucoin)"
+            )),
+            None => Ok(()),
+        }
     }
 
     fn reads_utc_day(&self) -> bool {
@@ -104,12 +131,22 @@ impl TaskKind for TradesExtract {
             let url = config.staging.as_deref().unwrap_or(&ctx.data.staging_url);
             let staging = Staging::open(url, &config.table).await?;
             let started = Instant::now();
-            let mut trades = staging
-                .trades_between(&config.exchange, from_ms, to_ms)
-                .await?;
+            let mut days = Vec::new();
+            for exchange in &config.exchange {
+                let trades = staging.trades_between(exchange, from_ms, to_ms).await?;
+                days.push((exchange.clone(), trades));
+            }
             if !config.allow_incomplete {
                 loop {
-                    let missing = incomplete(&staging, &config, &trades, (from_ms, to_ms)).await?;
+                    let mut missing = Vec::new();
+                    for (exchange, trades) in &days {
+                        let day = Day {
+                            exchange,
+                            trades,
+                            bounds: (from_ms, to_ms),
+                        };
+                        missing.extend(incomplete(&staging, &config, &day).await?);
+                    }
                     if missing.is_empty() {
                         break;
                     }
@@ -126,21 +163,38 @@ impl TaskKind for TradesExtract {
                     tokio::time::sleep(RECHECK_EVERY).await;
                     // Only ids missing inside the day change what was read; a stream not past the
                     // day's end yet needs only its neighbours looked at again.
-                    if missing.iter().any(|m| m.inside_the_day) {
-                        trades = staging
-                            .trades_between(&config.exchange, from_ms, to_ms)
-                            .await?;
+                    for (exchange, trades) in days.iter_mut() {
+                        if missing
+                            .iter()
+                            .any(|m| m.inside_the_day && &m.exchange == exchange)
+                        {
+                            *trades = staging.trades_between(exchange, from_ms, to_ms).await?;
+                        }
                     }
                 }
             }
-            for (symbol, count) in trades.counts() {
-                ctx.log.note(&format!("{date} {symbol}: {count} trades"));
+            let mut rows = 0;
+            for (exchange, trades) in &days {
+                for (symbol, count) in trades.counts() {
+                    ctx.log
+                        .note(&format!("{date} {exchange} {symbol}: {count} trades"));
+                }
+                rows += trades.len() as u64;
             }
-            let rows = trades.len() as u64;
-            let exchange = config.exchange.clone();
-            let parts = off_runtime(move || daily_trades::encode_snapshot(&exchange, trades))
-                .await?
-                .map_err(|e| TaskError::transient(format!("cannot encode the snapshot: {e}")))?;
+            let parts = off_runtime(move || {
+                let mut parts = Vec::new();
+                for (exchange, trades) in days {
+                    // A day without trades still gets its one part, so readers find the
+                    // columns; other exchanges' empty days add nothing.
+                    if trades.is_empty() && !parts.is_empty() {
+                        continue;
+                    }
+                    parts.extend(daily_trades::encode_snapshot(&exchange, trades)?);
+                }
+                Ok::<_, polars::prelude::PolarsError>(parts)
+            })
+            .await?
+            .map_err(|e| TaskError::transient(format!("cannot encode the snapshot: {e}")))?;
             let files = parts.len();
             daily_trades::replace_parts(&lake, &dir, parts).await?;
             ctx.log.note(&format!(
@@ -162,24 +216,50 @@ impl TaskKind for TradesExtract {
 
 /// One thing that keeps a day from being complete.
 struct Missing {
+    exchange: String,
     text: String,
     /// Ids missing inside the day: reading the day again is needed to see them filled.
     inside_the_day: bool,
 }
 
-/// What keeps the day `[from_ms, to_ms)` from being complete in staging, per symbol: ids
-/// missing inside the day or at its edges, or a stream that has not committed trades past
-/// the day's end yet. Empty when the day is complete.
+/// One exchange's staged trades of the day `[bounds.0, bounds.1)`.
+struct Day<'a> {
+    exchange: &'a str,
+    trades: &'a TradeColumns,
+    bounds: (i64, i64),
+}
+
+/// What keeps `day` from being complete in staging, per symbol: ids missing inside the day
+/// or at its edges (where the exchange's ids are consecutive), or a stream that has not
+/// committed trades past the day's end yet. Empty when the day is complete.
 async fn incomplete(
     staging: &Staging,
     config: &Config,
-    trades: &TradeColumns,
-    day: (i64, i64),
+    day: &Day<'_>,
 ) -> Result<Vec<Missing>, TaskError> {
+    let Day {
+        exchange,
+        trades,
+        bounds,
+    } = *day;
+    let consecutive = crate::exchange::profile(exchange).is_some_and(|p| p.consecutive_ids);
+    // Named with their exchange when the snapshot takes several.
+    let name = |symbol: &str| {
+        if config.exchange.len() > 1 {
+            format!("{exchange} {symbol}")
+        } else {
+            symbol.to_string()
+        }
+    };
     let spans = trades.id_spans();
     let mut symbols: Vec<&str> = spans.iter().map(|s| s.symbol).collect();
-    for symbol in &config.symbols {
-        if !symbols.contains(&symbol.as_str()) {
+    for entry in &config.symbols {
+        let symbol = match entry.split_once(':') {
+            Some((of, symbol)) if of == exchange => symbol,
+            Some(_) => continue,
+            None => entry.as_str(),
+        };
+        if !symbols.contains(&symbol) {
             symbols.push(symbol);
         }
     }
@@ -187,16 +267,13 @@ async fn incomplete(
     for symbol in symbols {
         let span = spans.iter().find(|s| s.symbol == symbol);
         let (before, after) = staging
-            .neighbours(
-                &config.exchange,
-                symbol,
-                span.map(|s| (s.first, s.last)),
-                day,
-            )
+            .neighbours(exchange, symbol, span.map(|s| (s.first, s.last)), bounds)
             .await?;
         let mut gaps: Vec<(i64, i64)> = Vec::new();
         let mut inside_the_day = false;
         match span {
+            // Only consecutive ids tell a gap.
+            _ if !consecutive => {}
             Some(span) => {
                 if let Some(before) = before
                     && before + 1 < span.first
@@ -226,8 +303,10 @@ async fn incomplete(
                 format!(" (its last id so far is {})", s.last)
             });
             missing.push(Missing {
+                exchange: exchange.to_string(),
                 text: format!(
-                    "{symbol}: the stream has not committed trades past the day's end yet{last}"
+                    "{}: the stream has not committed trades past the day's end yet{last}",
+                    name(symbol)
                 ),
                 inside_the_day: false,
             });
@@ -235,7 +314,12 @@ async fn incomplete(
         if !gaps.is_empty() {
             let ranges: Vec<String> = gaps.iter().map(|(a, b)| format!("{a}..={b}")).collect();
             missing.push(Missing {
-                text: format!("{symbol}: trade ids {} are missing", ranges.join(", ")),
+                exchange: exchange.to_string(),
+                text: format!(
+                    "{}: trade ids {} are missing",
+                    name(symbol),
+                    ranges.join(", ")
+                ),
                 inside_the_day,
             });
         }

@@ -7,25 +7,32 @@
 //!
 //! Writes `<output>/<table>/year=YYYY/month=MM/day=DD/part-*.parquet` for each table,
 //! replacing an earlier run's aside, then switching (see [`daily_trades`]), under a lock per
-//! day. The Polars work runs on blocking threads, off the async runtime. Symbol ids come from the metadata store (assigned once, stable
-//! across runs and days); base and quote assets from Binance's exchangeInfo, cached in the
-//! metadata store, never guessed from the symbol's letters. Rows: the `fact_trades` rows.
+//! day. The Polars work runs on blocking threads, off the async runtime. One build takes
+//! every exchange the snapshot holds: `dim_exchange` lists each, and a symbol is keyed by its
+//! exchange and name. Symbol ids come from the metadata store (assigned once per exchange and
+//! symbol, stable across runs and days); base and quote assets from each exchange's own
+//! catalog (Binance's exchangeInfo, Mercado Bitcoin's `/symbols`, KuCoin's `/api/v2/symbols`),
+//! cached in the metadata store, never guessed from the symbol's letters. Rows: the
+//! `fact_trades` rows.
 
-use polars::prelude::DataType;
+use polars::prelude::{ChunkCompareEq, DataType};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
     BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
 };
-use crate::exchange::binance::{BinanceClient, RetryPolicy};
+use crate::exchange;
 use crate::lake::{Lake, daily_trades};
 use crate::transform::star_schema::{self, ExchangeRef, SymbolRef};
 
 pub struct TradesStarSchema;
 
-/// Where base and quote assets are cached: `BASE QUOTE` by symbol.
-const ASSETS_NAMESPACE: &str = "binance.exchange_info.assets";
+/// Where an exchange's base and quote assets are cached: `BASE QUOTE` by symbol (the name
+/// Binance's cache always had).
+fn assets_namespace(exchange: &str) -> String {
+    format!("{exchange}.exchange_info.assets")
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +45,8 @@ struct Config {
     /// The lake prefix of the curated tables.
     #[serde(default = "default_output")]
     output: String,
-    /// Overrides `BINANCE_API_URL` for exchangeInfo.
+    /// Overrides `BINANCE_API_URL` for exchangeInfo (the other exchanges' catalogs are read
+    /// where the configuration says).
     base_url: Option<String>,
 }
 
@@ -103,26 +111,26 @@ impl TaskKind for TradesStarSchema {
                 .column("trade_count")
                 .and_then(|c| c.as_materialized_series().sum::<i64>())
                 .map_err(failed)?;
-            let exchanges = distinct(&minutes, "exchange")?;
-            if exchanges.iter().any(|e| e != "binance") {
-                return Err(TaskError::permanent(format!(
-                    "{}/{dir}: exchanges {exchanges:?}: only binance is supported",
-                    lake.url()
-                )));
+            let mut exchanges = Vec::new();
+            let mut references = Vec::new();
+            for id in distinct(&minutes, "exchange", None)? {
+                let Some(profile) = exchange::profile(&id) else {
+                    return Err(TaskError::permanent(format!(
+                        "{}/{dir}: trades of exchange `{id}`, which orch does not speak",
+                        lake.url()
+                    )));
+                };
+                let symbols = distinct(&minutes, "symbol", Some(("exchange", &id)))?;
+                let base_url = config.base_url.as_deref().filter(|_| id == "binance");
+                references.extend(symbol_refs(profile.id, &symbols, base_url, ctx).await?);
+                exchanges.push(ExchangeRef {
+                    exchange_id: profile.id.to_string(),
+                    exchange_name: profile.display_name.to_string(),
+                    api_endpoint: profile.api_endpoint.to_string(),
+                });
             }
-            let symbols = distinct(&minutes, "symbol")?;
-            let base_url = config
-                .base_url
-                .as_deref()
-                .unwrap_or(&ctx.data.binance_api_url);
-            let references = symbol_refs(&symbols, base_url, ctx).await?;
-            let exchange = ExchangeRef {
-                exchange_id: "binance".to_string(),
-                exchange_name: "Binance".to_string(),
-                api_endpoint: BinanceClient::DEFAULT_BASE_URL.to_string(),
-            };
             let (star, encoded) = off_runtime(move || {
-                let star = star_schema::finish(minutes, &exchange, &references)?;
+                let star = star_schema::finish(minutes, &exchanges, &references)?;
                 let encoded = star
                     .tables()
                     .into_iter()
@@ -156,12 +164,28 @@ impl TaskKind for TradesStarSchema {
     }
 }
 
-/// The distinct values of a string column, sorted.
-fn distinct(frame: &polars::prelude::DataFrame, name: &str) -> Result<Vec<String>, TaskError> {
+/// The distinct values of a string column, sorted; of the rows where column `where_.0`
+/// equals `where_.1` only, when given.
+fn distinct(
+    frame: &polars::prelude::DataFrame,
+    name: &str,
+    where_: Option<(&str, &str)>,
+) -> Result<Vec<String>, TaskError> {
     let unusable = |e: polars::prelude::PolarsError| {
         TaskError::permanent(format!("the snapshot has no usable `{name}` column: {e}"))
     };
-    let column = frame
+    let rows = match where_ {
+        Some((column, value)) => {
+            let mask = frame
+                .column(column)
+                .and_then(|c| c.cast(&DataType::String))
+                .and_then(|c| c.str().map(|s| s.equal(value)))
+                .map_err(unusable)?;
+            frame.filter(&mask).map_err(unusable)?
+        }
+        None => frame.clone(),
+    };
+    let column = rows
         .column(name)
         .and_then(|c| c.cast(&DataType::String))
         .map_err(unusable)?;
@@ -178,18 +202,20 @@ fn distinct(frame: &polars::prelude::DataFrame, name: &str) -> Result<Vec<String
 }
 
 /// Each symbol's stable id and assets: ids from the metadata store, assets from its cache,
-/// or from exchangeInfo for symbols not seen before.
+/// or from the exchange's catalog for symbols not seen before.
 async fn symbol_refs(
+    exchange: &str,
     symbols: &[String],
-    base_url: &str,
+    base_url: Option<&str>,
     ctx: &TaskContext,
 ) -> Result<Vec<SymbolRef>, TaskError> {
+    let namespace = assets_namespace(exchange);
     let mut cached = Vec::new();
     let mut unknown = Vec::new();
     for symbol in symbols {
         let assets = ctx
             .store
-            .task_state(ASSETS_NAMESPACE, symbol)
+            .task_state(&namespace, symbol)
             .await?
             .and_then(|v| {
                 v.split_once(' ')
@@ -201,34 +227,38 @@ async fn symbol_refs(
         }
     }
     if !unknown.is_empty() {
-        let client = BinanceClient::new(base_url, RetryPolicy::default())?;
-        let infos = client.exchange_info(&unknown).await.map_err(|e| {
-            TaskError::from(e).context(format!("base and quote assets of {unknown:?}"))
+        let catalog = exchange::catalog(exchange, &ctx.data, base_url)?;
+        let listed = catalog.instruments(&unknown).await.map_err(|e| {
+            TaskError::from(e).context(format!("base and quote assets of {exchange} {unknown:?}"))
         })?;
-        for info in infos {
+        for instrument in listed.into_iter().filter(|i| unknown.contains(&i.symbol)) {
             ctx.store
                 .set_task_state(
-                    ASSETS_NAMESPACE,
-                    &info.symbol,
-                    &format!("{} {}", info.base_asset, info.quote_asset),
+                    &namespace,
+                    &instrument.symbol,
+                    &format!("{} {}", instrument.base_asset, instrument.quote_asset),
                 )
                 .await?;
             ctx.log.note(&format!(
-                "{}: base {}, quote {} (exchangeInfo)",
-                info.symbol, info.base_asset, info.quote_asset
+                "{exchange} {}: base {}, quote {} (its catalog)",
+                instrument.symbol, instrument.base_asset, instrument.quote_asset
             ));
-            cached.push((info.symbol, (info.base_asset, info.quote_asset)));
+            cached.push((
+                instrument.symbol,
+                (instrument.base_asset, instrument.quote_asset),
+            ));
         }
     }
     let mut references = Vec::new();
     for symbol in symbols {
         let Some((_, (base, quote))) = cached.iter().find(|(s, _)| s == symbol) else {
             return Err(TaskError::permanent(format!(
-                "{symbol}: exchangeInfo does not list it"
+                "{exchange} {symbol}: the exchange's catalog does not list it"
             )));
         };
-        let symbol_id = ctx.store.symbol_id("binance", symbol).await?;
+        let symbol_id = ctx.store.symbol_id(exchange, symbol).await?;
         references.push(SymbolRef {
+            exchange_id: exchange.to_string(),
             symbol: symbol.clone(),
             symbol_id,
             base_asset: base.clone(),

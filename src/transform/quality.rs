@@ -206,6 +206,7 @@ mod tests {
         )
         .expect("frame");
         let symbols = vec![SymbolRef {
+            exchange_id: "binance".to_string(),
             symbol: "BTCUSDT".to_string(),
             symbol_id: 1,
             base_asset: "BTC".to_string(),
@@ -226,7 +227,7 @@ mod tests {
     fn a_clean_day_passes() {
         let (frame, symbols) = day();
         let clean = frame.head(Some(2));
-        let star = build(as_snapshot(clean.clone()), &exchange(), &symbols).expect("transform");
+        let star = build(as_snapshot(clean.clone()), &[exchange()], &symbols).expect("transform");
         let failures = check(&star, clean.lazy(), 2).expect("checks run");
         assert!(failures.is_empty(), "{failures:?}");
     }
@@ -235,7 +236,7 @@ mod tests {
     fn broken_rows_are_named() {
         // ETHUSDT has a zero price and no symbol reference; the count is off by one.
         let (frame, symbols) = day();
-        let star = build(as_snapshot(frame.clone()), &exchange(), &symbols).expect("transform");
+        let star = build(as_snapshot(frame.clone()), &[exchange()], &symbols).expect("transform");
         let failures = check(&star, frame.lazy(), 4).expect("checks run");
         let text = failures.join("\n");
         assert!(

@@ -13,10 +13,11 @@ use polars::prelude::*;
 use super::currencies;
 use crate::decimal::{PRECISION, Product};
 
-/// A symbol as the dimensions need it: its stable id and its assets, as the exchange lists
-/// them.
+/// A symbol as the dimensions need it: its exchange, its stable id and its assets, as the
+/// exchange lists them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SymbolRef {
+    pub exchange_id: String,
     pub symbol: String,
     pub symbol_id: i64,
     pub base_asset: String,
@@ -74,10 +75,10 @@ fn trade_value() -> Expr {
 /// Builds the star schema of `trades` (a day's snapshot) for the symbols in `symbols`.
 pub fn build(
     trades: LazyFrame,
-    exchange: &ExchangeRef,
+    exchanges: &[ExchangeRef],
     symbols: &[SymbolRef],
 ) -> PolarsResult<StarSchema> {
-    finish(aggregate(trades)?, exchange, symbols)
+    finish(aggregate(trades)?, exchanges, symbols)
 }
 
 /// Per exchange, symbol and minute, the figures of `fact_trades`, on the streaming engine (the
@@ -118,9 +119,11 @@ pub fn aggregate(trades: LazyFrame) -> PolarsResult<DataFrame> {
         ])
         .collect_with_engine(Engine::Streaming)?
         .unwrap_single();
-    // Ids are per symbol: (symbol, id) names one trade. `is_open` tells first from last.
+    // Ids are per exchange and symbol: (exchange, symbol, id) names one trade. `is_open`
+    // tells first from last.
     let ends = |id: &str, is_open: bool| {
         minutes.clone().lazy().select([
+            col("exchange"),
             col("symbol"),
             col(id).alias("trade_id"),
             lit(is_open).alias("is_open"),
@@ -131,11 +134,16 @@ pub fn aggregate(trades: LazyFrame) -> PolarsResult<DataFrame> {
         UnionArgs::default(),
     )?;
     let prices = trades
-        .select([col("symbol"), col("trade_id"), col("price")])
+        .select([
+            col("exchange"),
+            col("symbol"),
+            col("trade_id"),
+            col("price"),
+        ])
         .join(
             end_prices,
-            [col("symbol"), col("trade_id")],
-            [col("symbol"), col("trade_id")],
+            [col("exchange"), col("symbol"), col("trade_id")],
+            [col("exchange"), col("symbol"), col("trade_id")],
             JoinArgs::new(JoinType::Inner),
         )
         .collect_with_engine(Engine::Streaming)?
@@ -146,12 +154,13 @@ pub fn aggregate(trades: LazyFrame) -> PolarsResult<DataFrame> {
             .lazy()
             .filter(col("is_open").eq(lit(is_open)))
             .select([
+                col("exchange"),
                 col("symbol"),
                 col("trade_id").alias(id),
                 col("price").alias(name),
             ])
     };
-    let by = |id: &str| [col("symbol"), col(id)];
+    let by = |id: &str| [col("exchange"), col("symbol"), col(id)];
     let minutes = with_units_as_decimal(minutes, "total_trade_value", Product::SCALE)?;
     minutes
         .lazy()
@@ -185,10 +194,11 @@ fn with_units_as_decimal(mut frame: DataFrame, name: &str, scale: u32) -> Polars
 /// The five tables from the per-minute figures of [`aggregate`].
 pub fn finish(
     minutes: DataFrame,
-    exchange: &ExchangeRef,
+    exchanges: &[ExchangeRef],
     symbols: &[SymbolRef],
 ) -> PolarsResult<StarSchema> {
     let symbol_frame = df!(
+        "exchange" => symbols.iter().map(|s| s.exchange_id.as_str()).collect::<Vec<_>>(),
         "symbol" => symbols.iter().map(|s| s.symbol.as_str()).collect::<Vec<_>>(),
         "symbol_id" => symbols.iter().map(|s| s.symbol_id).collect::<Vec<_>>(),
         "base_currency_id" => symbols.iter().map(|s| s.base_asset.as_str()).collect::<Vec<_>>(),
@@ -198,12 +208,12 @@ pub fn finish(
         .lazy()
         .join(
             symbol_frame.clone().lazy(),
-            [col("symbol")],
-            [col("symbol")],
+            [col("exchange"), col("symbol")],
+            [col("exchange"), col("symbol")],
             JoinArgs::new(JoinType::Left),
         )
         .with_columns([
-            lit(exchange.exchange_id.as_str()).alias("exchange_id"),
+            col("exchange").cast(DataType::String).alias("exchange_id"),
             (col("total_trade_value").cast(DataType::Float64)
                 / col("total_quantity").cast(DataType::Float64))
             .alias("vwap"),
@@ -228,7 +238,10 @@ pub fn finish(
             col("first_trade_id"),
             col("last_trade_id"),
         ])
-        .sort(["symbol", "trade_minute"], Default::default());
+        .sort(
+            ["exchange_id", "symbol", "trade_minute"],
+            Default::default(),
+        );
 
     let fact_trades = fact_trades.collect()?;
     // The day's minutes are the fact's: a small frame, not another pass over the trades.
@@ -268,11 +281,19 @@ pub fn finish(
         .sort(["time_id"], Default::default())
         .collect()?;
 
-    let present = fact_trades.column("symbol")?.unique()?;
-    let present: Vec<&str> = present.str()?.iter().flatten().collect();
+    let present = fact_trades
+        .select(["exchange_id", "symbol"])?
+        .unique_stable(None, UniqueKeepStrategy::First, None)?;
+    let pairs: Vec<(&str, &str)> = present
+        .column("exchange_id")?
+        .str()?
+        .iter()
+        .zip(present.column("symbol")?.str()?.iter())
+        .filter_map(|(exchange, symbol)| Some((exchange?, symbol?)))
+        .collect();
     let mut used: Vec<&SymbolRef> = symbols
         .iter()
-        .filter(|s| present.contains(&s.symbol.as_str()))
+        .filter(|s| pairs.contains(&(s.exchange_id.as_str(), s.symbol.as_str())))
         .collect();
     used.sort_by_key(|s| s.symbol_id);
     let dim_symbol = df!(
@@ -280,12 +301,17 @@ pub fn finish(
         "symbol" => used.iter().map(|s| s.symbol.as_str()).collect::<Vec<_>>(),
         "base_currency_id" => used.iter().map(|s| s.base_asset.as_str()).collect::<Vec<_>>(),
         "quote_currency_id" => used.iter().map(|s| s.quote_asset.as_str()).collect::<Vec<_>>(),
-        "exchange_id" => used.iter().map(|_| exchange.exchange_id.as_str()).collect::<Vec<_>>(),
+        "exchange_id" => used.iter().map(|s| s.exchange_id.as_str()).collect::<Vec<_>>(),
     )?;
+    let mut listed: Vec<&ExchangeRef> = exchanges
+        .iter()
+        .filter(|e| pairs.iter().any(|(id, _)| *id == e.exchange_id))
+        .collect();
+    listed.sort_by(|a, b| a.exchange_id.cmp(&b.exchange_id));
     let dim_exchange = df!(
-        "exchange_id" => [exchange.exchange_id.as_str()],
-        "exchange_name" => [exchange.exchange_name.as_str()],
-        "api_endpoint" => [exchange.api_endpoint.as_str()],
+        "exchange_id" => listed.iter().map(|e| e.exchange_id.as_str()).collect::<Vec<_>>(),
+        "exchange_name" => listed.iter().map(|e| e.exchange_name.as_str()).collect::<Vec<_>>(),
+        "api_endpoint" => listed.iter().map(|e| e.api_endpoint.as_str()).collect::<Vec<_>>(),
     )?;
     let mut currencies: Vec<&str> = used
         .iter()
@@ -396,6 +422,7 @@ pub(crate) mod tests {
 
     fn reference() -> (ExchangeRef, Vec<SymbolRef>) {
         let symbol = |symbol: &str, symbol_id, base: &str, quote: &str| SymbolRef {
+            exchange_id: "binance".to_string(),
             symbol: symbol.to_string(),
             symbol_id,
             base_asset: base.to_string(),
@@ -449,7 +476,12 @@ pub(crate) mod tests {
     #[test]
     fn every_value_of_a_hand_built_day() {
         let (exchange, symbols) = reference();
-        let star = build(as_snapshot(hand_built_day()), &exchange, &symbols).expect("transform");
+        let star = build(
+            as_snapshot(hand_built_day()),
+            std::slice::from_ref(&exchange),
+            &symbols,
+        )
+        .expect("transform");
         let fact = &star.fact_trades;
         assert_eq!(fact.height(), 3);
         let col_text = |name| texts(fact, name);
@@ -589,14 +621,19 @@ pub(crate) mod tests {
     fn a_day_without_trades_gives_empty_tables_with_their_columns() {
         let (exchange, symbols) = reference();
         let empty = hand_built_day().head(Some(0));
-        let star = build(as_snapshot(empty), &exchange, &symbols).expect("transform");
+        let star = build(
+            as_snapshot(empty),
+            std::slice::from_ref(&exchange),
+            &symbols,
+        )
+        .expect("transform");
         assert_eq!(star.fact_trades.height(), 0);
         assert_eq!(star.fact_trades.width(), 18);
         assert_eq!(star.dim_time.height(), 0);
         assert_eq!(star.dim_time.width(), 7);
         assert_eq!(star.dim_symbol.height(), 0);
         assert_eq!(star.dim_currency.height(), 0);
-        assert_eq!(star.dim_exchange.height(), 1);
+        assert_eq!(star.dim_exchange.height(), 0, "no exchange traded");
     }
 
     /// `fact_trades` against a plain Rust computation over the same generated day.
@@ -661,6 +698,7 @@ pub(crate) mod tests {
             .iter()
             .enumerate()
             .map(|(i, s)| SymbolRef {
+                exchange_id: "binance".to_string(),
                 symbol: s.to_string(),
                 symbol_id: i as i64 + 1,
                 base_asset: "B".to_string(),
@@ -668,7 +706,12 @@ pub(crate) mod tests {
             })
             .collect();
         let (exchange, _) = reference();
-        let star = build(as_snapshot(frame), &exchange, &references).expect("transform");
+        let star = build(
+            as_snapshot(frame),
+            std::slice::from_ref(&exchange),
+            &references,
+        )
+        .expect("transform");
 
         #[derive(Default)]
         struct Minute {

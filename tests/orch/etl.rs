@@ -74,12 +74,17 @@ fn staged_rows(symbols: &[&str], per_day: i64, first_day: i64, days: i64) -> Vec
 /// Stages `rows`; returns how many fall inside their days (all but one before and one after
 /// them, per symbol).
 fn insert(url: &str, rows: &[StagedTrade]) -> u64 {
+    insert_of(url, "binance", rows)
+}
+
+/// Stages `rows` as trades of `exchange`; returns how many fall inside their days.
+fn insert_of(url: &str, exchange: &str, rows: &[StagedTrade]) -> u64 {
     let symbols: std::collections::BTreeSet<&str> =
         rows.iter().map(|r| r.symbol.as_str()).collect();
     block_on(async {
         let staging = Staging::open(url, "raw_trades").await.expect("staging");
         staging
-            .insert("binance", rows, 0)
+            .insert(exchange, rows, 0)
             .await
             .expect("stage trades");
     });
@@ -293,6 +298,82 @@ fn a_day_end_to_end(warehouse_url: &str) {
     assert_eq!(
         shown, trades as i64,
         "every trade of the day in the hourly points"
+    );
+}
+
+#[test]
+fn a_day_of_three_exchanges_is_one_star_schema_with_each_exchanges_catalog() {
+    let home = Home::new();
+    home.write_dag("daily_binance_etl", &shipped());
+    // Binance's BTCUSDT and AAVEUSDT; KuCoin's BTC-USDT and Mercado Bitcoin's BTC-BRL are the
+    // same simulated books under their own catalogs.
+    let sim = Simulator::start("BTCUSDT,AAVEUSDT,BTCBRL");
+    let staging = format!("sqlite://{}", home.file("data/staging.db").display());
+    let mut trades = insert(
+        &staging,
+        &staged_rows(&["BTCUSDT", "AAVEUSDT"], 500, DAY, 1),
+    );
+    // KuCoin's sequences skip numbers: no gap for the extract to wait for.
+    let mut kucoin = staged_rows(&["BTC-USDT"], 300, DAY, 1);
+    for row in &mut kucoin {
+        row.trade.id *= 3;
+    }
+    trades += insert_of(&staging, "kucoin", &kucoin);
+    trades += insert_of(
+        &staging,
+        "mercado_bitcoin",
+        &staged_rows(&["BTC-BRL"], 200, DAY, 1),
+    );
+    let warehouse = format!("sqlite://{}", home.file("data/warehouse.db").display());
+    let mercado_bitcoin = format!("{}/api/v4", sim.url);
+    let env = [
+        ("ORCH_STAGING_URL", staging.as_str()),
+        ("ORCH_WAREHOUSE_URL", warehouse.as_str()),
+        ("KUCOIN_API_URL", sim.url.as_str()),
+        ("MERCADO_BITCOIN_API_URL", mercado_bitcoin.as_str()),
+    ];
+    let run = run_day(&home, &sim, &env, "2026-11-22");
+    assert_eq!(attempts(&run, "extract")[0]["rows"], trades, "{run:#}");
+
+    let counts = warehouse_counts(&warehouse);
+    assert_eq!(counts["dim_exchange"], 3, "{counts:?}");
+    assert_eq!(counts["dim_symbol"], 4, "{counts:?}");
+    assert_eq!(
+        counts["dim_currency"], 4,
+        "AAVE, BRL, BTC, USDT: {counts:?}"
+    );
+    assert_eq!(
+        query_ints(
+            &warehouse,
+            "SELECT CAST(SUM(trade_count) AS BIGINT), COUNT(DISTINCT exchange_id) FROM fact_trades"
+        ),
+        vec![trades as i64, 3]
+    );
+    // Each exchange's symbol is its own, with its assets from its own catalog.
+    assert_eq!(
+        query_ints(
+            &warehouse,
+            "SELECT COUNT(*), COUNT(DISTINCT symbol_id) FROM dim_symbol
+             WHERE base_currency_id = 'BTC' AND quote_currency_id IN ('USDT', 'BRL')"
+        ),
+        vec![3, 3]
+    );
+    assert_eq!(
+        query_ints(
+            &warehouse,
+            "SELECT COUNT(*) FROM dim_symbol WHERE exchange_id = 'mercado_bitcoin'
+             AND symbol = 'BTC-BRL' AND quote_currency_id = 'BRL'"
+        )[0],
+        1
+    );
+    assert_eq!(
+        query_ints(
+            &warehouse,
+            "SELECT COUNT(*) FROM fact_trades f JOIN dim_symbol s ON s.symbol_id = f.symbol_id
+             WHERE s.exchange_id <> f.exchange_id"
+        )[0],
+        0,
+        "every fact row names its symbol's exchange"
     );
 }
 

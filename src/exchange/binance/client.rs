@@ -19,7 +19,9 @@ use serde::de::DeserializeOwned;
 use super::super::rest::{self, Reply};
 use super::wire::{ErrorBody, ExchangeInfo, WireTrade};
 use crate::backoff::Backoff;
-use crate::exchange::{ExchangeError, Observer, SymbolInfo, Trade, TradeHistory, TradePage};
+use crate::exchange::{
+    Catalog, ExchangeError, Instrument, Observer, Trade, TradeHistory, TradePage,
+};
 use crate::http;
 
 /// Binance's request-weight limit per minute and IP.
@@ -206,8 +208,8 @@ impl BinanceClient {
         trades_of(&request, &trades)
     }
 
-    /// Base and quote assets of `symbols`; an unknown symbol fails with Binance's message.
-    pub async fn exchange_info(&self, symbols: &[String]) -> Result<Vec<SymbolInfo>, BinanceError> {
+    /// The listing of `symbols`; an unknown symbol fails with Binance's message.
+    pub async fn exchange_info(&self, symbols: &[String]) -> Result<Vec<Instrument>, BinanceError> {
         let list = serde_json::to_string(symbols).map_err(|e| BinanceError::Decode {
             request: "exchangeInfo".to_string(),
             reason: e.to_string(),
@@ -221,7 +223,7 @@ impl BinanceClient {
                 &request,
             )
             .await?;
-        Ok(info.symbols.into_iter().map(SymbolInfo::from).collect())
+        Ok(info.symbols.into_iter().map(Instrument::from).collect())
     }
 
     async fn get<T: DeserializeOwned>(
@@ -407,6 +409,16 @@ impl TradeHistory for BinanceClient {
         symbol: &'a str,
     ) -> futures_util::future::BoxFuture<'a, Result<Vec<Trade>, ExchangeError>> {
         Box::pin(async move { Ok(BinanceClient::recent_trades(self, symbol, MAX_PAGE).await?) })
+    }
+}
+
+impl Catalog for BinanceClient {
+    /// `exchangeInfo` of just these symbols.
+    fn instruments<'a>(
+        &'a self,
+        symbols: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<Instrument>, ExchangeError>> {
+        Box::pin(async move { Ok(self.exchange_info(symbols).await?) })
     }
 }
 

@@ -14,7 +14,7 @@ use super::BinanceClient;
 use super::wire::StreamTrade;
 use crate::exchange::live::{LiveMessage, LiveTrades, ReadConnection};
 use crate::exchange::websocket::{self, Frame};
-use crate::exchange::{ExchangeError, Trade, TradeHistory};
+use crate::exchange::{Catalog, Trade, TradeHistory};
 
 /// Binance's market streams; `BINANCE_WS_URL` overrides it (see `config::DataPlaces`).
 pub const DEFAULT_BASE_URL: &str = "wss://stream.binance.com:9443";
@@ -83,10 +83,6 @@ impl LiveTrades for BinanceLive {
         "binance"
     }
 
-    fn consecutive_ids(&self) -> bool {
-        true
-    }
-
     fn recheck_every(&self) -> Option<Duration> {
         None
     }
@@ -103,20 +99,8 @@ impl LiveTrades for BinanceLive {
         &self.client
     }
 
-    fn check_symbols<'a>(
-        &'a self,
-        symbols: &'a [String],
-    ) -> BoxFuture<'a, Result<(), ExchangeError>> {
-        Box::pin(async move {
-            self.client
-                .exchange_info(symbols)
-                .await
-                .map(drop)
-                .map_err(|e| ExchangeError {
-                    retryable: e.is_transient(),
-                    message: format!("checking the symbols against exchangeInfo: {e}"),
-                })
-        })
+    fn catalog(&self) -> &dyn Catalog {
+        &self.client
     }
 
     fn connect<'a>(

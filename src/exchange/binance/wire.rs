@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::decimal::{Decimal, Product};
-use crate::exchange::{SymbolInfo, Trade};
+use crate::exchange::{Instrument, Trade};
 
 /// An element of `historicalTrades` and `trades`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,13 +71,29 @@ pub struct WireSymbol {
     pub quote_asset: String,
     pub base_asset_precision: u32,
     pub quote_asset_precision: u32,
+    /// `PRICE_FILTER` carries the tick, `LOT_SIZE` the step; other filters are passed over.
+    #[serde(default)]
+    pub filters: Vec<WireFilter>,
 }
 
-impl From<WireSymbol> for SymbolInfo {
-    fn from(w: WireSymbol) -> SymbolInfo {
-        SymbolInfo {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireFilter {
+    pub filter_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tick_size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_size: Option<String>,
+}
+
+impl From<WireSymbol> for Instrument {
+    fn from(w: WireSymbol) -> Instrument {
+        let filter = |kind: &str| w.filters.iter().find(|f| f.filter_type == kind);
+        Instrument {
+            price_step: filter("PRICE_FILTER").and_then(|f| f.tick_size.clone()),
+            size_step: filter("LOT_SIZE").and_then(|f| f.step_size.clone()),
+            trading: w.status == "TRADING",
             symbol: w.symbol,
-            status: w.status,
             base_asset: w.base_asset,
             quote_asset: w.quote_asset,
         }

@@ -17,7 +17,9 @@ use serde::de::DeserializeOwned;
 use super::wire::{self, Bullet, Envelope, HistoryTrade, WireSymbol};
 use crate::backoff::Backoff;
 use crate::exchange::rest::{self, Reply};
-use crate::exchange::{ExchangeError, Observer, Trade, TradeHistory, TradePage};
+use crate::exchange::{
+    Catalog, ExchangeError, Instrument, Observer, Trade, TradeHistory, TradePage,
+};
 use crate::http;
 
 /// Trades `GET /api/v1/market/histories` gives: the last 100, no paging.
@@ -380,5 +382,30 @@ impl TradeHistory for KucoinClient {
         symbol: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Trade>, ExchangeError>> {
         Box::pin(async move { Ok(self.histories(symbol).await?) })
+    }
+}
+
+impl Catalog for KucoinClient {
+    /// `/api/v2/symbols`, whole: KuCoin cannot filter it by symbol. Its `baseCurrency` is the
+    /// stable one (v1's followed renames).
+    fn instruments<'a>(
+        &'a self,
+        _symbols: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Instrument>, ExchangeError>> {
+        Box::pin(async move {
+            Ok(self
+                .symbols()
+                .await?
+                .into_iter()
+                .map(|s| Instrument {
+                    symbol: s.symbol,
+                    base_asset: s.base_currency,
+                    quote_asset: s.quote_currency,
+                    trading: s.enable_trading,
+                    price_step: Some(s.price_increment),
+                    size_step: Some(s.base_increment),
+                })
+                .collect())
+        })
     }
 }

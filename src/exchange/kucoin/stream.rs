@@ -18,7 +18,7 @@ use super::client::KucoinClient;
 use super::wire::MatchData;
 use crate::exchange::live::{LiveMessage, LiveTrades, ReadConnection};
 use crate::exchange::websocket::{self, CONNECT_TIMEOUT, Frame, JsonPings, Socket};
-use crate::exchange::{ExchangeError, TradeHistory};
+use crate::exchange::{Catalog, TradeHistory};
 
 /// Symbols in one `/market/match` topic: KuCoin's limit per subscription.
 pub const SYMBOLS_PER_TOPIC: usize = 100;
@@ -54,12 +54,6 @@ impl LiveTrades for KucoinLive {
         "kucoin"
     }
 
-    /// Sequences are shared with order-book events, so trades skip numbers: a jump proves
-    /// nothing.
-    fn consecutive_ids(&self) -> bool {
-        false
-    }
-
     fn recheck_every(&self) -> Option<Duration> {
         Some(RECHECK_EVERY)
     }
@@ -76,34 +70,8 @@ impl LiveTrades for KucoinLive {
         &self.client
     }
 
-    fn check_symbols<'a>(
-        &'a self,
-        symbols: &'a [String],
-    ) -> BoxFuture<'a, Result<(), ExchangeError>> {
-        Box::pin(async move {
-            let listed = self.client.symbols().await.map_err(|e| ExchangeError {
-                retryable: e.is_transient(),
-                message: format!("reading KuCoin's symbols: {e}"),
-            })?;
-            let mut problems = Vec::new();
-            for symbol in symbols {
-                match listed.iter().find(|s| &s.symbol == symbol) {
-                    None => problems.push(format!("KuCoin lists no symbol `{symbol}`")),
-                    Some(s) if !s.enable_trading => {
-                        problems.push(format!("KuCoin does not trade `{symbol}` now"))
-                    }
-                    Some(_) => {}
-                }
-            }
-            if problems.is_empty() {
-                Ok(())
-            } else {
-                Err(ExchangeError {
-                    retryable: false,
-                    message: problems.join("; "),
-                })
-            }
-        })
+    fn catalog(&self) -> &dyn Catalog {
+        &self.client
     }
 
     fn connect<'a>(

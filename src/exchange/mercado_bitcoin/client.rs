@@ -20,7 +20,9 @@ use tokio::time::Instant;
 use super::wire::{ErrorBody, Symbols, WireTrade};
 use crate::backoff::Backoff;
 use crate::exchange::rest::{self, Reply};
-use crate::exchange::{ExchangeError, Observer, Trade, TradeHistory, TradePage};
+use crate::exchange::{
+    Catalog, ExchangeError, Instrument, Observer, Trade, TradeHistory, TradePage,
+};
 use crate::http;
 use futures_util::future::BoxFuture;
 
@@ -186,9 +188,14 @@ impl MercadoBitcoinClient {
         Ok((trades, full))
     }
 
-    /// The catalog: every market MB lists, as parallel arrays.
-    pub async fn symbols(&self) -> Result<Symbols, MercadoBitcoinError> {
-        self.get("/symbols", &[], "symbols").await
+    /// The catalog of `symbols` (of every market without any), as parallel arrays.
+    pub async fn symbols(&self, symbols: &[String]) -> Result<Symbols, MercadoBitcoinError> {
+        let query: Vec<(&str, String)> = if symbols.is_empty() {
+            Vec::new()
+        } else {
+            vec![("symbols", symbols.join(","))]
+        };
+        self.get("/symbols", &query, "symbols").await
     }
 
     async fn get<T: DeserializeOwned>(
@@ -325,6 +332,34 @@ impl TradeHistory for MercadoBitcoinClient {
             let (mut trades, _) = self.trades(symbol, None).await?;
             trades.sort_by_key(|t| t.id);
             Ok(trades)
+        })
+    }
+}
+
+impl Catalog for MercadoBitcoinClient {
+    /// `/symbols?symbols=...`, MB's parallel arrays read row by row; MB lists no steps there
+    /// that orch reads.
+    fn instruments<'a>(
+        &'a self,
+        symbols: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Instrument>, ExchangeError>> {
+        Box::pin(async move {
+            let listing = self.symbols(symbols).await?;
+            Ok(listing
+                .symbol
+                .iter()
+                .enumerate()
+                .filter_map(|(i, symbol)| {
+                    Some(Instrument {
+                        symbol: symbol.clone(),
+                        base_asset: listing.base_currency.get(i)?.clone(),
+                        quote_asset: listing.currency.get(i)?.clone(),
+                        trading: listing.exchange_traded.get(i).copied().unwrap_or(true),
+                        price_step: None,
+                        size_step: None,
+                    })
+                })
+                .collect())
         })
     }
 }

@@ -20,7 +20,7 @@ use super::client::MercadoBitcoinClient;
 use super::wire::{WsTrade, ws_name};
 use crate::exchange::live::{LiveMessage, LiveTrades, ReadConnection};
 use crate::exchange::websocket::{self, CONNECT_TIMEOUT, Frame, JsonPings, Socket};
-use crate::exchange::{ExchangeError, TradeHistory};
+use crate::exchange::{Catalog, TradeHistory};
 
 /// Mercado Bitcoin's public websocket; `MERCADO_BITCOIN_WS_URL` overrides it.
 pub const DEFAULT_WS_URL: &str = "wss://ws.mercadobitcoin.net/ws";
@@ -53,12 +53,6 @@ impl LiveTrades for MercadoBitcoinLive {
         "mercado_bitcoin"
     }
 
-    /// MB does not document whether `tid`s are consecutive: only a reconnect's catch-up fills
-    /// what the socket missed.
-    fn consecutive_ids(&self) -> bool {
-        false
-    }
-
     fn recheck_every(&self) -> Option<Duration> {
         Some(RECHECK_EVERY)
     }
@@ -75,34 +69,8 @@ impl LiveTrades for MercadoBitcoinLive {
         &self.client
     }
 
-    fn check_symbols<'a>(
-        &'a self,
-        symbols: &'a [String],
-    ) -> BoxFuture<'a, Result<(), ExchangeError>> {
-        Box::pin(async move {
-            let listed = self.client.symbols().await.map_err(|e| ExchangeError {
-                retryable: e.is_transient(),
-                message: format!("reading Mercado Bitcoin's symbols: {e}"),
-            })?;
-            let mut problems = Vec::new();
-            for symbol in symbols {
-                match listed.symbol.iter().position(|s| s == symbol) {
-                    None => problems.push(format!("Mercado Bitcoin lists no market `{symbol}`")),
-                    Some(i) if listed.exchange_traded.get(i) == Some(&false) => {
-                        problems.push(format!("Mercado Bitcoin does not trade `{symbol}` now"))
-                    }
-                    Some(_) => {}
-                }
-            }
-            if problems.is_empty() {
-                Ok(())
-            } else {
-                Err(ExchangeError {
-                    retryable: false,
-                    message: problems.join("; "),
-                })
-            }
-        })
+    fn catalog(&self) -> &dyn Catalog {
+        &self.client
     }
 
     fn connect<'a>(
