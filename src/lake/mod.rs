@@ -152,6 +152,19 @@ impl Lake {
         Some(path)
     }
 
+    /// Where a reader that opens objects itself (Polars) finds `key`: its path on this
+    /// machine for a `file://` lake, else its URL in the store.
+    pub fn object_url(&self, key: &str) -> String {
+        match self.local_path(key) {
+            Some(path) => path.display().to_string(),
+            None => format!(
+                "{}/{}",
+                self.url.trim_end_matches('/'),
+                key.trim_start_matches('/')
+            ),
+        }
+    }
+
     fn path(&self, key: &str) -> Path {
         key.split('/')
             .filter(|part| !part.is_empty())

@@ -6,6 +6,10 @@
 //! `date`; `year`, `month`, `day` for the curated tables) skips the files of other partitions
 //! without opening them.
 //!
+//! The lake may be a local folder or an object store (`s3://`, `gs://`, `az://`): Polars reads
+//! the listed files where they are, with the same credentials from the environment as the
+//! rest of orch, fetching only the columns and row groups a query needs.
+//!
 //! Tables, where their files exist:
 //! - `binance_trades`, `mercado_bitcoin_trades`: the raw trades the batch fetches write,
 //!   partitioned by `symbol` and `date`; `binance_stream_trades`, the same from a stream's
@@ -15,8 +19,6 @@
 //! - `fact_trades`, `dim_time`, `dim_symbol`, `dim_exchange`, `dim_currency`: the daily ETL's
 //!   star schema, partitioned by `year`, `month`, `day`, read through each day's manifest, so
 //!   a day being replaced is seen whole, before or after.
-
-use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use polars::sql::{SQLContext, extract_table_identifiers};
@@ -50,11 +52,6 @@ const CURATED_PREFIX: &str = "curated";
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error(
-        "orch query reads a lake on this machine's disk; {url} is not one (copy the tables \
-         you need, or query them where they are)"
-    )]
-    NotLocal { url: String },
     #[error(transparent)]
     Lake(#[from] LakeError),
     #[error("{0}")]
@@ -72,21 +69,25 @@ impl LakeSql {
     /// A session for `sql`: only the tables it names are scanned, so a query of raw trades
     /// reads no curated day's manifest.
     pub async fn open(lake: &Lake, sql: &str) -> Result<LakeSql, QueryError> {
-        let root = lake.local_path("").ok_or_else(|| QueryError::NotLocal {
-            url: lake.url().to_string(),
-        })?;
         let named: Vec<String> = extract_table_identifiers(sql, false, true)
             .map_err(|e| QueryError::Sql(e.to_string()))?;
         let wanted = |table: &str| named.iter().any(|n| n.eq_ignore_ascii_case(table));
         let context = SQLContext::new();
         let mut tables = Vec::new();
         for (name, prefix) in PARTITIONED_TABLES {
-            if !holds_parquet(&root.join(prefix)) {
+            // Files that `lake.compact` merged and has not deleted yet are left out.
+            let files: Vec<String> =
+                raw_trades::current_files(lake.list(&format!("{prefix}/")).await?)
+                    .iter()
+                    .filter(|o| o.key.ends_with(".parquet"))
+                    .map(|o| lake.object_url(&o.key))
+                    .collect();
+            if files.is_empty() {
                 continue;
             }
             tables.push(name.to_string());
             if wanted(name) {
-                context.register(name, scan_partitioned(lake, &root, prefix).await?);
+                context.register(name, scan_files(files, prefix)?);
             }
         }
         for table in CURATED_TABLES {
@@ -96,7 +97,7 @@ impl LakeSql {
             }
             tables.push(table.to_string());
             if wanted(table)
-                && let Some(frame) = scan_curated(lake, &root, &prefix).await?
+                && let Some(frame) = scan_curated(lake, &prefix).await?
             {
                 context.register(table, frame);
             }
@@ -119,67 +120,34 @@ impl LakeSql {
     }
 }
 
-/// The files of a Hive-partitioned prefix as one scan whose partition columns come from the
-/// folder names. Files that `lake.compact` merged and has not deleted yet are left out.
-async fn scan_partitioned(lake: &Lake, root: &Path, prefix: &str) -> Result<LazyFrame, QueryError> {
-    let files = raw_trades::current_files(lake.list(&format!("{prefix}/")).await?);
-    let paths: Vec<PathBuf> = files
-        .iter()
-        .filter(|o| o.key.ends_with(".parquet"))
-        .map(|o| root.join(&o.key))
-        .collect();
-    scan_files(&paths, prefix)
-}
-
-/// One scan of `paths`, with the partition columns of their `key=value` folders; dates parsed,
-/// so `WHERE date = '2026-11-22'` prunes.
-fn scan_files(paths: &[PathBuf], prefix: &str) -> Result<LazyFrame, QueryError> {
+/// One scan of `files` (paths or object URLs), with the partition columns of their
+/// `key=value` folders; dates parsed, so `WHERE date = '2026-11-22'` prunes.
+fn scan_files(files: Vec<String>, prefix: &str) -> Result<LazyFrame, QueryError> {
     let args = ScanArgsParquet {
         hive_options: HiveOptions::new_enabled(),
         ..ScanArgsParquet::default()
     };
-    let paths = paths
-        .iter()
-        .map(|p| PlRefPath::new(p.display().to_string()))
-        .collect();
+    let paths = files.into_iter().map(PlRefPath::new).collect();
     LazyFrame::scan_parquet_files(paths, args)
         .map_err(|e| QueryError::Sql(format!("{prefix}: {e}")))
 }
 
 /// A curated table under `prefix`: each day's current parts (by its manifest), with `year`,
 /// `month`, `day` from the folders; `None` when no day is written.
-async fn scan_curated(
-    lake: &Lake,
-    root: &Path,
-    prefix: &str,
-) -> Result<Option<LazyFrame>, QueryError> {
-    let mut parts: Vec<PathBuf> = Vec::new();
+async fn scan_curated(lake: &Lake, prefix: &str) -> Result<Option<LazyFrame>, QueryError> {
+    let mut parts: Vec<String> = Vec::new();
     for year in lake.list_dirs(prefix).await? {
         for month in lake.list_dirs(&year).await? {
             for day in lake.list_dirs(&month).await? {
                 let keys = daily_trades::current_parts(lake, &day)
                     .await
                     .map_err(QueryError::Sql)?;
-                parts.extend(keys.iter().map(|key| root.join(key)));
+                parts.extend(keys.iter().map(|key| lake.object_url(key)));
             }
         }
     }
     if parts.is_empty() {
         return Ok(None);
     }
-    scan_files(&parts, prefix).map(Some)
-}
-
-fn holds_parquet(dir: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        let path = entry.path();
-        if path.is_dir() {
-            holds_parquet(&path)
-        } else {
-            path.extension().is_some_and(|e| e == "parquet")
-        }
-    })
+    scan_files(parts, prefix).map(Some)
 }

@@ -210,6 +210,31 @@ fn every_trade_lands_once_in_an_s3_lake() {
             last,
         );
     }
+
+    // orch query reads the bucket where it is, pruning to one symbol.
+    let out = home
+        .command(&[
+            "query",
+            "SELECT COUNT(*) AS trades, COUNT(DISTINCT trade_id) AS ids, MIN(trade_id) AS first, MAX(trade_id) AS last \
+             FROM binance_trades WHERE symbol = 'AAVEUSDT'",
+            "--format",
+            "csv",
+        ])
+        .envs(env.iter().copied())
+        .output()
+        .expect("orch query");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ids = &lake["AAVEUSDT"];
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "trades,ids,first,last\n{},{},{},{}\n",
+            ids.len(),
+            ids.len(),
+            ids[0],
+            ids[ids.len() - 1]
+        )
+    );
 }
 
 #[test]
