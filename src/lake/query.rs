@@ -12,8 +12,9 @@
 //!
 //! Tables, where their files exist:
 //! - `binance_trades`, `mercado_bitcoin_trades`: the raw trades the batch fetches write,
-//!   partitioned by `symbol` and `date`; `binance_stream_trades`, the same from a stream's
-//!   copy into the lake (`lake:` in a stream file);
+//!   partitioned by `symbol` and `date`; `binance_stream_trades`,
+//!   `mercado_bitcoin_stream_trades`, `kucoin_stream_trades`, the same from a stream's copy
+//!   into the lake (`lake:` in a stream file);
 //! - `binance_trades_daily`, `mercado_bitcoin_trades_daily`: the daily rows that replace raw
 //!   days past their retention;
 //! - `fact_trades`, `dim_time`, `dim_symbol`, `dim_exchange`, `dim_currency`: the daily ETL's
@@ -27,10 +28,15 @@ use super::{Lake, LakeError};
 use super::{daily_trades, raw_trades};
 
 /// The raw and daily tables: (name, lake prefix).
-const PARTITIONED_TABLES: [(&str, &str); 5] = [
+const PARTITIONED_TABLES: [(&str, &str); 7] = [
     ("binance_trades", "raw/binance_trades"),
     ("mercado_bitcoin_trades", "raw/mercado_bitcoin_trades"),
     ("binance_stream_trades", "raw/binance_stream_trades"),
+    (
+        "mercado_bitcoin_stream_trades",
+        "raw/mercado_bitcoin_stream_trades",
+    ),
+    ("kucoin_stream_trades", "raw/kucoin_stream_trades"),
     ("binance_trades_daily", "raw/binance_trades_daily"),
     (
         "mercado_bitcoin_trades_daily",

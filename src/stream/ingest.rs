@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::lake_copy::LakeCopier;
+use super::lake_copy::{CopyCeiling, LakeCopier};
 use super::stats::{StreamState, StreamStats};
 use super::{Source, StreamDef};
 use crate::backoff::Backoff;
@@ -93,8 +93,10 @@ impl IngestPlaces {
 /// Shared with whoever reports on the stream (`orch streams`, the log).
 pub type SharedStats = Arc<Mutex<StreamStats>>;
 
-pub fn lock(stats: &SharedStats) -> std::sync::MutexGuard<'_, StreamStats> {
-    match stats.lock() {
+/// The value behind a mutex of the stream's, whether or not a panic poisoned it: figures
+/// and marks stay usable.
+pub fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match shared.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
     }
@@ -162,6 +164,16 @@ pub async fn run(
             }
         }
     }
+    // Where commits can land below the newest trade (the checks against REST), the lake
+    // copy takes only what was checked.
+    let ceiling: Option<CopyCeiling> =
+        (def.lake.is_some() && live.recheck_every().is_some()).then(|| {
+            let checked = rechecked
+                .iter()
+                .map(|(symbol, (through, _))| (symbol.clone(), *through))
+                .collect();
+            Arc::new(Mutex::new(checked))
+        });
     // The lake copy stops after the connections, to copy their last batches too.
     let (copy_stop_tx, copy_stop) = watch::channel(false);
     let copying = match &def.lake {
@@ -176,6 +188,7 @@ pub async fn run(
                 lake,
                 prefix: copy.prefix.clone(),
                 every: copy.every,
+                ceiling: ceiling.clone(),
             };
             Some(tokio::spawn(copier.run(copy_stop)))
         }
@@ -199,6 +212,7 @@ pub async fn run(
             pending: Vec::new(),
             streamed_times: Vec::new(),
             pending_since: None,
+            copy_ceiling: ceiling.clone(),
             rechecked: rechecked
                 .iter()
                 .filter(|(symbol, _)| chunk.contains(symbol))
@@ -281,6 +295,8 @@ struct Ingest {
     /// Per symbol, where the exchange's stream cannot show a lost frame: how far the trades
     /// taken were checked against REST.
     rechecked: BTreeMap<String, Recheck>,
+    /// Where the lake copy may go, raised after each check's commit.
+    copy_ceiling: Option<CopyCeiling>,
     stats: SharedStats,
 }
 
@@ -585,6 +601,14 @@ impl Ingest {
                 }));
             if self.pending.len() >= self.max_rows {
                 self.flush().await?;
+            }
+        }
+        if let Some(ceiling) = self.copy_ceiling.clone() {
+            // What was checked is all taken: committed, it may be copied.
+            self.flush().await?;
+            let mut ceiling = lock(&ceiling);
+            for (symbol, recheck) in &self.rechecked {
+                ceiling.insert(symbol.clone(), recheck.through);
             }
         }
         Ok(())

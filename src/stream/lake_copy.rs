@@ -9,20 +9,30 @@
 //! `lake.compact` merges them.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::ingest::lock;
 use crate::lake::{Lake, raw_trades};
 use crate::staging::Staging;
 
-/// Where a stream's copy goes when its file does not say: beside the batch fetches' files,
-/// not among them, since both would resume from the same ledger.
-pub const DEFAULT_PREFIX: &str = "raw/binance_stream_trades";
+/// Where a stream of `exchange` copies to when its file does not say:
+/// `raw/<exchange>_stream_trades`, beside the batch fetches' files, not among them, since
+/// both would resume from the same ledger.
+pub fn default_prefix(exchange: &str) -> String {
+    format!("raw/{exchange}_stream_trades")
+}
 /// How often committed trades are copied when the file does not say.
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(5);
 /// Trades read from staging per symbol at a time.
 const READ: i64 = 50_000;
+
+/// Per symbol, the highest id the copy may take, for a stream whose commits can still land
+/// below its newest trade (trades its checks against REST found missing): only what was
+/// checked and committed. A symbol absent is not copied yet.
+pub type CopyCeiling = Arc<Mutex<BTreeMap<String, i64>>>;
 
 /// Copies one stream's committed trades of `exchange` into the lake.
 pub struct LakeCopier {
@@ -33,6 +43,8 @@ pub struct LakeCopier {
     pub lake: Lake,
     pub prefix: String,
     pub every: Duration,
+    /// `None` where commits follow the ids (Binance fills each gap before going on).
+    pub ceiling: Option<CopyCeiling>,
 }
 
 impl LakeCopier {
@@ -74,12 +86,23 @@ impl LakeCopier {
             Some(&last) => Some(last),
             None => self.last_in_lake(symbol).await?,
         };
+        let ceiling = match &self.ceiling {
+            Some(ceiling) => match lock(ceiling).get(symbol) {
+                Some(&ceiling) => Some(ceiling),
+                None => return Ok(()),
+            },
+            None => None,
+        };
         loop {
-            let trades = self
+            let mut trades = self
                 .staging
                 .trades_after(self.exchange, symbol, last.unwrap_or(i64::MIN), READ)
                 .await
                 .map_err(|e| e.to_string())?;
+            let read = trades.len();
+            if let Some(ceiling) = ceiling {
+                trades.retain(|t| t.id <= ceiling);
+            }
             let Some(newest) = trades.last() else {
                 return Ok(());
             };
@@ -108,7 +131,7 @@ impl LakeCopier {
             }
             last = Some(newest);
             copied.insert(symbol.to_string(), newest);
-            if (trades.len() as i64) < READ {
+            if (read as i64) < READ || trades.len() < read {
                 return Ok(());
             }
         }

@@ -9,7 +9,7 @@
 //!   sink: { table: raw_trades }          # in the staging store
 //!   batch: { max_rows: 1000, max_latency: 500ms }
 //!   publish: { url: nats://127.0.0.1:4222 }  # optional: also to NATS JetStream
-//!   lake: { prefix: raw/binance_stream_trades, every: 5s }  # optional: also to the lake
+//!   lake: { every: 5s }  # optional: also to the lake, raw/<exchange>_stream_trades
 //! ```
 //!
 //! A file is a stream, not a DAG, when its top level has `stream:`. [`ingest`] keeps the
@@ -93,6 +93,15 @@ pub enum Source {
 }
 
 impl Source {
+    /// The exchange it follows, as staging rows name it.
+    pub fn exchange(&self) -> &'static str {
+        match self {
+            Source::Binance { .. } => "binance",
+            Source::MercadoBitcoin { .. } => "mercado_bitcoin",
+            Source::Kucoin { .. } => "kucoin",
+        }
+    }
+
     /// The symbols it streams.
     pub fn symbols(&self) -> &[String] {
         match self {
@@ -292,7 +301,7 @@ pub fn load_str(path: &Path, source: &str) -> Result<StreamDef, LoadError> {
             }
             let prefix = lake
                 .prefix
-                .unwrap_or_else(|| lake_copy::DEFAULT_PREFIX.to_string());
+                .unwrap_or_else(|| lake_copy::default_prefix(source.exchange()));
             if prefix.trim_matches('/').is_empty() || prefix.contains("..") {
                 return Err(fail(format!(
                     "lake: `prefix` `{prefix}` is not a lake folder"

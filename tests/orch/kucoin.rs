@@ -17,7 +17,7 @@ const SEQUENCE_STEP: i64 = 3;
 const BOOKS: [(&str, &str); 2] = [("BTCUSDT", "BTC-USDT"), ("ETHUSDT", "ETH-USDT")];
 
 fn stream_yaml() -> String {
-    "id: kucoin\nstream:\n  source: { kind: kucoin.trades, symbols: [BTC-USDT, ETH-USDT] }\n  sink: { table: raw_trades }\n  batch: { max_rows: 1000, max_latency: 200ms }\n".to_string()
+    "id: kucoin\nstream:\n  source: { kind: kucoin.trades, symbols: [BTC-USDT, ETH-USDT] }\n  sink: { table: raw_trades }\n  batch: { max_rows: 1000, max_latency: 200ms }\n  lake: { every: 1s }\n".to_string()
 }
 
 /// A simulator whose KuCoin tokens ask for a ping every second.
@@ -41,6 +41,33 @@ fn last_sequences(sim: &Simulator) -> BTreeMap<String, i64> {
     BOOKS
         .iter()
         .map(|(book, symbol)| (symbol.to_string(), sim.last_id(book) * SEQUENCE_STEP))
+        .collect()
+}
+
+/// Per symbol of the stream's lake copy: trades, distinct ids, last id.
+fn lake_copy(home: &Home) -> BTreeMap<String, (i64, i64, i64)> {
+    let out = home.orch(&[
+        "query",
+        "SELECT symbol, COUNT(*) AS trades, COUNT(DISTINCT trade_id) AS ids, MAX(trade_id) AS last \
+         FROM kucoin_stream_trades GROUP BY symbol",
+        "--format",
+        "csv",
+    ]);
+    if !out.status.success() {
+        // No file yet: no table.
+        return BTreeMap::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let number = |i: usize| fields.get(i)?.parse::<i64>().ok();
+            Some((
+                fields.first()?.to_string(),
+                (number(1)?, number(2)?, number(3)?),
+            ))
+        })
         .collect()
 }
 
@@ -106,14 +133,35 @@ fn every_kucoin_trade_lands_once_through_drops_expired_tokens_throttling_and_a_k
 
     // kill -9 loses at most the uncommitted batch, and the restart bridges it.
     stream.kill9();
-    let _stream = {
-        let mut stream = Server::spawn(stream_command(&home, &sim, &url), "stream connected");
-        let targets = last_sequences(&sim);
-        assert_every_trade_once(&url, &targets);
-        stream.signal("TERM");
-        assert!(stream.wait_exit(Duration::from_secs(20)));
-        stream
-    };
+    let mut stream = Server::spawn(stream_command(&home, &sim, &url), "stream connected");
+    let targets = last_sequences(&sim);
+    assert_every_trade_once(&url, &targets);
+
+    // The stream's copy in the lake, by its default table name: once checked against REST,
+    // what staging holds, each trade once, the frames found missing included.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let lake = lake_copy(&home);
+        let staged = wait_until_staged(&url, &targets);
+        let caught_up = targets.iter().all(|(symbol, target)| {
+            lake.get(symbol)
+                .is_some_and(|&(_, _, last)| last >= *target)
+        });
+        if caught_up {
+            for (symbol, &(trades, ids, last)) in &lake {
+                let held = staged[symbol].iter().filter(|id| **id <= last).count() as i64;
+                assert_eq!((trades, ids), (held, held), "{symbol}: the lake's copy");
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lake copy never reached {targets:?}: {lake:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stream.signal("TERM");
+    assert!(stream.wait_exit(Duration::from_secs(20)));
     let report = stream_report(&home, "kucoin");
     assert_eq!(report["gaps_unbridged"], 0, "{report:#}");
     assert_eq!(report["malformed_frames"], 0, "{report:#}");
