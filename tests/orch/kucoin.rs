@@ -162,6 +162,34 @@ fn every_kucoin_trade_lands_once_through_drops_expired_tokens_throttling_and_a_k
     }
     stream.signal("TERM");
     assert!(stream.wait_exit(Duration::from_secs(20)));
+
+    // The shipped hourly DAG loads the copy into the warehouse, each trade once.
+    home.write_dag(
+        "kucoin_trades_hourly",
+        include_str!("../../dags/kucoin_trades_hourly.yaml"),
+    );
+    let lake = lake_copy(&home);
+    let out = home.orch(&["run", "kucoin_trades_hourly"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let warehouse = format!("sqlite://{}", home.file("data/warehouse.db").display());
+    let loaded = crate::support::warehouse_ids(
+        &warehouse,
+        &["kucoin_trades_btc_usdt", "kucoin_trades_eth_usdt"],
+    );
+    for (symbol, &(trades, _, _)) in &lake {
+        let table = format!("kucoin_trades_{}", symbol.to_lowercase().replace('-', "_"));
+        let ids = &loaded[&table];
+        let distinct: std::collections::BTreeSet<&i64> = ids.iter().collect();
+        assert_eq!(
+            (ids.len() as i64, distinct.len() as i64),
+            (trades, trades),
+            "{table}"
+        );
+    }
     let report = stream_report(&home, "kucoin");
     assert_eq!(report["gaps_unbridged"], 0, "{report:#}");
     assert_eq!(report["malformed_frames"], 0, "{report:#}");
