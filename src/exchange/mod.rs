@@ -161,6 +161,13 @@ pub async fn check_listed(
     }
 }
 
+/// An exchange's trade id as orch can use it: positive, with room to step past it (the
+/// ingest loop asks for the trades after it); `None` for any other, which its parser reports
+/// as malformed.
+pub fn usable_id(id: i64) -> Option<i64> {
+    (1..i64::MAX).contains(&id).then_some(id)
+}
+
 impl Trade {
     /// A trade, with its quote quantity computed by the one exact multiply, so the same trade
     /// has the same value whichever path brought it; `None` if price × qty overflows.

@@ -30,6 +30,23 @@ pub async fn connect(url: &str, shown_as: &str) -> Result<Socket, String> {
     }
 }
 
+/// Reads text frames until `wanted` says one is the awaited answer (`Ok(true)`), or refuses
+/// it (`Err`): a welcome, a subscription's acknowledgement.
+pub async fn wait_for(
+    socket: &mut Socket,
+    what: &str,
+    wanted: impl Fn(&str) -> Result<bool, String>,
+) -> Result<(), String> {
+    loop {
+        let text = next_text(socket)
+            .await
+            .map_err(|e| format!("waiting for {what}: {e}"))?;
+        if wanted(&text)? {
+            return Ok(());
+        }
+    }
+}
+
 /// Sends `text` as a text frame.
 pub async fn send(socket: &mut Socket, text: String) -> Result<(), String> {
     socket
@@ -70,7 +87,8 @@ pub enum Frame {
 
 /// Reads `socket` on a task of its own (see [`ReadConnection`]), sorting text frames with
 /// `parse` and sending `pings` when given. The connection ends when the server closes it, on
-/// an error, when a pong is late, or after `silence` without a frame, pings included.
+/// an error, when a pong is late, or after `silence` without a frame from the server (its
+/// pings included); with JSON pings, the late pong is what tells a dead link.
 pub fn read_on_own_task(
     socket: Socket,
     pings: Option<JsonPings>,

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use super::json_socket::{self, Protocol};
 use super::{RestFault, Shared, rest};
 use crate::exchange::Trade;
-use crate::exchange::mercado_bitcoin::wire::{ErrorBody, Symbols, WireTrade};
+use crate::exchange::mercado_bitcoin::wire::{ErrorBody, Symbols, WireTrade, ws_name};
 
 /// MB's largest page, and the page without `limit`.
 const MAX_LIMIT: usize = 1000;
@@ -177,11 +177,9 @@ pub(crate) async fn websocket(State(shared): State<Shared>, upgrade: WebSocketUp
         state
             .market
             .symbols()
-            .map(|s| {
-                (
-                    format!("{}{}", s.quote_asset, s.base_asset),
-                    s.symbol.clone(),
-                )
+            .filter_map(|s| {
+                let name = ws_name(&format!("{}-{}", s.base_asset, s.quote_asset))?;
+                Some((name, s.symbol.clone()))
             })
             .collect()
     };

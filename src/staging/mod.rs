@@ -135,7 +135,13 @@ impl Staging {
                 ingested_at    BIGINT NOT NULL,
                 PRIMARY KEY (exchange, symbol, trade_id)
             );
-            CREATE INDEX IF NOT EXISTS {table}_by_time ON {table} (trade_time)"
+            CREATE INDEX IF NOT EXISTS {table}_by_time ON {table} (trade_time);
+            CREATE TABLE IF NOT EXISTS {table}_checked (
+                exchange TEXT NOT NULL,
+                symbol   TEXT NOT NULL,
+                through  BIGINT NOT NULL,
+                PRIMARY KEY (exchange, symbol)
+            )"
         );
         sqlx::raw_sql(AssertSqlSafe(ddl))
             .execute(&self.pool)
@@ -283,16 +289,83 @@ impl Staging {
             .map_err(self.sql_error())
     }
 
-    /// Where checking `symbol`'s staged trades against the exchange resumes after a restart:
-    /// the highest id committed at least `window_ms` before the newest commit (checked by the
-    /// previous process, if it ran that long), and the ids above it. Reads at most the newest
-    /// 10,000 ids, backwards along the primary key; `None` when nothing is staged.
+    /// Records that `symbol`'s trades up to id `through` are all committed and were checked
+    /// against the exchange's REST history (a stream whose socket cannot show a lost frame).
+    pub async fn set_checked_through(
+        &self,
+        exchange: &str,
+        symbol: &str,
+        through: i64,
+    ) -> Result<(), StagingError> {
+        let sql = format!(
+            "INSERT INTO {}_checked (exchange, symbol, through) VALUES ($1, $2, $3)
+             ON CONFLICT (exchange, symbol) DO UPDATE SET through = excluded.through",
+            self.table
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(exchange)
+            .bind(symbol)
+            .bind(through)
+            .execute(&self.pool)
+            .await
+            .map_err(self.sql_error())?;
+        Ok(())
+    }
+
+    /// Where checking `symbol`'s staged trades against the exchange resumes after a restart,
+    /// and the ids staged above it (at most 100,000): the mark the last checks recorded; for a
+    /// symbol without one (staged by an older orch), the highest id committed at least
+    /// `window_ms` before the newest commit. `None` when nothing is staged.
     pub async fn recheck_from(
         &self,
         exchange: &str,
         symbol: &str,
         window_ms: i64,
     ) -> Result<Option<(i64, Vec<i64>)>, StagingError> {
+        let sql = format!(
+            "SELECT through FROM {}_checked WHERE exchange = $1 AND symbol = $2",
+            self.table
+        );
+        let recorded: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(exchange)
+            .bind(symbol)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.sql_error())?;
+        let from = match recorded {
+            Some(through) => through,
+            None => match self
+                .committed_before_newest(exchange, symbol, window_ms)
+                .await?
+            {
+                Some(from) => from,
+                None => return Ok(None),
+            },
+        };
+        let sql = format!(
+            "SELECT trade_id FROM {} WHERE exchange = $1 AND symbol = $2 AND trade_id > $3
+             ORDER BY trade_id LIMIT 100000",
+            self.table
+        );
+        let above: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(exchange)
+            .bind(symbol)
+            .bind(from)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.sql_error())?;
+        Ok(Some((from, above)))
+    }
+
+    /// The highest id of `symbol` committed at least `window_ms` before its newest commit,
+    /// from its newest 10,000 ids read backwards along the primary key (below the oldest of
+    /// them when all are recent); `None` when nothing is staged.
+    async fn committed_before_newest(
+        &self,
+        exchange: &str,
+        symbol: &str,
+        window_ms: i64,
+    ) -> Result<Option<i64>, StagingError> {
         let sql = format!(
             "SELECT trade_id, ingested_at FROM {} WHERE exchange = $1 AND symbol = $2
              ORDER BY trade_id DESC LIMIT 10000",
@@ -307,18 +380,12 @@ impl Staging {
         let Some(newest) = rows.iter().map(|(_, at)| *at).max() else {
             return Ok(None);
         };
-        let checked = rows
-            .iter()
-            .position(|(_, at)| *at < newest - window_ms)
-            .unwrap_or(rows.len());
-        let from = match rows.get(checked) {
-            Some((id, _)) => *id,
-            // All of them are recent: check from below the oldest read.
-            None => rows.last().map_or(0, |(id, _)| id - 1),
-        };
-        let mut above: Vec<i64> = rows[..checked].iter().map(|(id, _)| *id).collect();
-        above.reverse();
-        Ok(Some((from, above)))
+        Ok(Some(
+            match rows.iter().find(|(_, at)| *at < newest - window_ms) {
+                Some((id, _)) => *id,
+                None => rows.last().map_or(0, |(id, _)| id - 1),
+            },
+        ))
     }
 
     /// Up to `limit` of `symbol`'s staged trades with ids above `after`, in id order. The
@@ -732,10 +799,55 @@ mod tests {
         let table = format!("staging_test_{}", std::process::id());
         batches_are_idempotent_and_read_back_exactly(&url, &table).await;
         let staging = Staging::open(&url, &table).await.expect("open");
-        sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE {table}")))
-            .execute(&staging.pool)
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP TABLE {table}; DROP TABLE {table}_checked"
+        )))
+        .execute(&staging.pool)
+        .await
+        .expect("drop the test tables");
+    }
+
+    /// A restarted stream's checks resume from the recorded mark, or, without one, from what
+    /// was committed well before the newest commit.
+    #[tokio::test]
+    async fn checks_resume_from_the_recorded_mark_else_from_old_enough_commits() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("staging.db").display());
+        let staging = Staging::open(&url, "raw_trades").await.expect("open");
+        assert_eq!(
+            staging
+                .recheck_from("kucoin", "BTCUSDT", 10_000)
+                .await
+                .expect("read"),
+            None
+        );
+        // Ids 3, 6, 9 committed at 0 ms; 12, 15 at 30,000 ms.
+        let early: Vec<StagedTrade> = [3, 6, 9].map(|id| trade(id, "1.5", id)).to_vec();
+        let late: Vec<StagedTrade> = [12, 15].map(|id| trade(id, "1.5", id)).to_vec();
+        staging.insert("kucoin", &early, 0).await.expect("insert");
+        staging
+            .insert("kucoin", &late, 30_000)
             .await
-            .expect("drop the test table");
+            .expect("insert");
+        assert_eq!(
+            staging
+                .recheck_from("kucoin", "BTCUSDT", 10_000)
+                .await
+                .expect("read"),
+            Some((9, vec![12, 15])),
+            "without a mark: the last id committed 10 s before the newest commit"
+        );
+        staging
+            .set_checked_through("kucoin", "BTCUSDT", 12)
+            .await
+            .expect("record");
+        assert_eq!(
+            staging
+                .recheck_from("kucoin", "BTCUSDT", 10_000)
+                .await
+                .expect("read"),
+            Some((12, vec![15]))
+        );
     }
 
     /// A table made when `quote_qty` was `NUMERIC(38, 8)` is widened on open, each value

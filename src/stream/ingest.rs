@@ -213,6 +213,7 @@ pub async fn run(
             streamed_times: Vec::new(),
             pending_since: None,
             copy_ceiling: ceiling.clone(),
+            recheck_at: None,
             rechecked: rechecked
                 .iter()
                 .filter(|(symbol, _)| chunk.contains(symbol))
@@ -220,6 +221,7 @@ pub async fn run(
                     let recheck = Recheck {
                         through: *through,
                         taken: taken.iter().copied().collect(),
+                        recorded: Some(*through),
                     };
                     (symbol.clone(), recheck)
                 })
@@ -297,6 +299,8 @@ struct Ingest {
     rechecked: BTreeMap<String, Recheck>,
     /// Where the lake copy may go, raised after each check's commit.
     copy_ceiling: Option<CopyCeiling>,
+    /// When the next check against REST is due.
+    recheck_at: Option<Instant>,
     stats: SharedStats,
 }
 
@@ -307,13 +311,22 @@ struct Recheck {
     through: i64,
     /// The ids taken above it.
     taken: BTreeSet<i64>,
+    /// The mark last recorded in the staging store.
+    recorded: Option<i64>,
 }
 
 /// Why a connection ended.
 enum Ended {
     Stop,
     Reconnect(String),
+    /// Renewed before the exchange's own cut: reconnect at once.
+    Renew(String),
 }
+
+/// A connection that lasted this long was a working one: the next failure starts the
+/// backoff over. One that fails sooner (an error frame right after the subscription, a
+/// catch-up refused) backs off further each time, so that it never reconnects in a loop.
+const STEADY: Duration = Duration::from_secs(30);
 
 impl Ingest {
     async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), IngestError> {
@@ -328,15 +341,24 @@ impl Ingest {
             };
             let ended = match connection {
                 Ok(connection) => {
-                    failures = 0;
                     lock(&self.stats).state = StreamState::Connected;
                     tracing::info!(stream = %self.stream, symbols = ?self.symbols, "stream connected");
-                    self.read(connection, &mut stop).await?
+                    let opened = Instant::now();
+                    let ended = self.read(connection, &mut stop).await?;
+                    if opened.elapsed() >= STEADY {
+                        failures = 0;
+                    }
+                    ended
                 }
                 Err(e) => Ended::Reconnect(e),
             };
             match ended {
                 Ended::Stop => return self.flush().await,
+                Ended::Renew(reason) => {
+                    self.flush().await?;
+                    lock(&self.stats).reconnects += 1;
+                    tracing::info!(stream = %self.stream, %reason, "stream renewing its connection");
+                }
                 Ended::Reconnect(reason) => {
                     self.flush().await?;
                     {
@@ -367,7 +389,11 @@ impl Ingest {
         let opened = Instant::now();
         let renew_after = self.live.renew_after();
         let recheck_every = self.live.recheck_every();
-        let mut recheck_at = opened + recheck_every.unwrap_or(SILENCE);
+        // Kept across connections: connections that never last an interval must not keep the
+        // checks from running.
+        let mut recheck_at = *self
+            .recheck_at
+            .get_or_insert_with(|| opened + recheck_every.unwrap_or(SILENCE));
         for symbol in self.symbols.clone() {
             if let Some(&from) = self.next_id.get(&symbol)
                 && let Err(e) = self.backfill(&symbol, from, None).await
@@ -393,11 +419,12 @@ impl Ingest {
                 _ = tokio::time::sleep_until(recheck_at), if recheck_every.is_some() => {
                     self.recheck().await?;
                     recheck_at = Instant::now() + recheck_every.unwrap_or(SILENCE);
+                    self.recheck_at = Some(recheck_at);
                     continue;
                 }
                 _ = tokio::time::sleep_until(opened + renew_after) => {
                     connection.close().await;
-                    return Ok(Ended::Reconnect(format!(
+                    return Ok(Ended::Renew(format!(
                         "renewing after {renew_after:?}, before {}'s cut",
                         self.exchange
                     )));
@@ -527,8 +554,9 @@ impl Ingest {
             .rechecked
             .entry(symbol.to_string())
             .or_insert_with(|| Recheck {
-                through: id - 1,
+                through: id.saturating_sub(1),
                 taken: BTreeSet::new(),
+                recorded: None,
             });
         if id > recheck.through {
             recheck.taken.insert(id);
@@ -603,10 +631,26 @@ impl Ingest {
                 self.flush().await?;
             }
         }
-        if let Some(ceiling) = self.copy_ceiling.clone() {
-            // What was checked is all taken: committed, it may be copied.
-            self.flush().await?;
-            let mut ceiling = lock(&ceiling);
+        // What was checked is all taken; once committed, the marks can be recorded (a
+        // restart resumes the checks there) and the lake copy may take it.
+        self.flush().await?;
+        for (symbol, recheck) in self.rechecked.iter_mut() {
+            if recheck.recorded == Some(recheck.through) {
+                continue;
+            }
+            match self
+                .staging
+                .set_checked_through(self.exchange, symbol, recheck.through)
+                .await
+            {
+                Ok(()) => recheck.recorded = Some(recheck.through),
+                Err(e) => {
+                    tracing::warn!(stream = %self.stream, %symbol, error = %e, "cannot record how far the trades were checked; a restart checks them again")
+                }
+            }
+        }
+        if let Some(ceiling) = &self.copy_ceiling {
+            let mut ceiling = lock(ceiling);
             for (symbol, recheck) in &self.rechecked {
                 ceiling.insert(symbol.clone(), recheck.through);
             }

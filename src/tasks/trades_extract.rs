@@ -49,8 +49,8 @@ struct Config {
     /// The lake prefix of the daily snapshots.
     #[serde(default = "default_output")]
     output: String,
-    /// Symbols the day must hold, `SYMBOL` of every exchange listed or `EXCHANGE:SYMBOL`;
-    /// the symbols staged that day are checked in any case.
+    /// Symbols the day must hold: `SYMBOL` where one exchange is listed, `EXCHANGE:SYMBOL`
+    /// where several are; the symbols staged that day are checked in any case.
     #[serde(default)]
     symbols: Vec<String>,
     /// Snapshot the day even if it is not complete in staging.
@@ -93,16 +93,31 @@ impl TaskKind for TradesExtract {
 
     fn check(&self, with: &Value) -> Result<(), String> {
         let config = parse_with::<Config>(with)?;
-        match config
+        if let Some(unknown) = config
             .exchange
             .iter()
             .find(|e| crate::exchange::profile(e).is_none())
         {
-            Some(unknown) => Err(format!(
+            return Err(format!(
                 "`exchange`: orch speaks no exchange `{unknown}` (binance, mercado_bitcoin, kucoin)"
-            )),
-            None => Ok(()),
+            ));
         }
+        for entry in &config.symbols {
+            match entry.split_once(':') {
+                Some((exchange, _)) if !config.exchange.iter().any(|e| e == exchange) => {
+                    return Err(format!(
+                        "`symbols`: `{entry}` names an exchange `exchange` does not list"
+                    ));
+                }
+                None if config.exchange.len() > 1 => {
+                    return Err(format!(
+                        "`symbols`: `{entry}` must name its exchange (`EXCHANGE:{entry}`), as several are listed"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn reads_utc_day(&self) -> bool {

@@ -428,7 +428,10 @@ fn trades_of(request: &str, wire: &[WireTrade]) -> Result<Vec<Trade>, BinanceErr
         .map(|w| {
             w.trade().ok_or_else(|| BinanceError::Decode {
                 request: request.to_string(),
-                reason: format!("trade {}: price × quantity is out of range", w.id),
+                reason: format!(
+                    "trade {}: the id is not positive, or price × quantity is out of range",
+                    w.id
+                ),
             })
         })
         .collect()

@@ -145,7 +145,9 @@ pub fn parse(text: &str) -> StreamMessage {
                     trade,
                     event_time: wire.event_time,
                 },
-                None => malformed("price × quantity is out of range".to_string()),
+                None => malformed(
+                    "the id is not positive, or price × quantity is out of range".to_string(),
+                ),
             },
             Err(e) => malformed(format!("not a trade event: {e}")),
         },
@@ -159,7 +161,7 @@ pub fn parse(text: &str) -> StreamMessage {
 /// as the REST path does.
 fn trade_of(wire: &StreamTrade) -> Option<Trade> {
     Trade::new(
-        wire.id,
+        crate::exchange::usable_id(wire.id)?,
         wire.price,
         wire.qty,
         wire.trade_time,

@@ -26,7 +26,7 @@ impl WireTrade {
     /// The trade; `None` when price × qty is out of range.
     pub fn trade(&self) -> Option<Trade> {
         Trade::new(
-            self.id,
+            crate::exchange::usable_id(self.id)?,
             self.price,
             self.qty,
             self.time,

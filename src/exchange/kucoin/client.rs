@@ -158,7 +158,7 @@ impl KucoinClient {
                 w.trade().ok_or_else(|| KucoinError::Decode {
                     request: request.clone(),
                     reason: format!(
-                        "trade {}: the sequence is no number, side `{}` is neither buy nor sell, or price × size is out of range",
+                        "trade {}: the sequence is no positive number, side `{}` is neither buy nor sell, or price × size is out of range",
                         w.sequence, w.side
                     ),
                 })
@@ -357,8 +357,9 @@ impl TradeHistory for KucoinClient {
         &self.base_url
     }
 
-    /// The last 100 trades above `after`: KuCoin has no older history. A full history whose
-    /// oldest trade is already past `after` does not reach back to it: the page says so.
+    /// The last 100 trades above `after`: KuCoin has no older history. A history that holds
+    /// no trade at or below `after` (which KuCoin did send) no longer reaches back to it: the
+    /// page says so.
     fn trades_after<'a>(
         &'a self,
         symbol: &'a str,
@@ -366,8 +367,7 @@ impl TradeHistory for KucoinClient {
     ) -> BoxFuture<'a, Result<TradePage, ExchangeError>> {
         Box::pin(async move {
             let mut trades = self.histories(symbol).await?;
-            let history_cut = trades.len() >= HISTORY_LENGTH
-                && trades.first().is_some_and(|first| first.id > after);
+            let history_cut = !trades.is_empty() && trades.iter().all(|t| t.id > after);
             trades.retain(|t| t.id > after);
             Ok(TradePage {
                 trades,

@@ -132,20 +132,17 @@ fn ping(id: u64) -> String {
     json!({"id": id.to_string(), "type": "ping"}).to_string()
 }
 
-/// Reads text frames until one of type `kind`; an `error` frame or the end of the
-/// connection fails.
+/// Waits for the frame of type `kind`; an `error` frame refuses the connection.
 async fn expect(socket: &mut Socket, kind: &str) -> Result<(), String> {
-    loop {
-        let text = websocket::next_text(socket)
-            .await
-            .map_err(|e| format!("waiting for the {kind}: {e}"))?;
-        let value: Value = serde_json::from_str(&text).unwrap_or_default();
+    websocket::wait_for(socket, &format!("the {kind}"), |text| {
+        let value: Value = serde_json::from_str(text).unwrap_or_default();
         match value.get("type").and_then(Value::as_str) {
-            Some(found) if found == kind => return Ok(()),
-            Some("error") => return Err(format!("KuCoin refused the connection: {text}")),
-            _ => {}
+            Some(found) if found == kind => Ok(true),
+            Some("error") => Err(format!("KuCoin refused the connection: {text}")),
+            _ => Ok(false),
         }
-    }
+    })
+    .await
 }
 
 /// Sorts one text frame.
@@ -176,7 +173,7 @@ pub fn parse(text: &str) -> Frame {
                         trade,
                     }),
                     None => malformed(
-                        "the sequence or time is no number, the side is neither buy nor sell, or price × size is out of range"
+                        "the sequence or time is no positive number, the side is neither buy nor sell, or price × size is out of range"
                             .to_string(),
                     ),
                 },

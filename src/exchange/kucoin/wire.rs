@@ -86,7 +86,7 @@ pub struct InstanceServer {
 
 /// A trade in orch's record from KuCoin's fields: the id is the sequence, the time in
 /// milliseconds (of KuCoin's nanoseconds), the buyer the maker when the taker sold. `None`
-/// for an unknown side, a sequence that is no number, or a price × size out of range.
+/// for an unknown side, a sequence that is no usable id, or a price × size out of range.
 pub fn trade(
     sequence: &str,
     price: Decimal,
@@ -100,7 +100,7 @@ pub fn trade(
         _ => return None,
     };
     Trade::new(
-        sequence.parse().ok()?,
+        crate::exchange::usable_id(sequence.parse().ok()?)?,
         price,
         size,
         time_ns.div_euclid(1_000_000),

@@ -179,7 +179,7 @@ impl MercadoBitcoinClient {
                 w.trade().ok_or_else(|| MercadoBitcoinError::Decode {
                     request: request.clone(),
                     reason: format!(
-                        "trade {}: side `{}` is neither buy nor sell, or price × amount is out of range",
+                        "trade {}: the tid is not positive, side `{}` is neither buy nor sell, or price × amount is out of range",
                         w.tid, w.side
                     ),
                 })

@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::client::MercadoBitcoinClient;
-use super::wire::{WsTrade, ws_name};
+use super::wire::{WireTrade, ws_name};
 use crate::exchange::live::{LiveMessage, LiveTrades, ReadConnection};
 use crate::exchange::websocket::{self, CONNECT_TIMEOUT, Frame, JsonPings, Socket};
 use crate::exchange::{Catalog, TradeHistory};
@@ -27,8 +27,9 @@ pub const DEFAULT_WS_URL: &str = "wss://ws.mercadobitcoin.net/ws";
 /// Subscriptions per connection: MB documents no limit (401 were seen to work).
 const SYMBOLS_PER_CONNECTION: usize = 100;
 /// How often the socket's trades are checked against REST `since=`: MB's socket has no
-/// sequence, so a lost frame shows only there. One request per market each time, well within
-/// MB's one a second for a dozen markets.
+/// sequence, so a lost frame shows only there. One request per market each time, at MB's one
+/// a second: past about a dozen markets, a round of checks takes longer than the interval,
+/// and the checks simply follow each other.
 const RECHECK_EVERY: Duration = Duration::from_secs(15);
 /// MB documents no cut; a daily renewal keeps a connection from aging unnoticed.
 const RENEW_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -118,21 +119,17 @@ impl LiveTrades for MercadoBitcoinLive {
 /// Other frames (trades of markets subscribed before) are passed over: the catch-up after
 /// connecting fetches them from REST.
 async fn acknowledged(socket: &mut Socket, name: &str) -> Result<(), String> {
-    loop {
-        let text = websocket::next_text(socket)
-            .await
-            .map_err(|e| format!("subscribing to {name}: {e}"))?;
-        let value: Value = serde_json::from_str(&text).unwrap_or_default();
+    websocket::wait_for(socket, &format!("the subscription to {name}"), |text| {
+        let value: Value = serde_json::from_str(text).unwrap_or_default();
         match value.get("type").and_then(Value::as_str) {
-            None if value.get("id").and_then(Value::as_str) == Some(name) => return Ok(()),
-            Some("error") => {
-                return Err(format!(
-                    "Mercado Bitcoin refused the subscription to {name}: {text}"
-                ));
-            }
-            _ => {}
+            None => Ok(value.get("id").and_then(Value::as_str) == Some(name)),
+            Some("error") => Err(format!(
+                "Mercado Bitcoin refused the subscription to {name}: {text}"
+            )),
+            _ => Ok(false),
         }
-    }
+    })
+    .await
 }
 
 /// Sorts one text frame; `markets` maps the socket's names to the markets'.
@@ -156,14 +153,14 @@ pub fn parse(text: &str, markets: &HashMap<String, String>) -> Frame {
             let Some(data) = value.get("data") else {
                 return malformed("a trade without `data`".to_string());
             };
-            match serde_json::from_value::<WsTrade>(data.clone()) {
+            match serde_json::from_value::<WireTrade>(data.clone()) {
                 Ok(wire) => match wire.trade() {
                     Some(trade) => Frame::Live(LiveMessage::Trade {
                         symbol: symbol.clone(),
                         trade,
                     }),
                     None => malformed(
-                        "the side is neither buy nor sell, or price × amount is out of range"
+                        "the tid is not positive, the side is neither buy nor sell, or price × amount is out of range"
                             .to_string(),
                     ),
                 },

@@ -7,7 +7,9 @@ use crate::decimal::Decimal;
 use crate::exchange::Trade;
 
 /// An element of `GET /api/v4/{symbol}/trades`: `{"tid": 2, "date": 1629989121, "type":
-/// "sell", "price": "15000", "amount": "1"}`.
+/// "sell", "price": "15000", "amount": "1"}`, and the `data` of a websocket `trade` frame.
+/// Prices and amounts are read from strings or numbers (the websocket's types are not
+/// documented; a number is read by its shortest exact text).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireTrade {
     /// Per market, increasing.
@@ -17,14 +19,16 @@ pub struct WireTrade {
     /// The taker's side: `buy` or `sell`.
     #[serde(rename = "type")]
     pub side: String,
+    #[serde(deserialize_with = "crate::decimal::from_string_or_number")]
     pub price: Decimal,
+    #[serde(deserialize_with = "crate::decimal::from_string_or_number")]
     pub amount: Decimal,
 }
 
 impl WireTrade {
     /// The trade, in orch's record: the time in milliseconds (of the second MB gives), and
-    /// the buyer the maker when the taker sold. `None` for an unknown side or a price ×
-    /// amount out of range.
+    /// the buyer the maker when the taker sold. `None` for an unknown side, a `tid` that is
+    /// no usable id, or a price × amount out of range.
     pub fn trade(&self) -> Option<Trade> {
         let is_buyer_maker = match self.side.as_str() {
             "sell" => true,
@@ -32,7 +36,7 @@ impl WireTrade {
             _ => return None,
         };
         Trade::new(
-            self.tid,
+            crate::exchange::usable_id(self.tid)?,
             self.price,
             self.amount,
             self.date.checked_mul(1000)?,
@@ -71,33 +75,6 @@ pub struct Symbols {
     pub currency: Vec<String>,
     #[serde(rename = "exchange-traded")]
     pub exchange_traded: Vec<bool>,
-}
-
-/// The `data` of a websocket `trade` frame: the REST fields, prices and amounts as strings or
-/// numbers (third-party clients disagree; a number is read by its shortest exact text).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WsTrade {
-    pub tid: i64,
-    pub date: i64,
-    #[serde(rename = "type")]
-    pub side: String,
-    #[serde(deserialize_with = "crate::decimal::from_string_or_number")]
-    pub price: Decimal,
-    #[serde(deserialize_with = "crate::decimal::from_string_or_number")]
-    pub amount: Decimal,
-}
-
-impl WsTrade {
-    pub fn trade(&self) -> Option<Trade> {
-        WireTrade {
-            tid: self.tid,
-            date: self.date,
-            side: self.side.clone(),
-            price: self.price,
-            amount: self.amount,
-        }
-        .trade()
-    }
 }
 
 /// The websocket's name of a market: `BTC-BRL` is `BRLBTC`, quote then base.
