@@ -154,3 +154,46 @@ impl Retries {
         self.failures
     }
 }
+
+/// The throttle answers of one request (a 429, Cloudflare's 403, a 503): each waited out,
+/// for the time the answer asks or else with the backoff, and told to the observer, up to
+/// `max` answers.
+pub struct Throttling {
+    answers: u32,
+    max: u32,
+    backoff: Backoff,
+}
+
+impl Throttling {
+    pub fn new(max: u32, backoff: Backoff) -> Throttling {
+        Throttling {
+            answers: 0,
+            max,
+            backoff,
+        }
+    }
+
+    /// Counts the throttle answer `what`, then waits `asked` (or the backoff's delay) and
+    /// returns true, or returns false once the request was throttled more than `max` times.
+    pub async fn wait_after(
+        &mut self,
+        request: &str,
+        what: &str,
+        asked: Option<Duration>,
+        observer: &Observer,
+    ) -> bool {
+        self.answers += 1;
+        if self.answers > self.max {
+            return false;
+        }
+        let wait = asked.unwrap_or_else(|| self.backoff.delay(self.answers));
+        observer(&format!("{request}: {what}; waiting {wait:?}"));
+        tokio::time::sleep(wait).await;
+        true
+    }
+
+    /// The throttle answers so far.
+    pub fn answers(&self) -> u32 {
+        self.answers
+    }
+}

@@ -395,6 +395,10 @@ impl Ingest {
             .recheck_at
             .get_or_insert_with(|| opened + recheck_every.unwrap_or(SILENCE));
         for symbol in self.symbols.clone() {
+            if *stop.borrow() {
+                connection.close().await;
+                return Ok(Ended::Stop);
+            }
             if let Some(&from) = self.next_id.get(&symbol)
                 && let Err(e) = self.backfill(&symbol, from, None).await
             {
@@ -417,7 +421,7 @@ impl Ingest {
                     continue;
                 }
                 _ = tokio::time::sleep_until(recheck_at), if recheck_every.is_some() => {
-                    self.recheck().await?;
+                    self.recheck(stop).await?;
                     recheck_at = Instant::now() + recheck_every.unwrap_or(SILENCE);
                     self.recheck_at = Some(recheck_at);
                     continue;
@@ -565,9 +569,21 @@ impl Ingest {
 
     /// Checks each symbol's trades taken since the last check against the REST history, and
     /// takes those the socket missed. A REST failure is logged and the check tried again next
-    /// time; only a failed commit ends the stream.
-    async fn recheck(&mut self) -> Result<(), IngestError> {
+    /// time; only a failed commit ends the stream. The pending batch is committed between
+    /// symbols when it is due, so a slow round of checks holds no trade back.
+    async fn recheck(&mut self, stop: &watch::Receiver<bool>) -> Result<(), IngestError> {
         for symbol in self.symbols.clone() {
+            // A stop is not held up by a round of checks at an exchange's pace; the next
+            // process checks the rest.
+            if *stop.borrow() {
+                break;
+            }
+            if self
+                .pending_since
+                .is_some_and(|since| since.elapsed() >= self.max_latency)
+            {
+                self.flush().await?;
+            }
             let (Some(recheck), Some(&next)) =
                 (self.rechecked.get(&symbol), self.next_id.get(&symbol))
             else {

@@ -190,7 +190,7 @@ impl KucoinClient {
     ) -> Result<T, KucoinError> {
         let url = format!("{}{path}", self.base_url);
         let mut retries = rest::Retries::new(self.policy.max_attempts, self.backoff());
-        let mut throttled = 0;
+        let mut throttling = rest::Throttling::new(self.policy.max_throttled, self.backoff());
         loop {
             let reply = match method {
                 Method::Get => rest::get(&self.http, &url, query, MAX_BODY).await,
@@ -256,18 +256,17 @@ impl KucoinClient {
             };
             match failure {
                 Failure::Throttled(what, headers) => {
-                    throttled += 1;
-                    if throttled > self.policy.max_throttled {
+                    let asked = rate_limit_reset(&headers);
+                    if !throttling
+                        .wait_after(request, &what, asked, &self.observer)
+                        .await
+                    {
                         return Err(KucoinError::Throttled {
                             request: request.to_string(),
-                            attempts: throttled,
+                            attempts: throttling.answers(),
                             last: what,
                         });
                     }
-                    let wait = rate_limit_reset(&headers)
-                        .unwrap_or_else(|| self.backoff().delay(throttled));
-                    (self.observer)(&format!("{request}: {what}; waiting {wait:?}"));
-                    tokio::time::sleep(wait).await;
                 }
                 Failure::Retry(reason) => {
                     if !retries.wait_after(request, &reason, &self.observer).await {

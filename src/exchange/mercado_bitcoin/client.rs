@@ -206,7 +206,7 @@ impl MercadoBitcoinClient {
     ) -> Result<T, MercadoBitcoinError> {
         let url = format!("{}{path}", self.base_url);
         let mut retries = rest::Retries::new(self.policy.max_attempts, self.backoff());
-        let mut throttled = 0;
+        let mut throttling = rest::Throttling::new(self.policy.max_throttled, self.backoff());
         loop {
             self.take_turn().await;
             let failure = match rest::get(&self.http, &url, query, MAX_BODY).await {
@@ -236,22 +236,21 @@ impl MercadoBitcoinClient {
                         | StatusCode::SERVICE_UNAVAILABLE
                 ) =>
                 {
-                    throttled += 1;
                     let code = serde_json::from_slice::<ErrorBody>(&body)
                         .ok()
                         .map(|e| e.code);
                     let what = rest::throttle_description(status, &body, code);
-                    if throttled > self.policy.max_throttled {
+                    let asked = rest::retry_after(&headers);
+                    if !throttling
+                        .wait_after(request, &what, asked, &self.observer)
+                        .await
+                    {
                         return Err(MercadoBitcoinError::Throttled {
                             request: request.to_string(),
-                            attempts: throttled,
+                            attempts: throttling.answers(),
                             last: what,
                         });
                     }
-                    let wait = rest::retry_after(&headers)
-                        .unwrap_or_else(|| self.backoff().delay(throttled));
-                    (self.observer)(&format!("{request}: {what}; waiting {wait:?}"));
-                    tokio::time::sleep(wait).await;
                     continue;
                 }
                 Reply::Status { status, .. } if status.is_server_error() => {
