@@ -131,6 +131,80 @@ pub fn encode_frame(frame: &mut DataFrame) -> PolarsResult<Bytes> {
     Ok(Bytes::from(buffer))
 }
 
+/// A raw trades file written a row group at a time, so that merging thousands of small files
+/// holds one row group's rows in memory rather than the whole file's twice.
+pub struct GrowingFile {
+    writer: polars::io::parquet::write::BatchedWriter<SharedBuffer>,
+    buffer: SharedBuffer,
+    rows: u64,
+}
+
+/// The bytes written so far, readable while the writer holds them.
+#[derive(Clone, Default)]
+struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        match self.0.lock() {
+            Ok(bytes) => bytes,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.bytes().extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl GrowingFile {
+    /// A snappy file of rows of `schema`.
+    pub fn new(schema: &Schema) -> PolarsResult<GrowingFile> {
+        let buffer = SharedBuffer::default();
+        let writer = ParquetWriter::new(buffer.clone())
+            .with_compression(ParquetCompression::Snappy)
+            .batched(schema)?;
+        Ok(GrowingFile {
+            writer,
+            buffer,
+            rows: 0,
+        })
+    }
+
+    /// Appends `frame` as one row group.
+    pub fn append(&mut self, mut frame: DataFrame) -> PolarsResult<()> {
+        if frame.height() == 0 {
+            return Ok(());
+        }
+        frame.rechunk_mut_par();
+        self.writer.write_batch(&frame)?;
+        self.rows += frame.height() as u64;
+        Ok(())
+    }
+
+    /// The bytes written so far.
+    pub fn size(&self) -> usize {
+        self.buffer.bytes().len()
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// The whole file, footer included, and its rows.
+    pub fn finish(self) -> PolarsResult<(Bytes, u64)> {
+        self.writer.finish()?;
+        let bytes = std::mem::take(&mut *self.buffer.bytes());
+        Ok((Bytes::from(bytes), self.rows))
+    }
+}
+
 /// A file whose id range lies within another file's of the same partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superseded {

@@ -31,6 +31,7 @@ use super::{
     BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, lake_retention,
     off_runtime, parse_with,
 };
+use crate::lake::raw_trades::GrowingFile;
 use crate::lake::{Lake, LakeObject, raw_trades};
 use polars::prelude::DataFrame;
 
@@ -185,9 +186,11 @@ struct Totals {
     rows: u64,
 }
 
-/// Rows encoded once, before the first merged file, to learn what a row takes in a large
-/// snappy file: small files carry a footer each, so their sizes say little, and the data's
-/// own spread of prices and quantities decides the rest.
+/// Rows a merged file's row group holds: read files are written out this many at a time.
+const ROW_GROUP_ROWS: usize = 512 * 512;
+/// Rows written before the size of a row in a large snappy file is taken from the file being
+/// written: small files carry a footer each, so their sizes say little, and the data's own
+/// spread of prices and quantities decides the rest.
 const SAMPLE_ROWS: usize = 100_000;
 /// More than a raw trade takes even uncompressed (66 bytes in memory): a smaller target is
 /// sampled as soon as its rows might fill it.
@@ -227,25 +230,28 @@ fn runs_of_small_files(current: &[LakeObject], target: u64) -> Vec<Vec<LakeObjec
 struct Merger<'a> {
     lake: &'a Lake,
     target: u64,
-    /// What a row takes in a merged file: sampled, then from each merged file written.
+    /// What a row takes in a merged file: from the file being written, then from each file
+    /// written.
     bytes_per_row: Option<f64>,
     totals: Totals,
     ctx: &'a TaskContext,
 }
 
-/// One file read for a merge.
-struct Part {
-    object: LakeObject,
-    frame: DataFrame,
+/// A merged file being written: the files read into it, and their rows not written yet.
+struct Output {
+    file: GrowingFile,
+    parts: Vec<LakeObject>,
+    pending: Vec<DataFrame>,
+    pending_rows: usize,
 }
 
 impl Merger<'_> {
-    /// Reads the run's files in order and writes a merged file each time the rows read would
-    /// fill `target`, and one of the rest. Returns the keys merged away.
+    /// Reads the run's files in order into a merged file, a row group at a time, and ends it
+    /// each time it would grow past `target`; the rest ends the run. Returns the keys merged
+    /// away.
     async fn merge_run(&mut self, run: &[LakeObject]) -> Result<Vec<String>, TaskError> {
         let mut merged_away = Vec::new();
-        let mut batch: Vec<Part> = Vec::new();
-        let mut rows = 0_usize;
+        let mut output: Option<Output> = None;
         let mut previous_id = None;
         for object in run {
             let bytes = self.lake.get(&object.key).await?;
@@ -253,57 +259,68 @@ impl Merger<'_> {
             let (frame, last_id) =
                 off_runtime(move || read_checked(&key, bytes, previous_id)).await??;
             previous_id = last_id.or(previous_id);
-            rows += frame.height();
-            batch.push(Part {
-                object: object.clone(),
-                frame,
-            });
-            let per_row = match self.bytes_per_row {
-                Some(per_row) => per_row,
-                None if rows >= SAMPLE_ROWS || (rows * MAX_BYTES_PER_ROW) as u64 >= self.target => {
-                    let frames: Vec<DataFrame> = batch.iter().map(|p| p.frame.clone()).collect();
-                    let (sample, sampled) =
-                        off_runtime(move || concat_and_encode(frames)).await??;
-                    let per_row = sample.len() as f64 / sampled.max(1) as f64;
-                    self.bytes_per_row = Some(per_row);
-                    per_row
-                }
-                // Too few rows to fill the target, whatever they take.
-                None => continue,
+            let mut out = match output.take() {
+                Some(out) => out,
+                None => Output {
+                    file: GrowingFile::new(frame.schema()).map_err(write_error)?,
+                    parts: Vec::new(),
+                    pending: Vec::new(),
+                    pending_rows: 0,
+                },
             };
-            if rows as f64 * per_row >= self.target as f64 {
-                merged_away.extend(self.write(std::mem::take(&mut batch)).await?);
-                rows = 0;
+            out.pending_rows += frame.height();
+            out.pending.push(frame);
+            out.parts.push(object.clone());
+            let read = out.file.rows() as usize + out.pending_rows;
+            let sampling = self.bytes_per_row.is_none()
+                && (read >= SAMPLE_ROWS || (read * MAX_BYTES_PER_ROW) as u64 >= self.target);
+            if out.pending_rows >= ROW_GROUP_ROWS || sampling {
+                out = off_runtime(move || write_pending(out)).await??;
+                if self.bytes_per_row.is_none() && out.file.rows() > 0 {
+                    self.bytes_per_row = Some(out.file.size() as f64 / out.file.rows() as f64);
+                }
+            }
+            match self.bytes_per_row {
+                Some(per_row)
+                    if out.file.size() as f64 + out.pending_rows as f64 * per_row
+                        >= self.target as f64 =>
+                {
+                    merged_away.extend(self.write(out).await?);
+                }
+                _ => output = Some(out),
             }
         }
-        merged_away.extend(self.write(batch).await?);
+        if let Some(out) = output {
+            merged_away.extend(self.write(out).await?);
+        }
         Ok(merged_away)
     }
 
-    /// Writes one file of the batch's trades, named by its files' id range; a batch of one
-    /// file is left as it is.
-    async fn write(&mut self, batch: Vec<Part>) -> Result<Vec<String>, TaskError> {
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+    /// Ends the merged file and writes it beside its parts, named by their id range; a file
+    /// of one part is left as it is.
+    async fn write(&mut self, out: Output) -> Result<Vec<String>, TaskError> {
+        let (Some(first), Some(last)) = (out.parts.first(), out.parts.last()) else {
             return Ok(Vec::new());
         };
-        if batch.len() < 2 {
+        if out.parts.len() < 2 {
             return Ok(Vec::new());
         }
-        let first_key = first.object.key.clone();
-        let last_key = last.object.key.clone();
         let (Some((first_id, _)), Some((_, last_id))) = (
-            raw_trades::id_range(&first_key),
-            raw_trades::id_range(&last_key),
+            raw_trades::id_range(&first.key),
+            raw_trades::id_range(&last.key),
         ) else {
             return Err(TaskError::permanent("a merged file without an id range"));
         };
         // Beside its parts, whatever the source's depth.
-        let key = raw_trades::file_in(raw_trades::folder_of(&first_key), first_id, last_id);
-        let files = batch.len() as u64;
-        let bytes_in: u64 = batch.iter().map(|p| p.object.size).sum();
-        let keys: Vec<String> = batch.iter().map(|p| p.object.key.clone()).collect();
-        let frames: Vec<DataFrame> = batch.into_iter().map(|p| p.frame).collect();
-        let (bytes, rows) = off_runtime(move || concat_and_encode(frames)).await??;
+        let key = raw_trades::file_in(raw_trades::folder_of(&first.key), first_id, last_id);
+        let files = out.parts.len() as u64;
+        let bytes_in: u64 = out.parts.iter().map(|p| p.size).sum();
+        let keys: Vec<String> = out.parts.iter().map(|p| p.key.clone()).collect();
+        let (bytes, rows) = off_runtime(move || {
+            let out = write_pending(out)?;
+            out.file.finish().map_err(write_error)
+        })
+        .await??;
         let size = bytes.len() as u64;
         self.lake.put(&key, bytes).await?;
         if rows > 0 {
@@ -319,6 +336,27 @@ impl Merger<'_> {
         ));
         Ok(keys)
     }
+}
+
+/// Writes the rows read but not written as one row group.
+fn write_pending(mut out: Output) -> Result<Output, TaskError> {
+    out.pending_rows = 0;
+    let mut frames = std::mem::take(&mut out.pending).into_iter();
+    let Some(mut group) = frames.next() else {
+        return Ok(out);
+    };
+    for frame in frames {
+        group.vstack_mut_owned(frame).map_err(write_error)?;
+    }
+    out.file.append(group).map_err(write_error)?;
+    Ok(out)
+}
+
+/// Files of one partition that do not fit one file: no retry helps.
+fn write_error(e: polars::prelude::PolarsError) -> TaskError {
+    TaskError::permanent(format!(
+        "cannot write the merged file (files of one partition with different columns?): {e}"
+    ))
 }
 
 /// A raw trades file read, its ids checked: within its name's range and each above the last
@@ -349,25 +387,6 @@ fn read_checked(
         previous = Some(id);
     }
     Ok((frame, previous))
-}
-
-/// The frames, in order, as one Parquet file, and its row count.
-fn concat_and_encode(frames: Vec<DataFrame>) -> Result<(bytes::Bytes, u64), TaskError> {
-    let mut frames = frames.into_iter();
-    let mut all = frames
-        .next()
-        .ok_or_else(|| TaskError::permanent("nothing to merge"))?;
-    for frame in frames {
-        all.vstack_mut_owned(frame).map_err(|e| {
-            TaskError::permanent(format!(
-                "files of one partition with different columns: {e}"
-            ))
-        })?;
-    }
-    all.rechunk_mut_par();
-    let bytes = raw_trades::encode_frame(&mut all)
-        .map_err(|e| TaskError::transient(format!("cannot encode Parquet: {e}")))?;
-    Ok((bytes, all.height() as u64))
 }
 
 #[cfg(test)]
