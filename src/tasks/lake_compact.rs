@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Consecutive files of a `symbol=`/`date=` partition under half the target are read in id
-//! order, and written out as one file each time their rows would fill `target_mb` (at the size
-//! per row of the files written so far; a small file's own size is mostly its footer). A
+//! order into a merged file, written a row group at a time, and a file is ended each time it
+//! would grow past `target_mb` (at the size per row of the file being written; a small file's
+//! own size is mostly its footer). A
 //! merged file is named by its files' id range, `FIRST-LAST.parquet`, like any fetched file,
 //! so the fetches' watermarks read it as they read theirs. Nothing is rewritten in place:
 //! the new file is written whole, and its smaller files are deleted only `grace` later, by a
