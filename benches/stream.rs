@@ -188,14 +188,7 @@ async fn latency(dir: &Path) -> (i64, i64, u64) {
 async fn wait_connected(sim: &Simulator) {
     let client = reqwest::Client::new();
     loop {
-        let stats: serde_json::Value = client
-            .get(format!("{}/_sim/stats", sim.url()))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats json");
+        let stats = sim_stats(&client, sim).await;
         if stats["streams"]["connections_open"] == 1 {
             return;
         }
@@ -244,14 +237,7 @@ async fn freshness(dir: &Path, every: &str) -> (f64, f64) {
     let mut latencies = Vec::new();
     for _ in 0..FRESHNESS_SAMPLES {
         let started = Instant::now();
-        let stats: serde_json::Value = client
-            .get(format!("{}/_sim/stats", sim.url()))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats json");
+        let stats = sim_stats(&client, &sim).await;
         let newest = stats["symbols"]["BTCUSDT"]["last_id"]
             .as_i64()
             .expect("last id");
@@ -305,4 +291,16 @@ fn places_of(sim: &Simulator, staging_url: String, lake_url: String) -> IngestPl
         nats_url: orch::bus::DEFAULT_URL.to_string(),
         lake_url,
     }
+}
+
+/// The simulator's counters (`GET /_sim/stats`).
+async fn sim_stats(client: &reqwest::Client, sim: &Simulator) -> serde_json::Value {
+    client
+        .get(format!("{}/_sim/stats", sim.url()))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats json")
 }

@@ -41,6 +41,17 @@ impl Reply {
     }
 }
 
+/// The HTTP client of an exchange's REST client: its timeout per request, and orch's
+/// `User-Agent` (Mercado Bitcoin's docs ask for one, and Cloudflare treats clients without
+/// one as bots). The error says why it could not be built.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("orch/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| http::describe(&e))
+}
+
 /// `GET url?query`, its body read up to `max_body`.
 pub async fn get(
     client: &reqwest::Client,

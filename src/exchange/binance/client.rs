@@ -22,7 +22,6 @@ use crate::backoff::Backoff;
 use crate::exchange::{
     Catalog, ExchangeError, Instrument, Observer, Trade, TradeHistory, TradePage,
 };
-use crate::http;
 
 /// Binance's request-weight limit per minute and IP.
 pub const WEIGHT_LIMIT_PER_MINUTE: u32 = 6000;
@@ -145,15 +144,13 @@ impl BinanceClient {
     pub const DEFAULT_BASE_URL: &'static str = "https://api.binance.com";
 
     pub fn new(base_url: &str, policy: RetryPolicy) -> Result<BinanceClient, BinanceError> {
-        let http = reqwest::Client::builder()
-            .timeout(policy.request_timeout)
-            .user_agent(concat!("orch/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| BinanceError::Transport {
+        let http = rest::http_client(policy.request_timeout).map_err(|reason| {
+            BinanceError::Transport {
                 request: "client setup".to_string(),
                 attempts: 0,
-                reason: http::describe(&e),
-            })?;
+                reason,
+            }
+        })?;
         Ok(BinanceClient {
             http,
             base_url: base_url.trim_end_matches('/').to_string(),

@@ -20,7 +20,6 @@ use crate::exchange::rest::{self, Reply};
 use crate::exchange::{
     Catalog, ExchangeError, Instrument, Observer, Trade, TradeHistory, TradePage,
 };
-use crate::http;
 
 /// Trades `GET /api/v1/market/histories` gives: the last 100, no paging.
 pub const HISTORY_LENGTH: usize = 100;
@@ -119,14 +118,11 @@ impl KucoinClient {
     pub const DEFAULT_BASE_URL: &'static str = "https://api.kucoin.com";
 
     pub fn new(base_url: &str, policy: Policy) -> Result<KucoinClient, KucoinError> {
-        let http = reqwest::Client::builder()
-            .timeout(policy.request_timeout)
-            .user_agent(concat!("orch/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| KucoinError::Transport {
+        let http =
+            rest::http_client(policy.request_timeout).map_err(|reason| KucoinError::Transport {
                 request: "client setup".to_string(),
                 attempts: 0,
-                reason: http::describe(&e),
+                reason,
             })?;
         Ok(KucoinClient {
             http,

@@ -94,12 +94,12 @@ impl LiveTrades for KucoinLive {
                 within: Duration::from_millis(server.ping_timeout.max(1_000)),
                 ping,
             };
-            let url = format!(
-                "{}?token={}&connectId={}",
-                server.endpoint.trim_end_matches('/'),
-                bullet.token,
-                self.next_id()
-            );
+            // The token and id as query values, encoded whatever KuCoin sends.
+            let mut url = url::Url::parse(&server.endpoint)
+                .map_err(|e| format!("KuCoin's websocket address `{}`: {e}", server.endpoint))?;
+            url.query_pairs_mut()
+                .append_pair("token", &bullet.token)
+                .append_pair("connectId", &self.next_id().to_string());
             // The token is a secret of sorts: errors name the server, not the URL.
             let endpoint = server.endpoint.as_str();
             let subscribe = json!({
@@ -109,7 +109,7 @@ impl LiveTrades for KucoinLive {
                 "privateChannel": false,
                 "response": true,
             });
-            let mut socket = websocket::connect(&url, endpoint).await?;
+            let mut socket = websocket::connect(url.as_str(), endpoint).await?;
             tokio::time::timeout(CONNECT_TIMEOUT, async {
                 expect(&mut socket, "welcome").await?;
                 websocket::send(&mut socket, subscribe.to_string()).await?;

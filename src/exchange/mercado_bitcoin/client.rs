@@ -23,7 +23,6 @@ use crate::exchange::rest::{self, Reply};
 use crate::exchange::{
     Catalog, ExchangeError, Instrument, Observer, Trade, TradeHistory, TradePage,
 };
-use crate::http;
 use futures_util::future::BoxFuture;
 
 /// The most trades one page returns (`limit`, "Max 1000").
@@ -130,16 +129,13 @@ impl MercadoBitcoinClient {
         base_url: &str,
         policy: Policy,
     ) -> Result<MercadoBitcoinClient, MercadoBitcoinError> {
-        let http = reqwest::Client::builder()
-            .timeout(policy.request_timeout)
-            // MB's docs ask for one; Cloudflare treats clients without one as bots.
-            .user_agent(concat!("orch/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| MercadoBitcoinError::Transport {
+        let http = rest::http_client(policy.request_timeout).map_err(|reason| {
+            MercadoBitcoinError::Transport {
                 request: "client setup".to_string(),
                 attempts: 0,
-                reason: http::describe(&e),
-            })?;
+                reason,
+            }
+        })?;
         Ok(MercadoBitcoinClient {
             http,
             base_url: base_url.trim_end_matches('/').to_string(),
