@@ -130,7 +130,7 @@ async fn step(
     while started.elapsed() < STEP {
         let run = plan::manual_run(dag, None, Default::default(), chrono::Utc::now());
         store.insert_run(&run, &task_ids).await.expect("insert run");
-        orch::scheduler::wake(state_dir);
+        orch::scheduler::wake(state_dir).await;
         ids.push(run.run_id);
         next += every;
         tokio::time::sleep_until(next).await;

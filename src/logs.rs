@@ -5,9 +5,9 @@
 //! sees a line as soon as the task prints it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -34,18 +34,19 @@ pub fn attempt_log_path(
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// The open log file of a running attempt.
+///
+/// Each line goes out in one `write(2)` to a file opened for appending, so writers (the
+/// attempt's own process and the worker that started it) never interleave within a line and
+/// need no lock. Writing is a system call: the worker calls it off the runtime's threads.
 #[derive(Debug)]
 pub struct AttemptLog {
     path: PathBuf,
-    file: Mutex<LogFile>,
-}
-
-#[derive(Debug)]
-struct LogFile {
     file: File,
     /// Writes that failed since the last warning.
-    lost: u64,
-    warned_at: Option<Instant>,
+    lost: AtomicU64,
+    /// When the last warning went out, as milliseconds since `opened`; `u64::MAX` for never.
+    warned_at_ms: AtomicU64,
+    opened: Instant,
 }
 
 impl AttemptLog {
@@ -62,16 +63,20 @@ impl AttemptLog {
     fn writing_to(path: PathBuf, file: File) -> AttemptLog {
         AttemptLog {
             path,
-            file: Mutex::new(LogFile {
-                file,
-                lost: 0,
-                warned_at: None,
-            }),
+            file,
+            lost: AtomicU64::new(0),
+            warned_at_ms: AtomicU64::new(u64::MAX),
+            opened: Instant::now(),
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Another descriptor of the file, for an attempt process to write its standard error to.
+    pub fn descriptor(&self) -> io::Result<std::os::fd::OwnedFd> {
+        Ok(self.file.try_clone()?.into())
     }
 
     /// Writes one line of task output as it was printed.
@@ -90,19 +95,22 @@ impl AttemptLog {
     }
 
     fn write(&self, text: String) {
-        let mut log = match self.file.lock() {
-            Ok(log) => log,
-            Err(poisoned) => poisoned.into_inner(),
-        };
         // A full disk must not fail the task itself; the error reaches the server log instead,
         // once every WARN_EVERY rather than once a line.
-        if let Err(e) = log.file.write_all(text.as_bytes()) {
-            log.lost += 1;
-            let due = log.warned_at.is_none_or(|at| at.elapsed() >= WARN_EVERY);
-            if due {
-                tracing::warn!(path = %self.path.display(), error = %e, lines_lost = log.lost, "cannot write task log");
-                log.lost = 0;
-                log.warned_at = Some(Instant::now());
+        if let Err(e) = (&self.file).write_all(text.as_bytes()) {
+            let lost = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
+            let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            let warned = self.warned_at_ms.load(Ordering::Relaxed);
+            let due =
+                warned == u64::MAX || now.saturating_sub(warned) >= WARN_EVERY.as_millis() as u64;
+            if due
+                && self
+                    .warned_at_ms
+                    .compare_exchange(warned, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.lost.fetch_sub(lost, Ordering::Relaxed);
+                tracing::warn!(path = %self.path.display(), error = %e, lines_lost = lost, "cannot write task log");
             }
         }
     }
@@ -110,7 +118,29 @@ impl AttemptLog {
     /// Writes that failed and were not reported yet.
     #[cfg(test)]
     fn unreported(&self) -> u64 {
-        self.file.lock().map_or(0, |log| log.lost)
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
+/// The last `max` bytes of the file at `path`, from a line start where possible; empty if
+/// it cannot be read.
+pub fn read_tail(path: &Path, max: u64) -> String {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    if file.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    match (start > 0, text.find('\n')) {
+        (true, Some(newline)) => text[newline + 1..].to_string(),
+        _ => text.into_owned(),
     }
 }
 

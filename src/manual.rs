@@ -79,7 +79,7 @@ pub async fn cancel(
         Cancelled::Requested => CancelOutcome::Stopping,
     };
     crate::queue::CANCELLED.notify_waiters();
-    crate::scheduler::cancel_requested(state_dir);
+    crate::scheduler::cancel_requested(state_dir).await;
     record(store, actor, &run, None, "cancel", None).await?;
     Ok(outcome)
 }
@@ -165,7 +165,7 @@ pub async fn clear(
     }
     let detail = tasks.as_ref().map(|t| t.join(", "));
     record(store, actor, &run, task, "clear", detail.as_deref()).await?;
-    crate::scheduler::wake(state_dir);
+    crate::scheduler::wake(state_dir).await;
     Ok(tasks)
 }
 

@@ -6,7 +6,6 @@
 //! log's end into the metadata database, and reports the outcome under its claim's fencing
 //! token ([`crate::queue`]).
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,7 +19,7 @@ use crate::backoff::Backoff;
 use crate::config::{Config, DataPlaces};
 use crate::executor::{Executor, Phase, Shutdown, private_queue};
 use crate::lease::Lease;
-use crate::logs::{AttemptLog, attempt_log_path};
+use crate::logs::{AttemptLog, attempt_log_path, read_tail};
 use crate::membership::{Membership, turned_true};
 use crate::queue::{CANCELLED, POLL, QUEUED, QueuedTask, REPORTED, Report, relay_notifications};
 use crate::store::{
@@ -197,7 +196,12 @@ impl Worker {
                 (Report::new(&result, usage, started_at, Utc::now()), path)
             }
         };
-        let tail = read_tail(&log_path, LOG_TAIL_BYTES);
+        let tail = {
+            let path = log_path.clone();
+            tokio::task::spawn_blocking(move || read_tail(&path, LOG_TAIL_BYTES))
+                .await
+                .unwrap_or_default()
+        };
         let text = match serde_json::to_string(&report) {
             Ok(text) => text,
             Err(e) => {
@@ -249,14 +253,24 @@ impl Worker {
         path: &Path,
         abort: impl Future<Output = ()>,
     ) -> (Result<crate::tasks::TaskOutput, TaskError>, Usage) {
-        let log = match AttemptLog::create(path.to_path_buf()) {
+        // Files are system calls that a slow disk makes wait: never on the runtime's threads.
+        let opened = {
+            let (path, banner) = (path.to_path_buf(), task.banner.clone());
+            tokio::task::spawn_blocking(move || {
+                let log = AttemptLog::create(path)?;
+                log.note(&banner);
+                Ok::<_, std::io::Error>(log)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        let log = match opened {
             Ok(log) => Arc::new(log),
             Err(e) => {
                 let error = format!("cannot create the attempt log {}: {e}", path.display());
                 return (Err(TaskError::transient(error)), Usage::default());
             }
         };
-        log.note(&task.banner);
         let spec = AttemptSpec {
             dag_id: task.dag_id,
             run_id: key.run_id,
@@ -282,14 +296,15 @@ impl Worker {
             abort,
         )
         .await;
-        match &result {
-            Ok(out) => log.note(&format!(
+        let ending = match &result {
+            Ok(out) => format!(
                 "succeeded{}",
                 out.rows.map(|r| format!(", rows={r}")).unwrap_or_default()
-            )),
-            Err(e) if e.retryable => log.note(&format!("failed: {e}")),
-            Err(e) => log.note(&format!("failed, and no retry can help: {e}")),
-        }
+            ),
+            Err(e) if e.retryable => format!("failed: {e}"),
+            Err(e) => format!("failed, and no retry can help: {e}"),
+        };
+        let _ = tokio::task::spawn_blocking(move || log.note(&ending)).await;
         (result, usage)
     }
 }
@@ -311,28 +326,6 @@ async fn claim_ended(store: &Store, key: &AttemptKey, token: i64) {
             Ok(true) => {}
             Err(e) => tracing::debug!(error = %e, "cannot check an attempt's claim"),
         }
-    }
-}
-
-/// The last `max` bytes of the file at `path`, from a line start where possible; empty if
-/// it cannot be read.
-fn read_tail(path: &Path, max: u64) -> String {
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(max);
-    if file.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
-    }
-    let mut bytes = Vec::new();
-    if file.read_to_end(&mut bytes).is_err() {
-        return String::new();
-    }
-    let text = String::from_utf8_lossy(&bytes);
-    match (start > 0, text.find('\n')) {
-        (true, Some(newline)) => text[newline + 1..].to_string(),
-        _ => text.into_owned(),
     }
 }
 

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use std::os::fd::OwnedFd;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use tokio::net::unix::pipe;
 
@@ -33,10 +35,12 @@ const TERM_GRACE: Duration = Duration::from_secs(10);
 const ABORT_GRACE: Duration = Duration::from_secs(5);
 /// The most of a report read from a child: rows and metrics, never data.
 const MAX_REPORT_BYTES: u64 = 1 << 20;
-/// The last lines of the child's standard error kept to explain a crash.
-const STDERR_TAIL_LINES: usize = 20;
-/// How long the child's output is still read after it exited, for a process it started that
-/// holds the pipes open.
+/// The last lines of the attempt's log read to explain a crash.
+const TAIL_LINES: usize = 20;
+/// The most of the end of the log read for those lines.
+const TAIL_BYTES: u64 = 16 * 1024;
+/// How long the child's report is still read after it exited, for a process it started that
+/// holds the pipe open.
 const DRAIN: Duration = Duration::from_millis(500);
 /// The prefix of the line the child's panic hook prints, to tell a panic's message from
 /// other output.
@@ -52,11 +56,23 @@ pub(super) async fn run(
     store: &Store,
     abort: impl Future<Output = ()>,
 ) -> (Result<TaskOutput, TaskError>, Usage) {
-    let child = match fork(forks, exe).await {
+    let stderr = match log.descriptor() {
+        Ok(fd) => fd,
+        Err(e) => {
+            return (
+                Err(TaskError::transient(format!(
+                    "cannot hand the attempt log {} to the attempt process: {e}",
+                    log.path().display()
+                ))),
+                Usage::default(),
+            );
+        }
+    };
+    let child = match fork(forks, exe, &stderr).await {
         Ok(child) => Ok(child),
         Err(e) => {
             tracing::warn!(error = %e, "the attempt server cannot fork; starting the attempt process anew");
-            spawn(exe, spec)
+            spawn(exe, spec, stderr)
         }
     };
     let mut child = match child {
@@ -80,28 +96,12 @@ pub(super) async fn run(
         // A child that already died cannot read it; its status says why.
         let _ = stdin.write_all(&input).await;
     }
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let stdout = child.stdout.take();
     let mut report = Vec::new();
-    let mut tail = VecDeque::new();
     let reading = async {
-        let stdout = async {
-            if let Some(out) = stdout {
-                let _ = out.take(MAX_REPORT_BYTES).read_to_end(&mut report).await;
-            }
-        };
-        let stderr = async {
-            if let Some(err) = stderr {
-                let mut lines = BufReader::new(err).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    log.line(&line);
-                    if tail.len() == STDERR_TAIL_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line);
-                }
-            }
-        };
-        tokio::join!(stdout, stderr);
+        if let Some(out) = stdout {
+            let _ = out.take(MAX_REPORT_BYTES).read_to_end(&mut report).await;
+        }
     };
     let mut reading = Box::pin(reading);
 
@@ -115,18 +115,18 @@ pub(super) async fn run(
         let term_at = deadline.filter(|_| stop == Stop::None);
         tokio::select! {
             exited = &mut waiting => break exited,
-            _ = &mut reading, if !read_all => read_all = true,
+            () = &mut reading, if !read_all => read_all = true,
             () = &mut abort, if stop == Stop::None => {
                 group.signal(libc::SIGTERM);
                 stop = Stop::Interrupted;
                 kill_at = Some(tokio::time::Instant::now() + ABORT_GRACE);
             }
-            _ = sleep_until(term_at), if term_at.is_some() => {
+            () = sleep_until(term_at), if term_at.is_some() => {
                 group.signal(libc::SIGTERM);
                 stop = Stop::TimedOut;
                 kill_at = Some(tokio::time::Instant::now() + TERM_GRACE);
             }
-            _ = sleep_until(kill_at), if kill_at.is_some() => {
+            () = sleep_until(kill_at), if kill_at.is_some() => {
                 group.signal(libc::SIGKILL);
                 stop = match stop {
                     Stop::TimedOut => Stop::TimedOutKilled,
@@ -138,9 +138,7 @@ pub(super) async fn run(
     };
     // Whatever the attempt left running in its group would outlive it.
     group.signal(libc::SIGKILL);
-    if !read_all && tokio::time::timeout(DRAIN, &mut reading).await.is_err() {
-        log.note("the attempt process exited, but a process it started still holds its output");
-    }
+    let held = !read_all && tokio::time::timeout(DRAIN, &mut reading).await.is_err();
     drop(reading);
     let (status, usage) = match exited {
         Ok(Ok(ended)) => ended,
@@ -156,9 +154,31 @@ pub(super) async fn run(
         // their own, recorded in the metadata database.
         kill_recorded_group(store, spec).await;
     }
+    // What the process printed last explains a crash; a success needs none of it.
+    let tail = match (status.code(), held) {
+        (Some(0), false) if stop == Stop::None => VecDeque::new(),
+        _ => last_lines(log.path().to_path_buf(), held).await,
+    };
     let report: Option<Outcome> = serde_json::from_slice(&report).ok();
     let result = outcome(spec, status, stop, report, &tail, &usage);
     (result, usage)
+}
+
+/// The last lines of the attempt's log (where the process's standard error went), read off
+/// the runtime's threads; notes first that a process the attempt started held its output.
+async fn last_lines(path: std::path::PathBuf, held: bool) -> VecDeque<String> {
+    let read = tokio::task::spawn_blocking(move || {
+        if held && let Ok(log) = AttemptLog::create(path.clone()) {
+            log.note("the attempt process exited, but a process it started still holds its output");
+        }
+        crate::logs::read_tail(&path, TAIL_BYTES)
+    });
+    let text = read.await.unwrap_or_default();
+    let mut lines: VecDeque<String> = text.lines().map(str::to_string).collect();
+    while lines.len() > TAIL_LINES {
+        lines.pop_front();
+    }
+    lines
 }
 
 fn failed_to_wait(error: String) -> (Result<TaskOutput, TaskError>, Usage) {
@@ -311,15 +331,14 @@ struct Child {
     reaped: Arc<AtomicBool>,
     stdin: Option<pipe::Sender>,
     stdout: Option<pipe::Receiver>,
-    stderr: Option<pipe::Receiver>,
     wait: tokio::task::JoinHandle<std::io::Result<(Status, Usage)>>,
 }
 
-/// Forks the attempt process from the fork server.
-async fn fork(forks: &ForkServer, exe: &Path) -> std::io::Result<Child> {
+/// Forks the attempt process from the fork server, its standard error going to `stderr`.
+async fn fork(forks: &ForkServer, exe: &Path, stderr: &OwnedFd) -> std::io::Result<Child> {
     let (stdin_theirs, stdin) = fork_server::pipe()?;
     let (stdout, stdout_theirs) = fork_server::pipe()?;
-    let (stderr, stderr_theirs) = fork_server::pipe()?;
+    let stderr_theirs = stderr.try_clone()?;
     let forked = forks
         .fork(exe, [stdin_theirs, stdout_theirs, stderr_theirs])
         .await?;
@@ -340,21 +359,20 @@ async fn fork(forks: &ForkServer, exe: &Path) -> std::io::Result<Child> {
         reaped,
         stdin: Some(pipe::Sender::from_owned_fd(stdin)?),
         stdout: Some(pipe::Receiver::from_owned_fd(stdout)?),
-        stderr: Some(pipe::Receiver::from_owned_fd(stderr)?),
         wait,
     })
 }
 
 /// Starts `exe attempt` in a process group of its own, with the task's limits, dying with this
 /// process's thread that started it (a tokio worker, alive as long as the runtime).
-fn spawn(exe: &Path, spec: &AttemptSpec) -> std::io::Result<Child> {
+fn spawn(exe: &Path, spec: &AttemptSpec, stderr: OwnedFd) -> std::io::Result<Child> {
     let mut command = std::process::Command::new(exe);
     command
         .arg("attempt")
         .current_dir(&spec.home)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::from(stderr))
         .process_group(0);
     let limits = spec.limits;
     // SAFETY: prctl(2) and setrlimit(2) are async-signal-safe and allocate nothing.
@@ -376,11 +394,6 @@ fn spawn(exe: &Path, spec: &AttemptSpec) -> std::io::Result<Child> {
         .take()
         .map(|p| pipe::Receiver::from_owned_fd(p.into()))
         .transpose()?;
-    let stderr = child
-        .stderr
-        .take()
-        .map(|p| pipe::Receiver::from_owned_fd(p.into()))
-        .transpose()?;
     let reaped = Arc::new(AtomicBool::new(false));
     let wait = {
         let reaped = Arc::clone(&reaped);
@@ -395,7 +408,6 @@ fn spawn(exe: &Path, spec: &AttemptSpec) -> std::io::Result<Child> {
         reaped,
         stdin,
         stdout,
-        stderr,
         wait,
     })
 }

@@ -16,7 +16,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 
 use tokio::sync::oneshot;
 
@@ -37,10 +38,12 @@ pub(super) struct Forked {
     pub exit: oneshot::Receiver<Ended>,
 }
 
-/// The worker's side: the server, started on first use and again after it died.
+/// The worker's side: a thread of its own that starts the server (on first use and again
+/// after it died) and sends it requests. Sends block when the server is slow to read, and a
+/// blocked send must never hold a runtime thread: requests reach the thread on a channel.
 #[derive(Clone, Default)]
 pub struct ForkServer {
-    conn: Arc<Mutex<Option<Arc<Conn>>>>,
+    client: Arc<OnceLock<mpsc::Sender<Request>>>,
 }
 
 impl std::fmt::Debug for ForkServer {
@@ -49,15 +52,19 @@ impl std::fmt::Debug for ForkServer {
     }
 }
 
+/// One attempt to fork: its standard streams, and who waits for its pid.
+struct Request {
+    stdio: [OwnedFd; 3],
+    reply: oneshot::Sender<io::Result<Forked>>,
+}
+
 struct Conn {
     socket: UnixStream,
     /// Requests sent, waiting for their pid, in order.
     starting: Mutex<VecDeque<oneshot::Sender<io::Result<Forked>>>>,
     /// Forked children, waiting for their end.
     running: Mutex<HashMap<i32, oneshot::Sender<Ended>>>,
-    /// Serializes sends, so requests and their replies keep one order.
-    sending: Mutex<()>,
-    alive: std::sync::atomic::AtomicBool,
+    alive: AtomicBool,
     _server: std::process::Child,
 }
 
@@ -68,37 +75,69 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl ForkServer {
     /// Forks an attempt process whose standard streams are `stdio` (in, out, err).
     pub(super) async fn fork(&self, exe: &Path, stdio: [OwnedFd; 3]) -> io::Result<Forked> {
-        let conn = self.connection(exe)?;
-        let (tx, rx) = oneshot::channel();
-        {
-            let _sending = lock(&conn.sending);
-            lock(&conn.starting).push_back(tx);
-            if let Err(e) = send_fds(&conn.socket, &stdio) {
-                lock(&conn.starting).pop_back();
-                conn.alive.store(false, std::sync::atomic::Ordering::SeqCst);
-                return Err(e);
+        let client = match self.client.get() {
+            Some(client) => client,
+            None => {
+                let (tx, rx) = mpsc::channel();
+                let exe = exe.to_path_buf();
+                std::thread::Builder::new()
+                    .name("orch-fork-client".to_string())
+                    .spawn(move || send_requests(&exe, &rx))?;
+                // Another caller may have started one first: its thread serves, this one
+                // ends as soon as its channel is dropped.
+                let _ = self.client.set(tx);
+                self.client
+                    .get()
+                    .ok_or_else(|| io::Error::other("the fork client did not start"))?
             }
-        }
-        drop(stdio);
-        rx.await
+        };
+        let (reply, forked) = oneshot::channel();
+        client
+            .send(Request { stdio, reply })
+            .map_err(|_| io::Error::other("the fork client stopped"))?;
+        forked
+            .await
             .unwrap_or_else(|_| Err(io::Error::other("the attempt server stopped")))
     }
+}
 
-    fn connection(&self, exe: &Path) -> io::Result<Arc<Conn>> {
-        let mut conn = lock(&self.conn);
-        if let Some(c) = conn.as_ref()
-            && c.alive.load(std::sync::atomic::Ordering::SeqCst)
-        {
-            return Ok(Arc::clone(c));
+/// The fork client's thread: sends each request to the server, starting it when needed,
+/// until every [`ForkServer`] handle is gone.
+fn send_requests(exe: &Path, requests: &mpsc::Receiver<Request>) {
+    let mut conn: Option<Arc<Conn>> = None;
+    while let Ok(Request { stdio, reply }) = requests.recv() {
+        let current = match conn.as_ref().filter(|c| c.alive.load(Ordering::SeqCst)) {
+            Some(c) => Arc::clone(c),
+            None => match connect(exe) {
+                Ok(c) => {
+                    conn = Some(Arc::clone(&c));
+                    c
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+            },
+        };
+        lock(&current.starting).push_back(reply);
+        if let Err(e) = send_fds(&current.socket, &stdio) {
+            current.alive.store(false, Ordering::SeqCst);
+            // The reader fails every waiter once the server is gone; this one was not sent.
+            if let Some(waiter) = lock(&current.starting).pop_back() {
+                let _ = waiter.send(Err(e));
+            }
         }
-        let started = Arc::new(start(exe)?);
-        let reader = Arc::clone(&started);
-        std::thread::Builder::new()
-            .name("orch-attempt-server".to_string())
-            .spawn(move || read_replies(&reader))?;
-        *conn = Some(Arc::clone(&started));
-        Ok(started)
     }
+}
+
+/// Starts the server, and a thread that reads its replies.
+fn connect(exe: &Path) -> io::Result<Arc<Conn>> {
+    let started = Arc::new(start(exe)?);
+    let reader = Arc::clone(&started);
+    std::thread::Builder::new()
+        .name("orch-attempt-server".to_string())
+        .spawn(move || read_replies(&reader))?;
+    Ok(started)
 }
 
 /// Starts `exe attempt-server` with one end of a socket pair as its standard input, dying
@@ -124,8 +163,7 @@ fn start(exe: &Path) -> io::Result<Conn> {
         socket: ours,
         starting: Mutex::default(),
         running: Mutex::default(),
-        sending: Mutex::default(),
-        alive: std::sync::atomic::AtomicBool::new(true),
+        alive: AtomicBool::new(true),
         _server: server,
     })
 }
@@ -167,7 +205,7 @@ fn read_replies(conn: &Conn) {
             _ => break,
         }
     }
-    conn.alive.store(false, std::sync::atomic::Ordering::SeqCst);
+    conn.alive.store(false, Ordering::SeqCst);
     for waiter in lock(&conn.starting).drain(..) {
         let _ = waiter.send(Err(io::Error::other("the attempt server stopped")));
     }

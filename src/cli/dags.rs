@@ -71,7 +71,7 @@ async fn set_paused(
     store
         .record_action(&super::cli_actor(), &dag.id, None, None, action, None)
         .await?;
-    wake(&config.state_dir());
+    wake(&config.state_dir()).await;
     println!("{} {}", dag.id, if paused { "paused" } else { "unpaused" });
     Ok(ExitCode::SUCCESS)
 }

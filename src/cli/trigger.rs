@@ -64,7 +64,7 @@ pub async fn trigger(config: &Config, args: RunArgs, wait: bool) -> anyhow::Resu
             dag.id
         );
     }
-    if !wake(&config.state_dir()) {
+    if !wake(&config.state_dir()).await {
         eprintln!("note: no `orch serve` is running on this home; the run starts when one does");
     }
     say!("{}", run.run_id);

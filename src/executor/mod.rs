@@ -656,10 +656,16 @@ impl<'a> RunLoop<'a> {
         error: TaskError,
     ) -> Result<(), StoreError> {
         let started_at = Utc::now();
-        if let Ok(log) = AttemptLog::create(path) {
-            log.note(banner);
-            log.note(&format!("failed, and no retry can help: {error}"));
-        }
+        let lines = [
+            banner.to_string(),
+            format!("failed, and no retry can help: {error}"),
+        ];
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(log) = AttemptLog::create(path) {
+                lines.iter().for_each(|line| log.note(line));
+            }
+        })
+        .await;
         let report = Report::new(&Err(error), Usage::default(), started_at, Utc::now());
         self.record_end(i, attempt, report).await
     }

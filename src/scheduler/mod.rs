@@ -137,13 +137,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     let _lock = ServeLock::acquire(&state_dir)?;
     let store = options.store.clone();
     let lease = Lease::acquire(&state_dir).context("cannot create the process lease")?;
-    let wake = match wake::WakeListener::bind(&state_dir) {
-        Ok(listener) => Some(listener),
-        Err(e) => {
-            tracing::warn!(error = %e, "no wake-up socket; triggered runs start within a second");
-            None
-        }
-    };
+    let wake = wake::WakeListener::bind(&state_dir);
     let registry = Arc::new(Registry::builtin());
     let bag = DagBag::load(&config.dags_dir, &registry);
     for error in bag.errors() {
@@ -207,7 +201,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     scheduler.sweep_leases(&state_dir).await;
     let mut lost = worker.lost();
     let outcome = tokio::select! {
-        outcome = scheduler.run(wake.as_ref(), &state_dir) => outcome,
+        outcome = scheduler.run(&wake, &state_dir) => outcome,
         () = membership::turned_true(&mut lost) => Err(anyhow::anyhow!("this server was declared lost by another orch process; it stops so that no work runs twice")),
     };
     scheduler.streams.stop_all().await;
@@ -267,22 +261,12 @@ async fn schedule_dag(
 }
 
 impl Scheduler {
-    async fn run(
-        &mut self,
-        wake: Option<&wake::WakeListener>,
-        state_dir: &Path,
-    ) -> anyhow::Result<()> {
+    async fn run(&mut self, wake: &wake::WakeListener, state_dir: &Path) -> anyhow::Result<()> {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .context("cannot listen for SIGTERM")?;
         let mut next_reload = tokio::time::Instant::now() + RELOAD_INTERVAL;
-        let cancels = match wake::WakeListener::bind_cancel(state_dir) {
-            Ok(listener) => Some(listener),
-            Err(e) => {
-                tracing::warn!(error = %e, "no cancel socket: `orch runs cancel` from another process cannot reach the runs this server executes on SQLite");
-                None
-            }
-        };
+        let cancels = wake::WakeListener::bind_cancel(state_dir);
         let mut next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
         let mut next_renewal = tokio::time::Instant::now();
         loop {
@@ -315,8 +299,8 @@ impl Scheduler {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = terminate.recv() => return Ok(()),
-                _ = async { match wake { Some(w) => w.woken().await, None => std::future::pending().await } } => {}
-                _ = async { match &cancels { Some(c) => c.woken().await, None => std::future::pending().await } } => {
+                () = wake.woken() => {}
+                () = cancels.woken() => {
                     // `orch runs cancel` asked: the runs look for their requests.
                     crate::queue::CANCELLED.notify_waiters();
                 }

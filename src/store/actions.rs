@@ -73,7 +73,7 @@ impl Store {
         .bind(&actor.name)
         .bind(&actor.source)
         .bind(detail)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -257,7 +257,7 @@ impl Store {
         .bind(i64::from(attempt))
         .bind(run_id)
         .bind(task_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

@@ -63,7 +63,7 @@ impl Store {
         .bind(i64::from(std::process::id()))
         .bind(queues)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -76,7 +76,7 @@ impl Store {
         )
         .bind(timestamp::format(Utc::now()))
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(renewed == 1)
@@ -89,11 +89,11 @@ impl Store {
         sqlx::query("UPDATE orch_processes SET lost_at = $1 WHERE id = $2")
             .bind(timestamp::format(now))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         sqlx::query("DELETE FROM orch_processes WHERE lost_at < $1")
             .bind(timestamp::format(now - chrono::Duration::days(1)))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -136,7 +136,7 @@ impl Store {
         .bind(timestamp::format(now))
         .bind(id)
         .bind(timestamp::format(stale_before))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         let lost: Option<Option<String>> =
             sqlx::query_scalar("SELECT lost_at FROM orch_processes WHERE id = $1")
@@ -175,7 +175,7 @@ impl Store {
         .bind(timestamp::format(now))
         .bind(timestamp::format(expires))
         .bind(dead_holder.unwrap_or(""))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         Ok(taken.as_deref() == Some(holder))
     }
@@ -185,7 +185,7 @@ impl Store {
         sqlx::query("DELETE FROM scheduler_lease WHERE name = $1 AND holder = $2")
             .bind(SCHEDULER_LEASE)
             .bind(holder)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

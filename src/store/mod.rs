@@ -95,7 +95,12 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A handle to the metadata database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    /// Reads. On SQLite, several connections: readers never wait for the writer in WAL mode.
     pool: AnyPool,
+    /// Writes. On SQLite one connection, so that this process's writers queue in order for
+    /// it rather than meet on SQLite's lock, whose busy handler sleeps (up to 100 ms a try)
+    /// while holding a connection. On PostgreSQL the same pool as reads.
+    writer: AnyPool,
     backend: Backend,
     /// The URL it was opened with, for attempt processes to open it too. Secret: it may hold
     /// a password.
@@ -177,7 +182,7 @@ impl Store {
                     Some(path) => Some(lock::exclusive_file(&path, "migrations").await?),
                     None => None,
                 };
-                SQLITE_MIGRATOR.run(&store.pool).await?
+                SQLITE_MIGRATOR.run(&store.writer).await?
             }
             Backend::Postgres => POSTGRES_MIGRATOR.run(&store.pool).await?,
         }
@@ -190,7 +195,12 @@ impl Store {
     pub fn connect_lazy(url: &str) -> Result<Store> {
         let backend = backend_of(url)?;
         let pool = database::connect_lazy(url, backend, 2).map_err(|e| open_error(url, e))?;
-        Ok(Store::with_pool(url, backend, pool))
+        let writer = match backend {
+            Backend::Sqlite => database::connect_lazy(url, backend, 1),
+            Backend::Postgres => Ok(pool.clone()),
+        }
+        .map_err(|e| open_error(url, e))?;
+        Ok(Store::with_pools(url, backend, pool, writer))
     }
 
     async fn connect_with(
@@ -206,12 +216,19 @@ impl Store {
         let pool = database::connect(url, backend, max_connections)
             .await
             .map_err(|e| open_error(url, e))?;
-        Ok(Store::with_pool(url, backend, pool))
+        let writer = match backend {
+            Backend::Sqlite => database::connect(url, backend, 1)
+                .await
+                .map_err(|e| open_error(url, e))?,
+            Backend::Postgres => pool.clone(),
+        };
+        Ok(Store::with_pools(url, backend, pool, writer))
     }
 
-    fn with_pool(url: &str, backend: Backend, pool: AnyPool) -> Store {
+    fn with_pools(url: &str, backend: Backend, pool: AnyPool, writer: AnyPool) -> Store {
         Store {
             pool,
+            writer,
             backend,
             url: url.into(),
             file: OpenedFile::of_url(url),
@@ -244,7 +261,10 @@ impl Store {
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(self.pool.begin_with(self.backend.begin_statement()).await?)
+        Ok(self
+            .writer
+            .begin_with(self.backend.begin_statement())
+            .await?)
     }
 
     /// Creates a run and its task instances. Returns `false`, creating nothing, when a
@@ -336,7 +356,7 @@ impl Store {
         .bind(dag_source)
         .bind(dag_path)
         .bind(run_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(claimed == 1)
@@ -362,7 +382,7 @@ impl Store {
         .bind(new_owner)
         .bind(run_id)
         .bind(dead_owner)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(adopted == 1)
@@ -373,7 +393,7 @@ impl Store {
             .bind(state.as_str())
             .bind(timestamp::format(Utc::now()))
             .bind(run_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -386,7 +406,7 @@ impl Store {
         .bind(timestamp::format(Utc::now()))
         .bind(note)
         .bind(run_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -645,7 +665,7 @@ impl Store {
         .bind(run_id)
         .bind(task_id)
         .bind(i64::from(attempt))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -732,7 +752,7 @@ impl Store {
         .bind(i64::from(paused))
         .bind(i64::from(file_paused))
         .bind(timestamp::format(Utc::now()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -762,7 +782,7 @@ impl Store {
                     sqlx::query("DELETE FROM dag_pause WHERE dag_id = $1 AND file_paused = $2")
                         .bind(dag_id)
                         .bind(i64::from(!file_paused))
-                        .execute(&self.pool)
+                        .execute(&self.writer)
                         .await?;
                     file_paused
                 }
@@ -796,7 +816,7 @@ impl Store {
         .bind(key)
         .bind(value)
         .bind(timestamp::format(Utc::now()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -810,7 +830,7 @@ impl Store {
         )
         .bind(exchange)
         .bind(symbol)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(sqlx::query_scalar(
             "SELECT symbol_id FROM symbol_ids WHERE exchange = $1 AND symbol = $2",
@@ -840,7 +860,7 @@ impl Store {
         .bind(state)
         .bind(report)
         .bind(timestamp::format(Utc::now()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

@@ -177,7 +177,7 @@ impl Store {
             rows
         } else {
             // One statement: SQLite runs it alone among writers.
-            query.fetch_all(&self.pool).await?
+            query.fetch_all(&self.writer).await?
         };
         rows.iter()
             .map(|row| {
@@ -257,7 +257,7 @@ impl Store {
         .bind(&key.task_id)
         .bind(i64::from(key.attempt))
         .bind(token)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(written == 1)

@@ -338,7 +338,7 @@ impl Store {
         .bind(backfill.runs)
         .bind(timestamp::format(backfill.created_at))
         .bind(&backfill.actor)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

@@ -135,7 +135,7 @@ pub async fn create(
         .record_action(&actor, &dag.id, None, None, "backfill", Some(&detail))
         .await?;
     tracing::info!(dag_id = %dag.id, actor = %actor.name, source = %actor.source, "backfill started by hand: {detail}");
-    wake(&state.config.state_dir());
+    wake(&state.config.state_dir()).await;
     Ok((
         StatusCode::CREATED,
         Json(json!({

@@ -239,7 +239,7 @@ async fn set_paused(
         .record_action(&actor, &dag.id, None, None, action, None)
         .await?;
     tracing::info!(dag_id = %dag.id, actor = %actor.name, source = %actor.source, "{action}d by hand");
-    wake(&state.config.state_dir());
+    wake(&state.config.state_dir()).await;
     Ok(Json(json!({ "dag_id": dag.id, "paused": paused })))
 }
 
@@ -294,7 +294,7 @@ pub async fn trigger(
         .record_action(&actor, &dag.id, Some(&run.run_id), None, "trigger", None)
         .await?;
     tracing::info!(dag_id = %dag.id, run_id = %run.run_id, actor = %actor.name, source = %actor.source, "run triggered by hand");
-    wake(&state.config.state_dir());
+    wake(&state.config.state_dir()).await;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "run_id": run.run_id, "dag_id": dag.id })),
