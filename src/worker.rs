@@ -19,7 +19,7 @@ use crate::backoff::Backoff;
 use crate::config::{Config, DataPlaces};
 use crate::executor::{Executor, Phase, Shutdown, private_queue};
 use crate::lease::Lease;
-use crate::logs::{AttemptLog, attempt_log_path, read_tail};
+use crate::logs::attempt_log_path;
 use crate::membership::{Membership, turned_true};
 use crate::queue::{CANCELLED, POLL, QUEUED, QueuedTask, REPORTED, Report, relay_notifications};
 use crate::store::{
@@ -27,8 +27,6 @@ use crate::store::{
 };
 use crate::tasks::{Registry, TaskError};
 
-/// How much of the end of an attempt's log goes into the metadata database.
-const LOG_TAIL_BYTES: u64 = 64 * 1024;
 /// The wait after a claim that failed (the database unreachable), growing.
 const CLAIM_RETRY: Backoff = Backoff::new(
     std::time::Duration::from_millis(200),
@@ -167,12 +165,13 @@ impl Worker {
     ) {
         let key = &claim.key;
         let started_at = Utc::now();
-        let (report, log_path) = match serde_json::from_str::<QueuedTask>(&claim.spec) {
+        let (report, log_path, tail) = match serde_json::from_str::<QueuedTask>(&claim.spec) {
             Err(e) => {
                 let error = TaskError::permanent(format!("the queued attempt cannot be read: {e}"));
                 (
                     Report::new(&Err(error), Usage::default(), started_at, Utc::now()),
                     PathBuf::new(),
+                    String::new(),
                 )
             }
             Ok(task) => {
@@ -192,15 +191,10 @@ impl Worker {
                         }
                     }
                 };
-                let (result, usage) = self.run_task(task, claim.key.clone(), &path, abort).await;
-                (Report::new(&result, usage, started_at, Utc::now()), path)
+                let ended = self.run_task(task, claim.key.clone(), &path, abort).await;
+                let report = Report::new(&ended.result, ended.usage, started_at, Utc::now());
+                (report, path, ended.log_tail)
             }
-        };
-        let tail = {
-            let path = log_path.clone();
-            tokio::task::spawn_blocking(move || read_tail(&path, LOG_TAIL_BYTES))
-                .await
-                .unwrap_or_default()
         };
         let text = match serde_json::to_string(&report) {
             Ok(text) => text,
@@ -252,25 +246,7 @@ impl Worker {
         key: crate::store::AttemptKey,
         path: &Path,
         abort: impl Future<Output = ()>,
-    ) -> (Result<crate::tasks::TaskOutput, TaskError>, Usage) {
-        // Files are system calls that a slow disk makes wait: never on the runtime's threads.
-        let opened = {
-            let (path, banner) = (path.to_path_buf(), task.banner.clone());
-            tokio::task::spawn_blocking(move || {
-                let log = AttemptLog::create(path)?;
-                log.note(&banner);
-                Ok::<_, std::io::Error>(log)
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        };
-        let log = match opened {
-            Ok(log) => Arc::new(log),
-            Err(e) => {
-                let error = format!("cannot create the attempt log {}: {e}", path.display());
-                return (Err(TaskError::transient(error)), Usage::default());
-            }
-        };
+    ) -> attempt::Ended {
         let spec = AttemptSpec {
             dag_id: task.dag_id,
             run_id: key.run_id,
@@ -286,26 +262,9 @@ impl Worker {
             limits: task.limits,
             database_url: self.store.url().to_string(),
             data: self.data.clone(),
+            banner: task.banner,
         };
-        let (result, usage) = attempt::run(
-            spec,
-            &self.isolation,
-            &self.registry,
-            &self.store,
-            Arc::clone(&log),
-            abort,
-        )
-        .await;
-        let ending = match &result {
-            Ok(out) => format!(
-                "succeeded{}",
-                out.rows.map(|r| format!(", rows={r}")).unwrap_or_default()
-            ),
-            Err(e) if e.retryable => format!("failed: {e}"),
-            Err(e) => format!("failed, and no retry can help: {e}"),
-        };
-        let _ = tokio::task::spawn_blocking(move || log.note(&ending)).await;
-        (result, usage)
+        attempt::run(spec, &self.isolation, &self.registry, &self.store, abort).await
     }
 }
 

@@ -16,14 +16,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::AsFd as _;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use tokio::net::unix::pipe;
 
 use super::fork_server::{self, ForkServer};
-use super::{AttemptSpec, Outcome, Usage, run_here};
+use serde::{Deserialize, Serialize};
+
+use super::{AttemptSpec, Ended, LOG_TAIL_BYTES, Outcome, Usage, run_here};
 use crate::logs::AttemptLog;
 use crate::process;
 use crate::store::Store;
@@ -47,44 +49,30 @@ const DRAIN: Duration = Duration::from_millis(500);
 const PANIC_PREFIX: &str = "orch attempt panicked: ";
 
 /// Runs `spec` in a child process of `exe` (forked by `forks`, else started anew) and returns
-/// its outcome and usage.
+/// how it ended. The child writes its log itself; only when it cannot say how it ended (a
+/// crash, a timeout) does this side read the log's end and write the last line.
 pub(super) async fn run(
     exe: &Path,
     forks: &ForkServer,
     spec: &AttemptSpec,
-    log: &AttemptLog,
     store: &Store,
     abort: impl Future<Output = ()>,
-) -> (Result<TaskOutput, TaskError>, Usage) {
-    let stderr = match log.descriptor() {
-        Ok(fd) => fd,
-        Err(e) => {
-            return (
-                Err(TaskError::transient(format!(
-                    "cannot hand the attempt log {} to the attempt process: {e}",
-                    log.path().display()
-                ))),
-                Usage::default(),
-            );
-        }
-    };
-    let child = match fork(forks, exe, &stderr).await {
+) -> Ended {
+    let child = match fork(forks, exe).await {
         Ok(child) => Ok(child),
         Err(e) => {
             tracing::warn!(error = %e, "the attempt server cannot fork; starting the attempt process anew");
-            spawn(exe, spec, stderr)
+            spawn(exe, spec)
         }
     };
     let mut child = match child {
         Ok(child) => child,
         Err(e) => {
-            return (
-                Err(TaskError::transient(format!(
-                    "cannot start the attempt process `{} attempt`: {e}",
-                    exe.display()
-                ))),
-                Usage::default(),
-            );
+            let result = Err(TaskError::transient(format!(
+                "cannot start the attempt process `{} attempt`: {e}",
+                exe.display()
+            )));
+            return end_in_log(spec, result, Usage::default()).await;
         }
     };
     let group = Group {
@@ -142,11 +130,13 @@ pub(super) async fn run(
     drop(reading);
     let (status, usage) = match exited {
         Ok(Ok(ended)) => ended,
-        Ok(Err(e)) => return failed_to_wait(format!("cannot wait for the attempt process: {e}")),
+        Ok(Err(e)) => {
+            let error = format!("cannot wait for the attempt process: {e}");
+            return end_in_log(spec, Err(TaskError::transient(error)), Usage::default()).await;
+        }
         Err(e) => {
-            return failed_to_wait(format!(
-                "the thread waiting for the attempt process failed: {e}"
-            ));
+            let error = format!("the thread waiting for the attempt process failed: {e}");
+            return end_in_log(spec, Err(TaskError::transient(error)), Usage::default()).await;
         }
     };
     if status.signal().is_some() {
@@ -154,26 +144,76 @@ pub(super) async fn run(
         // their own, recorded in the metadata database.
         kill_recorded_group(store, spec).await;
     }
-    // What the process printed last explains a crash; a success needs none of it.
-    let tail = match (status.code(), held) {
-        (Some(0), false) if stop == Stop::None => VecDeque::new(),
-        _ => last_lines(log.path().to_path_buf(), held).await,
-    };
-    let report: Option<Outcome> = serde_json::from_slice(&report).ok();
-    let result = outcome(spec, status, stop, report, &tail, &usage);
-    (result, usage)
+    let report: Option<ChildReport> = serde_json::from_slice(&report).ok();
+    match report {
+        Some(report) if status.code() == Some(0) && stop == Stop::None && !held => Ended {
+            result: report.outcome.into(),
+            usage,
+            log_tail: report.log_tail,
+        },
+        report => {
+            let spec = spec.clone();
+            let ended = tokio::task::spawn_blocking(move || {
+                let log = AttemptLog::create(spec.log_path.clone());
+                if held && let Ok(log) = &log {
+                    log.note(
+                        "the attempt process exited, but a process it started still holds its output",
+                    );
+                }
+                let lines = last_lines(&spec.log_path);
+                let outcome = report.map(|r| r.outcome);
+                let result = outcome_of(&spec, status, stop, outcome, &lines, &usage);
+                if let Ok(log) = &log {
+                    log.note(&super::ending_note(&result));
+                }
+                let log_tail = crate::logs::read_tail(&spec.log_path, LOG_TAIL_BYTES);
+                Ended {
+                    result,
+                    usage,
+                    log_tail,
+                }
+            });
+            ended.await.unwrap_or_else(|e| Ended {
+                result: Err(TaskError::transient(format!(
+                    "cannot read how the attempt process ended: {e}"
+                ))),
+                usage,
+                log_tail: String::new(),
+            })
+        }
+    }
 }
 
-/// The last lines of the attempt's log (where the process's standard error went), read off
-/// the runtime's threads; notes first that a process the attempt started held its output.
-async fn last_lines(path: std::path::PathBuf, held: bool) -> VecDeque<String> {
-    let read = tokio::task::spawn_blocking(move || {
-        if held && let Ok(log) = AttemptLog::create(path.clone()) {
-            log.note("the attempt process exited, but a process it started still holds its output");
+/// Ends an attempt whose process never told how it went: the log's last line says why.
+async fn end_in_log(
+    spec: &AttemptSpec,
+    result: Result<TaskOutput, TaskError>,
+    usage: Usage,
+) -> Ended {
+    let (path, banner, ending) = (
+        spec.log_path.clone(),
+        spec.banner.clone(),
+        super::ending_note(&result),
+    );
+    let log_tail = tokio::task::spawn_blocking(move || {
+        if let Ok(log) = AttemptLog::create(path.clone()) {
+            log.note(&banner);
+            log.note(&ending);
         }
-        crate::logs::read_tail(&path, TAIL_BYTES)
-    });
-    let text = read.await.unwrap_or_default();
+        crate::logs::read_tail(&path, LOG_TAIL_BYTES)
+    })
+    .await
+    .unwrap_or_default();
+    Ended {
+        result,
+        usage,
+        log_tail,
+    }
+}
+
+/// The last lines of the attempt's log, where the process's standard error went too.
+fn last_lines(path: &Path) -> VecDeque<String> {
+    let text = crate::logs::read_tail(path, TAIL_BYTES);
     let mut lines: VecDeque<String> = text.lines().map(str::to_string).collect();
     while lines.len() > TAIL_LINES {
         lines.pop_front();
@@ -181,8 +221,13 @@ async fn last_lines(path: std::path::PathBuf, held: bool) -> VecDeque<String> {
     lines
 }
 
-fn failed_to_wait(error: String) -> (Result<TaskOutput, TaskError>, Usage) {
-    (Err(TaskError::transient(error)), Usage::default())
+/// What the attempt process prints on its standard output: how it ended, and the end of its
+/// log (which it wrote, so that its worker need not read the file).
+#[derive(Debug, Serialize, Deserialize)]
+struct ChildReport {
+    outcome: Outcome,
+    #[serde(default)]
+    log_tail: String,
 }
 
 /// Whether and how the parent stopped the child.
@@ -212,7 +257,7 @@ impl Status {
 }
 
 /// The attempt's outcome from everything known about how the child ended.
-fn outcome(
+fn outcome_of(
     spec: &AttemptSpec,
     status: Status,
     stop: Stop,
@@ -334,11 +379,12 @@ struct Child {
     wait: tokio::task::JoinHandle<std::io::Result<(Status, Usage)>>,
 }
 
-/// Forks the attempt process from the fork server, its standard error going to `stderr`.
-async fn fork(forks: &ForkServer, exe: &Path, stderr: &OwnedFd) -> std::io::Result<Child> {
+/// Forks the attempt process from the fork server. Its standard error is this process's until
+/// it opens its log and puts the log in its place.
+async fn fork(forks: &ForkServer, exe: &Path) -> std::io::Result<Child> {
     let (stdin_theirs, stdin) = fork_server::pipe()?;
     let (stdout, stdout_theirs) = fork_server::pipe()?;
-    let stderr_theirs = stderr.try_clone()?;
+    let stderr_theirs = std::io::stderr().as_fd().try_clone_to_owned()?;
     let forked = forks
         .fork(exe, [stdin_theirs, stdout_theirs, stderr_theirs])
         .await?;
@@ -365,14 +411,14 @@ async fn fork(forks: &ForkServer, exe: &Path, stderr: &OwnedFd) -> std::io::Resu
 
 /// Starts `exe attempt` in a process group of its own, with the task's limits, dying with this
 /// process's thread that started it (a tokio worker, alive as long as the runtime).
-fn spawn(exe: &Path, spec: &AttemptSpec, stderr: OwnedFd) -> std::io::Result<Child> {
+fn spawn(exe: &Path, spec: &AttemptSpec) -> std::io::Result<Child> {
     let mut command = std::process::Command::new(exe);
     command
         .arg("attempt")
         .current_dir(&spec.home)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(stderr))
+        .stderr(Stdio::inherit())
         .process_group(0);
     let limits = spec.limits;
     // SAFETY: prctl(2) and setrlimit(2) are async-signal-safe and allocate nothing.
@@ -493,13 +539,16 @@ pub async fn serve_child() -> std::process::ExitCode {
         eprintln!("{PANIC_PREFIX}{message}{location}");
     }));
     let report = match read_spec() {
-        Err(message) => Outcome::Failed {
-            message,
-            retryable: false,
-            skipped: false,
-            reschedule_ms: None,
+        Err(message) => ChildReport {
+            outcome: Outcome::Failed {
+                message,
+                retryable: false,
+                skipped: false,
+                reschedule_ms: None,
+            },
+            log_tail: String::new(),
         },
-        Ok(spec) => Outcome::from(&run_spec(spec).await),
+        Ok(spec) => run_spec(spec).await,
     };
     let mut stdout = std::io::stdout().lock();
     let written = serde_json::to_writer(&mut stdout, &report)
@@ -519,7 +568,39 @@ fn read_spec() -> Result<AttemptSpec, String> {
         .map_err(|e| format!("the attempt on standard input does not read: {e}"))
 }
 
-async fn run_spec(mut spec: AttemptSpec) -> Result<TaskOutput, TaskError> {
+/// Runs the attempt in this process, writing its log: the banner, what it prints (its
+/// standard error goes to the log too, a panic's message included), and how it ended.
+async fn run_spec(spec: AttemptSpec) -> ChildReport {
+    let log = match AttemptLog::create(spec.log_path.clone()) {
+        Ok(log) => Arc::new(log),
+        Err(e) => {
+            let error = TaskError::transient(format!(
+                "cannot open the attempt log {}: {e}",
+                spec.log_path.display()
+            ));
+            return ChildReport {
+                outcome: Outcome::from(&Err(error)),
+                log_tail: String::new(),
+            };
+        }
+    };
+    if let Ok(fd) = log.descriptor() {
+        // SAFETY: dup2 onto standard error, which this process owns; `fd` stays open until
+        // dropped after.
+        unsafe {
+            libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::STDERR_FILENO);
+        }
+    }
+    log.note(&spec.banner);
+    let result = run_kind(spec, Arc::clone(&log)).await;
+    log.note(&super::ending_note(&result));
+    ChildReport {
+        outcome: Outcome::from(&result),
+        log_tail: crate::logs::read_tail(log.path(), LOG_TAIL_BYTES),
+    }
+}
+
+async fn run_kind(mut spec: AttemptSpec, log: Arc<AttemptLog>) -> Result<TaskOutput, TaskError> {
     // A forked child applies these itself (a started one has them from its parent already).
     spec.limits
         .apply_to_this_process()
@@ -532,9 +613,6 @@ async fn run_spec(mut spec: AttemptSpec) -> Result<TaskOutput, TaskError> {
     })?;
     let store = Store::connect_lazy(&spec.database_url)
         .map_err(|e| TaskError::transient(format!("cannot open the metadata database: {e}")))?;
-    let log = AttemptLog::create(spec.log_path.clone())
-        .map(Arc::new)
-        .map_err(|e| TaskError::transient(format!("cannot open the attempt log: {e}")))?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| TaskError::transient(format!("cannot handle SIGTERM: {e}")))?;
     // The parent enforces the timeout, with SIGTERM.
@@ -577,6 +655,7 @@ mod tests {
                 nats_url: String::new(),
                 connections: Default::default(),
             },
+            banner: String::new(),
         }
     }
 
@@ -597,7 +676,7 @@ mod tests {
         usage: Usage,
     ) -> String {
         let tail = stderr.iter().map(|s| s.to_string()).collect();
-        match outcome(spec, status, stop, None, &tail, &usage) {
+        match outcome_of(spec, status, stop, None, &tail, &usage) {
             Err(e) => e.message,
             Ok(out) => panic!("succeeded: {out:?}"),
         }

@@ -53,6 +53,8 @@ pub struct AttemptSpec {
     /// The metadata database, which the attempt opens itself in a child process.
     pub database_url: String,
     pub data: DataPlaces,
+    /// The log's first line ("attempt 2 of 3 of task `x` (shell)").
+    pub banner: String,
 }
 
 /// What an attempt cost, when it ran in a process of its own.
@@ -92,28 +94,94 @@ impl Isolation {
 /// The error recorded for an attempt cut off by a shutdown's grace period.
 pub const INTERRUPTED: &str = "interrupted: orch shut down before the attempt finished";
 
-/// Runs the attempt `spec` and returns how it ended and what it cost. When `abort` resolves
-/// (a shutdown's grace period is over), the attempt is stopped and fails as [`INTERRUPTED`].
+/// How much of the end of an attempt's log is kept with its report, for readers on other
+/// hosts and for alerts.
+pub const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+/// What running an attempt gives: how it ended, what it cost, and the end of its log.
+pub struct Ended {
+    pub result: Result<TaskOutput, TaskError>,
+    pub usage: Usage,
+    pub log_tail: String,
+}
+
+/// Runs the attempt `spec`: its log begins with the spec's banner and ends with how it
+/// ended. When `abort` resolves (a shutdown's grace period is over), the attempt is stopped
+/// and fails as [`INTERRUPTED`].
+///
+/// In a child process the child writes its log itself, so that the worker touches no file
+/// for an attempt that ends normally; in this process the log's files are opened off the
+/// runtime's threads.
 pub async fn run(
     spec: AttemptSpec,
     isolation: &Isolation,
     registry: &Registry,
     store: &Store,
-    log: Arc<AttemptLog>,
     abort: impl Future<Output = ()>,
-) -> (Result<TaskOutput, TaskError>, Usage) {
+) -> Ended {
     match isolation {
-        Isolation::ChildProcess { exe, forks } => {
-            child::run(exe, forks, &spec, &log, store, abort).await
-        }
+        Isolation::ChildProcess { exe, forks } => child::run(exe, forks, &spec, store, abort).await,
         Isolation::InProcess => {
+            let (path, banner) = (spec.log_path.clone(), spec.banner.clone());
+            let opened = blocking(move || {
+                let log = AttemptLog::create(path)?;
+                log.note(&banner);
+                Ok(Arc::new(log))
+            })
+            .await;
+            let log = match opened {
+                Ok(log) => log,
+                Err(e) => {
+                    let error = format!(
+                        "cannot create the attempt log {}: {e}",
+                        spec.log_path.display()
+                    );
+                    return Ended {
+                        result: Err(TaskError::transient(error)),
+                        usage: Usage::default(),
+                        log_tail: String::new(),
+                    };
+                }
+            };
             let result = tokio::select! {
-                result = run_here(spec, registry, store, log) => result,
+                result = run_here(spec, registry, store, Arc::clone(&log)) => result,
                 () = abort => Err(TaskError::transient(INTERRUPTED)),
             };
-            (result, Usage::default())
+            let ending = ending_note(&result);
+            let log_tail = blocking(move || {
+                log.note(&ending);
+                Ok(crate::logs::read_tail(log.path(), LOG_TAIL_BYTES))
+            })
+            .await
+            .unwrap_or_default();
+            Ended {
+                result,
+                usage: Usage::default(),
+                log_tail,
+            }
         }
     }
+}
+
+/// The log's last line: how the attempt ended.
+pub fn ending_note(result: &Result<TaskOutput, TaskError>) -> String {
+    match result {
+        Ok(out) => format!(
+            "succeeded{}",
+            out.rows.map(|r| format!(", rows={r}")).unwrap_or_default()
+        ),
+        Err(e) if e.retryable => format!("failed: {e}"),
+        Err(e) => format!("failed, and no retry can help: {e}"),
+    }
+}
+
+/// Runs file work off the runtime's threads: a slow disk makes it wait, and nothing else.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// Runs the attempt in this process: the kind with its context, within the timeout.

@@ -9,6 +9,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::timestamp::{self, serde_format};
+use super::write::params;
 use super::{AttemptKey, Result, RunState, Store, TaskState, parse_time};
 use crate::dag::for_each;
 
@@ -61,21 +62,28 @@ impl Store {
         action: &str,
         detail: Option<&str>,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO manual_actions (at, dag_id, run_id, task_id, action, actor, source, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(timestamp::format(Utc::now()))
-        .bind(dag_id)
-        .bind(run_id)
-        .bind(task_id)
-        .bind(action)
-        .bind(&actor.name)
-        .bind(&actor.source)
-        .bind(detail)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let values = params![
+            timestamp::format(Utc::now()),
+            dag_id,
+            run_id,
+            task_id,
+            action,
+            &actor.name,
+            &actor.source,
+            detail,
+        ];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO manual_actions (at, dag_id, run_id, task_id, action, actor, source, detail)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    values,
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// The manual actions on a run, oldest first.
@@ -109,47 +117,42 @@ impl Store {
     /// [`Store::cancel_request`]).
     pub async fn request_cancel(&self, run_id: &str, actor: &Actor) -> Result<Cancelled> {
         let note = format!("cancelled by {} from {}", actor.name, actor.source);
-        let mut tx = self.begin_write().await?;
-        let queued = sqlx::query(
-            "UPDATE dag_runs SET state = 'failed', ended_at = $1, note = $2
-             WHERE run_id = $3 AND state = 'queued'",
-        )
-        .bind(timestamp::format(Utc::now()))
-        .bind(&note)
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if queued {
-            sqlx::query(
-                "UPDATE task_instances SET state = 'skipped', next_retry_at = NULL
-                 WHERE run_id = $1 AND state NOT IN ('success', 'failed', 'upstream_failed', 'skipped')",
-            )
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Ok(Cancelled::Queued);
-        }
-        let requested = sqlx::query(
-            "UPDATE dag_runs SET cancel_requested = $1 WHERE run_id = $2 AND state = 'running'",
-        )
-        .bind(&note)
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if requested {
-            self.notify(&mut tx, CANCEL_CHANNEL).await?;
-        }
-        tx.commit().await?;
-        Ok(if requested {
-            Cancelled::Requested
-        } else {
-            Cancelled::AlreadyFinished
-        })
+        let (run_id, now) = (run_id.to_string(), timestamp::format(Utc::now()));
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                let queued = tx
+                    .execute(
+                        "UPDATE dag_runs SET state = 'failed', ended_at = $1, note = $2
+                         WHERE run_id = $3 AND state = 'queued'",
+                        params![now, &note, &run_id],
+                    )
+                    .await?
+                    == 1;
+                if queued {
+                    tx.execute(
+                        "UPDATE task_instances SET state = 'skipped', next_retry_at = NULL
+                         WHERE run_id = $1 AND state NOT IN ('success', 'failed', 'upstream_failed', 'skipped')",
+                        params![&run_id],
+                    )
+                    .await?;
+                    return Ok(Cancelled::Queued);
+                }
+                let requested = tx
+                    .execute(
+                        "UPDATE dag_runs SET cancel_requested = $1 WHERE run_id = $2 AND state = 'running'",
+                        params![note, &run_id],
+                    )
+                    .await?
+                    == 1;
+                if requested {
+                    tx.notify(CANCEL_CHANNEL).await?;
+                    Ok(Cancelled::Requested)
+                } else {
+                    Ok(Cancelled::AlreadyFinished)
+                }
+            })
+        }))
+        .await
     }
 
     /// Why a running run is to be cancelled, if someone asked ("cancelled by NAME from WHERE").
@@ -165,26 +168,26 @@ impl Store {
     /// Ends a queued attempt with `report` on behalf of whoever holds it, moving its claim
     /// token on: its worker's own report is refused, and the worker stops the attempt.
     pub async fn end_attempt(&self, key: &AttemptKey, report: &str) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let ended = sqlx::query(
-            "UPDATE task_attempts SET report = $1, claim_token = claim_token + 1
-             WHERE run_id = $2 AND task_id = $3 AND attempt = $4
-                 AND state = 'running' AND report IS NULL AND queue IS NOT NULL",
-        )
-        .bind(report)
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(i64::from(key.attempt))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if ended {
-            self.notify(&mut tx, super::REPORTED_CHANNEL).await?;
-            self.notify(&mut tx, CANCEL_CHANNEL).await?;
-        }
-        tx.commit().await?;
-        Ok(ended)
+        let values = params![report, &key.run_id, &key.task_id, i64::from(key.attempt)];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                let ended = tx
+                    .execute(
+                        "UPDATE task_attempts SET report = $1, claim_token = claim_token + 1
+                         WHERE run_id = $2 AND task_id = $3 AND attempt = $4
+                             AND state = 'running' AND report IS NULL AND queue IS NOT NULL",
+                        values,
+                    )
+                    .await?
+                    == 1;
+                if ended {
+                    tx.notify(super::REPORTED_CHANNEL).await?;
+                    tx.notify(CANCEL_CHANNEL).await?;
+                }
+                Ok(ended)
+            })
+        }))
+        .await
     }
 
     /// Whether a worker's claim of an attempt is still current: not ended by someone else.
@@ -206,60 +209,59 @@ impl Store {
     /// states, and attempts go on being numbered. Returns `false` when the run is not
     /// finished (nothing changed).
     pub async fn clear_tasks(&self, run_id: &str, task_ids: Option<&[String]>) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let requeued = sqlx::query(
-            "UPDATE dag_runs SET state = 'queued', owner = NULL, started_at = NULL, ended_at = NULL,
-                 note = NULL, cancel_requested = NULL
-             WHERE run_id = $1 AND state IN ('success', 'failed', 'skipped')",
-        )
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !requeued {
-            return Ok(false);
-        }
-        let reset = "UPDATE task_instances SET state = 'scheduled', next_retry_at = NULL,
-                         attempt_base = try_number
-                     WHERE run_id = $1 AND (CAST($2 AS TEXT) IS NULL OR task_id = $2)";
-        match task_ids {
-            None => {
-                sqlx::query(reset)
-                    .bind(run_id)
-                    .bind(None::<String>)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Some(task_ids) => {
-                for task_id in task_ids {
-                    sqlx::query(reset)
-                        .bind(run_id)
-                        .bind(task_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    // A cleared instance's mapped task waits for it again, still expanded.
-                    if let Some((mapped, _)) = for_each::parse_instance_id(task_id) {
-                        super::mapped_task_running(&mut tx, run_id, mapped).await?;
+        let (run_id, task_ids) = (run_id.to_string(), task_ids.map(<[String]>::to_vec));
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                let requeued = tx
+                    .execute(
+                        "UPDATE dag_runs SET state = 'queued', owner = NULL, started_at = NULL, ended_at = NULL,
+                             note = NULL, cancel_requested = NULL
+                         WHERE run_id = $1 AND state IN ('success', 'failed', 'skipped')",
+                        params![&run_id],
+                    )
+                    .await?
+                    == 1;
+                if !requeued {
+                    return Ok(false);
+                }
+                let reset = "UPDATE task_instances SET state = 'scheduled', next_retry_at = NULL,
+                                 attempt_base = try_number
+                             WHERE run_id = $1 AND (CAST($2 AS TEXT) IS NULL OR task_id = $2)";
+                match task_ids {
+                    None => {
+                        tx.execute(reset, params![&run_id, None::<String>]).await?;
+                    }
+                    Some(task_ids) => {
+                        for task_id in task_ids {
+                            tx.execute(reset, params![&run_id, &task_id]).await?;
+                            // A cleared instance's mapped task waits for it again, still
+                            // expanded.
+                            if let Some((mapped, _)) = for_each::parse_instance_id(&task_id) {
+                                super::mapped_task_running(tx, &run_id, mapped).await?;
+                            }
+                        }
                     }
                 }
-            }
-        }
-        tx.commit().await?;
-        Ok(true)
+                Ok(true)
+            })
+        }))
+        .await
     }
 
     /// Counts a task's retries from after `attempt` on: a sensor's rescheduled looks use none.
     pub async fn set_attempt_base(&self, run_id: &str, task_id: &str, attempt: u32) -> Result<()> {
-        sqlx::query(
-            "UPDATE task_instances SET attempt_base = $1 WHERE run_id = $2 AND task_id = $3",
-        )
-        .bind(i64::from(attempt))
-        .bind(run_id)
-        .bind(task_id)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let values = params![i64::from(attempt), run_id, task_id];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "UPDATE task_instances SET attempt_base = $1 WHERE run_id = $2 AND task_id = $3",
+                    values,
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// Sets a task of a finished run to `state` (success or failed) and the run's state to
@@ -271,79 +273,88 @@ impl Store {
         task_id: &str,
         state: TaskState,
     ) -> Result<Option<RunState>> {
-        let mut tx = self.begin_write().await?;
-        let run_state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM dag_runs WHERE run_id = $1")
-                .bind(run_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let finished = run_state
-            .as_deref()
-            .and_then(RunState::parse)
-            .is_some_and(RunState::is_finished);
-        if !finished {
-            return Ok(None);
-        }
-        let marked = sqlx::query(
-            "UPDATE task_instances SET state = $1, next_retry_at = NULL WHERE run_id = $2 AND task_id = $3",
-        )
-        .bind(state.as_str())
-        .bind(run_id)
-        .bind(task_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !marked {
-            return Ok(None);
-        }
-        // An instance's mapped task sums up its instances' states again.
-        if let Some((mapped, _)) = for_each::parse_instance_id(task_id) {
-            let prefix = format!("{mapped}[");
-            let states: Vec<String> = sqlx::query_scalar(
-                "SELECT state FROM task_instances WHERE run_id = $1 AND map_index IS NOT NULL
-                     AND substr(task_id, 1, CAST($2 AS INTEGER)) = $3",
-            )
-            .bind(run_id)
-            .bind(i64::try_from(prefix.len()).unwrap_or(i64::MAX))
-            .bind(&prefix)
-            .fetch_all(&mut *tx)
-            .await?;
-            let states: Vec<TaskState> =
-                states.iter().filter_map(|s| TaskState::parse(s)).collect();
-            if let Some(summed) = for_each::summed_state(&states) {
-                sqlx::query(
-                    "UPDATE task_instances SET state = $1 WHERE run_id = $2 AND task_id = $3",
+        let (run_id, task_id) = (run_id.to_string(), task_id.to_string());
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                let run_state = tx
+                    .fetch_optional(
+                        "SELECT state FROM dag_runs WHERE run_id = $1",
+                        params![&run_id],
+                        |row| row.text(0),
+                    )
+                    .await?
+                    .flatten();
+                let finished = run_state
+                    .as_deref()
+                    .and_then(RunState::parse)
+                    .is_some_and(RunState::is_finished);
+                if !finished {
+                    return Ok(None);
+                }
+                let marked = tx
+                    .execute(
+                        "UPDATE task_instances SET state = $1, next_retry_at = NULL WHERE run_id = $2 AND task_id = $3",
+                        params![state.as_str(), &run_id, &task_id],
+                    )
+                    .await?
+                    == 1;
+                if !marked {
+                    return Ok(None);
+                }
+                // An instance's mapped task sums up its instances' states again.
+                if let Some((mapped, _)) = for_each::parse_instance_id(&task_id) {
+                    let prefix = format!("{mapped}[");
+                    let states = tx
+                        .fetch_all(
+                            "SELECT state FROM task_instances WHERE run_id = $1 AND map_index IS NOT NULL
+                                 AND substr(task_id, 1, CAST($2 AS INTEGER)) = $3",
+                            params![
+                                &run_id,
+                                i64::try_from(prefix.len()).unwrap_or(i64::MAX),
+                                prefix
+                            ],
+                            |row| row.text(0),
+                        )
+                        .await?;
+                    let states: Vec<TaskState> = states
+                        .iter()
+                        .flatten()
+                        .filter_map(|s| TaskState::parse(s))
+                        .collect();
+                    if let Some(summed) = for_each::summed_state(&states) {
+                        tx.execute(
+                            "UPDATE task_instances SET state = $1 WHERE run_id = $2 AND task_id = $3",
+                            params![summed.as_str(), &run_id, mapped],
+                        )
+                        .await?;
+                    }
+                }
+                let states = tx
+                    .fetch_all(
+                        "SELECT state FROM task_instances WHERE run_id = $1",
+                        params![&run_id],
+                        |row| row.text(0),
+                    )
+                    .await?;
+                let failed = states.iter().flatten().any(|s| {
+                    matches!(
+                        TaskState::parse(s),
+                        Some(TaskState::Failed | TaskState::UpstreamFailed)
+                    )
+                });
+                let new_state = if failed {
+                    RunState::Failed
+                } else {
+                    RunState::Success
+                };
+                tx.execute(
+                    "UPDATE dag_runs SET state = $1 WHERE run_id = $2",
+                    params![new_state.as_str(), &run_id],
                 )
-                .bind(summed.as_str())
-                .bind(run_id)
-                .bind(mapped)
-                .execute(&mut *tx)
                 .await?;
-            }
-        }
-        let states: Vec<String> =
-            sqlx::query_scalar("SELECT state FROM task_instances WHERE run_id = $1")
-                .bind(run_id)
-                .fetch_all(&mut *tx)
-                .await?;
-        let failed = states.iter().any(|s| {
-            matches!(
-                TaskState::parse(s),
-                Some(TaskState::Failed | TaskState::UpstreamFailed)
-            )
-        });
-        let new_state = if failed {
-            RunState::Failed
-        } else {
-            RunState::Success
-        };
-        sqlx::query("UPDATE dag_runs SET state = $1 WHERE run_id = $2")
-            .bind(new_state.as_str())
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(new_state))
+                Ok(Some(new_state))
+            })
+        }))
+        .await
     }
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::timestamp::{self, serde_format};
+use super::write::params;
 use super::{Result, Store, parse_time};
 
 /// One orch process, as it registered itself.
@@ -52,50 +53,59 @@ impl Store {
     ) -> Result<()> {
         let now = timestamp::format(Utc::now());
         let queues = (!queues.is_empty()).then(|| queues.join(","));
-        sqlx::query(
-            "INSERT INTO orch_processes (id, role, host, pid, queues, started_at, heartbeat_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, lost_at = NULL",
-        )
-        .bind(id)
-        .bind(role)
-        .bind(host)
-        .bind(i64::from(std::process::id()))
-        .bind(queues)
-        .bind(now)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let values = params![id, role, host, i64::from(std::process::id()), queues, now];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO orch_processes (id, role, host, pid, queues, started_at, heartbeat_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6)
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, lost_at = NULL",
+                    values,
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// Renews process `id`'s heartbeat. `false` when it was declared lost (or its row is
     /// gone): the process must stop, others have taken over its work.
     pub async fn heartbeat(&self, id: &str) -> Result<bool> {
-        let renewed = sqlx::query(
-            "UPDATE orch_processes SET heartbeat_at = $1 WHERE id = $2 AND lost_at IS NULL",
-        )
-        .bind(timestamp::format(Utc::now()))
-        .bind(id)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(renewed == 1)
+        let values = params![timestamp::format(Utc::now()), id];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                let renewed = tx
+                    .execute(
+                        "UPDATE orch_processes SET heartbeat_at = $1 WHERE id = $2 AND lost_at IS NULL",
+                        values,
+                    )
+                    .await?;
+                Ok(renewed == 1)
+            })
+        }))
+        .await
     }
 
     /// Marks process `id` stopped (cleanly, so that others need not wait out its heartbeat),
     /// and forgets processes stopped more than a day ago.
     pub async fn unregister_process(&self, id: &str) -> Result<()> {
         let now = Utc::now();
-        sqlx::query("UPDATE orch_processes SET lost_at = $1 WHERE id = $2")
-            .bind(timestamp::format(now))
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        sqlx::query("DELETE FROM orch_processes WHERE lost_at < $1")
-            .bind(timestamp::format(now - chrono::Duration::days(1)))
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        let stopped = params![timestamp::format(now), id];
+        let forgotten = params![timestamp::format(now - chrono::Duration::days(1))];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "UPDATE orch_processes SET lost_at = $1 WHERE id = $2",
+                    stopped,
+                )
+                .await?;
+                tx.execute("DELETE FROM orch_processes WHERE lost_at < $1", forgotten)
+                    .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     pub async fn process(&self, id: &str) -> Result<Option<ProcessRecord>> {
@@ -129,21 +139,27 @@ impl Store {
         } else {
             now - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::MAX)
         };
-        sqlx::query(
-            "UPDATE orch_processes SET lost_at = $1
-             WHERE id = $2 AND lost_at IS NULL AND heartbeat_at < $3",
-        )
-        .bind(timestamp::format(now))
-        .bind(id)
-        .bind(timestamp::format(stale_before))
-        .execute(&self.writer)
-        .await?;
-        let lost: Option<Option<String>> =
-            sqlx::query_scalar("SELECT lost_at FROM orch_processes WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
+        let values = params![timestamp::format(now), id, timestamp::format(stale_before)];
+        let id = id.to_string();
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "UPDATE orch_processes SET lost_at = $1
+                     WHERE id = $2 AND lost_at IS NULL AND heartbeat_at < $3",
+                    values,
+                )
                 .await?;
-        Ok(matches!(lost, Some(Some(_))))
+                let lost = tx
+                    .fetch_optional(
+                        "SELECT lost_at FROM orch_processes WHERE id = $1",
+                        params![id],
+                        |row| row.text(0),
+                    )
+                    .await?;
+                Ok(matches!(lost, Some(Some(_))))
+            })
+        }))
+        .await
     }
 
     /// Takes or renews the scheduler lease for `holder` until `ttl` from now: granted when
@@ -157,37 +173,53 @@ impl Store {
     ) -> Result<bool> {
         let now = Utc::now();
         let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        let taken: Option<String> = sqlx::query_scalar(
-            "INSERT INTO scheduler_lease (name, holder, acquired_at, expires_at)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO UPDATE SET
-                 holder = excluded.holder,
-                 expires_at = excluded.expires_at,
-                 acquired_at = CASE WHEN scheduler_lease.holder = excluded.holder
-                     THEN scheduler_lease.acquired_at ELSE excluded.acquired_at END
-             WHERE scheduler_lease.holder = excluded.holder
-                 OR scheduler_lease.expires_at < excluded.acquired_at
-                 OR scheduler_lease.holder = $5
-             RETURNING holder",
-        )
-        .bind(SCHEDULER_LEASE)
-        .bind(holder)
-        .bind(timestamp::format(now))
-        .bind(timestamp::format(expires))
-        .bind(dead_holder.unwrap_or(""))
-        .fetch_optional(&self.writer)
-        .await?;
+        let values = params![
+            SCHEDULER_LEASE,
+            holder,
+            timestamp::format(now),
+            timestamp::format(expires),
+            dead_holder.unwrap_or("")
+        ];
+        let taken = self
+            .write(Box::new(move |tx| {
+                Box::pin(async move {
+                    tx.fetch_optional(
+                        "INSERT INTO scheduler_lease (name, holder, acquired_at, expires_at)
+                         VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (name) DO UPDATE SET
+                             holder = excluded.holder,
+                             expires_at = excluded.expires_at,
+                             acquired_at = CASE WHEN scheduler_lease.holder = excluded.holder
+                                 THEN scheduler_lease.acquired_at ELSE excluded.acquired_at END
+                         WHERE scheduler_lease.holder = excluded.holder
+                             OR scheduler_lease.expires_at < excluded.acquired_at
+                             OR scheduler_lease.holder = $5
+                         RETURNING holder",
+                        values,
+                        |row| row.text(0),
+                    )
+                    .await
+                })
+            }))
+            .await?
+            .flatten();
         Ok(taken.as_deref() == Some(holder))
     }
 
     /// Gives the scheduler lease up, so that a standby takes over at once.
     pub async fn release_scheduler_lease(&self, holder: &str) -> Result<()> {
-        sqlx::query("DELETE FROM scheduler_lease WHERE name = $1 AND holder = $2")
-            .bind(SCHEDULER_LEASE)
-            .bind(holder)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        let values = params![SCHEDULER_LEASE, holder];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "DELETE FROM scheduler_lease WHERE name = $1 AND holder = $2",
+                    values,
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     pub async fn scheduler_lease(&self) -> Result<Option<LeaseHolder>> {

@@ -20,6 +20,7 @@ mod queue;
 mod retention;
 pub mod timestamp;
 mod views;
+pub(crate) mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::database::{self, Backend};
 use crate::redact;
+use write::params;
 
 pub use actions::{Actor, CANCEL_CHANNEL, Cancelled, ManualAction};
 pub use durably::durably;
@@ -56,6 +58,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("metadata database: {0}")]
     Sql(#[from] sqlx::Error),
+    #[error("metadata database: {0}")]
+    Sqlite(write::SqliteFailure),
     #[error("metadata database holds an unreadable value in {what}: `{value}`")]
     Corrupt { what: &'static str, value: String },
     #[error(
@@ -85,6 +89,7 @@ impl StoreError {
             StoreError::Sql(error) | StoreError::Open { source: error, .. } => {
                 database::is_transient(error)
             }
+            StoreError::Sqlite(failure) => failure.is_transient(),
             _ => false,
         }
     }
@@ -97,10 +102,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     /// Reads. On SQLite, several connections: readers never wait for the writer in WAL mode.
     pool: AnyPool,
-    /// Writes. On SQLite one connection, so that this process's writers queue in order for
-    /// it rather than meet on SQLite's lock, whose busy handler sleeps (up to 100 ms a try)
-    /// while holding a connection. On PostgreSQL the same pool as reads.
-    writer: AnyPool,
+    /// Writes: on SQLite a thread of their own, on PostgreSQL the pool (see [`write`]).
+    writer: Writer,
     backend: Backend,
     /// The URL it was opened with, for attempt processes to open it too. Secret: it may hold
     /// a password.
@@ -123,6 +126,13 @@ struct OpenedFile {
     path: std::path::PathBuf,
     device: u64,
     inode: u64,
+}
+
+/// Where writes go.
+#[derive(Clone)]
+enum Writer {
+    Sqlite(write::SqliteWriter),
+    Pool(AnyPool),
 }
 
 fn backend_of(url: &str) -> Result<Backend> {
@@ -182,7 +192,7 @@ impl Store {
                     Some(path) => Some(lock::exclusive_file(&path, "migrations").await?),
                     None => None,
                 };
-                SQLITE_MIGRATOR.run(&store.writer).await?
+                SQLITE_MIGRATOR.run(&store.pool).await?
             }
             Backend::Postgres => POSTGRES_MIGRATOR.run(&store.pool).await?,
         }
@@ -195,12 +205,7 @@ impl Store {
     pub fn connect_lazy(url: &str) -> Result<Store> {
         let backend = backend_of(url)?;
         let pool = database::connect_lazy(url, backend, 2).map_err(|e| open_error(url, e))?;
-        let writer = match backend {
-            Backend::Sqlite => database::connect_lazy(url, backend, 1),
-            Backend::Postgres => Ok(pool.clone()),
-        }
-        .map_err(|e| open_error(url, e))?;
-        Ok(Store::with_pools(url, backend, pool, writer))
+        Store::with_pools(url, backend, pool)
     }
 
     async fn connect_with(
@@ -216,23 +221,23 @@ impl Store {
         let pool = database::connect(url, backend, max_connections)
             .await
             .map_err(|e| open_error(url, e))?;
-        let writer = match backend {
-            Backend::Sqlite => database::connect(url, backend, 1)
-                .await
-                .map_err(|e| open_error(url, e))?,
-            Backend::Postgres => pool.clone(),
-        };
-        Ok(Store::with_pools(url, backend, pool, writer))
+        Store::with_pools(url, backend, pool)
     }
 
-    fn with_pools(url: &str, backend: Backend, pool: AnyPool, writer: AnyPool) -> Store {
-        Store {
+    /// The store over `pool`, with its writer: for SQLite a thread of its own on the file
+    /// the pool opened (the pool has created it).
+    fn with_pools(url: &str, backend: Backend, pool: AnyPool) -> Result<Store> {
+        let writer = match (backend, database::sqlite_path(url)) {
+            (Backend::Sqlite, Some(path)) => Writer::Sqlite(write::SqliteWriter::start(path)?),
+            _ => Writer::Pool(pool.clone()),
+        };
+        Ok(Store {
             pool,
             writer,
             backend,
             url: url.into(),
             file: OpenedFile::of_url(url),
-        }
+        })
     }
 
     /// The URL the database was opened with. It may hold a password: never log it.
@@ -260,11 +265,17 @@ impl Store {
         }
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(self
-            .writer
-            .begin_with(self.backend.begin_statement())
-            .await?)
+    /// Runs `work` as one write transaction (on SQLite, within the writer's next batch).
+    async fn write<T: Send + 'static>(&self, work: write::Work<T>) -> Result<T> {
+        match &self.writer {
+            Writer::Sqlite(writer) => writer.write(work).await,
+            Writer::Pool(pool) => {
+                let mut tx = pool.begin_with(self.backend.begin_statement()).await?;
+                let out = work(&mut write::Tx::Any(&mut tx)).await?;
+                tx.commit().await?;
+                Ok(out)
+            }
+        }
     }
 
     /// Creates a run and its task instances. Returns `false`, creating nothing, when a
@@ -297,45 +308,47 @@ impl Store {
             Some(_) => ("skipped", "skipped", Some(timestamp::format(Utc::now()))),
             None => ("queued", "scheduled", None),
         };
-        let mut tx = self.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO dag_runs (run_id, dag_id, run_type, logical_date, data_interval_start,
-                 data_interval_end, conf, state, queued_at, ended_at, note)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&run.run_id)
-        .bind(&run.dag_id)
-        .bind(run.run_type.as_str())
-        .bind(timestamp::format(run.logical_date))
-        .bind(timestamp::format(run.data_interval_start))
-        .bind(timestamp::format(run.data_interval_end))
-        .bind(Value::Object(run.conf.clone()).to_string())
-        .bind(run_state)
-        .bind(timestamp::format(run.queued_at))
-        .bind(ended_at)
-        .bind(skipped)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !inserted {
-            return Ok(false);
-        }
-        for (position, task_id) in (0_i64..).zip(task_ids) {
-            sqlx::query(
-                "INSERT INTO task_instances (run_id, task_id, position, state)
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&run.run_id)
-            .bind(task_id)
-            .bind(position)
-            .bind(task_state)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        let values = params![
+            &run.run_id,
+            &run.dag_id,
+            run.run_type.as_str(),
+            timestamp::format(run.logical_date),
+            timestamp::format(run.data_interval_start),
+            timestamp::format(run.data_interval_end),
+            Value::Object(run.conf.clone()).to_string(),
+            run_state,
+            timestamp::format(run.queued_at),
+            ended_at,
+            skipped,
+        ];
+        let (run_id, task_ids) = (run.run_id.clone(), task_ids.to_vec());
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO dag_runs (run_id, dag_id, run_type, logical_date, data_interval_start,
+                             data_interval_end, conf, state, queued_at, ended_at, note)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                         ON CONFLICT DO NOTHING",
+                        values,
+                    )
+                    .await?
+                    == 1;
+                if !inserted {
+                    return Ok(false);
+                }
+                for (position, task_id) in (0_i64..).zip(task_ids) {
+                    tx.execute(
+                        "INSERT INTO task_instances (run_id, task_id, position, state)
+                         VALUES ($1, $2, $3, $4)",
+                        params![&run_id, task_id, position, task_state],
+                    )
+                    .await?;
+                }
+                Ok(true)
+            })
+        }))
+        .await
     }
 
     /// Takes a queued run for execution by `owner`, recording the DAG definition it runs with.
@@ -347,19 +360,26 @@ impl Store {
         dag_source: &str,
         dag_path: &str,
     ) -> Result<bool> {
-        let claimed = sqlx::query(
-            "UPDATE dag_runs SET state = 'running', owner = $1, started_at = $2, dag_source = $3, dag_path = $4
-             WHERE run_id = $5 AND state = 'queued'",
-        )
-        .bind(owner)
-        .bind(timestamp::format(Utc::now()))
-        .bind(dag_source)
-        .bind(dag_path)
-        .bind(run_id)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(claimed == 1)
+        let values = params![
+            owner,
+            timestamp::format(Utc::now()),
+            dag_source,
+            dag_path,
+            run_id
+        ];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                let claimed = tx
+                    .execute(
+                        "UPDATE dag_runs SET state = 'running', owner = $1, started_at = $2, dag_source = $3, dag_path = $4
+                         WHERE run_id = $5 AND state = 'queued'",
+                        values,
+                    )
+                    .await?;
+                Ok(claimed == 1)
+            })
+        }))
+        .await
     }
 
     /// Queues a finished run again, every task to run anew with a fresh retry budget (see
@@ -376,39 +396,50 @@ impl Store {
         dead_owner: Option<&str>,
         new_owner: &str,
     ) -> Result<bool> {
-        let adopted = sqlx::query(
-            "UPDATE dag_runs SET owner = $1 WHERE run_id = $2 AND state = 'running' AND owner IS NOT DISTINCT FROM $3",
-        )
-        .bind(new_owner)
-        .bind(run_id)
-        .bind(dead_owner)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(adopted == 1)
+        let values = params![new_owner, run_id, dead_owner];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                let adopted = tx
+                    .execute(
+                        "UPDATE dag_runs SET owner = $1 WHERE run_id = $2 AND state = 'running' AND owner IS NOT DISTINCT FROM $3",
+                        values,
+                    )
+                    .await?;
+                Ok(adopted == 1)
+            })
+        }))
+        .await
     }
 
     pub async fn finish_run(&self, run_id: &str, state: RunState) -> Result<()> {
-        sqlx::query("UPDATE dag_runs SET state = $1, ended_at = $2 WHERE run_id = $3")
-            .bind(state.as_str())
-            .bind(timestamp::format(Utc::now()))
-            .bind(run_id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        let values = params![state.as_str(), timestamp::format(Utc::now()), run_id];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "UPDATE dag_runs SET state = $1, ended_at = $2 WHERE run_id = $3",
+                    values,
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// Ends a run as failed with a note saying why, when no task failed to say so.
     pub async fn fail_run(&self, run_id: &str, note: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE dag_runs SET state = 'failed', ended_at = $1, note = $2 WHERE run_id = $3",
-        )
-        .bind(timestamp::format(Utc::now()))
-        .bind(note)
-        .bind(run_id)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let values = params![timestamp::format(Utc::now()), note, run_id];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "UPDATE dag_runs SET state = 'failed', ended_at = $1, note = $2 WHERE run_id = $3",
+                    values,
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
@@ -539,17 +570,20 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_write().await?;
-        for (task_id, state) in changes {
-            sqlx::query("UPDATE task_instances SET state = $1 WHERE run_id = $2 AND task_id = $3")
-                .bind(state.as_str())
-                .bind(run_id)
-                .bind(task_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let (run_id, changes) = (run_id.to_string(), changes.to_vec());
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                for (task_id, state) in changes {
+                    tx.execute(
+                        "UPDATE task_instances SET state = $1 WHERE run_id = $2 AND task_id = $3",
+                        params![state.as_str(), &run_id, task_id],
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// Expands mapped task `task_id` into its instances, `(id, item as JSON)` in index order:
@@ -562,44 +596,47 @@ impl Store {
         task_id: &str,
         instances: &[(String, String)],
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        let position: i64 = sqlx::query_scalar(
-            "SELECT position FROM task_instances WHERE run_id = $1 AND task_id = $2",
-        )
-        .bind(run_id)
-        .bind(task_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        for (index, (id, item)) in (0_i64..).zip(instances) {
-            sqlx::query(
-                "INSERT INTO task_instances (run_id, task_id, position, state, map_index, map_item)
-                 VALUES ($1, $2, $3, 'queued', $4, $5)
-                 ON CONFLICT (run_id, task_id) DO UPDATE SET state = 'queued',
-                     next_retry_at = NULL, attempt_base = task_instances.try_number,
-                     map_item = excluded.map_item",
-            )
-            .bind(run_id)
-            .bind(id)
-            .bind(position)
-            .bind(index)
-            .bind(item)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let prefix = format!("{task_id}[");
-        sqlx::query(
-            "DELETE FROM task_instances WHERE run_id = $1 AND map_index >= $2
-                 AND substr(task_id, 1, CAST($3 AS INTEGER)) = $4",
-        )
-        .bind(run_id)
-        .bind(i64::try_from(instances.len()).unwrap_or(i64::MAX))
-        .bind(i64::try_from(prefix.len()).unwrap_or(i64::MAX))
-        .bind(&prefix)
-        .execute(&mut *tx)
-        .await?;
-        mapped_task_running(&mut tx, run_id, task_id).await?;
-        tx.commit().await?;
-        Ok(())
+        let (run_id, task_id, instances) =
+            (run_id.to_string(), task_id.to_string(), instances.to_vec());
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                let position = tx
+                    .fetch_optional(
+                        "SELECT position FROM task_instances WHERE run_id = $1 AND task_id = $2",
+                        params![&run_id, &task_id],
+                        |row| row.int(0),
+                    )
+                    .await?
+                    .flatten()
+                    .unwrap_or_default();
+                let count = i64::try_from(instances.len()).unwrap_or(i64::MAX);
+                for (index, (id, item)) in (0_i64..).zip(instances) {
+                    tx.execute(
+                        "INSERT INTO task_instances (run_id, task_id, position, state, map_index, map_item)
+                         VALUES ($1, $2, $3, 'queued', $4, $5)
+                         ON CONFLICT (run_id, task_id) DO UPDATE SET state = 'queued',
+                             next_retry_at = NULL, attempt_base = task_instances.try_number,
+                             map_item = excluded.map_item",
+                        params![&run_id, id, position, index, item],
+                    )
+                    .await?;
+                }
+                let prefix = format!("{task_id}[");
+                tx.execute(
+                    "DELETE FROM task_instances WHERE run_id = $1 AND map_index >= $2
+                         AND substr(task_id, 1, CAST($3 AS INTEGER)) = $4",
+                    params![
+                        &run_id,
+                        count,
+                        i64::try_from(prefix.len()).unwrap_or(i64::MAX),
+                        prefix
+                    ],
+                )
+                .await?;
+                mapped_task_running(tx, &run_id, &task_id).await
+            })
+        }))
+        .await
     }
 
     /// Records the start of an attempt: its row, and the task instance as running. With
@@ -613,39 +650,43 @@ impl Store {
         log_path: &str,
         queued: Option<Placement<'_>>,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO task_attempts (run_id, task_id, attempt, state, started_at, log_path, queue,
-                 spec, pool, pool_slots, priority)
-             VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (run_id, task_id, attempt) DO NOTHING",
-        )
-        .bind(run_id)
-        .bind(task_id)
-        .bind(i64::from(attempt))
-        .bind(timestamp::format(started_at))
-        .bind(log_path)
-        .bind(queued.map(|q| q.queue))
-        .bind(queued.map(|q| q.spec))
-        .bind(queued.and_then(|q| q.pool))
-        .bind(i64::from(queued.map_or(1, |q| q.pool_slots)))
-        .bind(i64::from(queued.map_or(0, |q| q.priority)))
-        .execute(&mut *tx)
-        .await?;
-        if queued.is_some() {
-            self.notify(&mut tx, QUEUED_CHANNEL).await?;
-        }
-        sqlx::query(
-            "UPDATE task_instances SET state = 'running', try_number = $1, next_retry_at = NULL
-             WHERE run_id = $2 AND task_id = $3",
-        )
-        .bind(i64::from(attempt))
-        .bind(run_id)
-        .bind(task_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let row = params![
+            run_id,
+            task_id,
+            i64::from(attempt),
+            timestamp::format(started_at),
+            log_path,
+            queued.map(|q| q.queue),
+            queued.map(|q| q.spec),
+            queued.and_then(|q| q.pool),
+            i64::from(queued.map_or(1, |q| q.pool_slots)),
+            i64::from(queued.map_or(0, |q| q.priority)),
+        ];
+        let instance = params![i64::from(attempt), run_id, task_id];
+        let is_queued = queued.is_some();
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO task_attempts (run_id, task_id, attempt, state, started_at, log_path, queue,
+                         spec, pool, pool_slots, priority)
+                     VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10)
+                     ON CONFLICT (run_id, task_id, attempt) DO NOTHING",
+                    row,
+                )
+                .await?;
+                if is_queued {
+                    tx.notify(QUEUED_CHANNEL).await?;
+                }
+                tx.execute(
+                    "UPDATE task_instances SET state = 'running', try_number = $1, next_retry_at = NULL
+                     WHERE run_id = $2 AND task_id = $3",
+                    instance,
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// Records the process group an attempt's command runs in.
@@ -657,17 +698,24 @@ impl Store {
         pgid: u32,
         start_ticks: Option<i64>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE task_attempts SET pgid = $1, pgid_start_ticks = $2 WHERE run_id = $3 AND task_id = $4 AND attempt = $5",
-        )
-        .bind(i64::from(pgid))
-        .bind(start_ticks)
-        .bind(run_id)
-        .bind(task_id)
-        .bind(i64::from(attempt))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let values = params![
+            i64::from(pgid),
+            start_ticks,
+            run_id,
+            task_id,
+            i64::from(attempt)
+        ];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "UPDATE task_attempts SET pgid = $1, pgid_start_ticks = $2 WHERE run_id = $3 AND task_id = $4 AND attempt = $5",
+                    values,
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// The process group an attempt recorded, with its leader's start time.
@@ -707,54 +755,70 @@ impl Store {
         task_state: TaskState,
         next_retry_at: Option<DateTime<Utc>>,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "UPDATE task_attempts SET state = $1, ended_at = $2, duration_ms = $3, rows = $4, error = $5,
-                 metrics = $9, peak_rss_bytes = $10, cpu_ms = $11, started_at = $12,
-                 outputs = $13, spec = NULL, report = NULL
-             WHERE run_id = $6 AND task_id = $7 AND attempt = $8",
-        )
-        .bind(end.state.as_str())
-        .bind(timestamp::format(end.ended_at))
-        .bind(end.duration_ms)
-        .bind(end.rows)
-        .bind(&end.error)
-        .bind(run_id)
-        .bind(task_id)
-        .bind(i64::from(attempt))
-        .bind(&end.metrics)
-        .bind(end.peak_rss_bytes)
-        .bind(end.cpu_ms)
-        .bind(timestamp::format(end.started_at))
-        .bind(&end.outputs)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE task_instances SET state = $1, next_retry_at = $2 WHERE run_id = $3 AND task_id = $4")
-            .bind(task_state.as_str())
-            .bind(next_retry_at.map(timestamp::format))
-            .bind(run_id)
-            .bind(task_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let attempt_row = params![
+            end.state.as_str(),
+            timestamp::format(end.ended_at),
+            end.duration_ms,
+            end.rows,
+            &end.error,
+            run_id,
+            task_id,
+            i64::from(attempt),
+            &end.metrics,
+            end.peak_rss_bytes,
+            end.cpu_ms,
+            timestamp::format(end.started_at),
+            &end.outputs,
+        ];
+        let instance = params![
+            task_state.as_str(),
+            next_retry_at.map(timestamp::format),
+            run_id,
+            task_id
+        ];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "UPDATE task_attempts SET state = $1, ended_at = $2, duration_ms = $3, rows = $4, error = $5,
+                         metrics = $9, peak_rss_bytes = $10, cpu_ms = $11, started_at = $12,
+                         outputs = $13, spec = NULL, report = NULL
+                     WHERE run_id = $6 AND task_id = $7 AND attempt = $8",
+                    attempt_row,
+                )
+                .await?;
+                tx.execute(
+                    "UPDATE task_instances SET state = $1, next_retry_at = $2 WHERE run_id = $3 AND task_id = $4",
+                    instance,
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// `orch dags pause/unpause`: sets the flag, remembering the file's `paused:` at the time
     /// (see [`Store::paused_dags`]).
     pub async fn set_paused(&self, dag_id: &str, paused: bool, file_paused: bool) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO dag_pause (dag_id, paused, file_paused, updated_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (dag_id) DO UPDATE SET paused = excluded.paused,
-                 file_paused = excluded.file_paused, updated_at = excluded.updated_at",
-        )
-        .bind(dag_id)
-        .bind(i64::from(paused))
-        .bind(i64::from(file_paused))
-        .bind(timestamp::format(Utc::now()))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let values = params![
+            dag_id,
+            i64::from(paused),
+            i64::from(file_paused),
+            timestamp::format(Utc::now())
+        ];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO dag_pause (dag_id, paused, file_paused, updated_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (dag_id) DO UPDATE SET paused = excluded.paused,
+                         file_paused = excluded.file_paused, updated_at = excluded.updated_at",
+                    values,
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// Whether a DAG is paused, given its file's `paused:`: see [`Store::paused_dags`].
@@ -779,11 +843,18 @@ impl Store {
                 Some(flag) if flag.file_paused.is_some_and(|f| f != file_paused) => {
                     // Only the flag read here: a `dags pause` meanwhile records the new file
                     // value, and stays.
-                    sqlx::query("DELETE FROM dag_pause WHERE dag_id = $1 AND file_paused = $2")
-                        .bind(dag_id)
-                        .bind(i64::from(!file_paused))
-                        .execute(&self.writer)
-                        .await?;
+                    let values = params![dag_id, i64::from(!file_paused)];
+                    self.write(Box::new(move |tx| {
+                        Box::pin(async move {
+                            tx.execute(
+                                "DELETE FROM dag_pause WHERE dag_id = $1 AND file_paused = $2",
+                                values,
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    }))
+                    .await?;
                     file_paused
                 }
                 Some(flag) => flag.paused,
@@ -808,37 +879,47 @@ impl Store {
     }
 
     pub async fn set_task_state(&self, namespace: &str, key: &str, value: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO task_state (namespace, key, value, updated_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-        )
-        .bind(namespace)
-        .bind(key)
-        .bind(value)
-        .bind(timestamp::format(Utc::now()))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let values = params![namespace, key, value, timestamp::format(Utc::now())];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO task_state (namespace, key, value, updated_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    values,
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// The stable id of `symbol` on `exchange`, assigned on first use; concurrent callers
     /// agree through the table's unique key.
     pub async fn symbol_id(&self, exchange: &str, symbol: &str) -> Result<i64> {
-        sqlx::query(
-            "INSERT INTO symbol_ids (exchange, symbol) VALUES ($1, $2)
-             ON CONFLICT (exchange, symbol) DO NOTHING",
-        )
-        .bind(exchange)
-        .bind(symbol)
-        .execute(&self.writer)
-        .await?;
-        Ok(sqlx::query_scalar(
-            "SELECT symbol_id FROM symbol_ids WHERE exchange = $1 AND symbol = $2",
-        )
-        .bind(exchange)
-        .bind(symbol)
-        .fetch_one(&self.pool)
-        .await?)
+        let values = params![exchange, symbol];
+        let id = self
+            .write(Box::new(move |tx| {
+                Box::pin(async move {
+                    tx.execute(
+                        "INSERT INTO symbol_ids (exchange, symbol) VALUES ($1, $2)
+                         ON CONFLICT (exchange, symbol) DO NOTHING",
+                        values.clone(),
+                    )
+                    .await?;
+                    tx.fetch_optional(
+                        "SELECT symbol_id FROM symbol_ids WHERE exchange = $1 AND symbol = $2",
+                        values,
+                        |row| row.int(0),
+                    )
+                    .await
+                })
+            }))
+            .await?;
+        id.flatten().ok_or(StoreError::Corrupt {
+            what: "symbol_ids.symbol_id",
+            value: format!("{exchange}:{symbol}"),
+        })
     }
 
     /// Saves a live stream's latest report (JSON) and state, as `owner` runs it.
@@ -849,20 +930,27 @@ impl Store {
         state: &str,
         report: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO stream_state (stream_id, owner, state, report, updated_at)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (stream_id) DO UPDATE SET owner = excluded.owner, state = excluded.state,
-                 report = excluded.report, updated_at = excluded.updated_at",
-        )
-        .bind(stream_id)
-        .bind(owner)
-        .bind(state)
-        .bind(report)
-        .bind(timestamp::format(Utc::now()))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let values = params![
+            stream_id,
+            owner,
+            state,
+            report,
+            timestamp::format(Utc::now())
+        ];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO stream_state (stream_id, owner, state, report, updated_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (stream_id) DO UPDATE SET owner = excluded.owner, state = excluded.state,
+                         report = excluded.report, updated_at = excluded.updated_at",
+                    values,
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// Every stream's latest saved report.
@@ -948,18 +1036,12 @@ fn listed_runs(rows: &[AnyRow]) -> Listed<RunRecord> {
 }
 
 /// Sets mapped task `task_id` running: expanded, waiting for its instances.
-async fn mapped_task_running(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    run_id: &str,
-    task_id: &str,
-) -> Result<()> {
-    sqlx::query(
+async fn mapped_task_running(tx: &mut write::Tx<'_>, run_id: &str, task_id: &str) -> Result<()> {
+    tx.execute(
         "UPDATE task_instances SET state = 'running', next_retry_at = NULL
          WHERE run_id = $1 AND task_id = $2",
+        params![run_id, task_id],
     )
-    .bind(run_id)
-    .bind(task_id)
-    .execute(&mut **tx)
     .await?;
     Ok(())
 }

@@ -10,7 +10,8 @@
 use chrono::Utc;
 use sqlx::Row;
 
-use super::{Result, Store, count, parse_time, timestamp};
+use super::write::{Param, Sql, params};
+use super::{Result, Store, StoreError, count, parse_time, timestamp};
 use crate::database::Backend;
 
 /// The channels PostgreSQL notifications travel on, so that idle workers and executors wait
@@ -159,32 +160,50 @@ impl Store {
             placeholders.join(", ")
         );
         // Audited: `sql` varies only in its count of `$N` placeholders and a fixed rule.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(worker)
-            .bind(timestamp::format(Utc::now()))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        for queue in queues {
-            query = query.bind(queue);
-        }
-        let rows = if pooled && self.backend == Backend::Postgres {
-            // Two workers must not both see the same room in a pool: pooled claims take turns.
-            let mut tx = self.begin_write().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(7297400)")
-                .execute(&mut *tx)
-                .await?;
-            let rows = query.fetch_all(&mut *tx).await?;
-            tx.commit().await?;
-            rows
-        } else {
-            // One statement: SQLite runs it alone among writers.
-            query.fetch_all(&self.writer).await?
-        };
-        rows.iter()
-            .map(|row| {
+        let sql = Sql::audited(sql);
+        let mut values = params![
+            worker,
+            timestamp::format(Utc::now()),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ];
+        values.extend(queues.iter().map(Param::from));
+        // Two workers must not both see the same room in a pool: on PostgreSQL pooled claims
+        // take turns; SQLite runs one writer at a time anyway.
+        let take_turns = pooled && self.backend == Backend::Postgres;
+        let rows = self
+            .write(Box::new(move |tx| {
+                Box::pin(async move {
+                    if take_turns {
+                        tx.execute("SELECT pg_advisory_xact_lock(7297400)", Vec::new())
+                            .await?;
+                    }
+                    tx.fetch_all(sql, values, |row| {
+                        Ok((
+                            row.text(0)?,
+                            row.text(1)?,
+                            row.int(2)?,
+                            row.int(3)?,
+                            row.text(4)?,
+                        ))
+                    })
+                    .await
+                })
+            }))
+            .await?;
+        rows.into_iter()
+            .map(|(run_id, task_id, attempt, token, spec)| {
+                let attempt = attempt.unwrap_or_default();
                 Ok(Claim {
-                    key: AttemptKey::of_row(row)?,
-                    token: row.try_get("claim_token")?,
-                    spec: row.try_get("spec")?,
+                    key: AttemptKey {
+                        run_id: run_id.unwrap_or_default(),
+                        task_id: task_id.unwrap_or_default(),
+                        attempt: u32::try_from(attempt).map_err(|_| StoreError::Corrupt {
+                            what: "task_attempts.attempt",
+                            value: attempt.to_string(),
+                        })?,
+                    },
+                    token: token.unwrap_or_default(),
+                    spec: spec.unwrap_or_default(),
                 })
             })
             .collect()
@@ -192,17 +211,24 @@ impl Store {
 
     /// Makes the pools table say what orch.yaml's `pools:` says.
     pub async fn sync_pools(&self, pools: &std::collections::BTreeMap<String, u32>) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM pools").execute(&mut *tx).await?;
-        for (name, slots) in pools {
-            sqlx::query("INSERT INTO pools (name, slots) VALUES ($1, $2)")
-                .bind(name)
-                .bind(i64::from(*slots))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let pools: Vec<(String, i64)> = pools
+            .iter()
+            .map(|(name, slots)| (name.clone(), i64::from(*slots)))
+            .collect();
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute("DELETE FROM pools", Vec::new()).await?;
+                for (name, slots) in pools {
+                    tx.execute(
+                        "INSERT INTO pools (name, slots) VALUES ($1, $2)",
+                        params![name, slots],
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// Writes a worker's report of its attempt, if its claim `token` is still current.
@@ -214,29 +240,34 @@ impl Store {
         token: i64,
         report: &WorkerReport<'_>,
     ) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let written = sqlx::query(
-            "UPDATE task_attempts SET report = $1, log_path = $2, log_tail = $3
-             WHERE run_id = $4 AND task_id = $5 AND attempt = $6 AND worker = $7
-                 AND claim_token = $8 AND report IS NULL AND state = 'running'",
-        )
-        .bind(report.report)
-        .bind(report.log_path)
-        .bind(report.log_tail)
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(i64::from(key.attempt))
-        .bind(worker)
-        .bind(token)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if written {
-            self.notify(&mut tx, REPORTED_CHANNEL).await?;
-        }
-        tx.commit().await?;
-        Ok(written)
+        let values = params![
+            report.report,
+            report.log_path,
+            report.log_tail,
+            &key.run_id,
+            &key.task_id,
+            i64::from(key.attempt),
+            worker,
+            token,
+        ];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                let written = tx
+                    .execute(
+                        "UPDATE task_attempts SET report = $1, log_path = $2, log_tail = $3
+                         WHERE run_id = $4 AND task_id = $5 AND attempt = $6 AND worker = $7
+                             AND claim_token = $8 AND report IS NULL AND state = 'running'",
+                        values,
+                    )
+                    .await?
+                    == 1;
+                if written {
+                    tx.notify(REPORTED_CHANNEL).await?;
+                }
+                Ok(written)
+            })
+        }))
+        .await
     }
 
     /// Ends a claimed attempt with `report` on behalf of its lost worker, if the claim is
@@ -247,20 +278,27 @@ impl Store {
         token: i64,
         report: &str,
     ) -> Result<bool> {
-        let written = sqlx::query(
-            "UPDATE task_attempts SET report = $1, claim_token = claim_token + 1
-             WHERE run_id = $2 AND task_id = $3 AND attempt = $4 AND claim_token = $5
-                 AND report IS NULL AND state = 'running'",
-        )
-        .bind(report)
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(i64::from(key.attempt))
-        .bind(token)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(written == 1)
+        let values = params![
+            report,
+            &key.run_id,
+            &key.task_id,
+            i64::from(key.attempt),
+            token
+        ];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                let written = tx
+                    .execute(
+                        "UPDATE task_attempts SET report = $1, claim_token = claim_token + 1
+                         WHERE run_id = $2 AND task_id = $3 AND attempt = $4 AND claim_token = $5
+                             AND report IS NULL AND state = 'running'",
+                        values,
+                    )
+                    .await?;
+                Ok(written == 1)
+            })
+        }))
+        .await
     }
 
     /// Every queued attempt not yet recorded, with its claim and report; only those
@@ -300,22 +338,6 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(tail.flatten())
-    }
-
-    /// Wakes the listeners of `channel` on PostgreSQL when `tx` commits; nothing on SQLite,
-    /// whose processes share one machine and poll.
-    pub(super) async fn notify(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        channel: &str,
-    ) -> Result<()> {
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(channel)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
+use super::write::{Param, Sql};
 use super::{Result, Store, timestamp};
 
 /// How much history to keep; a run goes when it breaks either rule.
@@ -66,30 +67,28 @@ impl Store {
         for batch in runs.chunks(BATCH) {
             let placeholders: Vec<String> = (1..=batch.len()).map(|i| format!("${i}")).collect();
             let list = placeholders.join(", ");
-            let mut tx = self.begin_write().await?;
-            for table in ["task_attempts", "task_instances", "manual_actions"] {
-                // Only the rows of runs still finished: one queued again meanwhile keeps its.
-                // Audited: the table is one of three names above; the list is placeholders.
-                let sql = format!(
-                    "DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM dag_runs
-                         WHERE run_id IN ({list}) AND state IN ('success', 'failed', 'skipped'))"
-                );
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for run in batch {
-                    query = query.bind(&run.run_id);
-                }
-                query.execute(&mut *tx).await?;
-            }
-            // Only finished runs: one that was queued again meanwhile stays.
-            let sql = format!(
-                "DELETE FROM dag_runs WHERE run_id IN ({list}) AND state IN ('success', 'failed', 'skipped')"
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for run in batch {
-                query = query.bind(&run.run_id);
-            }
-            deleted += query.execute(&mut *tx).await?.rows_affected();
-            tx.commit().await?;
+            let ids: Vec<Param> = batch.iter().map(|run| Param::from(&run.run_id)).collect();
+            deleted += self
+                .write(Box::new(move |tx| {
+                    Box::pin(async move {
+                        for table in ["task_attempts", "task_instances", "manual_actions"] {
+                            // Only the rows of runs still finished: one queued again meanwhile
+                            // keeps its. Audited: the table is one of three names above; the
+                            // list is placeholders.
+                            let sql = format!(
+                                "DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM dag_runs
+                                     WHERE run_id IN ({list}) AND state IN ('success', 'failed', 'skipped'))"
+                            );
+                            tx.execute(Sql::audited(sql), ids.clone()).await?;
+                        }
+                        // Only finished runs: one that was queued again meanwhile stays.
+                        let sql = format!(
+                            "DELETE FROM dag_runs WHERE run_id IN ({list}) AND state IN ('success', 'failed', 'skipped')"
+                        );
+                        tx.execute(Sql::audited(sql), ids).await
+                    })
+                }))
+                .await?;
         }
         Ok(deleted)
     }

@@ -8,6 +8,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::timestamp::serde_format;
+use super::write::params;
 use super::{
     AttemptRecord, Backend, Listed, Result, RunRecord, RunState, RunType, Store, StoreError,
     TaskState, listed_runs, parse_time, timestamp,
@@ -324,23 +325,30 @@ impl Store {
     }
 
     pub async fn insert_backfill(&self, backfill: &BackfillRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO backfills (backfill_id, dag_id, start_date, end_date, first_logical_date,
-                 last_logical_date, runs, created_at, actor)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&backfill.backfill_id)
-        .bind(&backfill.dag_id)
-        .bind(&backfill.start_date)
-        .bind(&backfill.end_date)
-        .bind(timestamp::format(backfill.first_logical_date))
-        .bind(timestamp::format(backfill.last_logical_date))
-        .bind(backfill.runs)
-        .bind(timestamp::format(backfill.created_at))
-        .bind(&backfill.actor)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let values = params![
+            &backfill.backfill_id,
+            &backfill.dag_id,
+            &backfill.start_date,
+            &backfill.end_date,
+            timestamp::format(backfill.first_logical_date),
+            timestamp::format(backfill.last_logical_date),
+            backfill.runs,
+            timestamp::format(backfill.created_at),
+            &backfill.actor,
+        ];
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO backfills (backfill_id, dag_id, start_date, end_date, first_logical_date,
+                         last_logical_date, runs, created_at, actor)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    values,
+                )
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     /// Backfills, newest first; one when `id` is given.
