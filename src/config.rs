@@ -17,6 +17,8 @@ pub struct Config {
     pub logs_dir: PathBuf,
     /// How many task attempts may run at once in one process, across all runs.
     pub parallelism: usize,
+    /// Runs queued or running, across DAGs, past which new ones are refused for now.
+    pub max_pending_runs: usize,
     /// Where data tasks read and write.
     pub data: DataPlaces,
     /// How long an orch process may go without a heartbeat before it is lost: its runs
@@ -248,6 +250,7 @@ struct FileSettings {
     dags_dir: Option<PathBuf>,
     logs_dir: Option<PathBuf>,
     parallelism: Option<usize>,
+    max_pending_runs: Option<usize>,
     heartbeat_timeout: Option<String>,
     lake_url: Option<String>,
     warehouse_url: Option<String>,
@@ -289,28 +292,38 @@ impl Config {
                 .or(file.logs_dir)
                 .unwrap_or("logs".into()),
         );
-        let parallelism = match env("ORCH_PARALLELISM") {
-            Some(value) => match value.parse::<usize>() {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    return Err(ConfigError::Env {
-                        name: "ORCH_PARALLELISM",
+        let count =
+            |name: &'static str, key: &str, in_file: Option<usize>, default: usize| match env(name)
+            {
+                Some(value) => match value.parse::<usize>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(ConfigError::Env {
+                        name,
                         value,
                         message: "must be a whole number of at least 1".to_string(),
-                    });
-                }
-            },
-            None => match file.parallelism {
-                Some(0) => {
-                    return Err(ConfigError::File {
+                    }),
+                },
+                None => match in_file {
+                    Some(0) => Err(ConfigError::File {
                         path: home.join("orch.yaml"),
-                        message: "parallelism: must be a whole number of at least 1".to_string(),
-                    });
-                }
-                Some(n) => n,
-                None => default_parallelism(),
-            },
-        };
+                        message: format!("{key}: must be a whole number of at least 1"),
+                    }),
+                    Some(n) => Ok(n),
+                    None => Ok(default),
+                },
+            };
+        let parallelism = count(
+            "ORCH_PARALLELISM",
+            "parallelism",
+            file.parallelism,
+            default_parallelism(),
+        )?;
+        let max_pending_runs = count(
+            "ORCH_MAX_PENDING_RUNS",
+            "max_pending_runs",
+            file.max_pending_runs,
+            DEFAULT_MAX_PENDING_RUNS,
+        )?;
         let heartbeat_timeout = match env("ORCH_HEARTBEAT_TIMEOUT") {
             Some(value) => heartbeat_timeout(&value).map_err(|message| ConfigError::Env {
                 name: "ORCH_HEARTBEAT_TIMEOUT",
@@ -408,6 +421,7 @@ impl Config {
             dags_dir,
             logs_dir,
             parallelism,
+            max_pending_runs,
             data,
             heartbeat_timeout,
             listen,
@@ -437,8 +451,16 @@ fn heartbeat_timeout(value: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// Four attempts per CPU, as Kestra's workers take four tasks per core: most attempts wait
+/// (on an API, a database, a sensor's condition) far more than they compute, and a worker
+/// with one slot per CPU sat idle while its attempts waited. Heavy tasks share a pool
+/// (`pools:`) to bound them instead.
+/// Runs queued or running, across DAGs, past which triggers and backfills are refused for
+/// now: some minutes of work at the rates orch sustains, and far less memory than a host has.
+pub const DEFAULT_MAX_PENDING_RUNS: usize = 10_000;
+
 fn default_parallelism() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+    4 * std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 fn read_settings(path: &Path) -> Result<FileSettings, ConfigError> {

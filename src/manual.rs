@@ -1,12 +1,20 @@
-//! What people do to runs by hand, from the API or the CLI: cancel, clear, mark. Each checks
-//! that the run is in a state that allows it, acts through the [`Store`], and is recorded with
-//! who did it and from where, in the run history and in the log.
+//! What people do to runs by hand, from the API or the CLI: trigger, cancel, clear, mark.
+//! Each checks that the run is in a state that allows it, acts through the [`Store`], and is
+//! recorded with who did it and from where, in the run history and in the log.
+//!
+//! A trigger is refused for now ([`Busy`]) while too many runs are accepted and not finished:
+//! a burst then meets a clear "try again later" instead of a server that falls behind
+//! without end. Scheduled runs never wait on this: `max_active_runs` bounds them already.
 
 use std::collections::HashSet;
 use std::path::Path;
 
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
 use crate::dag::Dag;
-use crate::store::{Actor, Cancelled, RunRecord, RunState, Store, StoreError, TaskState};
+use crate::scheduler::plan;
+use crate::store::{Actor, Cancelled, NewRun, RunRecord, RunState, Store, StoreError, TaskState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -16,8 +24,90 @@ pub enum ActionError {
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
+    Busy(#[from] Busy),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Too many runs are queued or running to accept another now; the same request later will
+/// do. Says which bound, and where to change it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no run of `{dag_id}` was created: {pending} runs {scope} are queued or running, the most {setting} allows; orch is working through them, try again shortly"
+)]
+pub struct Busy {
+    pub dag_id: String,
+    pub pending: u64,
+    /// "of this DAG" or "in all".
+    pub scope: &'static str,
+    /// The setting and its value, e.g. "max_pending_runs: 10000 in orch.yaml".
+    pub setting: String,
+}
+
+impl Busy {
+    /// When to try again: once a little of the backlog is done.
+    pub const RETRY_AFTER_SECONDS: u64 = 1;
+}
+
+/// Refuses a new run of `dag` while the runs queued or running reach its DAG's
+/// `max_pending_runs`, or `max_pending_runs` of all DAGs (orch.yaml's). The counts are read,
+/// not locked: concurrent requests may each pass at the edge, by at most their number.
+pub async fn admit(store: &Store, dag: &Dag, max_pending_runs: usize) -> Result<()> {
+    let (all, this_dag) = store.pending_runs(&dag.id).await?;
+    if let Some(bound) = dag.max_pending_runs
+        && this_dag >= u64::from(bound)
+    {
+        return Err(Busy {
+            dag_id: dag.id.clone(),
+            pending: this_dag,
+            scope: "of this DAG",
+            setting: format!("its `max_pending_runs: {bound}`"),
+        }
+        .into());
+    }
+    if all >= u64::try_from(max_pending_runs).unwrap_or(u64::MAX) {
+        return Err(Busy {
+            dag_id: dag.id.clone(),
+            pending: all,
+            scope: "in all",
+            setting: format!("`max_pending_runs: {max_pending_runs}` (orch.yaml)"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Creates a manual run of `dag` for `actor`, recording who asked. Two runs created in the
+/// same microsecond are two runs: the id is the queueing time, moved on by a microsecond
+/// while it is taken. A trigger checks [`admit`] first and wakes the scheduler after.
+pub async fn create_run(
+    store: &Store,
+    dag: &Dag,
+    logical_date: Option<DateTime<Utc>>,
+    conf: Map<String, Value>,
+    actor: &Actor,
+) -> Result<NewRun> {
+    let task_ids: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
+    let mut queued_at = Utc::now();
+    for _ in 0..ID_TRIES {
+        let run = plan::manual_run(dag, logical_date, conf.clone(), queued_at);
+        if store
+            .insert_run_by(&run, &task_ids, actor, "trigger")
+            .await?
+        {
+            tracing::info!(dag_id = %dag.id, run_id = %run.run_id, actor = %actor.name, source = %actor.source, "run triggered by hand");
+            return Ok(run);
+        }
+        queued_at += chrono::Duration::microseconds(1);
+    }
+    Err(ActionError::Conflict(format!(
+        "no run of `{}` was created: {ID_TRIES} run ids in a row from {queued_at} are taken",
+        dag.id
+    )))
+}
+
+/// How many microseconds a trigger moves its id on before it gives up.
+const ID_TRIES: usize = 1000;
 
 type Result<T> = std::result::Result<T, ActionError>;
 

@@ -220,7 +220,10 @@ impl Worker {
             .await;
             match written {
                 Ok(true) => {
-                    REPORTED.notify_waiters();
+                    // A run of this process waiting for it takes it at once; others read it.
+                    if !crate::queue::deliver_here(key, report) {
+                        REPORTED.notify_waiters();
+                    }
                     return;
                 }
                 Ok(false) => {

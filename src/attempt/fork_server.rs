@@ -417,8 +417,10 @@ unsafe fn fork_attempt(fds: [RawFd; 3], signals: RawFd, chld: &libc::sigset_t) {
                 libc::close(*fd);
             }
         }
-        // `serve_child` reports and exits the process itself.
-        match tokio::runtime::Builder::new_multi_thread()
+        // `serve_child` reports and exits the process itself. One attempt needs one thread:
+        // blocking work goes to `spawn_blocking`, and starting no worker threads is much of
+        // what a short attempt costs.
+        match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {

@@ -16,7 +16,7 @@ use crate::tasks::Registry;
 use crate::worker::LocalWorker;
 
 pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let (store, dag, new_run) = create_manual_run(config, &args).await?;
+    let (store, dag, new_run) = create_manual_run(config, &args, false).await?;
     let lease = Lease::acquire(&config.state_dir()).context("cannot create the process lease")?;
     let path = dag.path.to_string_lossy();
     if !store

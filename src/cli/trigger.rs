@@ -5,19 +5,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use chrono::Utc;
 
 use super::{RunArgs, find_dag, say};
 use crate::config::Config;
 use crate::dag::{Dag, DagBag, params};
+use crate::manual;
 use crate::scheduler::{plan, wake};
 use crate::store::{NewRun, RunState, Store};
 use crate::tasks::Registry;
 
-/// Loads the DAG named in `args` and inserts a queued manual run for it.
+/// The exit status of `orch trigger` refused for now because too many runs are pending
+/// (sysexits' EX_TEMPFAIL: the same command later will do).
+pub const BUSY_EXIT: u8 = 75;
+
+/// Loads the DAG named in `args` and inserts a queued manual run for it; with `admit`, only
+/// if orch can take it now (see [`manual::admit`]).
 pub(super) async fn create_manual_run(
     config: &Config,
     args: &RunArgs,
+    admit: bool,
 ) -> anyhow::Result<(Store, Arc<Dag>, NewRun)> {
     let registry = Registry::builtin();
     let bag = DagBag::load(&config.dags_dir, &registry);
@@ -38,26 +44,24 @@ pub(super) async fn create_manual_run(
         .transpose()
         .map_err(|e| anyhow!(e))?;
     let store = Store::open(&config.database_url).await?;
-    let run = plan::manual_run(&dag, logical_date, conf, Utc::now());
-    let task_ids: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
-    if !store.insert_run(&run, &task_ids).await? {
-        anyhow::bail!("run `{}` already exists", run.run_id);
+    if admit {
+        manual::admit(&store, &dag, config.max_pending_runs).await?;
     }
-    store
-        .record_action(
-            &super::cli_actor(),
-            &dag.id,
-            Some(&run.run_id),
-            None,
-            "trigger",
-            None,
-        )
-        .await?;
+    let run = manual::create_run(&store, &dag, logical_date, conf, &super::cli_actor()).await?;
     Ok((store, dag, run))
 }
 
 pub async fn trigger(config: &Config, args: RunArgs, wait: bool) -> anyhow::Result<ExitCode> {
-    let (store, dag, run) = create_manual_run(config, &args).await?;
+    let (store, dag, run) = match create_manual_run(config, &args, true).await {
+        Err(e)
+            if e.downcast_ref::<manual::ActionError>()
+                .is_some_and(|e| matches!(e, manual::ActionError::Busy(_))) =>
+        {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(BUSY_EXIT));
+        }
+        created => created?,
+    };
     if store.is_paused(&dag.id, dag.paused).await? {
         eprintln!(
             "note: DAG `{}` is paused; the run starts once it is unpaused",

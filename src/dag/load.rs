@@ -157,6 +157,10 @@ impl Checker {
             "max_active_tasks",
             DEFAULT_MAX_ACTIVE_TASKS,
         );
+        let max_pending_runs = spec
+            .max_pending_runs
+            .as_ref()
+            .map(|v| self.positive(Some(v), "max_pending_runs", 1));
 
         let mut param_specs = Vec::with_capacity(spec.params.len());
         for (name, value) in &spec.params {
@@ -220,6 +224,7 @@ impl Checker {
             catchup: spec.catchup,
             max_active_runs,
             max_active_tasks,
+            max_pending_runs,
             paused: spec.paused,
             params: param_defaults,
             param_specs,

@@ -44,6 +44,9 @@ pub struct Dag {
     pub catchup: bool,
     pub max_active_runs: u32,
     pub max_active_tasks: u32,
+    /// Runs queued or running past which a trigger is refused for now (`max_pending_runs`);
+    /// `None`: only orch.yaml's bound for all DAGs applies.
+    pub max_pending_runs: Option<u32>,
     /// A run still going after this long is stopped and fails (`dagrun_timeout`).
     pub dagrun_timeout: Option<Duration>,
     /// A run not finished this long after its data interval ended misses its SLA

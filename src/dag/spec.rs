@@ -19,6 +19,8 @@ pub struct DagSpec {
     pub catchup: bool,
     pub max_active_runs: Option<Spanned<u32>>,
     pub max_active_tasks: Option<Spanned<u32>>,
+    /// Runs of the DAG queued or running past which a trigger is refused for now (429).
+    pub max_pending_runs: Option<Spanned<u32>>,
     /// How long a run may take before it is stopped and fails.
     pub dagrun_timeout: Option<Spanned<String>>,
     #[serde(default)]

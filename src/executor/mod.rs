@@ -27,8 +27,8 @@ use crate::notify::{Event, EventKind, Notifier};
 use crate::process;
 use crate::queue::{Dispatch, QueuedTask, Report};
 use crate::store::{
-    AttemptEnd, AttemptKey, AttemptState, Placement, RunRecord, RunState, Store, StoreError,
-    TaskState, durably,
+    AttemptEnd, AttemptKey, AttemptState, QueuedAt, RunChange, RunRecord, RunState, Store,
+    StoreError, TaskState, durably,
 };
 use crate::tasks::{self, Registry, TaskError};
 use crate::template::RunVariables;
@@ -160,6 +160,12 @@ struct RunLoop<'a> {
     past: Vec<PastCheck>,
     /// What the run's succeeded tasks published, by task id, for `{{ outputs.TASK.key }}`.
     outputs: Map<String, Value>,
+    /// Changes to the run's records not written yet: written together by [`RunLoop::flush`]
+    /// before the loop waits, so that an attempt's end, the states it leads to and the next
+    /// attempts are one write.
+    pending: Vec<RunChange>,
+    /// Attempts queued by the pending changes, waited for once they are written.
+    to_wait: Vec<(usize, u32)>,
 }
 
 /// One task instance of the run: a task of the DAG, or an instance of a mapped task.
@@ -256,6 +262,8 @@ impl<'a> RunLoop<'a> {
             alerts: JoinSet::new(),
             past,
             outputs: Map::new(),
+            pending: Vec::new(),
+            to_wait: Vec::new(),
         }
     }
 
@@ -389,16 +397,18 @@ impl<'a> RunLoop<'a> {
             });
         loop {
             if self.taken_over {
+                self.flush().await?;
                 tracing::warn!(run_id = %self.run.run_id, "another orch process drives this run now; this one lets it go");
                 self.in_flight.abort_all();
                 return Ok(None);
             }
             self.advance().await?;
-            if self.in_flight.is_empty() {
+            if self.in_flight.is_empty() && self.to_wait.is_empty() {
                 if self.states.iter().all(|s| s.is_finished()) {
                     return self.finish().await.map(Some);
                 }
                 if shutdown.phase() != Phase::Running {
+                    self.flush().await?;
                     return Ok(None);
                 }
             }
@@ -412,9 +422,11 @@ impl<'a> RunLoop<'a> {
                     for task in startable {
                         self.start(task).await?;
                     }
+                    self.flush().await?;
                     continue;
                 }
             }
+            self.flush().await?;
             let next_retry = self.next_retry.iter().flatten().min().copied();
             let next_past_look = self
                 .past
@@ -527,7 +539,7 @@ impl<'a> RunLoop<'a> {
             .iter()
             .map(|&(i, state)| (self.slots[i].id.clone(), state))
             .collect();
-        durably(|| self.exec.store.set_task_states(&self.run.run_id, &rows)).await?;
+        self.pending.push(RunChange::TaskStates(rows));
         for (i, state) in changes {
             self.emit(i, state, None);
         }
@@ -615,32 +627,46 @@ impl<'a> RunLoop<'a> {
             serde_json::to_string(&queued)
                 .map_err(|e| TaskError::permanent(format!("cannot queue the attempt: {e}")))
         });
-        let log_path = path.to_string_lossy();
         let queue = self.exec.private_queue.as_deref().unwrap_or(&task.queue);
-        durably(|| {
-            self.exec.store.start_attempt(
-                &self.run.run_id,
-                task_id,
-                attempt,
-                started_at,
-                &log_path,
-                queued.as_ref().ok().map(|spec| Placement {
-                    queue,
-                    spec,
-                    pool: task.pool.as_deref(),
-                    pool_slots: task.pool_slots,
-                    priority: task.priority,
-                }),
-            )
-        })
-        .await?;
-        crate::queue::QUEUED.notify_waiters();
+        self.pending.push(RunChange::AttemptStarted {
+            task_id: task_id.clone(),
+            attempt,
+            started_at,
+            log_path: path.to_string_lossy().into_owned(),
+            queued: queued.as_ref().ok().map(|spec| QueuedAt {
+                queue: queue.to_string(),
+                spec: spec.clone(),
+                pool: task.pool.clone(),
+                pool_slots: task.pool_slots,
+                priority: task.priority,
+            }),
+        });
         self.tries[i] = attempt;
         self.states[i] = TaskState::Running;
         self.emit(i, TaskState::Running, None);
         match queued {
-            Ok(_) => self.wait_for(i, attempt),
+            Ok(_) => self.to_wait.push((i, attempt)),
             Err(error) => self.never_queued(i, attempt, path, &banner, error).await?,
+        }
+        Ok(())
+    }
+
+    /// Writes the changes pending, then waits for the attempts they queued.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if !self.pending.is_empty() {
+            let changes = std::mem::take(&mut self.pending);
+            durably(|| {
+                self.exec
+                    .store
+                    .record_run(&self.run.run_id, changes.clone())
+            })
+            .await?;
+        }
+        if !self.to_wait.is_empty() {
+            crate::queue::QUEUED.notify_waiters();
+            for (i, attempt) in std::mem::take(&mut self.to_wait) {
+                self.wait_for(i, attempt);
+            }
         }
         Ok(())
     }
@@ -748,18 +774,13 @@ impl<'a> RunLoop<'a> {
                     attempt,
                 );
                 let banner = format!("expanding mapped task `{}` ({})", task.id, task.kind);
-                let log_path = path.to_string_lossy().into_owned();
-                durably(|| {
-                    self.exec.store.start_attempt(
-                        &self.run.run_id,
-                        &self.slots[i].id,
-                        attempt,
-                        Utc::now(),
-                        &log_path,
-                        None,
-                    )
-                })
-                .await?;
+                self.pending.push(RunChange::AttemptStarted {
+                    task_id: self.slots[i].id.clone(),
+                    attempt,
+                    started_at: Utc::now(),
+                    log_path: path.to_string_lossy().into_owned(),
+                    queued: None,
+                });
                 self.tries[i] = attempt;
                 return self
                     .never_queued(i, attempt, path, &banner, TaskError::permanent(error))
@@ -768,8 +789,8 @@ impl<'a> RunLoop<'a> {
         };
         if items.is_empty() {
             tracing::info!(run_id = %self.run.run_id, task_id = %self.slots[i].id, "for_each gave no items: skipped");
-            let row = [(self.slots[i].id.clone(), TaskState::Skipped)];
-            durably(|| self.exec.store.set_task_states(&self.run.run_id, &row)).await?;
+            let row = vec![(self.slots[i].id.clone(), TaskState::Skipped)];
+            self.pending.push(RunChange::TaskStates(row));
             self.states[i] = TaskState::Skipped;
             self.emit(i, TaskState::Skipped, None);
             return Ok(());
@@ -784,6 +805,8 @@ impl<'a> RunLoop<'a> {
                 )
             })
             .collect();
+        // The instances' rows follow what is pending (the task's own state among it).
+        self.flush().await?;
         durably(|| {
             self.exec
                 .store
@@ -925,12 +948,10 @@ impl<'a> RunLoop<'a> {
                     Some(after) => {
                         rescheduled = true;
                         self.bases[i] = attempt;
-                        durably(|| {
-                            self.exec
-                                .store
-                                .set_attempt_base(&self.run.run_id, task_id, attempt)
-                        })
-                        .await?;
+                        self.pending.push(RunChange::AttemptBase {
+                            task_id: task_id.clone(),
+                            attempt,
+                        });
                         let after =
                             chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
                         (true, Some(ended_at + after))
@@ -959,17 +980,13 @@ impl<'a> RunLoop<'a> {
                 (end, state, next)
             }
         };
-        durably(|| {
-            self.exec.store.finish_attempt(
-                &self.run.run_id,
-                task_id,
-                attempt,
-                &end,
-                state,
-                next_retry,
-            )
-        })
-        .await?;
+        self.pending.push(RunChange::AttemptEnded {
+            task_id: task_id.clone(),
+            attempt,
+            end: end.clone(),
+            task_state: state,
+            next_retry_at: next_retry,
+        });
         crate::metrics::attempt_ended(
             &self.dag.id,
             &task.id,
@@ -1084,7 +1101,7 @@ impl<'a> RunLoop<'a> {
             }
         }
         self.in_flight.abort_all();
-        Ok(())
+        self.flush().await
     }
 
     /// Looks whether someone asked to cancel this run, and if so ends what is out.
@@ -1105,6 +1122,8 @@ impl<'a> RunLoop<'a> {
         let Some(note) = self.cancelled.clone() else {
             return Ok(());
         };
+        // Attempts started but not yet written must be seen, and ended, too.
+        self.flush().await?;
         let store = &self.exec.store;
         let run_id = self.run.run_id.as_str();
         let attempts = durably(|| store.attempts(run_id)).await?;
@@ -1135,7 +1154,11 @@ impl<'a> RunLoop<'a> {
 
     async fn finish(&mut self) -> Result<RunState, StoreError> {
         if let Some(note) = self.cancelled.clone() {
-            durably(|| self.exec.store.fail_run(&self.run.run_id, &note)).await?;
+            self.pending.push(RunChange::RunEnded {
+                state: RunState::Failed,
+                note: Some(note.clone()),
+            });
+            self.flush().await?;
             crate::metrics::run_ended(&self.dag.id, RunState::Failed);
             self.alert(EventKind::RunFailed, None, "failed", Some(note))
                 .await;
@@ -1150,7 +1173,8 @@ impl<'a> RunLoop<'a> {
         } else {
             RunState::Success
         };
-        durably(|| self.exec.store.finish_run(&self.run.run_id, state)).await?;
+        self.pending.push(RunChange::RunEnded { state, note: None });
+        self.flush().await?;
         crate::metrics::run_ended(&self.dag.id, state);
         let kind = if failed {
             EventKind::RunFailed

@@ -6,6 +6,9 @@
 //! run waiting for it, and checks the liveness of the workers holding its claims once per
 //! heartbeat interval. A lost worker's attempt is ended with "worker lost" under the claim's
 //! fencing token, so that the worker's own report, should it come back, is refused.
+//!
+//! A worker of the same process hands its report straight to the run waiting for it
+//! ([`deliver_here`]) once written, and the loop reads only what other processes reported.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,12 +22,15 @@ use super::{POLL, REPORTED, Report};
 use crate::membership::{self, heartbeat_interval};
 use crate::store::{AttemptKey, CANCEL_CHANNEL, QueuedAttempt, REPORTED_CHANNEL, Store};
 
-type Waiting = Arc<Mutex<HashMap<AttemptKey, oneshot::Sender<Option<Report>>>>>;
+type Waiting = Mutex<HashMap<AttemptKey, oneshot::Sender<Option<Report>>>>;
+
+/// The runs of this process waiting for reports, by attempt.
+static WAITING: std::sync::LazyLock<Waiting> = std::sync::LazyLock::new(Waiting::default);
 
 /// Where runs wait for their attempts' reports; cheap to clone.
 #[derive(Clone)]
 pub struct Dispatch {
-    waiting: Waiting,
+    waiting: &'static Waiting,
     submitted: Arc<Notify>,
     _loop: Arc<AbortOnDrop>,
 }
@@ -42,14 +48,9 @@ impl Dispatch {
     pub fn start(store: Store, lost_after: Duration) -> Dispatch {
         super::relay_notifications(store.url(), REPORTED_CHANNEL, &REPORTED);
         super::relay_notifications(store.url(), CANCEL_CHANNEL, &super::CANCELLED);
-        let waiting: Waiting = Arc::default();
+        let waiting: &'static Waiting = &WAITING;
         let submitted = Arc::new(Notify::new());
-        let task = tokio::spawn(watch(
-            store,
-            lost_after,
-            Arc::clone(&waiting),
-            Arc::clone(&submitted),
-        ));
+        let task = tokio::spawn(watch(store, lost_after, waiting, Arc::clone(&submitted)));
         Dispatch {
             waiting,
             submitted,
@@ -61,9 +62,23 @@ impl Dispatch {
     /// running because another orch process recorded it (this one no longer owns its run).
     pub async fn wait(&self, key: AttemptKey) -> Option<Report> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiting).insert(key, tx);
+        lock(self.waiting).insert(key, tx);
         self.submitted.notify_one();
         rx.await.unwrap_or(None)
+    }
+}
+
+/// Hands the report of attempt `key`, just written by a worker of this process, to the run
+/// of this process waiting for it. Returns `false` when no run here waits for it (its
+/// executor is elsewhere, and reads it from the database).
+pub fn deliver_here(key: &AttemptKey, report: Report) -> bool {
+    let waiter = lock(&WAITING).remove(key);
+    match waiter {
+        Some(tx) => {
+            let _ = tx.send(Some(report));
+            true
+        }
+        None => false,
     }
 }
 
@@ -73,7 +88,12 @@ fn lock(
     waiting.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-async fn watch(store: Store, lost_after: Duration, waiting: Waiting, submitted: Arc<Notify>) {
+async fn watch(
+    store: Store,
+    lost_after: Duration,
+    waiting: &'static Waiting,
+    submitted: Arc<Notify>,
+) {
     let mut next_check = Instant::now();
     let mut unserved = HashSet::new();
     loop {
@@ -82,8 +102,8 @@ async fn watch(store: Store, lost_after: Duration, waiting: Waiting, submitted: 
         tokio::pin!(reported, newly);
         reported.as_mut().enable();
         newly.as_mut().enable();
-        lock(&waiting).retain(|_, tx| !tx.is_closed());
-        let any = !lock(&waiting).is_empty();
+        lock(waiting).retain(|_, tx| !tx.is_closed());
+        let any = !lock(waiting).is_empty();
         if any {
             let check_workers = Instant::now() >= next_check;
             if check_workers {
@@ -93,16 +113,16 @@ async fn watch(store: Store, lost_after: Duration, waiting: Waiting, submitted: 
             // for. Between worker checks only the reports are read: a run of a thousand queued
             // attempts must not read them all back at every report.
             let asked: Vec<AttemptKey> = if check_workers {
-                lock(&waiting).keys().cloned().collect()
+                lock(waiting).keys().cloned().collect()
             } else {
                 Vec::new()
             };
             match store.queued_attempts(!check_workers).await {
                 Ok(rows) => {
                     if check_workers {
-                        warn_unserved(&store, &waiting, &rows, lost_after, &mut unserved).await;
+                        warn_unserved(&store, waiting, &rows, lost_after, &mut unserved).await;
                     }
-                    deliver(&store, &waiting, &asked, rows, check_workers, lost_after).await
+                    deliver(&store, waiting, &asked, rows, check_workers, lost_after).await
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the reports of queued attempts"),
             }
@@ -189,16 +209,16 @@ async fn deliver(
             }
             (None, _) => None,
         };
-        if let Some(report) = report
-            && let Some(tx) = lock(waiting).remove(&row.key)
-        {
+        let waiter = report.and_then(|report| Some((lock(waiting).remove(&row.key)?, report)));
+        if let Some((tx, report)) = waiter {
             let _ = tx.send(Some(report));
         }
     }
     // An attempt no longer running was recorded by another executor: nothing comes for it.
     // (`asked` is empty unless every queued attempt was read.)
     for key in asked.iter().filter(|k| !present.contains(*k)) {
-        if let Some(tx) = lock(waiting).remove(key) {
+        let waiter = lock(waiting).remove(key);
+        if let Some(tx) = waiter {
             let _ = tx.send(None);
         }
     }

@@ -26,7 +26,7 @@ use crate::database::Backend;
 use crate::store::timestamp;
 use crate::tasks::{TaskError, TaskOutput};
 
-pub use dispatch::Dispatch;
+pub use dispatch::{Dispatch, deliver_here};
 
 /// The queue of tasks and DAGs that name none.
 pub const DEFAULT_QUEUE: &str = "default";

@@ -30,7 +30,7 @@ use crate::dag::{Dag, DagBag};
 use crate::executor::{Executor, Phase, ShutdownHandle};
 use crate::lease::{self, Lease, ServeLock};
 use crate::membership;
-use crate::store::{Listed, RunRecord, RunState, RunType, Store, StoreError};
+use crate::store::{Listed, RunClaim, RunRecord, RunState, RunType, Store, StoreError};
 use crate::stream::supervisor::{StreamProcess, Supervisor};
 use crate::tasks::Registry;
 use crate::worker::LocalWorker;
@@ -97,7 +97,19 @@ struct Scheduler {
     next_due: HashMap<String, DateTime<Utc>>,
     /// How late the loop woke for its last timed wake-up.
     loop_lag: Duration,
+    /// When the running runs are next read to adopt those whose process died.
+    next_orphan_look: tokio::time::Instant,
+    /// When the metadata database's file is next checked for being deleted or replaced.
+    next_file_check: tokio::time::Instant,
+    /// Runs queued or running, as of the last pass.
+    pending_runs: Option<u64>,
 }
+
+/// How often a server checks that its SQLite file is still the one it opened.
+const FILE_CHECK: Duration = Duration::from_secs(1);
+
+/// The most queued runs one pass starts: a burst is taken in bites, each pass short.
+const START_PER_PASS: u32 = 500;
 
 /// How this server starts its streams' processes: this binary, seeing what the server sees.
 fn stream_process(config: &Config, log_format: &str) -> anyhow::Result<StreamProcess> {
@@ -187,6 +199,9 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         view: options.view,
         next_due: HashMap::new(),
         loop_lag: Duration::ZERO,
+        next_orphan_look: tokio::time::Instant::now(),
+        next_file_check: tokio::time::Instant::now(),
+        pending_runs: None,
     };
     scheduler.publish();
     tracing::info!(
@@ -204,18 +219,42 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         outcome = scheduler.run(&wake, &state_dir) => outcome,
         () = membership::turned_true(&mut lost) => Err(anyhow::anyhow!("this server was declared lost by another orch process; it stops so that no work runs twice")),
     };
-    scheduler.streams.stop_all().await;
+    // Everything stops by the end of the grace, however much is queued or running: what has
+    // not ended by then stays `running` for the next scheduler to resume.
     let grace = if outcome.is_ok() {
         options.grace
     } else {
         Duration::ZERO
     };
-    scheduler.stop(grace).await;
-    scheduler.leadership.release().await;
-    worker.stop().await;
+    let stop_by = tokio::time::Instant::now() + grace;
+    let streams_stopped = scheduler.streams.stop_all();
+    let (streams_in_time, ()) = tokio::join!(
+        tokio::time::timeout_at(stop_by + PARTING, streams_stopped),
+        scheduler.stop(stop_by, grace)
+    );
+    if streams_in_time.is_err() {
+        tracing::warn!("a stream did not stop in time; its process is killed with this one");
+    }
+    // The few writes that tell others this process is gone get a moment past the grace.
+    let parting = stop_by + PARTING;
+    if tokio::time::timeout_at(parting, scheduler.leadership.release())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the scheduler lease was not released in time; it expires by itself");
+    }
+    if tokio::time::timeout_at(parting, worker.stop())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the worker did not stop in time; its attempts are stopped with it");
+    }
     tracing::info!("orch serve stopped");
     outcome
 }
+
+/// How long past the grace the last writes of a stopping server may take.
+const PARTING: Duration = Duration::from_secs(1);
 
 /// Creates the runs of `dag`'s intervals that have ended, within `max_active_runs` (`active`
 /// counts its queued and running runs); returns when the next interval ends.
@@ -327,6 +366,7 @@ impl Scheduler {
             last_pass_at: Some(Utc::now()),
             loop_lag: self.loop_lag,
             leader: self.leadership.is_leader(),
+            pending_runs: self.pending_runs,
         };
         self.view.send_replace(Arc::new(view));
     }
@@ -425,23 +465,48 @@ impl Scheduler {
 
     /// One scheduling pass. Returns when the next cron tick is due.
     async fn pass(&mut self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        // Every server checks: two histories would run everything twice.
-        self.store.check_file()?;
+        // Every server checks, once a second, off the runtime's threads: two histories
+        // would run everything twice.
+        if tokio::time::Instant::now() >= self.next_file_check {
+            self.next_file_check = tokio::time::Instant::now() + FILE_CHECK;
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.check_file())
+                .await
+                .unwrap_or(Ok(()))?;
+        }
         if self.shutdown.phase() != Phase::Running || !self.leadership.is_leader() {
             return Ok(None);
         }
         let paused = self.paused_dags().await?;
-        let running = self.readable(self.store.runs_in_state(RunState::Running).await?);
-        let queued = self.readable(self.store.runs_in_state(RunState::Queued).await?);
-        let mut active_by_dag: HashMap<String, u32> = HashMap::new();
-        for run in running.iter().chain(&queued) {
-            *active_by_dag.entry(run.dag_id.clone()).or_default() += 1;
-        }
+        // Counts, not rows: a pass under a burst must not read back every run in flight.
+        let unfinished = self.store.unfinished_runs_by_dag().await?;
+        self.pending_runs = Some(
+            unfinished
+                .values()
+                .map(|c| u64::from(c.queued) + u64::from(c.running))
+                .sum(),
+        );
+        let mut active_by_dag: HashMap<String, u32> = unfinished
+            .iter()
+            .map(|(dag, count)| (dag.clone(), count.queued + count.running))
+            .collect();
+        let mut running_by_dag: HashMap<String, u32> = unfinished
+            .into_iter()
+            .map(|(dag, count)| (dag, count.running))
+            .collect();
         let next_tick = self
             .create_scheduled_runs(&paused, &mut active_by_dag)
             .await?;
-        self.adopt_orphans(&running).await?;
-        self.start_queued(&paused, queued, &running).await?;
+        let now = tokio::time::Instant::now();
+        let resume_due = self.resume_after.values().any(|r| r.at <= now);
+        if now >= self.next_orphan_look || resume_due {
+            self.next_orphan_look = now + membership::heartbeat_interval(self.lost_after);
+            let running = self.readable(self.store.runs_in_state(RunState::Running).await?);
+            self.adopt_orphans(&running).await?;
+        }
+        let queued = self.readable(self.store.queued_runs(START_PER_PASS).await?);
+        self.start_queued(&paused, queued, &mut running_by_dag)
+            .await?;
         Ok(next_tick)
     }
 
@@ -573,19 +638,15 @@ impl Scheduler {
         }
     }
 
+    /// Starts the oldest queued runs that their DAGs' `max_active_runs` lets start, taking
+    /// them all in one write.
     async fn start_queued(
         &mut self,
         paused: &HashSet<String>,
         queued: Vec<RunRecord>,
-        running: &[RunRecord],
+        running_by_dag: &mut HashMap<String, u32>,
     ) -> Result<(), StoreError> {
-        if queued.is_empty() {
-            return Ok(());
-        }
-        let mut running_by_dag: HashMap<String, u32> = HashMap::new();
-        for run in running {
-            *running_by_dag.entry(run.dag_id.clone()).or_default() += 1;
-        }
+        let mut starting: Vec<(Arc<Dag>, RunRecord)> = Vec::new();
         for run in queued {
             let Some(dag) = self.bag.get(&run.dag_id).cloned() else {
                 if self.reported.insert(format!("missing {}", run.run_id)) {
@@ -604,13 +665,23 @@ impl Scheduler {
             if *running >= dag.max_active_runs {
                 continue;
             }
-            let path = dag.path.to_string_lossy();
-            if self
-                .store
-                .claim_run(&run.run_id, self.lease.id(), &dag.source, &path)
-                .await?
-            {
-                *running += 1;
+            *running += 1;
+            starting.push((dag, run));
+        }
+        if starting.is_empty() {
+            return Ok(());
+        }
+        let claims: Vec<RunClaim> = starting
+            .iter()
+            .map(|(dag, run)| RunClaim {
+                run_id: run.run_id.clone(),
+                dag_source: dag.source.clone(),
+                dag_path: dag.path.to_string_lossy().into_owned(),
+            })
+            .collect();
+        let claimed = self.store.claim_runs(self.lease.id(), claims).await?;
+        for (dag, run) in starting {
+            if claimed.contains(&run.run_id) {
                 tracing::info!(run_id = %run.run_id, dag_id = %dag.id, run_type = %run.run_type, "run started");
                 self.spawn(dag, run);
             }
@@ -666,25 +737,37 @@ impl Scheduler {
         }
     }
 
-    /// Drains: no new attempts; running ones get `grace` to finish, then are stopped.
-    async fn stop(&mut self, grace: Duration) {
+    /// Drains: no new attempts, and running ones have until a little before `stop_by` to
+    /// finish; then they are stopped, and their reports waited for until `stop_by`. Runs not
+    /// ended then stay `running` for the next scheduler.
+    async fn stop(&mut self, stop_by: tokio::time::Instant, grace: Duration) {
         tracing::info!(running_runs = self.runs.len(), grace = %humantime::format_duration(grace), "shutting down");
         self.shutdown.set(Phase::Draining);
-        let deadline = tokio::time::sleep(grace);
-        tokio::pin!(deadline);
+        // Time for stopped attempts to report: a third of the grace, at most ABORT_TIME.
+        let abort_at = stop_by - (grace / 3).min(ABORT_TIME);
         while !self.runs.is_empty() {
             tokio::select! {
                 Some(done) = self.runs.join_next_with_id() => self.on_run_end(done),
-                _ = &mut deadline => break,
+                () = tokio::time::sleep_until(abort_at) => break,
                 _ = tokio::signal::ctrl_c() => break,
             }
         }
         self.shutdown.set(Phase::Abort);
-        while let Some(done) = self.runs.join_next_with_id().await {
-            self.on_run_end(done);
+        while !self.runs.is_empty() {
+            tokio::select! {
+                Some(done) = self.runs.join_next_with_id() => self.on_run_end(done),
+                () = tokio::time::sleep_until(stop_by) => {
+                    tracing::warn!(runs = self.runs.len(), "the grace is over: runs still waiting for their attempts are left to the next scheduler");
+                    self.runs.abort_all();
+                    break;
+                }
+            }
         }
     }
 }
+
+/// The most of the grace kept for stopping attempts and recording how they ended.
+const ABORT_TIME: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

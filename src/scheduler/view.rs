@@ -25,6 +25,8 @@ pub struct SchedulerView {
     pub loop_lag: Duration,
     /// Whether this server holds the scheduler lease.
     pub leader: bool,
+    /// Runs queued or running as of the last pass (known to the leader only).
+    pub pending_runs: Option<u64>,
 }
 
 impl SchedulerView {

@@ -16,6 +16,11 @@ use crate::dag::for_each;
 /// The channel a cancel request is announced on (PostgreSQL), for the process executing it.
 pub const CANCEL_CHANNEL: &str = "orch_cancel";
 
+/// Records a manual action: at, DAG, run, task, action, actor, source, detail.
+pub(super) const RECORD_ACTION: &str =
+    "INSERT INTO manual_actions (at, dag_id, run_id, task_id, action, actor, source, detail)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
 /// Who did something by hand, and from where.
 #[derive(Debug, Clone)]
 pub struct Actor {
@@ -74,12 +79,7 @@ impl Store {
         ];
         self.write(Box::new(move |tx| {
             Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO manual_actions (at, dag_id, run_id, task_id, action, actor, source, detail)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    values,
-                )
-                .await?;
+                tx.execute(RECORD_ACTION, values).await?;
                 Ok(())
             })
         }))
@@ -243,22 +243,6 @@ impl Store {
                     }
                 }
                 Ok(true)
-            })
-        }))
-        .await
-    }
-
-    /// Counts a task's retries from after `attempt` on: a sensor's rescheduled looks use none.
-    pub async fn set_attempt_base(&self, run_id: &str, task_id: &str, attempt: u32) -> Result<()> {
-        let values = params![i64::from(attempt), run_id, task_id];
-        self.write(Box::new(move |tx| {
-            Box::pin(async move {
-                tx.execute(
-                    "UPDATE task_instances SET attempt_base = $1 WHERE run_id = $2 AND task_id = $3",
-                    values,
-                )
-                .await?;
-                Ok(())
             })
         }))
         .await

@@ -18,6 +18,7 @@ mod members;
 mod model;
 mod queue;
 mod retention;
+mod run_changes;
 pub mod timestamp;
 mod views;
 pub(crate) mod write;
@@ -42,10 +43,9 @@ pub use model::{
     AttemptEnd, AttemptRecord, AttemptState, NewRun, RunRecord, RunState, RunType,
     StreamStateRecord, TaskInstanceRecord, TaskState,
 };
-pub use queue::{
-    AttemptKey, Claim, Placement, QUEUED_CHANNEL, QueuedAttempt, REPORTED_CHANNEL, WorkerReport,
-};
+pub use queue::{AttemptKey, Claim, QUEUED_CHANNEL, QueuedAttempt, REPORTED_CHANNEL, WorkerReport};
 pub use retention::{PrunedRun, RetentionPolicy};
+pub use run_changes::{QueuedAt, RunChange};
 pub use views::{
     BackfillRecord, RunCursor, RunDetail, RunFilter, RunSummary, TaskCell, TaskDetail,
 };
@@ -104,6 +104,8 @@ pub struct Store {
     pool: AnyPool,
     /// Writes: on SQLite a thread of their own, on PostgreSQL the pool (see [`write`]).
     writer: Writer,
+    /// One connection, opened when first used, for [`Store::ping`].
+    health: AnyPool,
     backend: Backend,
     /// The URL it was opened with, for attempt processes to open it too. Secret: it may hold
     /// a password.
@@ -159,6 +161,21 @@ impl OpenedFile {
             path,
         })
     }
+}
+
+/// A queued run a scheduler takes, with the definition it will run.
+#[derive(Debug, Clone)]
+pub struct RunClaim {
+    pub run_id: String,
+    pub dag_source: String,
+    pub dag_path: String,
+}
+
+/// A DAG's runs not yet finished.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unfinished {
+    pub queued: u32,
+    pub running: u32,
 }
 
 /// Rows of the run history, and the ones that could not be read, each named: one bad row
@@ -228,12 +245,14 @@ impl Store {
     /// the pool opened (the pool has created it).
     fn with_pools(url: &str, backend: Backend, pool: AnyPool) -> Result<Store> {
         let writer = match (backend, database::sqlite_path(url)) {
-            (Backend::Sqlite, Some(path)) => Writer::Sqlite(write::SqliteWriter::start(path)?),
+            (Backend::Sqlite, Some(path)) => Writer::Sqlite(write::SqliteWriter::new(path)),
             _ => Writer::Pool(pool.clone()),
         };
+        let health = database::connect_lazy(url, backend, 1).map_err(|e| open_error(url, e))?;
         Ok(Store {
             pool,
             writer,
+            health,
             backend,
             url: url.into(),
             file: OpenedFile::of_url(url),
@@ -281,7 +300,44 @@ impl Store {
     /// Creates a run and its task instances. Returns `false`, creating nothing, when a
     /// scheduled or backfill run for the same DAG and logical date already exists.
     pub async fn insert_run(&self, run: &NewRun, task_ids: &[String]) -> Result<bool> {
-        self.insert(run, task_ids, None).await
+        self.insert(run, task_ids, None, None).await
+    }
+
+    /// Creates a run someone asked for, and records who did in the same write: `action` (a
+    /// trigger) by `actor`. Returns `false`, creating nothing, when the run's id is taken.
+    pub async fn insert_run_by(
+        &self,
+        run: &NewRun,
+        task_ids: &[String],
+        actor: &Actor,
+        action: &str,
+    ) -> Result<bool> {
+        let record = params![
+            timestamp::format(Utc::now()),
+            &run.dag_id,
+            &run.run_id,
+            None::<String>,
+            action,
+            &actor.name,
+            &actor.source,
+            None::<String>,
+        ];
+        self.insert(run, task_ids, None, Some(record)).await
+    }
+
+    /// How many runs are queued or running: in all, and of `dag_id`.
+    pub async fn pending_runs(&self, dag_id: &str) -> Result<(u64, u64)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS all_dags, COALESCE(SUM(CASE WHEN dag_id = $1 THEN 1 ELSE 0 END), 0) AS this_dag
+             FROM dag_runs WHERE state IN ('queued', 'running')",
+        )
+        .bind(dag_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let count = |column: &str| -> Result<u64> {
+            Ok(u64::try_from(row.try_get::<i64, _>(column)?).unwrap_or(0))
+        };
+        Ok((count("all_dags")?, count("this_dag")?))
     }
 
     /// Records a scheduled interval that will not run, as a run in state `skipped` with the
@@ -293,15 +349,17 @@ impl Store {
         task_ids: &[String],
         note: &str,
     ) -> Result<bool> {
-        self.insert(run, task_ids, Some(note)).await
+        self.insert(run, task_ids, Some(note), None).await
     }
 
     /// A new run, `queued`, or `skipped` for the reason `skipped`, with its task instances.
+    /// With `action`, the `manual_actions` row that records who asked for it.
     async fn insert(
         &self,
         run: &NewRun,
         task_ids: &[String],
         skipped: Option<&str>,
+        action: Option<Vec<write::Param>>,
     ) -> Result<bool> {
         run.check_storable()?;
         let (run_state, task_state, ended_at) = match skipped {
@@ -345,6 +403,9 @@ impl Store {
                     )
                     .await?;
                 }
+                if let Some(action) = action {
+                    tx.execute(actions::RECORD_ACTION, action).await?;
+                }
                 Ok(true)
             })
         }))
@@ -380,6 +441,66 @@ impl Store {
             })
         }))
         .await
+    }
+
+    /// Takes queued runs for execution by `owner`, each with the DAG definition it runs with,
+    /// in one write. Returns the ids of those it took (another process may have taken some).
+    pub async fn claim_runs(
+        &self,
+        owner: &str,
+        claims: Vec<RunClaim>,
+    ) -> Result<std::collections::HashSet<String>> {
+        let (owner, now) = (owner.to_string(), timestamp::format(Utc::now()));
+        self.write(Box::new(move |tx| {
+            Box::pin(async move {
+                let mut claimed = std::collections::HashSet::new();
+                for claim in claims {
+                    let changed = tx
+                        .execute(
+                            "UPDATE dag_runs SET state = 'running', owner = $1, started_at = $2, dag_source = $3, dag_path = $4
+                             WHERE run_id = $5 AND state = 'queued'",
+                            params![&owner, &now, claim.dag_source, claim.dag_path, &claim.run_id],
+                        )
+                        .await?;
+                    if changed == 1 {
+                        claimed.insert(claim.run_id);
+                    }
+                }
+                Ok(claimed)
+            })
+        }))
+        .await
+    }
+
+    /// How many runs of each DAG are queued and running.
+    pub async fn unfinished_runs_by_dag(&self) -> Result<HashMap<String, Unfinished>> {
+        let rows = sqlx::query(
+            "SELECT dag_id, state, COUNT(*) AS n FROM dag_runs
+             WHERE state IN ('queued', 'running') GROUP BY dag_id, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts: HashMap<String, Unfinished> = HashMap::new();
+        for row in &rows {
+            let n = u32::try_from(row.try_get::<i64, _>("n")?).unwrap_or(u32::MAX);
+            let count = counts.entry(row.try_get("dag_id")?).or_default();
+            match row.try_get::<String, _>("state")?.as_str() {
+                "queued" => count.queued = n,
+                _ => count.running = n,
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The oldest `limit` queued runs, oldest first.
+    pub async fn queued_runs(&self, limit: u32) -> Result<Listed<RunRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM dag_runs WHERE state = 'queued' ORDER BY queued_at, run_id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(listed_runs(&rows))
     }
 
     /// Queues a finished run again, every task to run anew with a fresh retry budget (see
@@ -561,31 +682,6 @@ impl Store {
         rows.iter().map(attempt_from_row).collect()
     }
 
-    /// Sets the state of several task instances in one transaction.
-    pub async fn set_task_states(
-        &self,
-        run_id: &str,
-        changes: &[(String, TaskState)],
-    ) -> Result<()> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let (run_id, changes) = (run_id.to_string(), changes.to_vec());
-        self.write(Box::new(move |tx| {
-            Box::pin(async move {
-                for (task_id, state) in changes {
-                    tx.execute(
-                        "UPDATE task_instances SET state = $1 WHERE run_id = $2 AND task_id = $3",
-                        params![state.as_str(), &run_id, task_id],
-                    )
-                    .await?;
-                }
-                Ok(())
-            })
-        }))
-        .await
-    }
-
     /// Expands mapped task `task_id` into its instances, `(id, item as JSON)` in index order:
     /// each is queued (an instance cleared before runs again, with a fresh retry budget and
     /// its attempts numbered on), instances past the end of a shorter list are dropped, and
@@ -634,56 +730,6 @@ impl Store {
                 )
                 .await?;
                 mapped_task_running(tx, &run_id, &task_id).await
-            })
-        }))
-        .await
-    }
-
-    /// Records the start of an attempt: its row, and the task instance as running. With
-    /// `queued` (its queue and spec), the attempt waits there for a worker to claim it.
-    pub async fn start_attempt(
-        &self,
-        run_id: &str,
-        task_id: &str,
-        attempt: u32,
-        started_at: DateTime<Utc>,
-        log_path: &str,
-        queued: Option<Placement<'_>>,
-    ) -> Result<()> {
-        let row = params![
-            run_id,
-            task_id,
-            i64::from(attempt),
-            timestamp::format(started_at),
-            log_path,
-            queued.map(|q| q.queue),
-            queued.map(|q| q.spec),
-            queued.and_then(|q| q.pool),
-            i64::from(queued.map_or(1, |q| q.pool_slots)),
-            i64::from(queued.map_or(0, |q| q.priority)),
-        ];
-        let instance = params![i64::from(attempt), run_id, task_id];
-        let is_queued = queued.is_some();
-        self.write(Box::new(move |tx| {
-            Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO task_attempts (run_id, task_id, attempt, state, started_at, log_path, queue,
-                         spec, pool, pool_slots, priority)
-                     VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10)
-                     ON CONFLICT (run_id, task_id, attempt) DO NOTHING",
-                    row,
-                )
-                .await?;
-                if is_queued {
-                    tx.notify(QUEUED_CHANNEL).await?;
-                }
-                tx.execute(
-                    "UPDATE task_instances SET state = 'running', try_number = $1, next_retry_at = NULL
-                     WHERE run_id = $2 AND task_id = $3",
-                    instance,
-                )
-                .await?;
-                Ok(())
             })
         }))
         .await
@@ -743,58 +789,6 @@ impl Store {
             Ok((pgid, r.try_get("pgid_start_ticks")?))
         })
         .transpose()
-    }
-
-    /// Records how an attempt ended and the task instance's resulting state.
-    pub async fn finish_attempt(
-        &self,
-        run_id: &str,
-        task_id: &str,
-        attempt: u32,
-        end: &AttemptEnd,
-        task_state: TaskState,
-        next_retry_at: Option<DateTime<Utc>>,
-    ) -> Result<()> {
-        let attempt_row = params![
-            end.state.as_str(),
-            timestamp::format(end.ended_at),
-            end.duration_ms,
-            end.rows,
-            &end.error,
-            run_id,
-            task_id,
-            i64::from(attempt),
-            &end.metrics,
-            end.peak_rss_bytes,
-            end.cpu_ms,
-            timestamp::format(end.started_at),
-            &end.outputs,
-        ];
-        let instance = params![
-            task_state.as_str(),
-            next_retry_at.map(timestamp::format),
-            run_id,
-            task_id
-        ];
-        self.write(Box::new(move |tx| {
-            Box::pin(async move {
-                tx.execute(
-                    "UPDATE task_attempts SET state = $1, ended_at = $2, duration_ms = $3, rows = $4, error = $5,
-                         metrics = $9, peak_rss_bytes = $10, cpu_ms = $11, started_at = $12,
-                         outputs = $13, spec = NULL, report = NULL
-                     WHERE run_id = $6 AND task_id = $7 AND attempt = $8",
-                    attempt_row,
-                )
-                .await?;
-                tx.execute(
-                    "UPDATE task_instances SET state = $1, next_retry_at = $2 WHERE run_id = $3 AND task_id = $4",
-                    instance,
-                )
-                .await?;
-                Ok(())
-            })
-        }))
-        .await
     }
 
     /// `orch dags pause/unpause`: sets the flag, remembering the file's `paused:` at the time

@@ -46,17 +46,6 @@ pub struct Claim {
     pub spec: String,
 }
 
-/// Where an attempt waits, and what it takes: its queue, its pool's slots, its priority.
-#[derive(Debug, Clone, Copy)]
-pub struct Placement<'a> {
-    pub queue: &'a str,
-    /// The queued spec, JSON.
-    pub spec: &'a str,
-    pub pool: Option<&'a str>,
-    pub pool_slots: u32,
-    pub priority: i32,
-}
-
 /// A running attempt as the executor waiting for it sees it.
 #[derive(Debug, Clone)]
 pub struct QueuedAttempt {
@@ -362,23 +351,20 @@ mod tests {
         };
         store.insert_run(&run, &tasks).await.expect("run");
         for (task, queue) in queues {
-            store
-                .start_attempt(
-                    "r",
-                    task,
-                    1,
-                    Utc::now(),
-                    "log",
-                    Some(Placement {
-                        queue,
-                        spec: "{}",
-                        pool: None,
-                        pool_slots: 1,
-                        priority: 0,
-                    }),
-                )
-                .await
-                .expect("queue");
+            let started = crate::store::RunChange::AttemptStarted {
+                task_id: task.to_string(),
+                attempt: 1,
+                started_at: Utc::now(),
+                log_path: "log".to_string(),
+                queued: Some(crate::store::QueuedAt {
+                    queue: queue.to_string(),
+                    spec: "{}".to_string(),
+                    pool: None,
+                    pool_slots: 1,
+                    priority: 0,
+                }),
+            };
+            store.record_run("r", vec![started]).await.expect("queue");
         }
         (dir, store)
     }

@@ -318,9 +318,10 @@ impl Store {
             .collect()
     }
 
-    /// Whether the database answers.
+    /// Whether the database answers, on a connection of its own: a health check must not
+    /// queue behind a busy server's reads to find out.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.health).await?;
         Ok(())
     }
 

@@ -336,17 +336,38 @@ impl<T: Send + 'static> Job for WriteJob<T> {
 /// The most writes one transaction takes.
 const MAX_BATCH: usize = 512;
 
-/// The thread that writes an SQLite database for this process.
+/// The thread that writes an SQLite database for this process, started by the first write
+/// (many processes, such as most attempts, never write).
 #[derive(Clone)]
 pub(crate) struct SqliteWriter {
-    jobs: mpsc::Sender<Box<dyn Job>>,
+    path: std::sync::Arc<std::path::Path>,
+    jobs: std::sync::Arc<std::sync::OnceLock<mpsc::Sender<Box<dyn Job>>>>,
 }
 
 impl SqliteWriter {
-    /// Starts the thread that writes the SQLite file `path`; it opens its connection when
-    /// the first write comes (many processes, such as most attempts, never write).
-    pub(crate) fn start(path: std::path::PathBuf) -> Result<SqliteWriter> {
+    /// The writer of the SQLite file `path`.
+    pub(crate) fn new(path: std::path::PathBuf) -> SqliteWriter {
+        SqliteWriter {
+            path: path.into(),
+            jobs: Default::default(),
+        }
+    }
+
+    /// Runs `work` in the writer's next transaction; returns its result once committed.
+    pub(crate) async fn write<T: Send + 'static>(&self, work: Work<T>) -> Result<T> {
+        let (tell, told) = oneshot::channel();
+        self.jobs()?
+            .send(Box::new(WriteJob { work, tell }))
+            .map_err(|_| writer_gone())?;
+        told.await.map_err(|_| writer_gone())?
+    }
+
+    fn jobs(&self) -> Result<&mpsc::Sender<Box<dyn Job>>> {
+        if let Some(jobs) = self.jobs.get() {
+            return Ok(jobs);
+        }
         let (jobs, queue) = mpsc::channel();
+        let path = std::sync::Arc::clone(&self.path);
         std::thread::Builder::new()
             .name("orch-sqlite-writer".to_string())
             .spawn(move || write_batches(&path, &queue))
@@ -356,16 +377,9 @@ impl SqliteWriter {
                     message: format!("cannot start the database writer thread: {e}"),
                 })
             })?;
-        Ok(SqliteWriter { jobs })
-    }
-
-    /// Runs `work` in the writer's next transaction; returns its result once committed.
-    pub(crate) async fn write<T: Send + 'static>(&self, work: Work<T>) -> Result<T> {
-        let (tell, told) = oneshot::channel();
-        self.jobs
-            .send(Box::new(WriteJob { work, tell }))
-            .map_err(|_| writer_gone())?;
-        told.await.map_err(|_| writer_gone())?
+        // Another write may have started one first: its thread serves, this one's ends at once.
+        let _ = self.jobs.set(jobs);
+        self.jobs.get().ok_or_else(writer_gone)
     }
 }
 

@@ -124,9 +124,11 @@ impl Supervisor {
     }
 
     /// Stops every stream, each committing its pending batch.
-    pub async fn stop_all(&mut self) {
+    pub fn stop_all(&mut self) -> impl Future<Output = ()> + Send + use<> {
         let running = std::mem::take(&mut self.running);
-        futures_util::future::join_all(running.into_values().map(stop)).await;
+        async move {
+            futures_util::future::join_all(running.into_values().map(stop)).await;
+        }
     }
 }
 

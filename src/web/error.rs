@@ -19,6 +19,10 @@ pub enum ApiError {
     /// The request is understood but the thing it names is not in a state that allows it.
     #[error("{0}")]
     Conflict(String),
+    /// Too much is accepted and not done yet: the same request later will do (429, with
+    /// `Retry-After`).
+    #[error("{0}")]
+    Busy(String),
     /// Some fields of a form are wrong, each with why.
     #[error("{message}")]
     Invalid {
@@ -38,6 +42,7 @@ impl From<crate::manual::ActionError> for ApiError {
         match e {
             ActionError::NotFound(m) => ApiError::NotFound(m),
             ActionError::Conflict(m) => ApiError::Conflict(m),
+            ActionError::Busy(busy) => ApiError::Busy(busy.to_string()),
             ActionError::Store(e) => ApiError::Store(e),
         }
     }
@@ -55,6 +60,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             // A database that is briefly away: the client may ask again.
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
@@ -70,7 +76,14 @@ impl IntoResponse for ApiError {
             }
             other => json!({ "error": other.to_string() }),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(crate::manual::Busy::RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }
 

@@ -275,25 +275,15 @@ pub async fn trigger(
             fields,
         });
     }
-    let run = plan::manual_run(&dag, logical_date, body.conf, Utc::now());
-    let task_ids: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
-    if let Err(e) = run.check_storable() {
+    if let Err(e) = plan::manual_run(&dag, logical_date, Map::new(), Utc::now()).check_storable() {
         return Err(ApiError::Invalid {
             message: format!("the run of `{}` was not created", dag.id),
             fields: BTreeMap::from([("logical_date".to_string(), e.to_string())]),
         });
     }
-    if !state.store.insert_run(&run, &task_ids).await? {
-        return Err(ApiError::Conflict(format!(
-            "run `{}` already exists",
-            run.run_id
-        )));
-    }
-    state
-        .store
-        .record_action(&actor, &dag.id, Some(&run.run_id), None, "trigger", None)
-        .await?;
-    tracing::info!(dag_id = %dag.id, run_id = %run.run_id, actor = %actor.name, source = %actor.source, "run triggered by hand");
+    crate::manual::admit(&state.store, &dag, state.config.max_pending_runs).await?;
+    let run =
+        crate::manual::create_run(&state.store, &dag, logical_date, body.conf, &actor).await?;
     wake(&state.config.state_dir()).await;
     Ok((
         StatusCode::CREATED,
