@@ -14,6 +14,7 @@ mod isolation;
 mod kinds;
 mod kucoin;
 mod lake;
+mod load;
 mod mapping;
 mod mercado_bitcoin;
 mod nats;
