@@ -101,7 +101,8 @@ struct Bench {
 async fn setup(dir: &Path, isolation: Isolation) -> Bench {
     let url = format!("sqlite://{}", dir.join("orch.db").display());
     let store = Store::open(&url).await.expect("store");
-    let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // `orch serve`'s default: four slots per CPU.
+    let parallelism = 4 * std::thread::available_parallelism().map_or(2, |n| n.get());
     let registry = Arc::new(Registry::builtin());
     let lease = Lease::acquire(dir).expect("lease");
     let executor = Executor {
@@ -111,6 +112,7 @@ async fn setup(dir: &Path, isolation: Isolation) -> Bench {
         dispatch: Dispatch::start(store.clone(), Duration::from_secs(30)),
         private_queue: Some("bench".to_string()),
         public_url: None,
+        handoff: None,
     };
     let worker = Worker {
         store: store.clone(),
@@ -131,11 +133,14 @@ async fn setup(dir: &Path, isolation: Isolation) -> Bench {
             connections: Default::default(),
         },
         queues: vec!["bench".to_string()],
-        slots: parallelism,
+        slots: orch::queue::Slots::new(parallelism),
         id: lease.id().to_string(),
     };
     let (stop, shutdown) = ShutdownHandle::new();
-    tokio::spawn(worker.run(shutdown, tokio::sync::watch::channel(false).1));
+    // As `orch serve` runs them: the executor hands attempts straight to its worker.
+    let (handoff, handed) = orch::queue::handoff(&worker.id, &worker.queues, worker.slots.clone());
+    let executor = executor.with_handoff(Some(handoff));
+    tokio::spawn(worker.run(shutdown, tokio::sync::watch::channel(false).1, Some(handed)));
     Bench {
         store,
         executor,

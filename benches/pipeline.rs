@@ -241,6 +241,7 @@ async fn execute(dir: &Path, store: &Store, yaml: &str) -> String {
         dispatch: orch::queue::Dispatch::start(store.clone(), std::time::Duration::from_secs(30)),
         private_queue: Some("bench".to_string()),
         public_url: None,
+        handoff: None,
     };
     let worker = orch::worker::Worker {
         store: store.clone(),
@@ -261,11 +262,17 @@ async fn execute(dir: &Path, store: &Store, yaml: &str) -> String {
             connections: Default::default(),
         },
         queues: vec!["bench".to_string()],
-        slots: 2,
+        slots: orch::queue::Slots::new(2),
         id: lease.id().to_string(),
     };
     let (_stop, worker_shutdown) = ShutdownHandle::new();
-    tokio::spawn(worker.run(worker_shutdown, tokio::sync::watch::channel(false).1));
+    let (handoff, handed) = orch::queue::handoff(&worker.id, &worker.queues, worker.slots.clone());
+    let executor = executor.with_handoff(Some(handoff));
+    tokio::spawn(worker.run(
+        worker_shutdown,
+        tokio::sync::watch::channel(false).1,
+        Some(handed),
+    ));
     let run = plan::manual_run(&dag, None, Default::default(), chrono::Utc::now());
     let ids: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
     store.insert_run(&run, &ids).await.expect("insert run");

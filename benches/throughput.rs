@@ -1,91 +1,181 @@
-//! Sustained throughput: `cargo bench --bench throughput`.
+//! Sustained throughput through the REST API: `cargo bench --bench throughput`.
 //!
-//! Runs of a 2-task DAG (`noop` then `noop`, each attempt in its own process as always) arrive
-//! at a fixed rate through real `orch serve` and `orch worker` processes: the benchmark writes
-//! each run into the history and wakes the scheduler, as `orch trigger` does, then reads back
-//! every run's queued-to-success span. Rates climb step by step; a rate is sustained when
-//! every run of its step ended and the p99 span stayed under 1 s. Setups:
-//! - SQLite, one `orch serve` with its own worker;
-//! - PostgreSQL (`ORCH_TEST_POSTGRES_URL`, as the tests use), one `orch serve --no-worker`
-//!   and 1, 2 and 4 `orch worker` processes.
+//! Runs of a 2-task DAG are triggered with `POST /api/v1/dags/tp/runs` at a fixed rate by 32
+//! concurrent clients on keep-alive connections (each request sent at its due time, whether
+//! or not earlier ones were answered), against real `orch serve` and `orch worker` processes.
+//! A run's span is from the time its trigger was due to the end the run history records.
 //!
-//! Prints a Markdown table for docs/benchmarks.md.
+//! For each setup the rate climbs (`ORCH_BENCH_STEP_SECS`, default 30 s a step) until the p99
+//! span passes 1 s or a run does not end: the knee. Then the target rate is held for
+//! `ORCH_BENCH_SUSTAIN_SECS` (default 300 s). Setups (`ORCH_BENCH_SETUPS`, comma-separated,
+//! default all):
+//! - `sqlite-noop`, `sqlite-shell`: SQLite, one `orch serve` with its own worker;
+//! - `postgres-noop`, `postgres-shell`: PostgreSQL (`ORCH_TEST_POSTGRES_URL`), `orch serve
+//!   --no-worker` and two `orch worker`s.
+//!
+//! `noop` tasks run no command; `shell` tasks run `true` through the shell. Every attempt runs
+//! in its own process either way. Prints Markdown tables for docs/benchmarks.md.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orch::dag::{Dag, load_str};
-use orch::scheduler::plan;
+use chrono::{DateTime, Utc};
 use orch::store::{RunState, Store};
-use orch::tasks::Registry;
+use tokio::sync::Semaphore;
 
 const BIN: &str = env!("CARGO_BIN_EXE_orch");
-const DAG: &str = "max_active_runs: 10000\nmax_active_tasks: 2\ntasks:\n  - {id: a, kind: noop}\n  - {id: b, kind: noop, depends_on: [a]}\n";
-/// Runs per minute tried, in order, until one is not sustained.
-const RATES: [u32; 8] = [1_000, 2_000, 4_000, 6_000, 8_000, 10_000, 15_000, 20_000];
-const STEP: Duration = Duration::from_secs(20);
+const TOKEN: &str = "throughput-bench-token";
+const CLIENTS: usize = 32;
 const P99_LIMIT_MS: f64 = 1000.0;
+
+struct Setup {
+    name: &'static str,
+    postgres: bool,
+    shell: bool,
+    /// The rates tried, runs per minute, in order.
+    rates: &'static [u32],
+    /// The rate held for the sustained measure.
+    target: u32,
+}
+
+const SETUPS: [Setup; 4] = [
+    Setup {
+        name: "sqlite-noop",
+        postgres: false,
+        shell: false,
+        rates: &[5_000, 10_000, 15_000, 20_000, 25_000, 30_000, 40_000],
+        target: 10_000,
+    },
+    Setup {
+        name: "sqlite-shell",
+        postgres: false,
+        shell: true,
+        rates: &[5_000, 10_000, 15_000, 20_000, 25_000, 30_000],
+        target: 10_000,
+    },
+    Setup {
+        name: "postgres-noop",
+        postgres: true,
+        shell: false,
+        rates: &[10_000, 15_000, 20_000, 25_000, 30_000, 40_000],
+        target: 20_000,
+    },
+    Setup {
+        name: "postgres-shell",
+        postgres: true,
+        shell: true,
+        rates: &[10_000, 15_000, 20_000, 25_000, 30_000],
+        target: 20_000,
+    },
+];
+
+fn seconds(name: &str, default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
+}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    println!("| setup | runs/min offered | runs | p50 queued→success | p99 | sustained |");
-    println!("|---|---|---|---|---|---|");
-    runtime.block_on(setup("SQLite, `orch serve` with its worker", None, 0));
-    match std::env::var("ORCH_TEST_POSTGRES_URL") {
-        Ok(admin) if !admin.is_empty() => {
-            for workers in [1, 2, 4] {
-                let url = runtime.block_on(fresh_database(&admin, workers));
-                let label = format!("PostgreSQL, `orch serve` + {workers} `orch worker`");
-                runtime.block_on(setup(&label, Some(url), workers));
-            }
+    let step = seconds("ORCH_BENCH_STEP_SECS", 30);
+    let sustain = seconds("ORCH_BENCH_SUSTAIN_SECS", 300);
+    let wanted: Option<Vec<String>> = std::env::var("ORCH_BENCH_SETUPS")
+        .ok()
+        .map(|v| v.split(',').map(str::to_string).collect());
+    let postgres = std::env::var("ORCH_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    println!(
+        "| setup | runs/min offered | seconds | runs accepted | 429 | p50 trigger→end | p99 | max | sustained |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for setup in &SETUPS {
+        if wanted
+            .as_ref()
+            .is_some_and(|w| !w.iter().any(|n| n == setup.name))
+        {
+            continue;
         }
-        _ => eprintln!("ORCH_TEST_POSTGRES_URL is not set: PostgreSQL setups skipped"),
+        let database = match (setup.postgres, &postgres) {
+            (false, _) => None,
+            (true, Some(admin)) => Some(runtime.block_on(fresh_database(admin, setup.name))),
+            (true, None) => {
+                eprintln!("ORCH_TEST_POSTGRES_URL is not set: {} skipped", setup.name);
+                continue;
+            }
+        };
+        runtime.block_on(run_setup(setup, database, step, sustain));
     }
 }
 
-/// One setup: its processes, then the rate steps.
-async fn setup(label: &str, database_url: Option<String>, workers: usize) {
+/// One setup's processes, its rate ladder up to the knee, then the target held.
+async fn run_setup(setup: &Setup, database_url: Option<String>, step: Duration, sustain: Duration) {
     let dir = tempfile::tempdir().expect("tempdir");
+    let workers = if setup.postgres { 2 } else { 0 };
+    let task = if setup.shell {
+        "kind: shell, with: {command: 'true'}"
+    } else {
+        "kind: noop"
+    };
+    let dag = format!(
+        "max_active_runs: 100000\ntasks:\n  - {{id: a, {task}}}\n  - {{id: b, {task}, depends_on: [a]}}\n"
+    );
     let homes: Vec<PathBuf> = (0..=workers)
         .map(|i| {
             let home = dir.path().join(format!("home{i}"));
             std::fs::create_dir_all(home.join("dags")).expect("dags");
-            std::fs::write(home.join("dags/two.yaml"), DAG).expect("dag");
+            std::fs::write(home.join("dags/tp.yaml"), &dag).expect("dag");
             home
         })
         .collect();
     let url = database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", homes[0].join("orch.db").display()));
-    let serve_args: &[&str] = if workers == 0 {
-        &["serve"]
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let serve_args: Vec<&str> = if workers == 0 {
+        vec!["serve", "--listen", &listen]
     } else {
-        &["serve", "--no-worker"]
+        vec!["serve", "--no-worker", "--listen", &listen]
     };
-    let mut processes = vec![start(&homes[0], &url, serve_args)];
+    let mut processes = vec![start(&homes[0], &url, &serve_args)];
     for home in &homes[1..] {
         processes.push(start(home, &url, &["worker"]));
     }
     let store = Store::open(&url).await.expect("store");
-    let dag = Arc::new(load_str(Path::new("two.yaml"), DAG, &Registry::builtin()).expect("dag"));
-    wait_for_leader(&store).await;
-    let state_dir = homes[0].join(".orch");
-    for rate in RATES {
-        let (runs, p50, p99, all_ended) = step(&store, &dag, &state_dir, rate).await;
-        let sustained = all_ended && p99 <= P99_LIMIT_MS;
-        println!(
-            "| {label} | {rate} | {runs} | {p50:.0} ms | {p99:.0} ms | {} |",
-            if sustained { "yes" } else { "no" }
-        );
-        if !sustained {
+    let base = format!("http://{listen}");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    wait_until_up(&client, &base).await;
+    let mut knee = None;
+    for &rate in setup.rates {
+        let result = offer(&client, &base, &store, rate, step).await;
+        result.print(setup.name, rate, step);
+        if !result.sustained() {
+            knee = Some(rate);
             break;
         }
     }
+    let result = offer(&client, &base, &store, setup.target, sustain).await;
+    result.print(setup.name, setup.target, sustain);
+    eprintln!(
+        "{}: the knee (p99 past 1 s) is at {}",
+        setup.name,
+        knee.map_or("beyond the rates tried".to_string(), |k| format!(
+            "{k} runs/min"
+        ))
+    );
     for mut p in processes {
         let _ = p.kill();
         let _ = p.wait();
@@ -98,106 +188,199 @@ fn start(home: &Path, url: &str, args: &[&str]) -> Child {
         .arg(home)
         .args(args)
         .env("ORCH_DATABASE_URL", url)
-        .env("ORCH_PARALLELISM", "4")
+        .env("ORCH_API_TOKEN", TOKEN)
+        .env("ORCH_MAX_PENDING_RUNS", "100000")
         .env("ORCH_LOG", "error")
+        .env_remove("ORCH_PARALLELISM")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start orch")
 }
 
-async fn wait_for_leader(store: &Store) {
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn wait_until_up(client: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while store.scheduler_lease().await.ok().flatten().is_none() {
-        assert!(Instant::now() < deadline, "no scheduler took the lease");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Offers `rate` runs a minute for [`STEP`]; returns the runs, the p50 and p99 spans (ms),
-/// and whether every run ended within 10 s of the step.
-async fn step(
-    store: &Store,
-    dag: &Arc<Dag>,
-    state_dir: &Path,
-    rate: u32,
-) -> (usize, f64, f64, bool) {
-    let every = Duration::from_secs(60) / rate;
-    let task_ids: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
-    let started = Instant::now();
-    let mut ids = Vec::new();
-    let mut next = tokio::time::Instant::now();
-    while started.elapsed() < STEP {
-        let run = plan::manual_run(dag, None, Default::default(), chrono::Utc::now());
-        store.insert_run(&run, &task_ids).await.expect("insert run");
-        orch::scheduler::wake(state_dir).await;
-        ids.push(run.run_id);
-        next += every;
-        tokio::time::sleep_until(next).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut spans = Vec::new();
-    let mut all_ended = true;
-    for id in &ids {
-        loop {
-            let run = store.run(id).await.expect("read").expect("run");
-            if run.state == RunState::Success {
-                let ended = run.ended_at.expect("ended");
-                spans.push(
-                    (ended - run.queued_at)
-                        .num_microseconds()
-                        .unwrap_or_default() as f64
-                        / 1000.0,
-                );
-                break;
-            }
-            if Instant::now() > deadline {
-                all_ended = false;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if !all_ended {
-            break;
-        }
-    }
-    // Let the next step start from an empty queue.
-    drain(store, deadline + Duration::from_secs(60)).await;
-    spans.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        spans
-            .get(((spans.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    (ids.len(), pct(0.5), pct(0.99), all_ended)
-}
-
-async fn drain(store: &Store, until: Instant) {
     loop {
-        let queued = store
-            .runs_in_state(RunState::Queued)
-            .await
-            .expect("runs")
-            .rows
-            .len();
-        let running = store
-            .runs_in_state(RunState::Running)
-            .await
-            .expect("runs")
-            .rows
-            .len();
-        if queued + running == 0 || Instant::now() > until {
+        if let Ok(answer) = client.get(format!("{base}/healthz")).send().await
+            && answer.status().is_success()
+        {
             return;
         }
+        assert!(Instant::now() < deadline, "orch serve did not come up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
+/// What one offered rate gave.
+struct Offered {
+    accepted: usize,
+    refused: usize,
+    failed_requests: usize,
+    /// Trigger-to-end spans of the accepted runs that succeeded, milliseconds, sorted.
+    spans: Vec<f64>,
+    /// Accepted runs that did not succeed within the wait.
+    not_ended: usize,
+}
+
+impl Offered {
+    fn percentile(&self, p: f64) -> f64 {
+        let at = ((self.spans.len() as f64 * p).ceil() as usize).saturating_sub(1);
+        self.spans.get(at).copied().unwrap_or(f64::NAN)
+    }
+
+    fn sustained(&self) -> bool {
+        self.not_ended == 0
+            && self.failed_requests == 0
+            && self.refused == 0
+            && self.percentile(0.99) <= P99_LIMIT_MS
+    }
+
+    fn print(&self, setup: &str, rate: u32, over: Duration) {
+        println!(
+            "| {setup} | {rate} | {} | {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {} |",
+            over.as_secs(),
+            self.accepted,
+            self.refused,
+            self.percentile(0.5),
+            self.percentile(0.99),
+            self.spans.last().copied().unwrap_or(f64::NAN),
+            if self.sustained() { "yes" } else { "no" }
+        );
+    }
+}
+
+/// Offers `rate` runs a minute for `over`, then waits for the accepted runs to end (at most
+/// 30 s after the last trigger) and reads their spans.
+async fn offer(
+    client: &reqwest::Client,
+    base: &str,
+    store: &Store,
+    rate: u32,
+    over: Duration,
+) -> Offered {
+    let every = Duration::from_secs(60) / rate;
+    let slots = Arc::new(Semaphore::new(CLIENTS));
+    let mut requests = tokio::task::JoinSet::new();
+    let started = tokio::time::Instant::now();
+    let mut due = started;
+    while due - started < over {
+        tokio::time::sleep_until(due).await;
+        let due_wall = Utc::now();
+        let slot = Arc::clone(&slots).acquire_owned().await.expect("semaphore");
+        let (client, url) = (client.clone(), format!("{base}/api/v1/dags/tp/runs"));
+        requests.spawn(async move {
+            let answer = client
+                .post(url)
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await;
+            drop(slot);
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(_) => return Answer::Failed,
+            };
+            match answer.status().as_u16() {
+                201 => match answer.json::<serde_json::Value>().await {
+                    Ok(body) => match body["run_id"].as_str() {
+                        Some(id) => Answer::Created(id.to_string(), due_wall),
+                        None => Answer::Failed,
+                    },
+                    Err(_) => Answer::Failed,
+                },
+                429 => Answer::Refused,
+                _ => Answer::Failed,
+            }
+        });
+        due += every;
+    }
+    let mut created = Vec::new();
+    let (mut refused, mut failed_requests) = (0, 0);
+    while let Some(answer) = requests.join_next().await {
+        match answer.unwrap_or(Answer::Failed) {
+            Answer::Created(id, at) => created.push((id, at)),
+            Answer::Refused => refused += 1,
+            Answer::Failed => failed_requests += 1,
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut spans = Vec::new();
+    let mut not_ended = 0;
+    for (id, due_at) in &created {
+        loop {
+            let run = store.run(id).await.ok().flatten();
+            match run {
+                Some(run) if run.state == RunState::Success => {
+                    let ended = run.ended_at.unwrap_or_else(Utc::now);
+                    spans.push(millis(*due_at, ended));
+                    break;
+                }
+                Some(run) if run.state.is_finished() => {
+                    not_ended += 1;
+                    break;
+                }
+                _ if Instant::now() > deadline => {
+                    not_ended += 1;
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    spans.sort_by(|a, b| a.total_cmp(b));
+    drain(store).await;
+    Offered {
+        accepted: created.len(),
+        refused,
+        failed_requests,
+        spans,
+        not_ended,
+    }
+}
+
+enum Answer {
+    Created(String, DateTime<Utc>),
+    Refused,
+    Failed,
+}
+
+fn millis(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_microseconds().unwrap_or_default() as f64 / 1000.0
+}
+
+/// Waits (up to two minutes) for no run to be queued or running, so that the next step
+/// starts from an empty queue.
+async fn drain(store: &Store) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let pending = store
+            .unfinished_runs_by_dag()
+            .await
+            .map(|counts| counts.values().map(|c| c.queued + c.running).sum::<u32>())
+            .unwrap_or(0);
+        if pending == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A new database on the benchmark's PostgreSQL server.
-async fn fresh_database(admin: &str, n: usize) -> String {
+async fn fresh_database(admin: &str, setup: &str) -> String {
     use sqlx::Connection;
-    let name = format!("orch_bench_throughput_{n}_{}", std::process::id());
+    let name = format!(
+        "orch_bench_{}_{}",
+        setup.replace('-', "_"),
+        std::process::id()
+    );
     let mut conn = sqlx::PgConnection::connect(admin)
         .await
         .expect("PostgreSQL");

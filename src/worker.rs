@@ -21,7 +21,10 @@ use crate::executor::{Executor, Phase, Shutdown, private_queue};
 use crate::lease::Lease;
 use crate::logs::attempt_log_path;
 use crate::membership::{Membership, turned_true};
-use crate::queue::{CANCELLED, POLL, QUEUED, QueuedTask, REPORTED, Report, relay_notifications};
+use crate::queue::{
+    CANCELLED, HandedOver, Handoff, POLL, QUEUED, QueuedTask, REPORTED, Report, Slots,
+    relay_notifications,
+};
 use crate::store::{
     AttemptKey, CANCEL_CHANNEL, Claim, QUEUED_CHANNEL, Store, WorkerReport, durably,
 };
@@ -53,8 +56,9 @@ pub struct Worker {
     pub data: DataPlaces,
     /// The queues it claims from.
     pub queues: Vec<String>,
-    /// How many attempts it runs at once.
-    pub slots: usize,
+    /// Its free slots: how many more attempts it may run at once. An executor of the same
+    /// process takes one for each attempt it hands over ([`crate::queue::Handoff`]).
+    pub slots: Slots,
     /// Its process's id, which its claims carry ([`crate::membership`]).
     pub id: String,
 }
@@ -77,7 +81,7 @@ impl Worker {
             logs_dir: config.logs_dir.clone(),
             data: config.data.clone(),
             queues,
-            slots: config.parallelism,
+            slots: Slots::new(config.parallelism),
             id: id.to_string(),
         })
     }
@@ -86,7 +90,14 @@ impl Worker {
     /// returns) or aborts (it stops what runs, reported as interrupted), or until `lost`
     /// turns true: this process was declared lost, its attempts are already being retried
     /// elsewhere, so they are stopped at once.
-    pub async fn run(self, mut shutdown: Shutdown, mut lost: watch::Receiver<bool>) {
+    ///
+    /// `handed` brings the attempts an executor of this process claimed for this worker.
+    pub async fn run(
+        self,
+        mut shutdown: Shutdown,
+        mut lost: watch::Receiver<bool>,
+        mut handed: Option<HandedOver>,
+    ) {
         relay_notifications(self.store.url(), QUEUED_CHANNEL, &QUEUED);
         relay_notifications(self.store.url(), CANCEL_CHANNEL, &CANCELLED);
         let worker = Arc::new(self);
@@ -108,13 +119,22 @@ impl Worker {
             if *lost.borrow() || phase == Phase::Abort {
                 let _ = stop.send(true);
             }
+            // Claims handed over before a stop are run like the others: they hold slots.
+            while let Some(claim) = handed.as_mut().and_then(|h| h.claims.try_recv().ok()) {
+                running.spawn(Arc::clone(&worker).attempt(
+                    claim,
+                    stopped.clone(),
+                    lost.clone(),
+                    true,
+                ));
+            }
             if (phase != Phase::Running || *lost.borrow()) && running.is_empty() {
                 return;
             }
-            let free = worker.slots.saturating_sub(running.len());
-            let claiming = phase == Phase::Running && !*lost.borrow() && free > 0;
+            let claiming = phase == Phase::Running && !*lost.borrow() && worker.slots.free() > 0;
             if claiming && maybe_more {
                 last_claim = tokio::time::Instant::now();
+                let free = worker.slots.take(usize::MAX);
                 match worker
                     .store
                     .claim_attempts(&worker.id, &worker.queues, free)
@@ -123,21 +143,26 @@ impl Worker {
                     Ok(claims) => {
                         claim_failures = 0;
                         maybe_more = claims.len() == free;
+                        worker.slots.give_back(free - claims.len());
                         for claim in claims {
                             running.spawn(Arc::clone(&worker).attempt(
                                 claim,
                                 stopped.clone(),
                                 lost.clone(),
+                                false,
                             ));
                         }
                     }
                     Err(e) => {
+                        worker.slots.give_back(free);
                         claim_failures += 1;
                         let wait = CLAIM_RETRY.delay(claim_failures);
                         tracing::warn!(error = %e, ?wait, "cannot claim queued attempts; trying again");
                         tokio::select! {
                             () = tokio::time::sleep(wait) => {}
-                            Some(_) = running.join_next(), if !running.is_empty() => {}
+                            Some(_) = running.join_next(), if !running.is_empty() => {
+                                worker.slots.give_back(1);
+                            }
                             _ = shutdown.changed() => {}
                             () = turned_true(&mut lost), if !*lost.borrow() => {}
                         }
@@ -145,10 +170,15 @@ impl Worker {
                     }
                 }
             }
-            let has_room = claiming && running.len() < worker.slots;
+            let has_room = claiming && worker.slots.free() > 0;
             tokio::select! {
                 () = &mut queued => maybe_more = true,
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                Some(claim) = next_handed(&mut handed) => {
+                    running.spawn(Arc::clone(&worker).attempt(claim, stopped.clone(), lost.clone(), true));
+                }
+                Some(_) = running.join_next(), if !running.is_empty() => {
+                    worker.slots.give_back(1);
+                }
                 _ = shutdown.changed() => {}
                 () = turned_true(&mut lost), if !*lost.borrow() => {}
                 () = tokio::time::sleep_until(last_claim + POLL), if has_room => {}
@@ -156,12 +186,14 @@ impl Worker {
         }
     }
 
-    /// Runs one claimed attempt and reports how it ended.
+    /// Runs one claimed attempt and reports how it ended: straight to the executor of this
+    /// process that `handed` it over when it still waits, else in the database.
     async fn attempt(
         self: Arc<Self>,
         claim: Claim,
         mut stop: watch::Receiver<bool>,
         mut stop_reporting: watch::Receiver<bool>,
+        handed: bool,
     ) {
         let key = &claim.key;
         let started_at = Utc::now();
@@ -196,6 +228,14 @@ impl Worker {
                 (report, path, ended.log_tail)
             }
         };
+        // A handed-over attempt's executor takes the outcome at once, and records it in its
+        // next write; the report below is written all the same, so that the outcome outlives
+        // an executor that fails to record it (it finds the report when it resumes).
+        let delivered = handed && {
+            let mut in_memory = report.clone();
+            in_memory.log_tail = Some(tail.clone());
+            crate::queue::deliver_here(key, in_memory)
+        };
         let text = match serde_json::to_string(&report) {
             Ok(text) => text,
             Err(e) => {
@@ -221,11 +261,13 @@ impl Worker {
             match written {
                 Ok(true) => {
                     // A run of this process waiting for it takes it at once; others read it.
-                    if !crate::queue::deliver_here(key, report) {
+                    if !delivered && !crate::queue::deliver_here(key, report) {
                         REPORTED.notify_waiters();
                     }
                     return;
                 }
+                // Its executor recorded the outcome first.
+                Ok(false) if delivered => return,
                 Ok(false) => {
                     tracing::warn!(run_id = %key.run_id, task_id = %key.task_id, attempt = key.attempt, "this worker's claim was taken back (it was declared lost, or its run cancelled); its report is discarded");
                     return;
@@ -271,6 +313,14 @@ impl Worker {
     }
 }
 
+/// The next claim an executor of this process hands over; never, without one.
+async fn next_handed(handed: &mut Option<HandedOver>) -> Option<Claim> {
+    match handed {
+        Some(handed) => handed.claims.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Returns once the claim `token` of attempt `key` no longer holds: the attempt was ended by
 /// someone else (a cancel of its run), so what runs is stopped. Looks when told to, and
 /// every [`CLAIM_CHECK`].
@@ -296,6 +346,9 @@ async fn claim_ended(store: &Store, key: &AttemptKey, token: i64) {
 pub struct LocalWorker {
     membership: Membership,
     task: tokio::task::JoinHandle<()>,
+    /// For an executor of this process to hand attempts straight to this worker; `None` for
+    /// a process that runs no worker.
+    handoff: Option<Handoff>,
 }
 
 impl LocalWorker {
@@ -315,12 +368,26 @@ impl LocalWorker {
         let worker = Worker::of_config(config, store.clone(), registry, lease.id(), queues)
             .context("cannot find the orch binary to run attempts with")?;
         let lost = membership.lost();
-        let task = if worker.queues.is_empty() {
-            tokio::spawn(async {})
+        let (task, handoff) = if worker.queues.is_empty() {
+            (tokio::spawn(async {}), None)
         } else {
-            tokio::spawn(worker.run(shutdown, lost))
+            let (handoff, handed) =
+                crate::queue::handoff(&worker.id, &worker.queues, worker.slots.clone());
+            (
+                tokio::spawn(worker.run(shutdown, lost, Some(handed))),
+                Some(handoff),
+            )
         };
-        Ok(LocalWorker { membership, task })
+        Ok(LocalWorker {
+            membership,
+            task,
+            handoff,
+        })
+    }
+
+    /// For an executor of this process to hand attempts straight to this worker.
+    pub fn handoff(&self) -> Option<Handoff> {
+        self.handoff.clone()
     }
 
     /// An executor whose attempts only this worker runs, and the worker: how `orch run` and
@@ -333,11 +400,20 @@ impl LocalWorker {
         role: &str,
         shutdown: Shutdown,
     ) -> anyhow::Result<(Executor, LocalWorker)> {
-        let executor =
-            Executor::of_config(config, store.clone(), Arc::clone(&registry)).run_here(lease);
         let queues = vec![private_queue(lease)];
-        let worker =
-            LocalWorker::start(config, store, registry, lease, role, queues, shutdown).await?;
+        let worker = LocalWorker::start(
+            config,
+            store,
+            Arc::clone(&registry),
+            lease,
+            role,
+            queues,
+            shutdown,
+        )
+        .await?;
+        let executor = Executor::of_config(config, store.clone(), registry)
+            .run_here(lease)
+            .with_handoff(worker.handoff());
         Ok((executor, worker))
     }
 

@@ -25,9 +25,9 @@ use crate::dag::{Dag, for_each};
 use crate::logs::{AttemptLog, attempt_log_path};
 use crate::notify::{Event, EventKind, Notifier};
 use crate::process;
-use crate::queue::{Dispatch, QueuedTask, Report};
+use crate::queue::{Dispatch, Handoff, QueuedTask, Report};
 use crate::store::{
-    AttemptEnd, AttemptKey, AttemptState, QueuedAt, RunChange, RunRecord, RunState, Store,
+    AttemptEnd, AttemptKey, AttemptState, Claim, QueuedAt, RunChange, RunRecord, RunState, Store,
     StoreError, TaskState, durably,
 };
 use crate::tasks::{self, Registry, TaskError};
@@ -60,6 +60,8 @@ pub struct Executor {
     pub private_queue: Option<String>,
     /// Where the web UI is, for the links in alerts (`public_url`).
     pub public_url: Option<String>,
+    /// The worker of this process, to hand attempts straight to when it has room.
+    pub handoff: Option<Handoff>,
 }
 
 /// A task's state change, for a caller that shows progress (`orch run`).
@@ -82,7 +84,14 @@ impl Executor {
             logs_dir: config.logs_dir.clone(),
             private_queue: None,
             public_url: config.public_url.clone(),
+            handoff: None,
         }
+    }
+
+    /// This executor, handing attempts straight to the worker of this process while it has
+    /// room ([`Handoff`]).
+    pub fn with_handoff(self, handoff: Option<Handoff>) -> Executor {
+        Executor { handoff, ..self }
     }
 
     /// This executor, queueing every attempt for this process's own worker (see
@@ -164,8 +173,9 @@ struct RunLoop<'a> {
     /// before the loop waits, so that an attempt's end, the states it leads to and the next
     /// attempts are one write.
     pending: Vec<RunChange>,
-    /// Attempts queued by the pending changes, waited for once they are written.
-    to_wait: Vec<(usize, u32)>,
+    /// Attempts queued by the pending changes, waited for once they are written: by slot and
+    /// attempt, with the spec of those claimed for the worker of this process.
+    to_wait: Vec<(usize, u32, Option<String>)>,
 }
 
 /// One task instance of the run: a task of the DAG, or an instance of a mapped task.
@@ -628,6 +638,14 @@ impl<'a> RunLoop<'a> {
                 .map_err(|e| TaskError::permanent(format!("cannot queue the attempt: {e}")))
         });
         let queue = self.exec.private_queue.as_deref().unwrap_or(&task.queue);
+        // The worker of this process takes it at once if it has room, with no claim to write.
+        let handed = match (&queued, &self.exec.handoff) {
+            (Ok(_), Some(handoff)) if handoff.reserve(queue, task.pool.is_some()) => {
+                Some(handoff.worker().to_string())
+            }
+            _ => None,
+        };
+        let spec = handed.as_ref().and(queued.as_ref().ok()).cloned();
         self.pending.push(RunChange::AttemptStarted {
             task_id: task_id.clone(),
             attempt,
@@ -640,12 +658,13 @@ impl<'a> RunLoop<'a> {
                 pool_slots: task.pool_slots,
                 priority: task.priority,
             }),
+            claimed_by: handed,
         });
         self.tries[i] = attempt;
         self.states[i] = TaskState::Running;
         self.emit(i, TaskState::Running, None);
         match queued {
-            Ok(_) => self.to_wait.push((i, attempt)),
+            Ok(_) => self.to_wait.push((i, attempt, spec)),
             Err(error) => self.never_queued(i, attempt, path, &banner, error).await?,
         }
         Ok(())
@@ -655,17 +674,38 @@ impl<'a> RunLoop<'a> {
     async fn flush(&mut self) -> Result<(), StoreError> {
         if !self.pending.is_empty() {
             let changes = std::mem::take(&mut self.pending);
-            durably(|| {
+            let written = durably(|| {
                 self.exec
                     .store
                     .record_run(&self.run.run_id, changes.clone())
             })
-            .await?;
+            .await;
+            if let Err(e) = written {
+                // Nothing was handed over: the slots taken for it are free again.
+                for _ in self.to_wait.drain(..).filter(|w| w.2.is_some()) {
+                    if let Some(handoff) = &self.exec.handoff {
+                        handoff.release();
+                    }
+                }
+                return Err(e);
+            }
         }
-        if !self.to_wait.is_empty() {
+        let waiting = std::mem::take(&mut self.to_wait);
+        if waiting.iter().any(|w| w.2.is_none()) {
             crate::queue::QUEUED.notify_waiters();
-            for (i, attempt) in std::mem::take(&mut self.to_wait) {
-                self.wait_for(i, attempt);
+        }
+        for (i, attempt, handed) in waiting {
+            self.wait_for(i, attempt);
+            if let (Some(spec), Some(handoff)) = (handed, &self.exec.handoff) {
+                handoff.hand_over(Claim {
+                    key: AttemptKey {
+                        run_id: self.run.run_id.clone(),
+                        task_id: self.slots[i].id.clone(),
+                        attempt,
+                    },
+                    token: 1,
+                    spec,
+                });
             }
         }
         Ok(())
@@ -780,6 +820,7 @@ impl<'a> RunLoop<'a> {
                     started_at: Utc::now(),
                     log_path: path.to_string_lossy().into_owned(),
                     queued: None,
+                    claimed_by: None,
                 });
                 self.tries[i] = attempt;
                 return self
@@ -860,12 +901,12 @@ impl<'a> RunLoop<'a> {
             task_id: self.slots[i].id.clone(),
             attempt,
         };
-        let dispatch = self.exec.dispatch.clone();
+        let report = self.exec.dispatch.wait(key);
         let handle = self.in_flight.spawn(async move {
             AttemptDone {
                 task: i,
                 attempt,
-                report: dispatch.wait(key).await,
+                report: report.await,
             }
         });
         self.running.insert(handle.id(), (i, attempt));
@@ -986,6 +1027,7 @@ impl<'a> RunLoop<'a> {
             end: end.clone(),
             task_state: state,
             next_retry_at: next_retry,
+            log_tail: report.log_tail.clone(),
         });
         crate::metrics::attempt_ended(
             &self.dag.id,
@@ -1005,8 +1047,14 @@ impl<'a> RunLoop<'a> {
             _ => None,
         };
         if let Some(kind) = kind {
-            self.alert(kind, Some((i, attempt)), state.as_str(), end.error.clone())
-                .await;
+            self.alert_attempt(
+                kind,
+                (i, attempt),
+                state.as_str(),
+                end.error.clone(),
+                report.log_tail,
+            )
+            .await;
         }
         self.emit(i, state, end.error);
         Ok(())
@@ -1020,6 +1068,30 @@ impl<'a> RunLoop<'a> {
         task: Option<(usize, u32)>,
         state: &str,
         error: Option<String>,
+    ) {
+        self.send_alert(kind, task, state, error, None).await;
+    }
+
+    /// The alerts of an attempt's end, with the end of its log when it came with the report.
+    async fn alert_attempt(
+        &mut self,
+        kind: EventKind,
+        task: (usize, u32),
+        state: &str,
+        error: Option<String>,
+        log_tail: Option<String>,
+    ) {
+        self.send_alert(kind, Some(task), state, error, log_tail)
+            .await;
+    }
+
+    async fn send_alert(
+        &mut self,
+        kind: EventKind,
+        task: Option<(usize, u32)>,
+        state: &str,
+        error: Option<String>,
+        known_tail: Option<String>,
     ) {
         let mut notifiers: Vec<Notifier> = Vec::new();
         match task {
@@ -1038,6 +1110,7 @@ impl<'a> RunLoop<'a> {
         }
         let task_id = task.map(|(i, _)| self.slots[i].id.clone());
         let log_tail = match (&task_id, task) {
+            _ if known_tail.is_some() => known_tail.as_deref().map(alert_tail),
             (Some(task_id), Some((_, attempt))) => {
                 let key = AttemptKey {
                     run_id: self.run.run_id.clone(),

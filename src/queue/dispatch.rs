@@ -58,13 +58,14 @@ impl Dispatch {
         }
     }
 
-    /// Waits for the report of the queued attempt `key`; `None` when the attempt is no longer
-    /// running because another orch process recorded it (this one no longer owns its run).
-    pub async fn wait(&self, key: AttemptKey) -> Option<Report> {
+    /// Waits for the report of the queued attempt `key`, from now on: the report resolves
+    /// to it, or to `None` when the attempt is no longer running because another orch
+    /// process recorded it (this one no longer owns its run).
+    pub fn wait(&self, key: AttemptKey) -> impl Future<Output = Option<Report>> + use<> {
         let (tx, rx) = oneshot::channel();
         lock(self.waiting).insert(key, tx);
         self.submitted.notify_one();
-        rx.await.unwrap_or(None)
+        async move { rx.await.unwrap_or(None) }
     }
 }
 

@@ -13,6 +13,7 @@
 //! poll no more often than that.
 
 mod dispatch;
+mod handoff;
 
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use crate::store::timestamp;
 use crate::tasks::{TaskError, TaskOutput};
 
 pub use dispatch::{Dispatch, deliver_here};
+pub use handoff::{HandedOver, Handoff, Slots, handoff};
 
 /// The queue of tasks and DAGs that name none.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -77,6 +79,10 @@ pub struct Report {
     /// RFC 3339, as the run history writes times.
     pub started_at: String,
     pub ended_at: String,
+    /// The end of the attempt's log, when the report is handed over in memory (a report in
+    /// the database keeps it in a column of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
 }
 
 impl Report {
@@ -91,6 +97,7 @@ impl Report {
             usage,
             started_at: timestamp::format(started_at),
             ended_at: timestamp::format(ended_at),
+            log_tail: None,
         }
     }
 
@@ -107,6 +114,7 @@ impl Report {
             usage: Usage::default(),
             started_at: timestamp::format(started_at),
             ended_at: timestamp::format(Utc::now()),
+            log_tail: None,
         }
     }
 

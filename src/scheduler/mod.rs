@@ -168,7 +168,6 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         }
     }
     let (shutdown, _) = ShutdownHandle::new();
-    let executor = Executor::of_config(&config, store.clone(), Arc::clone(&registry));
     let worker = LocalWorker::start(
         &config,
         &store,
@@ -179,6 +178,8 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         shutdown.subscribe(),
     )
     .await?;
+    let executor = Executor::of_config(&config, store.clone(), Arc::clone(&registry))
+        .with_handoff(worker.handoff());
     let streams = Supervisor::new(stream_process(&config, options.log_format)?);
     let mut scheduler = Scheduler {
         leadership: Leadership::new(store.clone(), lease.id(), config.heartbeat_timeout),

@@ -363,6 +363,7 @@ mod tests {
                     pool_slots: 1,
                     priority: 0,
                 }),
+                claimed_by: None,
             };
             store.record_run("r", vec![started]).await.expect("queue");
         }

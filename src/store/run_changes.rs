@@ -20,6 +20,9 @@ pub enum RunChange {
         started_at: DateTime<Utc>,
         log_path: String,
         queued: Option<QueuedAt>,
+        /// The worker it is handed to, claimed in this write (token 1): the executor's own
+        /// process's ([`crate::queue::Handoff`]).
+        claimed_by: Option<String>,
     },
     /// An attempt ended, and its task instance is now `task_state`.
     AttemptEnded {
@@ -28,6 +31,8 @@ pub enum RunChange {
         end: AttemptEnd,
         task_state: TaskState,
         next_retry_at: Option<DateTime<Utc>>,
+        /// The end of its log, when its report came in memory rather than in this row.
+        log_tail: Option<String>,
     },
     /// A task's retries count from after `attempt` on: a sensor's rescheduled looks use none.
     AttemptBase { task_id: String, attempt: u32 },
@@ -97,6 +102,7 @@ async fn apply(tx: &mut Tx<'_>, run_id: &str, change: RunChange) -> Result<()> {
             started_at,
             log_path,
             queued,
+            claimed_by,
         } => {
             let (pool_slots, priority) = queued
                 .as_ref()
@@ -105,10 +111,11 @@ async fn apply(tx: &mut Tx<'_>, run_id: &str, change: RunChange) -> Result<()> {
                 Some(q) => (Some(q.queue), Some(q.spec), q.pool),
                 None => (None, None, None),
             };
+            let token: i64 = if claimed_by.is_some() { 1 } else { 0 };
             tx.execute(
                 "INSERT INTO task_attempts (run_id, task_id, attempt, state, started_at, log_path, queue,
-                     spec, pool, pool_slots, priority)
-                 VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10)
+                     spec, pool, pool_slots, priority, worker, claim_token)
+                 VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT (run_id, task_id, attempt) DO NOTHING",
                 params![
                     run_id,
@@ -121,6 +128,8 @@ async fn apply(tx: &mut Tx<'_>, run_id: &str, change: RunChange) -> Result<()> {
                     pool,
                     i64::from(pool_slots),
                     i64::from(priority),
+                    claimed_by,
+                    token,
                 ],
             )
             .await?;
@@ -137,11 +146,12 @@ async fn apply(tx: &mut Tx<'_>, run_id: &str, change: RunChange) -> Result<()> {
             end,
             task_state,
             next_retry_at,
+            log_tail,
         } => {
             tx.execute(
                 "UPDATE task_attempts SET state = $1, ended_at = $2, duration_ms = $3, rows = $4, error = $5,
                      metrics = $9, peak_rss_bytes = $10, cpu_ms = $11, started_at = $12,
-                     outputs = $13, spec = NULL, report = NULL
+                     outputs = $13, spec = NULL, report = NULL, log_tail = COALESCE($14, log_tail)
                  WHERE run_id = $6 AND task_id = $7 AND attempt = $8",
                 params![
                     end.state.as_str(),
@@ -157,6 +167,7 @@ async fn apply(tx: &mut Tx<'_>, run_id: &str, change: RunChange) -> Result<()> {
                     end.cpu_ms,
                     timestamp::format(end.started_at),
                     end.outputs,
+                    log_tail,
                 ],
             )
             .await?;
