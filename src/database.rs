@@ -49,19 +49,20 @@ pub async fn connect(
     backend: Backend,
     max_connections: u32,
 ) -> Result<AnyPool, sqlx::Error> {
-    let (options, url) = pool_options(url, backend, max_connections)?;
+    let (options, url) = pool_options(url, backend, max_connections, true)?;
     options.connect(&url).await
 }
 
 /// The same pool, connecting only when first used: for an attempt process, whose task kind
 /// may never touch the database (a `noop`, a shell command), so that it does not pay for a
-/// connection it does not use.
+/// connection it does not use. The database is one a [`connect`] opened already, so its file
+/// is not checked again.
 pub fn connect_lazy(
     url: &str,
     backend: Backend,
     max_connections: u32,
 ) -> Result<AnyPool, sqlx::Error> {
-    let (options, url) = pool_options(url, backend, max_connections)?;
+    let (options, url) = pool_options(url, backend, max_connections, false)?;
     options.connect_lazy(&url)
 }
 
@@ -69,6 +70,7 @@ fn pool_options(
     url: &str,
     backend: Backend,
     max_connections: u32,
+    check_file: bool,
 ) -> Result<(AnyPoolOptions, String), sqlx::Error> {
     sqlx::any::install_default_drivers();
     let options = AnyPoolOptions::new()
@@ -85,7 +87,7 @@ fn pool_options(
         });
     match backend {
         Backend::Sqlite => {
-            if let Some(path) = sqlite_path(url) {
+            if let Some(path) = sqlite_path(url).filter(|_| check_file) {
                 check_sqlite_file(&path)?;
                 if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
                     // A failure surfaces as the connection's own error just below.

@@ -58,7 +58,8 @@ pub(super) async fn run(
     store: &Store,
     abort: impl Future<Output = ()>,
 ) -> Ended {
-    let child = match fork(forks, exe).await {
+    let input = serde_json::to_vec(spec).unwrap_or_default();
+    let child = match fork(forks, exe, input.clone()).await {
         Ok(child) => Ok(child),
         Err(e) => {
             tracing::warn!(error = %e, "the attempt server cannot fork; starting the attempt process anew");
@@ -79,7 +80,6 @@ pub(super) async fn run(
         pid: child.pid,
         reaped: Arc::clone(&child.reaped),
     };
-    let input = serde_json::to_vec(spec).unwrap_or_default();
     if let Some(mut stdin) = child.stdin.take() {
         // A child that already died cannot read it; its status says why.
         let _ = stdin.write_all(&input).await;
@@ -379,12 +379,18 @@ struct Child {
     wait: tokio::task::JoinHandle<std::io::Result<(Status, Usage)>>,
 }
 
-/// Forks the attempt process from the fork server. Its standard error is this process's until
-/// it opens its log and puts the log in its place.
-async fn fork(forks: &ForkServer, exe: &Path) -> std::io::Result<Child> {
+/// Forks the attempt process from the fork server, with `input` on its standard input. Its
+/// standard error is this process's until it opens its log and puts the log in its place.
+async fn fork(forks: &ForkServer, exe: &Path, input: Vec<u8>) -> std::io::Result<Child> {
     let (stdin_theirs, stdin) = fork_server::pipe()?;
     let (stdout, stdout_theirs) = fork_server::pipe()?;
     let stderr_theirs = std::io::stderr().as_fd().try_clone_to_owned()?;
+    // Written while the fork is asked for, so that the spec waits in the pipe for the child.
+    // Ends once written, or when the pipe's other end is gone (the child died, or never was).
+    let mut stdin = pipe::Sender::from_owned_fd(stdin)?;
+    tokio::spawn(async move {
+        let _ = stdin.write_all(&input).await;
+    });
     let forked = forks
         .fork(exe, [stdin_theirs, stdout_theirs, stderr_theirs])
         .await?;
@@ -403,7 +409,7 @@ async fn fork(forks: &ForkServer, exe: &Path) -> std::io::Result<Child> {
     Ok(Child {
         pid: forked.pid,
         reaped,
-        stdin: Some(pipe::Sender::from_owned_fd(stdin)?),
+        stdin: None,
         stdout: Some(pipe::Receiver::from_owned_fd(stdout)?),
         wait,
     })
@@ -560,7 +566,7 @@ pub async fn serve_child() -> std::process::ExitCode {
 
 fn read_spec() -> Result<AttemptSpec, String> {
     use std::io::Read as _;
-    let mut input = Vec::new();
+    let mut input = Vec::with_capacity(16 * 1024);
     std::io::stdin()
         .read_to_end(&mut input)
         .map_err(|e| format!("cannot read the attempt on standard input: {e}"))?;

@@ -8,7 +8,10 @@
 //! child then starts a runtime of its own and runs [`super::serve_child`]. The worker sends
 //! it one byte per attempt with the child's three standard streams attached (`SCM_RIGHTS`)
 //! and reads back fixed-size records: the child's pid once forked, its status and usage once
-//! reaped (the server watches `SIGCHLD` through a signalfd).
+//! reaped (the server watches `SIGCHLD` through a signalfd). The server keeps one child
+//! forked ahead (a spare, its runtime built), so that an attempt starts without waiting for
+//! its fork; the worker writes the attempt's spec into the child's standard input while it
+//! asks, so the child finds it there.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read as _};
@@ -244,6 +247,12 @@ fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
 /// Sends one byte with `fds` attached.
 fn send_fds(socket: &UnixStream, fds: &[OwnedFd; 3]) -> io::Result<()> {
     let raw: [RawFd; 3] = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
+    // SAFETY: the socket and the descriptors are open for as long as the call.
+    unsafe { send_raw_fds(socket.as_raw_fd(), &raw) }
+}
+
+/// Sends one byte with `fds` attached on `socket`.
+unsafe fn send_raw_fds(socket: RawFd, fds: &[RawFd; 3]) -> io::Result<()> {
     let mut byte = [0u8; 1];
     let mut iov = one_byte(&mut byte);
     let mut control = vec![0u8; control_space()];
@@ -253,12 +262,12 @@ fn send_fds(socket: &UnixStream, fds: &[OwnedFd; 3]) -> io::Result<()> {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(&raw) as u32) as _;
-        std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), 3);
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), 3);
     }
     loop {
         // SAFETY: msg points at live buffers.
-        let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        let sent = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) };
         if sent == 1 {
             return Ok(());
         }
@@ -288,6 +297,8 @@ pub fn serve() -> ! {
             );
             std::process::exit(1);
         }
+        // A child forked ahead, so that an attempt does not wait for its fork.
+        let mut spare = fork_spare(signals, &chld);
         loop {
             let mut polled = [
                 libc::pollfd {
@@ -310,20 +321,24 @@ pub fn serve() -> ! {
             if polled[1].revents != 0 {
                 let mut info = [0u8; 128];
                 while libc::read(signals, info.as_mut_ptr().cast(), info.len()) > 0 {}
-                reap();
+                reap(&mut spare);
             }
             if polled[0].revents != 0 {
-                match receive_fds() {
-                    Some(fds) => fork_attempt(fds, signals, &chld),
-                    None => std::process::exit(0),
+                let Some(fds) = receive_fds(0) else {
+                    std::process::exit(0)
+                };
+                match spare.take() {
+                    Some(ready) => hand_to_spare(ready, fds, signals, &chld),
+                    None => fork_attempt(fds, signals, &chld),
                 }
+                spare = fork_spare(signals, &chld);
             }
         }
     }
 }
 
-/// Reports every child that ended.
-unsafe fn reap() {
+/// Reports every child that ended; forgets the spare if it was one of them.
+unsafe fn reap(spare: &mut Option<Spare>) {
     loop {
         let mut status = 0;
         // SAFETY: rusage is plain data that wait4 fills in.
@@ -332,6 +347,15 @@ unsafe fn reap() {
         let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut usage) };
         if pid <= 0 {
             return;
+        }
+        if spare.as_ref().is_some_and(|s| s.pid == pid) {
+            if let Some(gone) = spare.take() {
+                // SAFETY: the socket to the spare that died, ours to close.
+                unsafe {
+                    libc::close(gone.socket);
+                }
+            }
+            continue;
         }
         let millis = |t: libc::timeval| t.tv_sec * 1000 + t.tv_usec / 1000;
         let cpu = millis(usage.ru_utime) + millis(usage.ru_stime);
@@ -368,15 +392,15 @@ fn write_record(kind: u8, pid: i32, status: i32, rss_kib: i64, cpu_ms: i64) {
     }
 }
 
-/// Receives one request: three descriptors; `None` when the worker closed the socket.
-unsafe fn receive_fds() -> Option<[RawFd; 3]> {
+/// Receives one message of three descriptors on `socket`; `None` when its other end closed.
+unsafe fn receive_fds(socket: RawFd) -> Option<[RawFd; 3]> {
     let mut byte = [0u8; 1];
     let mut iov = one_byte(&mut byte);
     let mut control = vec![0u8; control_space()];
     let mut msg = message(&mut iov, &mut control);
     loop {
         // SAFETY: msg points at live buffers.
-        let n = unsafe { libc::recvmsg(0, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let n = unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) };
         if n == 1 {
             break;
         }
@@ -395,6 +419,129 @@ unsafe fn receive_fds() -> Option<[RawFd; 3]> {
         std::ptr::copy_nonoverlapping(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fds.as_mut_ptr(), 3);
         Some(fds)
     }
+}
+
+/// A child forked ahead of its attempt, waiting on `socket` for its standard streams.
+struct Spare {
+    pid: i32,
+    socket: RawFd,
+}
+
+/// Forks a spare: a child in its own process group that, once handed its standard streams,
+/// runs an attempt as [`fork_attempt`]'s children do. `None` when it cannot be had; attempts
+/// are then forked when asked for.
+unsafe fn fork_spare(signals: RawFd, chld: &libc::sigset_t) -> Option<Spare> {
+    let mut pair = [0 as RawFd; 2];
+    // SAFETY: socketpair writes two descriptors into the array.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return None;
+    }
+    let [ours, theirs] = pair;
+    let server = std::process::id() as i32;
+    // SAFETY: this process is single-threaded, so the child may go on running Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: the child's own process state.
+        unsafe {
+            libc::setpgid(0, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != server {
+                libc::_exit(1);
+            }
+            libc::sigprocmask(libc::SIG_UNBLOCK, chld, std::ptr::null_mut());
+            libc::close(signals);
+            libc::close(ours);
+            // The worker's socket is the server's, never an attempt's. Standard input stays
+            // taken (by /dev/null) until the attempt's arrives, so that the runtime's
+            // descriptors, made now, are never the ones its streams replace.
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if null >= 0 {
+                libc::dup2(null, 0);
+                libc::close(null);
+            }
+        }
+        // Everything an attempt needs before its streams: its runtime.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        // SAFETY: receives on this child's own socket.
+        let Some(fds) = (unsafe { receive_fds(theirs) }) else {
+            std::process::exit(0)
+        };
+        // SAFETY: the descriptors just received are this child's.
+        unsafe {
+            libc::close(theirs);
+            for (target, fd) in fds.iter().enumerate() {
+                libc::dup2(*fd, target as RawFd);
+                libc::close(*fd);
+            }
+        }
+        run_child(runtime);
+    }
+    // SAFETY: the child's end, ours to close.
+    unsafe {
+        libc::close(theirs);
+    }
+    if pid < 0 {
+        // SAFETY: our end, unused.
+        unsafe {
+            libc::close(ours);
+        }
+        return None;
+    }
+    // Both sides set the group, so that it exists before the worker may signal it.
+    // SAFETY: setpgid on our own child.
+    unsafe {
+        libc::setpgid(pid, pid);
+    }
+    Some(Spare { pid, socket: ours })
+}
+
+/// Gives the attempt's standard streams `fds` to the spare and reports its pid; forks the
+/// attempt anew when the spare cannot take them.
+unsafe fn hand_to_spare(spare: Spare, fds: [RawFd; 3], signals: RawFd, chld: &libc::sigset_t) {
+    // SAFETY: sends on our socket to the spare; the descriptors are ours until closed.
+    let sent = unsafe { send_raw_fds(spare.socket, &fds) }.is_ok();
+    // SAFETY: our socket to the spare, done with either way.
+    unsafe {
+        libc::close(spare.socket);
+    }
+    if !sent {
+        // SAFETY: a spare that cannot take its streams is of no use; it dies with its socket.
+        unsafe {
+            libc::kill(spare.pid, libc::SIGKILL);
+            fork_attempt(fds, signals, chld);
+        }
+        return;
+    }
+    for fd in fds {
+        // SAFETY: the server's copies; the spare has its own now.
+        unsafe {
+            libc::close(fd);
+        }
+    }
+    write_record(STARTED, spare.pid, 0, 0, 0);
+}
+
+/// Runs the attempt of this forked child on `runtime` and exits: `serve_child` reports and
+/// exits the process itself. One attempt needs one thread: blocking work goes to
+/// `spawn_blocking`, and starting no worker threads is much of what a short attempt costs.
+fn run_child(runtime: io::Result<tokio::runtime::Runtime>) -> ! {
+    match runtime {
+        Ok(runtime) => {
+            runtime.block_on(super::serve_child());
+        }
+        Err(e) => eprintln!("error: cannot start the async runtime: {e}"),
+    }
+    std::process::exit(1)
 }
 
 /// Forks the attempt process with `fds` as its standard streams and reports its pid.
@@ -417,19 +564,11 @@ unsafe fn fork_attempt(fds: [RawFd; 3], signals: RawFd, chld: &libc::sigset_t) {
                 libc::close(*fd);
             }
         }
-        // `serve_child` reports and exits the process itself. One attempt needs one thread:
-        // blocking work goes to `spawn_blocking`, and starting no worker threads is much of
-        // what a short attempt costs.
-        match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => {
-                runtime.block_on(super::serve_child());
-            }
-            Err(e) => eprintln!("error: cannot start the async runtime: {e}"),
-        }
-        std::process::exit(1);
+        run_child(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+        );
     }
     for fd in fds {
         // SAFETY: the parent's copies, sent to it and now the child's.

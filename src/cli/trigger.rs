@@ -84,11 +84,20 @@ pub async fn trigger(config: &Config, args: RunArgs, wait: bool) -> anyhow::Resu
     })
 }
 
-/// Polls the run history until the run ends. A short interval: reads are cheap in WAL mode.
+/// Polls the run history until the run ends: every millisecond for its first second (reads
+/// are cheap in WAL mode, and most runs a person waits on are short), then less and less often.
 async fn wait_for_end(store: &Store, run_id: &str) -> anyhow::Result<RunState> {
-    let mut interval = tokio::time::interval(Duration::from_millis(10));
+    let started = tokio::time::Instant::now();
     loop {
-        interval.tick().await;
+        let waited = started.elapsed();
+        let next = if waited < Duration::from_secs(1) {
+            Duration::from_millis(1)
+        } else if waited < Duration::from_secs(10) {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_millis(100)
+        };
+        tokio::time::sleep(next).await;
         let run = store
             .run(run_id)
             .await?

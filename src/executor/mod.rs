@@ -1218,7 +1218,11 @@ impl<'a> RunLoop<'a> {
                 task_id: attempt.task_id.clone(),
                 attempt: attempt.attempt,
             };
-            durably(|| store.end_attempt(&key, &text)).await?;
+            if durably(|| store.end_attempt(&key, &text)).await? {
+                // Taken here at once: the worker's own report of the attempt it is about to
+                // stop then finds no one waiting, and its claim is void in the database.
+                crate::queue::deliver_here(&key, report);
+            }
         }
         crate::queue::REPORTED.notify_waiters();
         crate::queue::CANCELLED.notify_waiters();

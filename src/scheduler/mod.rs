@@ -478,9 +478,13 @@ impl Scheduler {
         if self.shutdown.phase() != Phase::Running || !self.leadership.is_leader() {
             return Ok(None);
         }
-        let paused = self.paused_dags().await?;
-        // Counts, not rows: a pass under a burst must not read back every run in flight.
-        let unfinished = self.store.unfinished_runs_by_dag().await?;
+        // Counts, not rows: a pass under a burst must not read back every run in flight. The
+        // three reads go out at once.
+        let (paused, unfinished, queued) = tokio::try_join!(
+            self.paused_dags(),
+            self.store.unfinished_runs_by_dag(),
+            self.store.queued_runs(START_PER_PASS)
+        )?;
         self.pending_runs = Some(
             unfinished
                 .values()
@@ -495,9 +499,16 @@ impl Scheduler {
             .into_iter()
             .map(|(dag, count)| (dag, count.running))
             .collect();
+        let before: u32 = active_by_dag.values().sum();
         let next_tick = self
             .create_scheduled_runs(&paused, &mut active_by_dag)
             .await?;
+        // Runs the schedule just created start in this pass too.
+        let queued = if active_by_dag.values().sum::<u32>() > before {
+            self.store.queued_runs(START_PER_PASS).await?
+        } else {
+            queued
+        };
         let now = tokio::time::Instant::now();
         let resume_due = self.resume_after.values().any(|r| r.at <= now);
         if now >= self.next_orphan_look || resume_due {
@@ -505,7 +516,7 @@ impl Scheduler {
             let running = self.readable(self.store.runs_in_state(RunState::Running).await?);
             self.adopt_orphans(&running).await?;
         }
-        let queued = self.readable(self.store.queued_runs(START_PER_PASS).await?);
+        let queued = self.readable(queued);
         self.start_queued(&paused, queued, &mut running_by_dag)
             .await?;
         Ok(next_tick)
