@@ -361,10 +361,10 @@ fn millis(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
 async fn drain(store: &Store) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        let pending = store
-            .unfinished_runs_by_dag()
+        let pending: i64 = store
+            .active_run_counts()
             .await
-            .map(|counts| counts.values().map(|c| c.queued + c.running).sum::<u32>())
+            .map(|counts| counts.iter().map(|(_, _, n)| n).sum())
             .unwrap_or(0);
         if pending == 0 {
             return;

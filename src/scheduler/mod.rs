@@ -480,25 +480,21 @@ impl Scheduler {
         }
         // Counts, not rows: a pass under a burst must not read back every run in flight. The
         // three reads go out at once.
-        let (paused, unfinished, queued) = tokio::try_join!(
+        let (paused, counts, queued) = tokio::try_join!(
             self.paused_dags(),
-            self.store.unfinished_runs_by_dag(),
+            self.store.active_run_counts(),
             self.store.queued_runs(START_PER_PASS)
         )?;
-        self.pending_runs = Some(
-            unfinished
-                .values()
-                .map(|c| u64::from(c.queued) + u64::from(c.running))
-                .sum(),
-        );
-        let mut active_by_dag: HashMap<String, u32> = unfinished
-            .iter()
-            .map(|(dag, count)| (dag.clone(), count.queued + count.running))
-            .collect();
-        let mut running_by_dag: HashMap<String, u32> = unfinished
-            .into_iter()
-            .map(|(dag, count)| (dag, count.running))
-            .collect();
+        let mut active_by_dag: HashMap<String, u32> = HashMap::new();
+        let mut running_by_dag: HashMap<String, u32> = HashMap::new();
+        for (dag, state, count) in counts {
+            let count = u32::try_from(count).unwrap_or(u32::MAX);
+            *active_by_dag.entry(dag.clone()).or_default() += count;
+            if state == RunState::Running {
+                *running_by_dag.entry(dag).or_default() += count;
+            }
+        }
+        self.pending_runs = Some(active_by_dag.values().map(|&n| u64::from(n)).sum());
         let before: u32 = active_by_dag.values().sum();
         let next_tick = self
             .create_scheduled_runs(&paused, &mut active_by_dag)

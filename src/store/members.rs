@@ -72,19 +72,13 @@ impl Store {
     /// Renews process `id`'s heartbeat. `false` when it was declared lost (or its row is
     /// gone): the process must stop, others have taken over its work.
     pub async fn heartbeat(&self, id: &str) -> Result<bool> {
-        let values = params![timestamp::format(Utc::now()), id];
-        self.write(Box::new(move |tx| {
-            Box::pin(async move {
-                let renewed = tx
-                    .execute(
-                        "UPDATE orch_processes SET heartbeat_at = $1 WHERE id = $2 AND lost_at IS NULL",
-                        values,
-                    )
-                    .await?;
-                Ok(renewed == 1)
-            })
-        }))
-        .await
+        let renewed = self
+            .write_one(
+                "UPDATE orch_processes SET heartbeat_at = $1 WHERE id = $2 AND lost_at IS NULL",
+                params![timestamp::format(Utc::now()), id],
+            )
+            .await?;
+        Ok(renewed == 1)
     }
 
     /// Marks process `id` stopped (cleanly, so that others need not wait out its heartbeat),

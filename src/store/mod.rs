@@ -163,19 +163,19 @@ impl OpenedFile {
     }
 }
 
+/// Runs one claim statement takes.
+const RUNS_PER_CLAIM: usize = 500;
+
+/// Task instances one `INSERT` writes: 2 values each, well within both databases' limits on
+/// the values of one statement.
+const INSTANCES_PER_INSERT: usize = 500;
+
 /// A queued run a scheduler takes, with the definition it will run.
 #[derive(Debug, Clone)]
 pub struct RunClaim {
     pub run_id: String,
     pub dag_source: String,
     pub dag_path: String,
-}
-
-/// A DAG's runs not yet finished.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Unfinished {
-    pub queued: u32,
-    pub running: u32,
 }
 
 /// Rows of the run history, and the ones that could not be read, each named: one bad row
@@ -281,6 +281,39 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(gone("deleted")),
             // Cannot tell (permissions, a flaky mount): the next check will.
             Err(_) => Ok(()),
+        }
+    }
+
+    /// Runs one statement that changes rows; returns how many. On SQLite within the
+    /// writer's next batch; on PostgreSQL as it is, a transaction of its own, with no
+    /// `BEGIN` and `COMMIT` to pay for around it.
+    async fn write_one(&self, sql: &'static str, params: Vec<write::Param>) -> Result<u64> {
+        match &self.writer {
+            Writer::Sqlite(_) => {
+                self.write(Box::new(move |tx| {
+                    Box::pin(async move { tx.execute(sql, params).await })
+                }))
+                .await
+            }
+            Writer::Pool(pool) => write::execute_on(pool, &sql.into(), params).await,
+        }
+    }
+
+    /// The same for a statement that returns rows (`RETURNING`), read with `read`.
+    async fn write_one_returning<R: Send + 'static>(
+        &self,
+        sql: write::Sql,
+        params: Vec<write::Param>,
+        read: fn(&dyn write::RowRead) -> Result<R>,
+    ) -> Result<Vec<R>> {
+        match &self.writer {
+            Writer::Sqlite(_) => {
+                self.write(Box::new(move |tx| {
+                    Box::pin(async move { tx.fetch_all(sql, params, read).await })
+                }))
+                .await
+            }
+            Writer::Pool(pool) => write::fetch_on(pool, &sql, params, read).await,
         }
     }
 
@@ -395,13 +428,26 @@ impl Store {
                 if !inserted {
                     return Ok(false);
                 }
-                for (position, task_id) in (0_i64..).zip(task_ids) {
-                    tx.execute(
-                        "INSERT INTO task_instances (run_id, task_id, position, state)
-                         VALUES ($1, $2, $3, $4)",
-                        params![&run_id, task_id, position, task_state],
-                    )
-                    .await?;
+                // Many rows a statement: a round trip each would be most of a trigger's cost on
+                // PostgreSQL.
+                let positions = (0_i64..).zip(task_ids);
+                let rows: Vec<(i64, String)> = positions.collect();
+                for chunk in rows.chunks(INSTANCES_PER_INSERT) {
+                    let mut values = params![&run_id, task_state];
+                    let tuples: Vec<String> = chunk
+                        .iter()
+                        .map(|(position, task_id)| {
+                            values.push(write::Param::from(task_id));
+                            values.push(write::Param::from(*position));
+                            format!("($1, ${}, ${}, $2)", values.len() - 1, values.len())
+                        })
+                        .collect();
+                    // Audited: only `$N` placeholders are spliced in.
+                    let sql = write::Sql::audited(format!(
+                        "INSERT INTO task_instances (run_id, task_id, position, state) VALUES {}",
+                        tuples.join(", ")
+                    ));
+                    tx.execute(sql, values).await?;
                 }
                 if let Some(action) = action {
                     tx.execute(actions::RECORD_ACTION, action).await?;
@@ -451,45 +497,41 @@ impl Store {
         claims: Vec<RunClaim>,
     ) -> Result<std::collections::HashSet<String>> {
         let (owner, now) = (owner.to_string(), timestamp::format(Utc::now()));
+        // One statement per definition (a DAG's runs share it), not one per run.
+        let mut by_definition: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for claim in claims {
+            by_definition
+                .entry((claim.dag_source, claim.dag_path))
+                .or_default()
+                .push(claim.run_id);
+        }
         self.write(Box::new(move |tx| {
             Box::pin(async move {
                 let mut claimed = std::collections::HashSet::new();
-                for claim in claims {
-                    let changed = tx
-                        .execute(
+                for ((source, path), run_ids) in by_definition {
+                    for chunk in run_ids.chunks(RUNS_PER_CLAIM) {
+                        let mut values = params![&owner, &now, &source, &path];
+                        let placeholders: Vec<String> = chunk
+                            .iter()
+                            .map(|run_id| {
+                                values.push(write::Param::from(run_id));
+                                format!("${}", values.len())
+                            })
+                            .collect();
+                        // Audited: only `$N` placeholders are spliced in.
+                        let sql = write::Sql::audited(format!(
                             "UPDATE dag_runs SET state = 'running', owner = $1, started_at = $2, dag_source = $3, dag_path = $4
-                             WHERE run_id = $5 AND state = 'queued'",
-                            params![&owner, &now, claim.dag_source, claim.dag_path, &claim.run_id],
-                        )
-                        .await?;
-                    if changed == 1 {
-                        claimed.insert(claim.run_id);
+                             WHERE state = 'queued' AND run_id IN ({}) RETURNING run_id",
+                            placeholders.join(", ")
+                        ));
+                        let taken = tx.fetch_all(sql, values, |row| row.text(0)).await?;
+                        claimed.extend(taken.into_iter().flatten());
                     }
                 }
                 Ok(claimed)
             })
         }))
         .await
-    }
-
-    /// How many runs of each DAG are queued and running.
-    pub async fn unfinished_runs_by_dag(&self) -> Result<HashMap<String, Unfinished>> {
-        let rows = sqlx::query(
-            "SELECT dag_id, state, COUNT(*) AS n FROM dag_runs
-             WHERE state IN ('queued', 'running') GROUP BY dag_id, state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut counts: HashMap<String, Unfinished> = HashMap::new();
-        for row in &rows {
-            let n = u32::try_from(row.try_get::<i64, _>("n")?).unwrap_or(u32::MAX);
-            let count = counts.entry(row.try_get("dag_id")?).or_default();
-            match row.try_get::<String, _>("state")?.as_str() {
-                "queued" => count.queued = n,
-                _ => count.running = n,
-            }
-        }
-        Ok(counts)
     }
 
     /// The oldest `limit` queued runs, oldest first.

@@ -10,9 +10,14 @@
 use chrono::Utc;
 use sqlx::Row;
 
-use super::write::{Param, Sql, params};
+use super::write::{Param, RowRead, Sql, params};
 use super::{Result, Store, StoreError, count, parse_time, timestamp};
 use crate::database::Backend;
+
+/// A worker's report of its attempt, written only while its claim holds.
+const REPORT: &str = "UPDATE task_attempts SET report = $1, log_path = $2, log_tail = $3
+     WHERE run_id = $4 AND task_id = $5 AND attempt = $6 AND worker = $7
+         AND claim_token = $8 AND report IS NULL AND state = 'running'";
 
 /// The channels PostgreSQL notifications travel on, so that idle workers and executors wait
 /// for them rather than poll.
@@ -158,27 +163,35 @@ impl Store {
         values.extend(queues.iter().map(Param::from));
         // Two workers must not both see the same room in a pool: on PostgreSQL pooled claims
         // take turns; SQLite runs one writer at a time anyway.
-        let take_turns = pooled && self.backend == Backend::Postgres;
-        let rows = self
-            .write(Box::new(move |tx| {
+        type Row = (
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+        );
+        let read: fn(&dyn RowRead) -> Result<Row> = |row| {
+            Ok((
+                row.text(0)?,
+                row.text(1)?,
+                row.int(2)?,
+                row.int(3)?,
+                row.text(4)?,
+            ))
+        };
+        let rows = if pooled && self.backend == Backend::Postgres {
+            self.write(Box::new(move |tx| {
                 Box::pin(async move {
-                    if take_turns {
-                        tx.execute("SELECT pg_advisory_xact_lock(7297400)", Vec::new())
-                            .await?;
-                    }
-                    tx.fetch_all(sql, values, |row| {
-                        Ok((
-                            row.text(0)?,
-                            row.text(1)?,
-                            row.int(2)?,
-                            row.int(3)?,
-                            row.text(4)?,
-                        ))
-                    })
-                    .await
+                    tx.execute("SELECT pg_advisory_xact_lock(7297400)", Vec::new())
+                        .await?;
+                    tx.fetch_all(sql, values, read).await
                 })
             }))
-            .await?;
+            .await?
+        } else {
+            // One statement, a transaction of its own.
+            self.write_one_returning(sql, values, read).await?
+        };
         rows.into_iter()
             .map(|(run_id, task_id, attempt, token, spec)| {
                 let attempt = attempt.unwrap_or_default();
@@ -239,24 +252,21 @@ impl Store {
             worker,
             token,
         ];
-        self.write(Box::new(move |tx| {
-            Box::pin(async move {
-                let written = tx
-                    .execute(
-                        "UPDATE task_attempts SET report = $1, log_path = $2, log_tail = $3
-                         WHERE run_id = $4 AND task_id = $5 AND attempt = $6 AND worker = $7
-                             AND claim_token = $8 AND report IS NULL AND state = 'running'",
-                        values,
-                    )
-                    .await?
-                    == 1;
-                if written {
-                    tx.notify(REPORTED_CHANNEL).await?;
-                }
-                Ok(written)
-            })
-        }))
-        .await
+        match self.backend {
+            Backend::Sqlite => Ok(self.write_one(REPORT, values).await? == 1),
+            // One statement: the report, and the wake-up of executors elsewhere when it
+            // was written.
+            Backend::Postgres => {
+                let sql = Sql::audited(format!(
+                    "WITH written AS ({REPORT} RETURNING 1)
+                     SELECT COUNT(*) FROM (SELECT pg_notify('{REPORTED_CHANNEL}', '') FROM written) n"
+                ));
+                let counts = self
+                    .write_one_returning(sql, values, |row| row.int(0))
+                    .await?;
+                Ok(counts.first().copied().flatten() == Some(1))
+            }
+        }
     }
 
     /// Ends a claimed attempt with `report` on behalf of its lost worker, if the claim is
@@ -274,20 +284,15 @@ impl Store {
             i64::from(key.attempt),
             token
         ];
-        self.write(Box::new(move |tx| {
-            Box::pin(async move {
-                let written = tx
-                    .execute(
-                        "UPDATE task_attempts SET report = $1, claim_token = claim_token + 1
-                         WHERE run_id = $2 AND task_id = $3 AND attempt = $4 AND claim_token = $5
-                             AND report IS NULL AND state = 'running'",
-                        values,
-                    )
-                    .await?;
-                Ok(written == 1)
-            })
-        }))
-        .await
+        let written = self
+            .write_one(
+                "UPDATE task_attempts SET report = $1, claim_token = claim_token + 1
+                 WHERE run_id = $2 AND task_id = $3 AND attempt = $4 AND claim_token = $5
+                     AND report IS NULL AND state = 'running'",
+                values,
+            )
+            .await?;
+        Ok(written == 1)
     }
 
     /// Every queued attempt not yet recorded, with its claim and report; only those

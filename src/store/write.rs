@@ -184,6 +184,22 @@ impl Tx<'_> {
     }
 }
 
+/// Runs one statement on `pool`, a transaction of its own; returns the rows it changed.
+pub(crate) async fn execute_on(pool: &sqlx::AnyPool, sql: &Sql, params: Vec<Param>) -> Result<u64> {
+    Ok(any_query(sql, params).execute(pool).await?.rows_affected())
+}
+
+/// Runs one statement on `pool`, a transaction of its own; reads the rows it returns.
+pub(crate) async fn fetch_on<R>(
+    pool: &sqlx::AnyPool,
+    sql: &Sql,
+    params: Vec<Param>,
+    read: impl Fn(&dyn RowRead) -> Result<R>,
+) -> Result<Vec<R>> {
+    let rows = any_query(sql, params).fetch_all(pool).await?;
+    rows.iter().map(|row| read(row)).collect()
+}
+
 /// What a write does inside its transaction.
 pub(crate) type Work<T> =
     Box<dyn for<'c, 't> FnOnce(&'c mut Tx<'t>) -> BoxFuture<'c, Result<T>> + Send>;
