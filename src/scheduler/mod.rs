@@ -30,7 +30,9 @@ use crate::dag::{Dag, DagBag};
 use crate::executor::{Executor, Phase, ShutdownHandle};
 use crate::lease::{self, Lease, ServeLock};
 use crate::membership;
-use crate::store::{Listed, RunClaim, RunRecord, RunState, RunType, Store, StoreError};
+use crate::store::{
+    AttemptState, Listed, RunClaim, RunRecord, RunState, RunType, Store, StoreError,
+};
 use crate::stream::supervisor::{StreamProcess, Supervisor};
 use crate::tasks::Registry;
 use crate::worker::LocalWorker;
@@ -619,8 +621,33 @@ impl Scheduler {
                 }
                 Err(why) => {
                     tracing::error!(run_id = %run.run_id, dag_id = %run.dag_id, "{why}; marking the run failed");
+                    self.kill_leftovers(&run.run_id).await?;
                     self.store.fail_run(&run.run_id, &why).await?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills what the dead processes of an adopted run left of its attempts' commands on
+    /// this host: an attempt run in its executor's process, or by a worker now gone. A live
+    /// worker's attempts are left to it: it stops them when their claims end.
+    async fn kill_leftovers(&self, run_id: &str) -> Result<(), StoreError> {
+        let attempts = self.store.attempts(run_id).await?;
+        for a in attempts.iter().filter(|a| a.state == AttemptState::Running) {
+            let gone = a
+                .worker
+                .as_deref()
+                .is_none_or(|w| lease::is_on_this_host(w) && !lease::is_alive(w));
+            if !gone {
+                continue;
+            }
+            if let Some((pgid, ticks)) = self
+                .store
+                .attempt_process(run_id, &a.task_id, a.attempt)
+                .await?
+            {
+                crate::process::kill_orphaned_group(pgid, ticks);
             }
         }
         Ok(())

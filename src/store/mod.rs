@@ -589,16 +589,40 @@ impl Store {
         .await
     }
 
-    /// Ends a run as failed with a note saying why, when no task failed to say so.
+    /// Ends a run as failed with a note saying why, when no executor is left to end it (it
+    /// died too often, or its DAG file is gone). What it left unfinished ends with it: its
+    /// attempts still out fail with the note (their workers see their claims gone and stop
+    /// them), the tasks they ran fail, and tasks not started are `upstream_failed`. A failed
+    /// run never shows a task running for ever.
     pub async fn fail_run(&self, run_id: &str, note: &str) -> Result<()> {
-        let values = params![timestamp::format(Utc::now()), note, run_id];
+        let now = timestamp::format(Utc::now());
+        let (run_id, note) = (run_id.to_string(), note.to_string());
         self.write(Box::new(move |tx| {
             Box::pin(async move {
+                let ended = tx
+                    .execute(
+                        "UPDATE task_attempts SET state = 'failed', ended_at = $1, error = $2,
+                             spec = NULL, report = NULL, claim_token = claim_token + 1
+                         WHERE run_id = $3 AND state = 'running'",
+                        params![&now, &note, &run_id],
+                    )
+                    .await?;
                 tx.execute(
-                    "UPDATE dag_runs SET state = 'failed', ended_at = $1, note = $2 WHERE run_id = $3",
-                    values,
+                    "UPDATE task_instances SET next_retry_at = NULL, state = CASE
+                         WHEN state IN ('running', 'queued', 'up_for_retry') THEN 'failed'
+                         ELSE 'upstream_failed' END
+                     WHERE run_id = $1 AND state IN ('scheduled', 'queued', 'running', 'up_for_retry')",
+                    params![&run_id],
                 )
                 .await?;
+                tx.execute(
+                    "UPDATE dag_runs SET state = 'failed', ended_at = $1, note = $2 WHERE run_id = $3",
+                    params![&now, &note, &run_id],
+                )
+                .await?;
+                if ended > 0 {
+                    tx.notify(CANCEL_CHANNEL).await?;
+                }
                 Ok(())
             })
         }))

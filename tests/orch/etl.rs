@@ -536,7 +536,8 @@ fn a_backfill_runs_each_date_once_and_skips_successful_dates_unless_rerun() {
         let run = home.run_json(&run_id);
         assert_eq!(
             run["data_interval_start"],
-            format!("{date}T04:00:00.000000Z")
+            format!("{date}T04:00:00.000000Z"),
+            "{run:#}"
         );
     }
     let counts = warehouse_counts(&warehouse);
@@ -545,18 +546,19 @@ fn a_backfill_runs_each_date_once_and_skips_successful_dates_unless_rerun() {
             &warehouse,
             "SELECT CAST(SUM(trade_count) AS BIGINT) FROM fact_trades"
         )[0],
-        total as i64
+        total as i64,
+        "{stdout}\n{stderr}"
     );
 
-    let (ok, again, _) = backfill(&[]);
-    assert!(ok);
+    let (ok, again, errors) = backfill(&[]);
+    assert!(ok, "{again}\n{errors}");
     assert_eq!(
         again.matches("skipped (already successful)").count(),
         3,
         "{again}"
     );
-    let (ok, rerun, _) = backfill(&["--rerun"]);
-    assert!(ok, "{rerun}");
+    let (ok, rerun, errors) = backfill(&["--rerun"]);
+    assert!(ok, "{rerun}\n{errors}");
     assert!(rerun.contains("3 of 3 dates succeeded"), "{rerun}");
     assert_eq!(
         warehouse_counts(&warehouse),
@@ -568,7 +570,7 @@ fn a_backfill_runs_each_date_once_and_skips_successful_dates_unless_rerun() {
     assert_eq!(
         runs.as_array().map(Vec::len),
         Some(3),
-        "one run per date, rerun in place"
+        "one run per date, rerun in place: {runs:#}"
     );
 }
 

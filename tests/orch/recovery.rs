@@ -91,7 +91,15 @@ tasks:
 
     let _server = home.serve();
     let run = home.wait_for_run(&run_id, Duration::from_secs(30));
-    assert_eq!(run["state"], "failed");
-    assert_eq!(task_state(&run, "work"), "failed");
-    assert_eq!(task_state(&run, "after"), "upstream_failed");
+    assert_eq!(run["state"], "failed", "{run:#}");
+    assert_eq!(task_state(&run, "work"), "failed", "{run:#}");
+    assert_eq!(task_state(&run, "after"), "upstream_failed", "{run:#}");
+    // The orphan was found as such: by the worker's death, not by its executor giving up.
+    let error = run["tasks"][0]["attempts"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("worker lost") || error.contains("orphaned"),
+        "{run:#}"
+    );
 }

@@ -1,9 +1,10 @@
 //! What a user can reach is untrusted: `--conf` values, the environment templates see, the
 //! text saved with a run, and what orch logs.
 
+use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{Home, attempts, last_line, text, wait_for_file};
+use crate::support::{Home, attempts, is_running, last_line, task_state, text, wait_for_file};
 
 fn run(home: &Home, args: &[&str]) -> serde_json::Value {
     let out = home.orch(args);
@@ -130,7 +131,7 @@ fn a_resumed_run_executes_only_a_dag_file_the_server_loaded() {
     let home = Home::new();
     home.write_dag(
         "slow",
-        "tasks: [{id: t, kind: shell, with: {command: 'touch started; sleep 30'}}]\n",
+        "tasks: [{id: t, kind: shell, with: {command: 'touch started; sleep 30.25'}}]\n",
     );
     let mut server = home.serve();
     let run_id = last_line(&home.orch(&["trigger", "slow"]));
@@ -150,6 +151,26 @@ fn a_resumed_run_executes_only_a_dag_file_the_server_loaded() {
         "{run:#}"
     );
     assert!(!home.file("pwned").exists(), "the saved text was executed");
+    // What the run left out ends with it: its task and attempt fail with the note, and the
+    // dead server's command is not left running.
+    assert_eq!(task_state(&run, "t"), "failed", "{run:#}");
+    let attempt = &run["tasks"][0]["attempts"][0];
+    assert_eq!(attempt["state"], "failed", "{run:#}");
+    assert!(
+        attempt["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("differs from")),
+        "{run:#}"
+    );
+    let leftover = Command::new("pgrep")
+        .args(["-f", "sleep 30.25"])
+        .output()
+        .expect("pgrep");
+    let pids = text(&leftover.stdout);
+    assert!(
+        !pids.lines().any(|pid| is_running(pid.trim())),
+        "the dead server's command still runs: {pids}"
+    );
 }
 
 /// A requeued run's retries counted its earlier attempts ("attempt 3 of 2"): a rerun of a
