@@ -1,5 +1,6 @@
 //! Opening the SQL databases orch keeps (the metadata store, the staging store) one way:
-//! sqlx's `Any` driver over SQLite or PostgreSQL, chosen by the URL's scheme.
+//! sqlx's `Any` driver over SQLite or PostgreSQL, chosen by the URL's scheme, and for the
+//! hottest reads a pool of the one driver the URL names ([`TypedPool`]).
 //!
 //! SQLite runs in WAL mode with a busy timeout, so readers in other processes never block the
 //! writer, and its file (and folder) is created when missing. A file that is not an SQLite
@@ -64,6 +65,43 @@ pub fn connect_lazy(
 ) -> Result<AnyPool, sqlx::Error> {
     let (options, url) = pool_options(url, backend, max_connections, false)?;
     options.connect_lazy(&url)
+}
+
+/// A pool of one driver, not `Any`: rows are read where they arrive, with no conversion of
+/// every value into an owned copy. For the reads the web face makes on every page.
+#[derive(Clone, Debug)]
+pub enum TypedPool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// A typed pool of at most `max_connections` to the database `url` names, which a
+/// [`connect`] opened already, connecting when first used: most processes never read a page.
+pub fn connect_typed_lazy(
+    url: &str,
+    backend: Backend,
+    max_connections: u32,
+) -> Result<TypedPool, sqlx::Error> {
+    match backend {
+        Backend::Sqlite => {
+            let options = match sqlite_path(url) {
+                Some(path) => sqlx::sqlite::SqliteConnectOptions::new().filename(path),
+                None => url.parse::<sqlx::sqlite::SqliteConnectOptions>()?,
+            };
+            // The file is in WAL mode already ([`connect`] set it); readers only wait.
+            let options = options.busy_timeout(std::time::Duration::from_secs(30));
+            Ok(TypedPool::Sqlite(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(max_connections)
+                    .connect_lazy_with(options),
+            ))
+        }
+        Backend::Postgres => Ok(TypedPool::Postgres(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(max_connections)
+                .connect_lazy(url)?,
+        )),
+    }
 }
 
 fn pool_options(

@@ -18,6 +18,7 @@ mod members;
 mod model;
 mod queue;
 mod retention;
+mod rows;
 mod run_changes;
 pub mod timestamp;
 mod views;
@@ -27,12 +28,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
-use sqlx::any::AnyRow;
+use serde_json::Value;
 use sqlx::{AnyPool, Row};
 
 use crate::database::{self, Backend};
 use crate::redact;
+use rows::{
+    attempt_from_row, count, listed_runs, parse_time, run_from_row, task_instance_from_row,
+};
 use write::params;
 
 pub use actions::{Actor, CANCEL_CHANNEL, Cancelled, ManualAction};
@@ -106,6 +109,8 @@ pub struct Store {
     writer: Writer,
     /// One connection, opened when first used, for [`Store::ping`].
     health: AnyPool,
+    /// The pages' reads ([`views`]), typed: opened when first used.
+    reads: database::TypedPool,
     backend: Backend,
     /// The URL it was opened with, for attempt processes to open it too. Secret: it may hold
     /// a password.
@@ -249,10 +254,13 @@ impl Store {
             _ => Writer::Pool(pool.clone()),
         };
         let health = database::connect_lazy(url, backend, 1).map_err(|e| open_error(url, e))?;
+        let reads =
+            database::connect_typed_lazy(url, backend, 4).map_err(|e| open_error(url, e))?;
         Ok(Store {
             pool,
             writer,
             health,
+            reads,
             backend,
             url: url.into(),
             file: OpenedFile::of_url(url),
@@ -699,49 +707,16 @@ impl Store {
         .bind(run_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let state: String = row.try_get("state")?;
-                let next: Option<String> = row.try_get("next_retry_at")?;
-                let map_index: Option<i64> = row.try_get("map_index")?;
-                let map_item: Option<String> = row.try_get("map_item")?;
-                Ok(TaskInstanceRecord {
-                    task_id: row.try_get("task_id")?,
-                    state: TaskState::parse(&state).ok_or(StoreError::Corrupt {
-                        what: "task_instances.state",
-                        value: state,
-                    })?,
-                    try_number: count(row, "task_instances.try_number", "try_number")?,
-                    attempt_base: count(row, "task_instances.attempt_base", "attempt_base")?,
-                    next_retry_at: next
-                        .map(|s| parse_time("task_instances.next_retry_at", &s))
-                        .transpose()?,
-                    map_index: map_index
-                        .map(|i| {
-                            u32::try_from(i).map_err(|_| StoreError::Corrupt {
-                                what: "task_instances.map_index",
-                                value: i.to_string(),
-                            })
-                        })
-                        .transpose()?,
-                    map_item: map_item
-                        .map(|text| {
-                            serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
-                                what: "task_instances.map_item",
-                                value: text,
-                            })
-                        })
-                        .transpose()?,
-                })
-            })
-            .collect()
+        rows.iter().map(task_instance_from_row).collect()
     }
 
     /// Every attempt of a run, by task and attempt number.
     pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>> {
-        let rows = sqlx::query(
-            "SELECT * FROM task_attempts WHERE run_id = $1 ORDER BY started_at, attempt",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            rows::attempt_columns!(),
+            " FROM task_attempts WHERE run_id = $1 ORDER BY started_at, attempt"
+        ))
         .bind(run_id)
         .fetch_all(&self.pool)
         .await?;
@@ -1059,42 +1034,6 @@ struct PauseFlag {
     file_paused: Option<bool>,
 }
 
-fn parse_time(what: &'static str, s: &str) -> Result<DateTime<Utc>> {
-    timestamp::parse(s).map_err(|_| StoreError::Corrupt {
-        what,
-        value: s.to_string(),
-    })
-}
-
-/// A small non-negative integer column (attempt numbers).
-fn count(row: &AnyRow, what: &'static str, column: &str) -> Result<u32> {
-    let value: i64 = row.try_get(column)?;
-    u32::try_from(value).map_err(|_| StoreError::Corrupt {
-        what,
-        value: value.to_string(),
-    })
-}
-
-/// Runs from rows, setting aside the ones that do not read.
-fn listed_runs(rows: &[AnyRow]) -> Listed<RunRecord> {
-    let mut listed = Listed {
-        rows: Vec::new(),
-        unreadable: Vec::new(),
-    };
-    for row in rows {
-        match run_from_row(row) {
-            Ok(run) => listed.rows.push(run),
-            Err(error) => listed.unreadable.push(Unreadable {
-                id: row
-                    .try_get::<String, _>("run_id")
-                    .unwrap_or_else(|_| "?".to_string()),
-                error,
-            }),
-        }
-    }
-    listed
-}
-
 /// Sets mapped task `task_id` running: expanded, waiting for its instances.
 async fn mapped_task_running(tx: &mut write::Tx<'_>, run_id: &str, task_id: &str) -> Result<()> {
     tx.execute(
@@ -1104,79 +1043,4 @@ async fn mapped_task_running(tx: &mut write::Tx<'_>, run_id: &str, task_id: &str
     )
     .await?;
     Ok(())
-}
-
-fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
-    let time = |col: &'static str| -> Result<DateTime<Utc>> {
-        parse_time(col, &row.try_get::<String, _>(col)?)
-    };
-    let optional_time = |col: &'static str| -> Result<Option<DateTime<Utc>>> {
-        row.try_get::<Option<String>, _>(col)?
-            .map(|s| parse_time(col, &s))
-            .transpose()
-    };
-    let state: String = row.try_get("state")?;
-    let run_type: String = row.try_get("run_type")?;
-    let conf: String = row.try_get("conf")?;
-    let conf: Map<String, Value> =
-        serde_json::from_str(&conf).map_err(|_| StoreError::Corrupt {
-            what: "dag_runs.conf",
-            value: conf.clone(),
-        })?;
-    Ok(RunRecord {
-        run_id: row.try_get("run_id")?,
-        dag_id: row.try_get("dag_id")?,
-        state: RunState::parse(&state).ok_or(StoreError::Corrupt {
-            what: "dag_runs.state",
-            value: state.clone(),
-        })?,
-        run_type: RunType::parse(&run_type).ok_or(StoreError::Corrupt {
-            what: "dag_runs.run_type",
-            value: run_type.clone(),
-        })?,
-        logical_date: time("logical_date")?,
-        data_interval_start: time("data_interval_start")?,
-        data_interval_end: time("data_interval_end")?,
-        conf,
-        queued_at: time("queued_at")?,
-        started_at: optional_time("started_at")?,
-        ended_at: optional_time("ended_at")?,
-        note: row.try_get("note")?,
-        owner: row.try_get("owner")?,
-        dag_source: row.try_get("dag_source")?,
-        dag_path: row.try_get("dag_path")?,
-        cancel_requested: row.try_get("cancel_requested")?,
-    })
-}
-
-fn attempt_from_row(row: &AnyRow) -> Result<AttemptRecord> {
-    let state: String = row.try_get("state")?;
-    let started: String = row.try_get("started_at")?;
-    let ended: Option<String> = row.try_get("ended_at")?;
-    Ok(AttemptRecord {
-        task_id: row.try_get("task_id")?,
-        attempt: count(row, "task_attempts.attempt", "attempt")?,
-        state: AttemptState::parse(&state).ok_or(StoreError::Corrupt {
-            what: "task_attempts.state",
-            value: state.clone(),
-        })?,
-        started_at: parse_time("task_attempts.started_at", &started)?,
-        ended_at: ended
-            .map(|s| parse_time("task_attempts.ended_at", &s))
-            .transpose()?,
-        duration_ms: row.try_get("duration_ms")?,
-        rows: row.try_get("rows")?,
-        metrics: row
-            .try_get::<Option<String>, _>("metrics")?
-            .and_then(|text| serde_json::from_str(&text).ok()),
-        error: row.try_get("error")?,
-        log_path: row.try_get("log_path")?,
-        peak_rss_bytes: row.try_get("peak_rss_bytes")?,
-        cpu_ms: row.try_get("cpu_ms")?,
-        outputs: row
-            .try_get::<Option<String>, _>("outputs")?
-            .and_then(|text| serde_json::from_str(&text).ok()),
-        queue: row.try_get("queue")?,
-        worker: row.try_get("worker")?,
-    })
 }

@@ -7,17 +7,26 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Row;
 
+use super::rows::{
+    Columns, attempt_columns, attempt_from_row, count, fetch_typed, listed_run, map_of, parse_time,
+    run_from_row, task_state,
+};
 use super::timestamp::serde_format;
-use super::write::params;
+use super::write::{Param, Sql, params};
 use super::{
     AttemptRecord, Backend, Listed, Result, RunRecord, RunState, RunType, Store, StoreError,
-    TaskState, listed_runs, parse_time, timestamp,
+    TaskState, timestamp,
 };
 
-/// The columns of `dag_runs` a listing reads: all but the DAG file's text and path.
-const LISTED_COLUMNS: &str = "run_id, dag_id, run_type, logical_date, data_interval_start,
-    data_interval_end, conf, state, queued_at, started_at, ended_at, note, owner,
-    NULL AS dag_source, NULL AS dag_path, cancel_requested";
+/// The columns of `dag_runs` a listing reads, as a literal for `concat!`: all but the DAG
+/// file's text and path.
+macro_rules! listed_columns {
+    () => {
+        "run_id, dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf,
+         state, queued_at, started_at, ended_at, note, owner, NULL AS dag_source,
+         NULL AS dag_path, cancel_requested"
+    };
+}
 
 /// A run as a square in a list: enough to colour it and link to it.
 #[derive(Debug, Clone, Serialize)]
@@ -123,19 +132,20 @@ impl Store {
                  ORDER BY r.dag_id, r.queued_at DESC, r.run_id DESC"
             }
         };
-        let rows = sqlx::query(sql)
-            .bind(ids)
-            .bind(i64::from(per_dag))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = fetch_typed(
+            &self.reads,
+            &sql.into(),
+            params![ids, i64::from(per_dag)],
+            |row| -> Result<_> { Ok((row.text("dag_id")?, run_summary(row))) },
+        )
+        .await?;
         let mut by_dag: HashMap<String, Vec<RunSummary>> = HashMap::new();
-        for row in &rows {
+        for row in rows {
+            let (dag_id, summary) = row?;
             // A row that does not read is left out of a list of squares; `runs list` names it.
-            let Ok(summary) = run_summary(row) else {
-                continue;
-            };
-            let dag_id: String = row.try_get("dag_id")?;
-            by_dag.entry(dag_id).or_default().push(summary);
+            if let Ok(summary) = summary {
+                by_dag.entry(dag_id).or_default().push(summary);
+            }
         }
         Ok(by_dag)
     }
@@ -185,16 +195,28 @@ impl Store {
             format!("WHERE {}", conditions.join(" AND "))
         };
         let sql = format!(
-            "SELECT {LISTED_COLUMNS} FROM dag_runs {filter_sql} ORDER BY queued_at DESC, run_id DESC LIMIT ${}",
+            "SELECT {} FROM dag_runs {filter_sql} ORDER BY queued_at DESC, run_id DESC LIMIT ${}",
+            listed_columns!(),
             values.len() + 1
         );
+        let mut params: Vec<Param> = values.into_iter().map(Param::from).collect();
+        params.push(Param::from(i64::from(limit)));
         // Audited: `sql` is made of fixed conditions and `$N` placeholders; every value is bound.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for value in values {
-            query = query.bind(value);
+        let read = fetch_typed(&self.reads, &Sql::audited(sql), params, |row| {
+            listed_run(row)
+        })
+        .await?;
+        let mut listed = Listed {
+            rows: Vec::new(),
+            unreadable: Vec::new(),
+        };
+        for run in read {
+            match run {
+                Ok(run) => listed.rows.push(run),
+                Err(bad) => listed.unreadable.push(bad),
+            }
         }
-        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
-        Ok(listed_runs(&rows))
+        Ok(listed)
     }
 
     /// The task instances of `run_ids`, for a grid.
@@ -207,26 +229,19 @@ impl Store {
             "SELECT run_id, task_id, state, try_number FROM task_instances WHERE run_id IN ({})",
             placeholders.join(", ")
         );
+        let params = run_ids.iter().map(Param::from).collect();
         // Audited: `sql` varies only in its count of `$N` placeholders.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for run_id in run_ids {
-            query = query.bind(run_id);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                let state: String = row.try_get("state")?;
-                Ok(TaskCell {
-                    run_id: row.try_get("run_id")?,
-                    task_id: row.try_get("task_id")?,
-                    state: TaskState::parse(&state).ok_or(StoreError::Corrupt {
-                        what: "task_instances.state",
-                        value: state,
-                    })?,
-                    try_number: super::count(row, "task_instances.try_number", "try_number")?,
-                })
+        fetch_typed(&self.reads, &Sql::audited(sql), params, |row| {
+            Ok(TaskCell {
+                run_id: row.text("run_id")?,
+                task_id: row.text("task_id")?,
+                state: task_state(row)?,
+                try_number: count(row, "task_instances.try_number", "try_number")?,
             })
-            .collect()
+        })
+        .await?
+        .into_iter()
+        .collect()
     }
 
     /// The state of `task_id` in the run of `dag_id` just before `logical_date` (scheduled
@@ -258,29 +273,55 @@ impl Store {
 
     /// A run with its tasks and their attempts; `None` when there is no such run.
     pub async fn run_detail(&self, run_id: &str) -> Result<Option<RunDetail>> {
-        // Three reads at once on the pool's connections: a page waits for the slowest only.
-        let (run, attempts, instances) = tokio::try_join!(
-            self.run(run_id),
-            self.attempts(run_id),
-            self.task_instances(run_id)
+        // Three reads at once on the pool's connections, each of only the columns shown: a
+        // page waits for the slowest only.
+        let run_sql: Sql = concat!(
+            "SELECT ",
+            listed_columns!(),
+            " FROM dag_runs WHERE run_id = $1"
+        )
+        .into();
+        let attempts_sql: Sql = concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM task_attempts WHERE run_id = $1 ORDER BY started_at, attempt"
+        )
+        .into();
+        let tasks_sql: Sql = "SELECT task_id, state, map_index, map_item FROM task_instances
+             WHERE run_id = $1 ORDER BY position, COALESCE(map_index, -1)"
+            .into();
+        let (run, attempts, tasks) = tokio::try_join!(
+            fetch_typed(&self.reads, &run_sql, params![run_id], |row| run_from_row(
+                row
+            ),),
+            fetch_typed(&self.reads, &attempts_sql, params![run_id], |row| {
+                attempt_from_row(row)
+            },),
+            fetch_typed(&self.reads, &tasks_sql, params![run_id], |row| {
+                let (map_index, item) = map_of(row)?;
+                Ok(TaskDetail {
+                    task_id: row.text("task_id")?,
+                    state: task_state(row)?,
+                    map_index,
+                    item,
+                    attempts: Vec::new(),
+                })
+            }),
         )?;
-        let Some(run) = run else {
+        let Some(run) = run.into_iter().next().transpose()? else {
             return Ok(None);
         };
-        let tasks = instances
+        let mut attempts = attempts
             .into_iter()
-            .map(|ti| TaskDetail {
-                attempts: attempts
-                    .iter()
-                    .filter(|a| a.task_id == ti.task_id)
-                    .cloned()
-                    .collect(),
-                task_id: ti.task_id,
-                state: ti.state,
-                map_index: ti.map_index,
-                item: ti.map_item,
-            })
-            .collect();
+            .collect::<Result<Vec<AttemptRecord>>>()?;
+        let mut tasks = tasks.into_iter().collect::<Result<Vec<TaskDetail>>>()?;
+        for task in &mut tasks {
+            let (mine, others) = attempts
+                .into_iter()
+                .partition(|a| a.task_id == task.task_id);
+            task.attempts = mine;
+            attempts = others;
+        }
         Ok(Some(RunDetail { run, tasks }))
     }
 
@@ -404,12 +445,11 @@ impl Store {
     }
 }
 
-fn run_summary(row: &sqlx::any::AnyRow) -> Result<RunSummary> {
-    let state: String = row.try_get("state")?;
-    let run_type: String = row.try_get("run_type")?;
-    let logical: String = row.try_get("logical_date")?;
+fn run_summary(row: &dyn Columns) -> Result<RunSummary> {
+    let state = row.text("state")?;
+    let run_type = row.text("run_type")?;
     Ok(RunSummary {
-        run_id: row.try_get("run_id")?,
+        run_id: row.text("run_id")?,
         state: RunState::parse(&state).ok_or(StoreError::Corrupt {
             what: "dag_runs.state",
             value: state.clone(),
@@ -418,6 +458,6 @@ fn run_summary(row: &sqlx::any::AnyRow) -> Result<RunSummary> {
             what: "dag_runs.run_type",
             value: run_type.clone(),
         })?,
-        logical_date: parse_time("dag_runs.logical_date", &logical)?,
+        logical_date: parse_time("dag_runs.logical_date", &row.text("logical_date")?)?,
     })
 }

@@ -30,6 +30,10 @@ impl From<&'static str> for Sql {
 }
 
 impl Sql {
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
     /// A statement built at run time. The caller has audited it: only placeholders, and
     /// names from a fixed list, are spliced in; values are always bound.
     pub(crate) fn audited(text: String) -> Sql {
