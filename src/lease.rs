@@ -108,12 +108,19 @@ fn liveness(id: &str, own_dir: Option<&str>) -> bool {
 /// Says once per lease that it cannot be checked, rather than on every scheduling pass.
 fn warn_once(id: &str, error: &io::Error) {
     static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let mut warned = match WARNED.lock() {
-        Ok(warned) => warned,
-        Err(poisoned) => poisoned.into_inner(),
+    let first = {
+        let mut warned = match WARNED.lock() {
+            Ok(warned) => warned,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let first = !warned.iter().any(|w| w == id);
+        if first {
+            warned.push(id.to_string());
+        }
+        first
     };
-    if !warned.iter().any(|w| w == id) {
-        warned.push(id.to_string());
+    // Logged with the lock released: writing the log may block.
+    if first {
         tracing::warn!(lease = %id, %error, "cannot check a process lease; its runs are left to it, as if it were alive");
     }
 }
