@@ -113,6 +113,8 @@ async fn setup(dir: &Path, isolation: Isolation) -> Bench {
         private_queue: Some("bench".to_string()),
         public_url: None,
         handoff: None,
+        pools: Default::default(),
+        failed_past_ends_run: false,
     };
     let worker = Worker {
         store: store.clone(),

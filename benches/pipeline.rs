@@ -242,6 +242,8 @@ async fn execute(dir: &Path, store: &Store, yaml: &str) -> String {
         private_queue: Some("bench".to_string()),
         public_url: None,
         handoff: None,
+        pools: Default::default(),
+        failed_past_ends_run: false,
     };
     let worker = orch::worker::Worker {
         store: store.clone(),

@@ -19,6 +19,15 @@ pub struct Config {
     pub parallelism: usize,
     /// Runs queued or running, across DAGs, past which new ones are refused for now.
     pub max_pending_runs: usize,
+    /// The most runs one backfill may start (`max_backfill_runs:`,
+    /// `ORCH_MAX_BACKFILL_RUNS`).
+    pub max_backfill_runs: usize,
+    /// How long a web client may take to send a request's headers before its connection is
+    /// closed (`http_header_timeout:`, `ORCH_HTTP_HEADER_TIMEOUT`; 10 s).
+    pub http_header_timeout: std::time::Duration,
+    /// Bytes of memory one `orch query` may use (`query_memory_limit:`,
+    /// `ORCH_QUERY_MEMORY_LIMIT`; half the host's memory).
+    pub query_memory_limit: u64,
     /// Where data tasks read and write.
     pub data: DataPlaces,
     /// How long an orch process may go without a heartbeat before it is lost: its runs
@@ -39,6 +48,10 @@ pub struct Config {
     /// Named slot counts shared by every DAG (`pools:`); a task names one with `pool:`.
     pub pools: std::collections::BTreeMap<String, u32>,
 }
+
+/// The most `retention.days` may say: the timestamps of the run history reach back to year 1
+/// at the earliest, and a cutoff must be one of them.
+pub const MAX_RETENTION_DAYS: u32 = 365_000;
 
 /// `retention:` in orch.yaml: finished runs older than `days`, or beyond the newest
 /// `runs_per_dag` of their DAG, are pruned with their logs.
@@ -251,7 +264,10 @@ struct FileSettings {
     logs_dir: Option<PathBuf>,
     parallelism: Option<usize>,
     max_pending_runs: Option<usize>,
+    max_backfill_runs: Option<usize>,
     heartbeat_timeout: Option<String>,
+    http_header_timeout: Option<String>,
+    query_memory_limit: Option<String>,
     lake_url: Option<String>,
     warehouse_url: Option<String>,
     staging_url: Option<String>,
@@ -324,6 +340,12 @@ impl Config {
             file.max_pending_runs,
             DEFAULT_MAX_PENDING_RUNS,
         )?;
+        let max_backfill_runs = count(
+            "ORCH_MAX_BACKFILL_RUNS",
+            "max_backfill_runs",
+            file.max_backfill_runs,
+            DEFAULT_MAX_BACKFILL_RUNS,
+        )?;
         let heartbeat_timeout = match env("ORCH_HEARTBEAT_TIMEOUT") {
             Some(value) => heartbeat_timeout(&value).map_err(|message| ConfigError::Env {
                 name: "ORCH_HEARTBEAT_TIMEOUT",
@@ -336,6 +358,38 @@ impl Config {
                     message: format!("heartbeat_timeout: {message}"),
                 })?,
                 None => DEFAULT_HEARTBEAT_TIMEOUT,
+            },
+        };
+        let http_header_timeout = match env("ORCH_HTTP_HEADER_TIMEOUT") {
+            Some(value) => header_timeout(&value).map_err(|message| ConfigError::Env {
+                name: "ORCH_HTTP_HEADER_TIMEOUT",
+                value,
+                message,
+            })?,
+            None => match &file.http_header_timeout {
+                Some(value) => header_timeout(value).map_err(|message| ConfigError::File {
+                    path: home.join("orch.yaml"),
+                    message: format!("http_header_timeout: {message}"),
+                })?,
+                None => DEFAULT_HTTP_HEADER_TIMEOUT,
+            },
+        };
+        let query_memory_limit = match env("ORCH_QUERY_MEMORY_LIMIT") {
+            Some(value) => {
+                crate::attempt::parse_size(&value).map_err(|message| ConfigError::Env {
+                    name: "ORCH_QUERY_MEMORY_LIMIT",
+                    value,
+                    message,
+                })?
+            }
+            None => match &file.query_memory_limit {
+                Some(value) => {
+                    crate::attempt::parse_size(value).map_err(|message| ConfigError::File {
+                        path: home.join("orch.yaml"),
+                        message: format!("query_memory_limit: {message}"),
+                    })?
+                }
+                None => default_query_memory_limit(),
             },
         };
         let data = DataPlaces {
@@ -382,6 +436,15 @@ impl Config {
             },
         };
         let api_token = match (env("ORCH_API_TOKEN"), env("ORCH_API_TOKEN_FILE")) {
+            (Some(token), _) if token.trim().is_empty() => {
+                return Err(ConfigError::Env {
+                    name: "ORCH_API_TOKEN",
+                    value: String::new(),
+                    message: "is only whitespace: nobody could sign in with it; unset it to \
+                              serve loopback only"
+                        .to_string(),
+                });
+            }
             (Some(token), _) => Some(Secret(token.trim().to_string())),
             (None, Some(path)) => Some(read_token_file(&resolve(PathBuf::from(&path))).map_err(
                 |message| ConfigError::Env {
@@ -415,6 +478,16 @@ impl Config {
                 "`days` and `runs_per_dag` must be at least 1".to_string(),
             ));
         }
+        if let Some(days) = file.retention.days.filter(|d| *d > MAX_RETENTION_DAYS) {
+            return Err(file_error(
+                "retention",
+                format!(
+                    "`days: {days}` is past the most a run history can reach back, \
+                     {MAX_RETENTION_DAYS} days (about 1,000 years); leave `days` out to keep \
+                     runs of any age"
+                ),
+            ));
+        }
         Ok(Config {
             home,
             database_url,
@@ -422,6 +495,9 @@ impl Config {
             logs_dir,
             parallelism,
             max_pending_runs,
+            max_backfill_runs,
+            http_header_timeout,
+            query_memory_limit,
             data,
             heartbeat_timeout,
             listen,
@@ -442,6 +518,35 @@ impl Config {
 
 const DEFAULT_HEARTBEAT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Ample for any client on any network; a client trickling its headers a line at a time
+/// (slowloris) holds a connection no longer.
+const DEFAULT_HTTP_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Half the host's memory (at least 256 MiB): a query over a large lake has room, and a
+/// runaway one (a cross join) fails with a message instead of taking the host.
+fn default_query_memory_limit() -> u64 {
+    // SAFETY: sysconf reads a system value and has no preconditions.
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let total = u64::try_from(pages)
+        .unwrap_or(0)
+        .saturating_mul(u64::try_from(page_size).unwrap_or(0));
+    (total / 2).max(256 << 20)
+}
+
+/// A header timeout: a duration from 1 s to 10 min.
+fn header_timeout(value: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(d) if (1..=600).contains(&d.as_secs()) => Ok(d),
+        Ok(_) => Err("must be from 1s to 10m".to_string()),
+        Err(e) => Err(format!("not a duration like 10s: {e}")),
+    }
+}
+
 /// A heartbeat timeout: a duration of at least 3 s (heartbeats go every sixth of it).
 fn heartbeat_timeout(value: &str) -> Result<std::time::Duration, String> {
     match humantime::parse_duration(value) {
@@ -451,14 +556,18 @@ fn heartbeat_timeout(value: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-/// Four attempts per CPU, as Kestra's workers take four tasks per core: most attempts wait
-/// (on an API, a database, a sensor's condition) far more than they compute, and a worker
-/// with one slot per CPU sat idle while its attempts waited. Heavy tasks share a pool
-/// (`pools:`) to bound them instead.
 /// Runs queued or running, across DAGs, past which triggers and backfills are refused for
 /// now: some minutes of work at the rates orch sustains, and far less memory than a host has.
 pub const DEFAULT_MAX_PENDING_RUNS: usize = 10_000;
 
+/// The most runs one backfill may start: a week of a 1-minute DAG, 27 years of a daily one.
+/// A range is checked against it before its ticks are listed past it.
+pub const DEFAULT_MAX_BACKFILL_RUNS: usize = 10_000;
+
+/// Four attempts per CPU, as Kestra's workers take four tasks per core: most attempts wait
+/// (on an API, a database, a sensor's condition) far more than they compute, and a worker
+/// with one slot per CPU sat idle while its attempts waited. Heavy tasks share a pool
+/// (`pools:`) to bound them instead.
 fn default_parallelism() -> usize {
     4 * std::thread::available_parallelism().map_or(2, |n| n.get())
 }

@@ -51,8 +51,20 @@ pub async fn connect(
     max_connections: u32,
 ) -> Result<AnyPool, sqlx::Error> {
     let (options, url) = pool_options(url, backend, max_connections, true)?;
+    if backend == Backend::Sqlite {
+        // The pool retries a connection whose set-up fails until its acquire timeout (30 s):
+        // a damaged file would give the same error 14 times over. One connection first says
+        // it at once.
+        let mut first = sqlx::AnyConnection::connect(&url).await?;
+        first.execute(SQLITE_PRAGMAS).await?;
+        first.close().await?;
+    }
     options.connect(&url).await
 }
+
+/// What every SQLite connection sets first.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+    PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;";
 
 /// The same pool, connecting only when first used: for an attempt process, whose task kind
 /// may never touch the database (a `noop`, a shell command), so that it does not pay for a
@@ -134,11 +146,7 @@ fn pool_options(
             }
             let options = options.after_connect(|conn, _| {
                 Box::pin(async move {
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-                         PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
-                    )
-                    .await?;
+                    conn.execute(SQLITE_PRAGMAS).await?;
                     Ok(())
                 })
             });
@@ -159,6 +167,18 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| transient_code(&code)),
+        _ => false,
+    }
+}
+
+/// Whether `error` says the SQLite file is damaged or is not a database at all (SQLite's
+/// `CORRUPT` and `NOTADB`): no retry can help, and every later statement may fail the same way.
+pub fn is_corrupt(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i64>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 11 | 26)),
         _ => false,
     }
 }

@@ -52,9 +52,11 @@ pub async fn prune(
     dry_run: bool,
 ) -> Result<Pruned, StoreError> {
     let policy = RetentionPolicy {
-        before: retention
-            .days
-            .map(|days| Utc::now() - chrono::Duration::days(i64::from(days))),
+        // A cutoff before the earliest time there is (a `days` the configuration did not
+        // check) prunes nothing by age.
+        before: retention.days.and_then(|days| {
+            Utc::now().checked_sub_signed(chrono::Duration::try_days(i64::from(days))?)
+        }),
         runs_per_dag: retention.runs_per_dag,
     };
     let runs = store.runs_to_prune(&policy).await?;

@@ -411,9 +411,12 @@ impl LocalWorker {
             shutdown,
         )
         .await?;
+        // Nobody clears a task while a command waits: a `depends_on_past` task behind a
+        // failed one would wait for ever.
         let executor = Executor::of_config(config, store.clone(), registry)
             .run_here(lease)
-            .with_handoff(worker.handoff());
+            .with_handoff(worker.handoff())
+            .failed_past_ends_run();
         Ok((executor, worker))
     }
 

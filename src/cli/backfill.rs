@@ -73,7 +73,14 @@ pub async fn backfill(
     let dag = find_dag(&bag, dag_id)?;
     let store = Store::open(&config.database_url).await?;
     let lease = Lease::acquire(&config.state_dir()).context("cannot create the process lease")?;
-    let dates = dag.backfill_dates(start, end);
+    let dates = dag
+        .backfill_dates(start, end, config.max_backfill_runs)
+        .map_err(|too_many| {
+            anyhow::anyhow!(
+                "the backfill of `{}` from {start} to {end} would start {too_many}",
+                dag.id
+            )
+        })?;
     if dates.is_empty() {
         anyhow::bail!(
             "DAG `{}` has no schedule tick from {start} to {end}",

@@ -80,12 +80,21 @@ async fn set_paused(
 fn validate(config: &Config, registry: &Registry, files: &[std::path::PathBuf]) -> ExitCode {
     let mut failed = false;
     let mut report = |result: Result<(&Dag, &std::path::Path), String>| match result {
-        Ok((dag, path)) => println!(
-            "ok {} ({}, {} tasks)",
-            path.display(),
-            dag.id,
-            dag.tasks.len()
-        ),
+        Ok((dag, path)) => {
+            let problems = dag.pool_problems(&config.pools);
+            if problems.is_empty() {
+                println!(
+                    "ok {} ({}, {} tasks)",
+                    path.display(),
+                    dag.id,
+                    dag.tasks.len()
+                );
+            }
+            for problem in problems {
+                eprintln!("{problem}");
+                failed = true;
+            }
+        }
         Err(error) => {
             eprintln!("{error}");
             failed = true;

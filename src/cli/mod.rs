@@ -382,6 +382,18 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            let corrupt = e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<crate::store::StoreError>()
+                    .is_some_and(crate::store::StoreError::is_corrupt_file)
+            });
+            if corrupt {
+                eprintln!(
+                    "the metadata database file is corrupt: stop every orch process of this home, \
+                     then restore the file from a backup, or move it (with its -wal and -shm \
+                     files) away to start a new, empty history"
+                );
+            }
             ExitCode::FAILURE
         }
     }
@@ -429,7 +441,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             sql,
             format,
             output,
-        } => query::query(&config, &sql, format, output.as_deref()).await,
+        } => match query::query_under_limit(&config).await? {
+            Some(code) => Ok(code),
+            None => query::query(&config, &sql, format, output.as_deref()).await,
+        },
         Command::Demo { grace } => demo::demo(config, grace, cli.log_format.as_arg()).await,
         Command::Backfill {
             dag_id,

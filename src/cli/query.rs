@@ -24,6 +24,61 @@ pub enum Format {
     Parquet,
 }
 
+/// Set in the environment of the process that runs a query under its memory limit.
+const LIMITED: &str = "ORCH_QUERY_UNDER_LIMIT";
+
+/// Runs the query in a child process of this binary whose private memory is capped at
+/// `query_memory_limit`: an allocation past it ends only the child, and the answer says
+/// which limit it met, instead of an abort and a backtrace (or the host's memory taken).
+/// The child writes the answer itself; the caller is the child when [`LIMITED`] is set.
+pub async fn query_under_limit(config: &Config) -> anyhow::Result<Option<ExitCode>> {
+    use std::os::unix::process::ExitStatusExt;
+    if std::env::var_os(LIMITED).is_some() {
+        return Ok(None);
+    }
+    let limit = config.query_memory_limit;
+    let exe = std::env::current_exe().context("cannot find the orch binary")?;
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .args(std::env::args_os().skip(1))
+        .env(LIMITED, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::piped());
+    let limits = crate::attempt::Limits {
+        memory: Some(limit),
+        cpu_seconds: None,
+    };
+    // SAFETY: the closure only calls setrlimit(2), async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || limits.apply_to_this_process());
+    }
+    // Not `output()`, which would capture the answer too.
+    let out = command
+        .spawn()
+        .context("cannot start the query's process")?
+        .wait_with_output()
+        .await
+        .context("the query's process")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out_of_memory =
+        stderr.contains("memory allocation of") || out.status.signal() == Some(libc::SIGKILL);
+    if out_of_memory {
+        anyhow::bail!(
+            "the query needed more memory than its limit of {} (`query_memory_limit` in \
+             orch.yaml, or ORCH_QUERY_MEMORY_LIMIT): narrow it (a filter on `symbol` or \
+             `date`, fewer columns, no cross join) or raise the limit",
+            crate::attempt::format_size(limit)
+        );
+    }
+    eprint!("{stderr}");
+    Ok(Some(match out.status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    }))
+}
+
 pub async fn query(
     config: &Config,
     sql: &str,

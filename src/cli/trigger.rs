@@ -28,7 +28,7 @@ pub(super) async fn create_manual_run(
     let registry = Registry::builtin();
     let bag = DagBag::load(&config.dags_dir, &registry);
     let dag = find_dag(&bag, &args.dag_id)?;
-    let conf = plan::parse_conf(&args.conf).map_err(|e| anyhow!(e))?;
+    let conf = plan::parse_conf(&args.conf, &dag.param_specs).map_err(|e| anyhow!(e))?;
     let problems = params::check_conf(&dag.param_specs, &conf);
     if !problems.is_empty() {
         anyhow::bail!(

@@ -173,6 +173,28 @@ impl Default for RetryPolicy {
 }
 
 impl Dag {
+    /// What this DAG's tasks ask of orch.yaml's `pools:` (name, slots) that it cannot give:
+    /// a task needing more slots than its pool has could never start. One line per task,
+    /// naming the file and the task.
+    pub fn pool_problems(&self, pools: &std::collections::BTreeMap<String, u32>) -> Vec<String> {
+        self.tasks
+            .iter()
+            .filter_map(|task| {
+                let pool = task.pool.as_deref()?;
+                let slots = *pools.get(pool)?;
+                (task.pool_slots > slots).then(|| {
+                    format!(
+                        "{}: task `{}`: pool_slots {} is more than pool `{pool}` has ({slots} in \
+                         orch.yaml): it could never start",
+                        self.path.display(),
+                        task.id,
+                        task.pool_slots
+                    )
+                })
+            })
+            .collect()
+    }
+
     pub fn task(&self, id: &str) -> Option<&Task> {
         self.tasks.iter().find(|t| t.id == id)
     }
@@ -253,26 +275,48 @@ impl Dag {
     /// every schedule tick in those days, so that each run is the one the scheduler would have
     /// made (the same `ds`, data interval and run row); midnight of each day for a DAG without
     /// a schedule.
-    pub fn backfill_dates(&self, first: NaiveDate, last: NaiveDate) -> Vec<DateTime<Utc>> {
+    ///
+    /// At most `limit` of them: past that, [`TooManyRuns`], found after `limit + 1` ticks
+    /// whatever the range (an every-minute DAG over ten thousand years would list billions).
+    pub fn backfill_dates(
+        &self,
+        first: NaiveDate,
+        last: NaiveDate,
+        limit: usize,
+    ) -> Result<Vec<DateTime<Utc>>, TooManyRuns> {
         let midnight = |day: NaiveDate| {
             day.and_hms_opt(0, 0, 0)
                 .and_then(|t| t.and_local_timezone(self.timezone).earliest())
                 .map(|t| t.with_timezone(&Utc))
         };
+        let bounded = |dates: Vec<DateTime<Utc>>| {
+            if dates.len() > limit {
+                Err(TooManyRuns { limit })
+            } else {
+                Ok(dates)
+            }
+        };
         let days = first.iter_days().take_while(|d| *d <= last);
         let Some(schedule) = &self.schedule else {
-            return days.filter_map(midnight).collect();
+            return bounded(
+                days.filter_map(midnight)
+                    .take(limit.saturating_add(1))
+                    .collect(),
+            );
         };
         let (Some(from), Some(to)) = (midnight(first), last.succ_opt().and_then(midnight)) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let mut dates = Vec::new();
         let mut next = schedule.at_or_after(from, self.timezone);
         while let Some(tick) = next.filter(|t| *t < to) {
             dates.push(tick);
+            if dates.len() > limit {
+                break;
+            }
             next = schedule.next_after(tick, self.timezone);
         }
-        dates
+        bounded(dates)
     }
 
     /// `start_date` as an instant: midnight of that day in the DAG's timezone.
@@ -282,6 +326,23 @@ impl Dag {
             .and_local_timezone(self.timezone)
             .earliest()
             .map(|t| t.with_timezone(&Utc))
+    }
+}
+
+/// A backfill's range holds more schedule ticks than one backfill may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyRuns {
+    pub limit: usize,
+}
+
+impl std::fmt::Display for TooManyRuns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "more than {} runs, the most one backfill may start (`max_backfill_runs` in orch.yaml, \
+             ORCH_MAX_BACKFILL_RUNS): split the range",
+            self.limit
+        )
     }
 }
 

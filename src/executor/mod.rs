@@ -62,6 +62,13 @@ pub struct Executor {
     pub public_url: Option<String>,
     /// The worker of this process, to hand attempts straight to when it has room.
     pub handoff: Option<Handoff>,
+    /// The pools orch.yaml declares and their slots: an attempt needing more slots than its
+    /// pool has could never start, and fails at once instead.
+    pub pools: std::collections::BTreeMap<String, u32>,
+    /// Whether a `depends_on_past` task whose previous run's task failed ends the run, as
+    /// `upstream_failed`, rather than wait for someone to clear that task: `orch backfill`
+    /// has nobody to wait for (Airflow reports such a backfill deadlocked).
+    pub failed_past_ends_run: bool,
 }
 
 /// A task's state change, for a caller that shows progress (`orch run`).
@@ -85,6 +92,17 @@ impl Executor {
             private_queue: None,
             public_url: config.public_url.clone(),
             handoff: None,
+            pools: config.pools.clone(),
+            failed_past_ends_run: false,
+        }
+    }
+
+    /// This executor, ending a run whose `depends_on_past` task follows a failed one
+    /// ([`Executor::failed_past_ends_run`]).
+    pub fn failed_past_ends_run(self) -> Executor {
+        Executor {
+            failed_past_ends_run: true,
+            ..self
         }
     }
 
@@ -169,6 +187,9 @@ struct RunLoop<'a> {
     past: Vec<PastCheck>,
     /// What the run's succeeded tasks published, by task id, for `{{ outputs.TASK.key }}`.
     outputs: Map<String, Value>,
+    /// Why the run ended failed when no attempt of it says so (a `depends_on_past` task
+    /// whose previous run's task failed, under `orch backfill`).
+    note: Option<String>,
     /// Changes to the run's records not written yet: written together by [`RunLoop::flush`]
     /// before the loop waits, so that an attempt's end, the states it leads to and the next
     /// attempts are one write.
@@ -194,6 +215,14 @@ struct Instance {
     parent: usize,
     index: usize,
     item: Value,
+}
+
+/// What the previous run lets a `depends_on_past` task do.
+enum PastVerdict {
+    Go,
+    Wait,
+    /// Never, under [`Executor::failed_past_ends_run`]: the previous run's task failed.
+    Never(String),
 }
 
 /// Where a `depends_on_past` task stands.
@@ -272,6 +301,7 @@ impl<'a> RunLoop<'a> {
             alerts: JoinSet::new(),
             past,
             outputs: Map::new(),
+            note: None,
             pending: Vec::new(),
             to_wait: Vec::new(),
         }
@@ -528,8 +558,15 @@ impl<'a> RunLoop<'a> {
                         self.upstream[i].iter().map(|&u| self.states[u]).collect();
                     match evaluate(self.dag.tasks[self.slots[i].task].trigger_rule, &upstream) {
                         Readiness::Wait => continue,
-                        Readiness::Ready if !self.past_allows(i).await? => continue,
-                        Readiness::Ready => TaskState::Queued,
+                        Readiness::Ready => match self.past_allows(i).await? {
+                            PastVerdict::Go => TaskState::Queued,
+                            PastVerdict::Wait => continue,
+                            PastVerdict::Never(why) => {
+                                tracing::warn!(run_id = %self.run.run_id, "{why}");
+                                self.note.get_or_insert(why);
+                                TaskState::UpstreamFailed
+                            }
+                        },
                         Readiness::Never(state) => state,
                     }
                 }
@@ -559,10 +596,12 @@ impl<'a> RunLoop<'a> {
     /// Whether task `i` may run as far as `depends_on_past` goes: the same task of the DAG's
     /// previous run succeeded or was skipped (or there is none). Looked up again every
     /// [`PAST_LOOK`] while not.
-    async fn past_allows(&mut self, i: usize) -> Result<bool, StoreError> {
+    async fn past_allows(&mut self, i: usize) -> Result<PastVerdict, StoreError> {
         let first_look = match self.past[i] {
-            PastCheck::Clear => return Ok(true),
-            PastCheck::WaitUntil(at) if tokio::time::Instant::now() < at => return Ok(false),
+            PastCheck::Clear => return Ok(PastVerdict::Go),
+            PastCheck::WaitUntil(at) if tokio::time::Instant::now() < at => {
+                return Ok(PastVerdict::Wait);
+            }
             PastCheck::WaitUntil(_) => false,
             PastCheck::Unknown => true,
         };
@@ -577,13 +616,22 @@ impl<'a> RunLoop<'a> {
         };
         if clear {
             self.past[i] = PastCheck::Clear;
-        } else {
-            if first_look {
-                tracing::info!(run_id = %self.run.run_id, task_id = %task_id, previous = ?previous.flatten(), "depends_on_past: waiting for the previous run's task to succeed");
-            }
-            self.past[i] = PastCheck::WaitUntil(tokio::time::Instant::now() + PAST_LOOK);
+            return Ok(PastVerdict::Go);
         }
-        Ok(clear)
+        if let Some(Some(state @ (TaskState::Failed | TaskState::UpstreamFailed))) = previous
+            && self.exec.failed_past_ends_run
+        {
+            return Ok(PastVerdict::Never(format!(
+                "depends_on_past: task `{task_id}` is {state} in the previous run of `{}`, so it \
+                 cannot run in `{}`; mark or clear it there, then run this date again",
+                self.dag.id, self.run.run_id
+            )));
+        }
+        if first_look {
+            tracing::info!(run_id = %self.run.run_id, task_id = %task_id, previous = ?previous.flatten(), "depends_on_past: waiting for the previous run's task to succeed");
+        }
+        self.past[i] = PastCheck::WaitUntil(tokio::time::Instant::now() + PAST_LOOK);
+        Ok(PastVerdict::Wait)
     }
 
     /// Queues the next attempt of task `i` for a worker of its queue, and waits for it.
@@ -623,7 +671,17 @@ impl<'a> RunLoop<'a> {
             }
         };
         let banner = format!("{try_line} of task `{task_id}` ({})", task.kind);
-        let queued = rendered.and_then(|with| {
+        let fits = match task.pool.as_deref().map(|p| (p, self.exec.pools.get(p))) {
+            Some((pool, Some(&slots))) if task.pool_slots > slots => {
+                Err(TaskError::permanent(format!(
+                    "it needs {} slots of pool `{pool}`, which has {slots} (orch.yaml): it could \
+                     never start; lower the task's `pool_slots` or raise the pool",
+                    task.pool_slots
+                )))
+            }
+            _ => Ok(()),
+        };
+        let queued = fits.and(rendered).and_then(|with| {
             let queued = QueuedTask {
                 dag_id: self.dag.id.clone(),
                 kind: task.kind.clone(),
@@ -1250,7 +1308,8 @@ impl<'a> RunLoop<'a> {
         } else {
             RunState::Success
         };
-        self.pending.push(RunChange::RunEnded { state, note: None });
+        let note = if failed { self.note.clone() } else { None };
+        self.pending.push(RunChange::RunEnded { state, note });
         self.flush().await?;
         crate::metrics::run_ended(&self.dag.id, state);
         let kind = if failed {

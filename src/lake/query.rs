@@ -75,6 +75,7 @@ impl LakeSql {
     /// A session for `sql`: only the tables it names are scanned, so a query of raw trades
     /// reads no curated day's manifest.
     pub async fn open(lake: &Lake, sql: &str) -> Result<LakeSql, QueryError> {
+        refuse_file_functions(sql)?;
         let named: Vec<String> = extract_table_identifiers(sql, false, true)
             .map_err(|e| QueryError::Sql(e.to_string()))?;
         let wanted = |table: &str| named.iter().any(|n| n.eq_ignore_ascii_case(table));
@@ -132,6 +133,88 @@ impl LakeSql {
     }
 }
 
+/// Polars SQL's table functions, which read any file the process can (or, on an object-store
+/// lake, any object its credentials can): a query names the lake's tables, never paths.
+const FILE_FUNCTIONS: [&str; 5] = [
+    "read_csv",
+    "read_parquet",
+    "read_ipc",
+    "read_json",
+    "read_ndjson",
+];
+
+/// Refuses `sql` when it calls a table function of [`FILE_FUNCTIONS`], however it is spelled
+/// (any case, quoted): identifiers are read outside string literals and comments.
+fn refuse_file_functions(sql: &str) -> Result<(), QueryError> {
+    let chars: Vec<char> = sql.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let (word, end) = match c {
+            '\'' => {
+                // A string literal; '' is a quote inside it.
+                i += 1;
+                while i < chars.len() {
+                    if chars[i] == '\'' && chars.get(i + 1) == Some(&'\'') {
+                        i += 2;
+                    } else if chars[i] == '\'' {
+                        break;
+                    } else {
+                        i += 1;
+                    }
+                }
+                i += 1;
+                continue;
+            }
+            '-' if chars.get(i + 1) == Some(&'-') => {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            '/' if chars.get(i + 1) == Some(&'*') => {
+                i += 2;
+                while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
+                    i += 1;
+                }
+                i += 2;
+                continue;
+            }
+            '"' | '`' => {
+                let close = chars[i + 1..]
+                    .iter()
+                    .position(|&q| q == c)
+                    .map_or(chars.len(), |p| i + 1 + p);
+                (chars[i + 1..close].iter().collect::<String>(), close + 1)
+            }
+            c if c.is_alphanumeric() || c == '_' => {
+                let end = chars[i..]
+                    .iter()
+                    .position(|&w| !(w.is_alphanumeric() || w == '_'))
+                    .map_or(chars.len(), |p| i + p);
+                (chars[i..end].iter().collect::<String>(), end)
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let called = chars[end.min(chars.len())..]
+            .iter()
+            .find(|w| !w.is_whitespace())
+            == Some(&'(');
+        let word = word.to_ascii_lowercase();
+        if called && FILE_FUNCTIONS.contains(&word.as_str()) {
+            return Err(QueryError::Sql(format!(
+                "`{word}(...)` reads files by path; `orch query` reads the lake's tables by name \
+                 (see `orch query --help`)"
+            )));
+        }
+        i = end;
+    }
+    Ok(())
+}
+
 /// One scan of `files` (paths or object URLs), with the partition columns of their
 /// `key=value` folders; dates parsed, so `WHERE date = '2026-11-22'` prunes.
 fn scan_files(files: Vec<String>, prefix: &str) -> Result<LazyFrame, QueryError> {
@@ -162,4 +245,30 @@ async fn scan_curated(lake: &Lake, prefix: &str) -> Result<Option<LazyFrame>, Qu
         return Ok(None);
     }
     scan_files(parts, prefix).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuse_file_functions;
+
+    #[test]
+    fn file_functions_are_refused_however_spelled_and_only_when_called() {
+        for sql in [
+            "SELECT count(*) FROM read_parquet('/etc/*.parquet')",
+            "select * from READ_CSV ('/etc/passwd')",
+            "SELECT * FROM \"read_parquet\"('x') JOIN fact_trades ON true",
+            "SELECT * FROM binance_trades, read_ipc('/x')",
+            "SELECT * FROM /* a */ read_json('/x') -- b",
+        ] {
+            assert!(refuse_file_functions(sql).is_err(), "{sql}");
+        }
+        for sql in [
+            "SELECT 'read_parquet(x)' AS s FROM binance_trades",
+            "SELECT read_parquet FROM t -- read_csv('/x')",
+            "SELECT count(*) FROM binance_trades WHERE symbol = 'BTCUSDT'",
+            "SELECT 'it''s read_csv(' FROM t",
+        ] {
+            assert!(refuse_file_functions(sql).is_ok(), "{sql}");
+        }
+    }
 }

@@ -159,6 +159,9 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     }
     store.sync_pools(&config.pools).await?;
     for dag in bag.dags() {
+        for problem in dag.pool_problems(&config.pools) {
+            tracing::error!("{problem}; its attempts fail at once");
+        }
         for task in &dag.tasks {
             if let Some(pool) = task
                 .pool
@@ -325,6 +328,8 @@ impl Scheduler {
                 Ok(next) => next,
                 // Two histories would run everything twice: stop.
                 Err(e @ StoreError::FileGone { .. }) => return Err(e.into()),
+                // Every pass would fail the same way, for ever.
+                Err(e) if e.is_corrupt_file() => return Err(e.into()),
                 Err(e) => {
                     // A locked or briefly unavailable database must not kill the scheduler.
                     tracing::error!(error = %e, "scheduling pass failed; retrying");

@@ -3,6 +3,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Map, Value};
 
+use crate::dag::params::{Param, ParamType};
 use crate::dag::{Dag, DataInterval};
 use crate::store::{NewRun, RunType};
 
@@ -75,18 +76,27 @@ pub fn parse_logical_date(dag: &Dag, text: &str) -> Result<DateTime<Utc>, String
         .ok_or_else(|| format!("midnight of {text} does not exist in {}", dag.timezone))
 }
 
-/// Parses `--conf key=value`: the value is JSON when it parses as JSON, else a string.
-pub fn parse_conf(pairs: &[String]) -> Result<Map<String, Value>, String> {
+/// Parses `--conf key=value`.
+///
+/// A value is read as its declared param's type says: text for a `string` or `date` param
+/// (`greeting=123` is the text "123"), the one of an `enum` param's values it spells, and
+/// otherwise JSON when it parses, else text.
+pub fn parse_conf(pairs: &[String], specs: &[Param]) -> Result<Map<String, Value>, String> {
     let mut conf = Map::new();
     for pair in pairs {
-        let (key, value) = pair
+        let (key, text) = pair
             .split_once('=')
             .ok_or_else(|| format!("--conf `{pair}` is not key=value"))?;
         if key.is_empty() {
             return Err(format!("--conf `{pair}` has an empty key"));
         }
-        let value =
-            serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+        let as_text = Value::String(text.to_string());
+        let as_json = serde_json::from_str(text).ok();
+        let value = match specs.iter().find(|p| p.name == key).map(|p| (p.kind, p)) {
+            Some((ParamType::String | ParamType::Date, _)) => as_text,
+            Some((ParamType::Enum, spec)) if spec.values.contains(&as_text) => as_text,
+            _ => as_json.unwrap_or(as_text),
+        };
         conf.insert(key.to_string(), value);
     }
     Ok(conf)
@@ -195,17 +205,43 @@ mod tests {
 
     #[test]
     fn conf_values_parse_as_json_or_stay_strings() {
-        let conf = parse_conf(&[
-            "n=5".into(),
-            "s=hello".into(),
-            "d=2026-11-01".into(),
-            "l=[1,2]".into(),
-        ])
+        let conf = parse_conf(
+            &[
+                "n=5".into(),
+                "s=hello".into(),
+                "d=2026-11-01".into(),
+                "l=[1,2]".into(),
+            ],
+            &[],
+        )
         .expect("conf");
         assert_eq!(
             Value::Object(conf),
             json!({"n": 5, "s": "hello", "d": "2026-11-01", "l": [1, 2]})
         );
-        assert!(parse_conf(&["novalue".into()]).is_err());
+        assert!(parse_conf(&["novalue".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn conf_values_are_read_as_their_declared_param_type() {
+        let d = dag(
+            "params:\n  greeting: {type: string}\n  day: {type: date}\n  n: {type: integer}\n  level: {type: enum, values: [1, \"2\"]}\ntasks: [{id: a, kind: noop}]\n",
+        );
+        let conf = parse_conf(
+            &[
+                "greeting=123".into(),
+                "day=2026-11-01".into(),
+                "n=7".into(),
+                "level=2".into(),
+                "other=true".into(),
+            ],
+            &d.param_specs,
+        )
+        .expect("conf");
+        assert_eq!(
+            Value::Object(conf.clone()),
+            json!({"greeting": "123", "day": "2026-11-01", "n": 7, "level": "2", "other": true})
+        );
+        assert!(crate::dag::params::check_conf(&d.param_specs, &conf).is_empty());
     }
 }

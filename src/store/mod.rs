@@ -77,7 +77,9 @@ pub enum StoreError {
         path: std::path::PathBuf,
         what: &'static str,
     },
-    #[error("{what} {value} is past the last date the run history can hold (9999-12-31)")]
+    #[error(
+        "{what} {value} is outside the dates the run history can hold (years 1 to 9999: 0001-01-01 to 9999-12-31)"
+    )]
     OutOfRange { what: &'static str, value: String },
     #[error("locks need an SQLite database in a file (or PostgreSQL), not `{0}`")]
     NoLockFile(String),
@@ -87,6 +89,22 @@ impl StoreError {
     /// Whether the same statement may well succeed if tried again: a busy or locked SQLite
     /// file, a full disk or an I/O error, a lost or refused connection, a PostgreSQL
     /// failover, serialization failure or deadlock. Not bad SQL or a broken row.
+    /// Whether the SQLite file itself is damaged: nothing will work until it is restored or
+    /// moved away, so a server stops at once rather than retry.
+    pub fn is_corrupt_file(&self) -> bool {
+        match self {
+            StoreError::Sql(error) | StoreError::Open { source: error, .. } => {
+                database::is_corrupt(error)
+            }
+            StoreError::Migrate(
+                sqlx::migrate::MigrateError::Execute(error)
+                | sqlx::migrate::MigrateError::ExecuteMigration(error, _),
+            ) => database::is_corrupt(error),
+            StoreError::Sqlite(failure) => failure.is_corrupt(),
+            _ => false,
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Sql(error) | StoreError::Open { source: error, .. } => {

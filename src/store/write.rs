@@ -287,6 +287,13 @@ impl std::fmt::Display for SqliteFailure {
 }
 
 impl SqliteFailure {
+    /// A damaged file, or one that is not a database ([`crate::database::is_corrupt`]).
+    pub fn is_corrupt(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        self.code
+            .is_some_and(|code| matches!(code.code, DatabaseCorrupt | NotADatabase))
+    }
+
     /// Busy, locked, an I/O error, a full disk, a file that cannot be opened: SQLite's
     /// primary codes a retry may get past.
     pub fn is_transient(&self) -> bool {

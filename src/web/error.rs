@@ -108,3 +108,23 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestP
             .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
     }
 }
+
+/// axum's `Path`, refusing a malformed path parameter (an attempt number that is not one,
+/// bad percent-encoding) with the API's JSON error rather than axum's plain text.
+pub struct ApiPath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S>
+    for ApiPath<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(path)| ApiPath(path))
+            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
+    }
+}

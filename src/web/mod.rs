@@ -120,10 +120,41 @@ pub fn router(state: WebState) -> Router {
         .with_state(state)
 }
 
-/// Serves until the task is aborted.
+/// Serves until the task is aborted. Each connection must send a request's headers within
+/// `header_timeout` (axum's own server sets no limit: a client trickling a header line at a
+/// time held its connection for ever).
 pub async fn serve(listener: tokio::net::TcpListener, state: WebState) {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "the web server stopped");
+    let header_timeout = state.config.http_header_timeout;
+    let app = router(state);
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for connections to close.
+                tracing::warn!(error = %e, "cannot accept a web connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(remote));
+                    tower::ServiceExt::oneshot(app.clone(), request.map(axum::body::Body::new))
+                },
+            );
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = connection.await {
+                tracing::debug!(%remote, error = %e, "web connection ended");
+            }
+        });
     }
 }

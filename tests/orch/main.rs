@@ -9,6 +9,7 @@ mod email;
 mod etl;
 mod exact;
 mod faults;
+mod hostile;
 mod inspect;
 mod isolation;
 mod kinds;

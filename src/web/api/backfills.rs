@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use chrono::{NaiveDate, Utc};
 use serde::Deserialize;
@@ -12,14 +12,13 @@ use serde_json::{Map, Value, json};
 
 use super::super::WebState;
 use super::super::auth::Caller;
-use super::super::error::{ApiError, ApiResult};
+use super::super::error::{ApiError, ApiPath, ApiResult};
 use crate::scheduler::{plan, wake};
 use crate::store::{BackfillRecord, RunType};
 
-/// The most runs one request may create.
-const MAX_RUNS: usize = 10_000;
-
+/// Unknown fields are refused: a misspelled `conf` must not run with no conf at all.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateBody {
     dag_id: String,
     /// First day, `YYYY-MM-DD`, in the DAG's timezone.
@@ -72,19 +71,14 @@ pub async fn create(
     if !problems.is_empty() {
         return Err(invalid(problems.into_iter().collect()));
     }
-    let dates = dag.backfill_dates(start, end);
-    if dates.is_empty() || dates.len() > MAX_RUNS {
-        let why = if dates.is_empty() {
-            format!(
-                "DAG `{}` has no schedule tick from {start} to {end}",
-                dag.id
-            )
-        } else {
-            format!(
-                "{} runs; at most {MAX_RUNS} per request: split the range",
-                dates.len()
-            )
-        };
+    let dates = dag
+        .backfill_dates(start, end, state.config.max_backfill_runs)
+        .map_err(|too_many| invalid(vec![("end".to_string(), too_many.to_string())]))?;
+    if dates.is_empty() {
+        let why = format!(
+            "DAG `{}` has no schedule tick from {start} to {end}",
+            dag.id
+        );
         return Err(invalid(vec![("end".to_string(), why)]));
     }
     crate::manual::admit(&state.store, &dag, state.config.max_pending_runs).await?;
@@ -177,7 +171,10 @@ pub async fn list(State(state): State<WebState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "backfills": out })))
 }
 
-pub async fn one(State(state): State<WebState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn one(
+    State(state): State<WebState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
     let backfill = state
         .store
         .backfills(Some(&id))

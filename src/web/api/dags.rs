@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::WebState;
 use super::super::auth::Caller;
-use super::super::error::{ApiError, ApiQuery, ApiResult};
+use super::super::error::{ApiError, ApiPath, ApiQuery, ApiResult};
 use crate::dag::params::{self, Param};
 use crate::dag::{Dag, LoadError};
 use crate::scheduler::{plan, wake};
@@ -96,7 +96,7 @@ pub async fn list(State(state): State<WebState>) -> ApiResult<Json<Value>> {
 
 pub async fn one(
     State(state): State<WebState>,
-    Path(dag_id): Path<String>,
+    ApiPath(dag_id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let dag = find(&state, &dag_id)?;
     let paused = state.store.is_paused(&dag.id, dag.paused).await?;
@@ -156,7 +156,7 @@ struct GridRun {
 /// Recent runs × tasks, the oldest run first, as Airflow's grid draws them.
 pub async fn grid(
     State(state): State<WebState>,
-    Path(dag_id): Path<String>,
+    ApiPath(dag_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<GridQuery>,
 ) -> ApiResult<Json<Value>> {
     let dag = state.view.borrow().dag(&dag_id).cloned();
@@ -212,7 +212,7 @@ pub async fn grid(
 pub async fn pause(
     state: State<WebState>,
     caller: Extension<Caller>,
-    dag_id: Path<String>,
+    dag_id: ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     set_paused(state, caller, dag_id, true).await
 }
@@ -220,7 +220,7 @@ pub async fn pause(
 pub async fn unpause(
     state: State<WebState>,
     caller: Extension<Caller>,
-    dag_id: Path<String>,
+    dag_id: ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     set_paused(state, caller, dag_id, false).await
 }
@@ -228,7 +228,7 @@ pub async fn unpause(
 async fn set_paused(
     State(state): State<WebState>,
     Extension(Caller(actor)): Extension<Caller>,
-    Path(dag_id): Path<String>,
+    ApiPath(dag_id): ApiPath<String>,
     paused: bool,
 ) -> ApiResult<Json<Value>> {
     let dag = find(&state, &dag_id)?;
@@ -243,7 +243,9 @@ async fn set_paused(
     Ok(Json(json!({ "dag_id": dag.id, "paused": paused })))
 }
 
+/// Unknown fields are refused: a misspelled `conf` must not run with no conf at all.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TriggerBody {
     #[serde(default)]
     conf: Map<String, Value>,
@@ -253,7 +255,7 @@ pub struct TriggerBody {
 pub async fn trigger(
     State(state): State<WebState>,
     Extension(Caller(actor)): Extension<Caller>,
-    Path(dag_id): Path<String>,
+    ApiPath(dag_id): ApiPath<String>,
     body: Result<Json<TriggerBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;

@@ -9,14 +9,14 @@ use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::super::WebState;
-use super::super::error::{ApiError, ApiQuery, ApiResult};
+use super::super::error::{ApiError, ApiPath, ApiQuery, ApiResult};
 use crate::store::{AttemptKey, AttemptRecord, AttemptState};
 
 /// The most one range request returns.
@@ -78,7 +78,7 @@ fn read_range(path: &FsPath, offset: u64, limit: u64) -> std::io::Result<(String
 
 pub async fn range(
     State(state): State<WebState>,
-    Path((run_id, task_id, attempt_no)): Path<(String, String, u32)>,
+    ApiPath((run_id, task_id, attempt_no)): ApiPath<(String, String, u32)>,
     ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> ApiResult<Json<Value>> {
     let key = AttemptKey {
@@ -141,7 +141,7 @@ struct Follow {
 /// outcome.
 pub async fn follow(
     State(state): State<WebState>,
-    Path((run_id, task_id, attempt_no)): Path<(String, String, u32)>,
+    ApiPath((run_id, task_id, attempt_no)): ApiPath<(String, String, u32)>,
     ApiQuery(q): ApiQuery<FollowQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>> {
     let key = AttemptKey {

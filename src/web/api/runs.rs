@@ -2,7 +2,7 @@
 //! actions on it (cancel, clear, mark).
 
 use axum::Json;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::super::WebState;
 use super::super::auth::Caller;
-use super::super::error::{ApiError, ApiQuery, ApiResult};
+use super::super::error::{ApiError, ApiPath, ApiQuery, ApiResult};
 use crate::manual::{self, CancelOutcome};
 use crate::store::{
     ManualAction, RunCursor, RunDetail, RunFilter, RunRecord, RunState, RunType, TaskState,
@@ -141,7 +141,7 @@ struct UnreadableRun {
 /// The run as `orch runs show --json` prints it, with the manual actions taken on it.
 pub async fn one(
     State(state): State<WebState>,
-    Path(run_id): Path<String>,
+    ApiPath(run_id): ApiPath<String>,
 ) -> ApiResult<Json<RunPage>> {
     let (detail, actions) = tokio::try_join!(
         state.store.run_detail(&run_id),
@@ -161,7 +161,7 @@ pub struct RunPage {
 pub async fn cancel(
     State(state): State<WebState>,
     Extension(Caller(actor)): Extension<Caller>,
-    Path(run_id): Path<String>,
+    ApiPath(run_id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let outcome = manual::cancel(&state.store, &state.config.state_dir(), &run_id, &actor).await?;
     let run_state = state.store.run(&run_id).await?.map(|r| r.state);
@@ -186,7 +186,7 @@ pub struct ClearBody {
 pub async fn clear(
     State(state): State<WebState>,
     Extension(Caller(actor)): Extension<Caller>,
-    Path(run_id): Path<String>,
+    ApiPath(run_id): ApiPath<String>,
     body: Option<Json<ClearBody>>,
 ) -> ApiResult<Json<Value>> {
     let body = body.map(|Json(b)| b).unwrap_or_default();
@@ -209,7 +209,9 @@ pub async fn clear(
     ))
 }
 
+/// Unknown fields are refused: a misspelled `conf` must not run with no conf at all.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MarkBody {
     state: String,
 }
@@ -217,7 +219,7 @@ pub struct MarkBody {
 pub async fn mark(
     State(state): State<WebState>,
     Extension(Caller(actor)): Extension<Caller>,
-    Path((run_id, task_id)): Path<(String, String)>,
+    ApiPath((run_id, task_id)): ApiPath<(String, String)>,
     body: Result<Json<MarkBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
