@@ -8,6 +8,7 @@
 //! A process that finds itself declared lost stops at once, since others have taken its work
 //! over; so does one that cannot heartbeat for `lost_after` (it cannot tell whether it has been).
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -27,6 +28,8 @@ pub struct Membership {
     store: Store,
     id: String,
     lost: watch::Receiver<bool>,
+    /// Why it turned lost, for the message it stops with.
+    why_lost: Arc<OnceLock<String>>,
     heartbeat: JoinHandle<()>,
 }
 
@@ -45,11 +48,19 @@ impl Membership {
             .register_process(&id, role, &lease::host_name(), queues)
             .await?;
         let (tx, lost) = watch::channel(false);
-        let heartbeat = tokio::spawn(beat(store.clone(), id.clone(), lost_after, tx));
+        let why_lost = Arc::new(OnceLock::new());
+        let heartbeat = tokio::spawn(beat(
+            store.clone(),
+            id.clone(),
+            lost_after,
+            tx,
+            Arc::clone(&why_lost),
+        ));
         Ok(Membership {
             store: store.clone(),
             id,
             lost,
+            why_lost,
             heartbeat,
         })
     }
@@ -58,6 +69,15 @@ impl Membership {
     /// `lost_after`: it must stop working at once.
     pub fn lost(&self) -> watch::Receiver<bool> {
         self.lost.clone()
+    }
+
+    /// Why [`Membership::lost`] turned `true`: declared lost by another process, or unable
+    /// to write its heartbeat (with the database's error: a full disk says so).
+    pub fn why_lost(&self) -> String {
+        self.why_lost
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "this process was declared lost".to_string())
     }
 
     /// Marks this process stopped, so that others take its unfinished runs at once.
@@ -83,7 +103,13 @@ impl Drop for Membership {
     }
 }
 
-async fn beat(store: Store, id: String, lost_after: Duration, lost: watch::Sender<bool>) {
+async fn beat(
+    store: Store,
+    id: String,
+    lost_after: Duration,
+    lost: watch::Sender<bool>,
+    why_lost: Arc<OnceLock<String>>,
+) {
     let mut last_beat = Instant::now();
     let mut ticks = tokio::time::interval(heartbeat_interval(lost_after));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -92,12 +118,23 @@ async fn beat(store: Store, id: String, lost_after: Duration, lost: watch::Sende
         match store.heartbeat(&id).await {
             Ok(true) => last_beat = Instant::now(),
             Ok(false) => {
-                tracing::error!(process = %id, "this process was declared lost by another (no heartbeat for {}); stopping its work, which others have taken over", humantime::format_duration(lost_after));
+                let why = format!(
+                    "this process was declared lost by another orch process (no heartbeat for {})",
+                    humantime::format_duration(lost_after)
+                );
+                tracing::error!(process = %id, "{why}; stopping its work, which others have taken over");
+                let _ = why_lost.set(why);
                 let _ = lost.send(true);
                 return;
             }
             Err(e) if last_beat.elapsed() >= lost_after => {
-                tracing::error!(process = %id, error = %e, "no heartbeat could be written for {}: other processes may have taken this one's work over; stopping it", humantime::format_duration(lost_after));
+                let why = format!(
+                    "this process could not write its heartbeat for {} ({e}), so other \
+                     processes may have taken its work over",
+                    humantime::format_duration(lost_after)
+                );
+                tracing::error!(process = %id, "{why}; stopping it");
+                let _ = why_lost.set(why);
                 let _ = lost.send(true);
                 return;
             }

@@ -425,6 +425,11 @@ impl LocalWorker {
         self.membership.lost()
     }
 
+    /// Why it was lost ([`Membership::why_lost`]).
+    pub fn why_lost(&self) -> String {
+        self.membership.why_lost()
+    }
+
     /// Waits for the worker to stop (after the shutdown it watches moved on) and marks this
     /// process stopped.
     pub async fn stop(self) {

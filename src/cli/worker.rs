@@ -42,11 +42,9 @@ pub async fn worker(
         () = crate::membership::turned_true(&mut lost) => true,
     };
     if declared_lost {
+        let why = worker.why_lost();
         worker.stop().await;
-        anyhow::bail!(
-            "this worker was declared lost by another orch process (no heartbeat for {}); its attempts are retried elsewhere",
-            humantime::format_duration(config.heartbeat_timeout)
-        );
+        anyhow::bail!("{why}; this worker's attempts are retried elsewhere");
     }
     tracing::info!(grace = %humantime::format_duration(grace), "stopping: running attempts may finish");
     shutdown.set(Phase::Draining);

@@ -223,7 +223,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     let mut lost = worker.lost();
     let outcome = tokio::select! {
         outcome = scheduler.run(&wake, &state_dir) => outcome,
-        () = membership::turned_true(&mut lost) => Err(anyhow::anyhow!("this server was declared lost by another orch process; it stops so that no work runs twice")),
+        () = membership::turned_true(&mut lost) => Err(anyhow::anyhow!("{}; this server stops so that no work runs twice", worker.why_lost())),
     };
     // Everything stops by the end of the grace, however much is queued or running: what has
     // not ended by then stays `running` for the next scheduler to resume.

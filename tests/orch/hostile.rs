@@ -599,3 +599,32 @@ fn orch_query_stays_within_its_memory_limit() {
         "{err}"
     );
 }
+
+/// A server that cannot write its heartbeat (here a lock held on its database file; a full
+/// disk alike) stops with the database's own error, not saying that another orch process
+/// declared it lost when none exists.
+#[test]
+fn a_server_that_cannot_heartbeat_stops_saying_why() {
+    let home = Home::new();
+    home.write_dag("plain", "tasks: [{id: a, kind: noop}]\n");
+    let mut command = home.command(&["serve", "--listen", "off"]);
+    command.env("ORCH_HEARTBEAT_TIMEOUT", "3s");
+    let mut server = crate::support::Server::spawn(command, "orch serve started");
+    let holder = rusqlite::Connection::open(home.file("orch.db")).expect("open orch.db");
+    holder
+        .execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+    // Writes wait out SQLite's busy timeout (30 s) before they fail.
+    assert!(
+        !server.wait_exit(Duration::from_secs(90)),
+        "{:#?}",
+        server.log
+    );
+    let log = server.log.join("\n");
+    assert!(
+        log.contains("could not write its heartbeat") && log.contains("locked"),
+        "{log}"
+    );
+    assert!(!log.contains("declared lost by another"), "{log}");
+    drop(holder);
+}
