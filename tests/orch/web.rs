@@ -79,6 +79,10 @@ pub fn request(
 ) -> Answer {
     let mut stream =
         std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    // A server that stops answering fails the test instead of hanging it.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("read timeout");
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -91,7 +95,9 @@ pub fn request(
     }
     write!(stream, "{head}\r\n{body}").expect("send");
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).expect("read");
+    stream
+        .read_to_end(&mut answer)
+        .unwrap_or_else(|e| panic!("no whole answer to {method} {path} from {addr}: {e}"));
     let answer = String::from_utf8_lossy(&answer).into_owned();
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
     let status = head
