@@ -35,6 +35,8 @@ struct DateResult {
     run_id: String,
     outcome: Outcome,
     seconds: f64,
+    /// For a failed run: which task failed and why, or the run's note.
+    why: Option<String>,
 }
 
 /// A backfill of more runs than this asks first, or needs `--yes`.
@@ -128,11 +130,21 @@ pub async fn backfill(
                     Ok(done) => done,
                     Err(e) => (String::new(), Outcome::Error(format!("{e:#}"))),
                 };
+                let failed = matches!(
+                    outcome,
+                    Outcome::Done(RunState::Failed) | Outcome::RanElsewhere(RunState::Failed)
+                );
+                let why = if failed {
+                    why_failed(&store, &run_id).await
+                } else {
+                    None
+                };
                 DateResult {
                     date: logical_date,
                     run_id,
                     outcome,
                     seconds: started.elapsed().as_secs_f64(),
+                    why,
                 }
             }
         }))
@@ -264,6 +276,24 @@ async fn backfill_date(
     Ok((run_id, Outcome::Done(state)))
 }
 
+/// Why run `run_id` failed, in a line: its last failed attempt's task and error, else its
+/// note.
+async fn why_failed(store: &Store, run_id: &str) -> Option<String> {
+    let attempts = store.attempts(run_id).await.ok()?;
+    let failed = attempts
+        .iter()
+        .rev()
+        .find(|a| a.state == crate::store::AttemptState::Failed);
+    match failed {
+        Some(attempt) => Some(format!(
+            "{}: {}",
+            attempt.task_id,
+            attempt.error.as_deref().unwrap_or("failed")
+        )),
+        None => store.run(run_id).await.ok()??.note,
+    }
+}
+
 /// A bar redrawn in place on a terminal; a plain line per finished date otherwise.
 struct Progress {
     total: usize,
@@ -291,8 +321,13 @@ impl Progress {
         if self.tty {
             self.draw();
         } else {
+            let why = result
+                .why
+                .as_deref()
+                .map(|why| format!(": {}", why.lines().next().unwrap_or_default()))
+                .unwrap_or_default();
             eprintln!(
-                "[{}/{}] {} {word} ({:.1} s)",
+                "[{}/{}] {} {word} ({:.1} s){why}",
                 self.done,
                 self.total,
                 logical(result.date),
