@@ -65,6 +65,21 @@ impl Columns for sqlx::postgres::PgRow {
     }
 }
 
+/// A query on a typed driver: `sql` with `params` bound.
+macro_rules! typed_query {
+    ($sql:expr, $params:expr) => {{
+        // Audited: `Sql` holds only fixed text or text its builder vouched for.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe($sql.as_str()));
+        for param in $params {
+            query = match param {
+                Param::Int(value) => query.bind(value),
+                Param::Text(value) => query.bind(value),
+            };
+        }
+        query
+    }};
+}
+
 /// Runs `sql` with `params` on a typed pool and decodes each row with `decode`.
 pub(crate) async fn fetch_typed<T>(
     pool: &TypedPool,
@@ -72,33 +87,74 @@ pub(crate) async fn fetch_typed<T>(
     params: Vec<Param>,
     decode: impl Fn(&dyn Columns) -> T,
 ) -> Result<Vec<T>> {
-    macro_rules! bound {
-        () => {{
-            // Audited: `Sql` holds only fixed text or text its builder vouched for.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for param in params {
-                query = match param {
-                    Param::Int(value) => query.bind(value),
-                    Param::Text(value) => query.bind(value),
-                };
-            }
-            query
-        }};
-    }
     Ok(match pool {
-        TypedPool::Sqlite(pool) => bound!()
+        TypedPool::Sqlite(pool) => typed_query!(sql, params)
             .fetch_all(pool)
             .await?
             .iter()
             .map(|row| decode(row))
             .collect(),
-        TypedPool::Postgres(pool) => bound!()
+        TypedPool::Postgres(pool) => typed_query!(sql, params)
             .fetch_all(pool)
             .await?
             .iter()
             .map(|row| decode(row))
             .collect(),
     })
+}
+
+/// Reads that all see the database as of one moment, for a record read in several queries:
+/// a run and its tasks read apart, while its end commits, show a run ended whose task is
+/// still running.
+pub(crate) enum Snapshot {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl Snapshot {
+    /// A read transaction: on SQLite its first read fixes what the others see (WAL); on
+    /// PostgreSQL `REPEATABLE READ` does, where the default gives each statement its own.
+    pub(crate) async fn begin(pool: &TypedPool) -> Result<Snapshot> {
+        Ok(match pool {
+            TypedPool::Sqlite(pool) => Snapshot::Sqlite(pool.begin().await?),
+            TypedPool::Postgres(pool) => Snapshot::Postgres(
+                pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?,
+            ),
+        })
+    }
+
+    /// Runs `sql` with `params` in the snapshot and decodes each row with `decode`.
+    pub(crate) async fn fetch<T>(
+        &mut self,
+        sql: &Sql,
+        params: Vec<Param>,
+        decode: impl Fn(&dyn Columns) -> T,
+    ) -> Result<Vec<T>> {
+        Ok(match self {
+            Snapshot::Sqlite(tx) => typed_query!(sql, params)
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|row| decode(row))
+                .collect(),
+            Snapshot::Postgres(tx) => typed_query!(sql, params)
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|row| decode(row))
+                .collect(),
+        })
+    }
+
+    /// Ends the read transaction, handing its connection back clean.
+    pub(crate) async fn end(self) -> Result<()> {
+        match self {
+            Snapshot::Sqlite(tx) => tx.rollback().await?,
+            Snapshot::Postgres(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
 }
 
 pub(super) fn parse_time(what: &'static str, s: &str) -> Result<DateTime<Utc>> {
@@ -260,4 +316,80 @@ pub(super) fn task_instance_from_row<R: Columns + ?Sized>(row: &R) -> Result<Tas
         map_index,
         map_item,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewRun, RunChange, Store};
+
+    /// What a run's page reads in several queries agrees with itself while the run ends:
+    /// a write committed between two reads of a snapshot is seen by neither.
+    #[tokio::test]
+    async fn a_snapshot_does_not_see_a_write_committed_between_its_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("orch.db").display());
+        let store = Store::open(&url).await.expect("store");
+        let run = NewRun {
+            run_id: "r".to_string(),
+            dag_id: "d".to_string(),
+            run_type: RunType::Manual,
+            logical_date: Utc::now(),
+            data_interval_start: Utc::now(),
+            data_interval_end: Utc::now(),
+            conf: Default::default(),
+            queued_at: Utc::now(),
+        };
+        store
+            .insert_run(&run, &["work".to_string()])
+            .await
+            .expect("run");
+        let run_state: Sql = "SELECT state FROM dag_runs WHERE run_id = 'r'".into();
+        let task_state: Sql = "SELECT state FROM task_instances WHERE run_id = 'r'".into();
+
+        let mut snapshot = Snapshot::begin(&store.reads).await.expect("begin");
+        let before = snapshot
+            .fetch(&run_state, Vec::new(), |row| row.text("state"))
+            .await
+            .expect("read");
+        store
+            .record_run(
+                "r",
+                vec![
+                    RunChange::TaskStates(vec![("work".to_string(), TaskState::Failed)]),
+                    RunChange::RunEnded {
+                        state: RunState::Failed,
+                        note: None,
+                    },
+                ],
+            )
+            .await
+            .expect("end the run");
+        let task = snapshot
+            .fetch(&task_state, Vec::new(), |row| row.text("state"))
+            .await
+            .expect("read");
+        snapshot.end().await.expect("end");
+        assert_eq!(
+            before
+                .into_iter()
+                .next()
+                .transpose()
+                .expect("state")
+                .as_deref(),
+            Some("queued")
+        );
+        assert_eq!(
+            task.into_iter()
+                .next()
+                .transpose()
+                .expect("state")
+                .as_deref(),
+            Some("scheduled")
+        );
+
+        let detail = store.run_detail("r").await.expect("detail").expect("run");
+        assert_eq!(detail.run.state, RunState::Failed);
+        assert_eq!(detail.tasks[0].state, TaskState::Failed);
+    }
 }

@@ -8,8 +8,8 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::rows::{
-    Columns, attempt_columns, attempt_from_row, count, fetch_typed, listed_run, map_of, parse_time,
-    run_from_row, task_state,
+    Columns, Snapshot, attempt_columns, attempt_from_row, count, fetch_typed, listed_run, map_of,
+    parse_time, run_from_row, task_state,
 };
 use super::timestamp::serde_format;
 use super::write::{Param, Sql, params};
@@ -273,8 +273,7 @@ impl Store {
 
     /// A run with its tasks and their attempts; `None` when there is no such run.
     pub async fn run_detail(&self, run_id: &str) -> Result<Option<RunDetail>> {
-        // Three reads at once on the pool's connections, each of only the columns shown: a
-        // page waits for the slowest only.
+        // Three reads, each of only the columns shown.
         let run_sql: Sql = concat!(
             "SELECT ",
             listed_columns!(),
@@ -290,14 +289,13 @@ impl Store {
         let tasks_sql: Sql = "SELECT task_id, state, map_index, map_item FROM task_instances
              WHERE run_id = $1 ORDER BY position, COALESCE(map_index, -1)"
             .into();
-        let (run, attempts, tasks) = tokio::try_join!(
-            fetch_typed(&self.reads, &run_sql, params![run_id], |row| run_from_row(
-                row
-            ),),
-            fetch_typed(&self.reads, &attempts_sql, params![run_id], |row| {
-                attempt_from_row(row)
-            },),
-            fetch_typed(&self.reads, &tasks_sql, params![run_id], |row| {
+        // One snapshot: read apart, the run could show its end and its tasks not yet theirs.
+        let mut snapshot = Snapshot::begin(&self.reads).await?;
+        let run = snapshot
+            .fetch(&run_sql, params![run_id], |row| run_from_row(row))
+            .await?;
+        let tasks = snapshot
+            .fetch(&tasks_sql, params![run_id], |row| {
                 let (map_index, item) = map_of(row)?;
                 Ok(TaskDetail {
                     task_id: row.text("task_id")?,
@@ -306,8 +304,12 @@ impl Store {
                     item,
                     attempts: Vec::new(),
                 })
-            }),
-        )?;
+            })
+            .await?;
+        let attempts = snapshot
+            .fetch(&attempts_sql, params![run_id], |row| attempt_from_row(row))
+            .await?;
+        snapshot.end().await?;
         let Some(run) = run.into_iter().next().transpose()? else {
             return Ok(None);
         };
