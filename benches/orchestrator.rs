@@ -8,6 +8,9 @@
 //!   over 1,000 items with `for_each:` (the same work, expanded at run time);
 //! - the wall time from `orch trigger --wait` to the run's success for a 3-task chain through a
 //!   running `orch serve`, and the same span as the run history records it;
+//!
+//! The chains and fan-outs fork a process for every `noop` attempt, as for every other kind
+//! (orch's own `noop` runs no code and skips the process): they measure isolation's cost.
 //! - the resident memory of an idle `orch serve`.
 //!
 //! Prints a Markdown table for docs/benchmarks.md.
@@ -24,7 +27,7 @@ use orch::lease::Lease;
 use orch::queue::Dispatch;
 use orch::scheduler::plan;
 use orch::store::{RunState, Store};
-use orch::tasks::Registry;
+use orch::tasks::{BoxFuture, Registry, TaskContext, TaskError, TaskKind, TaskOutput};
 use orch::worker::Worker;
 
 const REPEATS: usize = 7;
@@ -103,7 +106,7 @@ async fn setup(dir: &Path, isolation: Isolation) -> Bench {
     let store = Store::open(&url).await.expect("store");
     // `orch serve`'s default: four slots per CPU.
     let parallelism = 4 * std::thread::available_parallelism().map_or(2, |n| n.get());
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(noop_in_its_own_process());
     let lease = Lease::acquire(dir).expect("lease");
     let executor = Executor {
         store: store.clone(),
@@ -177,6 +180,35 @@ async fn execute_once(store: &Store, executor: &Executor, dag: &Arc<Dag>) -> (St
 
 fn dag(yaml: &str) -> Arc<Dag> {
     Arc::new(load_str(Path::new("bench.yaml"), yaml, &Registry::builtin()).expect("bench DAG"))
+}
+
+/// The built-in kinds, but `noop` forks a process for each attempt as the other kinds do
+/// (orch's own `noop` needs none, and skips it): the measures are of isolation's cost. The
+/// child process runs the built-in `noop`.
+fn noop_in_its_own_process() -> Registry {
+    struct Forked(Arc<dyn TaskKind>);
+    impl TaskKind for Forked {
+        fn name(&self) -> &'static str {
+            self.0.name()
+        }
+        fn check(&self, with: &serde_json::Value) -> Result<(), String> {
+            self.0.check(with)
+        }
+        fn needs_process(&self) -> bool {
+            true
+        }
+        fn run<'a>(
+            &'a self,
+            with: serde_json::Value,
+            ctx: &'a TaskContext,
+        ) -> BoxFuture<'a, Result<TaskOutput, TaskError>> {
+            self.0.run(with, ctx)
+        }
+    }
+    let mut registry = Registry::builtin();
+    let noop = Arc::clone(registry.get("noop").expect("noop is built in"));
+    registry.register(Arc::new(Forked(noop)));
+    registry
 }
 
 /// Each attempt in a child process of the orch binary, as the commands run them.

@@ -22,7 +22,7 @@ use crate::lease::Lease;
 use crate::logs::attempt_log_path;
 use crate::membership::{Membership, turned_true};
 use crate::queue::{
-    CANCELLED, HandedOver, Handoff, POLL, QUEUED, QueuedTask, REPORTED, Report, Slots,
+    CANCELLED, HandedOver, Handoff, LOOK_GAP, POLL, QUEUED, QueuedTask, REPORTED, Report, Slots,
     relay_notifications,
 };
 use crate::store::{
@@ -107,7 +107,9 @@ impl Worker {
         // Whether the queue may hold attempts for us: false after a claim came back short,
         // true again on a wake-up or after a poll interval. Saves a write per attempt.
         let mut maybe_more = true;
-        let mut last_claim = tokio::time::Instant::now();
+        let mut last_claim = tokio::time::Instant::now()
+            .checked_sub(POLL)
+            .unwrap_or_else(tokio::time::Instant::now);
         loop {
             if last_claim.elapsed() >= POLL {
                 maybe_more = true;
@@ -132,7 +134,8 @@ impl Worker {
                 return;
             }
             let claiming = phase == Phase::Running && !*lost.borrow() && worker.slots.free() > 0;
-            if claiming && maybe_more {
+            let claim_at = last_claim + LOOK_GAP;
+            if claiming && maybe_more && tokio::time::Instant::now() >= claim_at {
                 last_claim = tokio::time::Instant::now();
                 let free = worker.slots.take(usize::MAX);
                 match worker
@@ -182,6 +185,8 @@ impl Worker {
                 _ = shutdown.changed() => {}
                 () = turned_true(&mut lost), if !*lost.borrow() => {}
                 () = tokio::time::sleep_until(last_claim + POLL), if has_room => {}
+                // A claim put off to keep the gap between looks.
+                () = tokio::time::sleep_until(claim_at), if has_room && maybe_more => {}
             }
         }
     }

@@ -110,8 +110,9 @@ pub struct Ended {
 /// and fails as [`INTERRUPTED`].
 ///
 /// In a child process the child writes its log itself, so that the worker touches no file
-/// for an attempt that ends normally; in this process the log's files are opened off the
-/// runtime's threads.
+/// for an attempt that ends normally; in this process (always for a kind that needs no
+/// process of its own, see [`crate::tasks::TaskKind::needs_process`]) the log's files are
+/// opened off the runtime's threads.
 pub async fn run(
     spec: AttemptSpec,
     isolation: &Isolation,
@@ -119,9 +120,14 @@ pub async fn run(
     store: &Store,
     abort: impl Future<Output = ()>,
 ) -> Ended {
+    let needs_process = registry
+        .get(&spec.kind)
+        .is_none_or(|kind| kind.needs_process());
     match isolation {
-        Isolation::ChildProcess { exe, forks } => child::run(exe, forks, &spec, store, abort).await,
-        Isolation::InProcess => {
+        Isolation::ChildProcess { exe, forks } if needs_process => {
+            child::run(exe, forks, &spec, store, abort).await
+        }
+        _ => {
             let (path, banner) = (spec.log_path.clone(), spec.banner.clone());
             let opened = blocking(move || {
                 let log = AttemptLog::create(path)?;

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{POLL, REPORTED, Report};
+use super::{LOOK_GAP, POLL, REPORTED, Report};
 use crate::membership::{self, heartbeat_interval};
 use crate::store::{AttemptKey, CANCEL_CHANNEL, QueuedAttempt, REPORTED_CHANNEL, Store};
 
@@ -97,7 +97,12 @@ async fn watch(
 ) {
     let mut next_check = Instant::now();
     let mut unserved = HashSet::new();
+    let mut last_read: Option<Instant> = None;
     loop {
+        // Wake-ups missed while waiting out the gap are covered: the read comes after them.
+        if let Some(at) = last_read {
+            tokio::time::sleep_until(at + LOOK_GAP).await;
+        }
         let reported = REPORTED.notified();
         let newly = submitted.notified();
         tokio::pin!(reported, newly);
@@ -118,6 +123,7 @@ async fn watch(
             } else {
                 Vec::new()
             };
+            last_read = Some(Instant::now());
             match store.queued_attempts(!check_workers).await {
                 Ok(rows) => {
                     if check_workers {

@@ -46,6 +46,12 @@ pub fn is_queue_name(name: &str) -> bool {
 /// How long a process waits before looking at the queue again without a wake-up.
 pub const POLL: Duration = Duration::from_secs(1);
 
+/// The least time between two looks at the queue by one loop (a worker's claims, an
+/// executor's reads of reports). A look after a quiet spell goes at once; under load, the
+/// wake-ups of one gap share one statement, instead of each paying its own round trip (and
+/// every worker its own, since a notification wakes them all).
+pub const LOOK_GAP: Duration = Duration::from_millis(5);
+
 /// Notified when an attempt is queued (in this process, or relayed from PostgreSQL).
 pub static QUEUED: Notify = Notify::const_new();
 /// Notified when a worker reported an attempt.

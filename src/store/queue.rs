@@ -89,11 +89,16 @@ impl Store {
         if queues.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let mut claims = self.claim(worker, queues, limit, false).await?;
-        // A read first: most claims find no pooled attempt waiting, and must not pay a write.
-        if claims.len() < limit && self.pooled_waiting(queues).await? {
+        let (mut claims, pooled_waiting) = self.claim(worker, queues, limit, false).await?;
+        // Most claims find no pooled attempt waiting, and must not pay a write for one. The
+        // claim on PostgreSQL says whether one waits; on SQLite a read does.
+        let pooled_waiting = match pooled_waiting {
+            Some(waiting) => waiting,
+            None => claims.len() < limit && self.pooled_waiting(queues).await?,
+        };
+        if pooled_waiting {
             while claims.len() < limit {
-                let pooled = self.claim(worker, queues, 1, true).await?;
+                let (pooled, _) = self.claim(worker, queues, 1, true).await?;
                 if pooled.is_empty() {
                     break;
                 }
@@ -120,15 +125,18 @@ impl Store {
     }
 
     /// One claim statement: of attempts outside any pool (up to `limit`), or of one pooled
-    /// attempt whose pool has room. Pools not in `pools` have no limit.
+    /// attempt whose pool has room. Pools not in `pools` have no limit. On PostgreSQL a claim
+    /// outside pools also says whether a pooled attempt of `queues` waits (in the same
+    /// statement: a round trip fewer per claim); elsewhere that is `None`, unknown.
     async fn claim(
         &self,
         worker: &str,
         queues: &[String],
         limit: usize,
         pooled: bool,
-    ) -> Result<Vec<Claim>> {
+    ) -> Result<(Vec<Claim>, Option<bool>)> {
         let placeholders: Vec<String> = (0..queues.len()).map(|i| format!("${}", i + 4)).collect();
+        let queue_list = placeholders.join(", ");
         let skip_locked = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -143,16 +151,30 @@ impl Store {
             "AND a.pool IS NULL"
         };
         // The queue names are bound, never spliced: only their count shapes the statement.
-        let sql = format!(
+        let update = format!(
             "UPDATE task_attempts SET worker = $1, claim_token = claim_token + 1, started_at = $2
              WHERE (run_id, task_id, attempt) IN (
                  SELECT a.run_id, a.task_id, a.attempt FROM task_attempts a
                  WHERE a.state = 'running' AND a.worker IS NULL AND a.report IS NULL
-                     AND a.spec IS NOT NULL AND a.queue IN ({}) {pool_rule}
+                     AND a.spec IS NOT NULL AND a.queue IN ({queue_list}) {pool_rule}
                  ORDER BY a.priority DESC, a.started_at LIMIT $3 {skip_locked})
-             RETURNING run_id, task_id, attempt, claim_token, spec",
-            placeholders.join(", ")
+             RETURNING run_id, task_id, attempt, claim_token, spec"
         );
+        let tells_pooled = !pooled && self.backend == Backend::Postgres;
+        let sql = if tells_pooled {
+            // A row of nulls after the claimed ones says a pooled attempt waits.
+            format!(
+                "WITH claimed AS ({update})
+                 SELECT run_id, task_id, attempt, claim_token, spec FROM claimed
+                 UNION ALL
+                 SELECT NULL, NULL, NULL, NULL, NULL WHERE EXISTS (
+                     SELECT 1 FROM task_attempts
+                     WHERE state = 'running' AND worker IS NULL AND report IS NULL
+                         AND spec IS NOT NULL AND pool IS NOT NULL AND queue IN ({queue_list}))"
+            )
+        } else {
+            update
+        };
         // Audited: `sql` varies only in its count of `$N` placeholders and a fixed rule.
         let sql = Sql::audited(sql);
         let mut values = params![
@@ -192,12 +214,17 @@ impl Store {
             // One statement, a transaction of its own.
             self.write_one_returning(sql, values, read).await?
         };
-        rows.into_iter()
+        let pooled_waiting = tells_pooled.then(|| rows.iter().any(|row| row.0.is_none()));
+        let claims = rows
+            .into_iter()
+            .filter_map(|(run_id, task_id, attempt, token, spec)| {
+                Some((run_id?, task_id, attempt, token, spec))
+            })
             .map(|(run_id, task_id, attempt, token, spec)| {
                 let attempt = attempt.unwrap_or_default();
                 Ok(Claim {
                     key: AttemptKey {
-                        run_id: run_id.unwrap_or_default(),
+                        run_id,
                         task_id: task_id.unwrap_or_default(),
                         attempt: u32::try_from(attempt).map_err(|_| StoreError::Corrupt {
                             what: "task_attempts.attempt",
@@ -208,7 +235,8 @@ impl Store {
                     spec: spec.unwrap_or_default(),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<Claim>>>()?;
+        Ok((claims, pooled_waiting))
     }
 
     /// Makes the pools table say what orch.yaml's `pools:` says.

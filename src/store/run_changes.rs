@@ -62,6 +62,7 @@ impl Store {
             return Ok(());
         }
         let run_id = run_id.to_string();
+        let changes = without_superseded_states(changes);
         self.write(Box::new(move |tx| {
             Box::pin(async move {
                 let mut queued = false;
@@ -83,6 +84,33 @@ impl Store {
         }))
         .await
     }
+}
+
+/// Drops the state a task moves to when an attempt of it starts later in the same write,
+/// which sets the task `running` anyway: a task queued and started at once is one statement.
+fn without_superseded_states(changes: Vec<RunChange>) -> Vec<RunChange> {
+    let mut started_after: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut kept: Vec<RunChange> = Vec::with_capacity(changes.len());
+    for change in changes.into_iter().rev() {
+        match change {
+            RunChange::AttemptStarted { ref task_id, .. } => {
+                started_after.insert(task_id.clone());
+                kept.push(change);
+            }
+            RunChange::TaskStates(states) => {
+                let states: Vec<(String, TaskState)> = states
+                    .into_iter()
+                    .filter(|(task_id, _)| !started_after.contains(task_id))
+                    .collect();
+                if !states.is_empty() {
+                    kept.push(RunChange::TaskStates(states));
+                }
+            }
+            other => kept.push(other),
+        }
+    }
+    kept.reverse();
+    kept
 }
 
 async fn apply(tx: &mut Tx<'_>, run_id: &str, change: RunChange) -> Result<()> {
@@ -203,4 +231,51 @@ async fn apply(tx: &mut Tx<'_>, run_id: &str, change: RunChange) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(task_id: &str) -> RunChange {
+        RunChange::AttemptStarted {
+            task_id: task_id.to_string(),
+            attempt: 1,
+            started_at: Utc::now(),
+            log_path: String::new(),
+            queued: None,
+            claimed_by: None,
+        }
+    }
+
+    /// A task queued and started in one write is written once; states not superseded, and
+    /// states set after a start, stay in their order.
+    #[test]
+    fn a_state_superseded_by_a_later_start_is_dropped() {
+        let changes = vec![
+            RunChange::TaskStates(vec![
+                ("a".to_string(), TaskState::Queued),
+                ("b".to_string(), TaskState::UpstreamFailed),
+            ]),
+            started("a"),
+            RunChange::TaskStates(vec![("a".to_string(), TaskState::Skipped)]),
+        ];
+        let kept = without_superseded_states(changes);
+        let shape: Vec<String> = kept
+            .iter()
+            .map(|change| match change {
+                RunChange::TaskStates(states) => format!("{states:?}"),
+                RunChange::AttemptStarted { task_id, .. } => format!("start {task_id}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                r#"[("b", UpstreamFailed)]"#,
+                "start a",
+                r#"[("a", Skipped)]"#
+            ]
+        );
+    }
 }

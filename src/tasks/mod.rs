@@ -285,6 +285,13 @@ pub trait TaskKind: Send + Sync {
         false
     }
 
+    /// Whether an attempt of this kind runs in a process of its own. Only a kind that runs no
+    /// user code, holds nothing the kernel should bound and cannot crash says no (`noop`):
+    /// there a fork would cost about a millisecond of CPU and buy nothing.
+    fn needs_process(&self) -> bool {
+        true
+    }
+
     /// Runs one attempt with the rendered configuration. The future may be dropped at any
     /// await point (timeout, shutdown); a kind that starts processes must stop them on drop.
     fn run<'a>(

@@ -20,6 +20,10 @@ impl TaskKind for Noop {
         parse_with::<NoopConfig>(with).map(|_| ())
     }
 
+    fn needs_process(&self) -> bool {
+        false
+    }
+
     fn run<'a>(
         &'a self,
         _with: Value,
