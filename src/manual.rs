@@ -6,7 +6,7 @@
 //! a burst then meets a clear "try again later" instead of a server that falls behind
 //! without end. Scheduled runs never wait on this: `max_active_runs` bounds them already.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -49,37 +49,74 @@ impl Busy {
     pub const RETRY_AFTER_SECONDS: u64 = 1;
 }
 
-/// Refuses a new run of `dag` while the runs queued or running reach its DAG's
-/// `max_pending_runs`, or `max_pending_runs` of all DAGs (orch.yaml's). The counts are read,
-/// not locked: concurrent requests may each pass at the edge, by at most their number.
-pub async fn admit(store: &Store, dag: &Dag, max_pending_runs: usize) -> Result<()> {
-    let (all, this_dag) = store.pending_runs(&dag.id).await?;
-    if let Some(bound) = dag.max_pending_runs
-        && this_dag >= u64::from(bound)
-    {
-        return Err(Busy {
-            dag_id: dag.id.clone(),
-            pending: this_dag,
-            scope: "of this DAG",
-            setting: format!("its `max_pending_runs: {bound}`"),
+/// How long counts of runs queued or running stand for admission before they are read again.
+const COUNTS_FRESH: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Admits new runs against `max_pending_runs`, one per process that takes triggers. The
+/// counts of runs queued or running are read at most every [`COUNTS_FRESH`], and the runs
+/// admitted here since are added to them: under a burst a trigger does not count the whole
+/// backlog again, and the bound is overshot at most by what other processes admit meanwhile.
+#[derive(Default)]
+pub struct Admission {
+    /// Held across the read, so that triggers arriving meanwhile use its counts.
+    counted: tokio::sync::Mutex<Option<Counted>>,
+}
+
+struct Counted {
+    at: std::time::Instant,
+    all: u64,
+    by_dag: HashMap<String, u64>,
+}
+
+impl Admission {
+    /// Refuses a new run of `dag` while the runs queued or running reach its DAG's
+    /// `max_pending_runs`, or `max_pending_runs` of all DAGs (orch.yaml's); else counts it in.
+    pub async fn admit(&self, store: &Store, dag: &Dag, max_pending_runs: usize) -> Result<()> {
+        let mut counted = self.counted.lock().await;
+        let counted = match &mut *counted {
+            Some(c) if c.at.elapsed() < COUNTS_FRESH => c,
+            stale => {
+                let mut by_dag: HashMap<String, u64> = HashMap::new();
+                for (dag_id, _, n) in store.active_run_counts().await? {
+                    *by_dag.entry(dag_id).or_default() += u64::try_from(n).unwrap_or(0);
+                }
+                stale.insert(Counted {
+                    at: std::time::Instant::now(),
+                    all: by_dag.values().sum(),
+                    by_dag,
+                })
+            }
+        };
+        let this_dag = counted.by_dag.get(&dag.id).copied().unwrap_or(0);
+        if let Some(bound) = dag.max_pending_runs
+            && this_dag >= u64::from(bound)
+        {
+            return Err(Busy {
+                dag_id: dag.id.clone(),
+                pending: this_dag,
+                scope: "of this DAG",
+                setting: format!("its `max_pending_runs: {bound}`"),
+            }
+            .into());
         }
-        .into());
-    }
-    if all >= u64::try_from(max_pending_runs).unwrap_or(u64::MAX) {
-        return Err(Busy {
-            dag_id: dag.id.clone(),
-            pending: all,
-            scope: "in all",
-            setting: format!("`max_pending_runs: {max_pending_runs}` (orch.yaml)"),
+        if counted.all >= u64::try_from(max_pending_runs).unwrap_or(u64::MAX) {
+            return Err(Busy {
+                dag_id: dag.id.clone(),
+                pending: counted.all,
+                scope: "in all",
+                setting: format!("`max_pending_runs: {max_pending_runs}` (orch.yaml)"),
+            }
+            .into());
         }
-        .into());
+        counted.all += 1;
+        *counted.by_dag.entry(dag.id.clone()).or_default() += 1;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Creates a manual run of `dag` for `actor`, recording who asked. Two runs created in the
 /// same microsecond are two runs: the id is the queueing time, moved on by a microsecond
-/// while it is taken. A trigger checks [`admit`] first and wakes the scheduler after.
+/// while it is taken. A trigger checks [`Admission::admit`] first and wakes the scheduler after.
 pub async fn create_run(
     store: &Store,
     dag: &Dag,

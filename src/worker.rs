@@ -25,9 +25,7 @@ use crate::queue::{
     CANCELLED, HandedOver, Handoff, LOOK_GAP, POLL, QUEUED, QueuedTask, REPORTED, Report, Slots,
     relay_notifications,
 };
-use crate::store::{
-    AttemptKey, CANCEL_CHANNEL, Claim, QUEUED_CHANNEL, Store, WorkerReport, durably,
-};
+use crate::store::{AttemptKey, Claim, Store, WorkerReport, durably};
 use crate::tasks::{Registry, TaskError};
 
 /// The wait after a claim that failed (the database unreachable), growing.
@@ -98,8 +96,7 @@ impl Worker {
         mut lost: watch::Receiver<bool>,
         mut handed: Option<HandedOver>,
     ) {
-        relay_notifications(self.store.url(), QUEUED_CHANNEL, &QUEUED);
-        relay_notifications(self.store.url(), CANCEL_CHANNEL, &CANCELLED);
+        relay_notifications(self.store.url());
         let worker = Arc::new(self);
         let mut running = JoinSet::new();
         let (stop, stopped) = watch::channel(false);

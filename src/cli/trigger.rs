@@ -19,7 +19,7 @@ use crate::tasks::Registry;
 pub const BUSY_EXIT: u8 = 75;
 
 /// Loads the DAG named in `args` and inserts a queued manual run for it; with `admit`, only
-/// if orch can take it now (see [`manual::admit`]).
+/// if orch can take it now (see [`manual::Admission`]).
 pub(super) async fn create_manual_run(
     config: &Config,
     args: &RunArgs,
@@ -45,7 +45,9 @@ pub(super) async fn create_manual_run(
         .map_err(|e| anyhow!(e))?;
     let store = Store::open(&config.database_url).await?;
     if admit {
-        manual::admit(&store, &dag, config.max_pending_runs).await?;
+        manual::Admission::default()
+            .admit(&store, &dag, config.max_pending_runs)
+            .await?;
     }
     let run = manual::create_run(&store, &dag, logical_date, conf, &super::cli_actor()).await?;
     Ok((store, dag, run))

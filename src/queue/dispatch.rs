@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::{LOOK_GAP, POLL, REPORTED, Report};
 use crate::membership::{self, heartbeat_interval};
-use crate::store::{AttemptKey, CANCEL_CHANNEL, QueuedAttempt, REPORTED_CHANNEL, Store};
+use crate::store::{AttemptKey, QueuedAttempt, Store};
 
 type Waiting = Mutex<HashMap<AttemptKey, oneshot::Sender<Option<Report>>>>;
 
@@ -46,8 +46,7 @@ impl Drop for AbortOnDrop {
 impl Dispatch {
     /// Starts waiting for reports in `store`; workers silent for `lost_after` are lost.
     pub fn start(store: Store, lost_after: Duration) -> Dispatch {
-        super::relay_notifications(store.url(), REPORTED_CHANNEL, &REPORTED);
-        super::relay_notifications(store.url(), CANCEL_CHANNEL, &super::CANCELLED);
+        super::relay_notifications(store.url());
         let waiting: &'static Waiting = &WAITING;
         let submitted = Arc::new(Notify::new());
         let task = tokio::spawn(watch(store, lost_after, waiting, Arc::clone(&submitted)));

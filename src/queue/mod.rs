@@ -139,32 +139,61 @@ impl Report {
 const RELISTEN: crate::backoff::Backoff =
     crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
-/// Relays PostgreSQL notifications on `channel` to `notify` for as long as the process
-/// runs; on SQLite, whose writers share this machine, there is nothing to relay.
-pub fn relay_notifications(url: &str, channel: &'static str, notify: &'static Notify) {
+/// The relay of each database this process listens to, by URL.
+static RELAYS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Relays PostgreSQL notifications of the database at `url` on the queue's channels to
+/// [`QUEUED`], [`REPORTED`] and [`CANCELLED`] for as long as the process runs; on SQLite,
+/// whose writers share this machine, there is nothing to relay.
+///
+/// One connection per process listens on all three channels. PostgreSQL signals every
+/// listening connection of a database at each notification, whatever its channel, so each
+/// connection more would cost the server a wake-up per notification.
+pub fn relay_notifications(url: &str) {
     if Backend::of_url(url) != Some(Backend::Postgres) {
         return;
     }
-    let url = url.to_string();
-    tokio::spawn(async move {
-        let mut failures = 0;
-        loop {
-            match sqlx::postgres::PgListener::connect(&url).await {
-                Ok(mut listener) => match listener.listen(channel).await {
-                    Ok(()) => {
-                        failures = 0;
-                        // Whatever was sent while not listening is looked for now.
-                        notify.notify_waiters();
-                        while listener.recv().await.is_ok() {
-                            notify.notify_waiters();
-                        }
+    let mut relays = RELAYS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A relay ends only with the runtime that ran it.
+    if relays.get(url).is_some_and(|relay| !relay.is_finished()) {
+        return;
+    }
+    relays.insert(url.to_string(), tokio::spawn(relay(url.to_string())));
+}
+
+async fn relay(url: String) {
+    let routes: [(&str, &Notify); 3] = [
+        (crate::store::QUEUED_CHANNEL, &QUEUED),
+        (crate::store::REPORTED_CHANNEL, &REPORTED),
+        (crate::store::CANCEL_CHANNEL, &CANCELLED),
+    ];
+    let channels: Vec<&str> = routes.iter().map(|(channel, _)| *channel).collect();
+    let mut failures = 0;
+    loop {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut listener) => match listener.listen_all(channels.iter().copied()).await {
+                Ok(()) => {
+                    failures = 0;
+                    // Whatever was sent while not listening is looked for now.
+                    routes
+                        .iter()
+                        .for_each(|(_, notify)| notify.notify_waiters());
+                    while let Ok(notification) = listener.recv().await {
+                        routes
+                            .iter()
+                            .filter(|(channel, _)| *channel == notification.channel())
+                            .for_each(|(_, notify)| notify.notify_waiters());
                     }
-                    Err(e) => tracing::warn!(channel, error = %e, "cannot listen for wake-ups"),
-                },
-                Err(e) => tracing::warn!(channel, error = %e, "cannot listen for wake-ups"),
-            }
-            failures += 1;
-            tokio::time::sleep(RELISTEN.delay(failures)).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot listen for wake-ups"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot listen for wake-ups"),
         }
-    });
+        failures += 1;
+        tokio::time::sleep(RELISTEN.delay(failures)).await;
+    }
 }

@@ -160,6 +160,65 @@ enum Writer {
     Pool(AnyPool),
 }
 
+/// A run, its task instances and the record of who asked for it, as one PostgreSQL statement
+/// (data-modifying `WITH`s): atomic without a transaction, so a trigger is one round trip
+/// instead of five. `run` binds `$1` to `$11` as [`Store::insert`] orders them; the statement
+/// returns 1 when the run was created, 0 when its id or interval was taken.
+fn insert_as_one_statement(
+    run: Vec<write::Param>,
+    task_state: &str,
+    task_ids: &[String],
+    action: Option<Vec<write::Param>>,
+) -> (write::Sql, Vec<write::Param>) {
+    let mut values = run;
+    values.push(write::Param::from(task_state));
+    let state_at = values.len();
+    let tuples: Vec<String> = (0_i64..)
+        .zip(task_ids)
+        .map(|(position, task_id)| {
+            values.push(write::Param::from(task_id));
+            values.push(write::Param::from(position));
+            format!("(${}, ${})", values.len() - 1, values.len())
+        })
+        .collect();
+    let record = match action {
+        Some(action) => {
+            // RECORD_ACTION's values but its third, the run id: the run created gives it.
+            let placeholders: Vec<String> = action
+                .into_iter()
+                .enumerate()
+                .map(|(i, value)| {
+                    if i == 2 {
+                        return "run.run_id".to_string();
+                    }
+                    values.push(value);
+                    format!("${}", values.len())
+                })
+                .collect();
+            format!(
+                ", action AS (INSERT INTO manual_actions (at, dag_id, run_id, task_id, action, actor, source, detail)
+                     SELECT {} FROM run)",
+                placeholders.join(", ")
+            )
+        }
+        None => String::new(),
+    };
+    // Audited: only `$N` placeholders are spliced in.
+    let sql = write::Sql::audited(format!(
+        "WITH run AS (
+             INSERT INTO dag_runs (run_id, dag_id, run_type, logical_date, data_interval_start,
+                 data_interval_end, conf, state, queued_at, ended_at, note)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT DO NOTHING RETURNING run_id),
+         tasks AS (INSERT INTO task_instances (run_id, task_id, position, state)
+             SELECT run.run_id, t.task_id, t.position, ${state_at}
+             FROM run CROSS JOIN (VALUES {}) AS t (task_id, position)){record}
+         SELECT COUNT(*) FROM run",
+        tuples.join(", ")
+    ));
+    (sql, values)
+}
+
 fn backend_of(url: &str) -> Result<Backend> {
     Backend::of_url(url)
         .ok_or_else(|| StoreError::UnsupportedUrl(redact::secrets(url).into_owned()))
@@ -384,21 +443,6 @@ impl Store {
         self.insert(run, task_ids, None, Some(record)).await
     }
 
-    /// How many runs are queued or running: in all, and of `dag_id`.
-    pub async fn pending_runs(&self, dag_id: &str) -> Result<(u64, u64)> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS all_dags, COALESCE(SUM(CASE WHEN dag_id = $1 THEN 1 ELSE 0 END), 0) AS this_dag
-             FROM dag_runs WHERE state IN ('queued', 'running')",
-        )
-        .bind(dag_id)
-        .fetch_one(&self.pool)
-        .await?;
-        let count = |column: &str| -> Result<u64> {
-            Ok(u64::try_from(row.try_get::<i64, _>(column)?).unwrap_or(0))
-        };
-        Ok((count("all_dags")?, count("this_dag")?))
-    }
-
     /// Records a scheduled interval that will not run, as a run in state `skipped` with the
     /// reason, its tasks `skipped` too (so a backfill can run it again later); `false` when a
     /// run of that date exists already.
@@ -438,6 +482,14 @@ impl Store {
             ended_at,
             skipped,
         ];
+        if let Writer::Pool(pool) = &self.writer
+            && !task_ids.is_empty()
+            && task_ids.len() <= INSTANCES_PER_INSERT
+        {
+            let (sql, values) = insert_as_one_statement(values, task_state, task_ids, action);
+            let inserted = write::fetch_on(pool, &sql, values, |row| row.int(0)).await?;
+            return Ok(inserted.into_iter().flatten().next() == Some(1));
+        }
         let (run_id, task_ids) = (run.run_id.clone(), task_ids.to_vec());
         self.write(Box::new(move |tx| {
             Box::pin(async move {

@@ -34,6 +34,8 @@ pub struct WebState {
     pub view: ViewReceiver,
     pub sessions: Arc<Sessions>,
     pub registry: Arc<crate::tasks::Registry>,
+    /// Triggers' admission against `max_pending_runs`.
+    pub admission: Arc<crate::manual::Admission>,
 }
 
 impl WebState {
@@ -44,6 +46,7 @@ impl WebState {
             store,
             view,
             registry: Arc::new(crate::tasks::Registry::builtin()),
+            admission: Arc::default(),
         }
     }
 }

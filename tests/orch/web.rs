@@ -900,6 +900,15 @@ fn the_api_lists_pages_and_draws_grids_on_postgresql() {
     for id in &ids {
         assert_eq!(api.wait_run(id, "ended", ended)["state"], "success");
     }
+    // A trigger is one statement on PostgreSQL: the run, its tasks and who asked, together.
+    let first = api.get(&format!("/api/v1/runs/{}", ids[0])).json();
+    assert_eq!(first["actions"][0]["action"], "trigger", "{first:#}");
+    assert_eq!(first["actions"][0]["actor"], "local", "{first:#}");
+    assert_eq!(
+        first["tasks"].as_array().map(Vec::len),
+        Some(2),
+        "{first:#}"
+    );
     let list = api.get("/api/v1/dags").json();
     let chain = list["dags"]
         .as_array()

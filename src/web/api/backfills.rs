@@ -81,7 +81,10 @@ pub async fn create(
         );
         return Err(invalid(vec![("end".to_string(), why)]));
     }
-    crate::manual::admit(&state.store, &dag, state.config.max_pending_runs).await?;
+    state
+        .admission
+        .admit(&state.store, &dag, state.config.max_pending_runs)
+        .await?;
     let task_ids: Vec<String> = dag.tasks.iter().map(|t| t.id.clone()).collect();
     let now = Utc::now();
     let (mut created, mut requeued, mut existing) = (0, 0, 0);

@@ -283,7 +283,10 @@ pub async fn trigger(
             fields: BTreeMap::from([("logical_date".to_string(), e.to_string())]),
         });
     }
-    crate::manual::admit(&state.store, &dag, state.config.max_pending_runs).await?;
+    state
+        .admission
+        .admit(&state.store, &dag, state.config.max_pending_runs)
+        .await?;
     let run =
         crate::manual::create_run(&state.store, &dag, logical_date, body.conf, &actor).await?;
     wake(&state.config.state_dir()).await;
