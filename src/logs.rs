@@ -44,6 +44,9 @@ pub struct AttemptLog {
     file: File,
     /// Writes that failed since the last warning.
     lost: AtomicU64,
+    /// Writes that failed in all, and the first one's error: the log says so at its end.
+    lost_in_all: AtomicU64,
+    first_loss: std::sync::OnceLock<String>,
     /// When the last warning went out, as milliseconds since `opened`; `u64::MAX` for never.
     warned_at_ms: AtomicU64,
     opened: Instant,
@@ -65,6 +68,8 @@ impl AttemptLog {
             path,
             file,
             lost: AtomicU64::new(0),
+            lost_in_all: AtomicU64::new(0),
+            first_loss: std::sync::OnceLock::new(),
             warned_at_ms: AtomicU64::new(u64::MAX),
             opened: Instant::now(),
         }
@@ -98,6 +103,8 @@ impl AttemptLog {
         // A full disk must not fail the task itself; the error reaches the server log instead,
         // once every WARN_EVERY rather than once a line.
         if let Err(e) = (&self.file).write_all(text.as_bytes()) {
+            self.lost_in_all.fetch_add(1, Ordering::Relaxed);
+            let _ = self.first_loss.set(e.to_string());
             let lost = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
             let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
             let warned = self.warned_at_ms.load(Ordering::Relaxed);
@@ -113,6 +120,36 @@ impl AttemptLog {
                 tracing::warn!(path = %self.path.display(), error = %e, lines_lost = lost, "cannot write task log");
             }
         }
+    }
+
+    /// Ends the log with how the attempt ended (`ending`) and returns its last `tail_bytes`,
+    /// for the run history. Output that could not be written (a full disk) is marked: in the
+    /// file where it was cut, when it takes the line, and in the returned end in any case.
+    pub fn finish(&self, ending: &str, tail_bytes: u64) -> String {
+        let lost = self.lost_in_all.load(Ordering::Relaxed);
+        let marker = self.first_loss.get().map(|error| {
+            format!(
+                "[{} orch] {lost} writes of this attempt's output were lost, not written to its log ({error}): it is cut where they were\n",
+                timestamp::format(Utc::now())
+            )
+        });
+        if let Some(marker) = &marker {
+            // On a line of its own, wherever the output was cut.
+            self.write(format!("\n{marker}"));
+        }
+        self.note(ending);
+        let mut tail = read_tail(&self.path, tail_bytes);
+        if let Some(marker) = marker
+            && !tail.contains(&marker)
+        {
+            tail.push_str(&format!("\n{marker}"));
+            tail.push_str(&format!(
+                "[{} orch] {}\n",
+                timestamp::format(Utc::now()),
+                redact::secrets(ending)
+            ));
+        }
+        tail
     }
 
     /// Writes that failed and were not reported yet.
@@ -155,7 +192,9 @@ mod tests {
             .write(true)
             .open("/dev/full")
             .expect("/dev/full");
-        let log = AttemptLog::writing_to(PathBuf::from("/dev/full"), file);
+        // Its tail is read from a file with nothing in it (`/dev/full` reads zeros for ever).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = AttemptLog::writing_to(dir.path().join("never-written.log"), file);
         for i in 0..10_000 {
             log.line(&format!("line {i}"));
         }
@@ -164,5 +203,40 @@ mod tests {
             9_999,
             "one warning, the other lines counted for the next"
         );
+        // The end kept for the run history says what was lost, and why, though the file
+        // took nothing.
+        let tail = log.finish("succeeded", 4096);
+        assert!(
+            tail.contains("10000 writes of this attempt's output were lost")
+                && tail.contains("No space left on device")
+                && tail.trim_end().ends_with("succeeded"),
+            "{tail}"
+        );
+    }
+
+    /// A log cut by a full disk that has room again ends with a line saying so, after the
+    /// cut line.
+    #[test]
+    fn output_lost_is_marked_in_the_log_where_it_was_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("attempt.log");
+        let log = AttemptLog::create(path.clone()).expect("log");
+        log.line("before");
+        let _ = log
+            .first_loss
+            .set("No space left on device (os error 28)".to_string());
+        log.lost_in_all.store(3, Ordering::Relaxed);
+        (&log.file).write_all(b"half a li").expect("write");
+        let tail = log.finish("failed: exit 1", 4096);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(tail, text, "the marker made it into the file");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "before");
+        assert_eq!(lines[1], "half a li");
+        assert!(
+            lines[2].contains("3 writes of this attempt's output were lost"),
+            "{text}"
+        );
+        assert!(lines[3].ends_with("failed: exit 1"), "{text}");
     }
 }

@@ -599,10 +599,10 @@ async fn run_spec(spec: AttemptSpec) -> ChildReport {
     }
     log.note(&spec.banner);
     let result = run_kind(spec, Arc::clone(&log)).await;
-    log.note(&super::ending_note(&result));
+    let log_tail = log.finish(&super::ending_note(&result), LOG_TAIL_BYTES);
     ChildReport {
         outcome: Outcome::from(&result),
-        log_tail: crate::logs::read_tail(log.path(), LOG_TAIL_BYTES),
+        log_tail,
     }
 }
 

@@ -154,12 +154,9 @@ pub async fn run(
                 () = abort => Err(TaskError::transient(INTERRUPTED)),
             };
             let ending = ending_note(&result);
-            let log_tail = blocking(move || {
-                log.note(&ending);
-                Ok(crate::logs::read_tail(log.path(), LOG_TAIL_BYTES))
-            })
-            .await
-            .unwrap_or_default();
+            let log_tail = blocking(move || Ok(log.finish(&ending, LOG_TAIL_BYTES)))
+                .await
+                .unwrap_or_default();
             Ended {
                 result,
                 usage: Usage::default(),

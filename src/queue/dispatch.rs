@@ -254,9 +254,17 @@ async fn lost_worker_report(
     if is_alive {
         return None;
     }
+    // The attempt may have ended and its outcome failed to be written (a full disk): its
+    // log says so when it is on this host.
+    let logged = match ending_in_log(store, &row.key, worker).await {
+        Some(ending) => format!(
+            "; its log ends with `{ending}`, an outcome it could not record (see that process's own log: a full disk, a database out of reach)"
+        ),
+        None => String::new(),
+    };
     let report = Report::failure(
         format!(
-            "worker lost: {worker} stopped heartbeating (none for {}) while running this attempt; it is retried by its task's policy",
+            "worker lost: {worker} stopped heartbeating (none for {}) before it recorded this attempt's outcome{logged}; it is retried by its task's policy",
             humantime::format_duration(lost_after)
         ),
         row.started_at,
@@ -277,6 +285,30 @@ async fn lost_worker_report(
     }
 }
 
+/// How the attempt's log says it ended, when its lost worker was on this host and got as far
+/// as the log's last line.
+async fn ending_in_log(store: &Store, key: &AttemptKey, worker: &str) -> Option<String> {
+    if !crate::lease::is_on_this_host(worker) {
+        return None;
+    }
+    let path = store.attempt_log_path(key).await.ok().flatten()?;
+    let tail = tokio::task::spawn_blocking(move || {
+        crate::logs::read_tail(std::path::Path::new(&path), ENDING_BYTES)
+    })
+    .await
+    .ok()?;
+    logged_ending(&tail).map(str::to_string)
+}
+
+/// Enough of a log's end for its last line.
+const ENDING_BYTES: u64 = 4096;
+
+/// The outcome a log's last line gives, when it is orch's note of an attempt's end.
+fn logged_ending(tail: &str) -> Option<&str> {
+    let note = tail.lines().last()?.split_once(" orch] ")?.1;
+    (note.starts_with("succeeded") || note.starts_with("failed")).then_some(note)
+}
+
 /// Kills what a lost worker of this host left of its attempt's command (its process group,
 /// if still the same process).
 async fn kill_leftovers(store: &Store, key: &AttemptKey, worker: &str) {
@@ -288,5 +320,20 @@ async fn kill_leftovers(store: &Store, key: &AttemptKey, worker: &str) {
         .await
     {
         crate::process::kill_orphaned_group(pgid, ticks);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_ending_with_orchs_note_gives_the_outcome() {
+        let done = "output\n[2026-12-07T21:00:00.000000Z orch] succeeded, rows=3\n";
+        assert_eq!(logged_ending(done), Some("succeeded, rows=3"));
+        let cut =
+            "[2026-12-07T21:00:00.000000Z orch] attempt 1 of 1 of task `t` (shell)\nhalf a li";
+        assert_eq!(logged_ending(cut), None);
+        assert_eq!(logged_ending(""), None);
     }
 }

@@ -83,12 +83,13 @@ pub enum StoreError {
     OutOfRange { what: &'static str, value: String },
     #[error("locks need an SQLite database in a file (or PostgreSQL), not `{0}`")]
     NoLockFile(String),
+    /// The task writing runs' changes together stopped (its runtime is shutting down); a
+    /// write tried again starts another.
+    #[error("metadata database: the writer of runs' changes stopped")]
+    WriterGone,
 }
 
 impl StoreError {
-    /// Whether the same statement may well succeed if tried again: a busy or locked SQLite
-    /// file, a full disk or an I/O error, a lost or refused connection, a PostgreSQL
-    /// failover, serialization failure or deadlock. Not bad SQL or a broken row.
     /// Whether the SQLite file itself is damaged: nothing will work until it is restored or
     /// moved away, so a server stops at once rather than retry.
     pub fn is_corrupt_file(&self) -> bool {
@@ -105,8 +106,12 @@ impl StoreError {
         }
     }
 
+    /// Whether the same statement may well succeed if tried again: a busy or locked SQLite
+    /// file, a full disk or an I/O error, a lost or refused connection, a PostgreSQL
+    /// failover, serialization failure or deadlock. Not bad SQL or a broken row.
     pub fn is_transient(&self) -> bool {
         match self {
+            StoreError::WriterGone => true,
             StoreError::Sql(error) | StoreError::Open { source: error, .. } => {
                 database::is_transient(error)
             }
@@ -135,6 +140,8 @@ pub struct Store {
     url: Arc<str>,
     /// The SQLite file opened, to notice it deleted or replaced ([`Store::check_file`]).
     file: Option<OpenedFile>,
+    /// On PostgreSQL, the runs' changes written together ([`run_changes::RunBatches`]).
+    run_batches: Option<Arc<run_changes::RunBatches>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -330,6 +337,12 @@ impl Store {
             (Backend::Sqlite, Some(path)) => Writer::Sqlite(write::SqliteWriter::new(path)),
             _ => Writer::Pool(pool.clone()),
         };
+        let run_batches = matches!(writer, Writer::Pool(_)).then(|| {
+            Arc::new(run_changes::RunBatches::new(
+                pool.clone(),
+                backend.begin_statement(),
+            ))
+        });
         let health = database::connect_lazy(url, backend, 1).map_err(|e| open_error(url, e))?;
         let reads =
             database::connect_typed_lazy(url, backend, 4).map_err(|e| open_error(url, e))?;
@@ -341,6 +354,7 @@ impl Store {
             backend,
             url: url.into(),
             file: OpenedFile::of_url(url),
+            run_batches,
         })
     }
 

@@ -350,6 +350,19 @@ impl Store {
     }
 
     /// The end of an attempt's log as its worker saved it in the database.
+    /// Where the attempt's log is, on its worker's disk.
+    pub async fn attempt_log_path(&self, key: &AttemptKey) -> Result<Option<String>> {
+        let path: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT log_path FROM task_attempts WHERE run_id = $1 AND task_id = $2 AND attempt = $3",
+        )
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(i64::from(key.attempt))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(path.flatten())
+    }
+
     pub async fn attempt_log_tail(&self, key: &AttemptKey) -> Result<Option<String>> {
         let tail: Option<Option<String>> = sqlx::query_scalar(
             "SELECT log_tail FROM task_attempts WHERE run_id = $1 AND task_id = $2 AND attempt = $3",

@@ -5,7 +5,9 @@
 use chrono::{DateTime, Utc};
 
 use super::write::{Tx, params};
-use super::{AttemptEnd, QUEUED_CHANNEL, Result, RunState, Store, TaskState, timestamp};
+use super::{
+    AttemptEnd, QUEUED_CHANNEL, Result, RunState, Store, StoreError, TaskState, timestamp,
+};
 
 /// One change to a run's records.
 #[derive(Debug, Clone)]
@@ -63,6 +65,9 @@ impl Store {
         }
         let run_id = run_id.to_string();
         let changes = without_superseded_states(changes);
+        if let Some(batches) = &self.run_batches {
+            return batches.write(run_id, changes).await;
+        }
         self.write(Box::new(move |tx| {
             Box::pin(async move {
                 let mut queued = false;
@@ -84,6 +89,157 @@ impl Store {
         }))
         .await
     }
+}
+
+/// The runs' changes of a PostgreSQL store, written together: what the runs of this process
+/// asked to write while the last batch was being written goes in one transaction, with one
+/// notification, rather than a transaction (BEGIN and COMMIT round trips, a commit record)
+/// each. SQLite's writer thread does the same for every write ([`super::write`]).
+///
+/// Two batches are written at a time, each on a connection of the pool: one is collected
+/// while the other commits. A batch that fails is written again a run at a time, so that a
+/// bad write fails only its own run.
+pub(super) struct RunBatches {
+    pool: sqlx::AnyPool,
+    begin: &'static str,
+    /// The writers' queue, started on first use in the runtime of that use.
+    started: std::sync::Mutex<Option<Started>>,
+}
+
+struct Started {
+    jobs: tokio::sync::mpsc::UnboundedSender<BatchJob>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct BatchJob {
+    run_id: String,
+    changes: Vec<RunChange>,
+    tell: tokio::sync::oneshot::Sender<Result<()>>,
+}
+
+type Jobs = std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<BatchJob>>>;
+
+/// The most runs' changes one batch takes.
+const MAX_BATCH: usize = 64;
+/// Batches written at a time.
+const BATCH_WRITERS: usize = 2;
+
+impl RunBatches {
+    pub(super) fn new(pool: sqlx::AnyPool, begin: &'static str) -> RunBatches {
+        RunBatches {
+            pool,
+            begin,
+            started: std::sync::Mutex::new(None),
+        }
+    }
+
+    async fn write(&self, run_id: String, changes: Vec<RunChange>) -> Result<()> {
+        let (tell, told) = tokio::sync::oneshot::channel();
+        self.jobs()
+            .send(BatchJob {
+                run_id,
+                changes,
+                tell,
+            })
+            .map_err(|_| StoreError::WriterGone)?;
+        told.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// The writers' queue; started again when the runtime that ran them is gone.
+    fn jobs(&self) -> tokio::sync::mpsc::UnboundedSender<BatchJob> {
+        let mut started = self
+            .started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(started) = started
+            .as_ref()
+            .filter(|s| s.writers.iter().all(|w| !w.is_finished()))
+        {
+            return started.jobs.clone();
+        }
+        let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
+        let queue: Jobs = std::sync::Arc::new(tokio::sync::Mutex::new(queue));
+        let writers = (0..BATCH_WRITERS)
+            .map(|_| {
+                tokio::spawn(write_batches(
+                    self.pool.clone(),
+                    self.begin,
+                    std::sync::Arc::clone(&queue),
+                ))
+            })
+            .collect();
+        *started = Some(Started {
+            jobs: jobs.clone(),
+            writers,
+        });
+        jobs
+    }
+}
+
+async fn write_batches(pool: sqlx::AnyPool, begin: &'static str, queue: Jobs) {
+    loop {
+        let batch = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        if batch.len() > 1 {
+            let all: Vec<(&str, &[RunChange])> = batch
+                .iter()
+                .map(|job| (job.run_id.as_str(), job.changes.as_slice()))
+                .collect();
+            if write_together(&pool, begin, &all).await.is_ok() {
+                for job in batch {
+                    let _ = job.tell.send(Ok(()));
+                }
+                continue;
+            }
+        }
+        for job in batch {
+            let written =
+                write_together(&pool, begin, &[(job.run_id.as_str(), &job.changes)]).await;
+            let _ = job.tell.send(written);
+        }
+    }
+}
+
+/// Writes runs' changes in one transaction, with one notification for the attempts queued.
+async fn write_together(
+    pool: &sqlx::AnyPool,
+    begin: &'static str,
+    runs: &[(&str, &[RunChange])],
+) -> Result<()> {
+    let mut tx = pool.begin_with(begin).await?;
+    let mut queued = false;
+    {
+        let mut write = Tx::Any(&mut tx);
+        for (run_id, changes) in runs {
+            for change in changes.iter() {
+                queued |= matches!(
+                    change,
+                    RunChange::AttemptStarted {
+                        queued: Some(_),
+                        ..
+                    }
+                );
+                apply(&mut write, run_id, change.clone()).await?;
+            }
+        }
+        if queued {
+            write.notify(QUEUED_CHANNEL).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Drops the state a task moves to when an attempt of it starts later in the same write,
