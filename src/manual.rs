@@ -51,9 +51,13 @@ impl Busy {
 
 /// How long counts of runs queued or running stand for admission before they are read again.
 const COUNTS_FRESH: std::time::Duration = std::time::Duration::from_millis(50);
+/// And at least this many times as long as the last read took: counting costs more the
+/// larger the backlog, and must not take the time that would work it off.
+const COUNTS_SHARE: u32 = 10;
 
 /// Admits new runs against `max_pending_runs`, one per process that takes triggers. The
-/// counts of runs queued or running are read at most every [`COUNTS_FRESH`], and the runs
+/// counts of runs queued or running are read at most every [`COUNTS_FRESH`] (longer when a
+/// read is slow, see [`COUNTS_SHARE`]), and the runs
 /// admitted here since are added to them: under a burst a trigger does not count the whole
 /// backlog again, and the bound is overshot at most by what other processes admit meanwhile.
 #[derive(Default)]
@@ -63,7 +67,8 @@ pub struct Admission {
 }
 
 struct Counted {
-    at: std::time::Instant,
+    /// When to read them again.
+    stale_at: std::time::Instant,
     all: u64,
     by_dag: HashMap<String, u64>,
 }
@@ -74,14 +79,15 @@ impl Admission {
     pub async fn admit(&self, store: &Store, dag: &Dag, max_pending_runs: usize) -> Result<()> {
         let mut counted = self.counted.lock().await;
         let counted = match &mut *counted {
-            Some(c) if c.at.elapsed() < COUNTS_FRESH => c,
+            Some(c) if std::time::Instant::now() < c.stale_at => c,
             stale => {
+                let read_at = std::time::Instant::now();
                 let mut by_dag: HashMap<String, u64> = HashMap::new();
                 for (dag_id, _, n) in store.active_run_counts().await? {
                     *by_dag.entry(dag_id).or_default() += u64::try_from(n).unwrap_or(0);
                 }
                 stale.insert(Counted {
-                    at: std::time::Instant::now(),
+                    stale_at: read_at + COUNTS_FRESH.max(read_at.elapsed() * COUNTS_SHARE),
                     all: by_dag.values().sum(),
                     by_dag,
                 })

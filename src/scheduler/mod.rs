@@ -116,6 +116,10 @@ const START_PER_PASS: u32 = 500;
 /// under a burst, the triggers and run ends of a few milliseconds share one pass (three
 /// reads) instead of each paying for its own.
 const PASS_GAP: Duration = Duration::from_millis(10);
+/// And at least this many times as long as the last pass took: a pass counts the runs
+/// queued and running, which costs more the larger a backlog grows, and must not take the
+/// time that would work the backlog off.
+const PASS_SHARE: u32 = 5;
 
 /// How this server starts its streams' processes: this binary, seeing what the server sees.
 fn stream_process(config: &Config, log_format: &str) -> anyhow::Result<StreamProcess> {
@@ -318,10 +322,10 @@ impl Scheduler {
         let cancels = wake::WakeListener::bind_cancel(state_dir);
         let mut next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
         let mut next_renewal = tokio::time::Instant::now();
-        let mut last_pass: Option<tokio::time::Instant> = None;
+        let mut next_pass: Option<tokio::time::Instant> = None;
         loop {
             // Wake-ups not listened for meanwhile are served by the pass that follows.
-            let pass_at = last_pass.map(|at| at + PASS_GAP);
+            let pass_at = next_pass;
             while let Some(pass_at) = pass_at.filter(|&at| tokio::time::Instant::now() < at) {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -330,7 +334,7 @@ impl Scheduler {
                     () = tokio::time::sleep_until(pass_at) => {}
                 }
             }
-            last_pass = Some(tokio::time::Instant::now());
+            let pass_started = tokio::time::Instant::now();
             if tokio::time::Instant::now() >= next_sweep {
                 self.sweep_leases(state_dir).await;
                 next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
@@ -353,6 +357,7 @@ impl Scheduler {
                 }
             };
             self.publish();
+            next_pass = Some(pass_started + PASS_GAP.max(pass_started.elapsed() * PASS_SHARE));
             let until_tick = next_tick
                 .and_then(|t| (t - Utc::now()).to_std().ok())
                 .map(|d| tokio::time::Instant::now() + d);
@@ -532,7 +537,7 @@ impl Scheduler {
         let resume_due = self.resume_after.values().any(|r| r.at <= now);
         if now >= self.next_orphan_look || resume_due {
             self.next_orphan_look = now + membership::heartbeat_interval(self.lost_after);
-            let running = self.readable(self.store.runs_in_state(RunState::Running).await?);
+            let running = self.store.running_owners().await?;
             self.adopt_orphans(&running).await?;
         }
         let queued = self.readable(queued);
@@ -596,45 +601,61 @@ impl Scheduler {
 
     /// Resumes runs whose executing process died (`kill -9`, crash, power loss), and runs of
     /// this process whose executor died (after a backoff).
-    async fn adopt_orphans(&mut self, running: &[RunRecord]) -> Result<(), StoreError> {
+    async fn adopt_orphans(
+        &mut self,
+        running: &[(String, Option<String>)],
+    ) -> Result<(), StoreError> {
         let now = tokio::time::Instant::now();
         // Runs ended or taken elsewhere meanwhile are no longer this process's to resume.
+        let running_ids: HashSet<&str> = running.iter().map(|(id, _)| id.as_str()).collect();
         self.resume_after
-            .retain(|run_id, _| running.iter().any(|r| &r.run_id == run_id));
-        for run in running {
-            if self.active.contains(&run.run_id) {
+            .retain(|run_id, _| running_ids.contains(run_id.as_str()));
+        for (run_id, owner) in running {
+            if self.active.contains(run_id) {
                 continue;
             }
-            let mine = run.owner.as_deref() == Some(self.lease.id());
+            let mine = owner.as_deref() == Some(self.lease.id());
             if mine {
-                match self.resume_after.get(&run.run_id) {
+                match self.resume_after.get(run_id) {
                     Some(resume) if resume.deaths >= MAX_EXECUTOR_DEATHS => {
                         let note = format!(
                             "its executor stopped {} times; last: {}",
                             resume.deaths, resume.why
                         );
-                        tracing::error!(run_id = %run.run_id, "{note}; marking the run failed");
-                        self.store.fail_run(&run.run_id, &note).await?;
-                        self.resume_after.remove(&run.run_id);
+                        tracing::error!(run_id = %run_id, "{note}; marking the run failed");
+                        self.store.fail_run(run_id, &note).await?;
+                        self.resume_after.remove(run_id);
                         continue;
                     }
                     Some(resume) if now < resume.at => continue,
                     _ => {}
                 }
             } else {
-                if let Some(owner) = &run.owner
+                if let Some(owner) = owner
                     && self.owner_is_alive(owner).await
                 {
                     continue;
                 }
                 if !self
                     .store
-                    .adopt_run(&run.run_id, run.owner.as_deref(), self.lease.id())
+                    .adopt_run(run_id, owner.as_deref(), self.lease.id())
                     .await?
                 {
                     continue;
                 }
             }
+            // Only a run to resume is read whole.
+            let run = match self.store.run(run_id).await {
+                Ok(Some(run)) => run,
+                Ok(None) => continue,
+                Err(e) => {
+                    if self.reported.insert(format!("unreadable {run_id}")) {
+                        tracing::error!(run_id = %run_id, error = %e, "a run in the history cannot be read; it is left alone");
+                    }
+                    continue;
+                }
+            };
+            let run = &run;
             match self.definition_of(run) {
                 Ok(dag) => {
                     tracing::warn!(run_id = %run.run_id, previous_owner = ?run.owner, "resuming a run whose executor stopped");

@@ -743,6 +743,19 @@ impl Store {
     }
 
     /// Runs in `state`, oldest first.
+    /// The running runs and the process that owns each, in queueing order: a look for
+    /// orphans that reads two columns, however many runs a backlog holds.
+    pub async fn running_owners(&self) -> Result<Vec<(String, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT run_id, owner FROM dag_runs WHERE state = 'running' ORDER BY queued_at, run_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("run_id")?, row.try_get("owner")?)))
+            .collect()
+    }
+
     pub async fn runs_in_state(&self, state: RunState) -> Result<Listed<RunRecord>> {
         let rows =
             sqlx::query("SELECT * FROM dag_runs WHERE state = $1 ORDER BY queued_at, run_id")
