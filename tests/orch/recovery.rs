@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Home, attempts, is_running, last_line, task_state, wait_for_file};
+use crate::support::{Home, attempts, is_running, last_line, task_state, text, wait_for_file};
 
 #[test]
 fn after_kill_9_the_next_server_fails_the_orphaned_attempt_and_retries_it() {
@@ -100,6 +100,48 @@ tasks:
         .unwrap_or_default();
     assert!(
         error.contains("worker lost") || error.contains("orphaned"),
+        "{run:#}"
+    );
+}
+
+/// A server that stopped after its attempt's log ended, but before the outcome reached the
+/// run history (a full disk refuses the report as it refuses the heartbeat): the next server
+/// fails the attempt as `worker lost`, saying the outcome was not recorded and quoting the
+/// log's last line. Here the command prints orch's end line itself, then the server dies.
+#[test]
+fn a_lost_workers_attempt_quotes_the_end_its_log_gives() {
+    let home = Home::new();
+    home.write_dag(
+        "ended_unrecorded",
+        r#"
+tasks:
+  - { id: work, kind: shell, with: { command: "echo '[2026-12-07T21:00:00.000000Z orch] succeeded, rows=3'; touch started; sleep 41.5" } }
+"#,
+    );
+    let mut server = home.serve();
+    let run_id = last_line(&home.orch(&["trigger", "ended_unrecorded"]));
+    wait_for_file(&home.file("started"), Duration::from_secs(10));
+    // The line is in the log file before the server dies.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !text(&home.orch(&["logs", &run_id, "--task", "work"]).stdout)
+        .contains("succeeded, rows=3")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the line never reached the log"
+        );
+    }
+    server.kill9();
+
+    let _server = home.serve();
+    let run = home.wait_for_run(&run_id, Duration::from_secs(30));
+    let error = run["tasks"][0]["attempts"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("worker lost")
+            && error.contains("before it recorded this attempt's outcome")
+            && error.contains("its log ends with `succeeded, rows=3`"),
         "{run:#}"
     );
 }
