@@ -349,30 +349,33 @@ impl Store {
             .collect()
     }
 
-    /// The end of an attempt's log as its worker saved it in the database.
     /// Where the attempt's log is, on its worker's disk.
     pub async fn attempt_log_path(&self, key: &AttemptKey) -> Result<Option<String>> {
-        let path: Option<Option<String>> = sqlx::query_scalar(
+        self.attempt_text(
             "SELECT log_path FROM task_attempts WHERE run_id = $1 AND task_id = $2 AND attempt = $3",
+            key,
         )
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(i64::from(key.attempt))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(path.flatten())
+        .await
     }
 
+    /// The end of an attempt's log as its worker saved it in the database.
     pub async fn attempt_log_tail(&self, key: &AttemptKey) -> Result<Option<String>> {
-        let tail: Option<Option<String>> = sqlx::query_scalar(
+        self.attempt_text(
             "SELECT log_tail FROM task_attempts WHERE run_id = $1 AND task_id = $2 AND attempt = $3",
+            key,
         )
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(i64::from(key.attempt))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(tail.flatten())
+        .await
+    }
+
+    /// One text column of attempt `key`, read by `sql` (bound to the key's three parts).
+    async fn attempt_text(&self, sql: &'static str, key: &AttemptKey) -> Result<Option<String>> {
+        let text: Option<Option<String>> = sqlx::query_scalar(sql)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .bind(i64::from(key.attempt))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(text.flatten())
     }
 }
 
