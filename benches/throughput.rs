@@ -173,8 +173,11 @@ async fn run_setup(setup: &Setup, database_url: Option<String>, step: Duration, 
             break;
         }
     }
-    let result = offer(&client, &base, &store, setup.target, sustain).await;
-    result.print(setup.name, setup.target, sustain);
+    // `ORCH_BENCH_SUSTAIN_SECS=0` measures the ladder alone.
+    if !sustain.is_zero() {
+        let result = offer(&client, &base, &store, setup.target, sustain).await;
+        result.print(setup.name, setup.target, sustain);
+    }
     eprintln!(
         "{}: the knee (p99 past 1 s) is at {}",
         setup.name,

@@ -10,11 +10,37 @@
 //! on a full disk, after which SQLite had already rolled back and the `ROLLBACK` failed too) is
 //! closed rather than reused: reused, it would refuse every later `BEGIN` ("attempted to call
 //! begin_with at non-zero transaction depth") long after the disk had room again.
+//!
+//! A connection is pinged before use only when it sat idle for a while ([`IDLE_BEFORE_PING`]):
+//! sqlx pings every connection it hands out by default, a round trip per statement that, under
+//! load, cost the database about as much as the statements themselves.
 
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use sqlx::any::AnyPoolOptions;
+use sqlx::pool::PoolOptions;
 use sqlx::{AnyPool, Connection, Executor};
+
+/// How long a connection may sit in the pool and still be handed out without a ping first: one
+/// in steady use is known to work (a broken one fails its statement, which says whether a
+/// retry helps, see [`is_transient`]), one that sat idle may have been cut meanwhile.
+pub const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
+/// `options`, pinging a connection before use only when it sat idle [`IDLE_BEFORE_PING`].
+fn pinged_when_idle<DB: sqlx::Database>(options: PoolOptions<DB>) -> PoolOptions<DB> {
+    options
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_BEFORE_PING {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
 
 /// Which database a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,13 +129,13 @@ pub fn connect_typed_lazy(
             // The file is in WAL mode already ([`connect`] set it); readers only wait.
             let options = options.busy_timeout(std::time::Duration::from_secs(30));
             Ok(TypedPool::Sqlite(
-                sqlx::sqlite::SqlitePoolOptions::new()
+                pinged_when_idle(sqlx::sqlite::SqlitePoolOptions::new())
                     .max_connections(max_connections)
                     .connect_lazy_with(options),
             ))
         }
         Backend::Postgres => Ok(TypedPool::Postgres(
-            sqlx::postgres::PgPoolOptions::new()
+            pinged_when_idle(sqlx::postgres::PgPoolOptions::new())
                 .max_connections(max_connections)
                 .connect_lazy(url)?,
         )),
@@ -123,7 +149,7 @@ fn pool_options(
     check_file: bool,
 ) -> Result<(AnyPoolOptions, String), sqlx::Error> {
     sqlx::any::install_default_drivers();
-    let options = AnyPoolOptions::new()
+    let options = pinged_when_idle(AnyPoolOptions::new())
         .max_connections(max_connections)
         .after_release(|conn, _| {
             Box::pin(async move {

@@ -296,11 +296,13 @@ async fn apply(tx: &mut Tx<'_>, run_id: &str, change: RunChange) -> Result<()> {
                 None => (None, None, None),
             };
             let token: i64 = if claimed_by.is_some() { 1 } else { 0 };
-            tx.execute(
+            tx.execute_pair(
                 "INSERT INTO task_attempts (run_id, task_id, attempt, state, started_at, log_path, queue,
                      spec, pool, pool_slots, priority, worker, claim_token)
                  VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT (run_id, task_id, attempt) DO NOTHING",
+                "UPDATE task_instances SET state = 'running', try_number = $3, next_retry_at = NULL
+                 WHERE run_id = $1 AND task_id = $2",
                 params![
                     run_id,
                     &task_id,
@@ -317,12 +319,6 @@ async fn apply(tx: &mut Tx<'_>, run_id: &str, change: RunChange) -> Result<()> {
                 ],
             )
             .await?;
-            tx.execute(
-                "UPDATE task_instances SET state = 'running', try_number = $1, next_retry_at = NULL
-                 WHERE run_id = $2 AND task_id = $3",
-                params![i64::from(attempt), run_id, task_id],
-            )
-            .await?;
         }
         RunChange::AttemptEnded {
             task_id,
@@ -332,11 +328,12 @@ async fn apply(tx: &mut Tx<'_>, run_id: &str, change: RunChange) -> Result<()> {
             next_retry_at,
             log_tail,
         } => {
-            tx.execute(
+            tx.execute_pair(
                 "UPDATE task_attempts SET state = $1, ended_at = $2, duration_ms = $3, rows = $4, error = $5,
                      metrics = $9, peak_rss_bytes = $10, cpu_ms = $11, started_at = $12,
                      outputs = $13, spec = NULL, report = NULL, log_tail = COALESCE($14, log_tail)
                  WHERE run_id = $6 AND task_id = $7 AND attempt = $8",
+                "UPDATE task_instances SET state = $15, next_retry_at = $16 WHERE run_id = $6 AND task_id = $7",
                 params![
                     end.state.as_str(),
                     timestamp::format(end.ended_at),
@@ -352,16 +349,8 @@ async fn apply(tx: &mut Tx<'_>, run_id: &str, change: RunChange) -> Result<()> {
                     timestamp::format(end.started_at),
                     end.outputs,
                     log_tail,
-                ],
-            )
-            .await?;
-            tx.execute(
-                "UPDATE task_instances SET state = $1, next_retry_at = $2 WHERE run_id = $3 AND task_id = $4",
-                params![
                     task_state.as_str(),
                     next_retry_at.map(timestamp::format),
-                    run_id,
-                    task_id
                 ],
             )
             .await?;
