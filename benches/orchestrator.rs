@@ -179,7 +179,7 @@ async fn execute_once(store: &Store, executor: &Executor, dag: &Arc<Dag>) -> (St
 }
 
 fn dag(yaml: &str) -> Arc<Dag> {
-    Arc::new(load_str(Path::new("bench.yaml"), yaml, &Registry::builtin()).expect("bench DAG"))
+    Arc::new(load_str(Path::new("bench.yaml"), yaml, &orch::registry()).expect("bench DAG"))
 }
 
 /// The built-in kinds, but `noop` forks a process for each attempt as the other kinds do
@@ -205,7 +205,7 @@ fn noop_in_its_own_process() -> Registry {
             self.0.run(with, ctx)
         }
     }
-    let mut registry = Registry::builtin();
+    let mut registry = orch::registry();
     let noop = Arc::clone(registry.get("noop").expect("noop is built in"));
     registry.register(Arc::new(Forked(noop)));
     registry

@@ -25,7 +25,6 @@ use orch::executor::{Executor, ShutdownHandle};
 use orch::scheduler::plan;
 use orch::simulator::{Simulator, SimulatorOptions};
 use orch::store::{RunState, Store};
-use orch::tasks::Registry;
 
 const TRADES: u64 = 1_000_000;
 const REPEATS: usize = 5;
@@ -230,7 +229,7 @@ async fn run(dir: &Path, yaml: &str) -> Vec<(String, f64)> {
 
 /// Runs the DAG once in the home `dir`, as `orch run` does; returns the run id.
 async fn execute(dir: &Path, store: &Store, yaml: &str) -> String {
-    let registry = Registry::builtin();
+    let registry = orch::registry();
     let dag = Arc::new(load_str(Path::new("bench.yaml"), yaml, &registry).expect("bench DAG"));
     let registry = Arc::new(registry);
     let lease = orch::lease::Lease::acquire(dir).expect("lease");

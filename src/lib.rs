@@ -22,6 +22,7 @@ pub mod lake;
 pub mod lease;
 pub mod logs;
 pub mod manual;
+pub mod market;
 pub mod membership;
 pub mod metrics;
 pub mod notify;
@@ -40,3 +41,10 @@ pub mod transform;
 pub mod warehouse;
 pub mod web;
 pub mod worker;
+
+/// Every task kind this binary ships: the core's, and the market's registered into them.
+pub fn registry() -> tasks::Registry {
+    let mut registry = tasks::Registry::core();
+    market::register(&mut registry);
+    registry
+}

@@ -339,7 +339,7 @@ mod tests {
         let dag = crate::dag::load_str(
             Path::new("t.yaml"),
             "id: t\ntasks:\n  - {id: a, kind: noop}\n  - {id: b, kind: noop, depends_on: [a]}\n  - {id: c, kind: noop}\n  - {id: d, kind: noop, depends_on: [b, c]}\n",
-            &crate::tasks::Registry::builtin(),
+            &crate::tasks::Registry::core(),
         )
         .expect("dag loads");
         assert_eq!(with_downstream(&dag, "b", true), ["b", "d"]);

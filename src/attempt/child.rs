@@ -529,8 +529,9 @@ async fn kill_recorded_group(store: &Store, spec: &AttemptSpec) {
 
 /// The child's side: `orch attempt`. Reads the spec from standard input, runs it, prints the
 /// report on standard output and exits; a SIGTERM stops the attempt (its commands are
-/// killed) and is reported as such.
-pub async fn serve_child() -> std::process::ExitCode {
+/// killed) and is reported as such. `registry` gives the task kinds the binary composed: a
+/// function, not a value, since a forked child must build what it uses after the fork.
+pub async fn serve_child(registry: fn() -> Registry) -> std::process::ExitCode {
     std::panic::set_hook(Box::new(|info| {
         let message = info
             .payload()
@@ -554,7 +555,7 @@ pub async fn serve_child() -> std::process::ExitCode {
             },
             log_tail: String::new(),
         },
-        Ok(spec) => run_spec(spec).await,
+        Ok(spec) => run_spec(spec, registry).await,
     };
     let mut stdout = std::io::stdout().lock();
     let written = serde_json::to_writer(&mut stdout, &report)
@@ -576,7 +577,7 @@ fn read_spec() -> Result<AttemptSpec, String> {
 
 /// Runs the attempt in this process, writing its log: the banner, what it prints (its
 /// standard error goes to the log too, a panic's message included), and how it ended.
-async fn run_spec(spec: AttemptSpec) -> ChildReport {
+async fn run_spec(spec: AttemptSpec, registry: fn() -> Registry) -> ChildReport {
     let log = match AttemptLog::create(spec.log_path.clone()) {
         Ok(log) => Arc::new(log),
         Err(e) => {
@@ -598,7 +599,7 @@ async fn run_spec(spec: AttemptSpec) -> ChildReport {
         }
     }
     log.note(&spec.banner);
-    let result = run_kind(spec, Arc::clone(&log)).await;
+    let result = run_kind(spec, Arc::clone(&log), registry).await;
     let log_tail = log.finish(&super::ending_note(&result), LOG_TAIL_BYTES);
     ChildReport {
         outcome: Outcome::from(&result),
@@ -606,7 +607,11 @@ async fn run_spec(spec: AttemptSpec) -> ChildReport {
     }
 }
 
-async fn run_kind(mut spec: AttemptSpec, log: Arc<AttemptLog>) -> Result<TaskOutput, TaskError> {
+async fn run_kind(
+    mut spec: AttemptSpec,
+    log: Arc<AttemptLog>,
+    registry: fn() -> Registry,
+) -> Result<TaskOutput, TaskError> {
     // A forked child applies these itself (a started one has them from its parent already).
     spec.limits
         .apply_to_this_process()
@@ -623,7 +628,7 @@ async fn run_kind(mut spec: AttemptSpec, log: Arc<AttemptLog>) -> Result<TaskOut
         .map_err(|e| TaskError::transient(format!("cannot handle SIGTERM: {e}")))?;
     // The parent enforces the timeout, with SIGTERM.
     spec.timeout = None;
-    let registry = Registry::builtin();
+    let registry = registry();
     tokio::select! {
         result = run_here(spec, &registry, &store, log) => result,
         _ = terminate.recv() => Err(TaskError::transient("stopped by SIGTERM")),

@@ -280,7 +280,7 @@ unsafe fn send_raw_fds(socket: RawFd, fds: &[RawFd; 3]) -> io::Result<()> {
 
 /// The server: `orch attempt-server`, before any runtime or thread exists. Serves until its
 /// worker closes the socket (its standard input), or dies (a parent-death signal).
-pub fn serve() -> ! {
+pub fn serve(registry: fn() -> crate::tasks::Registry) -> ! {
     // SAFETY: plain libc calls on this single-threaded process's own state; every buffer
     // passed is owned here and outlives the call.
     unsafe {
@@ -298,7 +298,7 @@ pub fn serve() -> ! {
             std::process::exit(1);
         }
         // A child forked ahead, so that an attempt does not wait for its fork.
-        let mut spare = fork_spare(signals, &chld);
+        let mut spare = fork_spare(signals, &chld, registry);
         loop {
             let mut polled = [
                 libc::pollfd {
@@ -328,10 +328,10 @@ pub fn serve() -> ! {
                     std::process::exit(0)
                 };
                 match spare.take() {
-                    Some(ready) => hand_to_spare(ready, fds, signals, &chld),
-                    None => fork_attempt(fds, signals, &chld),
+                    Some(ready) => hand_to_spare(ready, fds, signals, &chld, registry),
+                    None => fork_attempt(fds, signals, &chld, registry),
                 }
-                spare = fork_spare(signals, &chld);
+                spare = fork_spare(signals, &chld, registry);
             }
         }
     }
@@ -430,7 +430,11 @@ struct Spare {
 /// Forks a spare: a child in its own process group that, once handed its standard streams,
 /// runs an attempt as [`fork_attempt`]'s children do. `None` when it cannot be had; attempts
 /// are then forked when asked for.
-unsafe fn fork_spare(signals: RawFd, chld: &libc::sigset_t) -> Option<Spare> {
+unsafe fn fork_spare(
+    signals: RawFd,
+    chld: &libc::sigset_t,
+    registry: fn() -> crate::tasks::Registry,
+) -> Option<Spare> {
     let mut pair = [0 as RawFd; 2];
     // SAFETY: socketpair writes two descriptors into the array.
     if unsafe {
@@ -484,7 +488,7 @@ unsafe fn fork_spare(signals: RawFd, chld: &libc::sigset_t) -> Option<Spare> {
                 libc::close(*fd);
             }
         }
-        run_child(runtime);
+        run_child(runtime, registry);
     }
     // SAFETY: the child's end, ours to close.
     unsafe {
@@ -507,7 +511,13 @@ unsafe fn fork_spare(signals: RawFd, chld: &libc::sigset_t) -> Option<Spare> {
 
 /// Gives the attempt's standard streams `fds` to the spare and reports its pid; forks the
 /// attempt anew when the spare cannot take them.
-unsafe fn hand_to_spare(spare: Spare, fds: [RawFd; 3], signals: RawFd, chld: &libc::sigset_t) {
+unsafe fn hand_to_spare(
+    spare: Spare,
+    fds: [RawFd; 3],
+    signals: RawFd,
+    chld: &libc::sigset_t,
+    registry: fn() -> crate::tasks::Registry,
+) {
     // SAFETY: sends on our socket to the spare; the descriptors are ours until closed.
     let sent = unsafe { send_raw_fds(spare.socket, &fds) }.is_ok();
     // SAFETY: our socket to the spare, done with either way.
@@ -518,7 +528,7 @@ unsafe fn hand_to_spare(spare: Spare, fds: [RawFd; 3], signals: RawFd, chld: &li
         // SAFETY: a spare that cannot take its streams is of no use; it dies with its socket.
         unsafe {
             libc::kill(spare.pid, libc::SIGKILL);
-            fork_attempt(fds, signals, chld);
+            fork_attempt(fds, signals, chld, registry);
         }
         return;
     }
@@ -534,10 +544,13 @@ unsafe fn hand_to_spare(spare: Spare, fds: [RawFd; 3], signals: RawFd, chld: &li
 /// Runs the attempt of this forked child on `runtime` and exits: `serve_child` reports and
 /// exits the process itself. One attempt needs one thread: blocking work goes to
 /// `spawn_blocking`, and starting no worker threads is much of what a short attempt costs.
-fn run_child(runtime: io::Result<tokio::runtime::Runtime>) -> ! {
+fn run_child(
+    runtime: io::Result<tokio::runtime::Runtime>,
+    registry: fn() -> crate::tasks::Registry,
+) -> ! {
     match runtime {
         Ok(runtime) => {
-            runtime.block_on(super::serve_child());
+            runtime.block_on(super::serve_child(registry));
         }
         Err(e) => eprintln!("error: cannot start the async runtime: {e}"),
     }
@@ -545,7 +558,12 @@ fn run_child(runtime: io::Result<tokio::runtime::Runtime>) -> ! {
 }
 
 /// Forks the attempt process with `fds` as its standard streams and reports its pid.
-unsafe fn fork_attempt(fds: [RawFd; 3], signals: RawFd, chld: &libc::sigset_t) {
+unsafe fn fork_attempt(
+    fds: [RawFd; 3],
+    signals: RawFd,
+    chld: &libc::sigset_t,
+    registry: fn() -> crate::tasks::Registry,
+) {
     let server = std::process::id() as i32;
     // SAFETY: this process is single-threaded, so the child may go on running Rust code.
     let pid = unsafe { libc::fork() };
@@ -568,6 +586,7 @@ unsafe fn fork_attempt(fds: [RawFd; 3], signals: RawFd, chld: &libc::sigset_t) {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build(),
+            registry,
         );
     }
     for fd in fds {

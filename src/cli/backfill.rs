@@ -17,7 +17,6 @@ use crate::executor::{Executor, Phase, ShutdownHandle};
 use crate::lease::Lease;
 use crate::scheduler::plan;
 use crate::store::{RunState, RunType, Store};
-use crate::tasks::Registry;
 use crate::worker::LocalWorker;
 
 /// How one date of the backfill ended.
@@ -70,7 +69,7 @@ pub async fn backfill(
     if start > end {
         anyhow::bail!("--start {start} is after --end {end}");
     }
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(crate::registry());
     let bag = DagBag::load(&config.dags_dir, &registry);
     let dag = find_dag(&bag, dag_id)?;
     let store = Store::open(&config.database_url).await?;

@@ -12,7 +12,7 @@ use crate::store::{Store, timestamp};
 use crate::tasks::Registry;
 
 pub async fn dags(config: &Config, command: DagsCommand) -> anyhow::Result<ExitCode> {
-    let registry = Registry::builtin();
+    let registry = crate::registry();
     match command {
         DagsCommand::Validate { files } => Ok(validate(config, &registry, &files)),
         DagsCommand::List => {

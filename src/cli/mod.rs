@@ -366,7 +366,7 @@ pub fn main() -> ExitCode {
     }
     if let Command::AttemptServer = cli.command {
         // Before any runtime or thread: the server forks.
-        crate::attempt::serve_fork_server();
+        crate::attempt::serve_fork_server(crate::registry);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -402,7 +402,7 @@ pub fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Attempt = cli.command {
         // Everything the attempt needs comes with it, resolved by the process that started it.
-        return Ok(crate::attempt::serve_child().await);
+        return Ok(crate::attempt::serve_child(crate::registry).await);
     }
     let config = Config::load(&cli.home)?;
     match cli.command {

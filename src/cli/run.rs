@@ -12,7 +12,6 @@ use crate::config::Config;
 use crate::executor::{Phase, ShutdownHandle, TaskEvent};
 use crate::lease::Lease;
 use crate::store::RunState;
-use crate::tasks::Registry;
 use crate::worker::LocalWorker;
 
 pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -34,7 +33,7 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("the run vanished right after it was created")?;
     say!("{}", run.run_id);
 
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(crate::registry());
     let (shutdown, watch) = ShutdownHandle::new();
     let (executor, worker) =
         LocalWorker::with_own_executor(config, &store, registry, &lease, "run", watch.clone())

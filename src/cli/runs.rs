@@ -14,7 +14,7 @@ use crate::store::{ManualAction, RunDetail, RunRecord, Store, TaskState, timesta
 
 /// The DAG a run belongs to, as the DAGs folder has it now.
 fn loaded_dag(config: &Config, dag_id: &str) -> Option<std::sync::Arc<crate::dag::Dag>> {
-    let registry = crate::tasks::Registry::builtin();
+    let registry = crate::registry();
     crate::dag::DagBag::load(&config.dags_dir, &registry)
         .get(dag_id)
         .cloned()

@@ -42,14 +42,16 @@ pub async fn serve(
             config.retention,
         ))
     });
+    let services = crate::market::leader_services(&config, log_format)?;
     let outcome = scheduler::serve(
         config,
         ServeOptions {
             grace,
-            log_format,
             queues,
             view,
             store,
+            registry: Arc::new(crate::registry()),
+            services,
         },
     )
     .await;

@@ -12,7 +12,6 @@ use crate::dag::{Dag, DagBag, params};
 use crate::manual;
 use crate::scheduler::{plan, wake};
 use crate::store::{NewRun, RunState, Store};
-use crate::tasks::Registry;
 
 /// The exit status of `orch trigger` refused for now because too many runs are pending
 /// (sysexits' EX_TEMPFAIL: the same command later will do).
@@ -25,7 +24,7 @@ pub(super) async fn create_manual_run(
     args: &RunArgs,
     admit: bool,
 ) -> anyhow::Result<(Store, Arc<Dag>, NewRun)> {
-    let registry = Registry::builtin();
+    let registry = crate::registry();
     let bag = DagBag::load(&config.dags_dir, &registry);
     let dag = find_dag(&bag, &args.dag_id)?;
     let conf = plan::parse_conf(&args.conf, &dag.param_specs).map_err(|e| anyhow!(e))?;

@@ -10,7 +10,6 @@ use crate::config::Config;
 use crate::executor::{Phase, ShutdownHandle};
 use crate::lease::Lease;
 use crate::store::Store;
-use crate::tasks::Registry;
 use crate::worker::LocalWorker;
 
 pub async fn worker(
@@ -21,7 +20,7 @@ pub async fn worker(
     let store = Store::open(&config.database_url).await?;
     let lease = Lease::acquire(&config.state_dir()).context("cannot create the process lease")?;
     let (shutdown, watch) = ShutdownHandle::new();
-    let registry = Arc::new(Registry::builtin());
+    let registry = Arc::new(crate::registry());
     let worker = LocalWorker::start(
         config,
         &store,

@@ -130,8 +130,8 @@ impl DagBag {
                     continue;
                 }
             };
-            // Stream definitions live in the same folder; `crate::stream` loads them.
-            if crate::stream::is_stream_file(text) {
+            // A plug-in's files (a stream's definition) live in the same folder; it loads them.
+            if registry.is_foreign_file(text) {
                 continue;
             }
             let loaded = match previous.get(path.as_path()) {

@@ -576,7 +576,7 @@ mod tests {
     use crate::dag::{RetryBackoff, TriggerRule};
 
     fn load(yaml: &str) -> Result<Dag, LoadError> {
-        load_str(Path::new("dags/t.yaml"), yaml, &Registry::builtin())
+        load_str(Path::new("dags/t.yaml"), yaml, &crate::registry())
     }
 
     /// The single problem of a file that should have exactly one.

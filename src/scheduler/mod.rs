@@ -7,7 +7,8 @@
 //! a run, or one second, whichever comes first.
 //!
 //! Several servers may share one PostgreSQL database: only the [`leader`] schedules and runs
-//! the streams; every server runs its local worker.
+//! the plug-ins' [`LeaderService`]s (the market's live streams); every server runs its local
+//! worker.
 
 mod leader;
 pub mod plan;
@@ -33,8 +34,7 @@ use crate::membership;
 use crate::store::{
     AttemptState, Listed, RunClaim, RunRecord, RunState, RunType, Store, StoreError,
 };
-use crate::stream::supervisor::{StreamProcess, Supervisor};
-use crate::tasks::Registry;
+use crate::tasks::{BoxFuture, Registry};
 use crate::worker::LocalWorker;
 use leader::Leadership;
 
@@ -48,14 +48,28 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 pub struct ServeOptions {
     /// How long running tasks may go on after SIGTERM or Ctrl-C before they are stopped.
     pub grace: Duration,
-    /// The `--log-format` of the server, for the stream processes it starts.
-    pub log_format: &'static str,
     /// The queues the server's own worker serves; none: it runs no worker.
     pub queues: Vec<String>,
     /// Where the scheduler publishes what the web face shows.
     pub view: view::ViewSender,
     /// The metadata database, opened (and migrated) by the caller, whose web face shares it.
     pub store: Store,
+    /// The task kinds DAGs may use, which the binary composed.
+    pub registry: Arc<Registry>,
+    /// What the plug-ins run on the leader.
+    pub services: Vec<Box<dyn LeaderService>>,
+}
+
+/// A long-running service a plug-in runs on the scheduling leader only (the market's live
+/// streams, each a process of its own). The scheduler does not know what it runs: it keeps it
+/// in step with the DAGs folder and stops it with itself.
+pub trait LeaderService: Send {
+    /// Brings what the service runs in line with the DAGs folder: when this server becomes
+    /// the leader, and after a file of the folder changed.
+    fn sync(&mut self) -> BoxFuture<'_, ()>;
+
+    /// Stops everything the service runs, within the server's grace.
+    fn stop_all(&mut self) -> BoxFuture<'static, ()>;
 }
 
 type RunOutcome = (String, Result<Option<RunState>, StoreError>);
@@ -90,8 +104,7 @@ struct Scheduler {
     /// What was already reported once: queued runs waiting for a missing DAG, unreadable
     /// rows, and a DAG's scheduling error.
     reported: HashSet<String>,
-    streams: Supervisor,
-    dags_dir: std::path::PathBuf,
+    services: Vec<Box<dyn LeaderService>>,
     leadership: Leadership,
     lost_after: Duration,
     view: view::ViewSender,
@@ -121,38 +134,6 @@ const PASS_GAP: Duration = Duration::from_millis(10);
 /// time that would work the backlog off.
 const PASS_SHARE: u32 = 5;
 
-/// How this server starts its streams' processes: this binary, seeing what the server sees.
-fn stream_process(config: &Config, log_format: &str) -> anyhow::Result<StreamProcess> {
-    let exe = std::env::current_exe().context("cannot find the orch binary to run streams with")?;
-    let data = &config.data;
-    let env = [
-        ("ORCH_DATABASE_URL", &config.database_url),
-        ("ORCH_STAGING_URL", &data.staging_url),
-        ("BINANCE_API_URL", &data.binance_api_url),
-        ("BINANCE_WS_URL", &data.binance_ws_url),
-        ("KUCOIN_API_URL", &data.kucoin_api_url),
-        ("MERCADO_BITCOIN_API_URL", &data.mercado_bitcoin_api_url),
-        ("MERCADO_BITCOIN_WS_URL", &data.mercado_bitcoin_ws_url),
-    ]
-    .into_iter()
-    .map(|(name, value)| (name.to_string(), value.clone()))
-    .chain([(
-        "ORCH_DAGS_DIR".to_string(),
-        config.dags_dir.to_string_lossy().into_owned(),
-    )])
-    .collect();
-    Ok(StreamProcess {
-        exe,
-        args: vec![
-            "--home".into(),
-            config.home.clone().into_os_string(),
-            "--log-format".into(),
-            log_format.into(),
-        ],
-        env,
-    })
-}
-
 /// Runs the scheduler until SIGTERM or Ctrl-C (or until it loses the scheduler lease).
 pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let state_dir = config.state_dir();
@@ -160,7 +141,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     let store = options.store.clone();
     let lease = Lease::acquire(&state_dir).context("cannot create the process lease")?;
     let wake = wake::WakeListener::bind(&state_dir);
-    let registry = Arc::new(Registry::builtin());
+    let registry = options.registry.clone();
     let bag = DagBag::load(&config.dags_dir, &registry);
     for error in bag.errors() {
         tracing::error!("DAG file not loaded: {error}");
@@ -193,7 +174,6 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     .await?;
     let executor = Executor::of_config(&config, store.clone(), Arc::clone(&registry))
         .with_handoff(worker.handoff());
-    let streams = Supervisor::new(stream_process(&config, options.log_format)?);
     let mut scheduler = Scheduler {
         leadership: Leadership::new(store.clone(), lease.id(), config.heartbeat_timeout),
         lost_after: config.heartbeat_timeout,
@@ -208,8 +188,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         active: HashSet::new(),
         resume_after: HashMap::new(),
         reported: HashSet::new(),
-        streams,
-        dags_dir: config.dags_dir.clone(),
+        services: options.services,
         view: options.view,
         next_due: HashMap::new(),
         loop_lag: Duration::ZERO,
@@ -241,13 +220,16 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         Duration::ZERO
     };
     let stop_by = tokio::time::Instant::now() + grace;
-    let streams_stopped = scheduler.streams.stop_all();
-    let (streams_in_time, ()) = tokio::join!(
-        tokio::time::timeout_at(stop_by + PARTING, streams_stopped),
+    let services_stopped =
+        futures_util::future::join_all(scheduler.services.iter_mut().map(|s| s.stop_all()));
+    let (services_in_time, ()) = tokio::join!(
+        tokio::time::timeout_at(stop_by + PARTING, services_stopped),
         scheduler.stop(stop_by, grace)
     );
-    if streams_in_time.is_err() {
-        tracing::warn!("a stream did not stop in time; its process is killed with this one");
+    if services_in_time.is_err() {
+        tracing::warn!(
+            "a service (a stream) did not stop in time; its process is killed with this one"
+        );
     }
     // The few writes that tell others this process is gone get a moment past the grace.
     let parting = stop_by + PARTING;
@@ -379,7 +361,7 @@ impl Scheduler {
             }
             if tokio::time::Instant::now() >= next_reload {
                 if self.reload() && self.leadership.is_leader() {
-                    self.sync_streams().await;
+                    self.sync_services().await;
                 }
                 next_reload = tokio::time::Instant::now() + RELOAD_INTERVAL;
             }
@@ -400,7 +382,7 @@ impl Scheduler {
         self.view.send_replace(Arc::new(view));
     }
 
-    /// Takes or renews the scheduler lease; the leader runs the streams. Fails when this
+    /// Takes or renews the scheduler lease; the leader runs the services. Fails when this
     /// server lost the lease it held: another may be scheduling already.
     async fn renew_leadership(&mut self) -> anyhow::Result<()> {
         match self.leadership.renew().await {
@@ -412,7 +394,7 @@ impl Scheduler {
                     }
                     None => tracing::info!("this server is now the scheduling leader"),
                 }
-                self.sync_streams().await;
+                self.sync_services().await;
                 Ok(())
             }
             leader::Change::Lost { why } => {
@@ -453,13 +435,11 @@ impl Scheduler {
         }
     }
 
-    /// Starts, restarts and stops streams to match the stream files of the DAGs folder.
-    async fn sync_streams(&mut self) {
-        let (defs, errors) = crate::stream::load_dir(&self.dags_dir);
-        for error in errors {
-            tracing::error!("stream file not loaded: {error}");
+    /// Brings the services in line with the DAGs folder.
+    async fn sync_services(&mut self) {
+        for service in &mut self.services {
+            service.sync().await;
         }
-        self.streams.sync(defs).await;
     }
 
     /// Re-reads changed DAG files; returns whether any YAML file of the folder changed.
@@ -482,7 +462,7 @@ impl Scheduler {
                 None if self.bag.dags().any(|d| &d.path == path) => {
                     tracing::info!(path = %path.display(), "DAG file loaded")
                 }
-                // A stream file: `sync_streams` reports it.
+                // A plug-in's file (a stream's): its service reports it.
                 None => {}
             }
         }
@@ -862,7 +842,7 @@ mod tests {
         let yaml = format!(
             "schedule: '*/5 * * * *'\ncatchup: {catchup}\nmax_active_runs: 1\ntasks: [{{id: a, kind: noop}}]\n"
         );
-        crate::dag::load_str(Path::new("d.yaml"), &yaml, &Registry::builtin()).expect("dag")
+        crate::dag::load_str(Path::new("d.yaml"), &yaml, &Registry::core()).expect("dag")
     }
 
     fn at(h: u32, m: u32) -> DateTime<Utc> {

@@ -112,7 +112,7 @@ mod tests {
     use std::path::Path;
 
     fn dag(yaml: &str) -> Dag {
-        load_str(Path::new("d.yaml"), yaml, &Registry::builtin()).expect("valid dag")
+        load_str(Path::new("d.yaml"), yaml, &Registry::core()).expect("valid dag")
     }
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {

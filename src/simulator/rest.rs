@@ -345,3 +345,46 @@ async fn stats(State(shared): State<Shared>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::exchange::binance::{BinanceClient, RetryPolicy};
+    use crate::simulator::{BINANCE_WEIGHT_LIMIT, Keepalive, Simulator, SimulatorOptions};
+
+    /// Binance's client against the simulator's `exchangeInfo`: here, beside the simulator,
+    /// since the exchanges do not depend on it.
+    #[tokio::test]
+    async fn exchange_info_reads_assets_and_names_an_unknown_symbol() {
+        let simulator = Simulator::start(&SimulatorOptions {
+            port: 0,
+            symbols: vec!["AAVEUSDT".to_string(), "BTCFDUSD".to_string()],
+            rate: 0.0,
+            seed: 1,
+            replay: Vec::new(),
+            weight_limit: Some(BINANCE_WEIGHT_LIMIT),
+            keepalive: Keepalive::BINANCE,
+        })
+        .await
+        .expect("simulator");
+        let client = BinanceClient::new(&simulator.url(), RetryPolicy::default()).expect("client");
+        let infos = client
+            .exchange_info(&["AAVEUSDT".to_string(), "BTCFDUSD".to_string()])
+            .await
+            .expect("exchangeInfo");
+        let assets: Vec<(&str, &str)> = infos
+            .iter()
+            .map(|i| (i.base_asset.as_str(), i.quote_asset.as_str()))
+            .collect();
+        assert_eq!(assets, [("AAVE", "USDT"), ("BTC", "FDUSD")]);
+
+        let err = client
+            .exchange_info(&["NOSUCHUSDT".to_string()])
+            .await
+            .expect_err("unknown symbol");
+        let message = err.to_string();
+        assert!(
+            message.contains("NOSUCHUSDT") && message.contains("-1121"),
+            "{message}"
+        );
+    }
+}

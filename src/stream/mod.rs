@@ -23,6 +23,7 @@
 pub mod ingest;
 pub mod lake_copy;
 pub mod reported;
+pub mod service;
 pub mod stats;
 pub mod supervisor;
 

@@ -2,21 +2,14 @@
 //!
 //! A kind checks its `with:` configuration when a DAG file is loaded, so a mistake fails
 //! `orch dags validate` rather than a run, and runs with the rendered configuration.
-//! New kinds (exchange, warehouse, ETL) register in [`Registry::builtin`].
+//! The core's kinds are in [`Registry::core`]; plug-ins (the market's kinds) add theirs with
+//! [`Registry::register`], and the binary composes the two.
 
-mod exchange_trades;
 mod http;
-mod lake_compact;
-mod lake_retention;
-mod nats_consume;
 mod noop;
 mod shell;
 mod sql;
-mod trades_extract;
-mod trades_star_schema;
 mod wait_for;
-mod warehouse_load_parquet;
-mod warehouse_load_star_schema;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,19 +26,11 @@ use crate::logs::AttemptLog;
 use crate::store::Store;
 use crate::template::{self, Quoting, RunVariables};
 
-pub use exchange_trades::ExchangeTrades;
 pub use http::Http;
-pub use lake_compact::LakeCompact;
-pub use lake_retention::LakeRetention;
-pub use nats_consume::NatsConsume;
 pub use noop::Noop;
 pub use shell::Shell;
 pub use sql::Sql;
-pub use trades_extract::TradesExtract;
-pub use trades_star_schema::TradesStarSchema;
-pub use wait_for::WaitFor;
-pub use warehouse_load_parquet::WarehouseLoadParquet;
-pub use warehouse_load_star_schema::WarehouseLoadStarSchema;
+pub use wait_for::{SensorCondition, WaitFor};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -193,24 +178,15 @@ impl From<String> for TaskError {
     }
 }
 
-impl From<crate::exchange::ExchangeError> for TaskError {
-    fn from(e: crate::exchange::ExchangeError) -> TaskError {
-        if e.retryable {
-            TaskError::transient(e.message)
-        } else {
-            TaskError::permanent(e.message)
-        }
-    }
-}
-
 impl From<&str> for TaskError {
     fn from(message: &str) -> TaskError {
         TaskError::transient(message)
     }
 }
 
-/// Errors of the stores and clients kinds use, which know whether a retry can help.
-trait Transient: std::fmt::Display {
+/// Errors of the stores and clients kinds use, which know whether a retry can help: `?` on
+/// one makes a task error that says so.
+pub trait Transient: std::fmt::Display {
     fn is_transient(&self) -> bool;
 }
 
@@ -225,25 +201,11 @@ impl<E: Transient> From<E> for TaskError {
     }
 }
 
-macro_rules! transient_errors {
-    ($($error:ty),+) => {
-        $(impl Transient for $error {
-            fn is_transient(&self) -> bool {
-                <$error>::is_transient(self)
-            }
-        })+
-    };
+impl Transient for crate::store::StoreError {
+    fn is_transient(&self) -> bool {
+        crate::store::StoreError::is_transient(self)
+    }
 }
-
-transient_errors!(
-    crate::bus::BusError,
-    crate::exchange::binance::BinanceError,
-    crate::exchange::mercado_bitcoin::MercadoBitcoinError,
-    crate::lake::LakeError,
-    crate::warehouse::WarehouseError,
-    crate::staging::StagingError,
-    crate::store::StoreError
-);
 
 /// What a successful attempt reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -304,33 +266,51 @@ pub trait TaskKind: Send + Sync {
 /// The task kinds a DAG may use, by name.
 pub struct Registry {
     kinds: BTreeMap<&'static str, Arc<dyn TaskKind>>,
+    /// Tests of a file's text for the files of `dags/` that a plug-in loads itself (a stream's
+    /// definition): the DAG loader leaves them alone.
+    foreign_files: Vec<fn(&str) -> bool>,
+    /// The conditions plug-ins gave `wait_for`.
+    sensor_conditions: Vec<Arc<dyn SensorCondition>>,
 }
 
 impl Registry {
-    /// Every kind that ships with orch.
-    pub fn builtin() -> Registry {
+    /// The kinds any orch has, whatever it orchestrates: `noop`, `shell`, `http`, `sql` and
+    /// `wait_for`.
+    pub fn core() -> Registry {
         let mut registry = Registry {
             kinds: BTreeMap::new(),
+            foreign_files: Vec::new(),
+            sensor_conditions: Vec::new(),
         };
         registry.register(Arc::new(Noop));
         registry.register(Arc::new(Shell));
-        registry.register(Arc::new(ExchangeTrades::Binance));
-        registry.register(Arc::new(ExchangeTrades::MercadoBitcoin));
-        registry.register(Arc::new(WarehouseLoadParquet));
-        registry.register(Arc::new(TradesExtract));
-        registry.register(Arc::new(TradesStarSchema));
-        registry.register(Arc::new(WarehouseLoadStarSchema));
-        registry.register(Arc::new(WaitFor));
+        registry.register(Arc::new(WaitFor::default()));
         registry.register(Arc::new(Http));
-        registry.register(Arc::new(LakeCompact));
-        registry.register(Arc::new(LakeRetention));
-        registry.register(Arc::new(NatsConsume));
         registry.register(Arc::new(Sql));
         registry
     }
 
+    /// Adds `kind`, or replaces the kind of the same name.
     pub fn register(&mut self, kind: Arc<dyn TaskKind>) {
         self.kinds.insert(kind.name(), kind);
+    }
+
+    /// Gives `wait_for` one more condition to wait on.
+    pub fn register_sensor_condition(&mut self, condition: Arc<dyn SensorCondition>) {
+        self.sensor_conditions.push(condition);
+        self.register(Arc::new(WaitFor::with(self.sensor_conditions.clone())));
+    }
+
+    /// Has the DAG loader leave the files of `dags/` whose text `is_foreign` says a plug-in
+    /// loads itself.
+    pub fn register_foreign_files(&mut self, is_foreign: fn(&str) -> bool) {
+        self.foreign_files.push(is_foreign);
+    }
+
+    /// Whether a plug-in loads the file of `dags/` whose text is `text`, rather than the
+    /// DAG loader.
+    pub fn is_foreign_file(&self, text: &str) -> bool {
+        self.foreign_files.iter().any(|is_foreign| is_foreign(text))
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn TaskKind>> {
@@ -394,15 +374,6 @@ pub(crate) async fn off_runtime<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| TaskError::transient(format!("the task's work panicked: {e}")))
-}
-
-/// A Polars error as a task's: reading a file (which a concurrent rewrite may have removed)
-/// may work on a retry; a query that fails on the data will not.
-pub(crate) fn polars_error(error: polars::prelude::PolarsError) -> TaskError {
-    match error {
-        polars::prelude::PolarsError::IO { .. } => TaskError::transient(error.to_string()),
-        other => TaskError::permanent(other.to_string()),
-    }
 }
 
 /// Opens the database a task names: `staging`, `warehouse`, or one of orch.yaml's
@@ -490,4 +461,115 @@ pub fn parse_with<T: DeserializeOwned>(with: &Value) -> Result<T, String> {
         other => other.clone(),
     };
     serde_json::from_value(value).map_err(|e| format!("invalid `with`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::dag::load_str;
+
+    /// A kind a plug-in could ship: it knows its own `with:`.
+    struct Shout;
+
+    impl TaskKind for Shout {
+        fn name(&self) -> &'static str {
+            "test.shout"
+        }
+
+        fn check(&self, with: &Value) -> Result<(), String> {
+            match with.get("word") {
+                Some(Value::String(_)) => Ok(()),
+                _ => Err("`word` must be a text".to_string()),
+            }
+        }
+
+        fn run<'a>(
+            &'a self,
+            with: Value,
+            _ctx: &'a TaskContext,
+        ) -> BoxFuture<'a, Result<TaskOutput, TaskError>> {
+            Box::pin(async move {
+                let mut outputs = serde_json::Map::new();
+                outputs.insert("shouted".to_string(), with["word"].clone());
+                Ok(TaskOutput {
+                    outputs: Some(outputs),
+                    ..TaskOutput::default()
+                })
+            })
+        }
+    }
+
+    /// `wait_for: {test_flag: NAME}`: a condition a plug-in could add.
+    struct Flag;
+
+    impl SensorCondition for Flag {
+        fn key(&self) -> &'static str {
+            "test_flag"
+        }
+
+        fn check(&self, value: &Value) -> Result<(), String> {
+            value
+                .as_str()
+                .map(drop)
+                .ok_or_else(|| "`test_flag` must be a name".to_string())
+        }
+
+        fn describe(&self, value: &Value) -> String {
+            format!("flag {value}")
+        }
+
+        fn holds<'a>(
+            &'a self,
+            _value: &'a Value,
+            _ctx: &'a TaskContext,
+        ) -> BoxFuture<'a, Result<bool, TaskError>> {
+            Box::pin(async { Ok(true) })
+        }
+    }
+
+    /// The core knows only its own kinds; a kind, a sensor condition and a file type
+    /// registered from outside it are used by the DAG loader as its own are, without a line of
+    /// the core changed for them.
+    #[test]
+    fn kinds_conditions_and_files_registered_from_outside_the_core_are_used_by_the_loader() {
+        let load = |yaml: &str, registry: &Registry| {
+            load_str(Path::new("dags/t.yaml"), yaml, registry).map_err(|e| e.to_string())
+        };
+        let shout = "tasks:\n  - {id: a, kind: test.shout, with: {word: hey}}\n";
+        let wait = "tasks:\n  - {id: w, kind: wait_for, with: {test_flag: ready}}\n";
+        let mut registry = Registry::core();
+        assert_eq!(
+            registry.names(),
+            ["http", "noop", "shell", "sql", "wait_for"]
+        );
+        let unknown = load(shout, &registry).expect_err("not registered yet");
+        assert!(unknown.contains("unknown kind `test.shout`"), "{unknown}");
+        let unknown = load(wait, &registry).expect_err("not registered yet");
+        assert!(unknown.contains("test_flag"), "{unknown}");
+
+        registry.register(Arc::new(Shout));
+        registry.register_sensor_condition(Arc::new(Flag));
+        registry.register_foreign_files(|text| text.starts_with("test_file:"));
+        load(shout, &registry).expect("a registered kind loads");
+        let bad = load(
+            "tasks:\n  - {id: a, kind: test.shout, with: {word: 1}}\n",
+            &registry,
+        )
+        .expect_err("the kind checks its own settings");
+        assert!(bad.contains("`word` must be a text"), "{bad}");
+        load(wait, &registry).expect("a registered condition loads");
+        let neither = load(
+            "tasks:\n  - {id: w, kind: wait_for, with: {poke_interval: 1s}}\n",
+            &registry,
+        )
+        .expect_err("no condition");
+        assert!(
+            neither.contains("give exactly one condition: `dag_run`, `sql` or `test_flag`"),
+            "{neither}"
+        );
+        assert!(registry.is_foreign_file("test_file: x\n"));
+        assert!(!registry.is_foreign_file(shout));
+    }
 }

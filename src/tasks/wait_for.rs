@@ -2,14 +2,14 @@
 //! `poke_interval` until `timeout`:
 //!
 //! - `dag_run`: another DAG's run for the same logical date (moved by `offset`) succeeded;
-//! - `lake_object`: an object or a partition exists in the lake;
 //! - `sql`: a query on the staging store or the warehouse returns a true first value;
-//! - `stream`: a live stream has committed trades past a time.
+//! - a plug-in's [`SensorCondition`] (the market's `lake_object` and `stream`).
 //!
 //! In `poke` mode the attempt waits, holding its worker slot. In `reschedule` mode each look is
 //! one short attempt: while the condition does not hold the task waits `up_for_retry` for
 //! `poke_interval`, freeing its slot, without using its retries.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,15 +19,46 @@ use serde_json::Value;
 use super::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, parse_with};
 use crate::template;
 
-pub struct WaitFor;
+/// The sensor kind, with the conditions plug-ins gave it beside its own.
+#[derive(Default)]
+pub struct WaitFor {
+    conditions: Vec<Arc<dyn SensorCondition>>,
+}
+
+impl WaitFor {
+    /// A sensor that also waits on `conditions`.
+    pub fn with(conditions: Vec<Arc<dyn SensorCondition>>) -> WaitFor {
+        WaitFor { conditions }
+    }
+}
+
+/// A condition a plug-in adds to `wait_for`, under its own key of `with:`.
+pub trait SensorCondition: Send + Sync {
+    /// Its key in `with:`.
+    fn key(&self) -> &'static str;
+
+    /// Checks its value as written in the DAG file (templates unrendered).
+    fn check(&self, value: &Value) -> Result<(), String>;
+
+    /// What it waits for, for the log and the errors.
+    fn describe(&self, value: &Value) -> String;
+
+    /// Whether it holds now.
+    fn holds<'a>(
+        &'a self,
+        value: &'a Value,
+        ctx: &'a TaskContext,
+    ) -> BoxFuture<'a, Result<bool, TaskError>>;
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WaitConfig {
     dag_run: Option<DagRunCondition>,
-    lake_object: Option<String>,
     sql: Option<SqlCondition>,
-    stream: Option<StreamCondition>,
+    /// A plug-in's condition and its value, taken out of `with:` before the rest is read.
+    #[serde(skip)]
+    plugged: Option<(Arc<dyn SensorCondition>, Value)>,
     /// How often to look: `30s` by default.
     poke_interval: Option<String>,
     /// How long to wait in all before failing: `1h` by default.
@@ -50,14 +81,6 @@ struct SqlCondition {
     /// `staging`, `warehouse`, or a name of orch.yaml's `connections:`.
     connection: String,
     query: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StreamCondition {
-    stream_id: String,
-    /// An RFC 3339 time, e.g. `{{ data_interval_end }}`.
-    committed_past: String,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -96,19 +119,43 @@ fn signed_duration(text: &str) -> Result<chrono::Duration, String> {
     Ok(if negative { -d } else { d })
 }
 
+impl WaitFor {
+    /// Reads `with:`: the plug-ins' conditions first, then the sensor's own settings.
+    fn parse(&self, with: &Value) -> Result<WaitConfig, String> {
+        let mut rest = with.clone();
+        let mut plugged = Vec::new();
+        if let Value::Object(map) = &mut rest {
+            for condition in &self.conditions {
+                if let Some(value) = map.remove(condition.key()) {
+                    plugged.push((Arc::clone(condition), value));
+                }
+            }
+        }
+        let mut config: WaitConfig = parse_with(&rest)?;
+        let given = plugged.len()
+            + usize::from(config.dag_run.is_some())
+            + usize::from(config.sql.is_some());
+        if given != 1 {
+            let mut keys = vec!["dag_run", "sql"];
+            keys.extend(self.conditions.iter().map(|c| c.key()));
+            keys.sort_unstable();
+            let mut quoted: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+            let last = quoted.pop().unwrap_or_default();
+            return Err(format!(
+                "give exactly one condition: {} or {last}",
+                quoted.join(", ")
+            ));
+        }
+        config.plugged = plugged.pop();
+        config.check()?;
+        Ok(config)
+    }
+}
+
 impl WaitConfig {
     fn check(&self) -> Result<(), String> {
-        let conditions = [
-            self.dag_run.is_some(),
-            self.lake_object.is_some(),
-            self.sql.is_some(),
-            self.stream.is_some(),
-        ];
-        if conditions.iter().filter(|c| **c).count() != 1 {
-            return Err(
-                "give exactly one condition: `dag_run`, `lake_object`, `sql` or `stream`"
-                    .to_string(),
-            );
+        if let Some((condition, value)) = &self.plugged {
+            condition.check(value)?;
         }
         duration(literal(&self.poke_interval), DEFAULT_POKE, "poke_interval")?;
         duration(literal(&self.timeout), DEFAULT_TIMEOUT, "timeout")?;
@@ -144,15 +191,10 @@ impl WaitConfig {
                     .map(|o| format!(" at offset {o}"))
                     .unwrap_or_default()
             )
-        } else if let Some(path) = &self.lake_object {
-            format!("`{path}` in the lake")
         } else if let Some(sql) = &self.sql {
             format!("`{}` on {} to be true", sql.query, sql.connection)
-        } else if let Some(s) = &self.stream {
-            format!(
-                "stream `{}` to commit past {}",
-                s.stream_id, s.committed_past
-            )
+        } else if let Some((condition, value)) = &self.plugged {
+            condition.describe(value)
         } else {
             "nothing".to_string()
         }
@@ -178,41 +220,12 @@ impl WaitConfig {
                 .map_err(|e| TaskError::transient(e.to_string()))?;
             return Ok(other.is_some_and(|r| r.state == crate::store::RunState::Success));
         }
-        if let Some(path) = &self.lake_object {
-            let lake = crate::lake::Lake::open(&ctx.data.lake_url)
-                .map_err(|e| TaskError::permanent(e.to_string()))?;
-            let found = lake
-                .list(path.trim_start_matches('/'))
-                .await
-                .map_err(|e| TaskError::transient(e.to_string()))?;
-            return Ok(!found.is_empty());
-        }
         if let Some(sql) = &self.sql {
             let mut conn = super::open_database(&ctx.data, &sql.connection).await?;
             return query_is_true(&mut conn, &sql.query).await;
         }
-        if let Some(s) = &self.stream {
-            let past = DateTime::parse_from_rfc3339(s.committed_past.trim())
-                .map_err(|e| {
-                    TaskError::permanent(format!(
-                        "`committed_past` `{}` is not an RFC 3339 time: {e}",
-                        s.committed_past
-                    ))
-                })?
-                .with_timezone(&Utc);
-            let reports = ctx
-                .store
-                .stream_reports()
-                .await
-                .map_err(|e| TaskError::transient(e.to_string()))?;
-            let committed = reports
-                .iter()
-                .find(|r| r.stream_id == s.stream_id)
-                .and_then(|r| {
-                    serde_json::from_str::<crate::stream::stats::StreamReport>(&r.report).ok()
-                })
-                .and_then(|r| r.last_trade_time);
-            return Ok(committed.is_some_and(|ms| ms >= past.timestamp_millis()));
+        if let Some((condition, value)) = &self.plugged {
+            return condition.holds(value, ctx).await;
         }
         Ok(false)
     }
@@ -272,7 +285,7 @@ impl TaskKind for WaitFor {
     }
 
     fn check(&self, with: &Value) -> Result<(), String> {
-        parse_with::<WaitConfig>(with)?.check()
+        self.parse(with).map(drop)
     }
 
     fn run<'a>(
@@ -281,8 +294,7 @@ impl TaskKind for WaitFor {
         ctx: &'a TaskContext,
     ) -> BoxFuture<'a, Result<TaskOutput, TaskError>> {
         Box::pin(async move {
-            let config: WaitConfig = parse_with(&with).map_err(TaskError::permanent)?;
-            config.check().map_err(TaskError::permanent)?;
+            let config = self.parse(&with).map_err(TaskError::permanent)?;
             let poke = duration(
                 config.poke_interval.as_deref(),
                 DEFAULT_POKE,

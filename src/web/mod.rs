@@ -45,7 +45,7 @@ impl WebState {
             config,
             store,
             view,
-            registry: Arc::new(crate::tasks::Registry::builtin()),
+            registry: Arc::new(crate::registry()),
             admission: Arc::default(),
         }
     }

@@ -437,7 +437,6 @@ fn trades_of(request: &str, wire: &[WireTrade]) -> Result<Vec<Trade>, BinanceErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulator::{Simulator, SimulatorOptions};
 
     /// A body that starts and then stalls is retried as a transient failure, and the error
     /// says the request timed out rather than that the answer was unreadable.
@@ -477,40 +476,5 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("timed out"), "{message}");
         assert_eq!(*requests.lock().expect("count"), 2, "retried");
-    }
-
-    #[tokio::test]
-    async fn exchange_info_reads_assets_and_names_an_unknown_symbol() {
-        let simulator = Simulator::start(&SimulatorOptions {
-            port: 0,
-            symbols: vec!["AAVEUSDT".to_string(), "BTCFDUSD".to_string()],
-            rate: 0.0,
-            seed: 1,
-            replay: Vec::new(),
-            weight_limit: Some(crate::simulator::BINANCE_WEIGHT_LIMIT),
-            keepalive: crate::simulator::Keepalive::BINANCE,
-        })
-        .await
-        .expect("simulator");
-        let client = BinanceClient::new(&simulator.url(), RetryPolicy::default()).expect("client");
-        let infos = client
-            .exchange_info(&["AAVEUSDT".to_string(), "BTCFDUSD".to_string()])
-            .await
-            .expect("exchangeInfo");
-        let assets: Vec<(&str, &str)> = infos
-            .iter()
-            .map(|i| (i.base_asset.as_str(), i.quote_asset.as_str()))
-            .collect();
-        assert_eq!(assets, [("AAVE", "USDT"), ("BTC", "FDUSD")]);
-
-        let err = client
-            .exchange_info(&["NOSUCHUSDT".to_string()])
-            .await
-            .expect_err("unknown symbol");
-        let message = err.to_string();
-        assert!(
-            message.contains("NOSUCHUSDT") && message.contains("-1121"),
-            "{message}"
-        );
     }
 }

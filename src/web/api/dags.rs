@@ -305,7 +305,7 @@ mod tests {
         let dag = crate::dag::load_str(
             std::path::Path::new("t.yaml"),
             "id: t\nparams:\n  symbols: [BTCUSDT]\n  limit: 10\n  ratio: 0.5\n  dry_run: false\ntasks:\n  - {id: a, kind: noop}\n",
-            &crate::tasks::Registry::builtin(),
+            &crate::tasks::Registry::core(),
         )
         .expect("dag loads");
         let conf: Map<String, Value> = serde_json::from_value(json!({

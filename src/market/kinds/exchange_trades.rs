@@ -28,13 +28,13 @@ use futures_util::future::try_join_all;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{
-    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
-};
 use crate::exchange::binance::{BinanceClient, RetryPolicy};
 use crate::exchange::mercado_bitcoin::{self, MercadoBitcoinClient};
 use crate::exchange::{Observer, Trade, TradeHistory};
 use crate::lake::{Lake, raw_trades};
+use crate::tasks::{
+    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
+};
 
 /// The exchanges whose trade history a batch kind fetches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,10 @@ struct Config {
     #[serde(default = "default_file_rows")]
     file_rows: usize,
     /// A catch-up also writes what it has at least this often.
-    #[serde(default = "default_flush_every", deserialize_with = "super::duration")]
+    #[serde(
+        default = "default_flush_every",
+        deserialize_with = "crate::tasks::duration"
+    )]
     flush_every: Duration,
 }
 

@@ -21,11 +21,11 @@ use chrono::{Days, NaiveDate};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{
-    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
-};
 use crate::lake::daily_ohlcv::{self, DailyOhlcv};
 use crate::lake::{Lake, LakeObject, raw_trades};
+use crate::tasks::{
+    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
+};
 
 pub struct LakeRetention;
 

@@ -28,12 +28,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{
-    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, lake_retention,
-    off_runtime, parse_with,
-};
+use super::lake_retention;
 use crate::lake::raw_trades::GrowingFile;
 use crate::lake::{Lake, LakeObject, raw_trades};
+use crate::tasks::{
+    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
+};
 use polars::prelude::DataFrame;
 
 pub struct LakeCompact;
@@ -47,7 +47,7 @@ struct Config {
     #[serde(default = "default_target_mb")]
     target_mb: f64,
     /// How long merged-away files stay for readers that listed before the merge.
-    #[serde(default = "default_grace", deserialize_with = "super::duration")]
+    #[serde(default = "default_grace", deserialize_with = "crate::tasks::duration")]
     grace: Duration,
 }
 

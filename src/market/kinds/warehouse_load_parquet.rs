@@ -16,9 +16,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, off_runtime, parse_with};
 use crate::lake::{Lake, raw_trades};
 use crate::redact;
+use crate::tasks::{
+    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, off_runtime, parse_with,
+};
 use crate::template;
 use crate::warehouse::{LoadOutcome, Warehouse};
 

@@ -19,11 +19,11 @@ use polars::prelude::{ChunkCompareEq, DataType};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{
-    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
-};
 use crate::exchange;
 use crate::lake::{Lake, daily_trades};
+use crate::tasks::{
+    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
+};
 use crate::transform::star_schema::{self, ExchangeRef, SymbolRef};
 
 pub struct TradesStarSchema;

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{
-    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
-};
 use crate::lake::{Lake, daily_trades};
 use crate::staging::{Staging, TradeColumns};
+use crate::tasks::{
+    BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, exclusive, off_runtime, parse_with,
+};
 
 pub struct TradesExtract;
 
@@ -54,10 +54,10 @@ struct Config {
     #[serde(default)]
     symbols: Vec<String>,
     /// Snapshot the day even if it is not complete in staging.
-    #[serde(default, deserialize_with = "super::flag")]
+    #[serde(default, deserialize_with = "crate::tasks::flag")]
     allow_incomplete: bool,
     /// How long to wait for an incomplete day to complete before failing.
-    #[serde(default, deserialize_with = "super::duration")]
+    #[serde(default, deserialize_with = "crate::tasks::duration")]
     wait_for_complete: Duration,
 }
 
@@ -134,7 +134,7 @@ impl TaskKind for TradesExtract {
             let date = ctx
                 .day(config.date.as_deref())
                 .map_err(TaskError::permanent)?;
-            let (from_ms, to_ms) = super::day_bounds_ms(date);
+            let (from_ms, to_ms) = crate::tasks::day_bounds_ms(date);
             let lake = Lake::open(&ctx.data.lake_url)?;
             let dir = daily_trades::snapshot_dir(&config.output, date);
             let _lock = exclusive(

@@ -15,12 +15,12 @@ use polars::prelude::{DataFrame, DataType, LazyFrame, len};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{
+use crate::lake::{Lake, daily_trades};
+use crate::redact;
+use crate::tasks::{
     BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, day_bounds_ms, exclusive, off_runtime,
     parse_with,
 };
-use crate::lake::{Lake, daily_trades};
-use crate::redact;
 use crate::transform::{quality, star_schema::StarSchema};
 use crate::warehouse::{Replacement, Warehouse};
 

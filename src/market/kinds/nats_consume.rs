@@ -16,9 +16,9 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, parse_with};
 use crate::bus::{self, TradeBus};
 use crate::staging::{StagedTrade, Staging};
+use crate::tasks::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, parse_with};
 
 pub struct NatsConsume;
 
