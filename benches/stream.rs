@@ -288,7 +288,7 @@ fn places_of(sim: &Simulator, staging_url: String, lake_url: String) -> IngestPl
         mercado_bitcoin_api_url: format!("{}/api/v4", sim.url()),
         mercado_bitcoin_ws_url: format!("{}/mercado_bitcoin/ws", sim.ws_url()),
         staging_url,
-        nats_url: orch::bus::DEFAULT_URL.to_string(),
+        nats_url: orch::trade_bus::DEFAULT_URL.to_string(),
         lake_url,
     }
 }

@@ -148,7 +148,7 @@ pub struct DataPlaces {
 }
 
 fn default_nats_url() -> String {
-    crate::bus::DEFAULT_URL.to_string()
+    crate::trade_bus::DEFAULT_URL.to_string()
 }
 
 fn default_mercado_bitcoin_ws_url() -> String {

@@ -15,7 +15,7 @@ pub async fn prune(config: &Config, dry_run: bool) -> anyhow::Result<ExitCode> {
     }
     let store = Store::open(&config.database_url).await?;
     let pruned =
-        crate::retention::prune(&store, &config.logs_dir, &config.retention, dry_run).await?;
+        crate::history_pruning::prune(&store, &config.logs_dir, &config.retention, dry_run).await?;
     if dry_run {
         for run in &pruned.runs {
             println!("{}", run.run_id);

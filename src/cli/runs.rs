@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::cli_actor;
 use super::{RunsCommand, TasksCommand};
 use crate::config::Config;
-use crate::manual::{self, CancelOutcome};
+use crate::manual_actions::{self, CancelOutcome};
 use crate::store::{ManualAction, RunDetail, RunRecord, Store, TaskState, timestamp};
 
 /// The DAG a run belongs to, as the DAGs folder has it now.
@@ -34,7 +34,7 @@ pub async fn tasks(config: &Config, command: TasksCommand) -> anyhow::Result<Exi
                 .await?
                 .with_context(|| format!("no run `{run_id}` in the run history"))?;
             let dag = loaded_dag(config, &run.dag_id);
-            let cleared = manual::clear(
+            let cleared = manual_actions::clear(
                 &store,
                 &config.state_dir(),
                 dag.as_deref(),
@@ -55,7 +55,7 @@ pub async fn tasks(config: &Config, command: TasksCommand) -> anyhow::Result<Exi
             state,
         } => {
             let state = TaskState::parse(&state).context("state is success or failed")?;
-            let run_state = manual::mark(&store, &run_id, &task_id, state, &actor).await?;
+            let run_state = manual_actions::mark(&store, &run_id, &task_id, state, &actor).await?;
             eprintln!("{run_id}: task `{task_id}` marked {state}; the run is {run_state}");
         }
     }
@@ -91,7 +91,7 @@ pub async fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitC
         }
         RunsCommand::Cancel { run_id } => {
             let outcome =
-                manual::cancel(&store, &config.state_dir(), &run_id, &cli_actor()).await?;
+                manual_actions::cancel(&store, &config.state_dir(), &run_id, &cli_actor()).await?;
             match outcome {
                 CancelOutcome::Ended => eprintln!("{run_id} cancelled before it started"),
                 CancelOutcome::Stopping => {
@@ -100,7 +100,7 @@ pub async fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitC
             }
         }
         RunsCommand::Clear { run_id } => {
-            manual::clear(
+            manual_actions::clear(
                 &store,
                 &config.state_dir(),
                 None,

@@ -36,7 +36,7 @@ pub async fn serve(
         None => None,
     };
     let pruning = config.retention.is_set().then(|| {
-        tokio::spawn(crate::retention::every_day(
+        tokio::spawn(crate::history_pruning::every_day(
             store.clone(),
             config.logs_dir.clone(),
             config.retention,

@@ -9,7 +9,7 @@ use anyhow::{Context, anyhow};
 use super::{RunArgs, find_dag, say};
 use crate::config::Config;
 use crate::dag::{Dag, DagBag, params};
-use crate::manual;
+use crate::manual_actions;
 use crate::scheduler::{plan, wake};
 use crate::store::{NewRun, RunState, Store};
 
@@ -18,7 +18,7 @@ use crate::store::{NewRun, RunState, Store};
 pub const BUSY_EXIT: u8 = 75;
 
 /// Loads the DAG named in `args` and inserts a queued manual run for it; with `admit`, only
-/// if orch can take it now (see [`manual::Admission`]).
+/// if orch can take it now (see [`manual_actions::Admission`]).
 pub(super) async fn create_manual_run(
     config: &Config,
     args: &RunArgs,
@@ -44,19 +44,20 @@ pub(super) async fn create_manual_run(
         .map_err(|e| anyhow!(e))?;
     let store = Store::open(&config.database_url).await?;
     if admit {
-        manual::Admission::default()
+        manual_actions::Admission::default()
             .admit(&store, &dag, config.max_pending_runs)
             .await?;
     }
-    let run = manual::create_run(&store, &dag, logical_date, conf, &super::cli_actor()).await?;
+    let run =
+        manual_actions::create_run(&store, &dag, logical_date, conf, &super::cli_actor()).await?;
     Ok((store, dag, run))
 }
 
 pub async fn trigger(config: &Config, args: RunArgs, wait: bool) -> anyhow::Result<ExitCode> {
     let (store, dag, run) = match create_manual_run(config, &args, true).await {
         Err(e)
-            if e.downcast_ref::<manual::ActionError>()
-                .is_some_and(|e| matches!(e, manual::ActionError::Busy(_))) =>
+            if e.downcast_ref::<manual_actions::ActionError>()
+                .is_some_and(|e| matches!(e, manual_actions::ActionError::Busy(_))) =>
         {
             eprintln!("error: {e}");
             return Ok(ExitCode::from(BUSY_EXIT));

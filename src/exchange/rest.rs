@@ -10,7 +10,7 @@ use reqwest::header::HeaderMap;
 
 use super::Observer;
 use crate::backoff::Backoff;
-use crate::http::{self, BodyError};
+use crate::http_client::{self, BodyError};
 
 /// The most of an error answer a client reads.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -49,7 +49,7 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
         .timeout(timeout)
         .user_agent(concat!("orch/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| http::describe(&e))
+        .map_err(|e| http_client::describe(&e))
 }
 
 /// `GET url?query`, its body read up to `max_body`.
@@ -70,18 +70,18 @@ pub async fn post(client: &reqwest::Client, url: &str, max_body: usize) -> Reply
 async fn send(request: reqwest::RequestBuilder, max_body: usize) -> Reply {
     let response = match request.send().await {
         Ok(response) => response,
-        Err(e) => return Reply::Failed(http::describe(&e)),
+        Err(e) => return Reply::Failed(http_client::describe(&e)),
     };
     let status = response.status();
     let headers = response.headers().clone();
     if status.is_success() {
-        return match http::read_body(response, max_body).await {
+        return match http_client::read_body(response, max_body).await {
             Ok(body) => Reply::Ok { headers, body },
             Err(BodyError::Broken(reason)) => Reply::Failed(reason),
             Err(too_large) => Reply::TooLarge(too_large.to_string()),
         };
     }
-    let body = http::read_body(response, MAX_ERROR_BODY)
+    let body = http_client::read_body(response, MAX_ERROR_BODY)
         .await
         .unwrap_or_default();
     Reply::Status {

@@ -5,7 +5,14 @@
 //! task's attempt is queued in the metadata database for a worker ([`crate::queue`],
 //! [`crate::worker`]) and the loop waits for its report; `max_active_tasks` bounds how many
 //! of a run's attempts are out at once, the workers' slots how many run at once.
+//!
+//! The loop's other jobs have modules of their own: expanding mapped tasks (`mapping`),
+//! sending alerts (`alerts`), cancel requests and the end of a shutdown's grace
+//! (`cancellation`), the trigger rules (`trigger_rules`) and the shutdown phases (`shutdown`).
 
+mod alerts;
+mod cancellation;
+mod mapping;
 mod shutdown;
 mod trigger_rules;
 
@@ -23,7 +30,7 @@ use crate::attempt::Usage;
 use crate::config::Config;
 use crate::dag::{Dag, for_each};
 use crate::logs::{AttemptLog, attempt_log_path};
-use crate::notify::{Event, EventKind, Notifier};
+use crate::notify::EventKind;
 use crate::process;
 use crate::queue::{Dispatch, Handoff, QueuedTask, Report};
 use crate::store::{
@@ -815,143 +822,6 @@ impl<'a> RunLoop<'a> {
         }
     }
 
-    /// Whether slot `i` is a mapped task (not one of its instances).
-    fn is_mapped(&self, i: usize) -> bool {
-        self.slots[i].instance.is_none() && self.dag.tasks[self.slots[i].task].for_each.is_some()
-    }
-
-    /// The slots of mapped task `parent`'s instances.
-    fn instances(&self, parent: usize) -> impl Iterator<Item = usize> + '_ {
-        (0..self.slots.len()).filter(move |&s| {
-            self.slots[s]
-                .instance
-                .as_ref()
-                .is_some_and(|m| m.parent == parent)
-        })
-    }
-
-    /// Adds a slot for instance `index` of mapped task `parent`, and returns it. A run loop
-    /// expands a task once: when it loaded instances, their task was expanded already.
-    fn add_instance(&mut self, parent: usize, index: usize, item: Value) -> usize {
-        let id = for_each::instance_id(&self.slots[parent].id, index);
-        self.slots.push(Slot {
-            task: self.slots[parent].task,
-            id,
-            instance: Some(Instance {
-                parent,
-                index,
-                item,
-            }),
-        });
-        self.upstream.push(Vec::new());
-        self.states.push(TaskState::Scheduled);
-        self.tries.push(0);
-        self.bases.push(0);
-        self.next_retry.push(None);
-        self.past.push(PastCheck::Clear);
-        self.slots.len() - 1
-    }
-
-    /// Expands mapped task `i` into an instance per item, each queued; an empty list skips
-    /// it, and a list that cannot be had fails it, beyond any retry.
-    async fn expand(&mut self, i: usize) -> Result<(), StoreError> {
-        let task = &self.dag.tasks[self.slots[i].task];
-        let items = match &task.for_each {
-            Some(for_each) => for_each.items(&self.variables(i)),
-            None => Ok(Vec::new()),
-        };
-        let items = match items {
-            Ok(items) => items,
-            Err(error) => {
-                let attempt = self.tries[i] + 1;
-                let path = attempt_log_path(
-                    &self.exec.logs_dir,
-                    &self.dag.id,
-                    &self.run.run_id,
-                    &self.slots[i].id,
-                    attempt,
-                );
-                let banner = format!("expanding mapped task `{}` ({})", task.id, task.kind);
-                self.pending.push(RunChange::AttemptStarted {
-                    task_id: self.slots[i].id.clone(),
-                    attempt,
-                    started_at: Utc::now(),
-                    log_path: path.to_string_lossy().into_owned(),
-                    queued: None,
-                    claimed_by: None,
-                });
-                self.tries[i] = attempt;
-                return self
-                    .never_queued(i, attempt, path, &banner, TaskError::permanent(error))
-                    .await;
-            }
-        };
-        if items.is_empty() {
-            tracing::info!(run_id = %self.run.run_id, task_id = %self.slots[i].id, "for_each gave no items: skipped");
-            let row = vec![(self.slots[i].id.clone(), TaskState::Skipped)];
-            self.pending.push(RunChange::TaskStates(row));
-            self.states[i] = TaskState::Skipped;
-            self.emit(i, TaskState::Skipped, None);
-            return Ok(());
-        }
-        let rows: Vec<(String, String)> = items
-            .iter()
-            .enumerate()
-            .map(|(index, item)| {
-                (
-                    for_each::instance_id(&self.slots[i].id, index),
-                    item.to_string(),
-                )
-            })
-            .collect();
-        // The instances' rows follow what is pending (the task's own state among it).
-        self.flush().await?;
-        durably(|| {
-            self.exec
-                .store
-                .expand_task(&self.run.run_id, &self.slots[i].id, &rows)
-        })
-        .await?;
-        self.states[i] = TaskState::Running;
-        self.emit(i, TaskState::Running, None);
-        for (index, item) in items.into_iter().enumerate() {
-            let s = self.add_instance(i, index, item);
-            self.states[s] = TaskState::Queued;
-            self.next_retry[s] = None;
-            self.bases[s] = self.tries[s];
-            self.emit(s, TaskState::Queued, None);
-        }
-        Ok(())
-    }
-
-    /// The state mapped task `i` ends in, once all its instances have ended.
-    fn mapped_state(&self, i: usize) -> Option<TaskState> {
-        let states: Vec<TaskState> = self.instances(i).map(|s| self.states[s]).collect();
-        for_each::summed_state(&states)
-    }
-
-    /// Publishes what mapped task `i`'s instances published as one list, in index order
-    /// (`null` for an instance that published nothing): `{{ outputs.TASK[0].key }}`.
-    fn collect_outputs(&mut self, i: usize) {
-        let mut by_index: Vec<(usize, Value)> = self
-            .instances(i)
-            .filter_map(|s| {
-                let index = self.slots[s].instance.as_ref()?.index;
-                Some((
-                    index,
-                    self.outputs
-                        .get(&self.slots[s].id)
-                        .cloned()
-                        .unwrap_or(Value::Null),
-                ))
-            })
-            .collect();
-        by_index.sort_by_key(|(index, _)| *index);
-        let list = by_index.into_iter().map(|(_, v)| v).collect();
-        self.outputs
-            .insert(self.slots[i].id.clone(), Value::Array(list));
-    }
-
     /// Waits, beside the run loop, for the report of attempt `attempt` of task `i`.
     fn wait_for(&mut self, i: usize, attempt: u32) {
         let key = AttemptKey {
@@ -1087,7 +957,7 @@ impl<'a> RunLoop<'a> {
             next_retry_at: next_retry,
             log_tail: report.log_tail.clone(),
         });
-        crate::metrics::attempt_ended(
+        crate::run_counters::attempt_ended(
             &self.dag.id,
             &task.id,
             end.state,
@@ -1118,175 +988,6 @@ impl<'a> RunLoop<'a> {
         Ok(())
     }
 
-    /// Sends the alerts `kind` calls for, beside the run: the task's notifiers (and the DAG's
-    /// `on_retry` for a retry), or the DAG's for the run's own end.
-    async fn alert(
-        &mut self,
-        kind: EventKind,
-        task: Option<(usize, u32)>,
-        state: &str,
-        error: Option<String>,
-    ) {
-        self.send_alert(kind, task, state, error, None).await;
-    }
-
-    /// The alerts of an attempt's end, with the end of its log when it came with the report.
-    async fn alert_attempt(
-        &mut self,
-        kind: EventKind,
-        task: (usize, u32),
-        state: &str,
-        error: Option<String>,
-        log_tail: Option<String>,
-    ) {
-        self.send_alert(kind, Some(task), state, error, log_tail)
-            .await;
-    }
-
-    async fn send_alert(
-        &mut self,
-        kind: EventKind,
-        task: Option<(usize, u32)>,
-        state: &str,
-        error: Option<String>,
-        known_tail: Option<String>,
-    ) {
-        let mut notifiers: Vec<Notifier> = Vec::new();
-        match task {
-            Some((i, _)) => {
-                notifiers.extend_from_slice(
-                    self.dag.tasks[self.slots[i].task].callbacks.for_event(kind),
-                );
-                if kind == EventKind::TaskRetry {
-                    notifiers.extend_from_slice(&self.dag.callbacks.on_retry);
-                }
-            }
-            None => notifiers.extend_from_slice(self.dag.callbacks.for_event(kind)),
-        }
-        if notifiers.is_empty() {
-            return;
-        }
-        let task_id = task.map(|(i, _)| self.slots[i].id.clone());
-        let log_tail = match (&task_id, task) {
-            _ if known_tail.is_some() => known_tail.as_deref().map(alert_tail),
-            (Some(task_id), Some((_, attempt))) => {
-                let key = AttemptKey {
-                    run_id: self.run.run_id.clone(),
-                    task_id: task_id.clone(),
-                    attempt,
-                };
-                self.exec
-                    .store
-                    .attempt_log_tail(&key)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|tail| alert_tail(&tail))
-            }
-            _ => None,
-        };
-        let event = Event {
-            event: kind,
-            dag_id: self.dag.id.clone(),
-            run_id: self.run.run_id.clone(),
-            logical_date: crate::store::timestamp::format(self.run.logical_date),
-            task_id,
-            attempt: task.map(|(_, a)| a),
-            state: state.to_string(),
-            error,
-            log_tail,
-            link: self.exec.public_url.as_ref().map(|base| {
-                let id: String =
-                    url::form_urlencoded::byte_serialize(self.run.run_id.as_bytes()).collect();
-                format!(
-                    "{}/runs/{}",
-                    base.trim_end_matches('/'),
-                    id.replace('+', "%20")
-                )
-            }),
-        };
-        self.alerts.spawn(async move {
-            crate::notify::deliver(&notifiers, &event).await;
-        });
-    }
-
-    /// Waits for the alerts still being sent, so that `orch run` does not exit before them.
-    async fn alerts_sent(&mut self) {
-        let all = async { while self.alerts.join_next().await.is_some() {} };
-        if tokio::time::timeout(ALERTS_WAIT, all).await.is_err() {
-            tracing::warn!(run_id = %self.run.run_id, "alerts still unsent after {}s; giving up on them", ALERTS_WAIT.as_secs());
-        }
-    }
-
-    /// The grace period is over: workers stop their attempts (this process's own worker
-    /// watches the same shutdown) and report them interrupted. Reports that come within
-    /// [`ABORT_WAIT`] are recorded; the other attempts stay running, for the next scheduler
-    /// to wait for.
-    async fn abort(&mut self) -> Result<(), StoreError> {
-        let deadline = tokio::time::sleep(ABORT_WAIT);
-        tokio::pin!(deadline);
-        while !self.in_flight.is_empty() {
-            tokio::select! {
-                Some(joined) = self.in_flight.join_next_with_id() => self.on_joined(joined).await?,
-                () = &mut deadline => break,
-            }
-        }
-        self.in_flight.abort_all();
-        self.flush().await
-    }
-
-    /// Looks whether someone asked to cancel this run, and if so ends what is out.
-    async fn check_cancel(&mut self) -> Result<(), StoreError> {
-        let store = &self.exec.store;
-        let run_id = self.run.run_id.as_str();
-        if let Some(note) = durably(|| store.cancel_request(run_id)).await? {
-            tracing::warn!(run_id, "{note}");
-            self.cancelled = Some(note);
-            self.end_attempts_out().await?;
-        }
-        Ok(())
-    }
-
-    /// Ends the attempts out with workers as failed by the cancel, beyond any retry; their
-    /// workers see their claims gone and stop them. The reports come back as usual.
-    async fn end_attempts_out(&mut self) -> Result<(), StoreError> {
-        let Some(note) = self.cancelled.clone() else {
-            return Ok(());
-        };
-        // Attempts started but not yet written must be seen, and ended, too.
-        self.flush().await?;
-        let store = &self.exec.store;
-        let run_id = self.run.run_id.as_str();
-        let attempts = durably(|| store.attempts(run_id)).await?;
-        for attempt in attempts
-            .iter()
-            .filter(|a| a.state == AttemptState::Running && a.queue.is_some())
-        {
-            let report = Report::new(
-                &Err(TaskError::permanent(note.clone())),
-                Usage::default(),
-                attempt.started_at,
-                Utc::now(),
-            );
-            let Ok(text) = serde_json::to_string(&report) else {
-                continue;
-            };
-            let key = AttemptKey {
-                run_id: run_id.to_string(),
-                task_id: attempt.task_id.clone(),
-                attempt: attempt.attempt,
-            };
-            if durably(|| store.end_attempt(&key, &text)).await? {
-                // Taken here at once: the worker's own report of the attempt it is about to
-                // stop then finds no one waiting, and its claim is void in the database.
-                crate::queue::deliver_here(&key, report);
-            }
-        }
-        crate::queue::REPORTED.notify_waiters();
-        crate::queue::CANCELLED.notify_waiters();
-        Ok(())
-    }
-
     async fn finish(&mut self) -> Result<RunState, StoreError> {
         if let Some(note) = self.cancelled.clone() {
             self.pending.push(RunChange::RunEnded {
@@ -1294,7 +995,7 @@ impl<'a> RunLoop<'a> {
                 note: Some(note.clone()),
             });
             self.flush().await?;
-            crate::metrics::run_ended(&self.dag.id, RunState::Failed);
+            crate::run_counters::run_ended(&self.dag.id, RunState::Failed);
             self.alert(EventKind::RunFailed, None, "failed", Some(note))
                 .await;
             return Ok(RunState::Failed);
@@ -1311,7 +1012,7 @@ impl<'a> RunLoop<'a> {
         let note = if failed { self.note.clone() } else { None };
         self.pending.push(RunChange::RunEnded { state, note });
         self.flush().await?;
-        crate::metrics::run_ended(&self.dag.id, state);
+        crate::run_counters::run_ended(&self.dag.id, state);
         let kind = if failed {
             EventKind::RunFailed
         } else {
@@ -1335,23 +1036,6 @@ impl<'a> RunLoop<'a> {
 
 /// How often a `depends_on_past` task looks again at the previous run.
 const PAST_LOOK: Duration = Duration::from_secs(2);
-/// How long a run's end waits for its alerts to be sent.
-const ALERTS_WAIT: Duration = Duration::from_secs(120);
-/// The most of an attempt's log an alert carries: its end.
-const ALERT_TAIL_BYTES: usize = 2048;
-
-/// The end of a log for an alert, from a line start, secrets masked.
-fn alert_tail(tail: &str) -> String {
-    let start = tail.len().saturating_sub(ALERT_TAIL_BYTES);
-    let start = ceil_char_boundary(tail, start);
-    let cut = &tail[start..];
-    let cut = match cut.find('\n') {
-        Some(n) if start > 0 => &cut[n + 1..],
-        _ => cut,
-    };
-    crate::redact::secrets(cut).into_owned()
-}
-
 /// An attempt's error as the run history keeps it: secrets masked, and at most
 /// [`MAX_ERROR_BYTES`], its start and its end, where a failure's last line usually is.
 fn recorded_error(error: &str) -> String {

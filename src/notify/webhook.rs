@@ -57,7 +57,7 @@ impl Webhook {
         let answer = request
             .send()
             .await
-            .map_err(|e| crate::redact::secrets(&crate::http::describe(&e)).into_owned())?;
+            .map_err(|e| crate::redact::secrets(&crate::http_client::describe(&e)).into_owned())?;
         if answer.status().is_success() {
             Ok(())
         } else {

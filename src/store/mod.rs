@@ -16,8 +16,8 @@ mod durably;
 mod lock;
 mod members;
 mod model;
+mod pruning;
 mod queue;
-mod retention;
 mod rows;
 mod run_changes;
 pub mod timestamp;
@@ -46,8 +46,8 @@ pub use model::{
     AttemptEnd, AttemptRecord, AttemptState, NewRun, RunRecord, RunState, RunType,
     StreamStateRecord, TaskInstanceRecord, TaskState,
 };
+pub use pruning::{PrunedRun, RetentionPolicy};
 pub use queue::{AttemptKey, Claim, QUEUED_CHANNEL, QueuedAttempt, REPORTED_CHANNEL, WorkerReport};
-pub use retention::{PrunedRun, RetentionPolicy};
 pub use run_changes::{QueuedAt, RunChange};
 pub use views::{
     BackfillRecord, RunCursor, RunDetail, RunFilter, RunSummary, TaskCell, TaskDetail,

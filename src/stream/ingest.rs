@@ -24,7 +24,6 @@ use super::lake_copy::{CopyCeiling, LakeCopier};
 use super::stats::{StreamState, StreamStats};
 use super::{Source, StreamDef};
 use crate::backoff::Backoff;
-use crate::bus::{BusError, TradeBus};
 use crate::exchange::Trade;
 use crate::exchange::binance::stream::BinanceLive;
 use crate::exchange::binance::{BinanceClient, RetryPolicy};
@@ -32,6 +31,7 @@ use crate::exchange::kucoin::{KucoinClient, KucoinLive};
 use crate::exchange::live::{Incoming, LiveMessage, LiveTrades, ReadConnection};
 use crate::exchange::mercado_bitcoin::{MercadoBitcoinClient, MercadoBitcoinLive};
 use crate::staging::{StagedTrade, Staging};
+use crate::trade_bus::{BusError, TradeBus};
 
 /// A connection that says nothing (not even a ping) this long is presumed dead.
 const SILENCE: Duration = Duration::from_secs(60);

@@ -15,7 +15,7 @@
 //! A file is a stream, not a DAG, when its top level has `stream:`. [`ingest`] keeps the
 //! source's connection open and commits its trades to the staging store in batches, filling
 //! every gap in the trade ids from the exchange's REST API, and with `publish:` sends each
-//! batch to the trade bus ([`crate::bus`]) before committing it; with `lake:`, [`lake_copy`]
+//! batch to the trade bus ([`crate::trade_bus`]) before committing it; with `lake:`, [`lake_copy`]
 //! copies what is committed into the lake every few seconds; [`stats`] measures it;
 //! [`reported`] runs one stream in a process, saving its report; [`supervisor`] keeps the
 //! folder's streams running under `orch serve`, each in a process of its own.

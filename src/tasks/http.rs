@@ -132,11 +132,11 @@ impl TaskKind for Http {
             let answer = request.send().await.map_err(|e| {
                 TaskError::transient(format!(
                     "{method} {url}: {}",
-                    crate::redact::secrets(&crate::http::describe(&e))
+                    crate::redact::secrets(&crate::http_client::describe(&e))
                 ))
             })?;
             let status = answer.status();
-            let body = crate::http::read_body(answer, MAX_BODY)
+            let body = crate::http_client::read_body(answer, MAX_BODY)
                 .await
                 .map_err(|e| TaskError::transient(format!("{method} {url}: {e}")))?;
             let text = String::from_utf8_lossy(&body);

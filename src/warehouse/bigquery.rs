@@ -50,7 +50,7 @@ use serde_json::{Value, json};
 
 use super::{ColumnData, Keys, LoadOutcome, Replacement, Scope, WarehouseError, timestamp_text};
 use crate::backoff::Backoff;
-use crate::http::{self, BodyError};
+use crate::http_client::{self, BodyError};
 
 /// Google's API, unless `BIGQUERY_API_URL` says otherwise.
 const DEFAULT_API_URL: &str = "https://bigquery.googleapis.com";
@@ -320,7 +320,7 @@ impl BigQueryWarehouse {
             .build()
             .map_err(|e| BigQueryError::Transport {
                 call: "client setup".to_string(),
-                reason: http::describe(&e),
+                reason: http_client::describe(&e),
             })?;
         let tokens = auth::TokenSource::from_environment(http.clone())?;
         let api = std::env::var("BIGQUERY_API_URL")
@@ -743,10 +743,10 @@ impl BigQueryWarehouse {
                 .await
                 .map_err(|e| BigQueryError::Transport {
                     call: call.to_string(),
-                    reason: http::describe(&e),
+                    reason: http_client::describe(&e),
                 })?;
         let status = response.status();
-        let body = http::read_body(response, MAX_ANSWER)
+        let body = http_client::read_body(response, MAX_ANSWER)
             .await
             .map_err(|e| BigQueryError::from_body(call, e))?;
         if !status.is_success() {

@@ -36,9 +36,9 @@ pub enum ApiError {
     Internal(String),
 }
 
-impl From<crate::manual::ActionError> for ApiError {
-    fn from(e: crate::manual::ActionError) -> ApiError {
-        use crate::manual::ActionError;
+impl From<crate::manual_actions::ActionError> for ApiError {
+    fn from(e: crate::manual_actions::ActionError) -> ApiError {
+        use crate::manual_actions::ActionError;
         match e {
             ActionError::NotFound(m) => ApiError::NotFound(m),
             ActionError::Conflict(m) => ApiError::Conflict(m),
@@ -80,7 +80,7 @@ impl IntoResponse for ApiError {
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(crate::manual::Busy::RETRY_AFTER_SECONDS),
+                axum::http::HeaderValue::from(crate::manual_actions::Busy::RETRY_AFTER_SECONDS),
             );
         }
         response

@@ -1,4 +1,4 @@
-//! `/metrics` in Prometheus' text format: this process's counters ([`crate::metrics`]) and,
+//! `/metrics` in Prometheus' text format: this process's counters ([`crate::run_counters`]) and,
 //! read at scrape time, runs queued and running, queue depths, the scheduler's pulse, the
 //! streams' figures and this process's memory.
 
@@ -11,11 +11,11 @@ use chrono::Utc;
 
 use super::WebState;
 use super::error::ApiResult;
-use crate::metrics::{header, label};
+use crate::run_counters::{header, label};
 
 pub async fn metrics(State(state): State<WebState>) -> ApiResult<impl IntoResponse> {
     let mut out = String::with_capacity(8192);
-    crate::metrics::render(&mut out);
+    crate::run_counters::render(&mut out);
 
     header(
         &mut out,

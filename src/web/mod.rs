@@ -35,7 +35,7 @@ pub struct WebState {
     pub sessions: Arc<Sessions>,
     pub registry: Arc<crate::tasks::Registry>,
     /// Triggers' admission against `max_pending_runs`.
-    pub admission: Arc<crate::manual::Admission>,
+    pub admission: Arc<crate::manual_actions::Admission>,
 }
 
 impl WebState {

@@ -78,7 +78,7 @@ impl Nats {
             let client = async_nats::connect(url).await.expect("connect");
             let jetstream = async_nats::jetstream::new(client);
             let mut stream = jetstream
-                .get_stream(orch::bus::STREAM)
+                .get_stream(orch::trade_bus::STREAM)
                 .await
                 .expect("stream");
             stream.info().await.expect("info").state.messages

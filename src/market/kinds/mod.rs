@@ -57,7 +57,7 @@ macro_rules! transient_errors {
 }
 
 transient_errors!(
-    crate::bus::BusError,
+    crate::trade_bus::BusError,
     crate::exchange::binance::BinanceError,
     crate::exchange::mercado_bitcoin::MercadoBitcoinError,
     crate::lake::LakeError,

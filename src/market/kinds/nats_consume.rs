@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Each consumer name is a durable JetStream consumer with a position of its own, so several
-//! DAGs read the one exchange connection a stream keeps ([`crate::bus`]). A run reads until
+//! DAGs read the one exchange connection a stream keeps ([`crate::trade_bus`]). A run reads until
 //! the consumer has nothing pending, committing every batch before acknowledging it: a run
 //! killed between the two gets the batch again, and the staging table ignores ids it holds,
 //! so every trade lands once. A message that is not a trade is reported and terminated
@@ -16,9 +16,9 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::bus::{self, TradeBus};
 use crate::staging::{StagedTrade, Staging};
 use crate::tasks::{BoxFuture, TaskContext, TaskError, TaskKind, TaskOutput, parse_with};
+use crate::trade_bus::{self, TradeBus};
 
 pub struct NatsConsume;
 
@@ -43,7 +43,7 @@ struct Config {
 }
 
 fn default_subjects() -> String {
-    format!("{}.>", bus::SUBJECT_PREFIX)
+    format!("{}.>", trade_bus::SUBJECT_PREFIX)
 }
 
 fn default_table() -> String {
@@ -70,12 +70,12 @@ impl TaskKind for NatsConsume {
         }
         if !config
             .subjects
-            .starts_with(&format!("{}.", bus::SUBJECT_PREFIX))
+            .starts_with(&format!("{}.", trade_bus::SUBJECT_PREFIX))
         {
             return Err(format!(
                 "`with.subjects` `{}` must start with `{}.`: the trade bus carries only those",
                 config.subjects,
-                bus::SUBJECT_PREFIX
+                trade_bus::SUBJECT_PREFIX
             ));
         }
         if !crate::database::is_table_name(&config.table) {
@@ -123,7 +123,7 @@ impl TaskKind for NatsConsume {
                 let mut trades: Vec<(String, Vec<StagedTrade>)> = Vec::new();
                 let mut good = Vec::with_capacity(messages.len());
                 for message in &messages {
-                    match bus::decode(message) {
+                    match trade_bus::decode(message) {
                         Ok((exchange, trade)) => {
                             match trades.iter_mut().find(|(e, _)| *e == exchange) {
                                 Some((_, list)) => list.push(trade),

@@ -205,10 +205,10 @@ impl TokenSource {
             .await
             .map_err(|e| BigQueryError::Transport {
                 call: call.clone(),
-                reason: crate::http::describe(&e),
+                reason: crate::http_client::describe(&e),
             })?;
         let status = response.status();
-        let body = crate::http::read_body(response, MAX_TOKEN_ANSWER)
+        let body = crate::http_client::read_body(response, MAX_TOKEN_ANSWER)
             .await
             .map_err(|e| BigQueryError::from_body(&call, e))?;
         if !status.is_success() {

@@ -288,7 +288,8 @@ pub async fn trigger(
         .admit(&state.store, &dag, state.config.max_pending_runs)
         .await?;
     let run =
-        crate::manual::create_run(&state.store, &dag, logical_date, body.conf, &actor).await?;
+        crate::manual_actions::create_run(&state.store, &dag, logical_date, body.conf, &actor)
+            .await?;
     wake(&state.config.state_dir()).await;
     Ok((
         StatusCode::CREATED,

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::super::WebState;
 use super::super::auth::Caller;
 use super::super::error::{ApiError, ApiPath, ApiQuery, ApiResult};
-use crate::manual::{self, CancelOutcome};
+use crate::manual_actions::{self, CancelOutcome};
 use crate::store::{
     ManualAction, RunCursor, RunDetail, RunFilter, RunRecord, RunState, RunType, TaskState,
     timestamp,
@@ -163,7 +163,8 @@ pub async fn cancel(
     Extension(Caller(actor)): Extension<Caller>,
     ApiPath(run_id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    let outcome = manual::cancel(&state.store, &state.config.state_dir(), &run_id, &actor).await?;
+    let outcome =
+        manual_actions::cancel(&state.store, &state.config.state_dir(), &run_id, &actor).await?;
     let run_state = state.store.run(&run_id).await?.map(|r| r.state);
     Ok(Json(json!({
         "run_id": run_id,
@@ -194,7 +195,7 @@ pub async fn clear(
         Some(run) => state.view.borrow().dag(&run.dag_id).cloned(),
         None => None,
     };
-    let cleared = manual::clear(
+    let cleared = manual_actions::clear(
         &state.store,
         &state.config.state_dir(),
         dag.as_deref(),
@@ -232,7 +233,8 @@ pub async fn mark(
             )));
         }
     };
-    let run_state = manual::mark(&state.store, &run_id, &task_id, new_state, &actor).await?;
+    let run_state =
+        manual_actions::mark(&state.store, &run_id, &task_id, new_state, &actor).await?;
     Ok(Json(json!({ "run_id": run_id, "state": run_state })))
 }
 
