@@ -421,14 +421,19 @@ impl Scheduler {
 
     /// Removes the lease files of processes that are gone and own no running run.
     async fn sweep_leases(&self, state_dir: &Path) {
-        let owners: HashSet<String> = match self.store.runs_in_state(RunState::Running).await {
-            Ok(listed) => listed.rows.into_iter().filter_map(|r| r.owner).collect(),
+        let owners: HashSet<String> = match self.store.running_owners().await {
+            Ok(running) => running.into_iter().filter_map(|(_, owner)| owner).collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot sweep process leases");
                 return;
             }
         };
-        match lease::sweep(state_dir, &owners) {
+        // A folder read and a file lock per lease: off the runtime's threads.
+        let state_dir = state_dir.to_path_buf();
+        let swept = tokio::task::spawn_blocking(move || lease::sweep(&state_dir, &owners))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match swept {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(removed, "swept the leases of stopped processes"),
             Err(e) => tracing::warn!(error = %e, "cannot sweep process leases"),

@@ -742,7 +742,6 @@ impl Store {
         Ok(listed_runs(&rows))
     }
 
-    /// Runs in `state`, oldest first.
     /// The running runs and the process that owns each, in queueing order: a look for
     /// orphans that reads two columns, however many runs a backlog holds.
     pub async fn running_owners(&self) -> Result<Vec<(String, Option<String>)>> {
@@ -756,6 +755,7 @@ impl Store {
             .collect()
     }
 
+    /// Runs in `state`, oldest first.
     pub async fn runs_in_state(&self, state: RunState) -> Result<Listed<RunRecord>> {
         let rows =
             sqlx::query("SELECT * FROM dag_runs WHERE state = $1 ORDER BY queued_at, run_id")
